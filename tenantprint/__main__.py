@@ -1,0 +1,3 @@
+from tenantprint.cli import main
+
+raise SystemExit(main())
