@@ -1,0 +1,309 @@
+"""The session profile: everything the MFP needs to serve one organization, as the cloud sends it.
+
+This is the wire contract between `cloud/` (which stores and serves it) and the firmware (which
+holds it in memory for one session). `SessionProfile.from_wire` validates strictly: unknown keys,
+missing keys, wrong types and out-of-range values are `ProfileError`s. Secrets are `Secret`s:
+mutable bytes that can be wiped, never printed.
+
+Wire format (JSON object):
+
+    {"org_id": "acme", "ttl_s": 300,
+     "vpn": {"gateway": "10.78.0.11", "port": 500, "local_id": "mfp-1.space-1", "remote_id": "gw.acme",
+             "auth": "psk" | "pubkey" | "eap-mschapv2",
+             "psk": "...",                                   # auth == psk
+             "client_cert_pem": "...", "client_key_pem": "...",  # auth == pubkey
+             "eap_identity": "...", "eap_secret": "...",     # auth == eap-mschapv2
+             "ca_cert_pem": "..." | null,                    # verifies the gateway (pubkey/eap)
+             "ike_proposals": ["aes256gcm16-prfsha384-ecp384"], "esp_proposals": ["aes256gcm16"],
+             "remote_ts": ["10.20.0.0/24"], "dpd_delay_s": 1},
+     "auth": {"kind": "radius", "host": "10.20.0.50", "port": 1812, "secret": "...",
+              "user_format": "{user}@{org}", "timeout_s": 3.0, "retries": 2}
+           | {"kind": "ldap", "host": "...", "port": 389, "base_dn": "...", "bind_dn": "...",
+              "bind_password": "...", "user_attr": "uid", "timeout_s": 3},
+     "policy": {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": false}}
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ProfileError(ValueError):
+    """The profile is malformed. The message names the field, never a secret's value."""
+
+
+class Secret:
+    """Secret bytes held in a bytearray so they can be overwritten. Never shown by repr/str."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self, value: str | bytes | bytearray):
+        self._buf = bytearray(value.encode() if isinstance(value, str) else value)
+
+    def reveal(self) -> bytes:
+        """The bytes, for the one call that needs them (VICI, RADIUS). Do not keep the result."""
+        return bytes(self._buf)
+
+    def wipe(self) -> None:
+        for i in range(len(self._buf)):
+            self._buf[i] = 0
+        self._buf = bytearray()
+
+    @property
+    def wiped(self) -> bool:
+        return not self._buf
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def __repr__(self) -> str:
+        return "Secret(<redacted>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and self._buf == other._buf
+
+    def __hash__(self) -> int:  # secrets are not dict keys
+        raise TypeError("Secret is unhashable")
+
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_IKE_ID = re.compile(r"^[A-Za-z0-9@._=,:/+ -]{1,255}$")
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+_PROPOSAL = re.compile(r"^[a-z0-9_-]{1,120}$")
+
+
+class _Reader:
+    """Takes keys out of one JSON object; complains about what is missing, wrong or left over."""
+
+    def __init__(self, obj: Any, where: str):
+        if not isinstance(obj, dict):
+            raise ProfileError(f"{where}: expected an object")
+        self.obj, self.where, self.seen = obj, where, set()
+
+    def get(self, key: str, kind: type | tuple, *, optional: bool = False, default: Any = None) -> Any:
+        self.seen.add(key)
+        if key not in self.obj or (optional and self.obj[key] is None):
+            if optional:
+                return default
+            raise ProfileError(f"{self.where}.{key}: missing")
+        value = self.obj[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise ProfileError(f"{self.where}.{key}: wrong type")
+        if not isinstance(value, kinds):
+            raise ProfileError(f"{self.where}.{key}: wrong type")
+        return value
+
+    def text(self, key: str, pattern: re.Pattern | None = None, *, optional: bool = False, max_len: int = 16384) -> str | None:
+        value = self.get(key, str, optional=optional)
+        if value is None:
+            return None
+        if len(value) > max_len or (pattern is not None and not pattern.match(value)):
+            raise ProfileError(f"{self.where}.{key}: invalid value")
+        return value
+
+    def secret(self, key: str, *, optional: bool = False) -> Secret | None:
+        value = self.get(key, str, optional=optional)
+        if value is None:
+            return None
+        if not value or len(value) > 16384:
+            raise ProfileError(f"{self.where}.{key}: invalid length")
+        return Secret(value)
+
+    def number(self, key: str, lo: float, hi: float, *, integer: bool = True, optional: bool = False, default: Any = None):
+        value = self.get(key, int if integer else (int, float), optional=optional, default=default)
+        if value is None:
+            return None
+        if not lo <= value <= hi:
+            raise ProfileError(f"{self.where}.{key}: out of range [{lo}, {hi}]")
+        return value
+
+    def done(self) -> None:
+        extra = set(self.obj) - self.seen
+        if extra:
+            raise ProfileError(f"{self.where}: unknown keys {sorted(extra)}")
+
+
+@dataclass
+class VpnProfile:
+    gateway: str
+    port: int
+    local_id: str
+    remote_id: str
+    auth: str
+    remote_ts: list[str]
+    ike_proposals: list[str]
+    esp_proposals: list[str]
+    dpd_delay_s: int
+    psk: Secret | None = None
+    client_cert_pem: str | None = None
+    client_key_pem: Secret | None = None
+    eap_identity: str | None = None
+    eap_secret: Secret | None = None
+    ca_cert_pem: str | None = None
+
+    def secrets(self) -> list[Secret]:
+        return [s for s in (self.psk, self.client_key_pem, self.eap_secret) if s is not None]
+
+
+@dataclass
+class AuthServerProfile:
+    kind: str
+    host: str
+    port: int
+    timeout_s: float
+    secret: Secret | None = None  # radius
+    user_format: str = "{user}@{org}"  # radius
+    retries: int = 2  # radius
+    base_dn: str | None = None  # ldap
+    bind_dn: str | None = None  # ldap
+    bind_password: Secret | None = None  # ldap
+    user_attr: str = "uid"  # ldap
+
+    def secrets(self) -> list[Secret]:
+        return [s for s in (self.secret, self.bind_password) if s is not None]
+
+
+@dataclass
+class SessionPolicy:
+    idle_timeout_s: int = 300
+    max_hold_s: int = 3600
+    combined_mode: bool = False
+
+
+@dataclass
+class SessionProfile:
+    org_id: str
+    ttl_s: int
+    vpn: VpnProfile
+    auth: AuthServerProfile
+    policy: SessionPolicy = field(default_factory=SessionPolicy)
+
+    def secrets(self) -> list[Secret]:
+        return self.vpn.secrets() + self.auth.secrets()
+
+    def wipe(self) -> None:
+        """Overwrite every secret in place (purge)."""
+        for s in self.secrets():
+            s.wipe()
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> "SessionProfile":
+        top = _Reader(obj, "profile")
+        org_id = top.text("org_id", _ID)
+        ttl = top.number("ttl_s", 0, 86400)
+        vpn = _vpn(top.get("vpn", dict))
+        auth = _auth(top.get("auth", dict))
+        pol = _Reader(top.get("policy", dict), "policy")
+        policy = SessionPolicy(
+            idle_timeout_s=pol.number("idle_timeout_s", 10, 86400),
+            max_hold_s=pol.number("max_hold_s", 10, 7 * 86400),
+            combined_mode=pol.get("combined_mode", bool),
+        )
+        pol.done()
+        top.done()
+        return cls(org_id=org_id, ttl_s=ttl, vpn=vpn, auth=auth, policy=policy)
+
+    def to_wire(self) -> dict:
+        """The wire form (reveals secrets: for the cloud's responses and tests only)."""
+        def plain(v):
+            return v.reveal().decode() if isinstance(v, Secret) else v
+        vpn = {k: plain(v) for k, v in self.vpn.__dict__.items()
+               if v is not None or k == "ca_cert_pem"}
+        if self.auth.kind == "radius":
+            keys = ("kind", "host", "port", "secret", "user_format", "timeout_s", "retries")
+        else:
+            keys = ("kind", "host", "port", "base_dn", "bind_dn", "bind_password", "user_attr", "timeout_s")
+        auth = {k: plain(getattr(self.auth, k)) for k in keys}
+        return {"org_id": self.org_id, "ttl_s": self.ttl_s, "vpn": vpn, "auth": auth,
+                "policy": dict(self.policy.__dict__)}
+
+
+def _list(r: _Reader, key: str, check) -> list[str]:
+    items = r.get(key, list)
+    if not 1 <= len(items) <= 16 or not all(isinstance(i, str) for i in items):
+        raise ProfileError(f"{r.where}.{key}: expected 1-16 strings")
+    for i in items:
+        check(i, f"{r.where}.{key}")
+    return list(items)
+
+
+def _cidr(value: str, where: str) -> None:
+    try:
+        ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise ProfileError(f"{where}: {value!r} is not a network") from None
+
+
+def _proposal(value: str, where: str) -> None:
+    if not _PROPOSAL.match(value):
+        raise ProfileError(f"{where}: invalid proposal")
+
+
+def _pem(r: _Reader, key: str, kind: str, *, optional: bool) -> str | None:
+    value = r.text(key, optional=optional, max_len=16384)
+    if value is not None and f"-----BEGIN {kind}" not in value:
+        raise ProfileError(f"{r.where}.{key}: not a PEM {kind.lower()}")
+    return value
+
+
+def _vpn(obj: Any) -> VpnProfile:
+    r = _Reader(obj, "vpn")
+    auth = r.text("auth")
+    if auth not in ("psk", "pubkey", "eap-mschapv2"):
+        raise ProfileError("vpn.auth: must be psk, pubkey or eap-mschapv2")
+    vpn = VpnProfile(
+        gateway=r.text("gateway", _HOST),
+        port=r.number("port", 1, 65535),
+        local_id=r.text("local_id", _IKE_ID),
+        remote_id=r.text("remote_id", _IKE_ID),
+        auth=auth,
+        remote_ts=_list(r, "remote_ts", _cidr),
+        ike_proposals=_list(r, "ike_proposals", _proposal),
+        esp_proposals=_list(r, "esp_proposals", _proposal),
+        dpd_delay_s=r.number("dpd_delay_s", 1, 300),
+        psk=r.secret("psk", optional=auth != "psk"),
+        client_cert_pem=_pem(r, "client_cert_pem", "CERTIFICATE", optional=auth != "pubkey"),
+        client_key_pem=r.secret("client_key_pem", optional=auth != "pubkey"),
+        eap_identity=r.text("eap_identity", _IKE_ID, optional=auth != "eap-mschapv2"),
+        eap_secret=r.secret("eap_secret", optional=auth != "eap-mschapv2"),
+        ca_cert_pem=_pem(r, "ca_cert_pem", "CERTIFICATE", optional=True),
+    )
+    r.done()
+    if auth != "psk" and vpn.ca_cert_pem is None:
+        raise ProfileError("vpn.ca_cert_pem: required to verify the gateway")
+    return vpn
+
+
+def _auth(obj: Any) -> AuthServerProfile:
+    r = _Reader(obj, "auth")
+    kind = r.text("kind")
+    if kind == "radius":
+        a = AuthServerProfile(
+            kind=kind, host=r.text("host", _HOST), port=r.number("port", 1, 65535),
+            secret=r.secret("secret"), user_format=r.text("user_format", max_len=128),
+            timeout_s=r.number("timeout_s", 0.1, 60, integer=False),
+            retries=r.number("retries", 1, 10),
+        )
+        if "{user}" not in a.user_format:
+            raise ProfileError("auth.user_format: must contain {user}")
+        try:
+            a.user_format.format(user="u", org="o")
+        except (KeyError, IndexError, ValueError):
+            raise ProfileError("auth.user_format: only {user} and {org} may be used") from None
+    elif kind == "ldap":
+        a = AuthServerProfile(
+            kind=kind, host=r.text("host", _HOST), port=r.number("port", 1, 65535),
+            base_dn=r.text("base_dn", max_len=1024), bind_dn=r.text("bind_dn", max_len=1024),
+            bind_password=r.secret("bind_password"), user_attr=r.text("user_attr", _ID),
+            timeout_s=r.number("timeout_s", 1, 60),
+        )
+    else:
+        raise ProfileError("auth.kind: must be radius or ldap")
+    r.done()
+    return a
