@@ -1,0 +1,179 @@
+"""The firmware's configuration: one validated schema, unknown keys are errors.
+
+Layers, later wins: built-in defaults -> the config file (`/etc/tenantprint/firmware.toml`, TOML) ->
+the enrolment record written at first boot (`<device.state_dir>/enrolment.json`: device id, cloud URL,
+CA). No org secret is ever configured: those come from the cloud at run time, per session.
+`tenantprint firmware --dump-config` prints the merged result.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PATH = Path("/etc/tenantprint/firmware.toml")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+def _choice(*values: str):
+    def check(v: str) -> str:
+        if v not in values:
+            raise ValueError(f"must be one of {', '.join(values)}")
+        return v
+    return check
+
+
+def _range(lo: float, hi: float):
+    def check(v: float) -> float:
+        if not lo <= v <= hi:
+            raise ValueError(f"must be between {lo} and {hi}")
+        return v
+    return check
+
+
+def _abs_path(v: str) -> str:
+    if not v.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return v
+
+
+def _url(v: str) -> str:
+    if v and not re.match(r"^https?://[^\s/]+(/\S*)?$", v):
+        raise ValueError("must be an http(s) URL")
+    return v
+
+
+def _opt(check=None, **kw):
+    return field(metadata={"check": check}, **kw)
+
+
+@dataclass
+class DeviceSection:
+    state_dir: str = _opt(_abs_path, default="/var/lib/tenantprint")
+    device_id: str = _opt(default="")
+
+
+@dataclass
+class CloudSection:
+    url: str = _opt(_url, default="")
+    ca_file: str = _opt(default="")
+    timeout_s: float = _opt(_range(0.5, 60), default=5.0)
+
+
+@dataclass
+class CardSection:
+    kind: str = _opt(_choice("pcsc", "nfcpy"), default="pcsc")
+    reader: str = _opt(default="")  # pcsc: substring of the reader name; empty = any
+    nfc_path: str = _opt(default="usb")  # nfcpy device path
+
+
+@dataclass
+class TunnelSection:
+    backend: str = _opt(_choice("auto", "kernel", "libipsec"), default="auto")
+    vici_socket: str = _opt(_abs_path, default="/run/charon.vici")
+    up_timeout_s: float = _opt(_range(1, 120), default=15.0)
+
+
+@dataclass
+class SessionSection:
+    tmpfs_dir: str = _opt(_abs_path, default="/run/tenantprint/session")
+    tmpfs_size_mb: int = _opt(_range(4, 4096), default=64)
+    ipp_port: int = _opt(_range(1, 65535), default=631)
+
+
+@dataclass
+class PrinterSection:
+    engine_uri: str = _opt(default="usb://auto")
+
+
+@dataclass
+class RuntimeSection:
+    status_socket: str = _opt(_abs_path, default="/run/tenantprint/firmware.sock")
+    pin_timeout_s: float = _opt(_range(5, 600), default=30.0)
+
+
+@dataclass
+class FirmwareConfig:
+    device: DeviceSection = field(default_factory=DeviceSection)
+    cloud: CloudSection = field(default_factory=CloudSection)
+    card: CardSection = field(default_factory=CardSection)
+    tunnel: TunnelSection = field(default_factory=TunnelSection)
+    session: SessionSection = field(default_factory=SessionSection)
+    printer: PrinterSection = field(default_factory=PrinterSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {f.name: dict(getattr(self, f.name).__dict__) for f in fields(self)}
+
+
+def _apply(cfg: FirmwareConfig, data: Any, origin: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a table of sections")
+    sections = {f.name: f for f in fields(cfg)}
+    for name, values in data.items():
+        if name not in sections:
+            raise ConfigError(f"{origin}: unknown section [{name}]")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: [{name}] must be a table")
+        section = getattr(cfg, name)
+        known = {f.name: f for f in fields(section)}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{origin}: unknown key {name}.{key}")
+            f = known[key]
+            want = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float}[f.type]
+            if want is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise ConfigError(f"{origin}: {name}.{key} must be {want.__name__}")
+            check = f.metadata.get("check")
+            if check is not None:
+                try:
+                    value = check(value)
+                except ValueError as exc:
+                    raise ConfigError(f"{origin}: {name}.{key} {exc}") from None
+            setattr(section, key, value)
+
+
+def load(path: Path | None = DEFAULT_PATH, *, required: bool = False) -> FirmwareConfig:
+    """Defaults, then the file at `path` (if it exists, or error if `required`), then enrolment."""
+    cfg = FirmwareConfig()
+    if path is not None and (required or path.exists()):
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        _apply(cfg, data, str(path))
+    enrolment = Path(cfg.device.state_dir) / "enrolment.json"
+    if enrolment.exists():
+        try:
+            record = json.loads(enrolment.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{enrolment}: {exc}") from None
+        _apply(cfg, _enrolment_layer(record, enrolment), str(enrolment))
+    return cfg
+
+
+def _enrolment_layer(record: Any, where: Path) -> dict:
+    if not isinstance(record, dict) or not {"device_id", "cloud_url"} <= set(record):
+        raise ConfigError(f"{where}: not an enrolment record")
+    layer: dict = {"device": {"device_id": record["device_id"]}, "cloud": {"url": record["cloud_url"]}}
+    if record.get("ca_file"):
+        layer["cloud"]["ca_file"] = record["ca_file"]
+    return layer
+
+
+def from_dict(data: dict) -> FirmwareConfig:
+    """A config from defaults plus `data` (tests, the lab)."""
+    cfg = FirmwareConfig()
+    _apply(cfg, data, "config")
+    return cfg
