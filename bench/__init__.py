@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.<part>`; each prints its numbers and writes bench/results/<part>.json."""

@@ -1,0 +1,322 @@
+"""The tunnel over strongSwan's charon, driven through its VICI control socket.
+
+Everything of the org goes to charon over VICI from memory: the connection (`load-conn`), the PSK
+or EAP secret (`load-shared`), the private key (`load-key`), the certificates (inline in the
+connection). Nothing is written to disk and no secret is ever in an argv. Each operation opens its
+own short VICI session, so `up`/`down`/`purge` (one thread) and `events` (another) never share a
+socket.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import vici
+from vici.exception import CommandException, SessionException
+
+from hal.directory.profile import SessionProfile
+from hal.net.addresses import AddressNotFound, wait_for_address
+from hal.tunnel import (LIBIPSEC_DEVICE, CharonUnavailable, PurgeIncomplete, Tunnel, TunnelDown,
+                        TunnelSetupFailed, TunnelUp)
+
+CONN_PREFIX = "tp-"
+_VICI_ERRORS = (OSError, SessionException, socket.timeout)
+
+
+def _text(v) -> str:
+    return v.decode(errors="replace") if isinstance(v, (bytes, bytearray)) else str(v)
+
+
+def conn_name(org_id: str) -> str:
+    return f"{CONN_PREFIX}{org_id}"
+
+
+def build_conn(profile: SessionProfile, name: str) -> dict:
+    """Pure: the `load-conn` message for a profile (certificates inline; no secret inside)."""
+    v = profile.vpn
+    local: dict = {"id": v.local_id}
+    remote: dict = {"id": v.remote_id}
+    if v.auth == "psk":
+        local["auth"] = remote["auth"] = "psk"
+    elif v.auth == "pubkey":
+        local.update(auth="pubkey", certs=[v.client_cert_pem.encode()])
+        remote.update(auth="pubkey", cacerts=[v.ca_cert_pem.encode()])
+    else:  # eap-mschapv2: we prove ourselves with EAP, the gateway with its certificate
+        local.update(auth="eap-mschapv2", eap_id=v.eap_identity)
+        remote.update(auth="pubkey", cacerts=[v.ca_cert_pem.encode()])
+    child = {
+        "remote_ts": list(v.remote_ts),
+        "esp_proposals": list(v.esp_proposals),
+        "start_action": "none",
+        "dpd_action": "clear",
+        "close_action": "none",
+    }
+    return {name: {
+        "version": "2",
+        "remote_addrs": [v.gateway],
+        "remote_port": str(v.port),
+        "vips": ["0.0.0.0"],
+        "proposals": list(v.ike_proposals),
+        "dpd_delay": f"{v.dpd_delay_s}s",
+        "keyingtries": "1",
+        "unique": "replace",
+        "local": local,
+        "remote": remote,
+        "children": {name: child},
+    }}
+
+
+def classify_failure(messages: list[str], timed_out: bool) -> str:
+    """Pure: a TunnelSetupFailed cause from charon's initiate log lines."""
+    text = "\n".join(messages).lower()
+    if "authentication_failed" in text or "authentication of" in text and "failed" in text:
+        return "auth"
+    if "no_proposal_chosen" in text or "ts_unacceptable" in text or "failed_cp_required" in text \
+            or "internal_address_failure" in text:
+        return "rejected"
+    if "peer not responding" in text or "giving up after" in text or "unable to resolve" in text \
+            or "no route" in text or "unreachable" in text:
+        return "unreachable"
+    if timed_out or "timeout" in text or "timed out" in text:
+        return "timeout"
+    return "rejected"
+
+
+class ViciTunnel(Tunnel):
+    purge_verify_s = 3.0  # how long purge waits for charon to drop a terminated SA
+
+    def __init__(self, backend: str, vici_socket: str = "/run/charon.vici", netns: str | None = None):
+        self.backend = backend
+        self.vici_socket = vici_socket
+        self.netns = netns
+        self._name: str | None = None
+        self._shared_ids: list[str] = []
+        self._key_ids: list[str] = []
+        self._terminating = threading.Event()
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    def _session(self, timeout: float | None = 10.0) -> tuple[socket.socket, vici.Session]:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(timeout)
+        try:
+            s.connect(self.vici_socket)
+        except OSError as exc:
+            s.close()
+            raise CharonUnavailable(f"charon's VICI socket {self.vici_socket}: {exc.strerror or exc}") from None
+        return s, vici.Session(s)
+
+    # -- up ------------------------------------------------------------------------------------
+
+    def up(self, profile: SessionProfile, timeout: float = 15.0) -> TunnelUp:
+        name = conn_name(profile.org_id)
+        held = self.inventory()
+        if any(held.values()):
+            # One org at a time: a session that was not purged must never share charon with the next.
+            raise TunnelSetupFailed("config", f"charon still holds a session ({held['conns'] or held['shared']}); purge first")
+        self._name = name
+        self._terminating.clear()
+        v = profile.vpn
+        s, sess = self._session(timeout + 5)
+        try:
+            try:
+                self._load_credentials(sess, profile, name)
+                sess.load_conn(build_conn(profile, name))
+            except CommandException as exc:
+                raise TunnelSetupFailed("config", f"charon refused the session's configuration: {_safe(exc)}") from None
+            messages: list[str] = []
+            t0 = time.monotonic()
+            try:
+                for log in sess.initiate({"child": name, "ike": name, "timeout": str(int(timeout * 1000)),
+                                          "init-limits": "no"}):
+                    messages.append(_text(log.get("msg", b"")))
+            except CommandException:
+                timed_out = time.monotonic() - t0 >= timeout * 0.95
+                raise TunnelSetupFailed(classify_failure(messages, timed_out),
+                                        f"IKE to {v.gateway} as {v.local_id}: {_last(messages)}") from None
+            vip = self._virtual_ip(sess, name)
+        except TunnelSetupFailed:
+            self._quiet_cleanup()
+            raise
+        except _VICI_ERRORS as exc:
+            self._quiet_cleanup()
+            raise CharonUnavailable(f"VICI session to charon failed during up: {exc}") from None
+        finally:
+            s.close()
+        if vip is None:
+            self._quiet_cleanup()
+            raise TunnelSetupFailed("rejected", f"gateway {v.gateway} assigned no virtual IP")
+        try:
+            iface = wait_for_address(vip, 3.0, self.netns)
+        except AddressNotFound as exc:
+            self._quiet_cleanup()
+            raise TunnelSetupFailed("config", str(exc)) from None
+        if self.backend == "libipsec" and iface != LIBIPSEC_DEVICE:
+            self._quiet_cleanup()
+            raise TunnelSetupFailed("config", f"virtual IP is on {iface}, expected {LIBIPSEC_DEVICE}")
+        return TunnelUp(virtual_ip=vip, interface=iface, remote_ts=tuple(v.remote_ts))
+
+    def _load_credentials(self, sess: vici.Session, profile: SessionProfile, name: str) -> None:
+        v = profile.vpn
+        if v.auth == "psk":
+            sid = f"{name}-psk"
+            sess.load_shared({"id": sid, "type": "IKE", "data": v.psk.reveal(),
+                              "owners": [v.local_id, v.remote_id]})
+            self._shared_ids.append(sid)
+        elif v.auth == "pubkey":
+            res = sess.load_key({"type": "any", "data": v.client_key_pem.reveal()})
+            self._key_ids.append(_text(res.get("id", b"")))
+        else:
+            sid = f"{name}-eap"
+            sess.load_shared({"id": sid, "type": "EAP", "data": v.eap_secret.reveal(),
+                              "owners": [v.eap_identity]})
+            self._shared_ids.append(sid)
+
+    def _virtual_ip(self, sess: vici.Session, name: str) -> str | None:
+        for entry in sess.list_sas({"ike": name}):
+            for sa in entry.values():
+                if _text(sa.get("state", b"")) == "ESTABLISHED" and sa.get("child-sas"):
+                    for vip in sa.get("local-vips", []) or []:
+                        return _text(vip)
+        return None
+
+    # -- events --------------------------------------------------------------------------------
+
+    def events(self, stop: threading.Event | None = None) -> Iterator[TunnelDown]:
+        """Yield TunnelDown when our IKE SA goes; return when `stop` is set or after the daemon
+        vanished (then one TunnelDown("daemon") is yielded first: fail closed)."""
+        stop = stop or threading.Event()
+        try:
+            s, sess = self._session(None)
+        except CharonUnavailable:
+            yield TunnelDown("daemon")
+            return
+        checked = False
+        try:
+            stream = sess.listen(["ike-updown"], timeout=0.2)
+            try:
+                for kind, msg in stream:
+                    if stop.is_set():
+                        return
+                    if kind is None:
+                        # Registered by now: an SA that died before we listened is reported too.
+                        if not checked:
+                            checked = True
+                            if self._name and not self._terminating.is_set() and not self._sa_present():
+                                yield TunnelDown("peer")
+                        continue
+                    for ike_name, sa in msg.items():
+                        if _text(ike_name) == self._name and sa.get("up") is None:
+                            yield TunnelDown("local" if self._terminating.is_set() else "peer")
+            finally:
+                stream.close()
+        except _VICI_ERRORS:
+            if not stop.is_set():
+                yield TunnelDown("daemon")
+        finally:
+            s.close()
+
+    def _sa_present(self) -> bool:
+        s, sess = self._session()
+        try:
+            return any(True for _ in sess.list_sas({"ike": self._name}))
+        finally:
+            s.close()
+
+    # -- down / purge --------------------------------------------------------------------------
+
+    def down(self) -> None:
+        if self._name is None:
+            return
+        self._terminating.set()
+        s, sess = self._session(5)
+        try:
+            if any(True for _ in sess.list_sas({"ike": self._name})):
+                for _ in sess.terminate({"ike": self._name, "force": "yes", "timeout": "1500"}):
+                    pass
+        except CommandException:
+            pass  # already gone; purge verifies
+        finally:
+            s.close()
+
+    def purge(self) -> None:
+        """Unload everything of the session, then verify charon holds nothing; else PurgeIncomplete."""
+        s, sess = self._session(5)
+        try:
+            if self._name:
+                self._terminating.set()
+                for entry in list(sess.list_sas()):
+                    for ike_name in entry:
+                        _ignore(lambda n=ike_name: _drain(sess.terminate({"ike": _text(n), "force": "yes",
+                                                                           "timeout": "0"})))
+            for conn in list(sess.get_conns().get("conns", [])):
+                _ignore(lambda c=conn: sess.unload_conn({"name": _text(c)}))
+            for sid in list(sess.get_shared().get("keys", [])):
+                _ignore(lambda i=sid: sess.unload_shared({"id": _text(i)}))
+            for kid in list(sess.get_keys().get("keys", [])):
+                _ignore(lambda i=kid: sess.unload_key({"id": _text(i)}))
+            _ignore(sess.clear_creds)
+            _ignore(lambda: sess.flush_certs({}))
+        except _VICI_ERRORS as exc:
+            raise CharonUnavailable(f"VICI session to charon failed during purge: {exc}") from None
+        finally:
+            s.close()
+        self._shared_ids.clear()
+        self._key_ids.clear()
+        deadline = time.monotonic() + self.purge_verify_s
+        while True:
+            left = self.inventory()
+            if not any(left.values()):
+                self._name = None
+                return
+            if time.monotonic() >= deadline:
+                raise PurgeIncomplete(left)
+            time.sleep(0.05)
+
+    def _quiet_cleanup(self) -> None:
+        try:
+            self.purge()
+        except Exception:  # the caller reports the setup failure; the firmware purges again
+            pass
+
+    def inventory(self) -> dict:
+        """What charon holds: connection and SA names, shared-secret and key ids, certificate count.
+
+        The MFP's charon serves one org at a time, so everything it holds counts."""
+        s, sess = self._session(5)
+        try:
+            conns = [_text(c) for c in sess.get_conns().get("conns", [])]
+            sas = [_text(n) for entry in sess.list_sas() for n in entry]
+            shared = [_text(k) for k in sess.get_shared().get("keys", [])]
+            keys = [_text(k) for k in sess.get_keys().get("keys", [])]
+            certs = sum(1 for _ in sess.list_certs({}))
+        except _VICI_ERRORS as exc:
+            raise CharonUnavailable(f"VICI session to charon failed: {exc}") from None
+        finally:
+            s.close()
+        return {"conns": conns, "sas": sas, "shared": shared, "keys": keys, "certs": certs}
+
+
+def _drain(stream) -> None:
+    for _ in stream:
+        pass
+
+
+def _ignore(fn) -> None:
+    try:
+        fn()
+    except CommandException:
+        pass
+
+
+def _safe(exc: Exception) -> str:
+    # charon's error messages name config items, never secret data
+    return str(exc).replace("Command failed: ", "")[:200]
+
+
+def _last(messages: list[str]) -> str:
+    interesting = [m for m in messages if m]
+    return interesting[-1][:200] if interesting else "no log from charon"

@@ -1,0 +1,126 @@
+"""The lab's organizations, their secrets, and the session profile the cloud serves for each.
+
+- `acme` and `globex` have a contract with the lab's coworking space and a gateway (`gw-<org>`);
+  both LANs are 10.20.0.0/24, so only the session tells them apart.
+- `initech` has no contract (the cloud must refuse it) and no gateway host: its profile points at
+  an unused WAN address, which makes it the lab's unreachable gateway too.
+
+Every secret contains a CANARY (`TPCANARY-<org>-<kind>-<hex>`), generated once per lab and kept in
+`<lab>/data/orgs/secrets.json` (mode 0600), so a scanner can prove that no org secret is left on
+the MFP: grep for `CANARY_MARK` anywhere outside the lab's data dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as _random
+from dataclasses import dataclass
+from pathlib import Path
+
+from org.gateway_config import DeviceGrant, OrgGateway
+from lab.topology import ORG_LAN
+
+CANARY_MARK = "TPCANARY-"
+DEVICE_ID = "mfp-1.space-1"  # the MFP's IKE identity (the cloud's device id)
+POOL = "10.20.0.200-10.20.0.239"
+RADIUS_HOST = "10.20.0.50"
+IKE_PROPOSALS = ("aes256gcm16-prfsha384-x25519", "aes256-sha256-x25519")
+ESP_PROPOSALS = ("aes256gcm16", "aes256-sha256")
+SECRET_KINDS = ("psk", "radius", "eap", "ldap")
+
+
+@dataclass(frozen=True)
+class OrgSpec:
+    org_id: str
+    contracted: bool
+    gateway_host: str | None  # lab host of the gateway, None when the org has none
+    wan_address: str
+
+    @property
+    def gateway_id(self) -> str:
+        return f"gw.{self.org_id}"
+
+
+ORGS = {
+    "acme": OrgSpec("acme", True, "gw-acme", "10.78.0.11"),
+    "globex": OrgSpec("globex", True, "gw-globex", "10.78.0.12"),
+    "initech": OrgSpec("initech", False, None, "10.78.0.13"),
+}
+CONTRACTED = tuple(o for o, s in ORGS.items() if s.contracted)
+
+
+def spec(org: str) -> OrgSpec:
+    try:
+        return ORGS[org]
+    except KeyError:
+        raise KeyError(f"no org {org!r} in the lab (orgs: {', '.join(ORGS)})") from None
+
+
+def _secrets_path(lab) -> Path:
+    return lab.layout.data_dir("orgs") / "secrets.json"
+
+
+def all_secrets(lab) -> dict[str, dict[str, str]]:
+    """Every org's secrets, generated on first use and then read back (the same for the lab's life)."""
+    path = _secrets_path(lab)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        fresh = {org: {kind: f"{CANARY_MARK}{org}-{kind}-{_random.token_hex(16)}" for kind in SECRET_KINDS}
+                 for org in ORGS}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(fresh, f)
+        try:
+            os.link(tmp, path)  # the first writer wins; a concurrent one reads the winner's file
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return json.loads(path.read_text())
+
+
+def org_secrets(lab, org: str) -> dict[str, str]:
+    spec(org)
+    return all_secrets(lab)[org]
+
+
+def canaries(lab) -> list[str]:
+    """Every secret of every org (each contains CANARY_MARK): what must never leak."""
+    return [v for per_org in all_secrets(lab).values() for v in per_org.values()]
+
+
+def org_gateway(lab, org: str, backend: str = "libipsec") -> OrgGateway:
+    """The description `org/gateway_config.py` turns into the org gateway's strongSwan config."""
+    s = spec(org)
+    if s.gateway_host is None:
+        raise KeyError(f"org {org!r} has no gateway in the lab")
+    return OrgGateway(
+        org_id=org, gateway_id=s.gateway_id, wan_address=s.wan_address, lan=ORG_LAN, pool=POOL,
+        devices=(DeviceGrant(DEVICE_ID, "psk", org_secrets(lab, org)["psk"].encode()),),
+        ike_proposals=IKE_PROPOSALS, esp_proposals=ESP_PROPOSALS, dpd_delay_s=1, backend=backend,
+        lan_reserved=("10.20.0.1", RADIUS_HOST),
+    )
+
+
+def lab_profile(lab, org: str) -> dict:
+    """The wire profile (see hal/directory/profile.py) the cloud serves the MFP for `org`."""
+    s = spec(org)
+    sec = org_secrets(lab, org)
+    return {
+        "org_id": org,
+        "ttl_s": 300,
+        "vpn": {
+            "gateway": s.wan_address, "port": 500, "local_id": DEVICE_ID, "remote_id": s.gateway_id,
+            "auth": "psk", "psk": sec["psk"], "ca_cert_pem": None,
+            "ike_proposals": list(IKE_PROPOSALS), "esp_proposals": list(ESP_PROPOSALS),
+            "remote_ts": [ORG_LAN], "dpd_delay_s": 1,
+        },
+        "auth": {
+            "kind": "radius", "host": RADIUS_HOST, "port": 1812, "secret": sec["radius"],
+            "user_format": "{user}@{org}", "timeout_s": 3.0, "retries": 2,
+        },
+        "policy": {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": False},
+    }

@@ -1,0 +1,155 @@
+"""An organization's strongSwan gateway configuration, generated from a description of the org.
+
+`OrgGateway` says who the gateway is (IKE identity, WAN address), which LAN it serves, which
+virtual-IP pool inside that LAN it hands to shared-office MFPs, and which MFPs (IKE identities and
+their auth) it accepts. From it:
+
+- `strongswan_conf(gw)`: charon's own settings (no secrets). It loads the `farp` plugin: the pool
+  lies inside the LAN, so a desk PC on the LAN ARPs for an MFP's virtual IP and the gateway must
+  answer for it; charon then routes the packet into the tunnel (table 220; with kernel-libipsec,
+  out through `ipsec0`).
+- `swanctl_conf(gw)`: connections, the pool and the secrets, for `swanctl --load-all --file`. It
+  holds the PSKs: write it mode 0600 on the gateway only.
+
+Connections are named `mfp-<device>` so the gateway agent can follow them (`--conn-prefix mfp-`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from hal.tunnel.charon_conf import strongswan_conf as _charon_conf
+
+CONN_PREFIX = "mfp-"
+_IKE_ID = re.compile(r"^[A-Za-z0-9@._=,:/+-]{1,255}$")
+_ORG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_PROPOSAL = re.compile(r"^[a-z0-9_-]{1,120}$")
+
+
+class GatewayConfigError(ValueError):
+    """The org description is inconsistent; the message names the field, never a secret."""
+
+
+@dataclass(frozen=True)
+class DeviceGrant:
+    """One shared-office MFP the org accepts: its IKE identity and how it authenticates."""
+
+    device_id: str
+    auth: str = "psk"
+    psk: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class OrgGateway:
+    org_id: str
+    gateway_id: str  # the gateway's IKE identity
+    wan_address: str
+    lan: str  # e.g. 10.20.0.0/24
+    pool: str  # first-last, inside `lan`, e.g. 10.20.0.200-10.20.0.239
+    devices: tuple[DeviceGrant, ...]
+    ike_proposals: tuple[str, ...] = ("aes256gcm16-prfsha384-x25519", "aes256-sha256-x25519")
+    esp_proposals: tuple[str, ...] = ("aes256gcm16", "aes256-sha256")
+    dpd_delay_s: int = 1
+    backend: str = "libipsec"
+    lan_reserved: tuple[str, ...] = ()  # addresses in the LAN that are taken (gateway, servers)
+
+
+def pool_range(gw: OrgGateway) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+    try:
+        first, last = (ipaddress.IPv4Address(p.strip()) for p in gw.pool.split("-"))
+    except ValueError:
+        raise GatewayConfigError("pool: expected first-last IPv4 addresses") from None
+    return first, last
+
+
+def validate(gw: OrgGateway) -> None:
+    """Raise GatewayConfigError unless the description makes a working, unambiguous gateway."""
+    if not _ORG.match(gw.org_id):
+        raise GatewayConfigError("org_id: invalid")
+    if not _IKE_ID.match(gw.gateway_id):
+        raise GatewayConfigError("gateway_id: invalid IKE identity")
+    try:
+        ipaddress.IPv4Address(gw.wan_address)
+        lan = ipaddress.IPv4Network(gw.lan, strict=True)
+    except ValueError as exc:
+        raise GatewayConfigError(f"wan_address/lan: {exc}") from None
+    first, last = pool_range(gw)
+    if first > last:
+        raise GatewayConfigError("pool: first address after last")
+    if first not in lan or last not in lan or first == lan.network_address or last == lan.broadcast_address:
+        raise GatewayConfigError("pool: must lie inside the LAN's host addresses (desk PCs reach it there)")
+    for taken in gw.lan_reserved:
+        if first <= ipaddress.IPv4Address(taken) <= last:
+            raise GatewayConfigError(f"pool: overlaps reserved LAN address {taken}")
+    if not gw.devices:
+        raise GatewayConfigError("devices: the gateway accepts no MFP")
+    seen = set()
+    for d in gw.devices:
+        if not _IKE_ID.match(d.device_id):
+            raise GatewayConfigError("devices: invalid IKE identity")
+        if d.device_id in seen:
+            raise GatewayConfigError(f"devices: {d.device_id} listed twice")
+        seen.add(d.device_id)
+        if d.auth != "psk":
+            raise GatewayConfigError(f"devices: auth {d.auth!r} is not supported yet (psk)")
+        if len(d.psk) < 20:
+            raise GatewayConfigError(f"devices: the PSK of {d.device_id} is shorter than 20 bytes")
+    for p in gw.ike_proposals + gw.esp_proposals:
+        if not _PROPOSAL.match(p):
+            raise GatewayConfigError("proposals: invalid proposal")
+    if not 1 <= gw.dpd_delay_s <= 300:
+        raise GatewayConfigError("dpd_delay_s: out of range")
+
+
+def conn_name(device_id: str) -> str:
+    return CONN_PREFIX + re.sub(r"[^a-z0-9]+", "-", device_id.lower()).strip("-")
+
+
+def strongswan_conf(gw: OrgGateway, vici_socket: str = "/run/charon.vici") -> str:
+    validate(gw)
+    return _charon_conf(gw.backend, vici_socket=vici_socket, extra_plugins="farp")
+
+
+def _q(value: str) -> str:
+    return '"' + value + '"'  # identities are validated: no quotes or backslashes inside
+
+
+def swanctl_conf(gw: OrgGateway) -> str:
+    validate(gw)
+    pool = f"pool-{gw.org_id}"
+    ike = ", ".join(gw.ike_proposals)
+    esp = ", ".join(gw.esp_proposals)
+    out = ["# generated by tenantprint for org " + gw.org_id + "; holds secrets: mode 0600", "connections {"]
+    for d in gw.devices:
+        out += [
+            f"  {conn_name(d.device_id)} {{",
+            "    version = 2",
+            f"    local_addrs = {gw.wan_address}",
+            f"    proposals = {ike}",
+            f"    pools = {pool}",
+            f"    dpd_delay = {gw.dpd_delay_s}s",
+            "    unique = replace",
+            f"    local {{\n      auth = psk\n      id = {_q(gw.gateway_id)}\n    }}",
+            f"    remote {{\n      auth = psk\n      id = {_q(d.device_id)}\n    }}",
+            "    children {",
+            "      lan {",
+            f"        local_ts = {gw.lan}",
+            f"        esp_proposals = {esp}",
+            "        dpd_action = clear",
+            "      }",
+            "    }",
+            "  }",
+        ]
+    out += ["}", "pools {", f"  {pool} {{", f"    addrs = {gw.pool}", "  }", "}", "secrets {"]
+    for i, d in enumerate(gw.devices):
+        out += [
+            f"  ike-{i} {{",
+            f"    id-gw = {_q(gw.gateway_id)}",
+            f"    id-mfp = {_q(d.device_id)}",
+            f"    secret = 0x{d.psk.hex()}",
+            "  }",
+        ]
+    out.append("}")
+    return "\n".join(out) + "\n"

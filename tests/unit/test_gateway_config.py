@@ -1,0 +1,69 @@
+"""org/gateway_config.py: validation and the generated strongSwan gateway configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from org.gateway_config import (DeviceGrant, GatewayConfigError, OrgGateway, conn_name, strongswan_conf,
+                                swanctl_conf, validate)
+
+PSK = b"TPCANARY-acme-psk-0123456789abcdef"
+
+
+def gw(**kw) -> OrgGateway:
+    base = OrgGateway(org_id="acme", gateway_id="gw.acme", wan_address="10.78.0.11", lan="10.20.0.0/24",
+                      pool="10.20.0.200-10.20.0.239", devices=(DeviceGrant("mfp-1.space-1", "psk", PSK),),
+                      lan_reserved=("10.20.0.1", "10.20.0.50"))
+    return dataclasses.replace(base, **kw)
+
+
+def test_swanctl_conf_connection_pool_and_secret():
+    text = swanctl_conf(gw())
+    assert "mfp-mfp-1-space-1 {" in text
+    assert "local_addrs = 10.78.0.11" in text
+    assert "pools = pool-acme" in text and "addrs = 10.20.0.200-10.20.0.239" in text
+    assert "local_ts = 10.20.0.0/24" in text
+    assert 'id = "gw.acme"' in text and 'id = "mfp-1.space-1"' in text
+    assert "dpd_delay = 1s" in text and "dpd_action = clear" in text
+    # The secret is hex-encoded (no quoting issues), and only in the secrets section.
+    assert f"secret = 0x{PSK.hex()}" in text
+    assert PSK.decode() not in text
+
+
+def test_strongswan_conf_has_farp_and_no_secret():
+    text = strongswan_conf(gw())
+    assert "farp" in text.split("load =")[1].splitlines()[0]
+    assert "kernel-libipsec" in text
+    assert PSK.hex() not in text and PSK.decode() not in text
+
+
+def test_conn_names_follow_the_gateway_agent_prefix():
+    assert conn_name("MFP-1.Space_1") == "mfp-mfp-1-space-1"
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"pool": "10.30.0.200-10.30.0.239"}, "pool"),
+    ({"pool": "10.20.0.239-10.20.0.200"}, "pool"),
+    ({"pool": "10.20.0.0-10.20.0.10"}, "pool"),
+    ({"pool": "10.20.0.40-10.20.0.60"}, "reserved"),
+    ({"pool": "nonsense"}, "pool"),
+    ({"lan": "10.20.0.1/24"}, "lan"),
+    ({"devices": ()}, "devices"),
+    ({"devices": (DeviceGrant("mfp-1", "psk", b"short"),)}, "shorter"),
+    ({"devices": (DeviceGrant("mfp-1", "psk", PSK), DeviceGrant("mfp-1", "psk", PSK))}, "twice"),
+    ({"devices": (DeviceGrant('mfp"1', "psk", PSK),)}, "identity"),
+    ({"devices": (DeviceGrant("mfp-1", "pubkey", PSK),)}, "not supported"),
+    ({"gateway_id": "gw acme\n"}, "gateway_id"),
+    ({"ike_proposals": ("aes256;rm",)}, "proposal"),
+])
+def test_invalid_descriptions_are_rejected_without_showing_secrets(change, field):
+    with pytest.raises(GatewayConfigError) as err:
+        validate(gw(**change))
+    assert field in str(err.value)
+    assert PSK.decode() not in str(err.value)
+
+
+def test_repr_hides_psk():
+    assert PSK.decode() not in repr(gw())
