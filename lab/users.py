@@ -1,0 +1,50 @@
+"""The lab's seeded users: who exists in which org's auth server, and how they authenticate.
+
+- `card`: a tap is enough (`Auth-Type := Accept`);
+- `pin`: the server challenges for a PIN, then checks it;
+- `disabled`: the server rejects with "Account disabled".
+
+`initech` (no contract, no gateway, no auth server in the lab) has a user so that a card of an
+org the space does not serve can be tapped. PINs are lab data: they are not org secrets of the
+canary kind, but they are still never logged by the firmware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from org.radius_config import RadiusUser
+
+
+@dataclass(frozen=True)
+class LabUser:
+    user_id: str
+    org_id: str
+    kind: str  # card | pin | disabled
+    pin: str | None = field(default=None, repr=False)
+
+    def radius_user(self) -> RadiusUser:
+        return RadiusUser(self.user_id, self.kind, self.pin)
+
+
+USERS = (
+    LabUser("alice", "acme", "card"),
+    LabUser("bob", "acme", "pin", "2468"),
+    LabUser("carol", "acme", "card"),
+    LabUser("dave", "acme", "disabled"),
+    LabUser("grace", "globex", "card"),
+    LabUser("heidi", "globex", "pin", "1357"),
+    LabUser("ivan", "globex", "disabled"),
+    LabUser("ivy", "initech", "card"),
+)
+
+
+def users_of(org: str) -> tuple[LabUser, ...]:
+    return tuple(u for u in USERS if u.org_id == org)
+
+
+def user(user_id: str, org: str) -> LabUser:
+    for u in USERS:
+        if u.user_id == user_id and u.org_id == org:
+            return u
+    raise KeyError(f"no lab user {user_id}@{org}")

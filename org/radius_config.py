@@ -1,0 +1,305 @@
+"""An organization's FreeRADIUS configuration, generated from a description of the org.
+
+`OrgRadius` says which address/port the server listens on, which clients (the virtual-IP pool the
+org's gateway hands to shared-office MFPs) may ask it with which shared secret, and which users
+exist. `render(cfg)` turns it into a complete, private FreeRADIUS config directory (written from
+scratch, not copied from /etc/freeradius: only `always expr files pap` are loaded, one site, no
+EAP, no proxying); `write_config_dir(cfg, path)` writes it with mode 0700/0600. Run it with
+`freeradius -f -l stdout -d <path>`.
+
+What the server does with a request for `User-Name = <user>@<realm>`:
+
+- the name must be `<id>@<id>` and the realm must be this org: otherwise Access-Reject,
+  Reply-Message "User is not a member of this organization";
+- card-only users: Access-Accept (`Auth-Type := Accept`), whatever else the request holds;
+- PIN users: a request without User-Password gets an Access-Challenge with a fresh random `State`
+  and Reply-Message "Enter PIN"; a request with User-Password is checked against the PIN (PAP):
+  Access-Accept, or Access-Reject with "Wrong PIN";
+- disabled users: Access-Reject, "Account disabled"; unknown users: Access-Reject, "Unknown user".
+
+Every reject waits `reject_delay_s` (FreeRADIUS's default 1 s). Clients must send a
+Message-Authenticator (`require_message_authenticator = yes`; requests without one are dropped).
+
+The output holds the shared secret and the PINs: write it only into the auth server's own
+config directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_PIN = re.compile(r"^[0-9]{4,16}$")
+# Printable ASCII without the characters FreeRADIUS's config parser treats specially in a quoted
+# string (quotes, backslash, `$` of ${...} expansion): the secret goes in a single-quoted string.
+_SECRET = re.compile(rb"^[\x21-\x7e]{8,128}$")
+_SECRET_FORBIDDEN = (b"'", b'"', b"\\", b"$")
+
+USER_KINDS = ("card", "pin", "disabled")
+MSG_NOT_MEMBER = "User is not a member of this organization"
+MSG_PIN_PROMPT = "Enter PIN"
+MSG_WRONG_PIN = "Wrong PIN"
+MSG_DISABLED = "Account disabled"
+MSG_UNKNOWN = "Unknown user"
+
+
+class RadiusConfigError(ValueError):
+    """The org description cannot make a working server; the message never holds a secret or PIN."""
+
+
+@dataclass(frozen=True)
+class RadiusUser:
+    user_id: str
+    kind: str = "card"  # card | pin | disabled
+    pin: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class OrgRadius:
+    org_id: str
+    secret: bytes = field(repr=False)
+    clients: tuple[str, ...]  # CIDRs or first-last ranges (the MFP virtual-IP pool)
+    users: tuple[RadiusUser, ...]
+    listen_address: str = "*"
+    port: int = 1812
+    reject_delay_s: int = 1
+
+
+def client_networks(clients: tuple[str, ...]) -> list[ipaddress.IPv4Network]:
+    """The clients as the smallest list of CIDRs (a `first-last` range is summarized exactly)."""
+    nets: list[ipaddress.IPv4Network] = []
+    for c in clients:
+        try:
+            if "-" in c:
+                first, last = (ipaddress.IPv4Address(p.strip()) for p in c.split("-", 1))
+                if first > last:
+                    raise ValueError("first after last")
+                nets.extend(ipaddress.summarize_address_range(first, last))
+            else:
+                nets.append(ipaddress.IPv4Network(c, strict=True))
+        except ValueError as exc:
+            raise RadiusConfigError(f"clients: {c!r} is not a CIDR or first-last range ({exc})") from None
+    return nets
+
+
+def validate(cfg: OrgRadius) -> None:
+    if not _ID.match(cfg.org_id):
+        raise RadiusConfigError("org_id: invalid")
+    secret = bytes(cfg.secret)
+    if not _SECRET.match(secret) or any(c in secret for c in _SECRET_FORBIDDEN):
+        raise RadiusConfigError("secret: must be 8-128 printable ASCII characters without quotes, backslash or $")
+    if not cfg.clients:
+        raise RadiusConfigError("clients: at least one is needed")
+    client_networks(cfg.clients)
+    if cfg.listen_address != "*":
+        try:
+            ipaddress.IPv4Address(cfg.listen_address)
+        except ValueError:
+            raise RadiusConfigError("listen_address: not an IPv4 address or *") from None
+    if not 1 <= cfg.port <= 65535:
+        raise RadiusConfigError("port: out of range")
+    if not 0 <= cfg.reject_delay_s <= 5:
+        raise RadiusConfigError("reject_delay_s: out of range [0, 5]")
+    seen = set()
+    for u in cfg.users:
+        if not _ID.match(u.user_id):
+            raise RadiusConfigError("users: invalid user id")
+        if u.user_id in seen:
+            raise RadiusConfigError(f"users: {u.user_id} listed twice")
+        seen.add(u.user_id)
+        if u.kind not in USER_KINDS:
+            raise RadiusConfigError(f"users: {u.user_id}: kind must be one of {', '.join(USER_KINDS)}")
+        if u.kind == "pin" and (u.pin is None or not _PIN.match(u.pin)):
+            raise RadiusConfigError(f"users: {u.user_id}: a PIN of 4-16 digits is required")
+        if u.kind != "pin" and u.pin is not None:
+            raise RadiusConfigError(f"users: {u.user_id}: only PIN users have a PIN")
+
+
+def render(cfg: OrgRadius, config_dir: Path | str) -> dict[str, str]:
+    """The files of the config directory (relative name -> text) for a server whose config lives
+    in `config_dir` (FreeRADIUS needs absolute paths for its log, run and users files)."""
+    validate(cfg)
+    d = Path(config_dir)
+    return {
+        "radiusd.conf": _radiusd_conf(cfg, d),
+        "clients.conf": _clients_conf(cfg),
+        "users": _users(cfg),
+        "dictionary": "# FreeRADIUS's own dictionary is read from /usr/share/freeradius; nothing local.\n",
+    }
+
+
+def write_config_dir(cfg: OrgRadius, path: Path | str) -> Path:
+    """Write the config into `path` (created 0700; files 0600, replaced atomically)."""
+    d = Path(path)
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    for sub in ("log", "run"):
+        (d / sub).mkdir(exist_ok=True)
+        os.chmod(d / sub, 0o700)
+    for name, text in render(cfg, d).items():
+        tmp = d / f".{name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, d / name)
+    return d
+
+
+def _clients_conf(cfg: OrgRadius) -> str:
+    out = [f"# RADIUS clients of {cfg.org_id}: the MFP virtual-IP pool (holds the shared secret)\n"]
+    for i, net in enumerate(client_networks(cfg.clients)):
+        out.append(
+            f"client mfp-pool-{i} {{\n"
+            f"\tipaddr = {net}\n"
+            f"\tsecret = '{cfg.secret.decode('ascii')}'\n"
+            f"\trequire_message_authenticator = yes\n"
+            f"\tnas_type = other\n"
+            f"}}\n"
+        )
+    return "".join(out)
+
+
+def _users(cfg: OrgRadius) -> str:
+    # Looked up by the user part of the name (the `files` key is Stripped-User-Name, set by the
+    # realm check). The first matching entry wins (no Fall-Through); DEFAULT catches the rest.
+    out = [f"# users of {cfg.org_id}\n"]
+    for u in cfg.users:
+        if u.kind == "card":
+            out.append(f"{u.user_id}\tAuth-Type := Accept\n\n")
+        elif u.kind == "pin":
+            out.append(f'{u.user_id}\tCleartext-Password := "{u.pin}"\n\n')
+        else:
+            out.append(f'{u.user_id}\tAuth-Type := Reject\n\tReply-Message := "{MSG_DISABLED}"\n\n')
+    out.append(f'DEFAULT\tAuth-Type := Reject\n\tReply-Message := "{MSG_UNKNOWN}"\n')
+    return "".join(out)
+
+
+def _radiusd_conf(cfg: OrgRadius, d: Path) -> str:
+    listen_ip = "*" if cfg.listen_address == "*" else cfg.listen_address
+    realm = re.escape(cfg.org_id)
+    return f"""# FreeRADIUS for {cfg.org_id} (generated by org/radius_config.py)
+prefix = /usr
+exec_prefix = /usr
+sysconfdir = /etc
+localstatedir = /var
+sbindir = /usr/sbin
+logdir = {d}/log
+raddbdir = {d}
+radacctdir = {d}/log/radacct
+name = freeradius
+confdir = {d}
+modconfdir = {d}/mods-config
+run_dir = {d}/run
+db_dir = {d}
+libdir = /usr/lib/freeradius
+pidfile = {d}/run/freeradius.pid
+max_request_time = 10
+cleanup_delay = 2
+max_requests = 1024
+hostname_lookups = no
+
+log {{
+\tdestination = stdout
+\tcolourise = no
+\tstripped_names = no
+\tauth = no
+\tauth_badpass = no
+\tauth_goodpass = no
+}}
+
+security {{
+\tallow_core_dumps = no
+\tmax_attributes = 64
+\treject_delay = {cfg.reject_delay_s}
+\tstatus_server = no
+}}
+
+thread pool {{
+\tstart_servers = 2
+\tmax_servers = 8
+\tmin_spare_servers = 1
+\tmax_spare_servers = 4
+\tmax_requests_per_server = 0
+}}
+
+$INCLUDE clients.conf
+
+modules {{
+\talways reject {{
+\t\trcode = reject
+\t}}
+\talways handled {{
+\t\trcode = handled
+\t}}
+\talways ok {{
+\t\trcode = ok
+\t}}
+\texpr {{
+\t}}
+\tpap {{
+\t\tnormalise = no
+\t}}
+\tfiles {{
+\t\tkey = "%{{Stripped-User-Name}}"
+\t\tfilename = {d}/users
+\t\tacctusersfile = {d}/users
+\t\tpreproxy_usersfile = {d}/users
+\t}}
+}}
+
+server default {{
+\tlisten {{
+\t\ttype = auth
+\t\tipaddr = {listen_ip}
+\t\tport = {cfg.port}
+\t\tproto = udp
+\t}}
+
+\tauthorize {{
+\t\tif (&User-Name =~ /^([A-Za-z0-9][A-Za-z0-9._-]{{0,63}})@{realm}$/) {{
+\t\t\tupdate request {{
+\t\t\t\t&Stripped-User-Name := "%{{1}}"
+\t\t\t}}
+\t\t}}
+\t\telse {{
+\t\t\tupdate reply {{
+\t\t\t\t&Reply-Message := "{MSG_NOT_MEMBER}"
+\t\t\t}}
+\t\t\treject
+\t\t}}
+\t\tfiles
+\t\tif (&control:Cleartext-Password && !&User-Password) {{
+\t\t\tupdate reply {{
+\t\t\t\t&Reply-Message := "{MSG_PIN_PROMPT}"
+\t\t\t\t&State := "0x%{{randstr:hhhhhhhhhhhhhhhh}}"
+\t\t\t}}
+\t\t\tupdate control {{
+\t\t\t\t&Response-Packet-Type := Access-Challenge
+\t\t\t}}
+\t\t\thandled
+\t\t}}
+\t\tpap
+\t}}
+
+\tauthenticate {{
+\t\tAuth-Type PAP {{
+\t\t\tpap
+\t\t}}
+\t}}
+
+\tpost-auth {{
+\t\tok
+\t\tPost-Auth-Type REJECT {{
+\t\t\tif (!&reply:Reply-Message) {{
+\t\t\t\tupdate reply {{
+\t\t\t\t\t&Reply-Message := "{MSG_WRONG_PIN}"
+\t\t\t\t}}
+\t\t\t}}
+\t\t}}
+\t}}
+}}
+"""
