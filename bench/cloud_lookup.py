@@ -1,0 +1,286 @@
+"""`python -m bench.cloud_lookup`: signed profile lookups per second and latency of the directory.
+
+Seeds ORGS orgs (default 100,000; each with a sealed profile and a contract with the bench space),
+then, for each backend (SQLite file; a private PostgreSQL 15 when available) and each worker count
+(default 1 and 2), runs `tenantprint cloud serve` on loopback (plain HTTP: TLS cost is the
+transport's, not the directory's) and drives it from CLIENTS processes x THREADS threads, each
+thread a keep-alive client signing every request with its process's enrolled device key, asking
+for random orgs. Bounded by --requests and --seconds per configuration. Prints a table and writes
+bench/results/cloud_lookup.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import multiprocessing as mp
+import os
+import platform
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wire(org: str) -> dict:
+    return {"org_id": org, "ttl_s": 300,
+            "vpn": {"gateway": "10.78.0.11", "port": 500, "local_id": "mfp-1.space-1", "remote_id": f"gw.{org}",
+                    "auth": "psk", "psk": f"bench-psk-{org}-{os.urandom(8).hex()}", "ca_cert_pem": None,
+                    "ike_proposals": ["aes256gcm16-prfsha384-x25519"], "esp_proposals": ["aes256gcm16"],
+                    "remote_ts": ["10.20.0.0/24"], "dpd_delay_s": 1},
+            "auth": {"kind": "radius", "host": "10.20.0.50", "port": 1812, "secret": f"bench-radius-{org}",
+                     "user_format": "{user}@{org}", "timeout_s": 3.0, "retries": 2},
+            "policy": {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": False}}
+
+
+def seed(url: str, kek: Path, n_orgs: int, devices: dict[str, bytes]) -> float:
+    """Bulk-load the bench directory; returns seconds taken."""
+    from sqlalchemy import insert
+
+    from cloud import profiles
+    from cloud.admin import T_ORG, T_SPACE
+    from cloud.crypto import Keyring
+    from cloud.lookup import T_CONTRACT, T_DEVICE, T_PROFILE, aad
+    from cloud.storage import migrate, open_engine, write_txn
+
+    t0 = time.monotonic()
+    engine = open_engine(url)
+    migrate(engine)
+    ring = Keyring(kek)
+    now = time.time()
+    with write_txn(engine) as c:
+        c.execute(insert(T_SPACE).values(id="space-b", name="bench", created_at=now))
+        c.execute(insert(T_DEVICE), [dict(id=d, space_id="space-b", public_key=pk, status="active", enrolled_at=now)
+                                     for d, pk in devices.items()])
+    batch = 5000
+    for start in range(0, n_orgs, batch):
+        orgs, profs, contracts = [], [], []
+        for i in range(start, min(n_orgs, start + batch)):
+            org = f"org{i:06d}"
+            public, secret = profiles.split(profiles.normalize(_wire(org)))
+            s = ring.seal(secret, aad(org))
+            orgs.append(dict(id=org, name=org, created_at=now))
+            profs.append(dict(org_id=org, public_json=json.dumps(public), kek_id=s.kek_id, wrapped_dek=s.wrapped_dek,
+                              secrets_ct=s.ciphertext, version=1, updated_at=now))
+            contracts.append(dict(org_id=org, space_id="space-b", status="active", started_at=now))
+        with write_txn(engine) as c:
+            c.execute(insert(T_ORG), orgs)
+            c.execute(insert(T_PROFILE), profs)
+            c.execute(insert(T_CONTRACT), contracts)
+    engine.dispose()
+    return time.monotonic() - t0
+
+
+def _client_proc(base: str, device_id: str, key_pem: bytes, n_orgs: int, threads: int, requests: int,
+                 seconds: float, out: mp.Queue) -> None:
+    import httpx
+    from cryptography.hazmat.primitives import serialization
+
+    from hal.directory.signing import sign_headers
+
+    key = serialization.load_pem_private_key(key_pem, None)
+    lat: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    per_thread = requests // threads
+    stop_at = time.monotonic() + seconds
+
+    def run():
+        mine, bad = [], 0
+        rnd = random.Random()
+        with httpx.Client(base_url=base, timeout=10) as http:
+            for _ in range(per_thread):
+                if time.monotonic() > stop_at:
+                    break
+                path = f"/v1/orgs/org{rnd.randrange(n_orgs):06d}/profile"
+                t = time.perf_counter()
+                r = http.get(path, headers=sign_headers(key, device_id, "GET", path, b""))
+                mine.append(time.perf_counter() - t)
+                bad += r.status_code != 200
+        with lock:
+            lat.extend(mine)
+            errors[0] += bad
+
+    ts = [threading.Thread(target=run) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out.put((lat, errors[0]))
+
+
+def measure(url: str, kek: Path, workers: int, keys: dict[str, bytes], n_orgs: int, clients: int, threads: int,
+            requests: int, seconds: float, log: Path) -> dict:
+    import httpx
+
+    port = _free_port()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TP_CLOUD_DB": url, "TP_CLOUD_KEK_FILE": str(kek),
+           "TP_CLOUD_LOG": "WARNING"}
+    with open(log, "ab") as logf:
+        proc = subprocess.Popen([sys.executable, "-m", "tenantprint", "cloud", "serve", "--host", "127.0.0.1",
+                                 "--port", str(port), "--workers", str(workers)],
+                                env=env, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"serve did not start (see {log})")
+            time.sleep(0.1)
+        q: mp.Queue = mp.Queue()
+        devs = list(keys.items())[:clients]
+        ps = [mp.Process(target=_client_proc, args=(base, d, k, n_orgs, threads, requests // clients, seconds, q))
+              for d, k in devs]
+        t0 = time.perf_counter()
+        for p in ps:
+            p.start()
+        results = [q.get(timeout=seconds + 60) for _ in ps]
+        elapsed = time.perf_counter() - t0
+        for p in ps:
+            p.join()
+    finally:
+        os.killpg(proc.pid, 15)  # the server we started, by its pid/session
+        proc.wait(15)
+    lat = sorted(x for r in results for x in r[0])
+    errors = sum(r[1] for r in results)
+    pct = lambda q: round(lat[min(len(lat) - 1, int(q * (len(lat) - 1)))] * 1000, 2)
+    return {"workers": workers, "requests": len(lat), "errors": errors, "seconds": round(elapsed, 2),
+            "lookups_per_s": round(len(lat) / elapsed, 1), "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+            "mean_ms": round(statistics.mean(lat) * 1000, 2)}
+
+
+class PrivatePostgres:
+    """PostgreSQL 15 as user postgres on a temp dir and a free loopback port; stopped by PID."""
+
+    def __init__(self):
+        self.base = Path(tempfile.mkdtemp(prefix="tpc-bench-pg-"))
+        shutil.chown(self.base, "postgres", "postgres")
+        data = self.base / "data"
+        subprocess.run([PG_BIN / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
+                       user="postgres", check=True, capture_output=True, cwd=self.base)
+        self.port = _free_port()
+        self.log = open(self.base / "pg.log", "wb")
+        self.proc = subprocess.Popen(
+            [PG_BIN / "postgres", "-D", data, "-k", self.base, "-h", "127.0.0.1", "-p", str(self.port),
+             "-c", "max_connections=200", "-c", "synchronous_commit=off"],
+            user="postgres", stdout=self.log, stderr=subprocess.STDOUT, cwd=self.base, start_new_session=True)
+        import psycopg
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres").close()
+                return
+            except psycopg.OperationalError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError("private PostgreSQL did not start")
+                time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.cloud_lookup")
+    ap.add_argument("--orgs", type=int, default=100_000)
+    ap.add_argument("--workers", default="1,2", help="uvicorn worker counts to measure")
+    ap.add_argument("--backends", default="sqlite,postgresql")
+    ap.add_argument("--requests", type=int, default=4000, help="lookups per configuration (upper bound)")
+    ap.add_argument("--seconds", type=float, default=15, help="time per configuration (upper bound)")
+    ap.add_argument("--clients", type=int, default=2, help="client processes")
+    ap.add_argument("--threads", type=int, default=8, help="threads per client process")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "cloud_lookup.json"))
+    args = ap.parse_args(argv)
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from cloud.crypto import new_kek, write_kek_file
+
+    work = Path(tempfile.mkdtemp(prefix="tpc-bench-"))
+    os.chmod(work, 0o700)
+    kek = work / "kek"
+    write_kek_file(kek, [new_kek()])
+    privs = {f"bench-dev-{i}": Ed25519PrivateKey.generate() for i in range(args.clients)}
+    pems = {d: k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption()) for d, k in privs.items()}
+    pubs = {d: k.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            for d, k in privs.items()}
+    rows, seeds, pg = [], {}, None
+    try:
+        for backend in args.backends.split(","):
+            if backend == "sqlite":
+                url = f"sqlite:///{work / 'bench.db'}"
+            elif backend == "postgresql":
+                if os.geteuid() != 0 or not (PG_BIN / "postgres").exists():
+                    print("postgresql: skipped (needs root and PostgreSQL 15)", file=sys.stderr)
+                    continue
+                pg = PrivatePostgres()
+                url = pg.url
+            else:
+                raise SystemExit(f"unknown backend {backend}")
+            seeds[backend] = round(seed(url, kek, args.orgs, pubs), 1)
+            print(f"{backend}: seeded {args.orgs} orgs in {seeds[backend]} s", flush=True)
+            for w in (int(x) for x in args.workers.split(",")):
+                r = measure(url, kek, w, pems, args.orgs, args.clients, args.threads, args.requests, args.seconds,
+                            work / "serve.log")
+                r["backend"] = backend
+                rows.append(r)
+                print(f"  {backend:10} workers={w}  {r['lookups_per_s']:8.1f}/s  p50 {r['p50_ms']:6.2f} ms  "
+                      f"p99 {r['p99_ms']:6.2f} ms  n={r['requests']} errors={r['errors']}", flush=True)
+            if pg is not None:
+                pg.stop()
+                pg = None
+    finally:
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    print("\nbackend     workers  lookups/s   p50 ms   p99 ms  requests  errors")
+    for r in rows:
+        print(f"{r['backend']:10}  {r['workers']:7}  {r['lookups_per_s']:9.1f}  {r['p50_ms']:7.2f}  {r['p99_ms']:7.2f}"
+              f"  {r['requests']:8}  {r['errors']:6}")
+    out = {"bench": "cloud_lookup", "orgs": args.orgs, "clients": args.clients, "threads": args.threads,
+           "transport": "http on loopback (no TLS)", "seed_seconds": seeds, "results": rows,
+           "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "at": time.time()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

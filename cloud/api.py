@@ -1,0 +1,170 @@
+"""The directory's HTTP API (FastAPI). Devices talk to it; operators use the CLI on the database.
+
+    POST /v1/enrol                     {token, public_key} -> 201 {device_id, space_id} | 403
+    GET  /v1/orgs/{org_id}/profile     signed (hal/directory/signing.py) -> 200 wire profile | 401 | 403
+    GET  /v1/health                    -> 200 {"status": "ok"}
+    GET  /openapi.json, /docs
+
+Answers to devices are fixed: 401 `{"error": "unauthenticated"}`, 403 `{"error": "refused"}`,
+413 `{"error": "too-large"}`, 422 `{"error": "malformed"}` (the request is never echoed back),
+503 `{"error": "unavailable"}` when the database is. The application is stateless: any number of
+processes can serve one database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from anyio import to_thread
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cloud.crypto import CryptoError, Keyring
+from cloud.lookup import DeviceDirectory, Refused, Unauthenticated
+from cloud.storage import open_engine
+
+log = logging.getLogger("tenantprint.cloud")
+MAX_BODY = 16 * 1024
+
+
+class EnrolRequest(BaseModel):
+    token: str = Field(min_length=1, max_length=256)
+    public_key: str = Field(min_length=1, max_length=128, description="base64 raw Ed25519 public key (32 bytes)")
+
+
+class EnrolResponse(BaseModel):
+    device_id: str
+    space_id: str
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+def _err(status: int, error: str) -> JSONResponse:
+    return JSONResponse({"error": error}, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+class BodyLimit:
+    """Reads at most MAX_BODY bytes of a request body (whatever Content-Length says), else 413."""
+
+    def __init__(self, app, limit: int = MAX_BODY):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.limit:
+                    return await _err(413, "too-large")(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                return
+            chunk = msg.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return await _err(413, "too-large")(scope, receive, send)
+            chunks.append(chunk)
+            if not msg.get("more_body"):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60) -> FastAPI:
+    directory = DeviceDirectory(engine, keyring, window_s=window_s)
+    app = FastAPI(title="tenantprint org directory", version="1",
+                  description="Session profiles for enrolled MFPs of spaces with a contract.")
+
+    @app.exception_handler(RequestValidationError)
+    async def _malformed(request, exc):
+        return _err(422, "malformed")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc):
+        return _err(exc.status_code, {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "error"))
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(request, exc):
+        log.error("database unavailable: %s", type(exc.orig).__name__ if exc.orig else "OperationalError")
+        return _err(503, "unavailable")
+
+    @app.exception_handler(CryptoError)
+    async def _crypto(request, exc):
+        log.error("profile does not decrypt: %s", exc)  # messages carry key ids, never material
+        return _err(503, "unavailable")
+
+    @app.get("/v1/health", responses={200: {"content": {"application/json": {}}}})
+    async def health():
+        return {"status": "ok"}
+
+    @app.post("/v1/enrol", status_code=201, response_model=EnrolResponse,
+              responses={403: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
+    async def enrol(req: EnrolRequest):
+        try:
+            done = await to_thread.run_sync(directory.enrol, req.token, req.public_key)
+        except Refused as exc:
+            log.warning("enrolment refused (%s)", exc.reason)
+            return _err(403, "refused")
+        log.info("device %s enrolled into space %s", done.device_id, done.space_id)
+        return EnrolResponse(device_id=done.device_id, space_id=done.space_id)
+
+    @app.get("/v1/orgs/{org_id}/profile",
+             responses={200: {"description": "the org's session profile (hal/directory/profile.py wire format)",
+                              "content": {"application/json": {}}},
+                        401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
+    async def profile(org_id: str, request: Request,
+                      x_tp_device: str | None = Header(None), x_tp_timestamp: str | None = Header(None),
+                      x_tp_nonce: str | None = Header(None), x_tp_signature: str | None = Header(None)):
+        body = await request.body()
+        path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+        if request.scope.get("query_string"):
+            path += "?" + request.scope["query_string"].decode("latin-1")
+
+        def work() -> dict:
+            device_id, nonce, _ts = directory.authenticate(request.headers, request.method, path, body)
+            return directory.lookup(device_id, nonce, org_id)
+
+        try:
+            wire = await to_thread.run_sync(work)
+        except Unauthenticated as exc:
+            await to_thread.run_sync(directory.record_refusal, "lookup", exc, None, org_id)
+            log.warning("lookup unauthenticated (%s)", exc.reason)
+            return _err(401, "unauthenticated")
+        except Refused:
+            return _err(403, "refused")
+        return Response(json.dumps(wire).encode(), media_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+    app.add_middleware(BodyLimit)
+    return app
+
+
+def app_from_env():
+    """uvicorn factory for `tenantprint cloud serve` workers (settings in the environment)."""
+    logging.basicConfig(level=os.environ.get("TP_CLOUD_LOG", "INFO"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    engine = open_engine(os.environ.get("TP_CLOUD_DB"), pool_size=int(os.environ.get("TP_CLOUD_POOL", "8")))
+    kek = os.environ.get("TP_CLOUD_KEK_FILE")
+    if not kek:
+        raise SystemExit("TP_CLOUD_KEK_FILE is not set")
+    return create_app(engine, Keyring(Path(kek)), window_s=int(os.environ.get("TP_CLOUD_WINDOW_S", "60")))

@@ -1,0 +1,1 @@
+"""Alembic migrations of the directory's schema (run by `cloud.storage.migrate`)."""

@@ -1,0 +1,97 @@
+"""The directory's tables (SQLAlchemy 2). The schema itself is created by Alembic migrations
+(`cloud/migrations`); these classes must match them.
+
+Times are unix seconds (float) so SQLite and PostgreSQL compare them the same way.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+ACTIVE, REVOKED, ENDED = "active", "revoked", "ended"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Space(Base):
+    """A coworking space: devices are enrolled into one; contracts tie orgs to it."""
+    __tablename__ = "space"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Device(Base):
+    """An MFP. Its Ed25519 key pair was made on the device; only the public key is here."""
+    __tablename__ = "device"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    space_id: Mapped[str] = mapped_column(ForeignKey("space.id"), index=True)
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    status: Mapped[str] = mapped_column(String(16))
+    enrolled_at: Mapped[float] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Org(Base):
+    __tablename__ = "org"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Contract(Base):
+    """An org may use a space's devices while one of its contracts with that space is active."""
+    __tablename__ = "contract"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("org.id"))
+    space_id: Mapped[str] = mapped_column(ForeignKey("space.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    __table_args__ = (Index("ix_contract_space_org_status", "space_id", "org_id", "status"),)
+
+
+class OrgProfile(Base):
+    """An org's session profile: the wire form without its secrets in `public_json`; the secrets
+    encrypted under a per-record data key (`secrets_ct`), that key wrapped by the KEK `kek_id`."""
+    __tablename__ = "org_profile"
+    org_id: Mapped[str] = mapped_column(ForeignKey("org.id"), primary_key=True)
+    public_json: Mapped[str] = mapped_column(Text)
+    kek_id: Mapped[str] = mapped_column(String(32), index=True)
+    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
+    secrets_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class EnrolmentToken(Base):
+    """A one-time enrolment token; only its SHA-256 is stored."""
+    __tablename__ = "enrolment_token"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    space_id: Mapped[str] = mapped_column(ForeignKey("space.id"))
+    device_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)
+    used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class AuditEvent(Base):
+    """Append-only (triggers refuse UPDATE and DELETE)."""
+    __tablename__ = "audit_event"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    device_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    org_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    outcome: Mapped[str] = mapped_column(String(32))
+
+
+class RequestNonce(Base):
+    """Nonces seen inside the timestamp window; shared by every API process (replay protection)."""
+    __tablename__ = "request_nonce"
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seen_at: Mapped[float] = mapped_column(Float, index=True)

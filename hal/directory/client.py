@@ -1,0 +1,163 @@
+"""The directory client: enrolment and signed profile lookups over HTTPS (httpx, blocking).
+
+    device = enrol("https://10.78.0.2:8443", token, key_dir, ca_file)   # once, on the device
+    client = DirectoryClient(url, device.device_id, device.key_path, ca_file, timeout=5)
+    profile = client.fetch_profile("acme")                             # SessionProfile
+
+The private key is generated here, on the device, and written to `key_dir/device.key` with mode
+0600 (the directory is made 0700); only the public key leaves the device. `key_dir/device.json`
+records the device id and the directory URL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from hal.directory import DirectoryMalformed, DirectoryRefused, DirectoryUnreachable
+from hal.directory.profile import ProfileError, SessionProfile
+from hal.directory.signing import public_key_b64, sign_headers
+
+MAX_RESPONSE = 256 * 1024
+_ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+KEY_FILE, DEVICE_FILE = "device.key", "device.json"
+
+
+@dataclass(frozen=True)
+class EnrolledDevice:
+    device_id: str
+    space_id: str
+    key_path: Path
+
+
+def _verify(ca_file: str | Path | None):
+    # None: the system trust store. A path: only that CA (the lab's, or a private PKI).
+    return True if ca_file is None else str(ca_file)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _post(url: str, body: dict, ca_file, timeout: float, http: httpx.Client | None) -> httpx.Response:
+    try:
+        if http is not None:
+            return http.post(url, json=body, timeout=timeout)
+        with httpx.Client(verify=_verify(ca_file), timeout=timeout) as own:
+            return own.post(url, json=body)
+    except httpx.HTTPError as exc:
+        raise DirectoryUnreachable(f"directory {url}: {type(exc).__name__}") from None
+
+
+def enrol(url: str, token: str, key_dir: str | Path, ca_file: str | Path | None = None,
+          timeout: float = 10.0, *, http: httpx.Client | None = None) -> EnrolledDevice:
+    """Make the device key pair in `key_dir`, enrol its public key with a one-time `token`.
+    `http`: an httpx client to use instead of a new one (a test's in-process transport)."""
+    key_dir = Path(key_dir)
+    key_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(key_dir, 0o700)
+    key = Ed25519PrivateKey.generate()
+    pending = key_dir / (KEY_FILE + ".pending")
+    _write_private(pending, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+    resp = _post(url.rstrip("/") + "/v1/enrol", {"token": token, "public_key": public_key_b64(key)}, ca_file, timeout, http)
+    if resp.status_code in (401, 403):
+        pending.unlink(missing_ok=True)
+        raise DirectoryRefused("enrolment refused (token unknown, used or expired)", resp.status_code)
+    if resp.status_code >= 500:
+        pending.unlink(missing_ok=True)
+        raise DirectoryUnreachable(f"enrolment: directory answered {resp.status_code}")
+    try:
+        data = resp.json()
+        device_id, space_id = data["device_id"], data["space_id"]
+        if resp.status_code != 201 or not _ORG_ID.match(device_id) or not _ORG_ID.match(space_id):
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        pending.unlink(missing_ok=True)
+        raise DirectoryMalformed(f"enrolment: unexpected answer (HTTP {resp.status_code})") from None
+    key_path = key_dir / KEY_FILE
+    os.replace(pending, key_path)
+    _write_private(key_dir / DEVICE_FILE,
+                   json.dumps({"device_id": device_id, "space_id": space_id, "url": url}).encode())
+    return EnrolledDevice(device_id, space_id, key_path)
+
+
+def load_key(key_path: str | Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise DirectoryRefused(f"device key {key_path} unusable: {type(exc).__name__}", 401) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise DirectoryRefused(f"device key {key_path} is not an Ed25519 key", 401)
+    return key
+
+
+class DirectoryClient:
+    """Signed profile lookups for one enrolled device. Thread-safe; keeps one connection pool."""
+
+    def __init__(self, url: str, device_id: str, key_path: str | Path, ca_file: str | Path | None = None,
+                 timeout: float = 5.0, *, http: httpx.Client | None = None):
+        self.url = url.rstrip("/")
+        self.device_id = device_id
+        self._key = load_key(key_path)
+        self._own_http = http is None
+        self._http = http if http is not None else httpx.Client(verify=_verify(ca_file), timeout=timeout)
+
+    def close(self) -> None:
+        if self._own_http:
+            self._http.close()
+
+    def __enter__(self) -> "DirectoryClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def fetch_profile(self, org_id: str) -> SessionProfile:
+        if not isinstance(org_id, str) or not _ORG_ID.match(org_id):
+            raise DirectoryRefused("org id is not valid", 403)
+        path = f"/v1/orgs/{org_id}/profile"
+        headers = sign_headers(self._key, self.device_id, "GET", path, b"")
+        try:
+            with self._http.stream("GET", self.url + path, headers=headers) as resp:
+                body = b""
+                for chunk in resp.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_RESPONSE:
+                        raise DirectoryMalformed(f"profile for {org_id}: answer larger than {MAX_RESPONSE} bytes")
+        except httpx.HTTPError as exc:
+            raise DirectoryUnreachable(f"directory {self.url}: {type(exc).__name__}") from None
+        if resp.status_code == 401:
+            raise DirectoryRefused("the directory does not recognise this device (revoked, unknown, clock skew)", 401)
+        if resp.status_code == 403:
+            raise DirectoryRefused(f"no contract with org {org_id}", 403)
+        if resp.status_code >= 500 or resp.status_code == 429:
+            raise DirectoryUnreachable(f"directory answered {resp.status_code}")
+        if resp.status_code != 200:
+            raise DirectoryMalformed(f"profile for {org_id}: unexpected HTTP {resp.status_code}")
+        try:
+            wire = json.loads(body)
+            profile = SessionProfile.from_wire(wire)
+        except (ValueError, ProfileError) as exc:
+            # ProfileError messages name fields only; a JSON error's message could quote the body.
+            detail = str(exc) if isinstance(exc, ProfileError) else "not JSON"
+            raise DirectoryMalformed(f"profile for {org_id}: {detail}") from None
+        finally:
+            body = b""
+        if profile.org_id != org_id:
+            profile.wipe()
+            raise DirectoryMalformed(f"profile for {org_id}: answer is for another org")
+        return profile

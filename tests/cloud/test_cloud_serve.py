@@ -1,0 +1,82 @@
+"""`tenantprint cloud serve` as a real process on loopback with TLS: a device enrols and looks up
+through hal/directory, on SQLite and on PostgreSQL (two worker processes on one database)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import Cloud, free_port
+from hal.directory import DirectoryRefused, DirectoryUnreachable
+from hal.directory.client import DirectoryClient, enrol
+from lab.services.cloud import make_tls
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def served(db_url, kek_file, tmp_path):
+    seeded = Cloud(db_url, kek_file, tmp_path / "unused")  # schema + orgs + contracts
+    tls = make_tls(tmp_path / "tls", ["127.0.0.1"])
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], "TP_CLOUD_DB": db_url, "TP_CLOUD_KEK_FILE": str(kek_file)}
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "tenantprint", "cloud", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "2", "--tls-cert", str(tls["server"]),
+                             "--tls-key", str(tls["server-key"])],
+                            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"https://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "/v1/health", verify=str(tls["ca"]), timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("serve did not answer: " + (tmp_path / "serve.log").read_text()[-2000:])
+        time.sleep(0.1)
+    try:
+        yield seeded, url, tls
+    finally:
+        os.killpg(proc.pid, 15)  # our own child's session only
+        proc.wait(15)
+        log.close()
+        seeded.close()
+
+
+def test_enrol_and_lookup_over_tls(served, tmp_path):
+    seeded, url, tls = served
+    token = seeded.admin.enrol_token("space-1", "mfp-1.space-1")["token"]
+    dev = enrol(url, token, tmp_path / "device", ca_file=tls["ca"])
+    with DirectoryClient(url, dev.device_id, dev.key_path, tls["ca"], timeout=5) as client:
+        for _ in range(5):  # several requests: both workers, one shared nonce store
+            profile = client.fetch_profile("acme")
+            assert profile.vpn.psk.reveal().decode() == seeded.profiles["acme"]["vpn"]["psk"]
+            profile.wipe()
+        with pytest.raises(DirectoryRefused):
+            client.fetch_profile("initech")
+    # a client that does not trust the lab CA does not talk to it
+    with DirectoryClient(url, dev.device_id, dev.key_path, None, timeout=5) as untrusting:
+        with pytest.raises(DirectoryUnreachable):
+            untrusting.fetch_profile("acme")
+    outcomes = [(e["org_id"], e["outcome"]) for e in seeded.admin.audit(device_id=dev.device_id)]
+    assert outcomes.count(("acme", "granted")) == 5 and ("initech", "refused") in outcomes
+
+
+def test_unreachable_directory(tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    key = tmp_path / "k"
+    key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with DirectoryClient(f"https://127.0.0.1:{free_port()}", "mfp", key, None, timeout=1) as client:
+        with pytest.raises(DirectoryUnreachable):
+            client.fetch_profile("acme")
