@@ -1,0 +1,296 @@
+"""The lab's virtual card: a process on the office host that presents cards to pcscd through vpcd.
+
+Run on the host (`python -m lab.vcard --control /run/tenantprint-vcard.sock`), it listens on a unix
+control socket for one-line JSON commands and answers one JSON line:
+
+    {"cmd": "insert", "uid_hex": "04a1b2c3d4e5f6", "user": "alice", "org": "acme"}
+    {"cmd": "insert", "uid_hex": "...", "ndef_hex": "..."}           raw NDEF message (NLEN added)
+    {"cmd": "insert", "uid_hex": "...", "ndef_file_hex": "..."}      raw NDEF file (NLEN included)
+    {"cmd": "insert", "uid_hex": "...", "cc_hex": "...", ...}        raw CC file instead of a valid one
+    {"cmd": "insert", "uid_hex": "...", "no_app": true}              no NDEF application at all
+    {"cmd": "insert", ..., "empty_reads": true}                      READ BINARY of the NDEF file
+                                                                     answers 9000 with no data
+    {"cmd": "remove"}    {"cmd": "status"}
+
+"Inserted" means connected to vpcd (TCP 127.0.0.1:35963 on the host); "removed" means the
+connection is closed. If vpcd goes away (pcscd restart) while a card is inserted, the card
+reconnects by itself, as a card left on the reader would be seen again.
+
+`VirtualCard(lab)` is the client for tests and the `lab tap` command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hal.card import mask_uid
+from hal.card.badge import CC_FILE_ID, NDEF_AID, NDEF_FILE_ID, cc_file, encode_badge, ndef_file
+from lab import vpcd_protocol as vpcd
+
+CONTROL_PATH = "/run/tenantprint-vcard.sock"
+ATR = bytes.fromhex("3B80800101")  # PC/SC contactless ISO 14443-4 card, no historical bytes
+SW_OK, SW_NOT_FOUND, SW_WRONG_P1P2, SW_INS, SW_NO_EF = b"\x90\x00", b"\x6A\x82", b"\x6B\x00", b"\x6D\x00", b"\x69\x86"
+
+
+@dataclass
+class CardImage:
+    uid: bytes
+    has_app: bool = True
+    files: dict[int, bytes] = field(default_factory=dict)
+    empty_reads: bool = False
+
+    @classmethod
+    def from_command(cls, cmd: dict) -> "CardImage":
+        uid = bytes.fromhex(cmd["uid_hex"])
+        if not 4 <= len(uid) <= 10:
+            raise ValueError("uid must be 4..10 bytes")
+        if cmd.get("no_app"):
+            return cls(uid, has_app=False)
+        if "ndef_file_hex" in cmd:
+            ndef = bytes.fromhex(cmd["ndef_file_hex"])
+        elif "ndef_hex" in cmd:
+            ndef = ndef_file(bytes.fromhex(cmd["ndef_hex"]))
+        else:
+            ndef = ndef_file(encode_badge(cmd["user"], cmd["org"]))
+        cc = bytes.fromhex(cmd["cc_hex"]) if "cc_hex" in cmd else cc_file()
+        return cls(uid, files={CC_FILE_ID: cc, NDEF_FILE_ID: ndef},
+                   empty_reads=bool(cmd.get("empty_reads")))
+
+
+class Type4Applet:
+    """Answers APDUs as an NFC Forum Type 4 tag behind a PC/SC contactless reader."""
+
+    def __init__(self, card: CardImage):
+        self.card = card
+        self.app_selected = False
+        self.file: int | None = None
+
+    def reset(self) -> None:
+        self.app_selected, self.file = False, None
+
+    def process(self, apdu: bytes) -> bytes:
+        if len(apdu) < 4:
+            return b"\x67\x00"
+        cla, ins, p1, p2 = apdu[:4]
+        if (cla, ins) == (0xFF, 0xCA) and p1 == 0:
+            return self.card.uid + SW_OK
+        if ins == 0xA4 and p1 == 0x04:
+            aid = apdu[5:5 + apdu[4]] if len(apdu) > 5 else b""
+            self.app_selected = self.card.has_app and aid == NDEF_AID
+            self.file = None
+            return SW_OK if self.app_selected else SW_NOT_FOUND
+        if ins == 0xA4 and p1 == 0x00:
+            fid = struct.unpack(">H", apdu[5:7])[0] if len(apdu) >= 7 else -1
+            if self.app_selected and fid in self.card.files:
+                self.file = fid
+                return SW_OK
+            return SW_NOT_FOUND
+        if ins == 0xB0:
+            if self.file is None:
+                return SW_NO_EF
+            data = self.card.files[self.file]
+            offset = (p1 << 8) | p2
+            le = apdu[4] if len(apdu) > 4 else 0
+            le = le or 256
+            if offset > len(data):
+                return SW_WRONG_P1P2
+            if self.card.empty_reads and self.file != CC_FILE_ID and offset >= 2:
+                return SW_OK
+            return data[offset:offset + le] + SW_OK
+        return SW_INS
+
+
+class Presence:
+    """One inserted card: a connection to vpcd served in a thread, re-made if vpcd restarts."""
+
+    def __init__(self, card: CardImage, port: int):
+        self.card, self.port = card, port
+        self.applet = Type4Applet(card)
+        self.stopped = threading.Event()
+        self.connected = threading.Event()
+        self.sock: socket.socket | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                sock = vpcd.connect(port=self.port)
+            except OSError:
+                time.sleep(0.05)
+                continue
+            self.sock = sock
+            if self.stopped.is_set():
+                sock.close()
+                return
+            self.connected.set()
+            try:
+                self._serve(sock)
+            except OSError:
+                pass
+            finally:
+                self.connected.clear()
+                sock.close()
+            if not self.stopped.is_set():
+                log(f"vpcd connection lost; card {mask_uid(self.card.uid)} reconnects")
+                time.sleep(0.05)
+
+    def _serve(self, sock: socket.socket) -> None:
+        while True:
+            msg = vpcd.recv_frame(sock)
+            if msg is None:
+                return
+            if len(msg) == 1:
+                if msg[0] == vpcd.CTRL_ATR:
+                    vpcd.send_frame(sock, ATR)
+                elif msg[0] in (vpcd.CTRL_ON, vpcd.CTRL_OFF, vpcd.CTRL_RESET):
+                    self.applet.reset()
+                continue
+            vpcd.send_frame(sock, self.applet.process(msg))
+
+    def stop(self) -> None:
+        self.stopped.set()
+        sock = self.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.thread.join(timeout=2)
+
+
+class VcardServer:
+    def __init__(self, control: Path, port: int):
+        self.control, self.port = control, port
+        self.presence: Presence | None = None
+        self.lock = threading.Lock()
+
+    def handle(self, cmd: dict) -> dict:
+        op = cmd.get("cmd")
+        with self.lock:
+            if op == "insert":
+                card = CardImage.from_command(cmd)
+                self._remove()
+                self.presence = Presence(card, self.port)
+                connected = self.presence.connected.wait(float(cmd.get("wait_s", 3.0)))
+                log(f"inserted card {mask_uid(card.uid)} (connected={connected})")
+                return {"ok": True, "connected": connected}
+            if op == "remove":
+                was = self._remove()
+                log("removed card" if was else "remove: no card")
+                return {"ok": True, "removed": was}
+            if op == "status":
+                p = self.presence
+                return {"ok": True, "inserted": p is not None,
+                        "connected": bool(p and p.connected.is_set()),
+                        "uid": mask_uid(p.card.uid) if p else None}
+        return {"ok": False, "error": f"unknown command {op!r}"}
+
+    def _remove(self) -> bool:
+        p, self.presence = self.presence, None
+        if p is None:
+            return False
+        p.stop()
+        return True
+
+    def serve_forever(self) -> None:
+        self.control.unlink(missing_ok=True)
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(str(self.control))
+        os.chmod(self.control, 0o600)
+        srv.listen(8)
+        log(f"control socket {self.control}, vpcd port {self.port}")
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+
+    def _client(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rwb") as f:
+            for line in f:
+                try:
+                    reply = self.handle(json.loads(line))
+                except (ValueError, KeyError, TypeError) as exc:
+                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                f.write(json.dumps(reply).encode() + b"\n")
+                f.flush()
+
+
+def log(msg: str) -> None:
+    print(f"vcard: {msg}", file=sys.stderr, flush=True)
+
+
+# -- client -----------------------------------------------------------------------------------
+
+class VirtualCardError(Exception):
+    pass
+
+
+class VirtualCard:
+    """Drive the lab's virtual card from the root namespace (the vcard service must be running)."""
+
+    def __init__(self, lab, host: str = "office"):
+        self.path = lab.host(host).path(CONTROL_PATH)
+
+    def _call(self, cmd: dict, timeout: float = 10.0) -> dict:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(self.path))
+            s.sendall(json.dumps(cmd).encode() + b"\n")
+            with s.makefile("rb") as f:
+                line = f.readline()
+        if not line:
+            raise VirtualCardError("vcard closed the control connection")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise VirtualCardError(reply.get("error", "vcard refused the command"))
+        return reply
+
+    def insert(self, uid: bytes | str = "04a1b2c3d4e5f6", user: str | None = None,
+               org: str | None = None, *, ndef: bytes | None = None, ndef_file: bytes | None = None,
+               cc: bytes | None = None, no_app: bool = False, empty_reads: bool = False) -> dict:
+        """Present a card: a badge for user/org, or raw NDEF/CC images, or no NDEF app."""
+        cmd: dict = {"cmd": "insert", "uid_hex": uid.hex() if isinstance(uid, bytes) else uid}
+        if user is not None or org is not None:
+            cmd.update(user=user, org=org)
+        if ndef is not None:
+            cmd["ndef_hex"] = ndef.hex()
+        if ndef_file is not None:
+            cmd["ndef_file_hex"] = ndef_file.hex()
+        if cc is not None:
+            cmd["cc_hex"] = cc.hex()
+        if no_app:
+            cmd["no_app"] = True
+        if empty_reads:
+            cmd["empty_reads"] = True
+        reply = self._call(cmd)
+        if not reply.get("connected"):
+            raise VirtualCardError("card inserted but vpcd is not reachable (is pcscd running?)")
+        return reply
+
+    def remove(self) -> dict:
+        return self._call({"cmd": "remove"})
+
+    def status(self) -> dict:
+        return self._call({"cmd": "status"}, timeout=2.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lab.vcard", description=__doc__.splitlines()[0])
+    p.add_argument("--control", default=CONTROL_PATH)
+    p.add_argument("--vpcd-port", type=int, default=vpcd.VPCD_PORT)
+    args = p.parse_args(argv)
+    VcardServer(Path(args.control), args.vpcd_port).serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
