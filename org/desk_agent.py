@@ -2,10 +2,11 @@
 
 It long-polls the gateway agent. For every MFP that is up it adds an IPP Everywhere queue pointing at
 the MFP's virtual IP, and trusts it only once CUPS really built a model for it (`lpadmin -m everywhere`
-"succeeds" even when the MFP is unreachable, leaving a "Remote Printer" with no PPD); for every MFP
-that went away it deletes the queue, which also drops the desk's pending jobs for it. When the gateway
-agent cannot be reached for `grace_s`, the MFPs are treated as gone: no queue to a printer whose tunnel
-nobody can vouch for.
+"succeeds" even when the MFP is unreachable, leaving a "Local Raw Printer" with no PPD); an untrusted
+queue is deleted again and retried every `retry_s` while the gateway still lists the MFP (the MFP's
+print service may start a moment after its tunnel). For every MFP that went away it deletes the
+queue, which also drops the desk's pending jobs for it. When the gateway agent cannot be reached for
+`grace_s`, the MFPs are treated as gone: no queue to a printer whose tunnel nobody can vouch for.
 """
 
 from __future__ import annotations
@@ -34,13 +35,26 @@ class WantedQueue:
     mfp_id: str
 
 
-def wanted_queues(mfps: list[dict], mfp_queue: str, port: int = 631) -> dict[str, WantedQueue]:
-    """Pure: the desk queues that should exist for the gateway's MFP list."""
+def mfp_resource(mfp_queue: str) -> str:
+    """The MFP's inbound queue path on its IPP server (a CUPS queue)."""
+    return f"/printers/{mfp_queue}"
+
+
+def wanted_queues(mfps: list[dict], resource: str, port: int = 631) -> dict[str, WantedQueue]:
+    """Pure: the desk queues that should exist for the gateway's MFP list (`resource` is the path
+    of the MFP's inbound queue, e.g. `/printers/tenantprint`)."""
+    if not resource.startswith("/"):
+        raise ValueError(f"the MFP resource must be an absolute path, not {resource!r}")
     out = {}
     for m in mfps:
         name = QUEUE_PREFIX + re.sub(r"[^A-Za-z0-9_-]", "_", m["id"] or m["virtual_ip"])[:100]
-        out[name] = WantedQueue(name, f"ipp://{m['virtual_ip']}:{port}/printers/{mfp_queue}", m["id"])
+        out[name] = WantedQueue(name, f"ipp://{m['virtual_ip']}:{port}{resource}", m["id"])
     return out
+
+
+def trusted_model(model: str) -> bool:
+    """Pure: whether a queue's printer-make-and-model shows that CUPS built a model from the MFP."""
+    return model not in _UNTRUSTED_MODELS
 
 
 class QueueNotTrusted(Exception):
@@ -48,14 +62,18 @@ class QueueNotTrusted(Exception):
 
 
 class DeskAgent:
-    def __init__(self, gateway_url: str, cups_server: str, mfp_queue: str = "tenantprint",
-                 grace_s: float = 3.0, verify_s: float = 10.0):
+    def __init__(self, gateway_url: str, cups_server: str, resource: str = "/printers/tenantprint",
+                 grace_s: float = 3.0, verify_s: float = 10.0, retry_s: float = 2.0, wait_s: float = 20.0):
         self.gateway_url = gateway_url.rstrip("/")
         self.cups_server = cups_server
-        self.mfp_queue = mfp_queue
+        self.resource = resource
         self.grace_s = grace_s
         self.verify_s = verify_s
+        self.retry_s = retry_s
+        self.wait_s = wait_s
         self.version: int | None = None
+        self.mfps: list[dict] = []
+        self.untrusted: dict[str, float] = {}  # queue name -> when adding it last failed
         self.last_contact = time.monotonic()
 
     def _cups(self) -> cups.Connection:
@@ -67,64 +85,93 @@ class DeskAgent:
         return {name: attrs.get("device-uri", "") for name, attrs in conn.getPrinters().items()
                 if name.startswith(QUEUE_PREFIX)}
 
-    def add_queue(self, q: WantedQueue) -> None:
+    def add_queue(self, q: WantedQueue) -> str:
+        """Add the queue and wait until CUPS built a model for it; delete it again (fail closed) and
+        raise QueueNotTrusted when it did not within `verify_s`. Returns the model."""
         conn = self._cups()
         conn.addPrinter(q.name, device=q.uri, ppdname="everywhere",
                         info="Shared office printer (tenantprint)", location=q.mfp_id)
-        deadline = time.monotonic() + self.verify_s
-        model = ""
-        while time.monotonic() < deadline:
-            model = conn.getPrinterAttributes(q.name, requested_attributes=["printer-make-and-model"]).get(
-                "printer-make-and-model", "")
-            if model not in _UNTRUSTED_MODELS:
-                break
-            time.sleep(0.2)
-        if model in _UNTRUSTED_MODELS:
+        try:
+            # CUPS creates the queue accepting jobs; until the model is checked it takes none.
+            conn.rejectJobs(q.name, reason="tenantprint: checking the MFP")
+            conn.disablePrinter(q.name)
+            deadline = time.monotonic() + self.verify_s
+            model = ""
+            while time.monotonic() < deadline:
+                model = conn.getPrinterAttributes(q.name, requested_attributes=["printer-make-and-model"]).get(
+                    "printer-make-and-model", "")
+                if trusted_model(model):
+                    break
+                time.sleep(0.1)
+            if not trusted_model(model):
+                raise QueueNotTrusted(f"{q.name}: CUPS built no model from {q.uri} (got {model!r})")
+            conn.setPrinterShared(q.name, False)  # the desk's own queue, not re-shared on the LAN
+            conn.enablePrinter(q.name)
+            conn.acceptJobs(q.name)
+        except BaseException:
             conn.deletePrinter(q.name)
-            raise QueueNotTrusted(f"{q.name}: CUPS built no model from {q.uri} (got {model!r})")
-        conn.enablePrinter(q.name)
-        conn.acceptJobs(q.name)
+            raise
         log.info("queue added name=%s uri=%s model=%r", q.name, q.uri, model)
+        return model
 
     def delete_queue(self, name: str) -> None:
         self._cups().deletePrinter(name)
         log.info("queue removed name=%s", name)
 
     def reconcile(self, mfps: list[dict]) -> None:
-        want = wanted_queues(mfps, self.mfp_queue)
+        self.mfps = list(mfps)
+        want = wanted_queues(mfps, self.resource)
         have = self.current_queues()
         for name, uri in have.items():
             if name not in want or want[name].uri != uri:
                 self.delete_queue(name)
+        self.untrusted = {n: t for n, t in self.untrusted.items() if n in want}
         for name, q in want.items():
-            if name not in have or have[name] != q.uri:
-                try:
-                    self.add_queue(q)
-                except (QueueNotTrusted, cups.IPPError) as exc:
-                    log.warning("queue not added: %s", exc)
+            if name in have and have[name] == q.uri:
+                continue
+            try:
+                self.add_queue(q)
+                self.untrusted.pop(name, None)
+            except (QueueNotTrusted, cups.IPPError) as exc:
+                self.untrusted[name] = time.monotonic()
+                log.warning("queue not added (retry in %gs): %s", self.retry_s, exc)
 
-    def poll_once(self, wait: float = 20.0) -> None:
+    def _retry_due(self) -> bool:
+        now = time.monotonic()
+        return any(now - t >= self.retry_s for t in self.untrusted.values())
+
+    def poll_once(self) -> None:
+        # While a queue waits for a retry, the long poll is cut short so the retry happens on time.
+        wait = min(self.wait_s, self.retry_s) if self.untrusted else self.wait_s
         url = f"{self.gateway_url}/v1/mfps"
         if self.version is not None:
-            url += f"?after={self.version}&wait={wait}"
+            url += f"?after={self.version}&wait={wait:g}"
         try:
             with urllib.request.urlopen(url, timeout=wait + 5) as resp:
                 body = json.loads(resp.read())
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            if time.monotonic() - self.last_contact > self.grace_s and self.current_queues():
+            version, mfps = int(body["version"]), list(body["mfps"])
+        except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as exc:
+            if time.monotonic() - self.last_contact > self.grace_s and (self.mfps or self.current_queues()):
                 log.warning("gateway agent unreachable (%s): removing MFP queues", exc)
                 self.reconcile([])
                 self.version = None
             time.sleep(0.5)
             return
         self.last_contact = time.monotonic()
-        if body.get("version") != self.version:
-            self.version = body["version"]
-            self.reconcile(body.get("mfps", []))
+        if version != self.version:
+            self.version = version
+            self.reconcile(mfps)
+        elif self._retry_due():
+            self.reconcile(self.mfps)
 
     def run_forever(self) -> None:
         while True:
-            self.poll_once()
+            try:
+                self.poll_once()
+            except (RuntimeError, cups.IPPError, OSError) as exc:
+                # pycups raises RuntimeError when cupsd is unreachable: keep going, try again.
+                log.warning("desk CUPS error: %s", exc)
+                time.sleep(1.0)
 
 
 def main(argv: list[str]) -> int:
@@ -132,8 +179,17 @@ def main(argv: list[str]) -> int:
     p.add_argument("--gateway", required=True, help="the gateway agent's URL, e.g. http://10.20.0.1:8631")
     p.add_argument("--cups", default="/run/cups/cups.sock", help="the desk's CUPS server (socket or host)")
     p.add_argument("--mfp-queue", default="tenantprint", help="the MFP's inbound queue name")
+    p.add_argument("--mfp-resource", help="the MFP's inbound queue path (default /printers/<mfp-queue>)")
     p.add_argument("--grace", type=float, default=3.0, help="seconds without the gateway before queues go")
+    p.add_argument("--verify", type=float, default=10.0, help="seconds CUPS gets to build a queue's model")
+    p.add_argument("--retry", type=float, default=2.0, help="seconds between tries of an untrusted queue")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
-    DeskAgent(args.gateway, args.cups, args.mfp_queue, args.grace).run_forever()
+    resource = args.mfp_resource or mfp_resource(args.mfp_queue)
+    agent = DeskAgent(args.gateway, args.cups, resource, args.grace, args.verify, args.retry)
+    log.info("desk agent following %s, CUPS %s, MFP queue path %s", args.gateway, args.cups, resource)
+    try:
+        agent.run_forever()
+    except KeyboardInterrupt:
+        pass
     return 0

@@ -32,14 +32,17 @@ def _text(v) -> str:
     return v.decode() if isinstance(v, (bytes, bytearray)) else str(v)
 
 
-def connected_mfps(sas: list[dict], conn_prefix: str = "") -> dict[str, dict]:
-    """Pure: the MFPs in a `list-sas` answer (established IKE SAs with a virtual IP), by virtual IP."""
+def connected_mfps(sas: list[dict], conn_prefix: str = "", going: frozenset[str] = frozenset()) -> dict[str, dict]:
+    """Pure: the MFPs in a `list-sas` answer (established IKE SAs with a virtual IP), by virtual IP.
+
+    `going` holds the unique ids of IKE SAs an `ike-updown` event just reported down: charon may
+    still list them as ESTABLISHED while the event is delivered."""
     out: dict[str, dict] = {}
     for entry in sas:
         for name, sa in entry.items():
             if conn_prefix and not _text(name).startswith(conn_prefix):
                 continue
-            if _text(sa.get("state", b"")) != "ESTABLISHED":
+            if _text(sa.get("state", b"")) != "ESTABLISHED" or _text(sa.get("uniqueid", b"")) in going:
                 continue
             for vip in sa.get("remote-vips", []) or []:
                 ip = _text(vip)
@@ -49,6 +52,14 @@ def connected_mfps(sas: list[dict], conn_prefix: str = "") -> dict[str, dict]:
                     continue
                 out[ip] = {"id": _text(sa.get("remote-id", b"")), "virtual_ip": ip}
     return out
+
+
+def going_down(label, event) -> frozenset[str]:
+    """Pure: the unique ids of the IKE SAs an `ike-updown` event reports down (none for other events)."""
+    if _text(label or b"") != "ike-updown" or not event:
+        return frozenset()
+    return frozenset(_text(sa.get("uniqueid", b"")) for sa in event.values()
+                     if isinstance(sa, dict) and _text(sa.get("up", b"no")) != "yes")
 
 
 class MfpRegistry:
@@ -122,13 +133,14 @@ class GatewayAgent:
         s.connect(self.vici_socket)
         return s, vici.Session(s)
 
-    def reconcile(self, session: vici.Session) -> None:
+    def reconcile(self, session: vici.Session, going: frozenset[str] = frozenset()) -> None:
         sas = list(session.list_sas())
-        if self.registry.replace(connected_mfps(sas, self.conn_prefix)):
+        if self.registry.replace(connected_mfps(sas, self.conn_prefix, going)):
             log.info("mfps %s", json.dumps(self.registry.snapshot()["mfps"]))
 
     def _follow(self) -> None:
-        """Reconcile on every IKE event; on a lost charon, keep retrying (and report no MFPs)."""
+        """Reconcile on every IKE event and every `reconcile_s`; on a lost charon, report no MFPs
+        (fail closed) and keep retrying."""
         while not self._stop.is_set():
             socks: list[socket.socket] = []
             try:
@@ -136,13 +148,13 @@ class GatewayAgent:
                 ev_sock, events = self._connect()
                 socks = [req_sock, ev_sock]
                 self.reconcile(requests)
-                for _label, _event in events.listen(["ike-updown", "child-updown"], timeout=self.reconcile_s):
-                    self.reconcile(requests)
+                for label, event in events.listen(["ike-updown", "child-updown"], timeout=self.reconcile_s):
+                    self.reconcile(requests, going_down(label, event))
                     if self._stop.is_set():
                         break
-            except (OSError, vici.exception.SessionException, vici.exception.ListenException) as exc:
+            except Exception as exc:  # noqa: BLE001 (whatever broke, the list must not go stale)
                 if self.registry.replace({}):
-                    log.warning("charon unreachable (%s): no MFPs", exc)
+                    log.warning("charon unreachable (%s: %s): no MFPs", type(exc).__name__, exc)
                 self._stop.wait(1.0)
             finally:
                 for s in socks:

@@ -46,8 +46,40 @@ def test_registry_version_moves_only_on_change_and_long_poll_wakes():
 def test_desk_queues_follow_the_mfp_list():
     from org.desk_agent import wanted_queues
 
-    want = wanted_queues([{"id": "mfp-1.space-1", "virtual_ip": "10.20.0.200"}], "tenantprint")
+    want = wanted_queues([{"id": "mfp-1.space-1", "virtual_ip": "10.20.0.200"}], "/printers/tenantprint")
     (name, q), = want.items()
     assert name == "tenantprint-mfp-1_space-1"
     assert q.uri == "ipp://10.20.0.200:631/printers/tenantprint"
-    assert wanted_queues([], "tenantprint") == {}
+    assert wanted_queues([], "/printers/tenantprint") == {}
+
+
+def test_desk_queue_path_is_configurable_and_absolute():
+    import pytest
+
+    from org.desk_agent import mfp_resource, wanted_queues
+
+    assert mfp_resource("tenantprint") == "/printers/tenantprint"
+    (q,) = wanted_queues([{"id": "", "virtual_ip": "10.20.0.201"}], "/ipp/print").values()
+    assert q.name == "tenantprint-10_20_0_201" and q.uri == "ipp://10.20.0.201:631/ipp/print"
+    with pytest.raises(ValueError):
+        wanted_queues([], "ipp/print")
+
+
+def test_only_a_built_model_is_trusted():
+    from org.desk_agent import trusted_model
+
+    for untrusted in ("", "Local Raw Printer", "Remote Printer", "Unknown"):
+        assert not trusted_model(untrusted)
+    assert trusted_model("Printer - IPP Everywhere")
+
+
+def test_sas_an_ike_down_event_names_are_dropped_at_once():
+    from org.gateway_agent import going_down
+
+    up = {"mfp-1": dict(_sa(), uniqueid=b"7")}
+    assert going_down("ike-updown", {"mfp-1": {"uniqueid": b"7", "up": b"yes"}}) == frozenset()
+    assert going_down(b"ike-updown", {"mfp-1": {"uniqueid": b"7"}}) == frozenset({"7"})
+    assert going_down("child-updown", {"mfp-1": {"uniqueid": b"7"}}) == frozenset()
+    assert going_down(None, None) == frozenset()  # a listen timeout
+    assert connected_mfps([up], going=frozenset({"7"})) == {}
+    assert list(connected_mfps([up], going=frozenset({"8"}))) == ["10.20.0.200"]

@@ -1,0 +1,294 @@
+"""The organization-side agents of the lab: each org's gateway agent and its desk PC.
+
+- `GatewayAgentService(org)` runs `tenantprint org gateway-agent` on `gw-<org>` next to the gateway's
+  charon (it follows charon over the host's /run/charon.vici) and serves the MFP list on the org LAN
+  at 10.20.0.1:8631.
+- `DeskService(org)` is the org's desk PC on `lan-<org>`: a private cupsd (a normal desk CUPS, its
+  tree under the desk host's /run/cups) and `tenantprint org desk-agent` keeping that CUPS's
+  `tenantprint-*` queues in step with the gateway agent.
+
+The desk's CUPS tree (config, spool, cache, logs, socket) is the lab data dir `desk-<org>`,
+bind-mounted at /run/cups in the desk host's own mount namespace: cupsd runs its filters as `lp`,
+which cannot traverse the lab's state directory (mode 0700) but can reach the tree through the mount.
+The root namespace reaches the desk's CUPS at `<data dir>/cups.sock` (`desk_socket`).
+
+Every process is started with `lab.spawn` and stopped by its recorded PID.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from lab.host import LabError
+
+REPO = Path(__file__).resolve().parents[2]
+GATEWAY_LAN_ADDRESS = "10.20.0.1"
+GATEWAY_AGENT_PORT = 8631
+DESK_CUPS_DIR = "/run/cups"  # on lan-<org>
+DESK_CUPS_SOCKET = f"{DESK_CUPS_DIR}/cups.sock"
+_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8"}
+
+
+def gateway_agent_url(org: str) -> str:
+    return f"http://{GATEWAY_LAN_ADDRESS}:{GATEWAY_AGENT_PORT}"
+
+
+def _tenantprint(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tenantprint", *args]
+
+
+def _alive(lab, key: str) -> bool:
+    rec = lab.procs.get(key)
+    return bool(rec and rec.alive())
+
+
+def _log_tail(lab, key: str, n: int = 600) -> str:
+    try:
+        return (lab.layout.logs_dir / f"{key}.log").read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+_GET = ("import json, sys, urllib.request\n"
+        "print(urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).read().decode())")
+
+
+def gateway_mfps(lab, org: str, host: str | None = None, timeout: float = 3.0) -> dict:
+    """The gateway agent's answer to `GET /v1/mfps`, fetched from `host` (default the org's desk PC)."""
+    import json
+
+    proc = lab.host(host or f"lan-{org}").run(
+        [sys.executable, "-c", _GET, f"{gateway_agent_url(org)}/v1/mfps", str(timeout)],
+        check=False, timeout=timeout + 10)
+    if proc.returncode != 0:
+        raise LabError(f"gateway agent of {org} did not answer: {proc.stderr.decode(errors='replace')[-300:]}")
+    return json.loads(proc.stdout)
+
+
+class GatewayAgentService:
+    """`tenantprint org gateway-agent` on gw-<org>, following that host's charon."""
+
+    def __init__(self, org: str):
+        self.org = org
+        self.name = f"gateway-agent-{org}"
+        self.host_name = f"gw-{org}"
+
+    def start(self, lab) -> None:
+        if _alive(lab, self.name):
+            return
+        cmd = _tenantprint("org", "gateway-agent", "--vici", "/run/charon.vici",
+                           "--listen", f"{GATEWAY_LAN_ADDRESS}:{GATEWAY_AGENT_PORT}", "--conn-prefix", "mfp-")
+        lab.spawn(self.name, self.host_name, cmd, env=_ENV, cwd=REPO)
+        deadline = time.monotonic() + 15
+        while not self._listening(lab):
+            if not _alive(lab, self.name):
+                raise LabError(f"{self.name} exited at start: {_log_tail(lab, self.name)}")
+            if time.monotonic() > deadline:
+                lab.procs.stop(self.name)
+                raise LabError(f"{self.name} not listening after 15 s: {_log_tail(lab, self.name)}")
+            time.sleep(0.05)
+        gateway_mfps(lab, self.org, host=self.host_name)  # it answers, not only listens
+
+    def _listening(self, lab) -> bool:
+        out = lab.host(self.host_name).run(
+            ["ss", "-Hltn", f"src {GATEWAY_LAN_ADDRESS}:{GATEWAY_AGENT_PORT}"], check=False).stdout
+        return bool(out.strip())
+
+    def stop(self, lab) -> None:
+        lab.procs.stop(self.name)
+
+    def status(self, lab) -> dict:
+        rec = lab.procs.get(self.name)
+        return {"host": self.host_name, "running": _alive(lab, self.name), "pid": rec.pid if rec else None,
+                "url": gateway_agent_url(self.org)}
+
+
+def desk_cups_files_conf(d: str) -> str:
+    """cups-files.conf of a desk cupsd whose whole tree is under `d` (as seen on the desk host)."""
+    return "\n".join([
+        "User lp", "Group lp", "SystemGroup root",  # cupsd refuses User root; Group != SystemGroup
+        f"ServerRoot {d}/etc", f"RequestRoot {d}/spool", f"TempDir {d}/spool/tmp",
+        f"CacheDir {d}/cache", f"StateDir {d}/state", f"Printcap {d}/printcap",
+        f"AccessLog {d}/log/access_log", f"ErrorLog {d}/log/error_log", f"PageLog {d}/log/page_log",
+        "FileDevice No", "",
+    ])
+
+
+def desk_cupsd_conf(d: str) -> str:
+    """cupsd.conf of a desk: its unix socket and localhost only; anyone local may print, only root
+    (peer credentials over the socket) may add or delete queues."""
+    return f"""LogLevel info
+Listen 127.0.0.1:631
+Listen {d}/cups.sock
+HostNameLookups Off
+Browsing Off
+BrowseLocalProtocols none
+WebInterface No
+DefaultAuthType Basic
+<Location />
+  Order allow,deny
+  Allow 127.0.0.0/8
+</Location>
+<Policy default>
+  JobPrivateAccess default
+  JobPrivateValues default
+  SubscriptionPrivateAccess default
+  SubscriptionPrivateValues default
+  <Limit CUPS-Add-Modify-Printer CUPS-Delete-Printer CUPS-Add-Modify-Class CUPS-Delete-Class CUPS-Set-Default Pause-Printer Resume-Printer CUPS-Accept-Jobs CUPS-Reject-Jobs Enable-Printer Disable-Printer Cancel-Jobs>
+    AuthType Default
+    Require user @SYSTEM
+    Order deny,allow
+  </Limit>
+  <Limit All>
+    Order deny,allow
+  </Limit>
+</Policy>
+"""
+
+
+class DeskService:
+    """Org `org`'s desk PC on lan-<org>: a private cupsd plus the desk agent.
+
+    `mfp_resource` is the path of the MFP's inbound queue the desk queues point at (the agent's
+    default, `/printers/tenantprint`, when None)."""
+
+    def __init__(self, org: str, mfp_resource: str | None = None, verify_s: float = 10.0,
+                 retry_s: float = 2.0, grace_s: float = 3.0):
+        self.org = org
+        self.name = f"desk-{org}"
+        self.host_name = f"lan-{org}"
+        self.mfp_resource = mfp_resource
+        self.verify_s, self.retry_s, self.grace_s = verify_s, retry_s, grace_s
+        self.cupsd_key = f"{self.name}-cupsd"
+        self.agent_key = f"{self.name}-agent"
+
+    def start(self, lab) -> None:
+        if not _alive(lab, self.cupsd_key):
+            self._start_cupsd(lab)
+        if not _alive(lab, self.agent_key):
+            cmd = _tenantprint("org", "desk-agent", "--gateway", gateway_agent_url(self.org),
+                               "--cups", DESK_CUPS_SOCKET, "--verify", f"{self.verify_s:g}",
+                               "--retry", f"{self.retry_s:g}", "--grace", f"{self.grace_s:g}")
+            if self.mfp_resource:
+                cmd += ["--mfp-resource", self.mfp_resource]
+            lab.spawn(self.agent_key, self.host_name, cmd, env=_ENV, cwd=REPO)
+            time.sleep(0.3)
+            if not _alive(lab, self.agent_key):
+                raise LabError(f"{self.agent_key} exited at start: {_log_tail(lab, self.agent_key)}")
+
+    def _start_cupsd(self, lab) -> None:
+        host = lab.host(self.host_name)
+        d = DESK_CUPS_DIR
+        root = lab.layout.data_dir(self.name)
+        for sub in ("etc/ppd", "etc/ssl", "spool/tmp", "cache", "state/certs", "log"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o755)
+        host.path(d).mkdir(parents=True, exist_ok=True)
+        if host.run(["mountpoint", "-q", d], check=False).returncode != 0:
+            host.run(["mount", "--bind", str(root), d])
+        (root / "cupsd.conf").write_text(desk_cupsd_conf(d))
+        (root / "cups-files.conf").write_text(desk_cups_files_conf(d))
+        (root / "cups.sock").unlink(missing_ok=True)
+        lab.spawn(self.cupsd_key, self.host_name,
+                  ["/usr/sbin/cupsd", "-f", "-c", f"{d}/cupsd.conf", "-s", f"{d}/cups-files.conf"], env=_ENV)
+        deadline = time.monotonic() + 15
+        while not self._cups_answers(lab):
+            if not _alive(lab, self.cupsd_key):
+                raise LabError(f"{self.cupsd_key} exited at start: {self._error_log(lab)}")
+            if time.monotonic() > deadline:
+                lab.procs.stop(self.cupsd_key)
+                raise LabError(f"{self.cupsd_key} not answering after 15 s: {self._error_log(lab)}")
+            time.sleep(0.05)
+
+    def _error_log(self, lab) -> str:
+        try:
+            return (lab.layout.data_dir(self.name) / "log" / "error_log").read_text(errors="replace")[-600:]
+        except OSError:
+            return _log_tail(lab, self.cupsd_key)
+
+    def _cups_answers(self, lab) -> bool:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(1)
+        try:
+            s.connect(str(desk_socket(lab, self.org)))
+        except OSError:
+            return False
+        finally:
+            s.close()
+        try:
+            _connection(lab, self.org).getPrinters()
+            return True
+        except RuntimeError:
+            return False
+
+    def stop(self, lab) -> None:
+        lab.procs.stop(self.agent_key)
+        lab.procs.stop(self.cupsd_key)
+        host = lab.host(self.host_name)
+        if host.exists():
+            host.run(["umount", DESK_CUPS_DIR], check=False)
+
+    def status(self, lab) -> dict:
+        return {"host": self.host_name, "cupsd": _alive(lab, self.cupsd_key),
+                "agent": _alive(lab, self.agent_key), "socket": str(desk_socket(lab, self.org))}
+
+
+def desk_socket(lab, org: str) -> Path:
+    """The root-namespace path of org `org`'s desk CUPS socket."""
+    return lab.layout.data_dir(f"desk-{org}") / "cups.sock"
+
+
+def _connection(lab, org: str):
+    import cups
+
+    cups.setServer(str(desk_socket(lab, org)))
+    return cups.Connection()
+
+
+_CUPS_PRINTER_REJECTING = 0x8000  # printer-type bit (getPrinters leaves out printer-is-accepting-jobs)
+
+
+def desk_queues(lab, org: str) -> dict:
+    """The desk's tenantprint queues: {name: {"uri", "model", "accepting"}}."""
+    from org.desk_agent import QUEUE_PREFIX
+
+    printers = _connection(lab, org).getPrinters()
+    return {name: {"uri": a.get("device-uri", ""), "model": a.get("printer-make-and-model", ""),
+                   "accepting": not (a.get("printer-type", 0) & _CUPS_PRINTER_REJECTING)}
+            for name, a in printers.items() if name.startswith(QUEUE_PREFIX)}
+
+
+def print_file(lab, org: str, user: str, path: Path | str, queue: str | None = None, title: str | None = None) -> int:
+    """Submit `path` from org `org`'s desk as `user` to the MFP queue (the only tenantprint queue, or
+    `queue`). Returns the desk's job id. Raises LabError when the desk has no such queue."""
+    import cups
+
+    queues = desk_queues(lab, org)
+    if queue is None:
+        if len(queues) != 1:
+            raise LabError(f"desk of {org} has {len(queues)} tenantprint queues ({', '.join(queues) or 'none'})")
+        (queue,) = queues
+    elif queue not in queues:
+        raise LabError(f"desk of {org} has no queue {queue!r}")
+    previous = cups.getUser()
+    cups.setUser(user)  # the requesting user name, as a desk PC's user would send it
+    try:
+        conn = _connection(lab, org)
+        return conn.printFile(queue, str(path), title or Path(path).name, {})
+    except cups.IPPError as exc:
+        raise LabError(f"desk of {org} refused the job: {exc}") from None
+    finally:
+        cups.setUser(previous)
+
+
+def desk_job(lab, org: str, job_id: int) -> dict:
+    """The desk's view of one job (state, user, printer state message)."""
+    attrs = _connection(lab, org).getJobAttributes(
+        job_id, requested_attributes=["job-state", "job-originating-user-name", "job-printer-state-message",
+                                      "job-state-reasons"])
+    return {"state": attrs.get("job-state"), "user": attrs.get("job-originating-user-name"),
+            "message": attrs.get("job-printer-state-message", ""), "reasons": attrs.get("job-state-reasons")}
