@@ -32,7 +32,7 @@ class SessionFs:
         if _mounted(self.path):
             raise SessionFsError(f"{self.path} is already mounted (purge the old session first)")
         self.path.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.path.parent, 0o700)
+        os.chmod(self.path.parent, 0o711)  # lp (the session cupsd's filters) must traverse it
         opts = f"size={self.size_mb}m,mode=0700,noexec,nosuid,nodev"
         proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tenantprint-session", str(self.path)],
                               capture_output=True, text=True)

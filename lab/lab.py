@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lab.host import Host, LabError, release_mnt_dir, sh
 from lab.layout import LabLayout
+from lab.options import LabOptions
 from lab.procs import Supervisor
 from lab.services import Service, default_services
 from lab.topology import Topology, build
@@ -20,11 +21,18 @@ from lab.topology import Topology, build
 
 class Lab:
     def __init__(self, layout: LabLayout | None = None, topology: Topology | None = None,
-                 services: list[Service] | None = None):
+                 services: list[Service] | None = None, options: LabOptions | None = None):
         self.layout = layout or LabLayout.from_env()
         self.topology = topology or build()
         self.procs = Supervisor(self.layout.procs_dir)
-        self.services = default_services() if services is None else services
+        self.options = options or LabOptions.load(self.layout.root)
+        self.services = default_services(self.options) if services is None else services
+
+    def service(self, name: str) -> Service:
+        for s in self.services:
+            if s.name == name:
+                return s
+        raise LabError(f"no service {name!r} in this lab")
 
     def host(self, name: str) -> Host:
         if name not in self.topology.hosts:
@@ -43,7 +51,8 @@ class Lab:
 
     def up(self) -> dict:
         self.layout.root.mkdir(parents=True, exist_ok=True)
-        self.layout.root.chmod(0o700)
+        self.layout.root.chmod(0o711)  # traversable (cupsd filters run as lp), not listable
+        self.options.save(self.layout.root)
         for name in self.topology.hosts:
             self.host(name).create()
         self._wire()

@@ -1,0 +1,154 @@
+"""Job operations on the session cupsd, over its local socket (pycups; blocking).
+
+Only the firmware calls these: as root over the unix socket, cupsd knows it by its peer credentials,
+and the policy lets nobody else move, release or cancel a job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cups
+
+from hal.printer import (INBOUND_QUEUE, RELEASE_QUEUE, HeldJob, JobEvent, JobGone, JobHeld,
+                         JobNotFound, JobPrinted, PrintServiceDown)
+
+_ATTRS = ["job-id", "job-originating-user-name", "job-name", "job-k-octets", "job-originating-host-name",
+          "time-at-creation", "job-printer-uri", "job-state"]
+_COMPLETED = 9
+_ENDED = (7, 8)  # canceled, aborted
+POLL_S = 0.05
+
+log = logging.getLogger("tenantprint.hal.printer")
+
+
+class JobOps:
+    def __init__(self, socket_path: Path):
+        self.socket_path = Path(socket_path)
+        self._lock = threading.Lock()  # libcups's server setting is process-global
+        self._released: set[int] = set()  # moved to the release queue by us (for events())
+
+    def connection(self) -> cups.Connection:
+        with self._lock:
+            cups.setServer(str(self.socket_path))
+            try:
+                return cups.Connection(host=str(self.socket_path))
+            except RuntimeError as exc:
+                raise PrintServiceDown(f"session cupsd not reachable: {exc}") from None
+
+    def _jobs(self, conn: cups.Connection, which: str = "not-completed") -> dict[int, dict]:
+        try:
+            return conn.getJobs(which_jobs=which, requested_attributes=_ATTRS)
+        except cups.IPPError as exc:
+            raise PrintServiceDown(f"get-jobs failed: {exc}") from None
+
+    def held_jobs(self) -> list[HeldJob]:
+        """Jobs waiting in the inbound queue, oldest first."""
+        conn = self.connection()
+        out = [_held(jid, a) for jid, a in self._jobs(conn).items()
+               if str(a.get("job-printer-uri", "")).endswith(f"/printers/{INBOUND_QUEUE}")]
+        return sorted(out, key=lambda j: (j.created, j.id))
+
+    def release(self, job_id: int) -> None:
+        """Move the job to the release queue and let it print. Raises JobNotFound if it is gone."""
+        conn = self.connection()
+        try:
+            conn.moveJob(job_id=job_id, job_printer_uri=f"ipp://localhost/printers/{RELEASE_QUEUE}")
+            self._released.add(job_id)
+            conn.setJobHoldUntil(job_id, "no-hold")
+        except cups.IPPError as exc:
+            if exc.args and exc.args[0] == cups.IPP_NOT_FOUND:
+                raise JobNotFound(f"job {job_id} not found") from None
+            raise PrintServiceDown(f"release of job {job_id} failed: {exc.args[-1] if exc.args else exc}") from None
+
+    def purge(self, job_id: int) -> None:
+        """Cancel the job and delete its files and history. A job that is already gone is fine."""
+        conn = self.connection()
+        try:
+            conn.cancelJob(job_id, purge_job=True)
+        except cups.IPPError as exc:
+            if not (exc.args and exc.args[0] == cups.IPP_NOT_FOUND):
+                raise PrintServiceDown(f"purge of job {job_id} failed: {exc}") from None
+
+    def purge_all(self) -> None:
+        """Cancel and purge every job of every queue (history included)."""
+        conn = self.connection()
+        for queue in (INBOUND_QUEUE, RELEASE_QUEUE):
+            try:
+                conn.cancelAllJobs(name=queue, my_jobs=False, purge_jobs=True)
+            except cups.IPPError as exc:
+                if not (exc.args and exc.args[0] == cups.IPP_NOT_FOUND):
+                    raise PrintServiceDown(f"purge of {queue} failed: {exc}") from None
+        left = self._jobs(conn, "all")
+        for job_id in left:
+            self.purge(job_id)
+
+    def ensure_inbound_stopped(self) -> bool:
+        """Make sure the inbound queue is stopped (printer-state 5); True if it already was."""
+        conn = self.connection()
+        state = conn.getPrinterAttributes(INBOUND_QUEUE, requested_attributes=["printer-state"])["printer-state"]
+        if state == 5:
+            return True
+        conn.disablePrinter(INBOUND_QUEUE, reason="held for release at the printer")
+        return False
+
+    def spool_files(self) -> list[str]:
+        """Job control and data files (`c*`, `d*`) left in the spool."""
+        spool = self.socket_path.parent / "spool"
+        return sorted(p.name for p in spool.glob("[cd][0-9]*")) if spool.is_dir() else []
+
+    def events(self, stop: threading.Event | None = None) -> Iterator[JobEvent]:
+        """Held, printed and gone jobs as they happen, until `stop` is set.
+
+        Polls the job list (cheap on a local socket): a job seen in the inbound queue is held; a job
+        that reaches `completed` printed; one that is cancelled, aborted or vanishes is gone."""
+        stop = stop or threading.Event()
+        known: dict[int, str] = {}  # job id -> "held" | "released"
+        while not stop.is_set():
+            try:
+                conn = self.connection()
+                jobs = self._jobs(conn, "all")
+            except PrintServiceDown:
+                if stop.wait(0.5):
+                    return
+                continue
+            try:
+                if not self.ensure_inbound_stopped():  # defence in depth: it must never run
+                    log.warning("inbound queue was running: stopped it again")
+            except (PrintServiceDown, cups.IPPError):
+                pass
+            for jid, a in sorted(jobs.items()):
+                queue = str(a.get("job-printer-uri", "")).rsplit("/", 1)[-1]
+                state = a.get("job-state", 0)
+                if jid not in known and queue == INBOUND_QUEUE and state not in (_COMPLETED, *_ENDED):
+                    known[jid] = "held"
+                    yield JobHeld(_held(jid, a))
+                elif jid in known and queue == RELEASE_QUEUE:
+                    known[jid] = "released"
+                if jid in known and state == _COMPLETED:
+                    del known[jid]
+                    yield JobPrinted(jid)
+                elif jid in known and state in _ENDED:
+                    del known[jid]
+                    yield JobGone(jid, "cancelled" if state == 7 else "aborted")
+            for jid in [j for j in known if j not in jobs]:
+                was = known.pop(jid)
+                released = was == "released" or jid in self._released
+                self._released.discard(jid)
+                yield JobPrinted(jid) if released else JobGone(jid, "removed")
+            stop.wait(POLL_S)
+
+
+def _held(job_id: int, a: dict) -> HeldJob:
+    return HeldJob(
+        id=int(job_id),
+        user=str(a.get("job-originating-user-name", "")),
+        title=str(a.get("job-name", "")),
+        size_bytes=int(a.get("job-k-octets", 0)) * 1024,
+        origin_host=str(a.get("job-originating-host-name", "")),
+        created=float(a.get("time-at-creation", time.time())),
+    )

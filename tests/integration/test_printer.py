@@ -1,0 +1,148 @@
+"""hal/printer against a real cupsd and a real IPP engine (ippeveprinter) in the lab.
+
+The session cupsd runs on the office host listening on its LAN address; jobs come from another
+host (cowork) over the network, as they will come from desk PCs through the tunnel.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import pytest
+
+from hal.printer import INBOUND_QUEUE, JobHeld, JobPrinted
+from hal.printer.cupsd import SessionPrintService
+from lab.services.engine import EngineService, engine_uri, printed_documents
+from prereq import need_binary
+
+DOC = "/usr/share/cups/data/default-testpage.pdf"
+MFP = "10.77.0.10:631"
+
+
+@pytest.fixture(scope="module")
+def engine(lab):
+    need_binary("cupsd", "ippeveprinter", "lp", "dbus-daemon")
+    svc = EngineService()
+    svc.start(lab)
+    yield svc
+    svc.stop(lab)
+
+
+@pytest.fixture
+def service(lab, engine):
+    d = lab.layout.data_dir("printer-test")
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    ps = SessionPrintService(d, [MFP], engine_uri(lab), command_prefix=lab.host("office").argv([]))
+    ps.start()
+    yield ps
+    ps.stop()
+    assert not ps.running()
+
+
+def _lp(lab, user: str, title: str, *opts: str, host: str = "cowork"):
+    return lab.host(host).run(["lp", "-h", MFP, "-d", INBOUND_QUEUE, "-U", user, "-t", title, *opts, DOC],
+                              check=False)
+
+
+def _wait(pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    return pred()
+
+
+def test_job_from_another_host_is_held_with_its_origin(lab, service):
+    assert _lp(lab, "alice", "Quarterly").returncode == 0
+    jobs = _wait(service.held_jobs)
+    assert len(jobs) == 1
+    job = jobs[0]
+    assert (job.user, job.title, job.origin_host) == ("alice", "Quarterly", "10.77.0.20")
+    assert job.size_bytes > 0
+
+
+def test_no_hold_from_the_client_still_holds(lab, service):
+    before = len(printed_documents(lab))
+    for i in range(3):
+        assert _lp(lab, "bob", f"rush-{i}", "-o", "job-hold-until=no-hold").returncode == 0
+    time.sleep(1.5)
+    assert len(service.held_jobs()) == 3
+    assert len(printed_documents(lab)) == before
+
+
+def test_release_puts_the_document_in_the_engine(lab, service):
+    before = len(printed_documents(lab))
+    _lp(lab, "carol", "Release me")
+    (job,) = _wait(service.held_jobs)
+    service.release(job.id)
+    printed = _wait(lambda: printed_documents(lab)[before:])
+    assert printed and printed[-1]["user"] == "carol" and printed[-1]["title"] == "Release me"
+    assert printed[-1]["bytes"] > 1000
+    assert _wait(lambda: not service.held_jobs())
+
+
+def test_remote_clients_cannot_release_cancel_or_enable(lab, service):
+    _lp(lab, "dave", "Not yours")
+    (job,) = _wait(service.held_jobs)
+    cowork = lab.host("cowork")
+    attempts = [
+        ["lp", "-h", MFP, "-U", "dave", "-i", str(job.id), "-H", "resume"],
+        ["cancel", "-h", MFP, "-U", "dave", str(job.id)],
+        ["cupsenable", "-h", MFP, "-U", "root", INBOUND_QUEUE],
+        ["lpadmin", "-h", MFP, "-U", "root", "-p", INBOUND_QUEUE, "-o", "printer-is-shared=false"],
+    ]
+    for argv in attempts:
+        assert cowork.run(argv, check=False).returncode != 0, argv
+    time.sleep(0.5)
+    assert [j.id for j in service.held_jobs()] == [job.id]
+    assert service.ensure_inbound_stopped()
+
+
+def test_purge_leaves_no_spool_files_and_no_history(lab, service):
+    for i in range(2):
+        _lp(lab, "erin", f"secret-{i}")
+    assert len(_wait(lambda: len(service.held_jobs()) == 2 and service.held_jobs())) == 2
+    assert service.spool_files()  # the jobs are really in the spool before the purge
+    service.purge_all()
+    assert service.held_jobs() == []
+    assert service.spool_files() == []
+    conn = service.connection()
+    assert conn.getJobs(which_jobs="all") == {}
+
+
+def test_events_report_held_and_printed(lab, service):
+    stop = threading.Event()
+    seen: list = []
+
+    def watch():
+        for event in service.events(stop):
+            seen.append(event)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        _lp(lab, "frank", "Watched")
+        held = _wait(lambda: [e for e in seen if isinstance(e, JobHeld)])
+        assert held and held[0].job.user == "frank" and held[0].job.origin_host == "10.77.0.20"
+        service.release(held[0].job.id)
+        assert _wait(lambda: [e for e in seen if isinstance(e, JobPrinted) and e.job_id == held[0].job.id])
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def test_stop_leaves_no_cupsd(lab, engine):
+    d = lab.layout.data_dir("printer-stop")
+    d.mkdir(parents=True, exist_ok=True)
+    ps = SessionPrintService(d, [MFP], engine_uri(lab), command_prefix=lab.host("office").argv([]))
+    ps.start()
+    pid = ps.pid()
+    ps.stop()
+    assert not ps.running()
+    import os
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
