@@ -30,8 +30,8 @@ def fields(**kv: object) -> str:
     return " ".join(f"{k}={_value(v)}" for k, v in kv.items())
 
 
-def record(message: str, *, level: int = logging.INFO, **kv: object) -> None:
-    log.log(level, "%s %s", message, fields(**kv))
+def record(what: str, /, *, level: int = logging.INFO, **kv: object) -> None:
+    log.log(level, "%s %s", what, fields(**kv))
 
 
 def setup(level: int = logging.INFO) -> None:

@@ -9,29 +9,80 @@ import sys
 
 from lab.host import LabError
 from lab.lab import Lab
+from lab.options import BACKENDS, LabOptions
+
+FAULTS = ("gateway-kill", "gateway-start", "cloud-stop", "cloud-start", "radius-stop", "radius-start",
+          "firmware-kill", "firmware-start")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tenantprint lab", description="the whole system on one machine")
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("up", help="build the lab and start its daemons (idempotent)")
+    up = sub.add_parser("up", help="build the lab and start its daemons (idempotent)")
+    up.add_argument("--wan-rtt-ms", type=float, default=0.0, help="round trip added between office and WAN")
+    up.add_argument("--tunnel-backend", choices=BACKENDS, default="auto")
+    up.add_argument("--combined", action="store_true", help="acme's profile uses combined mode")
     sub.add_parser("down", help="stop everything and remove every trace of the lab")
-    sub.add_parser("status", help="hosts, services and processes, as JSON")
+    sub.add_parser("status", help="hosts, services, firmware, desks, printed documents, as JSON")
+    tap = sub.add_parser("tap", help="present the virtual card, remove it, wait until the MFP settles")
+    tap.add_argument("--org", required=True)
+    tap.add_argument("--user", required=True)
+    tap.add_argument("--uid", help="card UID in hex (default: derived from the user)")
+    tap.add_argument("--pin", help="PIN to type on the panel if the org's server asks for one")
+    tap.add_argument("--ndef-hex", help="raw NDEF message instead of a badge (bad-input tests)")
+    pr = sub.add_parser("print", help="print a file as a user of an org")
+    pr.add_argument("--org", required=True)
+    pr.add_argument("--user", required=True)
+    pr.add_argument("--from", dest="origin", choices=("desk", "cowork"), default="desk")
+    pr.add_argument("file")
+    fault = sub.add_parser("fault", help="inject a fault")
+    fault.add_argument("kind", choices=FAULTS)
+    fault.add_argument("--org", default="acme")
+    sub.add_parser("scan-secrets", help="look for every org's canary secrets on the MFP host")
+    cl = sub.add_parser("cloud", help="run the cloud admin CLI against the lab's directory (after --)")
+    cl.add_argument("args", nargs=argparse.REMAINDER)
+    sub.add_parser("demo", help="the whole story, narrated")
     return p
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    lab = Lab()
     try:
-        if args.cmd == "up":
-            out = lab.up()
-        elif args.cmd == "down":
-            out = lab.down()
-        else:
-            out = lab.status()
-    except (LabError, OSError, RuntimeError) as exc:
-        print(json.dumps({"error": str(exc)}))
+        out = _run(args)
+    except (LabError, OSError, RuntimeError, ValueError, KeyError) as exc:
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}" if not isinstance(exc, LabError) else str(exc)}))
         return 1
-    print(json.dumps(out, indent=2))
-    return 0
+    print(json.dumps(out, indent=2, default=str))
+    return 0 if not (isinstance(out, dict) and "error" in out) else 1
+
+
+def _run(args) -> dict:
+    from lab import actions
+
+    if args.cmd == "up":
+        opts = LabOptions(args.wan_rtt_ms, args.tunnel_backend, args.combined)
+        lab = Lab(options=opts)
+        if lab.layout.root.exists() and LabOptions.load(lab.layout.root) != opts:
+            raise LabError("the lab is up with other options: `tenantprint lab down` first")
+        return lab.up()
+    lab = Lab()
+    if args.cmd == "down":
+        return lab.down()
+    if args.cmd == "status":
+        return actions.status(lab)
+    if args.cmd == "tap":
+        return actions.tap(lab, args.org, args.user, uid=args.uid, pin=args.pin, ndef_hex=args.ndef_hex)
+    if args.cmd == "print":
+        return actions.print_file(lab, args.org, args.user, args.file, origin=args.origin)
+    if args.cmd == "fault":
+        return actions.fault(lab, args.kind, args.org)
+    if args.cmd == "scan-secrets":
+        return actions.scan_secrets(lab)
+    if args.cmd == "cloud":
+        extra = args.args[1:] if args.args[:1] == ["--"] else args.args
+        return actions.cloud_cli(lab, extra)
+    if args.cmd == "demo":
+        from lab import demo
+
+        return demo.run(lab, out=sys.stderr)
+    raise LabError(f"unknown command {args.cmd}")

@@ -105,7 +105,8 @@ class DeskAgent:
                 time.sleep(0.1)
             if not trusted_model(model):
                 raise QueueNotTrusted(f"{q.name}: CUPS built no model from {q.uri} (got {model!r})")
-            conn.setPrinterShared(q.name, False)  # the desk's own queue, not re-shared on the LAN
+            # Not re-shared on the LAN: the desk's CUPS runs with `DefaultShared No`. (Setting
+            # printer-is-shared on a fresh everywhere queue is refused with bad-request.)
             conn.enablePrinter(q.name)
             conn.acceptJobs(q.name)
         except BaseException:

@@ -246,12 +246,12 @@ class ViciTunnel(Tunnel):
         """Unload everything of the session, then verify charon holds nothing; else PurgeIncomplete."""
         s, sess = self._session(5)
         try:
-            if self._name:
-                self._terminating.set()
-                for entry in list(sess.list_sas()):
-                    for ike_name in entry:
-                        _ignore(lambda n=ike_name: _drain(sess.terminate({"ike": _text(n), "force": "yes",
-                                                                           "timeout": "0"})))
+            # Every SA goes, ours or one a crashed predecessor left: this charon serves one org.
+            self._terminating.set()
+            for entry in list(sess.list_sas()):
+                for ike_name in entry:
+                    _ignore(lambda n=ike_name: _drain(sess.terminate({"ike": _text(n), "force": "yes",
+                                                                       "timeout": "0"})))
             for conn in list(sess.get_conns().get("conns", [])):
                 _ignore(lambda c=conn: sess.unload_conn({"name": _text(c)}))
             for sid in list(sess.get_shared().get("keys", [])):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from lab.lab import Lab
+    from lab.options import LabOptions
 
 
 class Service(Protocol):
@@ -23,6 +24,51 @@ class Service(Protocol):
     def status(self, lab: "Lab") -> dict: ...
 
 
-def default_services() -> list[Service]:
-    """The services `lab up` starts, in order (stopped in reverse)."""
-    return []
+class CloudSeed:
+    """Not a process: fills the cloud with the lab's space, organizations, profiles and contracts."""
+
+    name = "cloud-seed"
+
+    def __init__(self, combined: bool):
+        self.combined = combined
+
+    def start(self, lab: "Lab") -> None:
+        from lab import orgs
+        from lab.services import cloud
+
+        profiles = {}
+        for org in orgs.ORGS:
+            wire = orgs.lab_profile(lab, org)
+            if org == "acme" and self.combined:
+                wire["policy"]["combined_mode"] = True
+            profiles[org] = wire
+        cloud.seed(lab, orgs=profiles, contracts=list(orgs.CONTRACTED))
+
+    def stop(self, lab: "Lab") -> None:
+        pass
+
+    def status(self, lab: "Lab") -> dict:
+        return {"combined": self.combined}
+
+
+def default_services(options: "LabOptions") -> list[Service]:
+    """The services `lab up` starts, in order (stopped in reverse): the whole system."""
+    from lab.orgs import CONTRACTED
+    from lab.services.charon import GatewayService, MfpCharonService
+    from lab.services.cloud import CloudService
+    from lab.services.engine import EngineService
+    from lab.services.firmware import FirmwareService
+    from lab.services.org_agents import DeskService, GatewayAgentService
+    from lab.services.pcscd import PcscdService, VcardService
+    from lab.services.radius import RadiusService
+    from lab.services.wan_delay import WanDelayService
+
+    services: list[Service] = []
+    if options.wan_rtt_ms > 0:
+        services.append(WanDelayService(options.wan_rtt_ms))
+    services += [CloudService(), CloudSeed(options.combined)]
+    for org in CONTRACTED:
+        services += [GatewayService(org), RadiusService(org), GatewayAgentService(org), DeskService(org)]
+    services += [PcscdService(), VcardService(), EngineService(), MfpCharonService(),
+                 FirmwareService(options.tunnel_backend)]
+    return services

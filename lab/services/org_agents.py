@@ -126,6 +126,7 @@ Listen 127.0.0.1:631
 Listen {d}/cups.sock
 HostNameLookups Off
 Browsing Off
+DefaultShared No
 BrowseLocalProtocols none
 WebInterface No
 DefaultAuthType Basic

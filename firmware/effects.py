@@ -1,0 +1,95 @@
+"""What the session state machine asks the runtime to do: effects, executed in list order.
+
+Each effect that has a result names the `session` it belongs to (and `attempt` for
+authentication); the runtime answers with the matching event from `firmware.events` carrying the
+same numbers. `ShowPanel` and `Audit` have no answer.
+
+No effect carries an org secret: the runtime looks the secrets up in the `SessionProfile` it holds
+for `session`. The one sensitive value, the PIN in `Authenticate`, is a masked `Pin`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from firmware.events import Pin
+
+
+@dataclass(frozen=True)
+class FetchProfile:
+    """Ask the directory for `org`'s session profile -> ProfileFetched | LookupFailed."""
+    session: int
+    org: str
+
+
+@dataclass(frozen=True)
+class BringUpTunnel:
+    """Load the held profile into charon and initiate -> TunnelUp | TunnelFailed (later TunnelDown)."""
+    session: int
+    org: str
+
+
+@dataclass(frozen=True)
+class StartPrintService:
+    """Start the session print service on the virtual IP -> PrintServiceUp | PrintServiceFailed."""
+    session: int
+    virtual_ip: str
+
+
+@dataclass(frozen=True)
+class Authenticate:
+    """Ask the org's auth server -> AuthAccepted | AuthRejected | AuthPinRequired | AuthUnavailable."""
+    session: int
+    attempt: int
+    user: str
+    org: str
+    pin: Pin | None = None
+    state: bytes | None = field(default=None, repr=False)  # the server's challenge, when answering it
+
+
+@dataclass(frozen=True)
+class AskPin:
+    """Ask the panel for a PIN -> PinEntered | PinCancelled."""
+    session: int
+    user: str
+    prompt: str = ""
+
+
+@dataclass(frozen=True)
+class ReleaseJobs:
+    """Move these held jobs (oldest first) to the engine -> Released | ReleaseFailed."""
+    session: int
+    user: str
+    job_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PurgeJob:
+    """Cancel and delete one job from the session spool (no answer; JobGone may follow)."""
+    session: int
+    job_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Purge:
+    """Remove every trace of the session (or of a crashed one), then verify -> PurgeDone."""
+    session: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class ShowPanel:
+    message: str
+
+
+@dataclass(frozen=True)
+class Audit:
+    """A journal record: `event` plus non-secret fields (masked card tags, never PINs)."""
+    event: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Effect = (FetchProfile | BringUpTunnel | StartPrintService | Authenticate | AskPin | ReleaseJobs
+          | PurgeJob | Purge | ShowPanel | Audit)

@@ -1,0 +1,247 @@
+"""What happens to the session state machine: the events the runtime feeds to `machine.step`.
+
+Every event carries `at`, monotonic seconds read by the runtime (the machine never reads a clock).
+Events that answer an effect carry the `session` number of that effect (and `attempt` for
+authentication): the machine drops an answer whose number is not the current one, so a late
+result of an old session can never act on a new one.
+
+No event carries an org secret. A card UID arrives only as `uid_tag` (the machine shows at most its
+last four characters); a PIN only as a `Pin`, whose repr is masked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class Pin:
+    """A PIN typed on the panel. Never shown by repr/str; `reveal()` for the one call that needs it."""
+
+    __slots__ = ("_digits",)
+
+    def __init__(self, digits: str):
+        object.__setattr__(self, "_digits", str(digits))
+
+    def reveal(self) -> str:
+        return self._digits
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Pin is immutable")
+
+    def __repr__(self) -> str:
+        return "Pin(****)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pin) and other._digits == self._digits
+
+    def __hash__(self) -> int:
+        return hash(("Pin", self._digits))
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The org's session policy (the non-secret part of the profile the machine needs)."""
+
+    idle_timeout_s: float = 300.0
+    max_hold_s: float = 3600.0
+    combined_mode: bool = False
+
+
+# -- not session-scoped ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Boot:
+    """The daemon started: whatever a crashed predecessor left must be purged first."""
+    at: float
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Sent by the runtime about once a second: drives every timeout."""
+    at: float
+
+
+@dataclass(frozen=True)
+class CardTapped:
+    """A readable card: `user` and `org` ids from the card, `uid_tag` a masked tag of its UID."""
+    at: float
+    user: str
+    org: str
+    uid_tag: str = ""
+
+
+@dataclass(frozen=True)
+class CardUnreadable:
+    """A tap that did not yield a user: kind is e.g. "unsupported", "read-error", "unknown-card"."""
+    at: float
+    kind: str
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    at: float
+
+
+@dataclass(frozen=True)
+class FaultCleared:
+    """The operator says the fault was dealt with: purge again, and if that verifies, serve again."""
+    at: float
+
+
+# -- answers to effects (session-scoped) ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProfileFetched:
+    at: float
+    session: int
+    org: str
+    remote_ts: tuple[str, ...]
+    policy: Policy = Policy()
+
+
+@dataclass(frozen=True)
+class LookupFailed:
+    """kind: "refused" (no contract), "device-rejected" (401), "unreachable", "malformed"."""
+    at: float
+    session: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class TunnelUp:
+    at: float
+    session: int
+    virtual_ip: str
+    remote_ts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TunnelFailed:
+    at: float
+    session: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TunnelDown:
+    at: float
+    session: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PrintServiceUp:
+    at: float
+    session: int
+
+
+@dataclass(frozen=True)
+class PrintServiceFailed:
+    at: float
+    session: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AuthAccepted:
+    at: float
+    session: int
+    attempt: int
+    user: str
+
+
+@dataclass(frozen=True)
+class AuthRejected:
+    at: float
+    session: int
+    attempt: int
+    user: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class AuthPinRequired:
+    at: float
+    session: int
+    attempt: int
+    user: str
+    challenge: bytes = field(default=b"", repr=False)
+    prompt: str = ""
+
+
+@dataclass(frozen=True)
+class AuthUnavailable:
+    at: float
+    session: int
+    attempt: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PinEntered:
+    at: float
+    session: int
+    pin: Pin
+
+
+@dataclass(frozen=True)
+class PinCancelled:
+    at: float
+    session: int
+
+
+@dataclass(frozen=True)
+class Released:
+    at: float
+    session: int
+    job_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ReleaseFailed:
+    at: float
+    session: int
+    job_ids: tuple[int, ...]
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class JobArrived:
+    """A job reached the session print service; `origin_ip` is the host it came from."""
+    at: float
+    session: int
+    job_id: int
+    user: str
+    origin_ip: str
+
+
+@dataclass(frozen=True)
+class JobPrinted:
+    at: float
+    session: int
+    job_id: int
+
+
+@dataclass(frozen=True)
+class JobGone:
+    """The job left the queue some other way (cancelled at the desk PC, expired)."""
+    at: float
+    session: int
+    job_id: int
+
+
+@dataclass(frozen=True)
+class PurgeDone:
+    """Result of `Purge`: ok only if the purge was verified; `leftovers` names what is left."""
+    at: float
+    session: int
+    ok: bool
+    leftovers: tuple[str, ...] = ()
+
+
+Event = (Boot | Tick | CardTapped | CardUnreadable | Shutdown | FaultCleared | ProfileFetched
+         | LookupFailed | TunnelUp | TunnelFailed | TunnelDown | PrintServiceUp | PrintServiceFailed
+         | AuthAccepted | AuthRejected | AuthPinRequired | AuthUnavailable | PinEntered | PinCancelled
+         | Released | ReleaseFailed | JobArrived | JobPrinted | JobGone | PurgeDone)

@@ -1,0 +1,579 @@
+"""The session state machine: everything that affects transitions lives in this file.
+
+`step(state, event) -> (state, effects)` is pure: no I/O, no clock (time comes in as `event.at`),
+no hal imports. The runtime executes the effects (`firmware.effects`) in order and feeds their
+results back as events (`firmware.events`). Secrets never enter: the machine sees org ids, traffic
+selectors and policy; the runtime keeps the `SessionProfile` for the current `session` number.
+
+Invariants (tested in tests/unit/test_machine_properties.py):
+- Purge is a property of states, not of paths: every org-bearing state answers `TunnelDown` (and
+  `Shutdown`) of its session with `Purge`, whatever led there.
+- A new session (`FetchProfile`) starts only from `Idle`, and `Idle` is reached from a session
+  only through a verified purge. A failed purge latches `Fault` until `FaultCleared`.
+- `ReleaseJobs` names only held jobs of the user the auth server accepted in this session, and a
+  job is held only if it came from inside the tunnel's remote traffic selectors.
+- Answers carrying an old `session` (or `attempt`) are dropped; unknown events are ignored.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field, replace
+
+from firmware import panel
+from firmware.effects import (AskPin, Audit, Authenticate, BringUpTunnel, FetchProfile, Purge,
+                              PurgeJob, ReleaseJobs, ShowPanel, StartPrintService)
+from firmware.events import (AuthAccepted, AuthPinRequired, AuthRejected, AuthUnavailable, Boot,
+                             CardTapped, CardUnreadable, FaultCleared, JobArrived, JobGone,
+                             JobPrinted, LookupFailed, PinCancelled, PinEntered, Policy,
+                             PrintServiceFailed, PrintServiceUp, ProfileFetched, PurgeDone,
+                             ReleaseFailed, Released, Shutdown, Tick, TunnelDown, TunnelFailed,
+                             TunnelUp)
+
+# -- the transitions ------------------------------------------------------------------------------
+# (state, event) -> handler. Looked up in this order: TRANSITIONS, then IN_SESSION for every
+# org-bearing state, then EVERYWHERE; anything else is ignored (and audited, except Tick).
+
+TRANSITIONS = {
+    ("Starting", Boot): "boot_purge",                       # leftovers of a crash
+    ("Starting", CardTapped): "tap_wait",
+    ("Starting", Shutdown): "shutdown",
+    ("Purging", PurgeDone): "purge_done",                   # -> Idle | next tap's lookup | Fault | Stopped
+    ("Purging", Tick): "purge_tick",                        # no answer in time -> Fault
+    ("Purging", Shutdown): "purge_then_stop",
+    ("Purging", CardTapped): "tap_wait",
+    ("Idle", CardTapped): "lookup",                         # -> LookingUp: FetchProfile
+    ("Idle", Shutdown): "shutdown",
+    ("LookingUp", ProfileFetched): "connect",               # -> Connecting: BringUpTunnel
+    ("LookingUp", LookupFailed): "lookup_failed",           # nothing loaded -> Idle
+    ("Connecting", TunnelUp): "start_print_service",        # -> StartingPrintService
+    ("Connecting", TunnelFailed): "tunnel_failed",          # charon may hold credentials -> Purging
+    ("StartingPrintService", PrintServiceUp): "serve",      # -> Ready (combined: Authenticating)
+    ("StartingPrintService", PrintServiceFailed): "print_service_failed",
+    ("Ready", CardTapped): "tap_ready",                     # same org: auth; other org: switch or refuse
+    ("Ready", Tick): "ready_tick",                          # idle timeout, max hold
+    ("Authenticating", AuthAccepted): "accepted",           # -> Releasing | Ready
+    ("Authenticating", AuthRejected): "rejected",
+    ("Authenticating", AuthPinRequired): "ask_pin",         # -> AwaitingPin
+    ("Authenticating", AuthUnavailable): "unavailable",
+    ("AwaitingPin", PinEntered): "pin_entered",             # -> Authenticating with pin + challenge
+    ("AwaitingPin", PinCancelled): "pin_cancelled",
+    ("AwaitingPin", Tick): "pin_tick",                      # PIN timeout, max hold
+    ("Releasing", Released): "released",
+    ("Releasing", ReleaseFailed): "release_failed",
+    ("Fault", CardTapped): "refuse_tap",                    # latched
+    ("Fault", FaultCleared): "clear_fault",                 # -> Purging again
+    ("Fault", Shutdown): "shutdown",
+}
+
+IN_SESSION = {  # every org-bearing state, whatever path led there
+    TunnelDown: "tunnel_down",
+    Shutdown: "shutdown",
+    Tick: "step_tick",
+    CardTapped: "tap_busy",
+    JobArrived: "job_arrived",
+    JobPrinted: "job_done",
+    JobGone: "job_done",
+    Released: "released_late",
+}
+
+EVERYWHERE = {CardUnreadable: "card_unreadable"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Device-side timeouts (the org's policy comes with the profile)."""
+    pin_timeout_s: float = 30.0
+    step_timeout_s: float = 120.0   # an effect's answer that never comes
+    purge_timeout_s: float = 120.0
+
+
+# -- states ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HeldJob:
+    job_id: int
+    user: str
+    origin_ip: str
+    arrived_at: float
+
+
+@dataclass(frozen=True)
+class Session:
+    """The non-secret facts of one org's session."""
+    number: int
+    org: str
+    opener: str                      # the user whose tap opened it
+    policy: Policy
+    remote_ts: tuple                 # ipaddress networks
+    virtual_ip: str = ""
+    held: tuple[HeldJob, ...] = ()
+    authed_user: str | None = None   # accepted in this session, until the next authentication
+    attempt: int = 0                 # numbers Authenticate effects; answers must match
+    last_activity: float = 0.0
+
+
+@dataclass(frozen=True)
+class Starting:
+    session: int = 0
+
+
+@dataclass(frozen=True)
+class Idle:
+    session: int
+
+
+@dataclass(frozen=True)
+class LookingUp:
+    session: int
+    org: str
+    user: str
+    since: float
+
+
+class _InSession:
+    s: Session
+
+    @property
+    def session(self) -> int:
+        return self.s.number
+
+
+@dataclass(frozen=True)
+class Connecting(_InSession):
+    s: Session
+    since: float
+
+
+@dataclass(frozen=True)
+class StartingPrintService(_InSession):
+    s: Session
+    since: float
+
+
+@dataclass(frozen=True)
+class Ready(_InSession):
+    s: Session
+
+
+@dataclass(frozen=True)
+class Authenticating(_InSession):
+    s: Session
+    user: str
+    since: float
+
+
+@dataclass(frozen=True)
+class AwaitingPin(_InSession):
+    s: Session
+    user: str
+    asked_at: float
+    challenge: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class Releasing(_InSession):
+    s: Session
+    user: str
+    job_ids: tuple[int, ...]
+    since: float
+
+
+@dataclass(frozen=True)
+class Purging:
+    session: int
+    org: str | None
+    reason: str
+    since: float
+    notice: str = ""                     # the outcome to show once purged
+    then: CardTapped | None = None       # a tap from another org, served after the purge
+    stop: bool = False                   # shutting down: Stopped after the purge
+
+
+@dataclass(frozen=True)
+class Fault:
+    session: int
+    leftovers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stopped:
+    session: int
+    clean: bool
+    leftovers: tuple[str, ...] = ()
+
+
+State = (Starting | Idle | LookingUp | Connecting | StartingPrintService | Ready | Authenticating
+         | AwaitingPin | Releasing | Purging | Fault | Stopped)
+ORG_BEARING = (LookingUp, Connecting, StartingPrintService, Ready, Authenticating, AwaitingPin,
+               Releasing)
+LIMITS = Limits()
+
+
+def initial() -> Starting:
+    return Starting()
+
+
+def step(state: State, event: object, limits: Limits = LIMITS) -> tuple[State, list]:
+    """The next state and the effects to run, in order. Never raises: a bug fails closed."""
+    try:
+        return _step(state, event, limits)
+    except Exception as exc:  # fail closed: end the session rather than crash the daemon
+        audit = Audit("machine-error", {"state": type(state).__name__,
+                                        "event": type(event).__name__, "error": type(exc).__name__})
+        if isinstance(state, ORG_BEARING):
+            nxt, effects = _purge(state, _at(event), "internal error", "internal-error")
+            return nxt, [audit, *effects]
+        if isinstance(state, Purging):
+            return Fault(state.session, ("purge state unknown",)), [audit, _show("fault")]
+        return state, [audit]
+
+
+def _step(state: State, event: object, limits: Limits) -> tuple[State, list]:
+    number = getattr(event, "session", None)
+    stale = number is not None and number != state.session
+    attempt = getattr(event, "attempt", None)
+    if attempt is not None and isinstance(state, _InSession) and attempt != state.s.attempt:
+        stale = True
+    if stale:
+        return state, [Audit("stale-event", {"event": type(event).__name__, "session": number,
+                                             "current": state.session})]
+    name = TRANSITIONS.get((type(state).__name__, type(event)))
+    if name is None and isinstance(state, ORG_BEARING):
+        name = IN_SESSION.get(type(event))
+    if name is None:
+        name = EVERYWHERE.get(type(event))
+    if name is None:
+        if isinstance(event, Tick):
+            return state, []
+        return state, [Audit("ignored-event", {"state": type(state).__name__,
+                                               "event": type(event).__name__})]
+    return globals()["_" + name](state, event, limits)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+def _at(event: object) -> float:
+    at = getattr(event, "at", 0.0)
+    return at if isinstance(at, (int, float)) else 0.0
+
+
+def _show(key: str, **fields: object) -> ShowPanel:
+    return ShowPanel(panel.text(key, **fields))
+
+
+def _org(state: State) -> str | None:
+    return state.s.org if isinstance(state, _InSession) else getattr(state, "org", None)
+
+
+def _purge(state: State, at: float, reason: str, notice_key: str, *, then: CardTapped | None = None,
+           stop: bool = False, number: int | None = None) -> tuple[State, list]:
+    org = _org(state)
+    number = state.session if number is None else number
+    notice = panel.text(notice_key, org=org or "")
+    nxt = Purging(number, org, reason, at, notice=notice, then=then, stop=stop)
+    return nxt, [Purge(number, reason), ShowPanel(notice),
+                 Audit("purge", {"session": number, "org": org, "reason": reason})]
+
+
+def _networks(texts: object) -> tuple:
+    """Parse traffic selectors; anything unparsable yields an empty tuple (fail closed)."""
+    try:
+        return tuple(ipaddress.ip_network(t, strict=False) for t in texts)
+    except (TypeError, ValueError):
+        return ()
+
+
+def _address(ip: object):
+    try:
+        return ipaddress.ip_address(ip)
+    except (TypeError, ValueError):
+        return None
+
+
+def _inside(ip: object, networks: tuple) -> bool:
+    addr = _address(ip)
+    return addr is not None and any(addr.version == n.version and addr in n for n in networks)
+
+
+def _jobs_of(s: Session, user: str) -> tuple[int, ...]:
+    jobs = sorted((j for j in s.held if j.user == user), key=lambda j: (j.arrived_at, j.job_id))
+    return tuple(j.job_id for j in jobs)
+
+
+def _expired(s: Session, at: float, *, idle: bool) -> tuple[str, str] | None:
+    """(reason, panel key) when the session must end now."""
+    if s.held and at - min(j.arrived_at for j in s.held) >= s.policy.max_hold_s:
+        return "max hold", "max-hold"
+    if idle and not s.held and at - s.last_activity >= s.policy.idle_timeout_s:
+        return "idle timeout", "idle-timeout"
+    return None
+
+
+def _authenticate(s: Session, user: str, at: float, *, pin=None, challenge=None) -> tuple[State, list]:
+    s = replace(s, attempt=s.attempt + 1, authed_user=None, last_activity=at)
+    return Authenticating(s, user, at), [
+        Authenticate(s.number, s.attempt, user, s.org, pin=pin, state=challenge),
+        _show("authenticating", user=user),
+        Audit("authenticate", {"session": s.number, "user": user, "attempt": s.attempt,
+                               "pin": pin is not None})]
+
+
+def _release(s: Session, user: str, job_ids: tuple[int, ...], at: float) -> tuple[State, list]:
+    return Releasing(s, user, job_ids, at), [
+        ReleaseJobs(s.number, user, job_ids), _show("releasing", count=len(job_ids), user=user),
+        Audit("release", {"session": s.number, "user": user, "jobs": list(job_ids)})]
+
+
+def _back_to_ready(s: Session, key: str, event: str, **fields: object) -> tuple[State, list]:
+    return Ready(s), [_show(key, **fields),
+                      Audit(event, {"session": s.number, **{k: v for k, v in fields.items()}})]
+
+
+def _ready_key(s: Session) -> str:
+    return "ready-combined" if s.policy.combined_mode else "ready"
+
+
+# -- handlers (named in the tables above) ---------------------------------------------------------
+
+def _boot_purge(state, event, limits):
+    return Purging(state.session, None, "startup", event.at), [
+        Purge(state.session, "startup"), _show("starting"), Audit("boot", {})]
+
+
+def _purge_done(state, event, limits):
+    fields = {"session": state.session, "reason": state.reason, "ok": event.ok,
+              "leftovers": list(event.leftovers)}
+    if state.stop:
+        return (Stopped(state.session, event.ok, tuple(event.leftovers)),
+                [_show("stopped"), Audit("stopped", fields)])
+    if not event.ok:
+        return Fault(state.session, tuple(event.leftovers)), [_show("fault"), Audit("fault", fields)]
+    if state.then is not None:
+        nxt, effects = _lookup(Idle(state.session), replace(state.then, at=event.at), limits)
+        return nxt, [Audit("purged", fields), *effects]
+    return Idle(state.session), [ShowPanel(state.notice or panel.text("idle")), Audit("purged", fields)]
+
+
+def _purge_tick(state, event, limits):
+    if event.at - state.since < limits.purge_timeout_s:
+        return state, []
+    return _purge_done(state, PurgeDone(event.at, state.session, False, ("purge did not answer",)),
+                       limits)
+
+
+def _purge_then_stop(state, event, limits):
+    return replace(state, stop=True, then=None), [Audit("shutdown", {"session": state.session})]
+
+
+def _shutdown(state, event, limits):
+    number = state.session + 1 if isinstance(state, Fault) else None
+    return _purge(state, event.at, "shutdown", "purging", stop=True, number=number)
+
+
+def _lookup(state, event, limits):
+    number = state.session + 1
+    return LookingUp(number, event.org, event.user, event.at), [
+        FetchProfile(number, event.org), _show("looking-up", org=event.org),
+        Audit("tap", {"session": number, "org": event.org, "user": event.user,
+                      "card": panel.mask_tag(event.uid_tag)})]
+
+
+def _lookup_failed(state, event, limits):
+    return Idle(state.session), [_show(panel.lookup_key(event.kind)),
+                                 Audit("lookup-failed", {"session": state.session, "org": state.org,
+                                                         "kind": event.kind})]
+
+
+def _connect(state, event, limits):
+    networks = _networks(event.remote_ts)
+    if event.org != state.org or not networks or not isinstance(event.policy, Policy):
+        return _purge(state, event.at, "invalid profile", "lookup-malformed")
+    s = Session(state.session, state.org, state.user, event.policy, networks, last_activity=event.at)
+    return Connecting(s, event.at), [
+        BringUpTunnel(s.number, s.org), _show("connecting", org=s.org),
+        Audit("profile", {"session": s.number, "org": s.org, "remote_ts": [str(n) for n in networks],
+                          "combined": event.policy.combined_mode})]
+
+
+def _start_print_service(state, event, limits):
+    s = state.s
+    # the negotiated selectors, kept only where the profile allows them
+    networks = tuple(n for n in _networks(event.remote_ts)
+                     if any(n.version == p.version and n.subnet_of(p) for p in s.remote_ts))
+    if not networks or _address(event.virtual_ip) is None:
+        return _purge(state, event.at, "tunnel selectors refused", "tunnel-failed")
+    s = replace(s, virtual_ip=event.virtual_ip, remote_ts=networks, last_activity=event.at)
+    return StartingPrintService(s, event.at), [
+        StartPrintService(s.number, s.virtual_ip), _show("starting-print-service", org=s.org),
+        Audit("tunnel-up", {"session": s.number, "org": s.org, "virtual_ip": s.virtual_ip,
+                            "remote_ts": [str(n) for n in networks]})]
+
+
+def _tunnel_failed(state, event, limits):
+    return _purge(state, event.at, "tunnel failed", "tunnel-failed")
+
+
+def _print_service_failed(state, event, limits):
+    return _purge(state, event.at, "print service failed", "print-service-failed")
+
+
+def _serve(state, event, limits):
+    s = replace(state.s, last_activity=event.at)
+    audit = Audit("ready", {"session": s.number, "org": s.org, "combined": s.policy.combined_mode})
+    if s.policy.combined_mode:  # the opening tap also authenticates
+        nxt, effects = _authenticate(s, s.opener, event.at)
+        return nxt, [audit, *effects]
+    return Ready(s), [_show(_ready_key(s), org=s.org), audit]
+
+
+def _tap_ready(state, event, limits):
+    s = state.s
+    if event.org == s.org:
+        nxt, effects = _authenticate(s, event.user, event.at)
+        return nxt, [Audit("tap", {"session": s.number, "org": event.org, "user": event.user,
+                                   "card": panel.mask_tag(event.uid_tag)}), *effects]
+    if s.held:
+        return state, [_show("in-use", org=s.org),
+                       Audit("tap-refused", {"session": s.number, "org": event.org, "held": len(s.held)})]
+    return _purge(state, event.at, "another organization", "switching-org", then=event)
+
+
+def _ready_tick(state, event, limits):
+    ended = _expired(state.s, event.at, idle=True)
+    return _purge(state, event.at, *ended) if ended else (state, [])
+
+
+def _accepted(state, event, limits):
+    if event.user != state.user:  # an answer about someone else is not a yes
+        return _back_to_ready(state.s, "auth-rejected-plain", "auth-mismatch", user=state.user)
+    s = replace(state.s, authed_user=event.user, last_activity=event.at)
+    audit = Audit("auth-accepted", {"session": s.number, "user": event.user})
+    jobs = _jobs_of(s, event.user)
+    if jobs:
+        nxt, effects = _release(s, event.user, jobs, event.at)
+        return nxt, [audit, *effects]
+    key = "ready-combined" if s.policy.combined_mode else "no-jobs"
+    return Ready(s), [_show(key, org=s.org, user=event.user), audit]
+
+
+def _rejected(state, event, limits):
+    s = replace(state.s, last_activity=event.at)
+    key = "auth-rejected" if event.message else "auth-rejected-plain"
+    return _back_to_ready(s, key, "auth-rejected", user=state.user, message=event.message)
+
+
+def _ask_pin(state, event, limits):
+    if event.user != state.user:
+        return _back_to_ready(state.s, "auth-rejected-plain", "auth-mismatch", user=state.user)
+    return AwaitingPin(state.s, state.user, event.at, event.challenge), [
+        AskPin(state.session, state.user, event.prompt), _show("enter-pin"),
+        Audit("pin-required", {"session": state.session, "user": state.user})]
+
+
+def _unavailable(state, event, limits):
+    return _back_to_ready(state.s, "auth-unavailable", "auth-unavailable", user=state.user)
+
+
+def _pin_entered(state, event, limits):
+    return _authenticate(state.s, state.user, event.at, pin=event.pin, challenge=state.challenge)
+
+
+def _pin_cancelled(state, event, limits):
+    return _back_to_ready(state.s, "pin-cancelled", "pin-cancelled", user=state.user)
+
+
+def _pin_tick(state, event, limits):
+    ended = _expired(state.s, event.at, idle=False)
+    if ended:
+        return _purge(state, event.at, *ended)
+    if event.at - state.asked_at >= limits.pin_timeout_s:
+        return _back_to_ready(state.s, "pin-timeout", "pin-timeout", user=state.user)
+    return state, []
+
+
+def _released(state, event, limits):
+    done = set(event.job_ids) & set(state.job_ids)
+    s = replace(state.s, held=tuple(j for j in state.s.held if j.job_id not in done),
+                last_activity=event.at)
+    more = _jobs_of(s, state.user) if s.policy.combined_mode and s.authed_user == state.user else ()
+    if more:  # arrived while releasing
+        return _release(s, state.user, more, event.at)
+    return _back_to_ready(s, "released", "released", user=state.user, count=len(done))
+
+
+def _release_failed(state, event, limits):
+    return _back_to_ready(state.s, "release-failed", "release-failed", user=state.user,
+                          reason=event.reason)
+
+
+def _released_late(state, event, limits):
+    if not isinstance(state, _InSession):
+        return state, []
+    s = replace(state.s, held=tuple(j for j in state.s.held if j.job_id not in set(event.job_ids)))
+    return replace(state, s=s), [Audit("released-late", {"session": s.number,
+                                                         "jobs": list(event.job_ids)})]
+
+
+def _refuse_tap(state, event, limits):
+    return state, [_show("out-of-service"), Audit("tap-refused", {"org": event.org, "fault": True})]
+
+
+def _clear_fault(state, event, limits):
+    return _purge(state, event.at, "fault cleared", "purging", number=state.session + 1)
+
+
+def _tunnel_down(state, event, limits):
+    return _purge(state, event.at, "tunnel down", "tunnel-down")
+
+
+def _step_tick(state, event, limits):
+    since = getattr(state, "since", None)
+    if since is None or event.at - since < limits.step_timeout_s:
+        return state, []
+    if isinstance(state, Authenticating):  # a late answer has this attempt number: dropped later
+        return _back_to_ready(state.s, "auth-unavailable", "auth-timeout", user=state.user)
+    if isinstance(state, Releasing):
+        return _back_to_ready(state.s, "release-failed", "release-timeout", user=state.user)
+    return _purge(state, event.at, "step timeout", "step-timeout")
+
+
+def _tap_busy(state, event, limits):
+    org = _org(state)
+    key = "busy" if event.org == org else "in-use"
+    return state, [_show(key, org=org), Audit("tap-refused", {"session": state.session,
+                                                              "org": event.org, "busy": True})]
+
+
+def _tap_wait(state, event, limits):
+    return state, [_show("busy")]
+
+
+def _job_arrived(state, event, limits):
+    fields = {"session": state.session, "job": event.job_id, "user": event.user,
+              "origin": event.origin_ip}
+    if not isinstance(state, _InSession) or not _inside(event.origin_ip, state.s.remote_ts):
+        return state, [PurgeJob(state.session, event.job_id, "not from the tunnel"),
+                       Audit("job-rejected", fields)]
+    s = state.s
+    if any(j.job_id == event.job_id for j in s.held):
+        return state, [Audit("job-duplicate", fields)]
+    s = replace(s, held=s.held + (HeldJob(event.job_id, event.user, event.origin_ip, event.at),),
+                last_activity=event.at)
+    audit = Audit("job-held", fields)
+    if isinstance(state, Ready) and s.policy.combined_mode and s.authed_user == event.user:
+        nxt, effects = _release(s, event.user, (event.job_id,), event.at)
+        return nxt, [audit, *effects]
+    return replace(state, s=s), [audit]
+
+
+def _job_done(state, event, limits):
+    if not isinstance(state, _InSession):
+        return state, []
+    s = replace(state.s, held=tuple(j for j in state.s.held if j.job_id != event.job_id))
+    kind = "job-printed" if isinstance(event, JobPrinted) else "job-gone"
+    return replace(state, s=s), [Audit(kind, {"session": s.number, "job": event.job_id})]
+
+
+def _card_unreadable(state, event, limits):
+    return state, [_show(panel.card_key(event.kind)), Audit("card-unreadable", {"kind": event.kind})]

@@ -1,0 +1,392 @@
+"""The firmware's asyncio runtime: feeds events to the pure machine and executes its effects.
+
+One loop. Everything that blocks (the directory, VICI, pycups, RADIUS) runs in worker threads and
+comes back as an event: session work (lookup, tunnel, print service, release, purge) on one
+single-thread executor so that it happens in the order the machine asked for it; authentication on
+its own thread so a slow RADIUS server never delays a purge. Watcher threads (tunnel events, job
+events) post events while their session lives. The runtime holds the only copy of the session's
+secrets (the fetched `SessionProfile`) and wipes it in the purge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import signal
+import time
+from collections import deque
+from dataclasses import asdict
+
+from firmware import effects as fx
+from firmware import events as ev
+from firmware import journal, machine, sdnotify, status
+from firmware.config import FirmwareConfig
+from firmware.devices import Devices, build
+from firmware.session import Session, purge
+from hal.auth import Accepted, BadInput, PinRequired, Rejected, Unavailable
+from hal.card import CardTap, CardUnreadable, mask_uid
+from hal.directory import DirectoryMalformed, DirectoryRefused, DirectoryUnreachable
+from hal.printer import JobGone, JobHeld, JobPrinted
+from hal.tunnel import TunnelError, TunnelSetupFailed
+
+TICK_S = 1.0
+
+
+def _state_name(state) -> str:
+    name = type(state).__name__
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+def org_of(state) -> str | None:
+    """The org a state serves (None when no org's data is held)."""
+    if isinstance(state, machine.ORG_BEARING):
+        return state.org if isinstance(state, machine.LookingUp) else state.s.org
+    if isinstance(state, machine.Purging):
+        return state.org
+    return None
+
+
+def describe(state) -> dict:
+    """The non-secret view of a state for the status document."""
+    view = {"state": _state_name(state), "org": org_of(state)}
+    session = getattr(state, "s", None)
+    if session is not None:
+        view["held_jobs"] = [{"id": j.job_id, "user": j.user, "origin": j.origin_ip} for j in session.held]
+        view["authenticated_user"] = session.authed_user
+    if isinstance(state, (machine.Fault, machine.Stopped)):
+        view["leftovers"] = list(state.leftovers)
+    return view
+
+
+def _card_kind(error: Exception) -> str:
+    name = type(error).__name__
+    if name in ("NoBadge", "BadgeWrongType"):
+        return "unknown-card"
+    if name == "BadgeUnsupportedVersion":
+        return "unsupported"
+    return "read-error"
+
+
+class Runtime:
+    def __init__(self, cfg: FirmwareConfig, devices: Devices):
+        self.cfg = cfg
+        self.devices = devices
+        self.state = machine.initial()
+        self.session: Session | None = None
+        self.panel = ""
+        self.pin_request: fx.AskPin | None = None
+        self.audit: deque[dict] = deque(maxlen=100)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.session_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="session")
+        self.auth_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="auth")
+        self.watchers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="watch")
+        self.authenticators: dict[int, object] = {}
+        self.done = asyncio.Event()
+        self.taps = 0  # card events handled (lets a client tell that its tap was seen)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def post(self, event) -> None:
+        """Hand an event to the loop; safe from any thread."""
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+    def dispatch(self, event) -> None:
+        before = type(self.state).__name__
+        self.state, effects = machine.step(self.state, event)
+        after = type(self.state).__name__
+        if before != after:
+            journal.record("transition", state=after, previous=before, event=type(event).__name__,
+                           org=org_of(self.state))
+        for effect in effects:
+            self.execute(effect)
+        if isinstance(event, (ev.CardTapped, ev.CardUnreadable)):
+            self.taps += 1
+
+    def _in(self, pool, fn, *args) -> None:
+        """Run fn(*args) on `pool`; an unexpected exception becomes a journal line, not a hang."""
+        def guarded():
+            try:
+                fn(*args)
+            except Exception as exc:  # the machine's step timeouts recover the session
+                journal.record("effect failed", level=40, effect=fn.__name__, error=type(exc).__name__)
+        pool.submit(guarded)
+
+    # -- effects -------------------------------------------------------------------------------
+
+    def execute(self, effect) -> None:
+        match effect:
+            case fx.ShowPanel(message=message):
+                self.panel = message
+                journal.record("panel", message=message)
+            case fx.Audit(event=name, fields=fields):
+                entry = {"event": name, **fields}
+                self.audit.append(entry)
+                journal.record("audit", **entry)
+            case fx.AskPin():
+                self.pin_request = effect
+            case fx.FetchProfile():
+                self._in(self.session_worker, self._fetch_profile, effect)
+            case fx.BringUpTunnel():
+                self._in(self.session_worker, self._bring_up_tunnel, effect)
+            case fx.StartPrintService():
+                self._in(self.session_worker, self._start_print_service, effect)
+            case fx.ReleaseJobs():
+                self._in(self.session_worker, self._release, effect)
+            case fx.PurgeJob():
+                self._in(self.session_worker, self._purge_job, effect)
+            case fx.Purge():
+                self.pin_request = None
+                self._in(self.session_worker, self._purge, effect)
+            case fx.Authenticate():
+                self._in(self.auth_worker, self._authenticate, effect)
+            case _:
+                journal.record("unknown effect", level=40, effect=type(effect).__name__)
+
+    def _current(self, number: int) -> Session | None:
+        s = self.session
+        return s if s is not None and s.number == number else None
+
+    def _fetch_profile(self, e: fx.FetchProfile) -> None:
+        try:
+            profile = self.devices.directory.fetch_profile(e.org)
+            if profile.org_id != e.org:
+                profile.wipe()
+                raise DirectoryMalformed("the directory answered for another organization")
+        except DirectoryRefused as exc:
+            kind = "device-rejected" if exc.status == 401 else "refused"
+            self.post(ev.LookupFailed(self.now(), e.session, kind))
+            return
+        except DirectoryUnreachable:
+            self.post(ev.LookupFailed(self.now(), e.session, "unreachable"))
+            return
+        except DirectoryMalformed:
+            self.post(ev.LookupFailed(self.now(), e.session, "malformed"))
+            return
+        if self.session is not None and self.session.profile is not None:
+            self.session.profile.wipe()  # never two profiles in memory
+        self.session = Session(number=e.session, org=e.org, profile=profile)
+        pol = profile.policy
+        self.post(ev.ProfileFetched(self.now(), e.session, e.org, tuple(profile.vpn.remote_ts),
+                                    ev.Policy(pol.idle_timeout_s, pol.max_hold_s, pol.combined_mode)))
+
+    def _bring_up_tunnel(self, e: fx.BringUpTunnel) -> None:
+        s = self._current(e.session)
+        if s is None or s.profile is None:
+            self.post(ev.TunnelFailed(self.now(), e.session, "no profile"))
+            return
+        try:
+            self.devices.firewall.install()  # before the tunnel: no moment with 631 open
+            up = self.devices.tunnel.up(s.profile, timeout=self.cfg.tunnel.up_timeout_s)
+        except TunnelSetupFailed as exc:
+            self.post(ev.TunnelFailed(self.now(), e.session, exc.cause))
+            return
+        except (TunnelError, OSError) as exc:
+            self.post(ev.TunnelFailed(self.now(), e.session, type(exc).__name__))
+            return
+        s.virtual_ip = up.virtual_ip
+        self.watchers.submit(self._watch_tunnel, s)
+        self.post(ev.TunnelUp(self.now(), e.session, up.virtual_ip, tuple(up.remote_ts)))
+
+    def _watch_tunnel(self, s: Session) -> None:
+        try:
+            for down in self.devices.tunnel.events(s.stop):
+                if not s.stop.is_set():
+                    self.post(ev.TunnelDown(self.now(), s.number, down.reason))
+                return
+        except TunnelError as exc:
+            if not s.stop.is_set():
+                self.post(ev.TunnelDown(self.now(), s.number, f"watch failed: {type(exc).__name__}"))
+
+    def _start_print_service(self, e: fx.StartPrintService) -> None:
+        s = self._current(e.session)
+        if s is None:
+            self.post(ev.PrintServiceFailed(self.now(), e.session, "no session"))
+            return
+        try:
+            self.devices.session_fs.mount()
+            service = self.devices.print_service(e.virtual_ip)
+            s.print_service = service
+            service.start()
+        except Exception as exc:
+            self.post(ev.PrintServiceFailed(self.now(), e.session, type(exc).__name__))
+            return
+        self.watchers.submit(self._watch_jobs, s)
+        self.post(ev.PrintServiceUp(self.now(), e.session))
+
+    def _watch_jobs(self, s: Session) -> None:
+        try:
+            for job_event in s.print_service.events(s.stop):
+                match job_event:
+                    case JobHeld(job=job):
+                        s.jobs[job.id] = {"title": job.title, "bytes": job.size_bytes}
+                        self.post(ev.JobArrived(self.now(), s.number, job.id, job.user, job.origin_host))
+                    case JobPrinted(job_id=job_id):
+                        self.post(ev.JobPrinted(self.now(), s.number, job_id))
+                    case JobGone(job_id=job_id):
+                        self.post(ev.JobGone(self.now(), s.number, job_id))
+        except Exception as exc:
+            if not s.stop.is_set():
+                journal.record("job watch failed", level=40, error=type(exc).__name__, org=s.org)
+
+    def _release(self, e: fx.ReleaseJobs) -> None:
+        s = self._current(e.session)
+        done: list[int] = []
+        try:
+            for job_id in e.job_ids:
+                s.print_service.release(job_id)
+                done.append(job_id)
+        except Exception as exc:
+            self.post(ev.ReleaseFailed(self.now(), e.session, tuple(j for j in e.job_ids if j not in done),
+                                       type(exc).__name__))
+            return
+        self.post(ev.Released(self.now(), e.session, tuple(done)))
+
+    def _purge_job(self, e: fx.PurgeJob) -> None:
+        s = self._current(e.session)
+        if s is not None and s.print_service is not None:
+            s.print_service.purge(e.job_id)
+
+    def _purge(self, e: fx.Purge) -> None:
+        auth = self.authenticators.pop(e.session, None)
+        if auth is not None:
+            auth.close()
+        report = purge(self.devices, self.session, e.reason)
+        self.session = None
+        self.post(ev.PurgeDone(self.now(), e.session, report.ok, report.leftovers))
+
+    def _authenticate(self, e: fx.Authenticate) -> None:
+        s = self._current(e.session)
+        if s is None or s.profile is None:
+            self.post(ev.AuthUnavailable(self.now(), e.session, e.attempt, "no session"))
+            return
+        auth = self.authenticators.get(e.session)
+        if auth is None:
+            auth = self.authenticators[e.session] = self.devices.authenticator(s.profile.auth)
+        pin = e.pin.reveal() if e.pin is not None else None
+        outcome = auth.authenticate(e.user, e.org, pin=pin, state=e.state)
+        at = self.now()
+        match outcome:
+            case Accepted(user=user):
+                self.post(ev.AuthAccepted(at, e.session, e.attempt, user))
+            case Rejected(user=user, message=message):
+                self.post(ev.AuthRejected(at, e.session, e.attempt, user, message))
+            case PinRequired(user=user, challenge=challenge, prompt=prompt):
+                self.post(ev.AuthPinRequired(at, e.session, e.attempt, user, challenge, prompt))
+            case Unavailable(reason=reason):
+                self.post(ev.AuthUnavailable(at, e.session, e.attempt, reason))
+            case BadInput(reason=reason):
+                self.post(ev.AuthRejected(at, e.session, e.attempt, e.user, reason))
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    async def _read_cards(self) -> None:
+        while not self.done.is_set():
+            try:
+                async for card_event in self.devices.card.events():
+                    match card_event:
+                        case CardTap():
+                            journal.record("tap", user=card_event.user_id, org=card_event.org_id,
+                                           uid=mask_uid(card_event.uid))
+                            self.post(ev.CardTapped(self.now(), card_event.user_id, card_event.org_id,
+                                                    mask_uid(card_event.uid)))
+                        case CardUnreadable(error=error):
+                            self.post(ev.CardUnreadable(self.now(), _card_kind(error)))
+            except Exception as exc:  # the reader is retried: the daemon keeps running
+                journal.record("card reader failed", level=40, error=f"{type(exc).__name__}: {exc}")
+                self.panel = "Card reader unavailable — call the operator"
+                await asyncio.sleep(2)
+
+    async def _tick(self) -> None:
+        interval = sdnotify.watchdog_interval()
+        last_ping = 0.0
+        while not self.done.is_set():
+            await asyncio.sleep(TICK_S)
+            self.post(ev.Tick(self.now()))
+            if interval is not None and self.now() - last_ping >= interval:
+                sdnotify.notify("WATCHDOG=1")
+                last_ping = self.now()
+
+    async def _control(self, request: dict) -> dict:
+        cmd = request.get("cmd", "status")
+        if cmd == "status":
+            return self.snapshot()
+        if cmd == "pin":
+            pin = request.get("pin")
+            if self.pin_request is None:
+                return {"error": "no PIN is being asked for"}
+            if not isinstance(pin, str):
+                return {"error": "pin must be a string"}
+            self.post(ev.PinEntered(self.now(), self.pin_request.session, ev.Pin(pin)))
+            self.pin_request = None
+            return {"ok": True}
+        if cmd == "pin-cancel":
+            if self.pin_request is not None:
+                self.post(ev.PinCancelled(self.now(), self.pin_request.session))
+                self.pin_request = None
+            return {"ok": True}
+        if cmd == "clear-fault":
+            self.post(ev.FaultCleared(self.now()))
+            return {"ok": True}
+        return {"error": f"unknown command {cmd!r}"}
+
+    def snapshot(self) -> dict:
+        view = describe(self.state)
+        s = self.session
+        return {
+            "state": view["state"],
+            "org": view.get("org"),
+            "panel": self.panel,
+            "pin_requested": self.pin_request is not None,
+            "taps": self.taps,
+            "tunnel": {"up": bool(s and s.virtual_ip and view.get("org")),
+                       "virtual_ip": s.virtual_ip if s else None},
+            "held_jobs": [dict(j, **(s.jobs.get(j["id"], {}) if s else {})) for j in view.get("held_jobs", [])],
+            "authenticated_user": view.get("authenticated_user"),
+            "leftovers": view.get("leftovers", []),
+            "audit": list(self.audit)[-30:],
+        }
+
+    # -- main ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        server = await status.serve(self.cfg.runtime.status_socket, self._control)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, lambda: self.post(ev.Shutdown(self.now())))
+        tasks = [asyncio.create_task(self._read_cards()), asyncio.create_task(self._tick())]
+        self.post(ev.Boot(self.now()))
+        sdnotify.notify("READY=1")
+        try:
+            while True:
+                event = await self.queue.get()
+                try:
+                    self.dispatch(event)
+                except Exception as exc:  # a bug in one step must not take the daemon down
+                    journal.record("step failed", level=40, event=type(event).__name__,
+                                   error=f"{type(exc).__name__}: {exc}")
+                if isinstance(self.state, machine.Stopped):
+                    break
+        finally:
+            self.done.set()
+            sdnotify.notify("STOPPING=1")
+            for t in tasks:
+                t.cancel()
+            await self.devices.card.close()
+            server.close()
+            self.session_worker.shutdown(wait=True)
+            self.auth_worker.shutdown(wait=False, cancel_futures=True)
+            self.watchers.shutdown(wait=False, cancel_futures=True)
+
+
+def run_daemon(cfg: FirmwareConfig) -> int:
+    journal.setup()
+    journal.record("starting", device=cfg.device.device_id or "unenrolled", card=cfg.card.kind,
+                   tunnel=cfg.tunnel.backend)
+    runtime = Runtime(cfg, build(cfg))
+    asyncio.run(runtime.run())
+    journal.record("stopped")
+    return 0

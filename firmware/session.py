@@ -1,0 +1,85 @@
+"""One organization's session on the device: what it holds, and the purge that ends it.
+
+A `Session` owns every org-bearing resource the runtime created: the fetched profile (secrets in
+wipeable buffers), the tunnel, the session tmpfs with the session cupsd in it, the firewall table,
+and the watcher threads. `purge()` removes all of them, in an order that never leaves a secret
+reachable (stop accepting jobs first, destroy the spool, then the credentials), carries on past a
+failing step, and then *verifies* each one independently. It also serves at daemon start, when
+there is no `Session` object and the previous process may have died with a session open.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from firmware import journal
+from firmware.devices import Devices
+from hal.directory.profile import SessionProfile
+
+
+@dataclass
+class Session:
+    number: int
+    org: str
+    profile: SessionProfile | None = None
+    virtual_ip: str | None = None
+    print_service: object | None = None  # hal.printer's session print service, once started
+    jobs: dict[int, dict] = field(default_factory=dict)  # job id -> title, size (for the status)
+    stop: threading.Event = field(default_factory=threading.Event)  # ends the watcher threads
+
+
+@dataclass(frozen=True)
+class PurgeReport:
+    ok: bool
+    leftovers: tuple[str, ...]  # what could not be removed or verified (names only, no secrets)
+    errors: tuple[str, ...]
+
+
+def purge(devices: Devices, session: Session | None, reason: str) -> PurgeReport:
+    """Remove every trace of the session (or of a crashed one), then verify. Blocking."""
+    errors: list[str] = []
+
+    def step(name: str, fn) -> None:
+        try:
+            fn()
+        except Exception as exc:  # every step runs, whatever the one before did
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+
+    if session is not None:
+        session.stop.set()
+        if session.print_service is not None:
+            step("jobs", session.print_service.purge_all)
+            step("print service", session.print_service.stop)
+    # A session cupsd left by a crashed daemon is found through its pid file in the tmpfs.
+    step("stale print service", lambda: devices.stop_stale_print_service())
+    step("session tmpfs", devices.session_fs.unmount)
+    step("tunnel down", devices.tunnel.down)
+    step("tunnel credentials", devices.tunnel.purge)
+    step("firewall", devices.firewall.remove)
+    if session is not None and session.profile is not None:
+        session.profile.wipe()
+        session.profile = None
+
+    leftovers = verify(devices)
+    report = PurgeReport(ok=not leftovers, leftovers=tuple(leftovers), errors=tuple(errors))
+    journal.record("purge", reason=reason, ok=report.ok, leftovers=len(leftovers), errors=len(errors))
+    return report
+
+
+def verify(devices: Devices) -> list[str]:
+    """What of any session is still on the device (empty when clean)."""
+    left: list[str] = []
+    left += devices.session_fs.leftovers()
+    try:
+        inv = devices.tunnel.inventory()
+        left += [f"charon {k}: {v}" for k, v in inv.items() if v]
+    except Exception as exc:
+        left.append(f"charon inventory unknown: {type(exc).__name__}")
+    try:
+        if devices.firewall.installed():
+            left.append("firewall table")
+    except Exception as exc:
+        left.append(f"firewall state unknown: {type(exc).__name__}")
+    left += devices.stale_print_service_leftovers()
+    return left

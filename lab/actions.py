@@ -1,0 +1,153 @@
+"""What the lab CLI does beyond up/down: tap a card, print, inject faults, scan for secrets, status.
+
+Each function returns a JSON-able dict (the CLI prints it). They act through the real interfaces:
+the virtual card behind pcscd, the desk's CUPS, the daemons' own control sockets, PIDs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+from lab.host import LabError
+from lab.services.firmware import firmware_request, firmware_status
+
+
+def _firmware(lab):
+    return lab.service("firmware")
+
+
+def status(lab) -> dict:
+    from lab.services import engine, org_agents
+
+    out = lab.status()
+    out["firmware"] = _firmware(lab).status(lab)
+    out["desks"] = {}
+    for org in _contracted():
+        try:
+            queues = org_agents.desk_queues(lab, org)
+        except Exception as exc:  # a desk that is down is reported, not fatal
+            out["desks"][org] = {"queue": False, "error": str(exc)}
+            continue
+        out["desks"][org] = {"queue": bool(queues), "queues": queues}
+    out["printed"] = engine.printed_documents(lab) if lab.host("office").exists() else []
+    out["audit"] = out["firmware"].get("audit", [])
+    return out
+
+
+def _contracted() -> tuple[str, ...]:
+    from lab.orgs import CONTRACTED
+
+    return CONTRACTED
+
+
+def default_uid(org: str, user: str) -> str:
+    """A stable 7-byte card UID per user, so repeated taps present the same card."""
+    return "04" + hashlib.sha256(f"{user}@{org}".encode()).hexdigest()[:12]
+
+
+def _wait(pred, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise LabError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = None,
+        ndef_hex: str | None = None, settle_s: float = 60) -> dict:
+    """Present the card, wait until the firmware has taken the tap, remove it, wait until it settles
+    (and type `pin` on the panel if it asks for one). Returns the firmware's status."""
+    from lab.vcard import VirtualCard
+
+    fw = _firmware(lab)
+    before = firmware_status(lab)["taps"]
+    card = VirtualCard(lab)
+    if ndef_hex is not None:
+        card.insert(uid or default_uid(org, user), ndef=bytes.fromhex(ndef_hex))
+    else:
+        card.insert(uid or default_uid(org, user), user=user, org=org)
+    try:
+        _wait(lambda: firmware_status(lab)["taps"] > before, 10, "the firmware to read the card")
+    finally:
+        card.remove()
+    st = fw.wait_settled(lab, timeout=settle_s)
+    if st["state"] == "awaiting_pin" and pin is not None:
+        reply = firmware_request(lab, {"cmd": "pin", "pin": pin})
+        if "error" in reply:
+            raise LabError(f"PIN not taken: {reply['error']}")
+        _wait(lambda: not firmware_status(lab)["pin_requested"] or None, 5, "the PIN to be taken")
+        _wait(lambda: firmware_status(lab)["state"] != "awaiting_pin", 15, "the PIN check")
+        st = fw.wait_settled(lab, timeout=settle_s)
+    return st
+
+
+def print_file(lab, org: str, user: str, path: str, *, origin: str = "desk") -> dict:
+    from lab.services import org_agents
+
+    file = Path(path)
+    if not file.is_file():
+        raise LabError(f"no such file: {path}")
+    if origin == "desk":
+        job = org_agents.print_file(lab, org, user, file)
+        return {"submitted": True, "from": f"lan-{org}", "job": job}
+    return _print_from_cowork(lab, user, file)
+
+
+def _print_from_cowork(lab, user: str, file: Path) -> dict:
+    """Straight at the MFP from another tenant's laptop, claiming to be `user`, to every address the
+    MFP may listen on. Submission may fail (the firewall drops it) or be accepted and then purged; it
+    must never print."""
+    st = firmware_status(lab)
+    targets = [lab.address("office")]
+    vip = st.get("tunnel", {}).get("virtual_ip")
+    if vip:
+        targets.append(vip)
+    results = {}
+    for addr in targets:
+        proc = lab.host("cowork").run(
+            ["ipptool", "-tv", "-T", "5", "-f", str(file), "-d", f"user={user}",
+             f"ipp://{addr}:631/printers/tenantprint", "print-job.test"], check=False, timeout=20)
+        results[addr] = {"exit": proc.returncode, "accepted": proc.returncode == 0}
+    return {"submitted": any(r["accepted"] for r in results.values()), "from": "cowork", "targets": results}
+
+
+def fault(lab, kind: str, org: str) -> dict:
+    if kind.startswith("gateway-"):
+        svc = lab.service(f"gateway-{org}")
+        if kind == "gateway-kill":
+            return {"fault": kind, "org": org, "killed": svc.kill(lab)}
+        svc.start(lab)
+        return {"fault": kind, "org": org, "started": True}
+    if kind.startswith("radius-"):
+        svc = lab.service(f"radius-{org}")
+        svc.stop(lab) if kind == "radius-stop" else svc.start(lab)
+        return {"fault": kind, "org": org}
+    if kind.startswith("cloud-"):
+        svc = lab.service("cloud")
+        svc.stop(lab) if kind == "cloud-stop" else svc.start(lab)
+        return {"fault": kind}
+    if kind == "firmware-kill":
+        return {"fault": kind, "killed": _firmware(lab).kill(lab)}
+    if kind == "firmware-start":
+        fw = _firmware(lab)
+        lab.procs.stop(fw.name, timeout=1)  # only the dead record: the process is gone
+        fw.start(lab)
+        return {"fault": kind, "started": True}
+    raise LabError(f"unknown fault {kind}")
+
+
+def scan_secrets(lab) -> dict:
+    from lab.scan import scan
+
+    return scan(lab, "office")
+
+
+def cloud_cli(lab, args: list[str]) -> dict:
+    from lab.services.cloud import run_cli
+
+    proc = run_cli(lab, args)
+    return {"exit": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}

@@ -1,0 +1,33 @@
+"""How a lab was brought up (`lab up` flags), remembered in its state directory so that later
+commands (`status`, `tap`, `down`) see the same lab."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+BACKENDS = ("auto", "kernel", "libipsec")
+
+
+@dataclass(frozen=True)
+class LabOptions:
+    wan_rtt_ms: float = 0.0
+    tunnel_backend: str = "auto"
+    combined: bool = False  # acme's profile uses combined mode (one tap connects and authenticates)
+
+    def __post_init__(self):
+        if self.tunnel_backend not in BACKENDS:
+            raise ValueError(f"tunnel backend must be one of {', '.join(BACKENDS)}")
+        if not 0 <= self.wan_rtt_ms <= 2000:
+            raise ValueError("wan-rtt-ms must be between 0 and 2000")
+
+    def save(self, root: Path) -> None:
+        (root / "options.json").write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, root: Path) -> "LabOptions":
+        try:
+            return cls(**json.loads((root / "options.json").read_text()))
+        except (OSError, ValueError, TypeError):
+            return cls()

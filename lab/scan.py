@@ -1,0 +1,124 @@
+"""`lab scan-secrets`: look for every org's canary secret anywhere on the MFP host.
+
+The lab seeds each org's secrets with unique canary strings (`lab/orgs.py`). After a purge none may
+be found on the MFP (`office`): not in a file it can see (its /run, /tmp, the firmware's state, any
+mount made on the host, such as a session tmpfs), not in the memory of any process on the host
+(the firmware, charon, a cupsd), not in charon's VICI inventory. Each finding names where.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+CANARY = re.compile(rb"TPCANARY-[A-Za-z0-9_-]{4,}")
+MAX_FILE = 64 * 1024 * 1024
+
+
+def _netns_inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def host_pids(ns_name: str) -> list[int]:
+    """Pids of the processes in network namespace `ns_name`."""
+    want = _netns_inode(f"/run/netns/{ns_name}")
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino == want:
+                    pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def scan_memory(pid: int) -> set[bytes]:
+    found: set[bytes] = set()
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+        mem = open(f"/proc/{pid}/mem", "rb", buffering=0)
+    except OSError:
+        return found
+    with mem:
+        for line in maps:
+            fields = line.split()
+            if len(fields) < 2 or "r" not in fields[1]:
+                continue
+            if len(fields) >= 6 and fields[5].startswith("[v"):  # [vvar] / [vsyscall] are not readable
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                found.update(CANARY.findall(mem.read(end - start)))
+            except (OSError, ValueError, OverflowError):
+                continue
+    return found
+
+
+def scan_tree(root: Path) -> dict[str, set[bytes]]:
+    hits: dict[str, set[bytes]] = {}
+    if not root.exists():
+        return hits
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            try:
+                if not path.is_file() or path.stat().st_size > MAX_FILE:
+                    continue
+                found = set(CANARY.findall(path.read_bytes()))
+            except OSError:
+                continue
+            if found:
+                hits[str(path)] = found
+    return hits
+
+
+def host_mounts(pid: int) -> list[str]:
+    """Mount points in the mount namespace of `pid` that the root namespace does not have."""
+    def points(p: str) -> set[str]:
+        try:
+            return {line.split()[4] for line in Path(p).read_text().splitlines()}
+        except OSError:
+            return set()
+    return sorted(points(f"/proc/{pid}/mountinfo") - points("/proc/self/mountinfo"))
+
+
+def scan(lab, host: str = "office") -> dict:
+    """Every place on `host` where a canary is found: {"clean": bool, "findings": [...]}."""
+    h = lab.host(host)
+    findings: list[dict] = []
+
+    def add(where: str, kind: str, found: set[bytes]) -> None:
+        if found:
+            findings.append({"where": where, "kind": kind,
+                             "canaries": sorted(c.decode(errors="replace")[:40] for c in found)})
+
+    roots = [h.run_dir, h.tmp_dir, lab.layout.data_dir("firmware")]
+    for root in roots:
+        for path, found in scan_tree(root).items():
+            add(path, "file", found)
+    pids = host_pids(h.ns)
+    seen_mounts: set[str] = set()
+    for pid in pids:
+        for point in host_mounts(pid):
+            if point in seen_mounts or point in ("/run", "/tmp", "/sys") or point.startswith("/sys/"):
+                continue
+            seen_mounts.add(point)
+            for path, found in scan_tree(Path(f"/proc/{pid}/root{point}")).items():
+                add(path.replace(f"/proc/{pid}/root", f"{host}:"), "file", found)
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        add(f"pid {pid} ({comm}) argv", "cmdline", set(CANARY.findall(cmdline)))
+        add(f"pid {pid} ({comm}) memory", "memory", scan_memory(pid))
+    vici = h.run(["swanctl", "--list-conns", "--uri", "unix:///run/charon.vici"], check=False)
+    add("charon VICI inventory", "vici", set(CANARY.findall(vici.stdout)))
+    return {"clean": not findings, "host": host, "processes_scanned": len(pids),
+            "mounts_scanned": sorted(seen_mounts), "findings": findings}

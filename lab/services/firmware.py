@@ -1,0 +1,142 @@
+"""The MFP's firmware daemon on the `office` host, configured as a real device would be.
+
+`FirmwareService.start` writes the device's config (`firmware.toml`), enrols the device with the
+lab's cloud the way first boot does (`tenantprint firmware enrol` with a one-time token, the key made
+on the office host), starts `tenantprint firmware run` there and waits until the boot purge is done
+and the daemon is idle. `stop` sends SIGTERM (the daemon purges the session and exits). Its control
+socket is reached from the root namespace through the office host's /run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from firmware import status as fw_status
+from lab.host import LabError
+from lab.orgs import DEVICE_ID
+
+HOST = "office"
+SOCKET = "/run/tenantprint/firmware.sock"
+SESSION_DIR = "/run/tenantprint/session"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _toml(data: dict) -> str:
+    lines = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        for k, v in values.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def control_socket(lab) -> Path:
+    return lab.host(HOST).path(SOCKET)
+
+
+def firmware_status(lab, timeout: float = 5.0) -> dict:
+    """The daemon's status document (raises OSError when it is not running)."""
+    return fw_status.request(control_socket(lab), {"cmd": "status"}, timeout=timeout)
+
+
+def firmware_request(lab, request: dict) -> dict:
+    return fw_status.request(control_socket(lab), request)
+
+
+class FirmwareService:
+    name = "firmware"
+
+    def __init__(self, backend: str = "auto"):
+        self.backend = backend
+
+    def data_dir(self, lab) -> Path:
+        d = lab.layout.data_dir("firmware")
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o700)
+        return d
+
+    def config_path(self, lab) -> Path:
+        return self.data_dir(lab) / "firmware.toml"
+
+    def write_config(self, lab) -> Path:
+        from lab.services import cloud, engine
+
+        state = self.data_dir(lab) / "state"
+        state.mkdir(exist_ok=True)
+        conf = {
+            "device": {"state_dir": str(state)},
+            "cloud": {"timeout_s": 5.0},
+            "card": {"kind": "pcsc"},
+            "tunnel": {"backend": self.backend, "vici_socket": "/run/charon.vici"},
+            "session": {"tmpfs_dir": SESSION_DIR, "tmpfs_size_mb": 64, "ipp_port": 631},
+            "printer": {"engine_uri": engine.engine_uri(lab)},
+            "runtime": {"status_socket": SOCKET},
+        }
+        path = self.config_path(lab)
+        path.write_text(_toml(conf))
+        self._enrol(lab, state, cloud)
+        return path
+
+    def _enrol(self, lab, state: Path, cloud) -> None:
+        if (state / "enrolment.json").exists():
+            return
+        token_file = self.data_dir(lab) / "enrol-token"
+        token_file.write_text(cloud.enrol_token(lab, DEVICE_ID))
+        token_file.chmod(0o600)
+        try:
+            proc = lab.host(HOST).run(
+                [sys.executable, "-m", "tenantprint", "firmware", "--config", str(self.config_path(lab)),
+                 "enrol", "--cloud", cloud.url(lab), "--token-file", str(token_file),
+                 "--ca-file", str(cloud.ca_file(lab))], check=False, timeout=60)
+        finally:
+            token_file.unlink(missing_ok=True)
+        if proc.returncode != 0:
+            raise LabError(f"firmware enrol failed: {proc.stderr.decode(errors='replace').strip()}")
+
+    def running(self, lab) -> bool:
+        rec = lab.procs.get(self.name)
+        return bool(rec and rec.alive())
+
+    def start(self, lab) -> None:
+        if self.running(lab):
+            return
+        config = self.write_config(lab)
+        lab.spawn(self.name, HOST, [sys.executable, "-m", "tenantprint", "firmware", "--config", str(config), "run"],
+                  cwd=REPO)
+        self.wait_settled(lab, timeout=60, want=("idle", "fault"))
+
+    def wait_settled(self, lab, timeout: float = 30, want: tuple[str, ...] = ()) -> dict:
+        """Wait until the daemon is in a resting state (or one of `want`); return its status."""
+        resting = want or ("idle", "ready", "awaiting_pin", "fault", "stopped")
+        deadline = time.monotonic() + timeout
+        last: dict = {}
+        while time.monotonic() < deadline:
+            if not self.running(lab):
+                raise LabError(f"firmware exited (log: {lab.layout.logs_dir / 'firmware.log'})")
+            try:
+                last = firmware_status(lab, timeout=2)
+                if last.get("state") in resting:
+                    return last
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise LabError(f"firmware did not settle in {timeout:g} s (state {last.get('state')!r})")
+
+    def stop(self, lab) -> None:
+        lab.procs.stop(self.name, timeout=30)
+
+    def kill(self, lab) -> bool:
+        """SIGKILL the daemon (a crash): its session is left behind for the next start to purge."""
+        return lab.procs.kill(self.name)
+
+    def status(self, lab) -> dict:
+        if not self.running(lab):
+            return {"running": False}
+        try:
+            return {"running": True, **firmware_status(lab)}
+        except (OSError, ValueError) as exc:
+            return {"running": True, "error": f"status socket: {exc}"}

@@ -1,0 +1,328 @@
+"""The session state machine, row by row: (state, event) -> (state, effects, panel line).
+
+`core` effects (everything but ShowPanel and Audit) are compared exactly; the panel line, where a
+row names one, is compared exactly too. Pure: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import replace
+
+import pytest
+
+from firmware import machine as m
+from firmware import panel
+from firmware.effects import (AskPin, Audit, Authenticate, BringUpTunnel, FetchProfile, Purge,
+                              PurgeJob, ReleaseJobs, ShowPanel, StartPrintService)
+from firmware.events import (AuthAccepted, AuthPinRequired, AuthRejected, AuthUnavailable, Boot,
+                             CardTapped, CardUnreadable, FaultCleared, JobArrived, JobGone,
+                             JobPrinted, LookupFailed, Pin, PinCancelled, PinEntered, Policy,
+                             PrintServiceFailed, PrintServiceUp, ProfileFetched, PurgeDone,
+                             ReleaseFailed, Released, Shutdown, Tick, TunnelDown, TunnelFailed,
+                             TunnelUp)
+
+LAN = (ipaddress.ip_network("10.20.0.0/24"),)
+POLICY = Policy(idle_timeout_s=300, max_hold_s=3600, combined_mode=False)
+COMBINED = replace(POLICY, combined_mode=True)
+S = m.Session(1, "acme", "alice", POLICY, LAN, virtual_ip="10.20.0.200", last_activity=100.0)
+J7 = m.HeldJob(7, "alice", "10.20.0.50", 110.0)
+J5 = m.HeldJob(5, "alice", "10.20.0.51", 120.0)   # higher id, arrived later than 7... see J3
+J3 = m.HeldJob(3, "alice", "10.20.0.52", 130.0)
+JB = m.HeldJob(8, "bob", "10.20.0.60", 105.0)
+HELD = replace(S, held=(J5, JB, J7, J3))
+AUTHING = m.Authenticating(replace(HELD, attempt=1), "alice", 200.0)
+AUTHED_C = replace(S, policy=COMBINED, authed_user="alice", attempt=1)
+TAP_ALICE = CardTapped(200.0, "alice", "acme", "04A1B2C3D4E5F6")
+TAP_GLOBEX = CardTapped(200.0, "carol", "globex", "04FFEEDDCC")
+
+
+def purging(reason, key, *, session=1, org="acme", at=200.0, **kw):
+    return m.Purging(session, org, reason, at, notice=panel.text(key, org=org or ""), **kw)
+
+
+def core(effects):
+    return [e for e in effects if not isinstance(e, (ShowPanel, Audit))]
+
+
+def shown(effects):
+    lines = [e.message for e in effects if isinstance(e, ShowPanel)]
+    return lines[-1] if lines else None
+
+
+ROWS = [
+    # id, state, event, next state, core effects, panel line (None: not checked)
+    ("boot purges leftovers", m.Starting(), Boot(0.0),
+     m.Purging(0, None, "startup", 0.0), [Purge(0, "startup")], panel.text("starting")),
+    ("startup purge verified -> Idle", m.Purging(0, None, "startup", 0.0), PurgeDone(1.0, 0, True),
+     m.Idle(0), [], panel.text("idle")),
+    ("startup purge not verified -> Fault", m.Purging(0, None, "startup", 0.0),
+     PurgeDone(1.0, 0, False, ("charon conns: 1",)), m.Fault(0, ("charon conns: 1",)), [],
+     panel.text("fault")),
+    ("tap in Idle -> lookup", m.Idle(0), TAP_ALICE,
+     m.LookingUp(1, "acme", "alice", 200.0), [FetchProfile(1, "acme")], "Looking up acme…"),
+    ("unreadable card stays Idle", m.Idle(0), CardUnreadable(1.0, "read-error"),
+     m.Idle(0), [], "Card could not be read — try again"),
+    ("unsupported card", m.Idle(0), CardUnreadable(1.0, "unsupported"),
+     m.Idle(0), [], "This card is not supported"),
+    ("profile -> Connecting", m.LookingUp(1, "acme", "alice", 200.0),
+     ProfileFetched(201.0, 1, "acme", ("10.20.0.0/24",), POLICY),
+     m.Connecting(m.Session(1, "acme", "alice", POLICY, LAN, last_activity=201.0), 201.0),
+     [BringUpTunnel(1, "acme")], "Connecting to acme…"),
+    ("profile for another org fails closed", m.LookingUp(1, "acme", "alice", 200.0),
+     ProfileFetched(201.0, 1, "globex", ("10.20.0.0/24",), POLICY),
+     purging("invalid profile", "lookup-malformed", at=201.0), [Purge(1, "invalid profile")], None),
+    ("profile with bad selectors fails closed", m.LookingUp(1, "acme", "alice", 200.0),
+     ProfileFetched(201.0, 1, "acme", ("not-a-net",), POLICY),
+     purging("invalid profile", "lookup-malformed", at=201.0), [Purge(1, "invalid profile")], None),
+    *[(f"lookup {kind} -> Idle", m.LookingUp(1, "acme", "alice", 200.0),
+       LookupFailed(201.0, 1, kind), m.Idle(1), [], line)
+      for kind, line in [("refused", "No contract for this organization"),
+                         ("unreachable", "Directory unreachable — try again later"),
+                         ("malformed", "Directory sent an invalid profile — try again later"),
+                         ("device-rejected", "This printer is not enrolled — call the operator")]],
+    ("tunnel up -> start print service", m.Connecting(replace(S, virtual_ip=""), 200.0),
+     TunnelUp(201.0, 1, "10.20.0.200", ("10.20.0.0/25",)),
+     m.StartingPrintService(replace(S, remote_ts=(ipaddress.ip_network("10.20.0.0/25"),),
+                                    last_activity=201.0), 201.0),
+     [StartPrintService(1, "10.20.0.200")], "Preparing the printer for acme…"),
+    ("tunnel selectors wider than the profile refused", m.Connecting(S, 200.0),
+     TunnelUp(201.0, 1, "10.20.0.200", ("0.0.0.0/0",)),
+     purging("tunnel selectors refused", "tunnel-failed", at=201.0),
+     [Purge(1, "tunnel selectors refused")], None),
+    ("tunnel failed -> purge", m.Connecting(S, 200.0), TunnelFailed(201.0, 1, "AUTH_FAILED"),
+     purging("tunnel failed", "tunnel-failed", at=201.0), [Purge(1, "tunnel failed")],
+     "Could not connect to acme's network"),
+    ("after a failed tunnel, Idle keeps the message",
+     purging("tunnel failed", "tunnel-failed"), PurgeDone(202.0, 1, True), m.Idle(1), [],
+     "Could not connect to acme's network"),
+    ("print service up -> Ready", m.StartingPrintService(S, 200.0), PrintServiceUp(201.0, 1),
+     m.Ready(replace(S, last_activity=201.0)), [], panel.text("ready", org="acme")),
+    ("combined: print service up authenticates the opener",
+     m.StartingPrintService(replace(S, policy=COMBINED), 200.0), PrintServiceUp(201.0, 1),
+     m.Authenticating(replace(S, policy=COMBINED, attempt=1, last_activity=201.0), "alice", 201.0),
+     [Authenticate(1, 1, "alice", "acme")], "Checking alice…"),
+    ("print service failed -> purge", m.StartingPrintService(S, 200.0),
+     PrintServiceFailed(201.0, 1, "cupsd"),
+     purging("print service failed", "print-service-failed", at=201.0),
+     [Purge(1, "print service failed")], None),
+    ("same-org tap in Ready -> authenticate", m.Ready(HELD), TAP_ALICE,
+     replace(AUTHING, since=200.0, s=replace(AUTHING.s, last_activity=200.0)),
+     [Authenticate(1, 1, "alice", "acme")], "Checking alice…"),
+    ("other-org tap, nothing held -> purge, tap remembered", m.Ready(S), TAP_GLOBEX,
+     purging("another organization", "switching-org", then=TAP_GLOBEX),
+     [Purge(1, "another organization")], "Ending acme's session…"),
+    ("after the switch purge, the remembered tap is looked up",
+     purging("another organization", "switching-org", then=TAP_GLOBEX), PurgeDone(203.0, 1, True),
+     m.LookingUp(2, "globex", "carol", 203.0), [FetchProfile(2, "globex")], "Looking up globex…"),
+    ("other-org tap with jobs held -> refused", m.Ready(HELD), TAP_GLOBEX,
+     m.Ready(HELD), [], "Printer in use by acme — try again later"),
+    ("accepted -> release the user's jobs, oldest first", AUTHING, AuthAccepted(201.0, 1, 1, "alice"),
+     m.Releasing(replace(AUTHING.s, authed_user="alice", last_activity=201.0), "alice", (7, 5, 3),
+                 201.0),
+     [ReleaseJobs(1, "alice", (7, 5, 3))], "Releasing 3 job(s) for alice…"),
+    ("accepted with nothing held -> Ready", replace(AUTHING, user="dave"),
+     AuthAccepted(201.0, 1, 1, "dave"),
+     m.Ready(replace(AUTHING.s, authed_user="dave", last_activity=201.0)), [], "No jobs held for dave"),
+    ("accepted for someone else is not a yes", AUTHING, AuthAccepted(201.0, 1, 1, "bob"),
+     m.Ready(AUTHING.s), [], "Not authorized"),
+    ("pin required -> ask", AUTHING, AuthPinRequired(201.0, 1, 1, "alice", b"\x01chal", "PIN:"),
+     m.AwaitingPin(AUTHING.s, "alice", 201.0, b"\x01chal"), [AskPin(1, "alice", "PIN:")],
+     "Enter your PIN"),
+    ("pin entered -> authenticate with pin and challenge",
+     m.AwaitingPin(AUTHING.s, "alice", 201.0, b"\x01chal"), PinEntered(205.0, 1, Pin("2468")),
+     m.Authenticating(replace(AUTHING.s, attempt=2, last_activity=205.0), "alice", 205.0),
+     [Authenticate(1, 2, "alice", "acme", pin=Pin("2468"), state=b"\x01chal")], "Checking alice…"),
+    ("pin cancelled -> Ready", m.AwaitingPin(AUTHING.s, "alice", 201.0), PinCancelled(205.0, 1),
+     m.Ready(AUTHING.s), [], "PIN entry cancelled"),
+    ("pin timeout -> Ready", m.AwaitingPin(AUTHING.s, "alice", 201.0), Tick(231.0),
+     m.Ready(AUTHING.s), [], "PIN entry timed out"),
+    ("pin not yet timed out", m.AwaitingPin(AUTHING.s, "alice", 201.0), Tick(230.0),
+     m.AwaitingPin(AUTHING.s, "alice", 201.0), [], None),
+    ("rejected -> Ready with the server's message", AUTHING,
+     AuthRejected(201.0, 1, 1, "alice", "Wrong PIN"),
+     m.Ready(replace(AUTHING.s, last_activity=201.0)), [], "Not authorized: Wrong PIN"),
+    ("auth server unavailable -> Ready, jobs held", AUTHING, AuthUnavailable(201.0, 1, 1, "timeout"),
+     m.Ready(AUTHING.s), [], "Authentication server unavailable — jobs stay held"),
+    ("released -> Ready without those jobs", m.Releasing(HELD, "alice", (7, 5, 3), 201.0),
+     Released(202.0, 1, (7, 5, 3)), m.Ready(replace(HELD, held=(JB,), last_activity=202.0)), [],
+     "Released 3 job(s) for alice"),
+    ("release failed -> Ready, jobs stay held", m.Releasing(HELD, "alice", (7, 5, 3), 201.0),
+     ReleaseFailed(202.0, 1, (7, 5, 3), "engine offline"), m.Ready(HELD), [],
+     "Could not release the jobs — they stay held"),
+    ("combined: more jobs arrived while releasing -> release them too",
+     m.Releasing(replace(AUTHED_C, held=(J7, J5)), "alice", (7,), 201.0), Released(202.0, 1, (7,)),
+     m.Releasing(replace(AUTHED_C, held=(J5,), last_activity=202.0), "alice", (5,), 202.0),
+     [ReleaseJobs(1, "alice", (5,))], None),
+    ("job from outside the tunnel is purged", m.Ready(S), JobArrived(201.0, 1, 9, "alice", "10.99.0.7"),
+     m.Ready(S), [PurgeJob(1, 9, "not from the tunnel")], None),
+    ("job with a garbage origin is purged", m.Ready(S), JobArrived(201.0, 1, 9, "alice", "localhost"),
+     m.Ready(S), [PurgeJob(1, 9, "not from the tunnel")], None),
+    ("job from inside the tunnel is held", m.Ready(S), JobArrived(201.0, 1, 9, "alice", "10.20.0.50"),
+     m.Ready(replace(S, held=(m.HeldJob(9, "alice", "10.20.0.50", 201.0),), last_activity=201.0)),
+     [], None),
+    ("job before the tunnel is up is purged", m.LookingUp(1, "acme", "alice", 200.0),
+     JobArrived(201.0, 1, 9, "alice", "10.20.0.50"), m.LookingUp(1, "acme", "alice", 200.0),
+     [PurgeJob(1, 9, "not from the tunnel")], None),
+    ("combined: the authenticated user's new job is released at once", m.Ready(AUTHED_C),
+     JobArrived(201.0, 1, 9, "alice", "10.20.0.50"),
+     m.Releasing(replace(AUTHED_C, held=(m.HeldJob(9, "alice", "10.20.0.50", 201.0),),
+                         last_activity=201.0), "alice", (9,), 201.0),
+     [ReleaseJobs(1, "alice", (9,))], None),
+    ("combined: another user's job is held", m.Ready(AUTHED_C),
+     JobArrived(201.0, 1, 9, "bob", "10.20.0.60"),
+     m.Ready(replace(AUTHED_C, held=(m.HeldJob(9, "bob", "10.20.0.60", 201.0),), last_activity=201.0)),
+     [], None),
+    ("job printed leaves the held list", m.Ready(HELD), JobPrinted(201.0, 1, 8),
+     m.Ready(replace(HELD, held=(J5, J7, J3))), [], None),
+    ("job gone leaves the held list", m.Ready(HELD), JobGone(201.0, 1, 7),
+     m.Ready(replace(HELD, held=(J5, JB, J3))), [], None),
+    ("late Released in Ready updates the held list", m.Ready(HELD), Released(201.0, 1, (7,)),
+     m.Ready(replace(HELD, held=(J5, JB, J3))), [], None),
+    ("idle timeout -> purge", m.Ready(S), Tick(400.0),
+     purging("idle timeout", "idle-timeout", at=400.0), [Purge(1, "idle timeout")],
+     "Session for acme ended (idle)"),
+    ("no idle timeout while jobs are held", m.Ready(HELD), Tick(1000.0), m.Ready(HELD), [], None),
+    ("max hold -> purge with the jobs", m.Ready(HELD), Tick(3705.0),
+     purging("max hold", "max-hold", at=3705.0), [Purge(1, "max hold")], None),
+    ("max hold while waiting for a PIN", m.AwaitingPin(HELD, "alice", 3700.0), Tick(3705.0),
+     purging("max hold", "max-hold", at=3705.0), [Purge(1, "max hold")], None),
+    ("shutdown in session -> purge then stop", m.Ready(S), Shutdown(201.0),
+     purging("shutdown", "purging", at=201.0, stop=True), [Purge(1, "shutdown")], None),
+    ("shutdown in Idle still purges", m.Idle(1), Shutdown(201.0),
+     m.Purging(1, None, "shutdown", 201.0, notice=panel.text("purging"), stop=True),
+     [Purge(1, "shutdown")], None),
+    ("shutdown during a switch purge drops the remembered tap",
+     purging("another organization", "switching-org", then=TAP_GLOBEX), Shutdown(201.0),
+     purging("another organization", "switching-org", stop=True), [], None),
+    ("shutdown purge done -> Stopped", purging("shutdown", "purging", stop=True),
+     PurgeDone(202.0, 1, True), m.Stopped(1, True), [], "Switched off"),
+    ("failed purge -> Fault (latched)", purging("tunnel down", "tunnel-down"),
+     PurgeDone(202.0, 1, False, ("tmpfs mounted",)), m.Fault(1, ("tmpfs mounted",)), [],
+     "Out of service — call the operator"),
+    ("purge that never answers -> Fault", purging("tunnel down", "tunnel-down"), Tick(320.0),
+     m.Fault(1, ("purge did not answer",)), [], None),
+    ("tap in Fault refused", m.Fault(1), TAP_ALICE, m.Fault(1), [],
+     "Out of service — call the operator"),
+    ("fault cleared -> purge again", m.Fault(1), FaultCleared(300.0),
+     m.Purging(2, None, "fault cleared", 300.0, notice=panel.text("purging")),
+     [Purge(2, "fault cleared")], None),
+    ("a late PurgeDone does not unlatch Fault", m.Fault(1), PurgeDone(301.0, 1, True), m.Fault(1),
+     [], None),
+    ("stale TunnelDown of an old session is dropped", m.Ready(replace(S, number=2)),
+     TunnelDown(201.0, 1), m.Ready(replace(S, number=2)), [], None),
+    ("stale auth answer of an old attempt is dropped", replace(AUTHING, s=replace(AUTHING.s, attempt=2)),
+     AuthAccepted(201.0, 1, 1, "alice"), replace(AUTHING, s=replace(AUTHING.s, attempt=2)), [], None),
+    ("stale ProfileFetched after a failed lookup is ignored", m.Idle(1),
+     ProfileFetched(201.0, 1, "acme", ("10.20.0.0/24",), POLICY), m.Idle(1), [], None),
+    ("late job of a purged session is ignored", m.Idle(1),
+     JobArrived(201.0, 1, 9, "alice", "10.20.0.50"), m.Idle(1), [], None),
+    ("lookup that never answers -> purge", m.LookingUp(1, "acme", "alice", 200.0), Tick(321.0),
+     purging("step timeout", "step-timeout", at=321.0), [Purge(1, "step timeout")], None),
+    ("tunnel that never comes up -> purge", m.Connecting(S, 200.0), Tick(321.0),
+     purging("step timeout", "step-timeout", at=321.0), [Purge(1, "step timeout")], None),
+    ("auth that never answers -> Ready", AUTHING, Tick(321.0), m.Ready(AUTHING.s), [],
+     "Authentication server unavailable — jobs stay held"),
+    ("release that never answers -> Ready", m.Releasing(HELD, "alice", (7,), 200.0), Tick(321.0),
+     m.Ready(HELD), [], "Could not release the jobs — they stay held"),
+    ("same-org tap while connecting -> busy", m.Connecting(S, 200.0), TAP_ALICE,
+     m.Connecting(S, 200.0), [], "Busy — please wait"),
+    ("other-org tap while authenticating -> in use", AUTHING, TAP_GLOBEX, AUTHING, [],
+     "Printer in use by acme — try again later"),
+    ("tap while purging -> wait", purging("tunnel down", "tunnel-down"), TAP_ALICE,
+     purging("tunnel down", "tunnel-down"), [], "Busy — please wait"),
+    ("tap after stop is ignored", m.Stopped(1, True), TAP_ALICE, m.Stopped(1, True), [], None),
+]
+
+ORG_BEARING_STATES = [
+    m.LookingUp(1, "acme", "alice", 200.0), m.Connecting(S, 200.0), m.StartingPrintService(S, 200.0),
+    m.Ready(HELD), AUTHING, m.AwaitingPin(AUTHING.s, "alice", 201.0, b"c"),
+    m.Releasing(HELD, "alice", (7,), 201.0),
+]
+
+
+@pytest.mark.parametrize("state,event,want_state,want_core,want_panel",
+                         [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+def test_row(state, event, want_state, want_core, want_panel):
+    got_state, effects = m.step(state, event)
+    assert got_state == want_state
+    assert core(effects) == want_core
+    if want_panel is not None:
+        assert shown(effects) == want_panel
+    assert all(isinstance(e, (ShowPanel, Audit)) or e in want_core for e in effects)
+
+
+@pytest.mark.parametrize("state", ORG_BEARING_STATES, ids=lambda s: type(s).__name__)
+def test_tunnel_down_purges_every_org_bearing_state(state):
+    nxt, effects = m.step(state, TunnelDown(500.0, 1, "dpd"))
+    assert nxt == purging("tunnel down", "tunnel-down", at=500.0)
+    assert core(effects) == [Purge(1, "tunnel down")]
+    assert shown(effects) == "Connection to acme lost — session ended"
+
+
+@pytest.mark.parametrize("state", ORG_BEARING_STATES, ids=lambda s: type(s).__name__)
+def test_shutdown_purges_every_org_bearing_state(state):
+    nxt, effects = m.step(state, Shutdown(500.0))
+    assert isinstance(nxt, m.Purging) and nxt.stop
+    assert core(effects) == [Purge(1, "shutdown")]
+
+
+def test_every_table_entry_names_a_handler():
+    names = [*m.TRANSITIONS.values(), *m.IN_SESSION.values(), *m.EVERYWHERE.values()]
+    assert all(callable(getattr(m, "_" + n, None)) for n in names)
+    state_names = {cls.__name__ for cls in m.State.__args__}
+    assert {s for s, _ in m.TRANSITIONS} <= state_names
+
+
+def test_every_transition_audits_and_shows():
+    for _, state, event, want_state, _, _ in ROWS:
+        _, effects = m.step(state, event)
+        if want_state != state and not isinstance(event, (JobArrived, JobPrinted, JobGone, Released)):
+            assert any(isinstance(e, Audit) for e in effects), (state, event)
+            assert any(isinstance(e, ShowPanel) for e in effects), (state, event)
+
+
+def test_pin_never_shown():
+    pin = Pin("918273")
+    state = m.AwaitingPin(AUTHING.s, "alice", 201.0, b"secret-challenge")
+    nxt, effects = m.step(state, PinEntered(205.0, 1, pin))
+    text = repr(nxt) + repr(effects) + repr(PinEntered(205.0, 1, pin)) + str(pin)
+    assert "918273" not in text and "secret-challenge" not in text
+    assert effects[0].pin.reveal() == "918273" and effects[0].state == b"secret-challenge"
+    assert "secret-challenge" not in repr(state)
+
+
+def test_card_uid_is_masked_in_the_journal():
+    _, effects = m.step(m.Idle(0), TAP_ALICE)
+    text = repr(effects)
+    assert "04A1B2C3D4E5F6" not in text and "A1B2C3" not in text
+    assert [e.fields["card"] for e in effects if isinstance(e, Audit)] == ["…E5F6"]
+
+
+def test_unknown_events_are_ignored_not_fatal():
+    for state in [m.Starting(), m.Idle(0), *ORG_BEARING_STATES, m.Fault(1), m.Stopped(1, True)]:
+        nxt, effects = m.step(state, object())
+        assert nxt == state and core(effects) == []
+
+
+def test_a_bug_in_a_handler_fails_closed(monkeypatch):
+    def broken(state, event, limits):
+        raise KeyError("boom")
+    monkeypatch.setattr(m, "_tap_ready", broken)
+    nxt, effects = m.step(m.Ready(S), TAP_ALICE)
+    assert isinstance(nxt, m.Purging) and core(effects) == [Purge(1, "internal error")]
+    assert any(isinstance(e, Audit) and e.event == "machine-error" for e in effects)
+
+
+def test_limits_come_from_the_caller():
+    state = m.AwaitingPin(AUTHING.s, "alice", 201.0)
+    nxt, _ = m.step(state, Tick(211.0), m.Limits(pin_timeout_s=10))
+    assert nxt == m.Ready(AUTHING.s)
+
+
+def test_panel_lines_are_short_and_total():
+    assert all(len(panel.text(k, org="x" * 64, user="y" * 64, count=99, message="z" * 200))
+               <= panel.MAX_LEN for k in panel.MESSAGES)
+    assert panel.text("no-such-key") == "Please wait"
+    assert panel.text("in-use") == panel.MESSAGES["in-use"]  # a missing field never raises
+    assert panel.mask_tag("") == "…"
