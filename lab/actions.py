@@ -20,6 +20,7 @@ def _firmware(lab):
 
 def status(lab) -> dict:
     from lab.services import engine, org_agents
+    from org.desk_agent import trusted_model
 
     out = lab.status()
     out["firmware"] = _firmware(lab).status(lab)
@@ -30,7 +31,10 @@ def status(lab) -> dict:
         except Exception as exc:  # a desk that is down is reported, not fatal
             out["desks"][org] = {"queue": False, "error": str(exc)}
             continue
-        out["desks"][org] = {"queue": bool(queues), "queues": queues}
+        # Registered = a queue the desk agent trusted and opened: a real model, accepting jobs (a
+        # queue still being checked is disabled and rejecting).
+        registered = any(q["accepting"] and trusted_model(q["model"]) for q in queues.values())
+        out["desks"][org] = {"queue": registered, "queues": queues}
     out["printed"] = engine.printed_documents(lab) if lab.host("office").exists() else []
     out["audit"] = out["firmware"].get("audit", [])
     return out
@@ -108,10 +112,12 @@ def _print_from_cowork(lab, user: str, file: Path) -> dict:
         targets.append(vip)
     results = {}
     for addr in targets:
+        # A dropped connection never answers: `timeout` bounds the attempt (exit 124).
         proc = lab.host("cowork").run(
-            ["ipptool", "-tv", "-T", "5", "-f", str(file), "-d", f"user={user}",
-             f"ipp://{addr}:631/printers/tenantprint", "print-job.test"], check=False, timeout=20)
-        results[addr] = {"exit": proc.returncode, "accepted": proc.returncode == 0}
+            ["timeout", "5", "ipptool", "-tv", "-T", "4", "-f", str(file), "-d", f"user={user}",
+             f"ipp://{addr}:631/printers/tenantprint", "print-job.test"], check=False, timeout=15)
+        results[addr] = {"exit": proc.returncode, "accepted": proc.returncode == 0,
+                         "timed_out": proc.returncode == 124}
     return {"submitted": any(r["accepted"] for r in results.values()), "from": "cowork", "targets": results}
 
 

@@ -21,7 +21,10 @@ class LabError(Exception):
 
 
 def sh(argv: list[str], *, check: bool = True, input: bytes | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
+    try:
+        proc = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{' '.join(argv[:6])}: no answer within {timeout:g} s") from None
     if check and proc.returncode != 0:
         raise LabError(f"{' '.join(argv[:6])}: exit {proc.returncode}: {proc.stderr.decode(errors='replace').strip()}")
     return proc

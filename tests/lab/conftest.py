@@ -1,0 +1,120 @@
+"""The whole system in the lab, driven through `tenantprint lab ...` (the CLI is the contract).
+
+One full lab per test session (prefix `tps`): cloud, two orgs' gateways, RADIUS servers and desk PCs,
+and the MFP with its firmware. After every scenario the cleanup invariants are asserted: the MFP is
+idle and holds nothing of any org (no session tmpfs, no VICI connection/SA/credential, no firewall
+table, no session cupsd, no canary secret in a file it can see).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from prereq import need_binary, need_root
+
+PREFIX = "tps"
+
+
+def lab_cli(*args: str, timeout: float = 180) -> dict:
+    env = dict(os.environ, TP_LAB_PREFIX=PREFIX)
+    proc = subprocess.run([sys.executable, "-m", "tenantprint", "lab", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    try:
+        out = json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(f"lab {args}: not JSON (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-2000:]}")
+    assert proc.returncode == 0, f"lab {args}: {out}"
+    return out
+
+
+def wait_for(pred, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def office_leftovers(system) -> list[str]:
+    """Every trace of a session on the MFP host, as a list of findings (empty when clean)."""
+    from lab.scan import host_mounts, host_pids, scan
+
+    office = system.host("office")
+    left = []
+    pids = host_pids(office.ns)
+    for pid in pids:
+        if any(m.startswith("/run/tenantprint/session") for m in host_mounts(pid)):
+            left.append("session tmpfs mounted")
+            break
+        try:
+            if os.readlink(f"/proc/{pid}/exe") == "/usr/sbin/cupsd":
+                left.append(f"session cupsd pid {pid}")
+        except OSError:
+            pass
+    for what in ("--list-conns", "--list-sas", "--list-certs"):
+        out = office.run(["swanctl", what, "--uri", "unix:///run/charon.vici"], check=False).stdout.decode()
+        if out.strip():
+            left.append(f"charon {what}: {out.strip()[:200]}")
+    tables = office.run(["nft", "list", "tables"], check=False).stdout.decode()
+    if "tenantprint" in tables:
+        left.append("firewall table")
+    files = [f for f in scan(system, "office")["findings"] if f["kind"] in ("file", "cmdline", "vici")]
+    left += [f"canary in {f['where']}" for f in files]
+    return left
+
+
+@pytest.fixture(scope="session")
+def system():
+    need_root()
+    need_binary("charon-systemd", "cupsd", "ippeveprinter", "pcscd", "freeradius", "nft", "swanctl")
+    os.environ["TP_LAB_PREFIX"] = PREFIX
+    from lab.lab import Lab
+
+    subprocess.run([sys.executable, "-m", "tenantprint", "lab", "down"], env=dict(os.environ), capture_output=True)
+    lab_cli("up")
+    the_lab = Lab()
+    yield the_lab
+    down = lab_cli("down")
+    assert down["leftovers"] == {"namespaces": [], "mounts": [], "processes": [], "state_dir": False}
+
+
+@pytest.fixture
+def clean_system(system):
+    """The system at rest before the scenario; after it, back to rest and nothing of any org left."""
+    _to_rest(system)
+    yield system
+    _to_rest(system)
+    assert office_leftovers(system) == []
+
+
+def _to_rest(system) -> None:
+    from lab.services.firmware import firmware_status
+
+    for org in ("acme", "globex"):
+        gw = system.service(f"gateway-{org}")
+        if not gw.running(system):
+            lab_cli("fault", "gateway-start", "--org", org)
+        if not system.service(f"radius-{org}").status(system).get("running"):
+            lab_cli("fault", "radius-start", "--org", org)
+    if not system.service("cloud").running(system):
+        lab_cli("fault", "cloud-start")
+    fw = system.service("firmware")
+    if not fw.running(system):
+        lab_cli("fault", "firmware-start")
+    st = firmware_status(system)
+    if st["state"] == "fault":
+        from lab.services.firmware import firmware_request
+        firmware_request(system, {"cmd": "clear-fault"})
+    if st["state"] not in ("idle",):
+        # End whatever session is open the way an operator would: restart the daemon (SIGTERM purges).
+        fw.stop(system)
+        fw.start(system)
+    wait_for(lambda: firmware_status(system)["state"] == "idle", 30, "the firmware at rest")
