@@ -9,10 +9,8 @@ from pathlib import Path
 
 from firmware.config import FirmwareConfig
 from firmware.session_fs import SessionFs
-from hal.auth import Authenticator, open_authenticator
 from hal.card import CardReader, open_reader
 from hal.directory import Directory, DirectoryRefused
-from hal.directory.profile import AuthServerProfile
 from hal.net.firewall import Firewall
 from hal.printer import cupsd as session_cupsd
 from hal.tunnel import Tunnel, TunnelConfig, open_tunnel
@@ -27,9 +25,12 @@ class NotEnrolled(DirectoryRefused):
 
 @dataclass
 class Devices:
+    """What the daemon itself drives. Nothing here holds an org secret: those live in the session's
+    secret keeper process (`firmware/secret_keeper.py`), which builds its own directory client and
+    tunnel loader with `build_directory` / `build_tunnel`."""
+
     config: FirmwareConfig
     card: CardReader
-    directory: Directory
     tunnel: Tunnel
     firewall: Firewall
     session_fs: SessionFs
@@ -44,9 +45,6 @@ class Devices:
             self.session_dir, listen=[f"{virtual_ip}:{self.config.session.ipp_port}"],
             engine_uri=self.config.printer.engine_uri)
 
-    def authenticator(self, auth: AuthServerProfile) -> Authenticator:
-        return open_authenticator(auth)
-
     def stop_stale_print_service(self) -> None:
         """Stop a session cupsd a crashed firmware left running (found by its pid file)."""
         session_cupsd.stop_stale(self.session_dir)
@@ -60,24 +58,28 @@ class _Unenrolled:
         raise NotEnrolled()
 
 
+def build_directory(cfg: FirmwareConfig) -> Directory:
+    if not (cfg.device.device_id and cfg.cloud.url):
+        return _Unenrolled()
+    from hal.directory.client import KEY_FILE, DirectoryClient
+
+    return DirectoryClient(cfg.cloud.url, cfg.device.device_id, Path(cfg.device.state_dir) / KEY_FILE,
+                           cfg.cloud.ca_file or None, timeout=cfg.cloud.timeout_s)
+
+
+def build_tunnel(cfg: FirmwareConfig) -> Tunnel:
+    backend = None if cfg.tunnel.backend == "auto" else cfg.tunnel.backend
+    return open_tunnel(TunnelConfig(backend=backend, vici_socket=cfg.tunnel.vici_socket))
+
+
 def build(cfg: FirmwareConfig) -> Devices:
     options = {"reader_filter": cfg.card.reader} if cfg.card.kind == "pcsc" else {"path": cfg.card.nfc_path}
     if cfg.card.kind == "pcsc" and not cfg.card.reader:
         options = {}
-    if cfg.device.device_id and cfg.cloud.url:
-        from hal.directory.client import KEY_FILE, DirectoryClient
-
-        directory: Directory = DirectoryClient(
-            cfg.cloud.url, cfg.device.device_id, Path(cfg.device.state_dir) / KEY_FILE,
-            cfg.cloud.ca_file or None, timeout=cfg.cloud.timeout_s)
-    else:
-        directory = _Unenrolled()
-    backend = None if cfg.tunnel.backend == "auto" else cfg.tunnel.backend
-    tunnel = open_tunnel(TunnelConfig(backend=backend, vici_socket=cfg.tunnel.vici_socket))
+    tunnel = build_tunnel(cfg)
     return Devices(
         config=cfg,
         card=open_reader(cfg.card.kind, **options),
-        directory=directory,
         tunnel=tunnel,
         firewall=Firewall(tunnel.backend, port=cfg.session.ipp_port),
         session_fs=SessionFs(cfg.session.tmpfs_dir, cfg.session.tmpfs_size_mb),

@@ -15,7 +15,6 @@ import concurrent.futures
 import signal
 import time
 from collections import deque
-from dataclasses import asdict
 
 from firmware import effects as fx
 from firmware import events as ev
@@ -23,11 +22,10 @@ from firmware import journal, machine, sdnotify, status
 from firmware.config import FirmwareConfig
 from firmware.devices import Devices, build
 from firmware.session import Session, purge
-from hal.auth import Accepted, BadInput, PinRequired, Rejected, Unavailable
 from hal.card import CardTap, CardUnreadable, mask_uid
-from hal.directory import DirectoryMalformed, DirectoryRefused, DirectoryUnreachable
 from hal.printer import JobGone, JobHeld, JobPrinted
-from hal.tunnel import TunnelError, TunnelSetupFailed
+from firmware.secret_keeper import KeeperError, SecretKeeper
+from hal.tunnel import TunnelError
 
 TICK_S = 1.0
 
@@ -81,7 +79,6 @@ class Runtime:
         self.session_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="session")
         self.auth_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="auth")
         self.watchers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="watch")
-        self.authenticators: dict[int, object] = {}
         self.done = asyncio.Event()
         self.taps = 0  # card events handled (lets a client tell that its tap was seen)
 
@@ -151,45 +148,47 @@ class Runtime:
         return s if s is not None and s.number == number else None
 
     def _fetch_profile(self, e: fx.FetchProfile) -> None:
+        if self.session is not None:  # never two keepers: the machine purged before, but be sure
+            self._end_keeper(self.session)
         try:
-            profile = self.devices.directory.fetch_profile(e.org)
-            if profile.org_id != e.org:
-                profile.wipe()
-                raise DirectoryMalformed("the directory answered for another organization")
-        except DirectoryRefused as exc:
-            kind = "device-rejected" if exc.status == 401 else "refused"
-            self.post(ev.LookupFailed(self.now(), e.session, kind))
-            return
-        except DirectoryUnreachable:
+            keeper = SecretKeeper(self.cfg.as_dict())
+            reply = keeper.call("fetch", timeout=self.cfg.cloud.timeout_s * 3 + 5, org=e.org)
+        except KeeperError:
             self.post(ev.LookupFailed(self.now(), e.session, "unreachable"))
             return
-        except DirectoryMalformed:
-            self.post(ev.LookupFailed(self.now(), e.session, "malformed"))
+        if "error" in reply:
+            keeper.stop()
+            self.post(ev.LookupFailed(self.now(), e.session, reply["error"]))
             return
-        if self.session is not None and self.session.profile is not None:
-            self.session.profile.wipe()  # never two profiles in memory
-        self.session = Session(number=e.session, org=e.org, profile=profile)
-        pol = profile.policy
-        self.post(ev.ProfileFetched(self.now(), e.session, e.org, tuple(profile.vpn.remote_ts),
-                                    ev.Policy(pol.idle_timeout_s, pol.max_hold_s, pol.combined_mode)))
+        self.session = Session(number=e.session, org=e.org, keeper=keeper)
+        pol = reply["policy"]
+        self.post(ev.ProfileFetched(self.now(), e.session, e.org, tuple(reply["remote_ts"]),
+                                    ev.Policy(pol["idle_timeout_s"], pol["max_hold_s"], pol["combined_mode"])))
+
+    def _end_keeper(self, s: Session) -> None:
+        if s.keeper is not None:
+            s.keeper.stop()
+            s.keeper = None
 
     def _bring_up_tunnel(self, e: fx.BringUpTunnel) -> None:
         s = self._current(e.session)
-        if s is None or s.profile is None:
+        if s is None or s.keeper is None:
             self.post(ev.TunnelFailed(self.now(), e.session, "no profile"))
             return
         try:
             self.devices.firewall.install()  # before the tunnel: no moment with 631 open
-            up = self.devices.tunnel.up(s.profile, timeout=self.cfg.tunnel.up_timeout_s)
-        except TunnelSetupFailed as exc:
-            self.post(ev.TunnelFailed(self.now(), e.session, exc.cause))
-            return
-        except (TunnelError, OSError) as exc:
+            reply = s.keeper.call("tunnel_up", timeout=self.cfg.tunnel.up_timeout_s + 10,
+                                  timeout_s=self.cfg.tunnel.up_timeout_s)
+        except (KeeperError, OSError) as exc:
             self.post(ev.TunnelFailed(self.now(), e.session, type(exc).__name__))
             return
-        s.virtual_ip = up.virtual_ip
+        if "error" in reply:
+            self.post(ev.TunnelFailed(self.now(), e.session, reply["error"]))
+            return
+        self.devices.tunnel.follow(s.org)
+        s.virtual_ip = reply["virtual_ip"]
         self.watchers.submit(self._watch_tunnel, s)
-        self.post(ev.TunnelUp(self.now(), e.session, up.virtual_ip, tuple(up.remote_ts)))
+        self.post(ev.TunnelUp(self.now(), e.session, reply["virtual_ip"], tuple(reply["remote_ts"])))
 
     def _watch_tunnel(self, s: Session) -> None:
         try:
@@ -251,35 +250,37 @@ class Runtime:
             s.print_service.purge(e.job_id)
 
     def _purge(self, e: fx.Purge) -> None:
-        auth = self.authenticators.pop(e.session, None)
-        if auth is not None:
-            auth.close()
+        if self.session is not None:
+            self._end_keeper(self.session)  # first: every secret of the session dies with it
         report = purge(self.devices, self.session, e.reason)
         self.session = None
         self.post(ev.PurgeDone(self.now(), e.session, report.ok, report.leftovers))
 
     def _authenticate(self, e: fx.Authenticate) -> None:
         s = self._current(e.session)
-        if s is None or s.profile is None:
-            self.post(ev.AuthUnavailable(self.now(), e.session, e.attempt, "no session"))
+        at = self.now
+        if s is None or s.keeper is None:
+            self.post(ev.AuthUnavailable(at(), e.session, e.attempt, "no session"))
             return
-        auth = self.authenticators.get(e.session)
-        if auth is None:
-            auth = self.authenticators[e.session] = self.devices.authenticator(s.profile.auth)
-        pin = e.pin.reveal() if e.pin is not None else None
-        outcome = auth.authenticate(e.user, e.org, pin=pin, state=e.state)
-        at = self.now()
-        match outcome:
-            case Accepted(user=user):
-                self.post(ev.AuthAccepted(at, e.session, e.attempt, user))
-            case Rejected(user=user, message=message):
-                self.post(ev.AuthRejected(at, e.session, e.attempt, user, message))
-            case PinRequired(user=user, challenge=challenge, prompt=prompt):
-                self.post(ev.AuthPinRequired(at, e.session, e.attempt, user, challenge, prompt))
-            case Unavailable(reason=reason):
-                self.post(ev.AuthUnavailable(at, e.session, e.attempt, reason))
-            case BadInput(reason=reason):
-                self.post(ev.AuthRejected(at, e.session, e.attempt, e.user, reason))
+        try:
+            r = s.keeper.call("auth", timeout=60, user=e.user, org=e.org,
+                              pin=e.pin.reveal() if e.pin is not None else None,
+                              state=e.state.hex() if e.state else None)
+        except KeeperError as exc:
+            self.post(ev.AuthUnavailable(at(), e.session, e.attempt, str(exc)))
+            return
+        match r.get("outcome"):
+            case "accepted":
+                self.post(ev.AuthAccepted(at(), e.session, e.attempt, r["user"]))
+            case "rejected":
+                self.post(ev.AuthRejected(at(), e.session, e.attempt, r["user"], r.get("message", "")))
+            case "pin-required":
+                self.post(ev.AuthPinRequired(at(), e.session, e.attempt, r["user"], bytes.fromhex(r["challenge"]),
+                                             r.get("prompt", "")))
+            case "bad-input":
+                self.post(ev.AuthRejected(at(), e.session, e.attempt, e.user, r.get("reason", "")))
+            case _:
+                self.post(ev.AuthUnavailable(at(), e.session, e.attempt, r.get("reason", "")))
 
     # -- inputs --------------------------------------------------------------------------------
 

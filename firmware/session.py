@@ -22,7 +22,8 @@ from hal.directory.profile import SessionProfile
 class Session:
     number: int
     org: str
-    profile: SessionProfile | None = None
+    keeper: object | None = None  # the SecretKeeper process that alone holds the org's secrets
+    profile: SessionProfile | None = None  # only where a caller holds a profile itself (tests, tools)
     virtual_ip: str | None = None
     print_service: object | None = None  # hal.printer's session print service, once started
     jobs: dict[int, dict] = field(default_factory=dict)  # job id -> title, size (for the status)

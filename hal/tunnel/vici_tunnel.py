@@ -159,6 +159,12 @@ class ViciTunnel(Tunnel):
             raise TunnelSetupFailed("config", f"virtual IP is on {iface}, expected {LIBIPSEC_DEVICE}")
         return TunnelUp(virtual_ip=vip, interface=iface, remote_ts=tuple(v.remote_ts))
 
+    def follow(self, org_id: str) -> None:
+        """Watch and end the session of `org_id` that another process (the firmware's secret keeper)
+        brought up on this charon: `events`, `down` and `purge` then act on it."""
+        self._name = conn_name(org_id)
+        self._terminating.clear()
+
     def _load_credentials(self, sess: vici.Session, profile: SessionProfile, name: str) -> None:
         v = profile.vpn
         if v.auth == "psk":

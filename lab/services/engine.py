@@ -10,8 +10,6 @@ lab's `printed` list.
 from __future__ import annotations
 
 import json
-import socket
-import sys
 import time
 from pathlib import Path
 

@@ -75,6 +75,8 @@ def test_gateway_death_purges_the_session_within_the_dpd_bound(clean_system):
     assert st["firmware"]["org"] is None and st["firmware"]["tunnel"]["up"] is False
     assert any(a.get("event") == "purge" for a in st["audit"])
     assert office_leftovers(system) == []
+    scan = lab_cli("scan-secrets")
+    assert scan["clean"] and scan["processes_scanned"] >= 4, scan
 
 
 def test_two_orgs_one_after_the_other_do_not_see_each_other(clean_system):

@@ -1,0 +1,159 @@
+"""The secret keeper: a child process that alone holds one organization's secrets for one session.
+
+Python cannot promise to erase what it frees: the HTTP response that carried a profile, the strings
+the JSON parser made, the buffers of a VICI message all linger in the heap after use. So the daemon
+never touches an org secret. Per session it starts this keeper; the keeper fetches the profile,
+loads it into charon and talks to the org's RADIUS server, and answers the daemon with non-secret
+facts only. The purge ends the process, and with it every copy of every secret it ever held.
+
+Protocol: JSON lines on the keeper's stdin/stdout. The first line is the firmware configuration;
+then one request, one reply:
+
+    {"op": "fetch", "org": O}              -> {"org", "remote_ts", "policy"} | {"error": kind}
+    {"op": "tunnel_up", "timeout_s": s}    -> {"virtual_ip", "interface", "remote_ts"} | {"error": cause}
+    {"op": "auth", "user", "org", "pin", "state"}  -> {"outcome": name, ...}
+    {"op": "exit"}                          -> (the keeper wipes what it holds and exits)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from typing import Any
+
+
+class KeeperError(Exception):
+    """The keeper process failed or did not answer in time."""
+
+
+class SecretKeeper:
+    """The daemon's handle on one keeper process (thread-safe: one request at a time)."""
+
+    def __init__(self, config: dict):
+        self._lock = threading.Lock()
+        self._proc = subprocess.Popen([sys.executable, "-m", "firmware.secret_keeper"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._send(config)
+
+    def _send(self, obj: dict) -> None:
+        try:
+            self._proc.stdin.write(json.dumps(obj) + "\n")
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError) as exc:
+            raise KeeperError(f"keeper not reachable: {type(exc).__name__}") from None
+
+    def call(self, op: str, timeout: float, **args: Any) -> dict:
+        with self._lock:
+            self._send({"op": op, **args})
+            result: list[str] = []
+            reader = threading.Thread(target=lambda: result.append(self._proc.stdout.readline()), daemon=True)
+            reader.start()
+            reader.join(timeout)
+            if reader.is_alive() or not result or not result[0]:
+                self.stop()
+                raise KeeperError(f"keeper gave no answer to {op}")
+            return json.loads(result[0])
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def stop(self) -> None:
+        """End the keeper: ask, then kill. Idempotent."""
+        if self._proc.poll() is None:
+            try:
+                self._proc.stdin.write(json.dumps({"op": "exit"}) + "\n")
+                self._proc.stdin.flush()
+                self._proc.wait(timeout=2)
+            except (BrokenPipeError, OSError, ValueError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait(timeout=5)
+        for f in (self._proc.stdin, self._proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+# -- the keeper process ---------------------------------------------------------------------------
+
+def _serve(stdin, stdout) -> None:
+    from firmware import config as fwconfig
+    from firmware.devices import build_directory, build_tunnel
+    from hal.auth import Accepted, BadInput, PinRequired, Rejected, Unavailable, open_authenticator
+    from hal.directory import DirectoryMalformed, DirectoryRefused, DirectoryUnreachable
+    from hal.tunnel import TunnelError, TunnelSetupFailed
+
+    cfg = fwconfig.from_dict(json.loads(stdin.readline()))
+    directory = build_directory(cfg)
+    tunnel = build_tunnel(cfg)
+    profile = None
+    authenticator = None
+
+    def reply(obj: dict) -> None:
+        stdout.write(json.dumps(obj) + "\n")
+        stdout.flush()
+
+    for line in stdin:
+        req = json.loads(line)
+        op = req.get("op")
+        if op == "exit":
+            break
+        if op == "fetch":
+            try:
+                profile = directory.fetch_profile(req["org"])
+                if profile.org_id != req["org"]:
+                    raise DirectoryMalformed("answer for another organization")
+            except DirectoryRefused as exc:
+                reply({"error": "device-rejected" if exc.status == 401 else "refused"})
+                continue
+            except DirectoryUnreachable:
+                reply({"error": "unreachable"})
+                continue
+            except DirectoryMalformed:
+                reply({"error": "malformed"})
+                continue
+            p = profile.policy
+            reply({"org": profile.org_id, "remote_ts": list(profile.vpn.remote_ts),
+                   "policy": {"idle_timeout_s": p.idle_timeout_s, "max_hold_s": p.max_hold_s,
+                              "combined_mode": p.combined_mode}})
+        elif op == "tunnel_up":
+            if profile is None:
+                reply({"error": "config"})
+                continue
+            try:
+                up = tunnel.up(profile, timeout=float(req["timeout_s"]))
+            except TunnelSetupFailed as exc:
+                reply({"error": exc.cause})
+                continue
+            except (TunnelError, OSError) as exc:
+                reply({"error": type(exc).__name__})
+                continue
+            reply({"virtual_ip": up.virtual_ip, "interface": up.interface, "remote_ts": list(up.remote_ts)})
+        elif op == "auth":
+            if profile is None:
+                reply({"outcome": "unavailable", "reason": "no session"})
+                continue
+            authenticator = authenticator or open_authenticator(profile.auth)
+            state = bytes.fromhex(req["state"]) if req.get("state") else None
+            outcome = authenticator.authenticate(req["user"], req["org"], pin=req.get("pin"), state=state)
+            match outcome:
+                case Accepted(user=u):
+                    reply({"outcome": "accepted", "user": u})
+                case Rejected(user=u, message=m):
+                    reply({"outcome": "rejected", "user": u, "message": m})
+                case PinRequired(user=u, challenge=c, prompt=pr):
+                    reply({"outcome": "pin-required", "user": u, "challenge": c.hex(), "prompt": pr})
+                case Unavailable(reason=r):
+                    reply({"outcome": "unavailable", "reason": r})
+                case BadInput(reason=r):
+                    reply({"outcome": "bad-input", "reason": r})
+        else:
+            reply({"error": f"unknown op {op!r}"})
+    if profile is not None:
+        profile.wipe()
+
+
+if __name__ == "__main__":
+    _serve(sys.stdin, sys.stdout)
