@@ -114,7 +114,7 @@ def _print_from_cowork(lab, user: str, file: Path) -> dict:
     for addr in targets:
         # A dropped connection never answers: `timeout` bounds the attempt (exit 124).
         proc = lab.host("cowork").run(
-            ["timeout", "5", "ipptool", "-tv", "-T", "4", "-f", str(file), "-d", f"user={user}",
+            ["timeout", "-s", "KILL", "5", "ipptool", "-tv", "-T", "4", "-f", str(file), "-d", f"user={user}",
              f"ipp://{addr}:631/printers/tenantprint", "print-job.test"], check=False, timeout=15)
         results[addr] = {"exit": proc.returncode, "accepted": proc.returncode == 0,
                          "timed_out": proc.returncode == 124}

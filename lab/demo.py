@@ -11,6 +11,7 @@ with what was printed and the proof of the purge. Leaves the lab up for a look a
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ def run(lab, out) -> dict:
     _say(out, "Bringing the lab up: cloud, two organizations (gateway, RADIUS, desk PC), the MFP")
     lab.up()
     doc = Path(tempfile.mkdtemp()) / "quarterly-report.pdf"
-    doc.write_bytes(b"%PDF-1.4\n% tenantprint demo page\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n")
+    shutil.copy("/usr/share/cups/data/default-testpage.pdf", doc)  # a real one-page PDF
 
     _say(out, "alice (acme) taps her card: the MFP fetches acme's profile and tunnels into acme's LAN")
     st = actions.tap(lab, "acme", "alice")
