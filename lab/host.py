@@ -20,9 +20,19 @@ class LabError(Exception):
     """A lab operation failed; the message says which and why."""
 
 
-def sh(argv: list[str], *, check: bool = True, input: bytes | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+def host_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a process on a lab host: a fresh machine's, not the caller's (a test's
+    PCSCLITE_CSOCK_NAME or CUPS_SERVER must not leak into the MFP's firmware)."""
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+           "HOME": "/root"}
+    env.update(extra or {})
+    return env
+
+
+def sh(argv: list[str], *, check: bool = True, input: bytes | None = None, timeout: float = 30,
+       env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     try:
-        proc = subprocess.run(argv, input=input, capture_output=True, timeout=timeout)
+        proc = subprocess.run(argv, input=input, capture_output=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         raise LabError(f"{' '.join(argv[:6])}: no answer within {timeout:g} s") from None
     if check and proc.returncode != 0:
@@ -93,7 +103,7 @@ class Host:
         return ["nsenter", f"--net=/run/netns/{self.ns}", f"--mount={self.mnt_handle}", "--", *cmd]
 
     def run(self, cmd: list[str], *, check: bool = True, input: bytes | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
-        return sh(self.argv(cmd), check=check, input=input, timeout=timeout)
+        return sh(self.argv(cmd), check=check, input=input, timeout=timeout, env=host_env())
 
     def path(self, inside: str) -> Path:
         """The root-namespace path of a file under this host's /run or /tmp."""

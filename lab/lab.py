@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from lab.host import Host, LabError, release_mnt_dir, sh
+from lab.host import Host, LabError, host_env, release_mnt_dir, sh
 from lab.layout import LabLayout
 from lab.options import LabOptions
 from lab.procs import Supervisor
@@ -45,6 +45,7 @@ class Lab:
     def spawn(self, key: str, host: str, cmd: list[str], **kw):
         """Start `cmd` on `host` as lab process `key` (log in the lab's logs dir)."""
         kw.setdefault("log", self.layout.logs_dir / f"{key}.log")
+        kw["env"] = host_env(kw.get("env"))
         return self.procs.spawn(key, self.host(host).argv(cmd), **kw)
 
     # -- lifecycle ---------------------------------------------------------------------------

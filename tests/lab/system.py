@@ -1,0 +1,72 @@
+"""Helpers of the lab scenarios: the `tenantprint lab` CLI (the contract) and the cleanup invariants.
+
+The whole system in the lab, driven through `tenantprint lab ...`.
+
+One full lab per test session (prefix `tps`): cloud, two orgs' gateways, RADIUS servers and desk PCs,
+and the MFP with its firmware. After every scenario the cleanup invariants are asserted: the MFP is
+idle and holds nothing of any org (no session tmpfs, no VICI connection/SA/credential, no firewall
+table, no session cupsd, no canary secret in a file it can see).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+PREFIX = "tps"
+
+
+def lab_cli(*args: str, timeout: float = 180) -> dict:
+    env = dict(os.environ, TP_LAB_PREFIX=PREFIX)
+    proc = subprocess.run([sys.executable, "-m", "tenantprint", "lab", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+    try:
+        out = json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(f"lab {args}: not JSON (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-2000:]}")
+    assert proc.returncode == 0, f"lab {args}: {out}"
+    return out
+
+
+def wait_for(pred, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def office_leftovers(system) -> list[str]:
+    """Every trace of a session on the MFP host, as a list of findings (empty when clean)."""
+    from lab.scan import host_mounts, host_pids, scan
+
+    office = system.host("office")
+    left = []
+    pids = host_pids(office.ns)
+    if any(m.startswith("/run/tenantprint/session") for pid in pids[:1] for m in host_mounts(pid)):
+        left.append("session tmpfs mounted")  # one mount namespace per host: one pid tells
+    for pid in pids:
+        try:
+            if os.readlink(f"/proc/{pid}/exe") == "/usr/sbin/cupsd":
+                left.append(f"session cupsd pid {pid}")
+        except OSError:
+            pass
+    for what in ("--list-conns", "--list-sas", "--list-certs"):
+        out = office.run(["swanctl", what, "--uri", "unix:///run/charon.vici"], check=False).stdout.decode()
+        if out.strip():
+            left.append(f"charon {what}: {out.strip()[:200]}")
+    tables = office.run(["nft", "list", "tables"], check=False).stdout.decode()
+    if "tenantprint" in tables:
+        left.append("firewall table")
+    # Files, argv, VICI inventory and the memory of every process on the MFP (the firmware, charon):
+    # the secret keeper that held the org's secrets is gone with the session.
+    left += [f"canary in {f['where']}" for f in scan(system, "office")["findings"]]
+    return left
+
+
