@@ -15,10 +15,13 @@ import argparse
 import json
 import logging
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import cups
 
@@ -63,7 +66,7 @@ class QueueNotTrusted(Exception):
 
 class DeskAgent:
     def __init__(self, gateway_url: str, cups_server: str, resource: str = "/printers/tenantprint",
-                 grace_s: float = 3.0, verify_s: float = 10.0, retry_s: float = 2.0, wait_s: float = 20.0):
+                 grace_s: float = 3.0, verify_s: float = 10.0, retry_s: float = 0.2, wait_s: float = 20.0):
         self.gateway_url = gateway_url.rstrip("/")
         self.cups_server = cups_server
         self.resource = resource
@@ -75,19 +78,45 @@ class DeskAgent:
         self.mfps: list[dict] = []
         self.untrusted: dict[str, float] = {}  # queue name -> when adding it last failed
         self.last_contact = time.monotonic()
+        self._lock = threading.Lock()  # libcups's server setting is process-global
 
     def _cups(self) -> cups.Connection:
-        cups.setServer(self.cups_server)
-        return cups.Connection()
+        with self._lock:
+            cups.setServer(self.cups_server)
+            return cups.Connection()
 
     def current_queues(self) -> dict[str, str]:
         conn = self._cups()
         return {name: attrs.get("device-uri", "") for name, attrs in conn.getPrinters().items()
                 if name.startswith(QUEUE_PREFIX)}
 
+    def mfp_answers(self, q: WantedQueue) -> bool:
+        """The MFP's print service answers for its inbound queue (an IPP Get-Printer-Attributes).
+
+        The gateway reports an MFP as soon as its tunnel is up, a moment before its print service
+        is; adding the queue before that leaves CUPS with no model (and CUPS never asks again)."""
+        url = urlparse(q.uri)
+        try:
+            with socket.create_connection((url.hostname, url.port or 631), timeout=1.0):
+                pass
+        except OSError:
+            return False
+        with self._lock:
+            cups.setServer(f"{url.hostname}:{url.port or 631}")
+            try:
+                remote = cups.Connection()
+                attrs = remote.getPrinterAttributes(uri=q.uri, requested_attributes=["printer-make-and-model"])
+            except (RuntimeError, cups.IPPError):
+                return False
+            finally:
+                cups.setServer(self.cups_server)
+        return bool(attrs.get("printer-make-and-model"))
+
     def add_queue(self, q: WantedQueue) -> str:
         """Add the queue and wait until CUPS built a model for it; delete it again (fail closed) and
         raise QueueNotTrusted when it did not within `verify_s`. Returns the model."""
+        if not self.mfp_answers(q):
+            raise QueueNotTrusted(f"{q.name}: the MFP's print service does not answer yet at {q.uri}")
         conn = self._cups()
         conn.addPrinter(q.name, device=q.uri, ppdname="everywhere",
                         info="Shared office printer (tenantprint)", location=q.mfp_id)
@@ -183,7 +212,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--mfp-resource", help="the MFP's inbound queue path (default /printers/<mfp-queue>)")
     p.add_argument("--grace", type=float, default=3.0, help="seconds without the gateway before queues go")
     p.add_argument("--verify", type=float, default=10.0, help="seconds CUPS gets to build a queue's model")
-    p.add_argument("--retry", type=float, default=2.0, help="seconds between tries of an untrusted queue")
+    p.add_argument("--retry", type=float, default=0.2, help="seconds between tries of an untrusted queue")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
     resource = args.mfp_resource or mfp_resource(args.mfp_queue)

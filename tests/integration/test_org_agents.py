@@ -127,7 +127,7 @@ def org_side(lab):
     mfp = MfpCharonService()
     gw = GatewayService(ORG, backend=mfp.backend())
     agent = GatewayAgentService(ORG)
-    desk = DeskService(ORG, mfp_resource="/ipp/print", verify_s=3.0, retry_s=1.0)
+    desk = DeskService(ORG, mfp_resource="/ipp/print", verify_s=3.0, retry_s=0.2)
     printer = IppEvePrinter()
     started = []
     try:
