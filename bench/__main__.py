@@ -1,0 +1,46 @@
+"""`make bench` / `python -m bench [--quick]`: every benchmark, each on its own lab, results in
+bench/results/*.json. `--quick` runs fewer repetitions (a smoke run, not numbers to quote)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+BENCHES = [
+    ("card", ["--runs", "20"], ["--runs", "5"]),
+    ("printer", ["--runs", "20"], ["--runs", "5"]),
+    ("tunnel", [], ["--runs", "5", "--kill-runs", "1"]),
+    ("session", ["--runs", "20", "--kills", "5"], ["--runs", "3", "--kills", "1"]),
+    ("session", ["--runs", "10", "--kills", "0", "--wan-rtt-ms", "40"], ["--runs", "2", "--kills", "0", "--wan-rtt-ms", "40"]),
+    ("cloud_lookup", [], ["--orgs", "2000", "--seconds", "3", "--workers", "1", "--backends", "sqlite"]),
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", action="append", help="run only these benchmarks (repeatable)")
+    args = p.parse_args(argv)
+    failed = []
+    for name, full, quick in BENCHES:
+        if args.only and name not in args.only:
+            continue
+        print(f"\n### bench.{name} {' '.join(quick if args.quick else full)}", flush=True)
+        module = importlib.import_module(f"bench.{name}")
+        try:
+            rc = module.main(quick if args.quick else full)
+        except SystemExit as exc:
+            rc = exc.code
+        except Exception as exc:  # one benchmark failing does not hide the others' numbers
+            print(f"bench.{name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            rc = 1
+        if rc:
+            failed.append(name)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
