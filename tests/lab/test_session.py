@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import time
 
-from system import lab_cli, office_leftovers, wait_for
+from system import clean_system, lab_cli, office_leftovers, system, wait_for  # noqa: F401 (fixtures)
 
 ORG_LAN = ipaddress.ip_network("10.20.0.0/24")
 PROBE = """
