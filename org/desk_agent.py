@@ -87,7 +87,7 @@ class DeskAgent:
 
     def current_queues(self) -> dict[str, str]:
         conn = self._cups()
-        return {name: attrs.get("device-uri", "") for name, attrs in conn.getPrinters().items()
+        return {name: attrs.get("device-uri", "").split("?", 1)[0] for name, attrs in conn.getPrinters().items()
                 if name.startswith(QUEUE_PREFIX)}
 
     def mfp_answers(self, q: WantedQueue) -> bool:
@@ -134,6 +134,10 @@ class DeskAgent:
                 time.sleep(0.1)
             if not trusted_model(model):
                 raise QueueNotTrusted(f"{q.name}: CUPS built no model from {q.uri} (got {model!r})")
+            # waitjob=false: the desk's backend is done once the MFP holds the job; waiting for it to
+            # print would block this queue, and everyone's later jobs, until the owner taps. Set
+            # only now: the model is built from the plain URI (the MFP knows no such query).
+            conn.addPrinter(q.name, device=q.uri + "?waitjob=false")
             # Not re-shared on the LAN: the desk's CUPS runs with `DefaultShared No`. (Setting
             # printer-is-shared on a fresh everywhere queue is refused with bad-request.)
             conn.enablePrinter(q.name)

@@ -251,3 +251,41 @@ def test_moved_ciphertext_does_not_decrypt(cloud):
                   {"k": row[0], "w": row[1], "s": row[2]})
     r, _ = signed_get(cloud, dev, "acme")
     assert r.status_code == 503 and r.json() == {"error": "unavailable"}
+
+
+# -- the fast lookup path keeps every decision ------------------------------------------------
+
+def test_cached_device_key_never_outlives_the_device_row(cloud):
+    """The per-process key cache only saves a read: a request verified with a cached key that is
+    no longer the device's key in the database (DB surgery) is refused, and the new key works."""
+    from cryptography.hazmat.primitives import serialization
+    dev = cloud.enrol()
+    assert signed_get(cloud, dev, "acme")[0].status_code == 200  # the key is cached now
+    new_key = Ed25519PrivateKey.generate()
+    raw = new_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    with cloud.engine.begin() as c:
+        c.execute(text("UPDATE device SET public_key = :k WHERE id = :d"), {"k": raw, "d": dev.device_id})
+    r, _ = signed_get(cloud, dev, "acme")
+    assert (r.status_code, r.json()) == (401, {"error": "unauthenticated"})
+    assert audit_outcomes(cloud, device=dev.device_id)[-1] == ("lookup", "key-changed")
+    assert signed_get(cloud, dev, "acme", key=new_key)[0].status_code == 200
+
+
+def test_every_lookup_has_exactly_one_audit_record(cloud):
+    dev = cloud.enrol()
+    r1, headers = signed_get(cloud, dev, "acme")
+    r2 = cloud.http.get("/v1/orgs/acme/profile", headers=headers)  # replay
+    r3, _ = signed_get(cloud, dev, "initech")  # contract with another space
+    r4, _ = signed_get(cloud, dev, "no-such-org")
+    r5, _ = signed_get(cloud, dev, "acme", key=Ed25519PrivateKey.generate())
+    cloud.admin.revoke_device(dev.device_id)
+    r6, _ = signed_get(cloud, dev, "acme")
+    assert [r.status_code for r in (r1, r2, r3, r4, r5, r6)] == [200, 401, 403, 403, 401, 401]
+    lookups = [(e["org_id"], e["outcome"]) for e in cloud.admin.audit(device_id=dev.device_id)
+               if e["action"] == "lookup"]
+    assert lookups == [("acme", "granted"), ("acme", "replay"), ("initech", "refused"), ("no-such-org", "refused"),
+                       ("acme", "bad-signature"), ("acme", "revoked")]
+    # only the granted and the refused lookups spent a nonce
+    with cloud.engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM request_nonce WHERE device_id = :d"),
+                         {"d": dev.device_id}).scalar() == 3

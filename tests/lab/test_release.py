@@ -1,0 +1,104 @@
+"""Held jobs and their release in the lab (claims 2, 3, 5, 6): the owner's tap, their org's RADIUS
+server through the tunnel, only their jobs. Every scenario ends with the cleanup invariants."""
+
+from __future__ import annotations
+
+import time
+
+from system import clean_system, lab_cli, system, wait_for  # noqa: F401 (fixtures)
+
+DOC = "/usr/share/cups/data/default-testpage.pdf"
+
+
+def _status():
+    return lab_cli("status")
+
+
+def _open_acme():
+    st = lab_cli("tap", "--org", "acme", "--user", "alice")
+    assert st["state"] == "ready"
+    wait_for(lambda: _status()["desks"]["acme"]["queue"], 20, "acme's desk queue")
+
+
+def _print(user: str, origin: str = "desk"):
+    return lab_cli("print", "--org", "acme", "--user", user, "--from", origin, DOC)
+
+
+def _held_users():
+    return sorted(j["user"] for j in _status()["firmware"]["held_jobs"])
+
+
+def _printed_users(since: int):
+    return [p["user"] for p in _status()["printed"][since:]]
+
+
+def test_the_owners_tap_releases_their_jobs_and_only_theirs(clean_system):
+    _open_acme()
+    before = len(_status()["printed"])
+    _print("alice")
+    _print("carol")
+    wait_for(lambda: _held_users() == ["alice", "carol"], 20, "both jobs held")
+    time.sleep(1)
+    assert _printed_users(before) == []  # held: nothing prints without a release
+    st = lab_cli("tap", "--org", "acme", "--user", "carol")
+    assert "carol" in st["panel"]
+    wait_for(lambda: _printed_users(before) == ["carol"], 10, "carol's document")
+    assert _held_users() == ["alice"]
+    lab_cli("tap", "--org", "acme", "--user", "alice")
+    wait_for(lambda: sorted(_printed_users(before)) == ["alice", "carol"], 10, "alice's document")
+    assert _held_users() == []
+
+
+def test_a_pin_user_prints_with_the_right_pin_only(clean_system):
+    _open_acme()
+    before = len(_status()["printed"])
+    _print("bob")
+    wait_for(lambda: _held_users() == ["bob"], 20, "bob's job held")
+    st = lab_cli("tap", "--org", "acme", "--user", "bob")  # no PIN typed: the panel asks for it
+    assert st["state"] == "awaiting_pin" and "PIN" in st["panel"]
+    from lab.services.firmware import firmware_request  # the panel's cancel button
+
+    firmware_request(clean_system, {"cmd": "pin-cancel"})
+    wait_for(lambda: _status()["firmware"]["state"] == "ready", 10, "PIN entry cancelled")
+    st = lab_cli("tap", "--org", "acme", "--user", "bob", "--pin", "1111")
+    assert st["state"] == "ready" and "Wrong PIN" in st["panel"]
+    assert _held_users() == ["bob"] and _printed_users(before) == []
+    st = lab_cli("tap", "--org", "acme", "--user", "bob", "--pin", "2468")
+    wait_for(lambda: _printed_users(before) == ["bob"], 10, "bob's document")
+
+
+def test_disabled_and_unknown_users_are_refused_with_the_servers_message(clean_system):
+    _open_acme()
+    _print("dave")
+    wait_for(lambda: _held_users() == ["dave"], 20, "dave's job held")
+    st = lab_cli("tap", "--org", "acme", "--user", "dave")
+    assert "Account disabled" in st["panel"]
+    st = lab_cli("tap", "--org", "acme", "--user", "zed")
+    assert "Unknown user" in st["panel"]
+    assert _held_users() == ["dave"]
+
+
+def test_radius_down_means_unavailable_and_the_jobs_stay_held(clean_system):
+    _open_acme()
+    before = len(_status()["printed"])
+    _print("carol")
+    wait_for(lambda: _held_users() == ["carol"], 20, "carol's job held")
+    lab_cli("fault", "radius-stop", "--org", "acme")
+    try:
+        st = lab_cli("tap", "--org", "acme", "--user", "carol")
+        assert st["state"] == "ready" and "unavailable" in st["panel"].lower()
+        assert _held_users() == ["carol"] and _printed_users(before) == []
+    finally:
+        lab_cli("fault", "radius-start", "--org", "acme")
+    lab_cli("tap", "--org", "acme", "--user", "carol")
+    wait_for(lambda: _printed_users(before) == ["carol"], 10, "carol's document after RADIUS is back")
+
+
+def test_a_job_from_the_cowork_network_never_prints(clean_system):
+    _open_acme()
+    before = len(_status()["printed"])
+    out = _print("alice", origin="cowork")
+    assert out["submitted"] is False
+    lab_cli("tap", "--org", "acme", "--user", "alice")
+    time.sleep(1)
+    assert _printed_users(before) == [] and _held_users() == []
