@@ -137,7 +137,7 @@ class DeskAgent:
             # waitjob=false: the desk's backend is done once the MFP holds the job; waiting for it to
             # print would block this queue, and everyone's later jobs, until the owner taps. Set
             # only now: the model is built from the plain URI (the MFP knows no such query).
-            conn.addPrinter(q.name, device=q.uri + "?waitjob=false")
+            conn.setPrinterDevice(q.name, q.uri + "?waitjob=false")
             # Not re-shared on the LAN: the desk's CUPS runs with `DefaultShared No`. (Setting
             # printer-is-shared on a fresh everywhere queue is refused with bad-request.)
             conn.enablePrinter(q.name)
@@ -195,7 +195,8 @@ class DeskAgent:
         if version != self.version:
             self.version = version
             self.reconcile(mfps)
-        elif self._retry_due():
+        elif self._retry_due() or not self.untrusted:
+            # Also when nothing changed: a queue someone deleted or broke on the desk comes back.
             self.reconcile(self.mfps)
 
     def run_forever(self) -> None:
