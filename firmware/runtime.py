@@ -81,6 +81,7 @@ class Runtime:
         self.watchers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="watch")
         self.done = asyncio.Event()
         self.taps = 0  # card events handled (lets a client tell that its tap was seen)
+        self.spare_keeper: SecretKeeper | None = None  # the next session's keeper, holding nothing yet
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -151,7 +152,7 @@ class Runtime:
         if self.session is not None:  # never two keepers: the machine purged before, but be sure
             self._end_keeper(self.session)
         try:
-            keeper = SecretKeeper(self.cfg.as_dict())
+            keeper = self._take_spare_keeper()
             reply = keeper.call("fetch", timeout=self.cfg.cloud.timeout_s * 3 + 5, org=e.org)
         except KeeperError:
             self.post(ev.LookupFailed(self.now(), e.session, "unreachable"))
@@ -164,6 +165,21 @@ class Runtime:
         pol = reply["policy"]
         self.post(ev.ProfileFetched(self.now(), e.session, e.org, tuple(reply["remote_ts"]),
                                     ev.Policy(pol["idle_timeout_s"], pol["max_hold_s"], pol["combined_mode"])))
+
+    def _spawn_spare_keeper(self) -> None:
+        """Start the next session's keeper now (it holds nothing yet), so that a tap does not wait
+        for a Python interpreter to start and import the hal."""
+        try:
+            self.spare_keeper = SecretKeeper(self.cfg.as_dict())
+        except (KeeperError, OSError) as exc:
+            journal.record("keeper start failed", level=40, error=type(exc).__name__)
+            self.spare_keeper = None
+
+    def _take_spare_keeper(self) -> SecretKeeper:
+        keeper, self.spare_keeper = self.spare_keeper, None
+        if keeper is None or not keeper.alive():
+            keeper = SecretKeeper(self.cfg.as_dict())
+        return keeper
 
     def _end_keeper(self, s: Session) -> None:
         if s.keeper is not None:
@@ -254,6 +270,8 @@ class Runtime:
             self._end_keeper(self.session)  # first: every secret of the session dies with it
         report = purge(self.devices, self.session, e.reason)
         self.session = None
+        if self.spare_keeper is None and not self.done.is_set():
+            self._spawn_spare_keeper()
         self.post(ev.PurgeDone(self.now(), e.session, report.ok, report.leftovers))
 
     def _authenticate(self, e: fx.Authenticate) -> None:
@@ -379,6 +397,8 @@ class Runtime:
             await self.devices.card.close()
             server.close()
             self.session_worker.shutdown(wait=True)
+            if self.spare_keeper is not None:
+                self.spare_keeper.stop()
             self.auth_worker.shutdown(wait=False, cancel_futures=True)
             self.watchers.shutdown(wait=False, cancel_futures=True)
 

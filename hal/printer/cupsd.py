@@ -201,7 +201,7 @@ class SessionPrintService(JobOps):
         conn.acceptJobs(INBOUND_QUEUE)
         self._settle_stopped()
 
-    def _settle_stopped(self, stable_s: float = 0.3, timeout: float = 5.0) -> None:
+    def _settle_stopped(self, stable_s: float = 0.15, timeout: float = 5.0) -> None:
         """Stop the inbound queue and see it stay stopped for `stable_s`.
 
         A new queue is set idle again shortly after its creation (cupsd finishing the queue's setup
