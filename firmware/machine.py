@@ -363,7 +363,7 @@ def _purge_tick(state, event, limits):
 
 
 def _purge_then_stop(state, event, limits):
-    return replace(state, stop=True, then=None), [Audit("shutdown", {"session": state.session})]
+    return replace(state, stop=True, then=None), [Audit("shutdown", {"session": state.session}), _show("purging")]
 
 
 def _shutdown(state, event, limits):
