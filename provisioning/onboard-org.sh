@@ -1,0 +1,53 @@
+#!/bin/bash -e
+# Onboard an organization: make its secrets, generate its gateway's strongSwan config and its
+# FreeRADIUS config, and register its session profile and contracts in the cloud.
+#
+#   onboard-org.sh ORG_FILE OUT_DIR SPACE...
+#
+# ORG_FILE  the org's description (JSON: org_id, name, gateway, lan, pool, radius users ...), read
+#           by `tenantprint org gateway-config|radius-config|profile`.
+# OUT_DIR   private output (mode 0700): secrets.json, gateway/ (for the org's gateway), radius/
+#           (for the org's RADIUS server). Re-running keeps the secrets already in OUT_DIR.
+# SPACE...  coworking spaces the org gets a contract with.
+# The cloud database and KEK come from TP_CLOUD_DB and TP_CLOUD_KEK_FILE, as for `tenantprint cloud`.
+# No secret is ever put on a command line: they travel in files under OUT_DIR and through a pipe.
+set -o pipefail
+
+tenantprint=${TENANTPRINT:-/opt/tenantprint/venv/bin/tenantprint}
+python=${PYTHON:-$(dirname "$tenantprint")/python}
+
+if [[ $# -lt 3 ]]; then
+    echo "usage: $0 ORG_FILE OUT_DIR SPACE..." >&2
+    exit 2
+fi
+org_file=$1 out=$2
+shift 2
+
+org=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["org_id"])' "$org_file")
+name=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1])).get("name", ""))' "$org_file")
+
+umask 077
+mkdir -p "$out"
+chmod 0700 "$out"
+if [[ ! -f "$out/secrets.json" ]]; then
+    "$python" -c 'import json,secrets,sys
+json.dump({k: secrets.token_urlsafe(32) for k in ("psk", "radius")}, open(sys.argv[1], "x"))' "$out/secrets.json"
+fi
+
+"$tenantprint" org gateway-config --org "$org_file" --secrets "$out/secrets.json" --out "$out/gateway"
+"$tenantprint" org radius-config --org "$org_file" --secrets "$out/secrets.json" --out "$out/radius"
+
+if ! "$tenantprint" cloud org show "$org" > /dev/null 2>&1; then
+    "$tenantprint" cloud org add "$org" --name "${name:-$org}"
+fi
+"$tenantprint" org profile --org "$org_file" --secrets "$out/secrets.json" |
+    "$tenantprint" cloud org set-profile "$org" -
+for space in "$@"; do
+    contracts=$("$tenantprint" cloud contract list --org "$org" --space "$space" --json)
+    if [[ $contracts != *'"active"'* ]]; then
+        "$tenantprint" cloud contract add --org "$org" --space "$space"
+    fi
+done
+
+echo "org $org onboarded. Next: copy $out/gateway to the org's gateway and $out/radius to its"
+echo "RADIUS server (both hold secrets: scp, then delete them here or keep $out offline)."

@@ -1,0 +1,25 @@
+#!/bin/bash -e
+# Host side: copy what provisioning/build-wheel.sh put into files/ into the image.
+# files/wheels/*.whl   the tenantprint wheel (and optionally arm64 wheels of its dependencies)
+# files/systemd/       the repository's systemd/ folder
+# files/doc/           RASPBERRY-PI.md
+F=files
+if ! compgen -G "${F}/wheels/tenantprint-*.whl" > /dev/null; then
+	echo "no tenantprint wheel in $(pwd)/${F}/wheels: run provisioning/build-wheel.sh first" >&2
+	exit 1
+fi
+
+install -d -m 0755 "${ROOTFS_DIR}/opt/tenantprint/wheels" "${ROOTFS_DIR}/opt/tenantprint/libexec"
+install -m 0644 "${F}"/wheels/*.whl "${ROOTFS_DIR}/opt/tenantprint/wheels/"
+install -m 0755 "${F}/systemd/libexec/tenantprint-first-boot" "${ROOTFS_DIR}/opt/tenantprint/libexec/"
+
+for unit in "${F}"/systemd/*.service; do
+	install -m 0644 "${unit}" "${ROOTFS_DIR}/etc/systemd/system/"
+done
+install -d -m 0755 "${ROOTFS_DIR}/etc/systemd/system/strongswan.service.d"
+install -m 0644 "${F}/systemd/strongswan.service.d/tenantprint.conf" \
+	"${ROOTFS_DIR}/etc/systemd/system/strongswan.service.d/"
+
+install -d -m 0755 "${ROOTFS_DIR}/etc/tenantprint" "${ROOTFS_DIR}/opt/tenantprint/share/doc"
+install -m 0644 "${F}/firmware.toml" "${ROOTFS_DIR}/etc/tenantprint/firmware.toml"
+install -m 0644 "${F}/doc/RASPBERRY-PI.md" "${ROOTFS_DIR}/opt/tenantprint/share/doc/"

@@ -1,0 +1,27 @@
+#!/bin/bash -e
+# The firmware in its own venv. Dependencies come from files/wheels when build-wheel.sh put
+# arm64 wheels there, otherwise from PyPI; pyscard and pycups then compile here.
+BUILD_DEPS="build-essential python3-dev swig libpcsclite-dev libcups2-dev"
+# shellcheck disable=SC2086
+apt-get install -y --no-install-recommends ${BUILD_DEPS}
+python3 -m venv /opt/tenantprint/venv
+/opt/tenantprint/venv/bin/pip install --no-cache-dir --find-links /opt/tenantprint/wheels \
+	/opt/tenantprint/wheels/tenantprint-*.whl
+rm -rf /opt/tenantprint/wheels
+# shellcheck disable=SC2086
+apt-get purge -y ${BUILD_DEPS}
+apt-get autoremove -y
+
+# charon's own strongswan.conf (no secrets): kernel XFRM on the Pi, no resolve/updown/stroke.
+/opt/tenantprint/venv/bin/python -c \
+	'from hal.tunnel.charon_conf import strongswan_conf; print(strongswan_conf("kernel"), end="")' \
+	> /etc/tenantprint/strongswan.conf
+chmod 0644 /etc/tenantprint/strongswan.conf
+/opt/tenantprint/venv/bin/tenantprint firmware --config /etc/tenantprint/firmware.toml --dump-config > /dev/null
+
+systemctl enable strongswan.service pcscd.socket
+# No RTC on a Pi: TLS to the cloud needs the clock set, so time-sync.target must wait for NTP.
+systemctl enable systemd-time-wait-sync.service
+systemctl enable tenantprint-enrol.service tenantprint-firmware.service
+# The firmware runs its own cupsd per session, in RAM; the system one would spool to the SD card.
+systemctl disable cups.service cups.socket cups.path

@@ -1,0 +1,195 @@
+"""The static unit files in systemd/: verified by systemd itself, hardened, and in step with the CLI.
+
+`systemd-analyze verify --root=<tree>` runs against a tree that holds the units where the image
+puts them, the real `tenantprint` entry point at /opt/tenantprint/venv/bin, and this machine's
+systemd/strongSwan units standing in for the device's packages. It checks that every ExecStart
+binary exists in that tree, so a wrong path fails (a negative control proves it can).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prereq import need, need_binary
+
+REPO = Path(__file__).resolve().parents[2]
+UNITS_DIR = REPO / "systemd"
+UNITS = sorted(p.name for p in UNITS_DIR.glob("*.service"))
+VENV_TENANTPRINT = Path(sys.executable).parent / "tenantprint"
+OUR_NAMES = re.compile(r"tenantprint|strongswan\.service\.d")
+# systemd-analyze security exposure (0 = locked down, 10 = unprotected); measured 3.6 for the firmware.
+MAX_EXPOSURE = {"tenantprint-firmware.service": 4.0}
+MAX_EXPOSURE_OTHERS = 2.5
+
+
+def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
+    """Sections -> key -> every value given (systemd units repeat keys)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    section = None
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = out.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        section.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def build_root(root: Path, units_dir: Path = UNITS_DIR) -> Path:
+    """A root tree laid out as on the device (see provisioning/pi-gen/stage-tenantprint)."""
+    need(Path("/lib/systemd/system/strongswan.service").exists(), "strongswan's systemd unit (charon-systemd)")
+    need_binary("/usr/sbin/charon-systemd", "/usr/sbin/swanctl")
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "lib").symlink_to("usr/lib")
+    (root / "usr/sbin").mkdir(parents=True)
+    for tool in ("charon-systemd", "swanctl"):
+        shutil.copy2(f"/usr/sbin/{tool}", root / "usr/sbin" / tool)
+    system = root / "etc/systemd/system"
+    system.mkdir(parents=True)
+    for unit in units_dir.glob("*.service"):
+        shutil.copy2(unit, system / unit.name)
+    shutil.copytree(units_dir / "strongswan.service.d", system / "strongswan.service.d")
+    (root / "opt/tenantprint/venv/bin").mkdir(parents=True)
+    shutil.copy2(VENV_TENANTPRINT, root / "opt/tenantprint/venv/bin/tenantprint")
+    (root / "opt/tenantprint/libexec").mkdir(parents=True)
+    shutil.copy2(units_dir / "libexec/tenantprint-first-boot", root / "opt/tenantprint/libexec/")
+    return root
+
+
+def verify(root: Path, *units: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["systemd-analyze", "verify", f"--root={root}", *units],
+                          capture_output=True, text=True, timeout=60)
+
+
+def complaints(proc: subprocess.CompletedProcess) -> list[str]:
+    """Lines of verify output about our files (warnings such as unknown keys do not change rc)."""
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if OUR_NAMES.search(line)]
+
+
+@pytest.fixture(scope="module")
+def device_root(tmp_path_factory) -> Path:
+    need_binary("systemd-analyze")
+    return build_root(tmp_path_factory.mktemp("device-root"))
+
+
+def test_every_process_has_a_unit():
+    assert set(UNITS) == {"tenantprint-firmware.service", "tenantprint-enrol.service",
+                          "tenantprint-cloud.service", "tenantprint-gateway-agent.service",
+                          "tenantprint-desk-agent.service"}
+
+
+@pytest.mark.parametrize("unit", UNITS + ["strongswan.service"])
+def test_unit_verifies(device_root, unit):
+    proc = verify(device_root, unit)
+    assert proc.returncode == 0 and not complaints(proc), proc.stdout + proc.stderr
+
+
+def test_verify_fails_when_the_binary_is_missing(tmp_path):
+    need_binary("systemd-analyze")
+    root = build_root(tmp_path / "root")
+    (root / "opt/tenantprint/venv/bin/tenantprint").unlink()
+    proc = verify(root, "tenantprint-firmware.service")
+    assert proc.returncode != 0
+    assert "/opt/tenantprint/venv/bin/tenantprint" in proc.stderr
+
+
+def test_verify_reports_an_unknown_directive(tmp_path):
+    need_binary("systemd-analyze")
+    units = tmp_path / "units"
+    shutil.copytree(UNITS_DIR, units)
+    path = units / "tenantprint-firmware.service"
+    path.write_text(path.read_text().replace("LockPersonality=yes", "LockPersonality=yes\nLockPersonalty=yes"))
+    proc = verify(build_root(tmp_path / "root", units), "tenantprint-firmware.service")
+    assert complaints(proc), "a misspelt directive must be reported"
+
+
+def test_firmware_unit_contract_and_hardening():
+    u = parse_unit(UNITS_DIR / "tenantprint-firmware.service")
+    svc, unit = u["Service"], u["Unit"]
+    assert svc["Type"] == ["notify"] and svc["NotifyAccess"] == ["main"]
+    assert svc["Restart"] == ["on-failure"] and int(svc["WatchdogSec"][0]) > 0
+    assert svc["ExecStart"] == ["/opt/tenantprint/venv/bin/tenantprint firmware --config /etc/tenantprint/firmware.toml run"]
+    for key in ("ProtectHome", "PrivateTmp", "NoNewPrivileges", "LockPersonality", "MemoryDenyWriteExecute",
+                "PrivateMounts", "ProtectKernelModules", "ProtectKernelTunables", "RestrictNamespaces",
+                "RestrictSUIDSGID", "ProtectControlGroups"):
+        assert svc[key] == ["yes"], key
+    assert svc["ProtectSystem"] == ["strict"]
+    assert svc["RuntimeDirectory"] == ["tenantprint"] and svc["StateDirectory"] == ["tenantprint"]
+    assert svc["LimitCORE"] == ["0"]  # a core dump would put org secrets on the SD card
+    assert set(svc["RestrictAddressFamilies"][0].split()) == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
+    caps = set(svc["CapabilityBoundingSet"][0].split())
+    assert caps == {"CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_KILL", "CAP_SETUID",
+                    "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"}
+    assert "@system-service" in svc["SystemCallFilter"][0] and "@mount" in svc["SystemCallFilter"][0]
+    after = " ".join(unit["After"]).split()
+    for dep in ("network-online.target", "strongswan.service", "pcscd.socket", "tenantprint-enrol.service"):
+        assert dep in after
+    assert u["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_enrol_unit_runs_once_and_before_the_firmware():
+    u = parse_unit(UNITS_DIR / "tenantprint-enrol.service")
+    assert u["Unit"]["ConditionPathExists"] == ["!/var/lib/tenantprint/enrolment.json"]
+    assert "tenantprint-firmware.service" in u["Unit"]["Before"][0]
+    assert u["Service"]["Type"] == ["oneshot"] and u["Service"]["Restart"] == ["on-failure"]
+    assert u["Service"]["ExecStart"] == ["/opt/tenantprint/libexec/tenantprint-first-boot"]
+
+
+def _exec_argv(unit: str) -> list[str]:
+    """ExecStart as argv, with ${VAR} replaced by the unit's Environment= defaults."""
+    svc = parse_unit(UNITS_DIR / unit)["Service"]
+    env = {"CREDENTIALS_DIRECTORY": "/run/credentials/x", "TP_DESK_GATEWAY": "http://10.20.0.1:8631"}
+    for line in svc.get("Environment", []):
+        for pair in shlex.split(line):
+            k, _, v = pair.partition("=")
+            env[k] = v
+    cmd = re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], svc["ExecStart"][0])
+    return shlex.split(cmd)
+
+
+def _help(*words: str) -> str:
+    proc = subprocess.run([str(VENV_TENANTPRINT), *words, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("unit", [u for u in UNITS if u != "tenantprint-enrol.service"])
+def test_execstart_options_exist_in_the_cli(unit):
+    """Every --option an ExecStart passes is accepted where it stands: before the subcommand by the
+    part's parser, after it by the subcommand's (catches CLI drift)."""
+    argv = _exec_argv(unit)
+    assert argv[0] == "/opt/tenantprint/venv/bin/tenantprint"
+    part, rest = argv[1], argv[2:]
+    words = [a for i, a in enumerate(rest) if not a.startswith("-") and not (i and rest[i - 1].startswith("--"))]
+    sub = words[0]
+    before, after = rest[:rest.index(sub)], rest[rest.index(sub) + 1:]
+    for opts, words_ in ((before, (part,)), (after, (part, sub))):
+        opts = [a for a in opts if a.startswith("--")]
+        text = _help(*words_) if opts else ""
+        for opt in opts:
+            assert re.search(rf"(^|[\s\[,]){re.escape(opt)}\b", text), f"{unit}: {' '.join(words_)} has no {opt}"
+
+
+def _exposure(root: Path, unit: str) -> float:
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=yes", f"--root={root}", unit],
+                          capture_output=True, text=True, timeout=60)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout)
+    need(m is not None, f"systemd-analyze security --offline=yes ({proc.stderr.strip()[:200]})")
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_security_exposure(device_root, unit):
+    score = _exposure(device_root, unit)
+    assert score <= MAX_EXPOSURE.get(unit, MAX_EXPOSURE_OTHERS), f"{unit}: exposure {score}"
