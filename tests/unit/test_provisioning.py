@@ -195,28 +195,20 @@ def test_first_boot_when_enrolled_does_nothing(tmp_path):
 
 
 ORG_SHIM = """#!{python}
-# Stands in for `tenantprint`: `cloud` is the real CLI; the org config verbs onboard-org.sh needs
-# (requested from the lead) are recorded and answered with a lab-shaped profile.
+# Wraps the real `tenantprint` to record every command line onboard-org.sh runs.
 import json, os, subprocess, sys
 with open(os.environ["SHIM_LOG"], "a") as log:
     log.write(json.dumps(sys.argv[1:]) + "\\n")
-args = sys.argv[1:]
-if args[0] != "org":
-    sys.exit(subprocess.run([{real!r}, *args]).returncode)
-opt = dict(zip(args[2::2], args[3::2]))
-secrets = json.load(open(opt["--secrets"]))
-if args[1] in ("gateway-config", "radius-config"):
-    os.makedirs(opt["--out"], mode=0o700, exist_ok=True)
-    sys.exit(0)
-org = json.load(open(opt["--org"]))["org_id"]
-print(json.dumps({{"org_id": org, "ttl_s": 300,
-    "vpn": {{"gateway": "10.78.0.11", "port": 500, "local_id": "mfp-1.space-1", "remote_id": "gw." + org,
-            "auth": "psk", "psk": secrets["psk"], "ca_cert_pem": None, "ike_proposals": ["aes256-sha256-x25519"],
-            "esp_proposals": ["aes256-sha256"], "remote_ts": ["10.20.0.0/24"], "dpd_delay_s": 1}},
-    "auth": {{"kind": "radius", "host": "10.20.0.50", "port": 1812, "secret": secrets["radius"],
-             "user_format": "{{user}}@{{org}}", "timeout_s": 3.0, "retries": 2}},
-    "policy": {{"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": False}}}}))
+sys.exit(subprocess.run([{real!r}, *sys.argv[1:]]).returncode)
 """
+
+ACME = {
+    "org_id": "acme", "name": "Acme Corp",
+    "gateway": {"id": "gw.acme", "wan_address": "203.0.113.10", "lan": "10.20.0.0/24",
+                "pool": "10.20.0.200-10.20.0.239", "devices": ["mfp-1.space-1"], "backend": "kernel"},
+    "radius": {"host": "10.20.0.50", "users": [{"id": "alice", "kind": "card"},
+                                               {"id": "bob", "kind": "pin", "pin": "2468"}]},
+}
 
 
 def test_onboard_org_registers_the_org_without_secrets_on_command_lines(tmp_path):
@@ -224,7 +216,7 @@ def test_onboard_org_registers_the_org_without_secrets_on_command_lines(tmp_path
     shim.parent.mkdir()
     shim.write_text(ORG_SHIM.format(python=sys.executable, real=str(TENANTPRINT)))
     shim.chmod(0o755)
-    (tmp_path / "acme.json").write_text(json.dumps({"org_id": "acme", "name": "Acme Corp"}))
+    (tmp_path / "acme.json").write_text(json.dumps(ACME))
     env = {**os.environ, "TENANTPRINT": str(shim), "PYTHON": sys.executable, "SHIM_LOG": str(tmp_path / "argv.log"),
            "TP_CLOUD_DB": f"sqlite:///{tmp_path}/cloud.db", "TP_CLOUD_KEK_FILE": str(tmp_path / "kek")}
 
@@ -249,5 +241,9 @@ def test_onboard_org_registers_the_org_without_secrets_on_command_lines(tmp_path
     assert [c["status"] for c in shown["contracts"]] == ["active"]
     argv_log = (tmp_path / "argv.log").read_text()
     assert "gateway-config" in argv_log and "radius-config" in argv_log
+    swanctl = (out / "gateway" / "swanctl.conf").read_text()
+    assert "gw.acme" in swanctl and "mfp-1.space-1" in swanctl
+    assert stat.S_IMODE((out / "gateway" / "swanctl.conf").stat().st_mode) == 0o600
+    assert (out / "radius" / "users").exists() and (out / "radius" / "clients.conf").exists()
     for value in secrets.values():
         assert value not in argv_log and value not in proc.stdout + proc.stderr

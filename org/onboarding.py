@@ -1,0 +1,106 @@
+"""An organization's onboarding, from one description file and one secrets file:
+its gateway's strongSwan config, its FreeRADIUS config, and the session profile the cloud serves.
+
+Description (JSON; unknown keys are errors):
+
+    {"org_id": "acme", "name": "Acme Corp",
+     "gateway": {"id": "gw.acme", "wan_address": "203.0.113.10", "lan": "10.20.0.0/24",
+                 "pool": "10.20.0.200-10.20.0.239", "devices": ["mfp-1.space-1"],
+                 "backend": "kernel", "dpd_delay_s": 1},
+     "radius": {"host": "10.20.0.50", "port": 1812, "user_format": "{user}@{org}",
+                "users": [{"id": "alice", "kind": "card"}, {"id": "bob", "kind": "pin", "pin": "2468"},
+                          {"id": "dave", "kind": "disabled"}]},
+     "policy": {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": false}}
+
+Secrets (JSON, mode 0600, made by `provisioning/onboard-org.sh`): {"psk": "...", "radius": "..."}.
+Today every device an org accepts shares the org's PSK, and the profile names the first device's
+IKE identity; per-device credentials (pubkey) are the next step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from org.gateway_config import DeviceGrant, OrgGateway, strongswan_conf, swanctl_conf
+from org.radius_config import OrgRadius, RadiusUser, write_config_dir
+
+IKE_PROPOSALS = ("aes256gcm16-prfsha384-x25519", "aes256-sha256-x25519")
+ESP_PROPOSALS = ("aes256gcm16", "aes256-sha256")
+
+
+class OnboardingError(ValueError):
+    """The description or the secrets are unusable; the message names the key, never a secret."""
+
+
+def _take(obj: dict, where: str, required: set[str], optional: set[str] = frozenset()) -> dict:
+    if not isinstance(obj, dict):
+        raise OnboardingError(f"{where}: expected an object")
+    missing = required - set(obj)
+    unknown = set(obj) - required - optional
+    if missing or unknown:
+        raise OnboardingError(f"{where}: missing {sorted(missing)}, unknown {sorted(unknown)}")
+    return obj
+
+
+def load(org_file: Path | str, secrets_file: Path | str) -> tuple[dict, dict]:
+    org = json.loads(Path(org_file).read_text())
+    _take(org, "org", {"org_id", "gateway", "radius"}, {"name", "policy"})
+    _take(org["gateway"], "gateway", {"id", "wan_address", "lan", "pool", "devices"}, {"backend", "dpd_delay_s"})
+    _take(org["radius"], "radius", {"host", "users"}, {"port", "user_format"})
+    secrets = json.loads(Path(secrets_file).read_text())
+    _take(secrets, "secrets", {"psk", "radius"})
+    return org, secrets
+
+
+def gateway(org: dict, secrets: dict) -> OrgGateway:
+    g = org["gateway"]
+    if not g["devices"]:
+        raise OnboardingError("gateway.devices: at least one device")
+    return OrgGateway(
+        org_id=org["org_id"], gateway_id=g["id"], wan_address=g["wan_address"], lan=g["lan"], pool=g["pool"],
+        devices=tuple(DeviceGrant(d, "psk", secrets["psk"].encode()) for d in g["devices"]),
+        ike_proposals=IKE_PROPOSALS, esp_proposals=ESP_PROPOSALS,
+        dpd_delay_s=g.get("dpd_delay_s", 1), backend=g.get("backend", "kernel"),
+        lan_reserved=(org["radius"]["host"],))
+
+
+def radius(org: dict, secrets: dict) -> OrgRadius:
+    r = org["radius"]
+    users = tuple(RadiusUser(_take(u, "radius.users[]", {"id", "kind"}, {"pin"})["id"], u["kind"], u.get("pin"))
+                  for u in r["users"])
+    return OrgRadius(org_id=org["org_id"], secret=secrets["radius"].encode(), clients=(org["gateway"]["pool"],),
+                     users=users, port=r.get("port", 1812))
+
+
+def profile(org: dict, secrets: dict) -> dict:
+    """The wire profile (hal/directory/profile.py) for the cloud."""
+    g, r = org["gateway"], org["radius"]
+    return {
+        "org_id": org["org_id"], "ttl_s": 300,
+        "vpn": {"gateway": g["wan_address"], "port": 500, "local_id": g["devices"][0], "remote_id": g["id"],
+                "auth": "psk", "psk": secrets["psk"], "ca_cert_pem": None,
+                "ike_proposals": list(IKE_PROPOSALS), "esp_proposals": list(ESP_PROPOSALS),
+                "remote_ts": [g["lan"]], "dpd_delay_s": g.get("dpd_delay_s", 1)},
+        "auth": {"kind": "radius", "host": r["host"], "port": r.get("port", 1812), "secret": secrets["radius"],
+                 "user_format": r.get("user_format", "{user}@{org}"), "timeout_s": 3.0, "retries": 2},
+        "policy": org.get("policy", {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": False}),
+    }
+
+
+def write_gateway_config(org: dict, secrets: dict, out: Path | str) -> Path:
+    """strongswan.conf + swanctl.conf for the org's gateway, in `out` (0700, files 0600)."""
+    gw = gateway(org, secrets)
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    d.chmod(0o700)
+    for name, text in (("strongswan.conf", strongswan_conf(gw)), ("swanctl.conf", swanctl_conf(gw))):
+        path = d / name
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(text)
+    return d
+
+
+def write_radius_config(org: dict, secrets: dict, out: Path | str) -> Path:
+    return write_config_dir(radius(org, secrets), out)
