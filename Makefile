@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test unit bench lab-down clean
+.PHONY: setup demo test unit bench lab-down clean image-files
 
 setup:
 	./lab/setup.sh
@@ -26,3 +26,7 @@ lab-down:
 
 clean: lab-down
 	rm -rf $(VENV) build *.egg-info
+
+# The files the Raspberry Pi image stage installs (see docs/RASPBERRY-PI.md).
+image-files: setup
+	./provisioning/build-wheel.sh

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-EXTRAS=${EXTRAS:-test,bench}
+EXTRAS=${EXTRAS:-cloud,test,bench}
 
 if [ "$(id -u)" != 0 ]; then
     echo "lab/setup.sh: run as root (the lab creates network namespaces and mounts)" >&2
