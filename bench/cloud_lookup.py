@@ -1,30 +1,37 @@
 """`python -m bench.cloud_lookup`: signed profile lookups per second and latency of the directory.
 
 Seeds ORGS orgs (default 100,000; each with a sealed profile and a contract with the bench space),
-then, for each backend (SQLite file; a private PostgreSQL 15 when available) and each worker count
-(default 1 and 2), runs `tenantprint cloud serve` on loopback (plain HTTP: TLS cost is the
-transport's, not the directory's) and drives it from CLIENTS processes x THREADS threads, each
-thread a keep-alive client signing every request with its process's enrolled device key, asking
-for random orgs. Bounded by --requests and --seconds per configuration. Prints a table and writes
+then, for each backend (SQLite file with synchronous=FULL, the default; `sqlite-normal`; a private
+PostgreSQL 15 with durable commits when available) and each worker count (default 1, 2, 4), runs
+`tenantprint cloud serve` on loopback (plain HTTP: TLS cost is the transport's, not the directory's)
+and drives it from CLIENTS processes, each a single-threaded selector loop over CONNS keep-alive
+connections with one request in flight each (so 2 x 8 = 16 lookups in flight by default). Every
+request is signed in advance with a fresh nonce by its process's enrolled device key, so the timed
+phase measures the directory, not the device's signing; the client's own CPU is measured and
+reported beside the server's and the database's (the load generator shares the machine's cores).
+Bounded by --requests and --seconds per configuration. Prints a table and writes
 bench/results/cloud_lookup.json.
+
+uvicorn's workers share one listening socket and the first to wake accepts a burst of new
+connections, so with few long-lived connections the workers are loaded unevenly (e.g. 11/5 of 16):
+raise --conns when comparing worker counts.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import multiprocessing as mp
 import os
 import platform
 import random
+import resource
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -87,51 +94,123 @@ def seed(url: str, kek: Path, n_orgs: int, devices: dict[str, bytes]) -> float:
     return time.monotonic() - t0
 
 
-def _client_proc(base: str, device_id: str, key_pem: bytes, n_orgs: int, threads: int, requests: int,
-                 seconds: float, out: mp.Queue) -> None:
-    import httpx
+def _presign(device_id: str, key_pem: bytes, n_orgs: int, count: int, host: str) -> list[bytes]:
+    """`count` complete HTTP/1.1 requests for random orgs, each signed with a fresh nonce (signed
+    before the timed phase: the client's signing is the device's cost, not the directory's)."""
     from cryptography.hazmat.primitives import serialization
 
     from hal.directory.signing import sign_headers
 
     key = serialization.load_pem_private_key(key_pem, None)
+    rnd = random.Random()
+    out = []
+    for _ in range(count):
+        path = f"/v1/orgs/org{rnd.randrange(n_orgs):06d}/profile"
+        head = "".join(f"{k}: {v}\r\n" for k, v in sign_headers(key, device_id, "GET", path, b"").items())
+        out.append(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{head}\r\n".encode())
+    return out
+
+
+class _Conn:
+    """One keep-alive connection with one request in flight."""
+    __slots__ = ("sock", "buf", "t0", "need")
+
+    def __init__(self, sock):
+        self.sock, self.buf, self.t0, self.need = sock, b"", 0.0, -1
+
+
+def _client_proc(port: int, device_id: str, key_pem: bytes, n_orgs: int, conns: int, requests: int,
+                 seconds: float, ready: mp.Queue, start: mp.Event, out: mp.Queue) -> None:
+    """A single-threaded load generator: `conns` keep-alive sockets driven by one selector,
+    sending pre-signed requests; reports latencies, non-200 answers and its own CPU seconds."""
+    import selectors
+
+    reqs = _presign(device_id, key_pem, n_orgs, requests, f"127.0.0.1:{port}")
+    sel = selectors.DefaultSelector()
+    conns_ = []
+    for _ in range(min(conns, len(reqs))):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        conns_.append(_Conn(s))
+    ready.put(True)
+    start.wait()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     lat: list[float] = []
-    errors = [0]
-    lock = threading.Lock()
-    per_thread = requests // threads
+    bad, first_body, nxt = 0, None, 0
     stop_at = time.monotonic() + seconds
 
-    def run():
-        mine, bad = [], 0
-        rnd = random.Random()
-        with httpx.Client(base_url=base, timeout=10) as http:
-            for _ in range(per_thread):
-                if time.monotonic() > stop_at:
-                    break
-                path = f"/v1/orgs/org{rnd.randrange(n_orgs):06d}/profile"
-                t = time.perf_counter()
-                r = http.get(path, headers=sign_headers(key, device_id, "GET", path, b""))
-                mine.append(time.perf_counter() - t)
-                bad += r.status_code != 200
-        with lock:
-            lat.extend(mine)
-            errors[0] += bad
+    def send(c: _Conn) -> bool:
+        nonlocal nxt
+        if nxt >= len(reqs) or time.monotonic() > stop_at:
+            return False
+        data, nxt = reqs[nxt], nxt + 1
+        c.t0, c.buf, c.need = time.perf_counter(), b"", -1
+        c.sock.sendall(data)  # a few hundred bytes: fits the socket buffer
+        return True
 
-    ts = [threading.Thread(target=run) for _ in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    out.put((lat, errors[0]))
+    for c in conns_:
+        if send(c):
+            sel.register(c.sock, selectors.EVENT_READ, c)
+    while sel.get_map():
+        for k, _ in sel.select(timeout=10):
+            c = k.data
+            chunk = c.sock.recv(65536)
+            if not chunk:
+                raise RuntimeError("server closed a keep-alive connection")
+            c.buf += chunk
+            if c.need < 0:
+                end = c.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    continue
+                head = c.buf[:end].lower()
+                i = head.find(b"content-length:")
+                c.need = end + 4 + int(head[i + 15:head.index(b"\r\n", i) if b"\r\n" in head[i:] else None])
+            if len(c.buf) < c.need:
+                continue
+            lat.append(time.perf_counter() - c.t0)
+            if c.buf[9:12] != b"200":
+                bad += 1
+            elif first_body is None:
+                first_body = c.buf[c.buf.find(b"\r\n\r\n") + 4:c.need]
+            if not send(c):
+                sel.unregister(c.sock)
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    for c in conns_:
+        c.sock.close()
+    out.put((lat, bad, (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime), first_body))
 
 
-def measure(url: str, kek: Path, workers: int, keys: dict[str, bytes], n_orgs: int, clients: int, threads: int,
-            requests: int, seconds: float, log: Path) -> dict:
+def _tree_cpu(root: int) -> float:
+    """CPU seconds (user + system) used so far by process `root` and its live descendants (by
+    parent pid: PostgreSQL backends leave the postmaster's process group)."""
+    tick, stats = os.sysconf("SC_CLK_TCK"), {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(d)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    tree, grew = {root}, True
+    while grew:
+        grew = False
+        for pid, (ppid, _) in stats.items():
+            if ppid in tree and pid not in tree:
+                tree.add(pid)
+                grew = True
+    return sum(stats[p][1] for p in tree if p in stats) / tick
+
+
+def measure(url: str, kek: Path, workers: int, keys: dict[str, bytes], n_orgs: int, clients: int, conns: int,
+            requests: int, seconds: float, log: Path, db_pid: int | None = None, sqlite_sync: str = "full") -> dict:
     import httpx
+
+    from hal.directory.profile import SessionProfile
 
     port = _free_port()
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "TP_CLOUD_DB": url, "TP_CLOUD_KEK_FILE": str(kek),
-           "TP_CLOUD_LOG": "WARNING"}
+           "TP_CLOUD_LOG": "WARNING", "TP_CLOUD_SQLITE_SYNC": sqlite_sync}
     with open(log, "ab") as logf:
         proc = subprocess.Popen([sys.executable, "-m", "tenantprint", "cloud", "serve", "--host", "127.0.0.1",
                                  "--port", str(port), "--workers", str(workers)],
@@ -149,14 +228,24 @@ def measure(url: str, kek: Path, workers: int, keys: dict[str, bytes], n_orgs: i
                 raise RuntimeError(f"serve did not start (see {log})")
             time.sleep(0.1)
         q: mp.Queue = mp.Queue()
+        ready: mp.Queue = mp.Queue()
+        go = mp.Event()
         devs = list(keys.items())[:clients]
-        ps = [mp.Process(target=_client_proc, args=(base, d, k, n_orgs, threads, requests // clients, seconds, q))
+        ps = [mp.Process(target=_client_proc, args=(port, d, k, n_orgs, conns, requests // clients, seconds,
+                                                            ready, go, q))
               for d, k in devs]
-        t0 = time.perf_counter()
         for p in ps:
             p.start()
+        for _ in ps:
+            ready.get(timeout=120)  # pre-signed and connected
+        server_cpu0 = _tree_cpu(proc.pid)
+        db_cpu0 = _tree_cpu(db_pid) if db_pid else 0.0
+        t0 = time.perf_counter()
+        go.set()
         results = [q.get(timeout=seconds + 60) for _ in ps]
         elapsed = time.perf_counter() - t0
+        server_cpu = _tree_cpu(proc.pid) - server_cpu0
+        db_cpu = (_tree_cpu(db_pid) - db_cpu0) if db_pid else 0.0
         for p in ps:
             p.join()
     finally:
@@ -164,10 +253,17 @@ def measure(url: str, kek: Path, workers: int, keys: dict[str, bytes], n_orgs: i
         proc.wait(15)
     lat = sorted(x for r in results for x in r[0])
     errors = sum(r[1] for r in results)
+    client_cpu = sum(r[2] for r in results)
+    for r in results:  # the answers are real profiles, not just 200s
+        if r[3] is not None:
+            SessionProfile.from_wire(json.loads(r[3])).wipe()
     pct = lambda q: round(lat[min(len(lat) - 1, int(q * (len(lat) - 1)))] * 1000, 2)
+    cpu = lambda s: round(100 * s / elapsed, 0)
     return {"workers": workers, "requests": len(lat), "errors": errors, "seconds": round(elapsed, 2),
             "lookups_per_s": round(len(lat) / elapsed, 1), "p50_ms": pct(0.5), "p99_ms": pct(0.99),
-            "mean_ms": round(statistics.mean(lat) * 1000, 2)}
+            "mean_ms": round(statistics.mean(lat) * 1000, 2),
+            "cpu_pct": {"server": cpu(server_cpu), "database": cpu(db_cpu), "client": cpu(client_cpu)},
+            "server_cpu_ms_per_lookup": round(1000 * server_cpu / max(1, len(lat)), 3)}
 
 
 class PrivatePostgres:
@@ -183,7 +279,7 @@ class PrivatePostgres:
         self.log = open(self.base / "pg.log", "wb")
         self.proc = subprocess.Popen(
             [PG_BIN / "postgres", "-D", data, "-k", self.base, "-h", "127.0.0.1", "-p", str(self.port),
-             "-c", "max_connections=200", "-c", "synchronous_commit=off"],
+             "-c", "max_connections=200"],  # durable defaults: fsync, synchronous_commit=on
             user="postgres", stdout=self.log, stderr=subprocess.STDOUT, cwd=self.base, start_new_session=True)
         import psycopg
         deadline = time.monotonic() + 30
@@ -216,12 +312,12 @@ class PrivatePostgres:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.cloud_lookup")
     ap.add_argument("--orgs", type=int, default=100_000)
-    ap.add_argument("--workers", default="1,2", help="uvicorn worker counts to measure")
-    ap.add_argument("--backends", default="sqlite,postgresql")
-    ap.add_argument("--requests", type=int, default=4000, help="lookups per configuration (upper bound)")
+    ap.add_argument("--workers", default="1,2,4", help="uvicorn worker counts to measure")
+    ap.add_argument("--backends", default="sqlite,postgresql", help="of sqlite, sqlite-normal, postgresql")
+    ap.add_argument("--requests", type=int, default=12000, help="lookups per configuration (upper bound)")
     ap.add_argument("--seconds", type=float, default=15, help="time per configuration (upper bound)")
     ap.add_argument("--clients", type=int, default=2, help="client processes")
-    ap.add_argument("--threads", type=int, default=8, help="threads per client process")
+    ap.add_argument("--conns", type=int, default=8, help="keep-alive connections per client process")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "cloud_lookup.json"))
     args = ap.parse_args(argv)
 
@@ -242,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     rows, seeds, pg = [], {}, None
     try:
         for backend in args.backends.split(","):
-            if backend == "sqlite":
-                url = f"sqlite:///{work / 'bench.db'}"
+            if backend in ("sqlite", "sqlite-normal"):  # synchronous=FULL (the default) or NORMAL
+                url = f"sqlite:///{work / (backend + '.db')}"
             elif backend == "postgresql":
                 if os.geteuid() != 0 or not (PG_BIN / "postgres").exists():
                     print("postgresql: skipped (needs root and PostgreSQL 15)", file=sys.stderr)
@@ -255,12 +351,15 @@ def main(argv: list[str] | None = None) -> int:
             seeds[backend] = round(seed(url, kek, args.orgs, pubs), 1)
             print(f"{backend}: seeded {args.orgs} orgs in {seeds[backend]} s", flush=True)
             for w in (int(x) for x in args.workers.split(",")):
-                r = measure(url, kek, w, pems, args.orgs, args.clients, args.threads, args.requests, args.seconds,
-                            work / "serve.log")
+                r = measure(url, kek, w, pems, args.orgs, args.clients, args.conns, args.requests, args.seconds,
+                            work / "serve.log", pg.proc.pid if pg else None,
+                            "normal" if backend == "sqlite-normal" else "full")
                 r["backend"] = backend
                 rows.append(r)
+                c = r["cpu_pct"]
                 print(f"  {backend:10} workers={w}  {r['lookups_per_s']:8.1f}/s  p50 {r['p50_ms']:6.2f} ms  "
-                      f"p99 {r['p99_ms']:6.2f} ms  n={r['requests']} errors={r['errors']}", flush=True)
+                      f"p99 {r['p99_ms']:6.2f} ms  n={r['requests']} errors={r['errors']}  cpu% server {c['server']:.0f}"
+                      f" db {c['database']:.0f} client {c['client']:.0f}", flush=True)
             if pg is not None:
                 pg.stop()
                 pg = None
@@ -269,11 +368,14 @@ def main(argv: list[str] | None = None) -> int:
             pg.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print("\nbackend     workers  lookups/s   p50 ms   p99 ms  requests  errors")
+    print("\nbackend     workers  lookups/s   p50 ms   p99 ms  requests  errors   cpu% server/db/client"
+          "  server ms/lookup")
     for r in rows:
+        c = r["cpu_pct"]
         print(f"{r['backend']:10}  {r['workers']:7}  {r['lookups_per_s']:9.1f}  {r['p50_ms']:7.2f}  {r['p99_ms']:7.2f}"
-              f"  {r['requests']:8}  {r['errors']:6}")
-    out = {"bench": "cloud_lookup", "orgs": args.orgs, "clients": args.clients, "threads": args.threads,
+              f"  {r['requests']:8}  {r['errors']:6}   {c['server']:4.0f} /{c['database']:4.0f} /{c['client']:4.0f}"
+              f"       {r['server_cpu_ms_per_lookup']:.3f}")
+    out = {"bench": "cloud_lookup", "orgs": args.orgs, "clients": args.clients, "conns_per_client": args.conns,
            "transport": "http on loopback (no TLS)", "seed_seconds": seeds, "results": rows,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "at": time.time()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -16,19 +16,10 @@ import shutil
 import time
 
 from bench.stats import summary, table, write
+from lab.poll import wait_for
 
 DOC = "/usr/share/cups/data/default-testpage.pdf"
 MFP = "10.77.0.10:631"
-
-
-def _wait(pred, timeout=10.0, step=0.001):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise RuntimeError("timed out")
 
 
 def run(runs: int) -> dict:
@@ -55,12 +46,12 @@ def run(runs: int) -> dict:
                     t0 = time.monotonic()
                     lab.host("cowork").run(["lp", "-h", MFP, "-d", "tenantprint", "-U", "alice", "-t",
                                             f"bench-{i}-{j}", DOC])
-                    jobs = _wait(lambda: len(ps.held_jobs()) > n_held and ps.held_jobs())
+                    jobs = wait_for(lambda: len(ps.held_jobs()) > n_held and ps.held_jobs(), 10, "the held job", 0.001)
                     held.append(time.monotonic() - t0)
                     n = len(printed_documents(lab))
                     t0 = time.monotonic()
                     ps.release(jobs[-1].id)
-                    _wait(lambda: len(printed_documents(lab)) > n)
+                    wait_for(lambda: len(printed_documents(lab)) > n, 10, "the document at the engine", 0.001)
                     release.append(time.monotonic() - t0)
             finally:
                 ps.stop()

@@ -18,18 +18,9 @@ import os
 import time
 
 from bench.stats import summary, table, write
+from lab.poll import wait_for
 
 DOC = "/usr/share/cups/data/default-testpage.pdf"
-
-
-def _wait(pred, timeout: float, step: float = 0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise RuntimeError("timed out")
 
 
 def run(runs: int, wan_rtt_ms: float, kills: int) -> dict:
@@ -57,11 +48,11 @@ def run(runs: int, wan_rtt_ms: float, kills: int) -> dict:
         t0 = time.monotonic()
         card.insert(actions.default_uid("acme", user), user=user, org="acme")
         try:
-            _wait(until, 30)
+            wait_for(until, 30, "the tap to take effect", 0.005)
         finally:
             card.remove()
         elapsed = time.monotonic() - t0
-        _wait(lambda: not card.status().get("connected"), 5)
+        wait_for(lambda: not card.status().get("connected"), 5, "the card removed", 0.005)
         return elapsed
 
     to_ready, to_queue, to_doc, to_purge = [], [], [], []
@@ -69,21 +60,21 @@ def run(runs: int, wan_rtt_ms: float, kills: int) -> dict:
         for _ in range(runs):
             to_ready.append(tap("alice", lambda: firmware_status(lab)["state"] == "ready"))
             t_ready = time.monotonic()
-            _wait(desk_queue, 30)
+            wait_for(desk_queue, 30, "the desk queue", 0.005)
             to_queue.append(to_ready[-1] + time.monotonic() - t_ready)
             org_agents.print_file(lab, "acme", "alice", DOC)
-            _wait(lambda: firmware_status(lab)["held_jobs"], 30)
+            wait_for(lambda: firmware_status(lab)["held_jobs"], 30, "the held job", 0.005)
             n = len(printed_documents(lab))
             time.sleep(0.45)  # let pcscd see the card gone before the next tap
             to_doc.append(tap("alice", lambda: len(printed_documents(lab)) > n))
             fw.stop(lab)  # SIGTERM: the daemon purges the session and exits
             fw.start(lab)
-            _wait(lambda: not desk_queue(), 30)
+            wait_for(lambda: not desk_queue(), 30, "the desk queue to go", 0.005)
         for _ in range(kills):
             tap("alice", lambda: firmware_status(lab)["state"] == "ready")
             t0 = time.monotonic()
             actions.fault(lab, "gateway-kill", "acme")
-            _wait(lambda: firmware_status(lab)["state"] == "idle", 30)
+            wait_for(lambda: firmware_status(lab)["state"] == "idle", 30, "the purge", 0.005)
             to_purge.append(time.monotonic() - t0)
             actions.fault(lab, "gateway-start", "acme")
     finally:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from lab.host import LabError
+from lab.poll import wait_for
 from lab.services.firmware import firmware_request, firmware_status
 
 
@@ -51,16 +52,6 @@ def default_uid(org: str, user: str) -> str:
     return "04" + hashlib.sha256(f"{user}@{org}".encode()).hexdigest()[:12]
 
 
-def _wait(pred, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    raise LabError(f"timed out after {timeout:g} s waiting for {what}")
-
-
 def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = None,
         ndef_hex: str | None = None, settle_s: float = 60) -> dict:
     """Present the card, wait until the firmware has taken the tap, remove it, wait until it settles
@@ -75,7 +66,7 @@ def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = N
     else:
         card.insert(uid or default_uid(org, user), user=user, org=org)
     try:
-        _wait(lambda: firmware_status(lab)["taps"] > before, 10, "the firmware to read the card")
+        wait_for(lambda: firmware_status(lab)["taps"] > before, 10, "the firmware to read the card")
     finally:
         card.remove()
     st = fw.wait_settled(lab, timeout=settle_s)
@@ -83,8 +74,8 @@ def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = N
         reply = firmware_request(lab, {"cmd": "pin", "pin": pin})
         if "error" in reply:
             raise LabError(f"PIN not taken: {reply['error']}")
-        _wait(lambda: not firmware_status(lab)["pin_requested"] or None, 5, "the PIN to be taken")
-        _wait(lambda: firmware_status(lab)["state"] != "awaiting_pin", 15, "the PIN check")
+        wait_for(lambda: not firmware_status(lab)["pin_requested"] or None, 5, "the PIN to be taken")
+        wait_for(lambda: firmware_status(lab)["state"] != "awaiting_pin", 15, "the PIN check")
         st = fw.wait_settled(lab, timeout=settle_s)
     return st
 

@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from lab import actions
-from lab.host import LabError
+from lab.poll import wait_for
 
 
 def _say(out, text: str) -> None:
@@ -26,16 +25,6 @@ def _say(out, text: str) -> None:
 
 def _show(out, label: str, value) -> None:
     print(f"   {label}: {json.dumps(value, default=str)}", file=out, flush=True)
-
-
-def _wait(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise LabError(f"demo: timed out waiting for {what}")
 
 
 def run(lab, out) -> dict:
@@ -47,12 +36,12 @@ def run(lab, out) -> dict:
     _say(out, "alice (acme) taps her card: the MFP fetches acme's profile and tunnels into acme's LAN")
     st = actions.tap(lab, "acme", "alice")
     _show(out, "firmware", {k: st[k] for k in ("state", "org", "panel", "tunnel")})
-    _wait(lambda: actions.status(lab)["desks"]["acme"]["queue"], 20, "acme's desk queue")
+    wait_for(lambda: actions.status(lab)["desks"]["acme"]["queue"], 20, "acme's desk queue")
     _show(out, "acme desk PC has the MFP queue", True)
 
     _say(out, "alice prints from her desk PC: the job crosses the tunnel and is held")
     actions.print_file(lab, "acme", "alice", str(doc))
-    st = _wait(lambda: (s := actions.status(lab)["firmware"]).get("held_jobs") and s, 20, "the held job")
+    st = wait_for(lambda: (s := actions.status(lab)["firmware"]).get("held_jobs") and s, 20, "the held job")
     _show(out, "held", st["held_jobs"])
 
     _say(out, "bob (acme, PIN user) taps: his PIN is checked by acme's RADIUS, alice's job stays held")
@@ -66,12 +55,12 @@ def run(lab, out) -> dict:
     _say(out, "alice taps again: acme's RADIUS says yes, her job prints")
     st = actions.tap(lab, "acme", "alice")
     _show(out, "panel", st["panel"])
-    printed = _wait(lambda: actions.status(lab)["printed"], 20, "the document at the engine")
+    printed = wait_for(lambda: actions.status(lab)["printed"], 20, "the document at the engine")
     _show(out, "printed", printed)
 
     _say(out, "acme's VPN gateway dies: dead-peer detection, the desk drops the queue, the MFP purges acme")
     actions.fault(lab, "gateway-kill", "acme")
-    st = _wait(lambda: (s := actions.status(lab))["firmware"].get("state") == "idle" and s, 30, "the purge")
+    st = wait_for(lambda: (s := actions.status(lab))["firmware"].get("state") == "idle" and s, 30, "the purge")
     _show(out, "firmware", {k: st["firmware"][k] for k in ("state", "org", "panel")})
     _show(out, "acme desk queue", st["desks"]["acme"]["queue"])
     scan = actions.scan_secrets(lab)

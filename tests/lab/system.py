@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.poll import wait_for  # noqa: F401 (re-exported for the scenarios)
 from prereq import need_binary, need_root
 
 
@@ -37,16 +38,6 @@ def lab_cli(*args: str, timeout: float = 180) -> dict:
         raise AssertionError(f"lab {args}: not JSON (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-2000:]}")
     assert proc.returncode == 0, f"lab {args}: {out}"
     return out
-
-
-def wait_for(pred, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def office_leftovers(system) -> list[str]:
