@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,10 +83,14 @@ class Host:
             self.mnt_handle.touch()
             # The new mount namespace is made from the root one; inside the host's netns it gets
             # its own /run, /tmp and a sysfs that shows the host's interfaces.
+            # The project's code and its Python may live under /tmp (a CI checkout): keep them
+            # visible on the host by binding them into its /tmp before that replaces the real one.
+            keep = sorted({str(p) for p in _code_paths() if p.is_relative_to("/tmp")})
+            script = "".join(f'mkdir -p "$1{p[4:]}"; mount --bind "{p}" "$1{p[4:]}"; ' for p in keep)
             sh([
                 "unshare", f"--mount={self.mnt_handle}", "--propagation", "private",
                 "nsenter", f"--net=/run/netns/{self.ns}", "sh", "-ec",
-                'mount --bind "$0" /run; mount --bind "$1" /tmp; umount -l /sys; mount -t sysfs sysfs /sys',
+                script + 'mount --bind "$0" /run; mount --rbind "$1" /tmp; umount -l /sys; mount -t sysfs sysfs /sys',
                 str(self.run_dir), str(self.tmp_dir),
             ])
         self.run(["ip", "link", "set", "lo", "up"])
@@ -113,6 +118,11 @@ class Host:
         if p.is_relative_to("/tmp"):
             return self.tmp_dir / p.relative_to("/tmp")
         return p
+
+
+def _code_paths() -> list[Path]:
+    """Where this project's code and its Python environment are."""
+    return [Path(__file__).resolve().parents[1], Path(sys.prefix).resolve()]
 
 
 def _ensure_private_mnt_dir(mnt_dir: Path) -> None:
