@@ -18,8 +18,8 @@ import logging
 import os
 from pathlib import Path
 
-from anyio import to_thread
-from fastapi import FastAPI, Header, Request
+from anyio import CapacityLimiter, to_thread
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cloud.crypto import CryptoError, Keyring
 from cloud.lookup import DeviceDirectory, Refused, Unauthenticated
 from cloud.storage import open_engine
+from hal.directory.signing import H_DEVICE, H_NONCE, H_SIGNATURE, H_TIMESTAMP
 
 log = logging.getLogger("tenantprint.cloud")
 MAX_BODY = 16 * 1024
@@ -47,6 +48,10 @@ class EnrolResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: str
+
+
+SIGNATURE_HEADERS = [{"name": h, "in": "header", "required": False, "schema": {"type": "string"}}
+                     for h in (H_DEVICE, H_TIMESTAMP, H_NONCE, H_SIGNATURE)]
 
 
 def _err(status: int, error: str) -> JSONResponse:
@@ -92,6 +97,15 @@ class BodyLimit:
 
 def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60) -> FastAPI:
     directory = DeviceDirectory(engine, keyring, window_s=window_s)
+    limiter: list[CapacityLimiter] = []
+
+    def db_threads() -> CapacityLimiter:
+        # SQLite has one writer: one thread per process does the lookups (more threads only queued
+        # on the write lock and fought over the GIL). PostgreSQL: as many as pooled connections.
+        if not limiter:
+            limiter.append(CapacityLimiter(1 if engine.dialect.name == "sqlite" else engine.pool.size()))
+        return limiter[0]
+
     app = FastAPI(title="tenantprint org directory", version="1",
                   description="Session profiles for enrolled MFPs of spaces with a contract.")
 
@@ -131,23 +145,27 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60) -> FastA
     @app.get("/v1/orgs/{org_id}/profile",
              responses={200: {"description": "the org's session profile (hal/directory/profile.py wire format)",
                               "content": {"application/json": {}}},
-                        401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
-    async def profile(org_id: str, request: Request,
-                      x_tp_device: str | None = Header(None), x_tp_timestamp: str | None = Header(None),
-                      x_tp_nonce: str | None = Header(None), x_tp_signature: str | None = Header(None)):
+                        401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}},
+             openapi_extra={"parameters": SIGNATURE_HEADERS})
+    async def profile(org_id: str, request: Request):
+        # The signature headers are read by `authenticate` from the request itself (documented
+        # through `openapi_extra`): FastAPI's per-parameter header handling cost more than the lookup.
         body = await request.body()
         path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
         if request.scope.get("query_string"):
             path += "?" + request.scope["query_string"].decode("latin-1")
 
         def work() -> dict:
-            device_id, nonce, _ts = directory.authenticate(request.headers, request.method, path, body)
-            return directory.lookup(device_id, nonce, org_id)
+            try:
+                device_id, nonce, key = directory.authenticate(request.headers, request.method, path, body)
+                return directory.lookup(device_id, nonce, org_id, key)
+            except Unauthenticated as exc:
+                directory.record_refusal("lookup", exc, None, org_id)
+                raise
 
         try:
-            wire = await to_thread.run_sync(work)
+            wire = await to_thread.run_sync(work, limiter=db_threads())
         except Unauthenticated as exc:
-            await to_thread.run_sync(directory.record_refusal, "lookup", exc, None, org_id)
             log.warning("lookup unauthenticated (%s)", exc.reason)
             return _err(401, "unauthenticated")
         except Refused:

@@ -15,13 +15,16 @@ import json
 import random
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cryptography.exceptions import InvalidSignature
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, insert, select, update
 
 from cloud import profiles
 from cloud.crypto import Keyring, Sealed
+from cloud.lookup_pg import LookupRow, run_lookup
 from cloud.models import ACTIVE, AuditEvent, Contract, Device, EnrolmentToken, OrgProfile, RequestNonce
+from cloud.prepared import Prepared
 from cloud.storage import read_txn, write_txn
 from hal.directory.profile import _ID
 from hal.directory.signing import (DEVICE_ID_RE, H_DEVICE, H_NONCE, H_SIGNATURE, H_TIMESTAMP, NONCE_RE,
@@ -29,6 +32,7 @@ from hal.directory.signing import (DEVICE_ID_RE, H_DEVICE, H_NONCE, H_SIGNATURE,
 
 T_DEVICE, T_CONTRACT, T_PROFILE = Device.__table__, Contract.__table__, OrgProfile.__table__
 T_AUDIT, T_NONCE, T_TOKEN = AuditEvent.__table__, RequestNonce.__table__, EnrolmentToken.__table__
+KEY_CACHE_SIZE = 100_000  # raw 32-byte public keys of enrolled devices, per process
 
 
 class Unauthenticated(Exception):
@@ -37,6 +41,7 @@ class Unauthenticated(Exception):
     def __init__(self, reason: str, device_id: str | None = None):
         super().__init__("unauthenticated")
         self.reason, self.device_id = reason, device_id
+        self.audited = False  # set once the refusal's audit record is committed
 
 
 class Refused(Exception):
@@ -45,6 +50,7 @@ class Refused(Exception):
     def __init__(self, reason: str):
         super().__init__("refused")
         self.reason = reason
+        self.audited = False
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ def _safe_id(value: str | None) -> str | None:
 class DeviceDirectory:
     def __init__(self, engine: Engine, keyring: Keyring, *, window_s: int = 60):
         self.engine, self.keyring, self.window_s = engine, keyring, window_s
+        self._keys: dict[str, bytes] = {}
 
     # -- enrolment -------------------------------------------------------------------------
 
@@ -108,9 +115,25 @@ class DeviceDirectory:
 
     # -- request authentication -----------------------------------------------------------
 
-    def authenticate(self, headers, method: str, path: str, body: bytes) -> tuple[str, str, int]:
-        """Check the signature headers; returns (device_id, nonce, timestamp). The nonce is
-        consumed by `lookup` in the same transaction as the answer."""
+    def public_key(self, device_id: str) -> bytes | None:
+        """The device's raw public key, from this process's cache or the database. Keys of enrolled
+        devices never change (an id enrols once); `lookup` still compares the key it verified with
+        against the database row in its transaction, so the cache only saves a round trip."""
+        raw = self._keys.get(device_id)
+        if raw is None:
+            with read_txn(self.engine) as conn:
+                raw = conn.execute(select(T_DEVICE.c.public_key).where(T_DEVICE.c.id == device_id)).scalar()
+            if raw is None:
+                return None
+            if len(self._keys) >= KEY_CACHE_SIZE:
+                self._keys.clear()
+            self._keys[device_id] = raw = bytes(raw)
+        return raw
+
+    def authenticate(self, headers, method: str, path: str, body: bytes) -> tuple[str, str, bytes]:
+        """Check the signature headers; returns (device_id, nonce, public key it verified with).
+        `lookup` consumes the nonce and re-checks the device (status, key) in the transaction of
+        the answer."""
         device_id, ts_s, nonce, sig_b64 = (headers.get(h) for h in (H_DEVICE, H_TIMESTAMP, H_NONCE, H_SIGNATURE))
         if not (device_id and ts_s and nonce and sig_b64):
             raise Unauthenticated("missing-headers")
@@ -123,20 +146,18 @@ class DeviceDirectory:
             sig = base64.b64decode(sig_b64, validate=True)
         except (ValueError, binascii.Error):
             raise Unauthenticated("malformed-signature", device_id) from None
-        with read_txn(self.engine) as conn:
-            dev = conn.execute(select(T_DEVICE.c.public_key, T_DEVICE.c.status)
-                               .where(T_DEVICE.c.id == device_id)).first()
-        if dev is None:
+        raw = self.public_key(device_id)
+        if raw is None:
             raise Unauthenticated("unknown-device", device_id)
-        if dev.status != ACTIVE:
-            raise Unauthenticated("revoked", device_id)
         try:
-            load_public_key(dev.public_key).verify(sig, signed_message(method, path, body, ts, nonce, device_id))
+            load_public_key(raw).verify(sig, signed_message(method, path, body, ts, nonce, device_id))
         except InvalidSignature:
             raise Unauthenticated("bad-signature", device_id) from None
-        return device_id, nonce, ts
+        return device_id, nonce, raw
 
     def record_refusal(self, action: str, exc: Exception, device_id: str | None = None, org_id: str | None = None) -> None:
+        if getattr(exc, "audited", False):
+            return
         reason = getattr(exc, "reason", "refused")
         dev = getattr(exc, "device_id", None) or device_id
         with write_txn(self.engine) as conn:
@@ -148,37 +169,82 @@ class DeviceDirectory:
         """Forget nonces older than any timestamp the window still accepts (they cannot replay)."""
         return conn.execute(delete(T_NONCE).where(T_NONCE.c.seen_at < now - 2 * self.window_s - 5)).rowcount
 
-    def lookup(self, device_id: str, nonce: str, org_id: str) -> dict:
-        """The org's wire profile for this device, or `Refused`/`Unauthenticated` (replay)."""
+    def lookup(self, device_id: str, nonce: str, org_id: str, public_key: bytes | None = None) -> dict:
+        """The org's wire profile for this device, or `Refused`/`Unauthenticated` (revoked device,
+        replay, or a device whose key is not `public_key`, the key the request was verified with).
+
+        One write transaction: the device and profile read, the nonce insert and the audit record
+        commit together, so a granted answer always has its audit record and its spent nonce."""
         now = time.time()
         org = _safe_id(org_id)
-        with write_txn(self.engine) as conn:
-            replay = conn.execute(_insert_nonce(conn.dialect.name).values(
-                device_id=device_id, nonce=nonce, seen_at=now).returning(T_NONCE.c.nonce)).first() is None
-            if replay:
-                audit(conn, "lookup", "replay", device_id=device_id, org_id=org, at=now)
-            if not replay:
-                if random.random() < 1 / 256:
-                    self.purge_nonces(conn, now)
-                row = None
-                if org is not None:
-                    row = conn.execute(
-                        select(T_PROFILE.c.public_json, T_PROFILE.c.kek_id, T_PROFILE.c.wrapped_dek,
-                               T_PROFILE.c.secrets_ct)
-                        .select_from(T_DEVICE.join(T_CONTRACT, T_CONTRACT.c.space_id == T_DEVICE.c.space_id)
-                                     .join(T_PROFILE, T_PROFILE.c.org_id == T_CONTRACT.c.org_id))
-                        .where(T_DEVICE.c.id == device_id, T_DEVICE.c.status == ACTIVE,
-                               T_CONTRACT.c.org_id == org, T_CONTRACT.c.status == ACTIVE)
-                        .limit(1)
-                    ).first()
-                audit(conn, "lookup", "granted" if row is not None else "refused",
-                      device_id=device_id, org_id=org, at=now)
-        if replay:
-            raise Unauthenticated("replay", device_id)
-        if row is None:
-            raise Refused("no-contract")
+        if self.engine.dialect.name == "postgresql":
+            row = run_lookup(self.engine, device_id=device_id, nonce=nonce, org_id=org, public_key=public_key,
+                             now=now)
+        else:
+            row = self._lookup_local(device_id, nonce, org, public_key, now)
+        if random.random() < 1 / 256:
+            with write_txn(self.engine) as conn:
+                self.purge_nonces(conn, now)
+        if row.outcome != "granted":
+            if row.outcome in ("unknown-device", "key-changed"):
+                self._keys.pop(device_id, None)
+            denied = Refused("no-contract") if row.outcome == "refused" else Unauthenticated(row.outcome, device_id)
+            denied.audited = True
+            raise denied
         secret = self.keyring.open(Sealed(row.kek_id, row.wrapped_dek, row.secrets_ct), aad(org))
         return profiles.join(json.loads(row.public_json), secret)
+
+    def _lookup_local(self, device_id: str, nonce: str, org: str | None, public_key: bytes | None,
+                      now: float) -> LookupRow:
+        """The lookup as one local transaction (SQLite); `lookup_pg` is the same in one statement."""
+        with write_txn(self.engine) as conn:
+            dev = DEVICE_AND_PROFILE.first(conn, device_id=device_id, org_id=org or "")
+            dev = None if dev is None else _DeviceRow(*dev)
+            if dev is None:
+                outcome = "unknown-device"
+            elif public_key is not None and bytes(dev.public_key) != public_key:
+                outcome = "key-changed"
+            elif dev.status != ACTIVE:
+                outcome = "revoked"
+            elif INSERT_NONCE.first(conn, device_id=device_id, nonce=nonce, seen_at=now) is None:
+                outcome = "replay"
+            else:
+                outcome = "granted" if dev.secrets_ct is not None else "refused"
+            INSERT_AUDIT.run(conn, at=now, device_id=device_id, org_id=org, action="lookup", outcome=outcome).close()
+        if outcome != "granted":
+            return LookupRow(outcome, None, None, None, None)
+        return LookupRow(outcome, dev.public_json, dev.kek_id, dev.wrapped_dek, dev.secrets_ct)
+
+
+def _device_and_profile():
+    # The device row, with the profile of `org_id` when the device's space has an active contract
+    # with that org (NULLs otherwise): one indexed read for every decision of a lookup.
+    contract = and_(T_CONTRACT.c.space_id == T_DEVICE.c.space_id, T_CONTRACT.c.org_id == bindparam("org_id"),
+                    T_CONTRACT.c.status == ACTIVE)
+    return (select(T_DEVICE.c.public_key, T_DEVICE.c.status, T_PROFILE.c.public_json, T_PROFILE.c.kek_id,
+                   T_PROFILE.c.wrapped_dek, T_PROFILE.c.secrets_ct)
+            .select_from(T_DEVICE.outerjoin(T_CONTRACT, contract)
+                         .outerjoin(T_PROFILE, T_PROFILE.c.org_id == T_CONTRACT.c.org_id))
+            .where(T_DEVICE.c.id == bindparam("device_id"))
+            .limit(1))  # duplicate active contracts join the same profile
+
+
+class _DeviceRow(NamedTuple):
+    public_key: bytes
+    status: str
+    public_json: str | None
+    kek_id: str | None
+    wrapped_dek: bytes | None
+    secrets_ct: bytes | None
+
+
+DEVICE_AND_PROFILE = Prepared(_device_and_profile())
+INSERT_NONCE = Prepared(lambda dialect: _insert_nonce(dialect).values(
+    device_id=bindparam("device_id"), nonce=bindparam("nonce"), seen_at=bindparam("seen_at"))
+    .returning(T_NONCE.c.nonce))
+INSERT_AUDIT = Prepared(insert(T_AUDIT).values(
+    at=bindparam("at"), device_id=bindparam("device_id"), org_id=bindparam("org_id"), action=bindparam("action"),
+    outcome=bindparam("outcome")).inline())
 
 
 def _insert_nonce(dialect: str):

@@ -3,11 +3,15 @@
 `open_engine(url)` returns an engine tuned for several API processes on one database;
 `migrate(engine)` brings the schema to the newest Alembic revision (idempotent, safe when several
 processes start at once). `write_txn(engine)` opens a transaction that takes the write lock at
-once on SQLite (BEGIN IMMEDIATE), so two writers never deadlock upgrading a read lock.
+once on SQLite (BEGIN IMMEDIATE), so two writers never deadlock upgrading a read lock; SQLite
+writers of every process first queue on `<db>-writer.lock` (flock), so they wake as soon as the
+previous writer commits instead of polling in SQLite's busy handler. SQLite commits are synced
+(`synchronous=FULL`, see `sqlite_sync`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from contextlib import contextmanager, nullcontext
@@ -54,13 +58,26 @@ def open_engine(url: str | None = None, *, pool_size: int = 5) -> Engine:
     return engine
 
 
+def sqlite_sync() -> str:
+    """SQLite's `synchronous` setting: FULL (default) syncs the WAL at every commit, so a granted
+    lookup's audit record is on disk before its answer leaves, even across a power cut. NORMAL
+    (`TP_CLOUD_SQLITE_SYNC=normal`) survives process crashes but may lose the last commits to a
+    power cut or kernel crash: only for deployments that accept that."""
+    value = os.environ.get("TP_CLOUD_SQLITE_SYNC", "full").upper()
+    if value not in ("FULL", "NORMAL"):
+        raise StorageError("TP_CLOUD_SQLITE_SYNC must be full or normal")
+    return value
+
+
 def _tune_sqlite(engine: Engine) -> None:
+    sync = sqlite_sync()
+
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # transactions are begun below, not by the driver
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA synchronous={sync}")
         cur.execute("PRAGMA busy_timeout=30000")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
@@ -78,13 +95,42 @@ def _file_of(engine: Engine) -> str | None:
 
 
 _SQLITE_WRITER = threading.Lock()
+_WRITER_FILES: dict[tuple[int, str], int] = {}  # (pid, db): a forked child opens its own
+
+
+def _writer_file(engine: Engine) -> int | None:
+    """An fd of `<db>-writer.lock`, this process's handle on the cross-process writer lock."""
+    db = engine.url.database
+    if not db or db == ":memory:":
+        return None
+    key = (os.getpid(), db)
+    fd = _WRITER_FILES.get(key)
+    if fd is None:
+        fd = _WRITER_FILES[key] = os.open(db + "-writer.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    return fd
+
+
+@contextmanager
+def _sqlite_writer(engine: Engine) -> Iterator[None]:
+    # SQLite has one writer at a time. Writers queue on a lock instead of in SQLite's busy handler,
+    # whose sleep back-off (1, 2, 5, ... up to 100 ms) made the latency tail: threads of a process
+    # on a mutex, processes (API workers, the admin CLI) on flock(2), which wakes the next waiter
+    # when the holder commits. SQLite's own locking still guards any writer that skips this.
+    with _SQLITE_WRITER:
+        fd = _writer_file(engine)
+        if fd is None:
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 @contextmanager
 def write_txn(engine: Engine) -> Iterator[Connection]:
-    # SQLite has one writer at a time; threads of one process queue on a lock instead of in
-    # SQLite's busy handler, whose sleep back-off (up to 100 ms) made the latency tail.
-    lock = _SQLITE_WRITER if engine.dialect.name == "sqlite" else nullcontext()
+    lock = _sqlite_writer(engine) if engine.dialect.name == "sqlite" else nullcontext()
     with lock, engine.connect() as conn:
         conn = conn.execution_options(tp_write=True)
         with conn.begin():

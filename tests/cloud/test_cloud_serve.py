@@ -80,3 +80,41 @@ def test_unreachable_directory(tmp_path):
     with DirectoryClient(f"https://127.0.0.1:{free_port()}", "mfp", key, None, timeout=1) as client:
         with pytest.raises(DirectoryUnreachable):
             client.fetch_profile("acme")
+
+
+def test_concurrent_lookups_on_two_workers_share_nonces_and_audit(served, tmp_path):
+    """Concurrent signed lookups from many connections (so both worker processes write at once):
+    every one is answered (no database-busy 503), each has exactly one audit record, and each
+    request replayed on a fresh connection (whichever worker takes it) is refused."""
+    import threading
+
+    from hal.directory.client import load_key
+    from hal.directory.signing import sign_headers
+
+    seeded, url, tls = served
+    token = seeded.admin.enrol_token("space-1", "mfp-1.space-1")["token"]
+    dev = enrol(url, token, tmp_path / "device", ca_file=tls["ca"])
+    key, path = load_key(dev.key_path), "/v1/orgs/acme/profile"
+    statuses, sent, lock = [], [], threading.Lock()
+
+    def run():
+        with httpx.Client(base_url=url, verify=str(tls["ca"]), timeout=10) as http:
+            for _ in range(15):
+                headers = sign_headers(key, dev.device_id, "GET", path, b"")
+                r = http.get(path, headers=headers)
+                with lock:
+                    statuses.append(r.status_code)
+                    sent.append(headers)
+
+    threads = [threading.Thread(target=run) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * 120
+    for headers in sent[:6]:
+        with httpx.Client(base_url=url, verify=str(tls["ca"]), timeout=10) as http:
+            assert http.get(path, headers=headers).status_code == 401
+    outcomes = [e["outcome"] for e in seeded.admin.audit(device_id=dev.device_id, limit=1000)
+                if e["action"] == "lookup"]
+    assert outcomes.count("granted") == 120 and outcomes.count("replay") == 6 and len(outcomes) == 126
