@@ -18,18 +18,10 @@ import json
 import os
 import platform
 import random
-import statistics
 import time
 from pathlib import Path
 
-
-def _stats(xs: list[float]) -> dict:
-    xs = sorted(xs)
-    if not xs:
-        return {"n": 0}
-    p90 = xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))]
-    return {"n": len(xs), "median_ms": round(statistics.median(xs) * 1000, 2), "p90_ms": round(p90 * 1000, 2),
-            "min_ms": round(xs[0] * 1000, 2), "max_ms": round(xs[-1] * 1000, 2)}
+from bench.stats import summary as _stats
 
 
 async def _measure(card, runs: int) -> dict:

@@ -16,7 +16,7 @@ def summary(seconds: list[float]) -> dict:
         return {"n": 0}
     p90 = xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))]
     return {"n": len(xs), "median_ms": round(statistics.median(xs) * 1000, 2), "p90_ms": round(p90 * 1000, 2),
-            "max_ms": round(xs[-1] * 1000, 2)}
+            "min_ms": round(xs[0] * 1000, 2), "max_ms": round(xs[-1] * 1000, 2)}
 
 
 def write(name: str, results: dict) -> Path:
