@@ -1,7 +1,8 @@
 """Structured log lines for the journal: `event=... state=... org=...` key=value fields on stderr.
 
 journald captures stderr of the unit; the fields make `journalctl -u tenantprint-firmware | grep org=acme`
-useful. Nothing secret is ever passed here: card UIDs go through `mask_uid`, PINs never at all.
+useful. Nothing secret is ever passed here: card UIDs go through
+`hal.card.mask_uid`, PINs never at all.
 """
 
 from __future__ import annotations
@@ -13,12 +14,6 @@ import sys
 _SAFE = re.compile(r"^[A-Za-z0-9._:/@+-]*$")
 
 log = logging.getLogger("tenantprint.firmware")
-
-
-def mask_uid(uid: bytes | str) -> str:
-    """A card UID for humans and logs: only the last two bytes, e.g. `****:a1b2`."""
-    hexuid = uid.hex() if isinstance(uid, (bytes, bytearray)) else str(uid)
-    return "****:" + hexuid[-4:] if len(hexuid) > 4 else "****"
 
 
 def _value(v: object) -> str:

@@ -4,8 +4,8 @@ One loop. Everything that blocks (the directory, VICI, pycups, RADIUS) runs in w
 comes back as an event: session work (lookup, tunnel, print service, release, purge) on one
 single-thread executor so that it happens in the order the machine asked for it; authentication on
 its own thread so a slow RADIUS server never delays a purge. Watcher threads (tunnel events, job
-events) post events while their session lives. The runtime holds the only copy of the session's
-secrets (the fetched `SessionProfile`) and wipes it in the purge.
+events) post events while their session lives. The runtime never holds an org secret: the session's
+secret keeper process does (`firmware/secret_keeper.py`), and the purge ends it first.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from firmware.config import FirmwareConfig
 from firmware.devices import Devices, build
 from firmware.session import Session, purge
 from hal.card import CardTap, CardUnreadable, mask_uid
-from hal.printer import JobGone, JobHeld, JobPrinted
 from firmware.secret_keeper import KeeperError, SecretKeeper
+from hal.printer import JobGone, JobHeld, JobPrinted
 from hal.tunnel import TunnelError
 
 TICK_S = 1.0
