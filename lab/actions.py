@@ -7,7 +7,6 @@ the virtual card behind pcscd, the desk's CUPS, the daemons' own control sockets
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 from lab.host import LabError

@@ -85,7 +85,7 @@ class Host:
             # its own /run, /tmp and a sysfs that shows the host's interfaces.
             # The project's code and its Python may live under /tmp (a CI checkout): keep them
             # visible on the host by binding them into its /tmp before that replaces the real one.
-            keep = sorted({str(p) for p in _code_paths() if p.is_relative_to("/tmp")})
+            keep = sorted({str(p) for p in code_paths() if p.is_relative_to("/tmp")})
             script = "".join(f'mkdir -p "$1{p[4:]}"; mount --bind "{p}" "$1{p[4:]}"; ' for p in keep)
             sh([
                 "unshare", f"--mount={self.mnt_handle}", "--propagation", "private",
@@ -120,7 +120,7 @@ class Host:
         return p
 
 
-def _code_paths() -> list[Path]:
+def code_paths() -> list[Path]:
     """Where this project's code and its Python environment are."""
     return [Path(__file__).resolve().parents[1], Path(sys.prefix).resolve()]
 

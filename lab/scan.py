@@ -12,6 +12,8 @@ import os
 import re
 from pathlib import Path
 
+from lab.host import code_paths
+
 CANARY = re.compile(rb"TPCANARY-[A-Za-z0-9_-]{4,}")
 MAX_FILE = 64 * 1024 * 1024
 
@@ -104,9 +106,12 @@ def scan(lab, host: str = "office") -> dict:
             add(path, "file", found)
     pids = host_pids(h.ns)
     seen_mounts: set[str] = set()
+    # The host's own /run and /tmp are scanned above; the project's code, bound in when it lives
+    # under /tmp (a CI checkout), is not the MFP's data.
+    skip = {"/run", "/tmp", "/sys", *(str(p) for p in code_paths())}
     for pid in pids:
         for point in host_mounts(pid):
-            if point in seen_mounts or point in ("/run", "/tmp", "/sys") or point.startswith("/sys/"):
+            if point in seen_mounts or point in skip or point.startswith("/sys/"):
                 continue
             seen_mounts.add(point)
             for path, found in scan_tree(Path(f"/proc/{pid}/root{point}")).items():
