@@ -111,7 +111,9 @@ def scan(lab, host: str = "office") -> dict:
     skip = {"/run", "/tmp", "/sys", *(str(p) for p in code_paths())}
     for pid in pids:
         for point in host_mounts(pid):
-            if point in seen_mounts or point in skip or point.startswith("/sys/"):
+            # Mounts inside the lab's state dir are the host's /run and /tmp (scanned above) and the
+            # code binds: not the MFP's data.
+            if point in seen_mounts or point in skip or point.startswith(("/sys/", f"{lab.layout.root}/")):
                 continue
             seen_mounts.add(point)
             for path, found in scan_tree(Path(f"/proc/{pid}/root{point}")).items():
