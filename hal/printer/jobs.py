@@ -18,7 +18,10 @@ from hal.printer import (INBOUND_QUEUE, RELEASE_QUEUE, HeldJob, JobEvent, JobGon
                          JobNotFound, JobPrinted, PrintServiceDown)
 
 _ATTRS = ["job-id", "job-originating-user-name", "job-name", "job-k-octets", "job-originating-host-name",
-          "time-at-creation", "job-printer-uri", "job-state"]
+          "time-at-creation", "job-printer-uri", "job-state", "job-state-reasons"]
+# A job whose document is still arriving (Create-Job done, Send-Document not yet): not held yet.
+# Releasing it now would make cupsd abort it for having no files.
+_INCOMING = {"job-incoming", "job-data-insufficient"}
 _COMPLETED = 9
 _ENDED = (7, 8)  # canceled, aborted
 POLL_S = 0.05
@@ -50,7 +53,7 @@ class JobOps:
         """Jobs waiting in the inbound queue, oldest first."""
         conn = self.connection()
         out = [_held(jid, a) for jid, a in self._jobs(conn).items()
-               if str(a.get("job-printer-uri", "")).endswith(f"/printers/{INBOUND_QUEUE}")]
+               if str(a.get("job-printer-uri", "")).endswith(f"/printers/{INBOUND_QUEUE}") and _complete(a)]
         return sorted(out, key=lambda j: (j.created, j.id))
 
     def release(self, job_id: int) -> None:
@@ -124,7 +127,8 @@ class JobOps:
             for jid, a in sorted(jobs.items()):
                 queue = str(a.get("job-printer-uri", "")).rsplit("/", 1)[-1]
                 state = a.get("job-state", 0)
-                if jid not in known and queue == INBOUND_QUEUE and state not in (_COMPLETED, *_ENDED):
+                if jid not in known and queue == INBOUND_QUEUE and state not in (_COMPLETED, *_ENDED) \
+                        and _complete(a):
                     known[jid] = "held"
                     yield JobHeld(_held(jid, a))
                 elif jid in known and queue == RELEASE_QUEUE:
@@ -141,6 +145,12 @@ class JobOps:
                 self._released.discard(jid)
                 yield JobPrinted(jid) if released else JobGone(jid, "removed")
             stop.wait(POLL_S)
+
+
+def _complete(a: dict) -> bool:
+    reasons = a.get("job-state-reasons", [])
+    reasons = {reasons} if isinstance(reasons, str) else set(reasons)
+    return not (reasons & _INCOMING)
 
 
 def _held(job_id: int, a: dict) -> HeldJob:
