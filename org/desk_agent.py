@@ -15,17 +15,16 @@ import argparse
 import json
 import logging
 import re
-import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from urllib.parse import urlparse
 
 import cups
 
 from hal.printer.cupsd import model_built
+from hal.printer.ipp import IppError, get_printer_attributes
 
 log = logging.getLogger("tenantprint.org.desk_agent")
 
@@ -75,6 +74,9 @@ class DeskAgent:
         self.retry_s = retry_s
         self.wait_s = wait_s
         self.probe_s = 0.5  # connect timeout of the readiness probe (a few WAN round trips)
+        # After a good probe, how long CUPS may still take to write the model (it connected before
+        # the probe did; this is its local work, with room for a loaded machine).
+        self.model_grace_s = 0.5
         self.version: int | None = None
         self.mfps: list[dict] = []
         self.untrusted: dict[str, float] = {}  # queue name -> when adding it last failed
@@ -94,35 +96,28 @@ class DeskAgent:
 
     def mfp_unready(self, q: WantedQueue) -> str | None:
         """Why the MFP's print service cannot take the queue yet (None when it answers for its
-        inbound queue with a model: an IPP Get-Printer-Attributes).
+        inbound queue with a model: one IPP Get-Printer-Attributes on one connection).
 
         The gateway reports an MFP as soon as its tunnel is up, a moment before its print service
-        is; adding the queue before that leaves CUPS with no model (and CUPS never asks again)."""
-        url = urlparse(q.uri)
+        may be; CUPS, asked to build a model then, leaves a raw queue and never says so."""
         try:
-            # Short: a SYN sent while the MFP's SAs are still being installed is lost, and TCP
-            # would retry it only after a second; a new try comes `retry_s` after a failure.
-            with socket.create_connection((url.hostname, url.port or 631), timeout=self.probe_s):
-                pass
-        except OSError as exc:
-            return f"no connection ({exc.strerror or exc})"
-        with self._lock:
-            cups.setServer(f"{url.hostname}:{url.port or 631}")
-            try:
-                remote = cups.Connection()
-                attrs = remote.getPrinterAttributes(uri=q.uri, requested_attributes=["printer-make-and-model"])
-            except (RuntimeError, cups.IPPError) as exc:
-                return f"IPP: {exc}"
-            finally:
-                cups.setServer(self.cups_server)
-        return None if trusted_model(attrs.get("printer-make-and-model", "")) else "no model yet"
+            # A short connect timeout: a SYN sent while the MFP's SAs are still being installed is
+            # lost, and TCP would retry it only after a second; a new try comes `retry_s` later.
+            attrs = get_printer_attributes(q.uri, ["printer-make-and-model"], connect_timeout=self.probe_s)
+        except IppError as exc:
+            return str(exc)
+        model = (attrs.get("printer-make-and-model") or [""])[0]
+        return None if isinstance(model, str) and trusted_model(model) else "no model yet"
 
     def add_queue(self, q: WantedQueue) -> str:
         """Add the queue and wait until CUPS built a model for it; delete it again (fail closed) and
-        raise QueueNotTrusted when it did not within `verify_s`. Returns the model."""
-        why = self.mfp_unready(q)
-        if why is not None:
-            raise QueueNotTrusted(f"{q.name}: the MFP's print service is not ready at {q.uri}: {why}")
+        raise QueueNotTrusted when it did not. Returns the model.
+
+        CUPS builds the model in the background (connect, one Get-Printer-Attributes: two round
+        trips to the MFP) and says nothing when that fails. So the MFP is probed at the same time,
+        also in two round trips: when the probe fails, so did CUPS; when the probe succeeds, CUPS
+        (which connected first) has its answer a moment later, or never."""
+        t_add = time.monotonic()
         conn = self._cups()
         conn.addPrinter(q.name, device=q.uri, ppdname="everywhere",
                         info="Shared office printer (tenantprint)", location=q.mfp_id)
@@ -130,16 +125,23 @@ class DeskAgent:
             # CUPS creates the queue accepting jobs; until the model is checked it takes none.
             conn.rejectJobs(q.name, reason="tenantprint: checking the MFP")
             conn.disablePrinter(q.name)
-            deadline = time.monotonic() + self.verify_s
+            t0 = time.monotonic()
+            why = self.mfp_unready(q)
+            if why is not None:
+                raise QueueNotTrusted(f"{q.name}: the MFP's print service is not ready at {q.uri}: {why}")
+            probe_s = time.monotonic() - t0
+            t_model = time.monotonic()
+            deadline = time.monotonic() + min(self.verify_s, 2 * probe_s + self.model_grace_s)
             model = ""
-            while time.monotonic() < deadline:
+            while True:
                 model = conn.getPrinterAttributes(q.name, requested_attributes=["printer-make-and-model"]).get(
                     "printer-make-and-model", "")
-                if trusted_model(model):
+                if trusted_model(model) or time.monotonic() >= deadline:
                     break
-                time.sleep(0.01)
+                time.sleep(0.005)
             if not trusted_model(model):
                 raise QueueNotTrusted(f"{q.name}: CUPS built no model from {q.uri} (got {model!r})")
+            model_s = time.monotonic() - t_model
             # waitjob=false: the desk's backend is done once the MFP holds the job; waiting for it to
             # print would block this queue, and everyone's later jobs, until the owner taps. Set
             # only now: the model is built from the plain URI (the MFP knows no such query).
@@ -151,7 +153,8 @@ class DeskAgent:
         except BaseException:
             conn.deletePrinter(q.name)
             raise
-        log.info("queue added name=%s uri=%s model=%r", q.name, q.uri, model)
+        log.info("queue added name=%s uri=%s model=%r in %.0f ms (MFP probe %.0f ms, then model %.0f ms)",
+                 q.name, q.uri, model, (time.monotonic() - t_add) * 1000, probe_s * 1000, model_s * 1000)
         return model
 
     def delete_queue(self, name: str) -> None:

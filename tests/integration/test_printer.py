@@ -6,19 +6,23 @@ host (cowork) over the network, as they will come from desk PCs through the tunn
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from hal.printer import INBOUND_QUEUE, JobHeld, JobPrinted
-from hal.printer.cupsd import SessionPrintService
+from hal.printer.cupsd import SessionPrintService, model_built
 from lab.services.engine import EngineService, engine_uri, printed_documents
 from prereq import need_binary
 
 DOC = "/usr/share/cups/data/default-testpage.pdf"
 MFP = "10.77.0.10:631"
+ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +150,32 @@ def test_stop_leaves_no_cupsd(lab, engine):
     assert not ps.running()
     import os
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def _probe(lab, uri: str) -> dict:
+    """hal.printer.ipp.get_printer_attributes run on the cowork host, as a desk agent runs it."""
+    code = ("import json, sys, time; sys.path.insert(0, %r)\n"
+            "from hal.printer.ipp import IppError, get_printer_attributes\n"
+            "t = time.monotonic()\n"
+            "try:\n"
+            "    out = {'attrs': get_printer_attributes(%r, ['printer-make-and-model', 'printer-is-accepting-jobs'])}\n"
+            "except IppError as exc:\n"
+            "    out = {'error': str(exc)}\n"
+            "out['s'] = time.monotonic() - t\n"
+            "print(json.dumps(out))" % (ROOT, uri))
+    return json.loads(lab.host("cowork").run([sys.executable, "-c", code]).stdout)
+
+
+def test_ipp_probe_reads_the_inbound_queue_model_over_the_network(lab, service):
+    out = _probe(lab, f"ipp://{MFP}/printers/{INBOUND_QUEUE}")
+    model = out["attrs"]["printer-make-and-model"][0]
+    assert model_built(model), model  # the engine's model, as the desk's CUPS will see it
+    assert out["attrs"]["printer-is-accepting-jobs"] == [True]
+
+
+def test_ipp_probe_errors_are_clear(lab, service):
+    missing = _probe(lab, f"ipp://{MFP}/printers/no-such-queue")
+    assert missing["error"] == "IPP status 0x0406"  # client-error-not-found
+    closed = _probe(lab, "ipp://10.77.0.10:6390/printers/tenantprint")  # nothing listens there
+    assert closed["error"].startswith("no connection"), closed
+    assert closed["s"] < 0.5
