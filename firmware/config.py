@@ -79,6 +79,8 @@ class TunnelSection:
     backend: str = _opt(_choice("auto", "kernel", "libipsec"), default="auto")
     vici_socket: str = _opt(_abs_path, default="/run/charon.vici")
     up_timeout_s: float = _opt(_range(1, 120), default=15.0)
+    # TCP initial congestion window (segments) on the tunnel's routes; 0 leaves the kernel's 10.
+    initcwnd: int = _opt(_range(0, 256), default=32)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from firmware.session_fs import SessionFs
 from hal.card import CardReader, open_reader
 from hal.directory import Directory, DirectoryRefused
 from hal.net.firewall import Firewall
+from hal.net.route_window import RouteWindow
 from hal.printer import cupsd as session_cupsd
 from hal.tunnel import Tunnel, TunnelConfig, open_tunnel
 
@@ -34,6 +35,7 @@ class Devices:
     tunnel: Tunnel
     firewall: Firewall
     session_fs: SessionFs
+    route_window: RouteWindow | None = None  # widens the tunnel routes' initial TCP window
 
     @property
     def session_dir(self) -> Path:
@@ -88,4 +90,5 @@ def build(cfg: FirmwareConfig) -> Devices:
         tunnel=tunnel,
         firewall=Firewall(tunnel.backend, port=cfg.session.ipp_port),
         session_fs=SessionFs(cfg.session.tmpfs_dir, cfg.session.tmpfs_size_mb),
+        route_window=RouteWindow(cfg.tunnel.initcwnd) if cfg.tunnel.initcwnd else None,
     )

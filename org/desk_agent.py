@@ -12,6 +12,7 @@ queue, which also drops the desk's pending jobs for it. When the gateway agent c
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import logging
 import re
@@ -83,6 +84,7 @@ class DeskAgent:
         self.failing_since: dict[str, float] = {}  # queue name -> when adding it first failed
         self.last_contact = time.monotonic()
         self._lock = threading.Lock()  # libcups's server setting is process-global
+        self._prober = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="probe")
 
     def _cups(self) -> cups.Connection:
         with self._lock:
@@ -115,8 +117,9 @@ class DeskAgent:
 
         CUPS builds the model in the background (connect, one Get-Printer-Attributes: two round
         trips to the MFP) and says nothing when that fails. So the MFP is probed at the same time,
-        also in two round trips: when the probe fails, so did CUPS; when the probe succeeds, CUPS
-        (which connected first) has its answer a moment later, or never."""
+        also in two round trips: a model built ends the wait at once; otherwise, when the probe
+        fails, so did CUPS; when it succeeds, CUPS (which connected first) has its answer within
+        about the probe's own time, or never."""
         t_add = time.monotonic()
         conn = self._cups()
         conn.addPrinter(q.name, device=q.uri, ppdname="everywhere",
@@ -125,23 +128,24 @@ class DeskAgent:
             # CUPS creates the queue accepting jobs; until the model is checked it takes none.
             conn.rejectJobs(q.name, reason="tenantprint: checking the MFP")
             conn.disablePrinter(q.name)
-            t0 = time.monotonic()
-            why = self.mfp_unready(q)
-            if why is not None:
-                raise QueueNotTrusted(f"{q.name}: the MFP's print service is not ready at {q.uri}: {why}")
-            probe_s = time.monotonic() - t0
-            t_model = time.monotonic()
-            deadline = time.monotonic() + min(self.verify_s, 2 * probe_s + self.model_grace_s)
-            model = ""
+            probe = self._prober.submit(lambda: (self.mfp_unready(q), time.monotonic()))
+            deadline, probed = time.monotonic() + self.verify_s, False
             while True:
                 model = conn.getPrinterAttributes(q.name, requested_attributes=["printer-make-and-model"]).get(
                     "printer-make-and-model", "")
-                if trusted_model(model) or time.monotonic() >= deadline:
-                    break
+                if trusted_model(model):
+                    break  # whatever the probe will say: CUPS has its model
+                if probe.done() and not probed:
+                    probed = True
+                    why, probed_at = probe.result()
+                    if why is not None:
+                        raise QueueNotTrusted(f"{q.name}: the MFP's print service is not ready at {q.uri}: {why}")
+                    # CUPS connected before the probe did: its answer is due about now.
+                    deadline = min(deadline, probed_at + (probed_at - t_add) + self.model_grace_s)
+                if time.monotonic() >= deadline:
+                    raise QueueNotTrusted(f"{q.name}: CUPS built no model from {q.uri} (got {model!r})")
                 time.sleep(0.005)
-            if not trusted_model(model):
-                raise QueueNotTrusted(f"{q.name}: CUPS built no model from {q.uri} (got {model!r})")
-            model_s = time.monotonic() - t_model
+            model_s = time.monotonic() - t_add
             # waitjob=false: the desk's backend is done once the MFP holds the job; waiting for it to
             # print would block this queue, and everyone's later jobs, until the owner taps. Set
             # only now: the model is built from the plain URI (the MFP knows no such query).
@@ -153,8 +157,8 @@ class DeskAgent:
         except BaseException:
             conn.deletePrinter(q.name)
             raise
-        log.info("queue added name=%s uri=%s model=%r in %.0f ms (MFP probe %.0f ms, then model %.0f ms)",
-                 q.name, q.uri, model, (time.monotonic() - t_add) * 1000, probe_s * 1000, model_s * 1000)
+        log.info("queue added name=%s uri=%s model=%r in %.0f ms (model after %.0f ms)",
+                 q.name, q.uri, model, (time.monotonic() - t_add) * 1000, model_s * 1000)
         return model
 
     def delete_queue(self, name: str) -> None:

@@ -1,4 +1,5 @@
-"""hal/net against the real kernel in the lab: the nftables table and IPsec leftovers on `office`.
+"""hal/net against the real kernel in the lab: the nftables table, IPsec leftovers and the tunnel
+routes' initial window.
 
 The firewall is exercised with real TCP connections from `cowork` to a listener on office:631.
 """
@@ -15,6 +16,7 @@ from prereq import need_binary
 from hal.net import FirewallError
 from hal.net.addresses import flush_stale_ipsec, interface_of, ipsec_leftovers
 from hal.net.firewall import Firewall
+from hal.net.route_window import RouteWindow
 
 LISTENER = """
 import socket, sys
@@ -121,3 +123,48 @@ def test_flush_stale_ipsec_removes_leftovers(lab):
     # The host's own network is untouched.
     assert interface_of("10.77.0.20", netns=h.ns) == "eth0"
     assert flush_stale_ipsec(netns=h.ns) == after  # idempotent
+
+
+def _table_220(h) -> dict[str, str]:
+    out = {}
+    for line in h.run(["ip", "route", "show", "table", "220"]).stdout.decode().splitlines():
+        out[line.split()[0]] = line
+    return out
+
+
+def test_route_window_widens_tunnel_routes_as_charon_adds_them(lab):
+    h = lab.host("cowork")  # no charon runs there
+    h.run(["ip", "tuntap", "add", "dev", "ipsec0", "mode", "tun"])
+    h.run(["ip", "link", "set", "ipsec0", "up"])
+    h.run(["ip", "addr", "add", "10.20.0.201/32", "dev", "ipsec0"])
+    try:
+        # one route there before, one added while it runs (as charon does), one in the main table
+        h.run(["ip", "route", "add", "10.20.0.0/24", "dev", "ipsec0", "proto", "static", "src", "10.20.0.201",
+               "table", "220"])
+        window = RouteWindow(32, netns=h.ns)
+        window.start()
+        try:
+            assert "initcwnd 32" in _table_220(h)["10.20.0.0/24"]
+            h.run(["ip", "route", "add", "10.30.0.0/24", "dev", "ipsec0", "proto", "static", "src", "10.20.0.201",
+                   "table", "220"])
+            h.run(["ip", "route", "add", "10.40.0.0/24", "dev", "ipsec0"])
+            deadline = time.monotonic() + 2
+            while "initcwnd" not in _table_220(h)["10.30.0.0/24"] and time.monotonic() < deadline:
+                time.sleep(0.005)
+            route = _table_220(h)["10.30.0.0/24"]
+            # only the window changed
+            assert "initcwnd 32" in route and "src 10.20.0.201" in route and "proto static" in route, route
+            assert "initcwnd" not in h.run(["ip", "route", "show", "10.40.0.0/24"]).stdout.decode()
+        finally:
+            window.stop()
+        h.run(["ip", "route", "add", "10.50.0.0/24", "dev", "ipsec0", "table", "220"])
+        time.sleep(0.2)
+        assert "initcwnd" not in _table_220(h)["10.50.0.0/24"]  # stopped: routes are left as they come
+    finally:
+        flush_stale_ipsec(netns=h.ns)
+        h.run(["ip", "route", "del", "10.40.0.0/24"], check=False)
+
+
+def test_route_window_refuses_a_silly_window():
+    with pytest.raises(ValueError):
+        RouteWindow(0)
