@@ -61,7 +61,15 @@ def _slope(ys: list[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in enumerate(ys)) / sum((x - mx) ** 2 for x in range(n))
 
 
-def run(sessions: int, idle_s: float) -> dict:
+def _diagnostics(lab, baseline: bool = False, compare: bool = False) -> dict:
+    from firmware.status import request
+    from lab.services.firmware import control_socket
+
+    # A traced snapshot of the daemon takes seconds.
+    return request(control_socket(lab), {"cmd": "memory", "baseline": baseline, "compare": compare}, timeout=300)
+
+
+def run(sessions: int, idle_s: float, trace: bool = False) -> dict:
     os.environ.setdefault("TP_LAB_PREFIX", "tpfp")
     from lab import actions
     from lab.lab import Lab
@@ -76,6 +84,11 @@ def run(sessions: int, idle_s: float) -> dict:
     lab = Lab()
     lab.up()
     try:
+        if trace:  # the same daemon again, under tracemalloc (its RSS is then not the product's)
+            fw = next(s for s in lab.services if s.name == "firmware")
+            fw.stop(lab)
+            fw.env = {"PYTHONTRACEMALLOC": "1"}
+            fw.start(lab)
         pid = lab.procs.get("firmware").pid
         card = VirtualCard(lab)
         status = lambda: firmware_status(lab)  # noqa: E731
@@ -97,6 +110,7 @@ def run(sessions: int, idle_s: float) -> dict:
 
         gw_vici = str(lab.host(f"gw-{ORG}").path("/run/charon.vici"))
         after: list[dict] = []
+        objects: list[dict] = []
         c0, t0 = _cpu_s(pid), time.monotonic()
         for _ in range(sessions):
             time.sleep(0.45)  # pcscd sees the last removal at its next vpcd poll
@@ -112,7 +126,10 @@ def run(sessions: int, idle_s: float) -> dict:
             sock.close()
             idle_again()
             after.append(_memory(pid))
+            d = _diagnostics(lab, baseline=trace and len(after) == 10)
+            objects.append({k: d[k] for k in ("gc_objects", "threads", "modules")})
         churn_s = time.monotonic() - t0
+        grown = _diagnostics(lab, compare=True).get("grown_since_baseline") if trace else None
         cpu_per_session_ms = round(1000 * (_cpu_s(pid) - c0) / max(1, sessions), 1)
     finally:
         lab.down()
@@ -131,6 +148,9 @@ def run(sessions: int, idle_s: float) -> dict:
         "cpu_per_session_ms": cpu_per_session_ms,
         "churn_wall_s": round(churn_s, 1),
         "rss_kib_series": rss,
+        "gc_objects_series": [o["gc_objects"] for o in objects],
+        "threads_series": [o["threads"] for o in objects],
+        "tracemalloc_grown_since_session_10": grown,
     }
 
 
@@ -138,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.firmware_footprint")
     p.add_argument("--sessions", type=int, default=100)
     p.add_argument("--idle-s", type=float, default=20.0)
+    p.add_argument("--tracemalloc", action="store_true",
+                   help="run the daemon under tracemalloc and list the allocation sites that grew after "
+                        "the 10th session (RSS is then the traced daemon's)")
     args = p.parse_args(argv)
-    res = run(args.sessions, args.idle_s)
+    res = run(args.sessions, args.idle_s, args.tracemalloc)
     print(f"idle: RSS {res['idle']['rss_kib']} KiB, PSS {res['idle']['pss_kib']} KiB, "
           f"CPU {res['idle']['cpu_percent']} % of a core; keeper(s) {res['idle']['children']}")
     for k, v in res["after_session"].items():
@@ -147,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"growth after the 10th: {res['growth_kib_after_10th']} KiB; slope (2nd half) "
           f"{res['slope_kib_per_session_second_half']} KiB/session; no_growth={res['no_growth']}; "
           f"CPU {res['cpu_per_session_ms']} ms per session")
-    print(f"-> {write('firmware_footprint', res)}")
+    objs = res["gc_objects_series"]
+    if objs:
+        print(f"gc objects after session 1 / last: {objs[0]} / {objs[-1]}; threads {res['threads_series'][-1]}")
+    for g in res["tracemalloc_grown_since_session_10"] or []:
+        print(f"  grew {g['kib']:8.2f} KiB in {g['count']:5d} blocks at {g['where']}")
+    print(f"-> {write('firmware_footprint_traced' if args.tracemalloc else 'firmware_footprint', res)}")
     return 0
 
 

@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     pin.add_argument("pin")
     sub.add_parser("pin-cancel", help="cancel PIN entry")
     sub.add_parser("clear-fault", help="operator: clear a latched fault (the purge is retried)")
+    mem = sub.add_parser("memory", help="the daemon's object and thread counts; with PYTHONTRACEMALLOC, "
+                                        "the allocation sites grown since the baseline")
+    mem.add_argument("--baseline", action="store_true", help="record the baseline snapshot now")
+    mem.add_argument("--compare", action="store_true", help="list the sites grown since the baseline")
     return p
 
 
@@ -53,12 +57,14 @@ def main(argv: list[str]) -> int:
         from firmware.enrolment import enrol
 
         return enrol(cfg, args.cloud, args.token_file, args.ca_file)
-    if args.cmd in ("status", "pin", "pin-cancel", "clear-fault"):
+    if args.cmd in ("status", "pin", "pin-cancel", "clear-fault", "memory"):
         from firmware.status import request
 
         req = {"cmd": args.cmd}
         if args.cmd == "pin":
             req["pin"] = args.pin
+        if args.cmd == "memory":
+            req["baseline"], req["compare"] = args.baseline, args.compare
         try:
             reply = request(cfg.runtime.status_socket, req)
         except OSError as exc:

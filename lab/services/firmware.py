@@ -52,6 +52,7 @@ class FirmwareService:
 
     def __init__(self, backend: str = "auto"):
         self.backend = backend
+        self.env: dict[str, str] = {}  # extra environment of the daemon (a benchmark's PYTHONTRACEMALLOC)
 
     def data_dir(self, lab) -> Path:
         d = lab.layout.data_dir("firmware")
@@ -106,7 +107,7 @@ class FirmwareService:
             return
         config = self.write_config(lab)
         lab.spawn(self.name, HOST, [sys.executable, "-m", "tenantprint", "firmware", "--config", str(config), "run"],
-                  cwd=REPO)
+                  cwd=REPO, env=dict(self.env))
         self.wait_settled(lab, timeout=60, want=("idle", "fault"))
 
     def wait_settled(self, lab, timeout: float = 30, want: tuple[str, ...] = ()) -> dict:
