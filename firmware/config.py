@@ -65,6 +65,9 @@ class CloudSection:
     url: str = _opt(_url, default="")
     ca_file: str = _opt(default="")
     timeout_s: float = _opt(_range(0.5, 60), default=5.0)
+    # The idle spare keeper keeps its connection to the directory open with a health check this
+    # often (under the directory's keep-alive, 30 s), so a tap's lookup is one round trip; 0: none.
+    keep_warm_s: float = _opt(_range(0, 600), default=20.0)
 
 
 @dataclass

@@ -71,7 +71,8 @@ def build_directory(cfg: FirmwareConfig) -> Directory:
     from hal.directory.client import KEY_FILE, DirectoryClient
 
     return DirectoryClient(cfg.cloud.url, cfg.device.device_id, Path(cfg.device.state_dir) / KEY_FILE,
-                           cfg.cloud.ca_file or None, timeout=cfg.cloud.timeout_s)
+                           cfg.cloud.ca_file or None, timeout=cfg.cloud.timeout_s,
+                           keepalive_s=max(5.0, cfg.cloud.keep_warm_s + 10))
 
 
 def build_tunnel(cfg: FirmwareConfig) -> Tunnel:

@@ -6,6 +6,10 @@ never touches an org secret. Per session it starts this keeper; the keeper fetch
 loads it into charon and talks to the org's RADIUS server, and answers the daemon with non-secret
 facts only. The purge ends the process, and with it every copy of every secret it ever held.
 
+The daemon starts the next session's keeper ahead of time; while it waits, it keeps a connection to
+the directory open (a health check every `cloud.keep_warm_s`), so the tap's lookup is one round trip
+instead of three (TCP, TLS, request). That connection carries nothing secret until the lookup.
+
 Protocol: JSON lines on the keeper's stdin/stdout. The first line is the firmware configuration;
 then one request, one reply:
 
@@ -78,6 +82,13 @@ class SecretKeeper:
 
 # -- the keeper process ---------------------------------------------------------------------------
 
+def _keep_warm(directory, every_s: float, stop: threading.Event) -> None:
+    """While the keeper waits for its session, keep a connection to the directory open."""
+    while not stop.is_set():
+        directory.warm()
+        stop.wait(every_s)
+
+
 def _serve(stdin, stdout) -> None:
     from firmware import config as fwconfig
     from firmware.devices import build_directory, build_tunnel
@@ -91,12 +102,17 @@ def _serve(stdin, stdout) -> None:
     tunnel = build_tunnel(cfg)
     profile = None
     authenticator = None
+    first_request = threading.Event()
+    if cfg.cloud.keep_warm_s > 0 and hasattr(directory, "warm"):
+        threading.Thread(target=_keep_warm, args=(directory, cfg.cloud.keep_warm_s, first_request),
+                         name="keep-warm", daemon=True).start()
 
     def reply(obj: dict) -> None:
         stdout.write(json.dumps(obj) + "\n")
         stdout.flush()
 
     for line in stdin:
+        first_request.set()
         req = json.loads(line)
         op = req.get("op")
         if op == "exit":

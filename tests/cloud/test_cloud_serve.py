@@ -118,3 +118,46 @@ def test_concurrent_lookups_on_two_workers_share_nonces_and_audit(served, tmp_pa
     outcomes = [e["outcome"] for e in seeded.admin.audit(device_id=dev.device_id, limit=1000)
                 if e["action"] == "lookup"]
     assert outcomes.count("granted") == 120 and outcomes.count("replay") == 6 and len(outcomes) == 126
+
+
+def test_warm_connection_carries_the_lookup(served, tmp_path):
+    """warm() opens the TLS connection; the signed lookup then goes over it (one round trip)."""
+    seeded, url, tls = served
+    token = seeded.admin.enrol_token("space-1", "mfp-1.space-1")["token"]
+    dev = enrol(url, token, tmp_path / "device", ca_file=tls["ca"])
+    ports = []
+
+    def note_port(resp: httpx.Response) -> None:
+        ports.append(resp.extensions["network_stream"].get_extra_info("client_addr")[1])
+
+    http = httpx.Client(verify=str(tls["ca"]), timeout=5, limits=httpx.Limits(keepalive_expiry=60),
+                        event_hooks={"response": [note_port]})
+    with DirectoryClient(url, dev.device_id, dev.key_path, http=http) as client:
+        assert client.warm()
+        profile = client.fetch_profile("acme")
+        profile.wipe()
+    http.close()
+    assert len(ports) == 2 and ports[0] == ports[1]
+
+
+def test_lookup_retries_once_when_the_kept_connection_was_dropped(cloud):
+    """A kept-alive connection the directory closed while idle: the lookup is signed again and
+    sent on a new connection; a second failure is the directory being unreachable."""
+    device = cloud.enrol()
+    failures = []
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if failures and failures[0] > 0:
+            failures[0] -= 1
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+        resp = cloud.http.get(request.url.path, headers=dict(request.headers))
+        return httpx.Response(resp.status_code, headers=resp.headers, content=resp.content)
+
+    http = httpx.Client(transport=httpx.MockTransport(flaky), base_url="http://testserver")
+    client = DirectoryClient("http://testserver", device.device_id, device.key_path, http=http)
+    failures[:] = [1]
+    client.fetch_profile("acme").wipe()  # the retry carries a fresh nonce: the directory takes it
+    failures[:] = [2]
+    with pytest.raises(DirectoryUnreachable):
+        client.fetch_profile("acme")
+    http.close()
