@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import cups
 
 from hal.printer.cupsd import model_built
-from hal.printer.ipp import IppError, get_printer_attributes
+from hal.printer.ipp import IppError, get_printer_attributes, get_printers
 
 log = logging.getLogger("tenantprint.org.desk_agent")
 
@@ -84,17 +84,39 @@ class DeskAgent:
         self.failing_since: dict[str, float] = {}  # queue name -> when adding it first failed
         self.last_contact = time.monotonic()
         self._lock = threading.Lock()  # libcups's server setting is process-global
-        self._prober = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="probe")
+        # Probes of abandoned tries may still wait for an answer (a tunnel that went away): room for them.
+        self._prober = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="probe")
 
     def _cups(self) -> cups.Connection:
         with self._lock:
             cups.setServer(self.cups_server)
             return cups.Connection()
 
+    def _desk_read(self) -> tuple[str, str | None]:
+        """The desk cupsd as (ipp:// server URI, local socket or None) for hal/printer/ipp: the reads
+        this agent repeats for months do not go through pycups, which leaks their answers."""
+        if self.cups_server.startswith("/"):
+            return "ipp://localhost/", self.cups_server
+        return f"ipp://{self.cups_server}/", None
+
     def current_queues(self) -> dict[str, str]:
-        conn = self._cups()
-        return {name: attrs.get("device-uri", "").split("?", 1)[0] for name, attrs in conn.getPrinters().items()
+        server, sock = self._desk_read()
+        try:
+            printers = get_printers(server, ["device-uri"], connect_timeout=2.0, unix_socket=sock)
+        except IppError as exc:
+            raise RuntimeError(f"desk CUPS at {self.cups_server}: {exc}") from None
+        return {name: str((a.get("device-uri") or [""])[0]).split("?", 1)[0] for name, a in printers.items()
                 if name.startswith(QUEUE_PREFIX)}
+
+    def queue_model(self, name: str) -> str:
+        server, sock = self._desk_read()
+        try:
+            attrs = get_printer_attributes(f"{server}printers/{name}", ["printer-make-and-model"],
+                                           connect_timeout=2.0, unix_socket=sock)
+        except IppError as exc:
+            raise QueueNotTrusted(f"{name}: reading its model from the desk CUPS: {exc}") from None
+        model = (attrs.get("printer-make-and-model") or [""])[0]
+        return model if isinstance(model, str) else ""
 
     def mfp_unready(self, q: WantedQueue) -> str | None:
         """Why the MFP's print service cannot take the queue yet (None when it answers for its
@@ -105,7 +127,8 @@ class DeskAgent:
         try:
             # A short connect timeout: a SYN sent while the MFP's SAs are still being installed is
             # lost, and TCP would retry it only after a second; a new try comes `retry_s` later.
-            attrs = get_printer_attributes(q.uri, ["printer-make-and-model"], connect_timeout=self.probe_s)
+            attrs = get_printer_attributes(q.uri, ["printer-make-and-model"], connect_timeout=self.probe_s,
+                                           read_timeout=3.0)
         except IppError as exc:
             return str(exc)
         model = (attrs.get("printer-make-and-model") or [""])[0]
@@ -131,8 +154,7 @@ class DeskAgent:
             probe = self._prober.submit(lambda: (self.mfp_unready(q), time.monotonic()))
             deadline, probed = time.monotonic() + self.verify_s, False
             while True:
-                model = conn.getPrinterAttributes(q.name, requested_attributes=["printer-make-and-model"]).get(
-                    "printer-make-and-model", "")
+                model = self.queue_model(q.name)
                 if trusted_model(model):
                     break  # whatever the probe will say: CUPS has its model
                 if probe.done() and not probed:

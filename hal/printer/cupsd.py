@@ -23,6 +23,7 @@ from pathlib import Path
 import cups
 
 from hal.printer import (INBOUND_QUEUE, RELEASE_QUEUE, ConfigError, EngineUnavailable, PrintServiceDown)
+from hal.printer.ipp import IppError, get_printers
 from hal.printer.jobs import JobOps
 
 CUPSD = "/usr/sbin/cupsd"
@@ -164,9 +165,9 @@ class SessionPrintService(JobOps):
                 raise PrintServiceDown(f"cupsd exited at start (status {proc.returncode}); "
                                        f"see {self.dir / 'log' / 'error_log'}")
             try:
-                self.connection().getPrinters()
+                get_printers("ipp://localhost/", [], connect_timeout=1.0, unix_socket=str(self.socket_path))
                 break
-            except (PrintServiceDown, cups.IPPError, OSError):
+            except (IppError, OSError):
                 if time.monotonic() > deadline:
                     self.stop()
                     raise PrintServiceDown(f"cupsd did not answer within {self.start_timeout:g} s") from None
@@ -194,13 +195,13 @@ class SessionPrintService(JobOps):
             conn.enablePrinter(RELEASE_QUEUE)
             conn.acceptJobs(RELEASE_QUEUE)
             conn.addPrinter(INBOUND_QUEUE, device=self.engine_uri, ppdname="everywhere")
-            self._await_model(conn)
+            self._await_model()
             conn.acceptJobs(INBOUND_QUEUE)
         except cups.IPPError as exc:
             raise EngineUnavailable(f"creating the session queues: {exc}") from None
         self._settle_stopped()
 
-    def _await_model(self, conn, timeout: float = 10.0) -> None:
+    def _await_model(self, timeout: float = 10.0) -> None:
         """Wait until cupsd has built the inbound queue's model from the engine.
 
         Adding a queue with the `everywhere` model returns before the model exists; cupsd builds it in the background
@@ -208,8 +209,7 @@ class SessionPrintService(JobOps):
         comes after this."""
         deadline = time.monotonic() + timeout
         while True:
-            model = conn.getPrinterAttributes(INBOUND_QUEUE, requested_attributes=["printer-make-and-model"]).get(
-                "printer-make-and-model", "")
+            model = self.queue_attributes(INBOUND_QUEUE, ["printer-make-and-model"]).get("printer-make-and-model", [""])[0]
             if model_built(model):
                 return
             if time.monotonic() > deadline:

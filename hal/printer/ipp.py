@@ -1,19 +1,24 @@
-"""A minimal IPP client: one Get-Printer-Attributes over one connection, with a short connect timeout.
+"""A minimal IPP client for the reads we repeat: Get-Printer-Attributes and CUPS-Get-Printers.
 
-libcups (and so pycups) connects with a 30 s timeout and needs a process-global server setting; a
-readiness probe across a WAN wants neither: it wants one TCP connection and one request — two round
-trips — and to give up on a lost SYN after a fraction of a second. Only what a probe needs is
-decoded: text, keyword, URI, integer, enum and boolean values; anything else stays bytes.
+Why not pycups for these: libcups connects with a 30 s timeout and needs a process-global server
+setting, where a readiness probe across a WAN wants one TCP connection, one request (two round
+trips) and to give up on a lost SYN after a fraction of a second; and pycups 2.0.4 leaks every
+Get-Printer-Attributes answer (OpenPrinting/pycups#44, fixed after the last release), which a
+daemon that polls a queue's state for months cannot afford. Over TCP (`ipp://host:port/...`) or a
+cupsd's local socket (`unix_socket`). Only what these reads need is decoded: text, keyword, URI,
+integer, enum and boolean values; anything else stays bytes.
 """
 
 from __future__ import annotations
 
 import http.client
+import socket
 import struct
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 GET_PRINTER_ATTRIBUTES = 0x000B
+CUPS_GET_PRINTERS = 0x4002
 _OPERATION_GROUP, _END = 0x01, 0x03
 _TEXT_TAGS = {0x41, 0x42, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49}  # text, name, keyword, uri, scheme, charset, lang, mime
 _INT_TAGS = {0x21, 0x23}  # integer, enum
@@ -30,6 +35,7 @@ class IppResponse:
     status: int
     request_id: int
     attributes: dict[str, list]  # every group's attributes, by name (later groups win)
+    groups: list[tuple[int, dict[str, list]]]  # (delimiter tag, attributes) in order
 
 
 def _attr(tag: int, name: str, value: bytes) -> bytes:
@@ -37,18 +43,24 @@ def _attr(tag: int, name: str, value: bytes) -> bytes:
     return struct.pack(">BH", tag, len(n)) + n + struct.pack(">H", len(value)) + value
 
 
-def encode_get_printer_attributes(printer_uri: str, requested: list[str], request_id: int = 1) -> bytes:
-    """Pure: an IPP/2.0 Get-Printer-Attributes request."""
+def encode_request(operation: int, printer_uri: str | None, requested: list[str], request_id: int = 1) -> bytes:
+    """Pure: an IPP/2.0 request with a printer URI (when given) and requested-attributes."""
     if not requested:
         raise ValueError("ask for at least one attribute")
-    out = struct.pack(">BBHI", 2, 0, GET_PRINTER_ATTRIBUTES, request_id) + bytes([_OPERATION_GROUP])
+    out = struct.pack(">BBHI", 2, 0, operation, request_id) + bytes([_OPERATION_GROUP])
     out += _attr(0x47, "attributes-charset", b"utf-8")
     out += _attr(0x48, "attributes-natural-language", b"en")
-    out += _attr(0x45, "printer-uri", printer_uri.encode())
+    if printer_uri is not None:
+        out += _attr(0x45, "printer-uri", printer_uri.encode())
     out += _attr(0x44, "requested-attributes", requested[0].encode())
     for extra in requested[1:]:
         out += _attr(0x44, "", extra.encode())  # an additional value of the same attribute
     return out + bytes([_END])
+
+
+def encode_get_printer_attributes(printer_uri: str, requested: list[str], request_id: int = 1) -> bytes:
+    """Pure: an IPP/2.0 Get-Printer-Attributes request."""
+    return encode_request(GET_PRINTER_ATTRIBUTES, printer_uri, requested, request_id)
 
 
 def _value(tag: int, raw: bytes):
@@ -67,6 +79,7 @@ def decode_response(data: bytes) -> IppResponse:
         raise IppError(f"IPP response too short ({len(data)} bytes)")
     _major, _minor, status, request_id = struct.unpack(">BBHI", data[:8])
     attrs: dict[str, list] = {}
+    groups: list[tuple[int, dict[str, list]]] = []
     last: list | None = None
     i = 8
     while True:
@@ -77,6 +90,7 @@ def decode_response(data: bytes) -> IppResponse:
         if tag == _END:
             break
         if tag < 0x10:  # the start of another attribute group
+            groups.append((tag, {}))
             last = None
             continue
         if tag == _EXTENSION_TAG:
@@ -95,22 +109,41 @@ def decode_response(data: bytes) -> IppResponse:
         i += 2 + vlen
         if name:
             last = attrs[name] = [_value(tag, raw)]
+            if groups:
+                groups[-1][1][name] = last
         elif last is not None:  # another value of the attribute before (or a collection member)
             last.append(_value(tag, raw))
-    return IppResponse(status, request_id, attrs)
+    return IppResponse(status, request_id, attrs, groups)
 
 
-def get_printer_attributes(printer_uri: str, requested: list[str], connect_timeout: float = 0.5,
-                           read_timeout: float = 10.0) -> dict[str, list]:
-    """Ask the printer at `printer_uri` (ipp://host[:port]/path) for `requested` over one connection.
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP over a cupsd's local socket."""
 
-    Raises IppError when it cannot be reached within `connect_timeout`, does not answer within
-    `read_timeout`, or answers with an HTTP or IPP error."""
-    url = urlparse(printer_uri)
-    if url.scheme != "ipp" or not url.hostname:
-        raise ValueError(f"not an ipp:// printer URI: {printer_uri!r}")
-    body = encode_get_printer_attributes(printer_uri, requested)
-    conn = http.client.HTTPConnection(url.hostname, url.port or 631, timeout=connect_timeout)
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+NOT_FOUND = 0x0406
+
+
+def _call(url: str, body: bytes, connect_timeout: float, read_timeout: float,
+          unix_socket: str | None, also_ok: tuple[int, ...] = ()) -> IppResponse:
+    parsed = urlparse(url)
+    if parsed.scheme != "ipp" or not parsed.hostname:
+        raise ValueError(f"not an ipp:// URI: {url!r}")
+    conn = (_UnixConnection(unix_socket, connect_timeout) if unix_socket
+            else http.client.HTTPConnection(parsed.hostname, parsed.port or 631, timeout=connect_timeout))
     try:
         try:
             conn.connect()
@@ -118,7 +151,7 @@ def get_printer_attributes(printer_uri: str, requested: list[str], connect_timeo
             raise IppError(f"no connection ({exc.strerror or exc})") from None
         conn.sock.settimeout(read_timeout)
         try:
-            conn.request("POST", url.path or "/", body, {"Content-Type": "application/ipp"})
+            conn.request("POST", parsed.path or "/", body, {"Content-Type": "application/ipp"})
             resp = conn.getresponse()
             data = resp.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -128,6 +161,27 @@ def get_printer_attributes(printer_uri: str, requested: list[str], connect_timeo
     if resp.status != 200:
         raise IppError(f"HTTP {resp.status} {resp.reason}")
     answer = decode_response(data)
-    if answer.status > 0x00FF:
+    if answer.status > 0x00FF and answer.status not in also_ok:
         raise IppError(f"IPP status 0x{answer.status:04x}")
-    return answer.attributes
+    return answer
+
+
+def get_printer_attributes(printer_uri: str, requested: list[str], connect_timeout: float = 0.5,
+                           read_timeout: float = 10.0, unix_socket: str | None = None) -> dict[str, list]:
+    """Ask the printer at `printer_uri` (ipp://host[:port]/path) for `requested` over one connection
+    (to `unix_socket` instead of host:port when given).
+
+    Raises IppError when it cannot be reached within `connect_timeout`, does not answer within
+    `read_timeout`, or answers with an HTTP or IPP error."""
+    body = encode_get_printer_attributes(printer_uri, requested)
+    return _call(printer_uri, body, connect_timeout, read_timeout, unix_socket).attributes
+
+
+def get_printers(server_uri: str, requested: list[str], connect_timeout: float = 0.5, read_timeout: float = 10.0,
+                 unix_socket: str | None = None) -> dict[str, dict[str, list]]:
+    """CUPS-Get-Printers on the cupsd at `server_uri` (ipp://host[:port]/): its queues by name, each
+    with the `requested` attributes (printer-name is always asked for)."""
+    body = encode_request(CUPS_GET_PRINTERS, None, ["printer-name", *requested])
+    # A cupsd with no queues answers client-error-not-found.
+    answer = _call(server_uri.rstrip("/") + "/", body, connect_timeout, read_timeout, unix_socket, (NOT_FOUND,))
+    return {a["printer-name"][0]: a for tag, a in answer.groups if tag == 0x04 and a.get("printer-name")}

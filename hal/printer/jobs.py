@@ -1,4 +1,6 @@
-"""Job operations on the session cupsd, over its local socket (pycups; blocking).
+"""Job operations on the session cupsd, over its local socket (blocking): pycups, except for the
+queue-state reads polled all session long, which go through `hal/printer/ipp.py` (pycups 2.0.4
+leaks every Get-Printer-Attributes answer).
 
 Only the firmware calls these: as root over the unix socket, cupsd knows it by its peer credentials,
 and the policy lets nobody else move, release or cancel a job.
@@ -16,6 +18,7 @@ import cups
 
 from hal.printer import (INBOUND_QUEUE, RELEASE_QUEUE, HeldJob, JobEvent, JobGone, JobHeld,
                          JobNotFound, JobPrinted, PrintServiceDown)
+from hal.printer.ipp import IppError, get_printer_attributes
 
 _ATTRS = ["job-id", "job-originating-user-name", "job-name", "job-k-octets", "job-originating-host-name",
           "time-at-creation", "job-printer-uri", "job-state", "job-state-reasons"]
@@ -42,6 +45,14 @@ class JobOps:
                 return cups.Connection(host=str(self.socket_path))
             except RuntimeError as exc:
                 raise PrintServiceDown(f"session cupsd not reachable: {exc}") from None
+
+    def queue_attributes(self, queue: str, requested: list[str]) -> dict[str, list]:
+        """One queue's attributes (each a list of values), read over the local socket."""
+        try:
+            return get_printer_attributes(f"ipp://localhost/printers/{queue}", requested, connect_timeout=2.0,
+                                          unix_socket=str(self.socket_path))
+        except IppError as exc:
+            raise PrintServiceDown(f"reading queue {queue}: {exc}") from None
 
     def _jobs(self, conn: cups.Connection, which: str = "not-completed") -> dict[int, dict]:
         try:
@@ -92,11 +103,10 @@ class JobOps:
 
     def ensure_inbound_stopped(self) -> bool:
         """Make sure the inbound queue is stopped (printer-state 5); True if it already was."""
-        conn = self.connection()
-        state = conn.getPrinterAttributes(INBOUND_QUEUE, requested_attributes=["printer-state"])["printer-state"]
+        state = self.queue_attributes(INBOUND_QUEUE, ["printer-state"]).get("printer-state", [None])[0]
         if state == 5:
             return True
-        conn.disablePrinter(INBOUND_QUEUE, reason="held for release at the printer")
+        self.connection().disablePrinter(INBOUND_QUEUE, reason="held for release at the printer")
         return False
 
     def spool_files(self) -> list[str]:

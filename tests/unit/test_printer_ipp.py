@@ -63,3 +63,20 @@ def test_truncated_responses_are_errors(cut):
     data = _response(0, OPERATION, b"\x04" + _attr(0x41, "printer-make-and-model", b"Acme"))
     with pytest.raises(IppError):
         decode_response(data[:cut])
+
+
+def test_groups_keep_each_printer_apart():
+    one = b"\x04" + _attr(0x42, "printer-name", b"a") + _attr(0x23, "printer-state", struct.pack(">i", 3))
+    two = b"\x04" + _attr(0x42, "printer-name", b"b") + _attr(0x23, "printer-state", struct.pack(">i", 5))
+    r = decode_response(_response(0, OPERATION, one, two))
+    printers = [a for tag, a in r.groups if tag == 0x04]
+    assert [(a["printer-name"], a["printer-state"]) for a in printers] == [(["a"], [3]), (["b"], [5])]
+    assert r.groups[0][0] == 0x01 and r.attributes["printer-name"] == ["b"]  # merged view: later wins
+
+
+def test_get_printers_request_has_no_printer_uri():
+    from hal.printer.ipp import CUPS_GET_PRINTERS, encode_request
+
+    req = encode_request(CUPS_GET_PRINTERS, None, ["printer-name", "device-uri"])
+    assert struct.unpack(">H", req[2:4])[0] == 0x4002
+    assert "printer-uri" not in decode_response(req).attributes
