@@ -65,11 +65,11 @@ class Firewall:
         self.verify()
 
     def remove(self) -> None:
-        """Delete the table (idempotent) and check it is gone."""
-        if self.installed():
-            proc = self._nft(["delete", "table", TABLE_FAMILY, TABLE_NAME])
-            if proc.returncode != 0:
-                raise FirewallError(f"nft delete failed: {proc.stderr.strip()}")
+        """Delete the table (idempotent: one transaction that declares it, then deletes it) and
+        check it is gone."""
+        proc = self._nft(["-f", "-"], stdin=f"table {TABLE_FAMILY} {TABLE_NAME}\ndelete table {TABLE_FAMILY} {TABLE_NAME}\n")
+        if proc.returncode != 0:
+            raise FirewallError(f"nft delete failed: {proc.stderr.strip()}")
         if self.installed():
             raise FirewallError("table inet tenantprint is still present after delete")
 
