@@ -211,6 +211,9 @@ def _paths(lab, runs: int) -> dict[str, list[float]]:
         if not purged or not purged[-1].get("ok"):
             raise RuntimeError(f"session {session} was not purged cleanly: {purged}")
         add("drop_to_purge_verified", purged[-1]["t"] - t_drop)
+        # The next person taps seconds after a session ended, not at once: by then the spare keeper
+        # has started and opened its connection to the cloud (interpreter start + 3 round trips).
+        time.sleep(1.0)
     return out
 
 

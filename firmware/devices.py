@@ -72,7 +72,7 @@ def build_directory(cfg: FirmwareConfig) -> Directory:
 
     return DirectoryClient(cfg.cloud.url, cfg.device.device_id, Path(cfg.device.state_dir) / KEY_FILE,
                            cfg.cloud.ca_file or None, timeout=cfg.cloud.timeout_s,
-                           keepalive_s=max(5.0, cfg.cloud.keep_warm_s + 10))
+                           keepalive_s=max(5.0, cfg.cloud.keep_warm_s + 10), max_connections=1)
 
 
 def build_tunnel(cfg: FirmwareConfig) -> Tunnel:

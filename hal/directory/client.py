@@ -113,16 +113,20 @@ class DirectoryClient:
     """Signed profile lookups for one enrolled device. Thread-safe; keeps one connection pool.
 
     `warm()` opens the connection (TCP and TLS) ahead of a lookup, so that the lookup itself costs
-    one round trip instead of three; `keepalive_s` is how long an idle connection is kept."""
+    one round trip instead of three; `keepalive_s` is how long an idle connection is kept. With
+    `max_connections=1` a lookup that comes while `warm()` is still connecting waits for that
+    connection, which is always sooner than opening another."""
 
     def __init__(self, url: str, device_id: str, key_path: str | Path, ca_file: str | Path | None = None,
-                 timeout: float = 5.0, *, keepalive_s: float = 5.0, http: httpx.Client | None = None):
+                 timeout: float = 5.0, *, keepalive_s: float = 5.0, max_connections: int | None = None,
+                 http: httpx.Client | None = None):
         self.url = url.rstrip("/")
         self.device_id = device_id
         self._key = load_key(key_path)
         self._own_http = http is None
         self._http = http if http is not None else httpx.Client(
-            verify=_verify(ca_file), timeout=timeout, limits=httpx.Limits(keepalive_expiry=keepalive_s))
+            verify=_verify(ca_file), timeout=timeout,
+            limits=httpx.Limits(keepalive_expiry=keepalive_s, max_connections=max_connections))
 
     def warm(self) -> bool:
         """Open (or keep open) a connection to the directory with an unauthenticated health check.
