@@ -4,9 +4,10 @@ Seeds ORGS orgs (default 100,000; each with a sealed profile and a contract with
 then, for each backend (SQLite file with synchronous=FULL, the default; `sqlite-normal`; a private
 PostgreSQL 15 with durable commits when available) and each worker count (default 1, 2, 4), runs
 `tenantprint cloud serve` on loopback (plain HTTP: TLS cost is the transport's, not the directory's)
-and drives it from CLIENTS processes, each a single-threaded selector loop over CONNS keep-alive
-connections with one request in flight each (so 2 x 8 = 16 lookups in flight by default). Every
-request is signed in advance with a fresh nonce by its process's enrolled device key, so the timed
+and drives it as DEVICES simulated devices, each enrolled with its own key and holding one keep-alive
+connection with one request in flight (16 by default; `--devices 200` for the 200-device load),
+dealt to CLIENTS processes that each run a single-threaded selector loop. Every request is signed
+in advance with a fresh nonce by its device's key, so the timed
 phase measures the directory, not the device's signing; the client's own CPU is measured and
 reported beside the server's and the database's (the load generator shares the machine's cores).
 Bounded by --requests and --seconds per configuration. Prints a table and writes
@@ -14,7 +15,7 @@ bench/results/cloud_lookup.json.
 
 uvicorn's workers share one listening socket and the first to wake accepts a burst of new
 connections, so with few long-lived connections the workers are loaded unevenly (e.g. 11/5 of 16):
-raise --conns when comparing worker counts.
+raise --devices when comparing worker counts.
 """
 
 from __future__ import annotations
@@ -112,39 +113,40 @@ def _presign(device_id: str, key_pem: bytes, n_orgs: int, count: int, host: str)
 
 
 class _Conn:
-    """One keep-alive connection with one request in flight."""
-    __slots__ = ("sock", "buf", "t0", "need")
+    """One keep-alive connection of one simulated device, with one request in flight."""
+    __slots__ = ("sock", "buf", "t0", "need", "reqs", "next")
 
-    def __init__(self, sock):
-        self.sock, self.buf, self.t0, self.need = sock, b"", 0.0, -1
+    def __init__(self, sock, reqs: list[bytes]):
+        self.sock, self.buf, self.t0, self.need, self.reqs, self.next = sock, b"", 0.0, -1, reqs, 0
 
 
-def _client_proc(port: int, device_id: str, key_pem: bytes, n_orgs: int, conns: int, requests: int,
+def _client_proc(port: int, devices: list[tuple[str, bytes]], n_orgs: int, requests: int,
                  seconds: float, ready: mp.Queue, start: mp.Event, out: mp.Queue) -> None:
-    """A single-threaded load generator: `conns` keep-alive sockets driven by one selector,
-    sending pre-signed requests; reports latencies, non-200 answers and its own CPU seconds."""
+    """A single-threaded load generator: one keep-alive socket per simulated device, all driven by
+    one selector, each sending requests pre-signed by its own device key; reports latencies,
+    non-200 answers and its own CPU seconds."""
     import selectors
 
-    reqs = _presign(device_id, key_pem, n_orgs, requests, f"127.0.0.1:{port}")
+    per_device = max(1, requests // len(devices))
     sel = selectors.DefaultSelector()
     conns_ = []
-    for _ in range(min(conns, len(reqs))):
+    for device_id, key_pem in devices:
+        reqs = _presign(device_id, key_pem, n_orgs, per_device, f"127.0.0.1:{port}")
         s = socket.create_connection(("127.0.0.1", port))
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
-        conns_.append(_Conn(s))
+        conns_.append(_Conn(s, reqs))
     ready.put(True)
     start.wait()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     lat: list[float] = []
-    bad, first_body, nxt = 0, None, 0
+    bad, first_body = 0, None
     stop_at = time.monotonic() + seconds
 
     def send(c: _Conn) -> bool:
-        nonlocal nxt
-        if nxt >= len(reqs) or time.monotonic() > stop_at:
+        if c.next >= len(c.reqs) or time.monotonic() > stop_at:
             return False
-        data, nxt = reqs[nxt], nxt + 1
+        data, c.next = c.reqs[c.next], c.next + 1
         c.t0, c.buf, c.need = time.perf_counter(), b"", -1
         c.sock.sendall(data)  # a few hundred bytes: fits the socket buffer
         return True
@@ -202,7 +204,7 @@ def _tree_cpu(root: int) -> float:
     return sum(stats[p][1] for p in tree if p in stats) / tick
 
 
-def measure(url: str, kek: Path, workers: int, keys: dict[str, bytes], n_orgs: int, clients: int, conns: int,
+def measure(url: str, kek: Path, workers: int, keys: dict[str, bytes], n_orgs: int, clients: int,
             requests: int, seconds: float, log: Path, db_pid: int | None = None, sqlite_sync: str = "full") -> dict:
     import httpx
 
@@ -230,10 +232,10 @@ def measure(url: str, kek: Path, workers: int, keys: dict[str, bytes], n_orgs: i
         q: mp.Queue = mp.Queue()
         ready: mp.Queue = mp.Queue()
         go = mp.Event()
-        devs = list(keys.items())[:clients]
-        ps = [mp.Process(target=_client_proc, args=(port, d, k, n_orgs, conns, requests // clients, seconds,
-                                                            ready, go, q))
-              for d, k in devs]
+        devs = list(keys.items())  # one connection per simulated device, dealt to the processes
+        ps = [mp.Process(target=_client_proc, args=(port, devs[i::clients], n_orgs, requests // clients, seconds,
+                                                    ready, go, q))
+              for i in range(clients)]
         for p in ps:
             p.start()
         for _ in ps:
@@ -317,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=12000, help="lookups per configuration (upper bound)")
     ap.add_argument("--seconds", type=float, default=15, help="time per configuration (upper bound)")
     ap.add_argument("--clients", type=int, default=2, help="client processes")
-    ap.add_argument("--conns", type=int, default=8, help="keep-alive connections per client process")
+    ap.add_argument("--devices", type=int, default=16,
+                    help="simulated devices: each enrolled with its own key, on its own keep-alive connection "
+                         "with one lookup in flight (dealt to the client processes)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "cloud_lookup.json"))
     args = ap.parse_args(argv)
 
@@ -330,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(work, 0o700)
     kek = work / "kek"
     write_kek_file(kek, [new_kek()])
-    privs = {f"bench-dev-{i}": Ed25519PrivateKey.generate() for i in range(args.clients)}
+    if args.devices < args.clients:
+        raise SystemExit("--devices must be at least --clients")
+    privs = {f"bench-dev-{i}": Ed25519PrivateKey.generate() for i in range(args.devices)}
     pems = {d: k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                serialization.NoEncryption()) for d, k in privs.items()}
     pubs = {d: k.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -351,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             seeds[backend] = round(seed(url, kek, args.orgs, pubs), 1)
             print(f"{backend}: seeded {args.orgs} orgs in {seeds[backend]} s", flush=True)
             for w in (int(x) for x in args.workers.split(",")):
-                r = measure(url, kek, w, pems, args.orgs, args.clients, args.conns, args.requests, args.seconds,
+                r = measure(url, kek, w, pems, args.orgs, args.clients, args.requests, args.seconds,
                             work / "serve.log", pg.proc.pid if pg else None,
                             "normal" if backend == "sqlite-normal" else "full")
                 r["backend"] = backend
@@ -375,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['backend']:10}  {r['workers']:7}  {r['lookups_per_s']:9.1f}  {r['p50_ms']:7.2f}  {r['p99_ms']:7.2f}"
               f"  {r['requests']:8}  {r['errors']:6}   {c['server']:4.0f} /{c['database']:4.0f} /{c['client']:4.0f}"
               f"       {r['server_cpu_ms_per_lookup']:.3f}")
-    out = {"bench": "cloud_lookup", "orgs": args.orgs, "clients": args.clients, "conns_per_client": args.conns,
+    out = {"bench": "cloud_lookup", "orgs": args.orgs, "clients": args.clients, "devices": args.devices,
            "transport": "http on loopback (no TLS)", "seed_seconds": seeds, "results": rows,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "at": time.time()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
