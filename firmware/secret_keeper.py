@@ -149,6 +149,12 @@ def _serve(stdin, stdout) -> None:
                 reply({"error": type(exc).__name__})
                 continue
             reply({"virtual_ip": up.virtual_ip, "interface": up.interface, "remote_ts": list(up.remote_ts)})
+            if authenticator is None:
+                # Now, while the person walks to their desk, not at their next tap (imports, dictionary).
+                try:
+                    authenticator = open_authenticator(profile.auth)
+                except AuthConfigError:
+                    pass  # answered when authentication is asked for
         elif op == "auth":
             if profile is None:
                 reply({"outcome": "unavailable", "reason": "no session"})
