@@ -55,6 +55,14 @@ def wanted_queues(mfps: list[dict], resource: str, port: int = 631) -> dict[str,
     return out
 
 
+def connect_timeout(last_probe_s: float | None, longest_s: float) -> float:
+    """Pure: the probe's connect timeout: about four round trips as the last good probe of this
+    MFP measured them (it took two), at least 50 ms, at most `longest_s` (also when unmeasured)."""
+    if last_probe_s is None:
+        return longest_s
+    return min(longest_s, max(0.05, 2 * last_probe_s))
+
+
 def trusted_model(model: str) -> bool:
     """Pure: whether a queue's printer-make-and-model shows that CUPS built a model from the MFP."""
     return model_built(model)
@@ -74,7 +82,8 @@ class DeskAgent:
         self.verify_s = verify_s
         self.retry_s = retry_s
         self.wait_s = wait_s
-        self.probe_s = 0.5  # connect timeout of the readiness probe (a few WAN round trips)
+        self.probe_s = 0.5  # longest connect timeout of the readiness probe (a few WAN round trips)
+        self.probe_took: dict[str, float] = {}  # MFP id -> how long its last good probe took (2 round trips)
         # After a good probe, how long CUPS may still take to write the model (it connected before
         # the probe did; this is its local work, with room for a loaded machine).
         self.model_grace_s = 0.5
@@ -124,13 +133,17 @@ class DeskAgent:
 
         The gateway reports an MFP as soon as its tunnel is up, a moment before its print service
         may be; CUPS, asked to build a model then, leaves a raw queue and never says so."""
+        # A short connect timeout: the gateway has its SAs half a round trip before the MFP, so the
+        # first SYN often arrives before the MFP can take it, is lost, and TCP would send it again
+        # only after a second; a new try comes `retry_s` later instead. How short: a few round
+        # trips to this MFP as the last good probe measured them (`probe_s` until there is one).
+        t0 = time.monotonic()
         try:
-            # A short connect timeout: a SYN sent while the MFP's SAs are still being installed is
-            # lost, and TCP would retry it only after a second; a new try comes `retry_s` later.
-            attrs = get_printer_attributes(q.uri, ["printer-make-and-model"], connect_timeout=self.probe_s,
-                                           read_timeout=3.0)
+            attrs = get_printer_attributes(q.uri, ["printer-make-and-model"], read_timeout=3.0,
+                                           connect_timeout=connect_timeout(self.probe_took.get(q.mfp_id), self.probe_s))
         except IppError as exc:
             return str(exc)
+        self.probe_took[q.mfp_id] = time.monotonic() - t0
         model = (attrs.get("printer-make-and-model") or [""])[0]
         return None if isinstance(model, str) and trusted_model(model) else "no model yet"
 

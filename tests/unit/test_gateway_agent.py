@@ -83,3 +83,12 @@ def test_sas_an_ike_down_event_names_are_dropped_at_once():
     assert going_down(None, None) == frozenset()  # a listen timeout
     assert connected_mfps([up], going=frozenset({"7"})) == {}
     assert list(connected_mfps([up], going=frozenset({"8"}))) == ["10.20.0.200"]
+
+
+def test_desk_probe_timeout_follows_the_measured_round_trips():
+    from org.desk_agent import connect_timeout
+
+    assert connect_timeout(None, 0.5) == 0.5  # nothing measured yet: the longest
+    assert connect_timeout(0.003, 0.5) == 0.05  # a LAN-like path: the floor
+    assert abs(connect_timeout(0.085, 0.5) - 0.17) < 1e-9  # 40 ms RTT: about four round trips
+    assert connect_timeout(0.31, 0.5) == 0.5  # 150 ms RTT: capped
