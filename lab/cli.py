@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--wan-rtt-ms", type=float, default=0.0, help="round trip added between office and WAN")
     up.add_argument("--tunnel-backend", choices=BACKENDS, default="auto")
     up.add_argument("--combined", action="store_true", help="acme's profile uses combined mode")
+    up.add_argument("--ldap", action="append", default=[], metavar="ORG",
+                    help="ORG's users are checked by its LDAP server (slapd) instead of FreeRADIUS (repeatable)")
     sub.add_parser("down", help="stop everything and remove every trace of the lab")
     sub.add_parser("status", help="hosts, services, firmware, desks, printed documents, as JSON")
     tap = sub.add_parser("tap", help="present the virtual card, remove it, wait until the MFP settles")
@@ -60,7 +62,7 @@ def _run(args) -> dict:
     from lab import actions
 
     if args.cmd == "up":
-        opts = LabOptions(args.wan_rtt_ms, args.tunnel_backend, args.combined)
+        opts = LabOptions(args.wan_rtt_ms, args.tunnel_backend, args.combined, tuple(args.ldap))
         lab = Lab(options=opts)
         if lab.layout.root.exists() and LabOptions.load(lab.layout.root) != opts:
             raise LabError("the lab is up with other options: `tenantprint lab down` first")

@@ -15,8 +15,15 @@ class LabOptions:
     wan_rtt_ms: float = 0.0
     tunnel_backend: str = "auto"
     combined: bool = False  # acme's profile uses combined mode (one tap connects and authenticates)
+    ldap: tuple[str, ...] = ()  # orgs whose users their slapd checks instead of their FreeRADIUS
 
     def __post_init__(self):
+        from lab.orgs import CONTRACTED
+
+        object.__setattr__(self, "ldap", tuple(sorted(set(self.ldap))))  # as saved and loaded
+        for org in self.ldap:
+            if org not in CONTRACTED:
+                raise ValueError(f"--ldap {org}: not one of the lab's organizations ({', '.join(CONTRACTED)})")
         if self.tunnel_backend not in BACKENDS:
             raise ValueError(f"tunnel backend must be one of {', '.join(BACKENDS)}")
         if not 0 <= self.wan_rtt_ms <= 2000:

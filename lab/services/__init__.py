@@ -29,8 +29,9 @@ class CloudSeed:
 
     name = "cloud-seed"
 
-    def __init__(self, combined: bool):
+    def __init__(self, combined: bool, ldap: tuple[str, ...] = ()):
         self.combined = combined
+        self.ldap = ldap
 
     def start(self, lab: "Lab") -> None:
         from lab import orgs
@@ -38,7 +39,7 @@ class CloudSeed:
 
         profiles = {}
         for org in orgs.ORGS:
-            wire = orgs.lab_profile(lab, org)
+            wire = orgs.lab_profile(lab, org, auth_kind="ldap" if org in self.ldap else "radius")
             if org == "acme" and self.combined:
                 wire["policy"]["combined_mode"] = True
             profiles[org] = wire
@@ -48,7 +49,7 @@ class CloudSeed:
         pass
 
     def status(self, lab: "Lab") -> dict:
-        return {"combined": self.combined}
+        return {"combined": self.combined, "ldap": list(self.ldap)}
 
 
 def default_services(options: "LabOptions") -> list[Service]:
@@ -57,6 +58,7 @@ def default_services(options: "LabOptions") -> list[Service]:
     from lab.services.charon import GatewayService, MfpCharonService
     from lab.services.cloud import CloudService
     from lab.services.engine import EngineService
+    from lab.services.ldap import LdapService
     from lab.services.firmware import FirmwareService
     from lab.services.org_agents import DeskService, GatewayAgentService
     from lab.services.pcscd import PcscdService, VcardService
@@ -66,9 +68,12 @@ def default_services(options: "LabOptions") -> list[Service]:
     services: list[Service] = []
     if options.wan_rtt_ms > 0:
         services.append(WanDelayService(options.wan_rtt_ms))
-    services += [CloudService(), CloudSeed(options.combined)]
+    services += [CloudService(), CloudSeed(options.combined, options.ldap)]
     for org in CONTRACTED:
-        services += [GatewayService(org), RadiusService(org), GatewayAgentService(org), DeskService(org)]
+        services += [GatewayService(org), RadiusService(org)]
+        if org in options.ldap:
+            services.append(LdapService(org))
+        services += [GatewayAgentService(org), DeskService(org)]
     services += [PcscdService(), VcardService(), EngineService(), MfpCharonService(),
                  FirmwareService(options.tunnel_backend)]
     return services
