@@ -9,8 +9,6 @@ never object contents.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import sys
 import threading
@@ -40,24 +38,3 @@ class MemoryDiagnostics:
             for d in snap.compare_to(self._baseline, "lineno")[:top] if d.size_diff > 0]
         return out
 
-
-def _glibc():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-_LIBC = _glibc()
-
-
-def trim_heap() -> bool:
-    """Give the heap pages freed by a session back to the system (glibc's malloc_trim). A session's
-    threads, subprocess pipes and libcups buffers leave free chunks scattered over the heap that
-    glibc keeps; on a device that runs for months, RSS should say what is in use. False where
-    there is no glibc."""
-    if _LIBC is None:
-        return False
-    _LIBC.malloc_trim(0)
-    return True

@@ -21,7 +21,7 @@ from firmware import events as ev
 from firmware import journal, machine, sdnotify, status
 from firmware.config import FirmwareConfig
 from firmware.devices import Devices, build
-from firmware.diagnostics import MemoryDiagnostics, trim_heap
+from firmware.diagnostics import MemoryDiagnostics
 from firmware.session import Session, purge
 from hal.card import CardTap, CardUnreadable, mask_uid
 from firmware.secret_keeper import KeeperError, SecretKeeper
@@ -295,7 +295,6 @@ class Runtime:
         if self.spare_keeper is None and not self.done.is_set():
             self._spawn_spare_keeper()
         self.post(ev.PurgeDone(self.now(), e.session, report.ok, report.leftovers))
-        trim_heap()  # after the report: the heap the session used goes back, not just to malloc
 
     def _authenticate(self, e: fx.Authenticate) -> None:
         s = self._current(e.session)

@@ -33,8 +33,3 @@ def _line_of(text: str) -> int:
     lines = open(__file__).read().splitlines()
     return next(i for i, line in enumerate(lines, 1) if line.strip().startswith(text))
 
-
-def test_trim_heap_on_glibc():
-    from firmware.diagnostics import trim_heap
-
-    assert trim_heap() is True  # Debian: glibc has malloc_trim
