@@ -85,7 +85,7 @@ def run(sessions: int, idle_s: float, trace: bool = False) -> dict:
     lab.up()
     try:
         if trace:  # the same daemon again, under tracemalloc (its RSS is then not the product's)
-            fw = next(s for s in lab.services if s.name == "firmware")
+            fw = lab.service("firmware")
             fw.stop(lab)
             fw.env = {"PYTHONTRACEMALLOC": "1"}
             fw.start(lab)

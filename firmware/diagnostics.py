@@ -37,4 +37,3 @@ class MemoryDiagnostics:
              "count": d.count_diff}
             for d in snap.compare_to(self._baseline, "lineno")[:top] if d.size_diff > 0]
         return out
-

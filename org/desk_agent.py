@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import cups
 
 from hal.printer.cupsd import model_built
-from hal.printer.ipp import IppError, get_printer_attributes, get_printers
+from hal.printer.ipp import IppError, first, get_printer_attributes, get_printers
 
 log = logging.getLogger("tenantprint.org.desk_agent")
 
@@ -114,7 +114,7 @@ class DeskAgent:
             printers = get_printers(server, ["device-uri"], connect_timeout=2.0, unix_socket=sock)
         except IppError as exc:
             raise RuntimeError(f"desk CUPS at {self.cups_server}: {exc}") from None
-        return {name: str((a.get("device-uri") or [""])[0]).split("?", 1)[0] for name, a in printers.items()
+        return {name: str(first(a, "device-uri", "")).split("?", 1)[0] for name, a in printers.items()
                 if name.startswith(QUEUE_PREFIX)}
 
     def queue_model(self, name: str) -> str:
@@ -124,7 +124,7 @@ class DeskAgent:
                                            connect_timeout=2.0, unix_socket=sock)
         except IppError as exc:
             raise QueueNotTrusted(f"{name}: reading its model from the desk CUPS: {exc}") from None
-        model = (attrs.get("printer-make-and-model") or [""])[0]
+        model = first(attrs, "printer-make-and-model", "")
         return model if isinstance(model, str) else ""
 
     def mfp_unready(self, q: WantedQueue) -> str | None:
@@ -144,7 +144,7 @@ class DeskAgent:
         except IppError as exc:
             return str(exc)
         self.probe_took[q.mfp_id] = time.monotonic() - t0
-        model = (attrs.get("printer-make-and-model") or [""])[0]
+        model = first(attrs, "printer-make-and-model", "")
         return None if isinstance(model, str) and trusted_model(model) else "no model yet"
 
     def add_queue(self, q: WantedQueue) -> str:
@@ -180,7 +180,6 @@ class DeskAgent:
                 if time.monotonic() >= deadline:
                     raise QueueNotTrusted(f"{q.name}: CUPS built no model from {q.uri} (got {model!r})")
                 time.sleep(0.005)
-            model_s = time.monotonic() - t_add
             # waitjob=false: the desk's backend is done once the MFP holds the job; waiting for it to
             # print would block this queue, and everyone's later jobs, until the owner taps. Set
             # only now: the model is built from the plain URI (the MFP knows no such query).
@@ -192,8 +191,8 @@ class DeskAgent:
         except BaseException:
             conn.deletePrinter(q.name)
             raise
-        log.info("queue added name=%s uri=%s model=%r in %.0f ms (model after %.0f ms)",
-                 q.name, q.uri, model, (time.monotonic() - t_add) * 1000, model_s * 1000)
+        log.info("queue added name=%s uri=%s model=%r in %.0f ms", q.name, q.uri, model,
+                 (time.monotonic() - t_add) * 1000)
         return model
 
     def delete_queue(self, name: str) -> None:

@@ -22,6 +22,8 @@ from hal.net import IPP_PORT, FirewallError, ns_argv
 TABLE_FAMILY = "inet"
 TABLE_NAME = "tenantprint"
 _COUNTER = re.compile(r"counter packets \d+ bytes \d+")
+# Declares the table (a no-op when it exists), then deletes it: removal that never fails for absence.
+_DROP_TABLE = f"table {TABLE_FAMILY} {TABLE_NAME}\ndelete table {TABLE_FAMILY} {TABLE_NAME}\n"
 
 
 class Firewall:
@@ -58,16 +60,15 @@ class Firewall:
 
     def install(self) -> None:
         """Install (or replace) the table in one atomic transaction, then verify it."""
-        script = f"table {TABLE_FAMILY} {TABLE_NAME}\ndelete table {TABLE_FAMILY} {TABLE_NAME}\n" + self.ruleset()
+        script = _DROP_TABLE + self.ruleset()
         proc = self._nft(["-f", "-"], stdin=script)
         if proc.returncode != 0:
             raise FirewallError(f"nft install failed: {proc.stderr.strip()}")
         self.verify()
 
     def remove(self) -> None:
-        """Delete the table (idempotent: one transaction that declares it, then deletes it) and
-        check it is gone."""
-        proc = self._nft(["-f", "-"], stdin=f"table {TABLE_FAMILY} {TABLE_NAME}\ndelete table {TABLE_FAMILY} {TABLE_NAME}\n")
+        """Delete the table (idempotent, one transaction) and check it is gone."""
+        proc = self._nft(["-f", "-"], stdin=_DROP_TABLE)
         if proc.returncode != 0:
             raise FirewallError(f"nft delete failed: {proc.stderr.strip()}")
         if self.installed():

@@ -25,7 +25,7 @@ from pyroute2.netlink.rtnl import RTM_NEWROUTE, RTMGRP_IPV4_ROUTE
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from hal.net import NetError
-from hal.net.addresses import IPSEC_TABLE, _ipr
+from hal.net.addresses import IPSEC_TABLE, _ipr, _route_key
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _CLONE_NEWNET = 0x40000000
@@ -44,11 +44,9 @@ def needs_window(route, initcwnd: int) -> bool:
 
 def widened(route, initcwnd: int) -> dict:
     """Pure: the `route replace` arguments that keep everything of `route` but the window."""
-    args = {"table": IPSEC_TABLE, "dst_len": route["dst_len"], "family": route["family"], "tos": route["tos"],
-            "proto": route["proto"], "scope": route["scope"], "type": route["type"],
-            "metrics": {"initcwnd": initcwnd}}
-    for attr, key in (("RTA_DST", "dst"), ("RTA_OIF", "oif"), ("RTA_PREFSRC", "prefsrc"),
-                      ("RTA_GATEWAY", "gateway"), ("RTA_PRIORITY", "priority")):
+    args = {**_route_key(route), "tos": route["tos"], "proto": route["proto"], "scope": route["scope"],
+            "type": route["type"], "metrics": {"initcwnd": initcwnd}}
+    for attr, key in (("RTA_PREFSRC", "prefsrc"), ("RTA_GATEWAY", "gateway"), ("RTA_PRIORITY", "priority")):
         if route.get(attr) is not None:
             args[key] = route.get(attr)
     return args

@@ -23,7 +23,7 @@ from pathlib import Path
 import cups
 
 from hal.printer import (INBOUND_QUEUE, RELEASE_QUEUE, ConfigError, EngineUnavailable, PrintServiceDown)
-from hal.printer.ipp import IppError, get_printers
+from hal.printer.ipp import IppError, first, get_printers
 from hal.printer.jobs import JobOps
 
 CUPSD = "/usr/sbin/cupsd"
@@ -209,7 +209,7 @@ class SessionPrintService(JobOps):
         comes after this."""
         deadline = time.monotonic() + timeout
         while True:
-            model = self.queue_attributes(INBOUND_QUEUE, ["printer-make-and-model"]).get("printer-make-and-model", [""])[0]
+            model = first(self.queue_attributes(INBOUND_QUEUE, ["printer-make-and-model"]), "printer-make-and-model", "")
             if model_built(model):
                 return
             if time.monotonic() > deadline:

@@ -24,6 +24,8 @@ _TEXT_TAGS = {0x41, 0x42, 0x44, 0x45, 0x46, 0x47, 0x48, 0x49}  # text, name, key
 _INT_TAGS = {0x21, 0x23}  # integer, enum
 _BOOL_TAG = 0x22
 _EXTENSION_TAG = 0x7F
+_PRINTER_GROUP = 0x04
+NOT_FOUND = 0x0406
 
 
 class IppError(Exception):
@@ -34,8 +36,17 @@ class IppError(Exception):
 class IppResponse:
     status: int
     request_id: int
-    attributes: dict[str, list]  # every group's attributes, by name (later groups win)
     groups: list[tuple[int, dict[str, list]]]  # (delimiter tag, attributes) in order
+
+    @property
+    def attributes(self) -> dict[str, list]:
+        """Every group's attributes, by name (later groups win)."""
+        return {name: values for _, attrs in self.groups for name, values in attrs.items()}
+
+
+def first(attrs: dict[str, list], name: str, default=None):
+    """The first value of attribute `name`, or `default` when it is absent."""
+    return (attrs.get(name) or [default])[0]
 
 
 def _attr(tag: int, name: str, value: bytes) -> bytes:
@@ -78,7 +89,6 @@ def decode_response(data: bytes) -> IppResponse:
     if len(data) < 9:
         raise IppError(f"IPP response too short ({len(data)} bytes)")
     _major, _minor, status, request_id = struct.unpack(">BBHI", data[:8])
-    attrs: dict[str, list] = {}
     groups: list[tuple[int, dict[str, list]]] = []
     last: list | None = None
     i = 8
@@ -108,12 +118,12 @@ def decode_response(data: bytes) -> IppResponse:
             raise IppError("IPP response truncated in an attribute value")
         i += 2 + vlen
         if name:
-            last = attrs[name] = [_value(tag, raw)]
-            if groups:
-                groups[-1][1][name] = last
+            if not groups:
+                raise IppError("IPP response has an attribute before any group")
+            last = groups[-1][1][name] = [_value(tag, raw)]
         elif last is not None:  # another value of the attribute before (or a collection member)
             last.append(_value(tag, raw))
-    return IppResponse(status, request_id, attrs, groups)
+    return IppResponse(status, request_id, groups)
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -133,8 +143,6 @@ class _UnixConnection(http.client.HTTPConnection):
             raise
         self.sock = sock
 
-
-NOT_FOUND = 0x0406
 
 
 def _call(url: str, body: bytes, connect_timeout: float, read_timeout: float,
@@ -184,4 +192,4 @@ def get_printers(server_uri: str, requested: list[str], connect_timeout: float =
     body = encode_request(CUPS_GET_PRINTERS, None, ["printer-name", *requested])
     # A cupsd with no queues answers client-error-not-found.
     answer = _call(server_uri.rstrip("/") + "/", body, connect_timeout, read_timeout, unix_socket, (NOT_FOUND,))
-    return {a["printer-name"][0]: a for tag, a in answer.groups if tag == 0x04 and a.get("printer-name")}
+    return {a["printer-name"][0]: a for tag, a in answer.groups if tag == _PRINTER_GROUP and a.get("printer-name")}

@@ -18,7 +18,7 @@ import cups
 
 from hal.printer import (INBOUND_QUEUE, RELEASE_QUEUE, HeldJob, JobEvent, JobGone, JobHeld,
                          JobNotFound, JobPrinted, PrintServiceDown)
-from hal.printer.ipp import IppError, get_printer_attributes
+from hal.printer.ipp import IppError, first, get_printer_attributes
 
 _ATTRS = ["job-id", "job-originating-user-name", "job-name", "job-k-octets", "job-originating-host-name",
           "time-at-creation", "job-printer-uri", "job-state", "job-state-reasons"]
@@ -103,7 +103,7 @@ class JobOps:
 
     def ensure_inbound_stopped(self) -> bool:
         """Make sure the inbound queue is stopped (printer-state 5); True if it already was."""
-        state = self.queue_attributes(INBOUND_QUEUE, ["printer-state"]).get("printer-state", [None])[0]
+        state = first(self.queue_attributes(INBOUND_QUEUE, ["printer-state"]), "printer-state")
         if state == 5:
             return True
         self.connection().disablePrinter(INBOUND_QUEUE, reason="held for release at the printer")
