@@ -1,7 +1,11 @@
 """LDAP authenticator (ldap3, blocking: call it from a thread).
 
 Plain LDAP on the profile's host:port, no TLS: the MFP reaches the org's directory only through
-the org's IPsec tunnel, which already encrypts and authenticates the path.
+the org's IPsec tunnel, which encrypts and authenticates the path. Known gap: with strongSwan's
+kernel-libipsec backend (kernels without ESP, the lab) charon encrypts the packets in its own
+memory, and the simple bind's password and PIN, plaintext inside the tunnel, can stay in charon's
+heap after the purge (`lab up --ldap ORG` + `lab scan-secrets` finds the bind password there in
+about one session of five). Kernel XFRM (the Pi) has no such copy; StartTLS would close it for both.
 
 One `authenticate` call is one connection:
 1. simple bind as the profile's service account (`bind_dn`, `bind_password`); a refused bind is
