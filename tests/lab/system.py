@@ -25,7 +25,8 @@ from lab.poll import wait_for  # noqa: F401 (re-exported for the scenarios)
 from prereq import need_binary, need_root
 
 
-PREFIX = "tps"
+# TP_SCENARIO_PREFIX lets two people (or helpers) run scenarios side by side on separate labs.
+PREFIX = os.environ.get("TP_SCENARIO_PREFIX", "tps")
 
 
 def lab_cli(*args: str, timeout: float = 180) -> dict:
