@@ -21,11 +21,25 @@ Wire format (JSON object):
            | {"kind": "ldap", "host": "...", "port": 389, "base_dn": "...", "bind_dn": "...",
               "bind_password": "...", "user_attr": "uid", "timeout_s": 3,
               "ca_pem": "..."},                              # StartTLS: verifies the server
-     "policy": {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": false}}
+     "policy": {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": false},
+     "print": {"desk_keys": ["<base64 of a raw 32-byte Ed25519 public key>", ...]}}   # optional
+
+`vpn.remote_ts`: the org's networks the MFP may reach (and take jobs from). None may be a default
+route (0.0.0.0/0, ::/0) nor wider than /8 (IPv4) or /32 (IPv6: the largest block an RIR allocates
+to one organization; an end site gets a /48): a profile that says "the whole Internet" or a
+continent-sized block is not one organization's LAN, and the firmware would route and accept jobs
+from all of it through the tunnel.
+
+`print.desk_keys` (1-8, for rotation): the public keys of the org's desk signing keys
+(hal/printer/job_proof.py); a job is the user's only with a proof that verifies under one of them.
+Parsed as `SessionProfile.desk_keys` (raw 32-byte keys). Absent (profiles registered before it
+existed) means an empty tuple: then no job of this org can be proven, and none may print.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from dataclasses import dataclass, field
@@ -185,6 +199,7 @@ class SessionProfile:
     vpn: VpnProfile
     auth: AuthServerProfile
     policy: SessionPolicy = field(default_factory=SessionPolicy)
+    desk_keys: tuple[bytes, ...] = ()  # raw Ed25519 public keys of the org's desks (job owner proofs)
 
     def secrets(self) -> list[Secret]:
         return self.vpn.secrets() + self.auth.secrets()
@@ -208,8 +223,9 @@ class SessionProfile:
             combined_mode=pol.get("combined_mode", bool),
         )
         pol.done()
+        desk_keys = _desk_keys(top.get("print", dict, optional=True))
         top.done()
-        return cls(org_id=org_id, ttl_s=ttl, vpn=vpn, auth=auth, policy=policy)
+        return cls(org_id=org_id, ttl_s=ttl, vpn=vpn, auth=auth, policy=policy, desk_keys=desk_keys)
 
     def to_wire(self) -> dict:
         """The wire form (reveals secrets: for the cloud's responses and tests only)."""
@@ -222,8 +238,11 @@ class SessionProfile:
         else:
             keys = ("kind", "host", "port", "base_dn", "bind_dn", "bind_password", "user_attr", "timeout_s", "ca_pem")
         auth = {k: plain(getattr(self.auth, k)) for k in keys}
-        return {"org_id": self.org_id, "ttl_s": self.ttl_s, "vpn": vpn, "auth": auth,
+        wire = {"org_id": self.org_id, "ttl_s": self.ttl_s, "vpn": vpn, "auth": auth,
                 "policy": dict(self.policy.__dict__)}
+        if self.desk_keys:
+            wire["print"] = {"desk_keys": [base64.b64encode(k).decode() for k in self.desk_keys]}
+        return wire
 
 
 def _list(r: _Reader, key: str, check) -> list[str]:
@@ -240,6 +259,41 @@ def _cidr(value: str, where: str) -> None:
         ipaddress.ip_network(value, strict=True)
     except ValueError:
         raise ProfileError(f"{where}: {value!r} is not a network") from None
+
+
+# The widest selector one organization's LAN may be (see the module docstring).
+MIN_PREFIX = {4: 8, 6: 32}
+
+
+def _remote_ts(value: str, where: str) -> None:
+    _cidr(value, where)
+    net = ipaddress.ip_network(value)
+    if net.prefixlen == 0:
+        raise ProfileError(f"{where}: {value} is a default route, not an organization's network")
+    if net.prefixlen < MIN_PREFIX[net.version]:
+        raise ProfileError(f"{where}: {value} is wider than /{MIN_PREFIX[net.version]}")
+
+
+def _desk_keys(obj: Any) -> tuple[bytes, ...]:
+    if obj is None:
+        return ()
+    r = _Reader(obj, "print")
+    items = r.get("desk_keys", list)
+    if not 1 <= len(items) <= 8 or not all(isinstance(i, str) for i in items):
+        raise ProfileError("print.desk_keys: expected 1-8 strings")
+    keys = []
+    for item in items:
+        try:
+            raw = base64.b64decode(item, validate=True) if len(item) <= 64 else b""
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32 or base64.b64encode(raw).decode() != item:
+            raise ProfileError("print.desk_keys: expected base64 of a raw 32-byte Ed25519 public key")
+        if raw in keys:
+            raise ProfileError("print.desk_keys: a key is listed twice")
+        keys.append(raw)
+    r.done()
+    return tuple(keys)
 
 
 def _proposal(value: str, where: str) -> None:
@@ -265,7 +319,7 @@ def _vpn(obj: Any) -> VpnProfile:
         local_id=r.text("local_id", _IKE_ID),
         remote_id=r.text("remote_id", _IKE_ID),
         auth=auth,
-        remote_ts=_list(r, "remote_ts", _cidr),
+        remote_ts=_list(r, "remote_ts", _remote_ts),
         ike_proposals=_list(r, "ike_proposals", _proposal),
         esp_proposals=_list(r, "esp_proposals", _proposal),
         dpd_delay_s=r.number("dpd_delay_s", 1, 300),

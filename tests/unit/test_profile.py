@@ -70,3 +70,43 @@ def test_secret_is_not_hashable_nor_printed():
     assert "TPCANARY" not in f"{s} {s!r}"
     with pytest.raises(TypeError):
         hash(s)
+
+
+DESK_KEY = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="  # RFC 8032 test 1 public key
+
+
+def test_desk_keys_round_trip_and_are_raw_bytes():
+    wire = _mutated(("print",), {"desk_keys": [DESK_KEY]})
+    p = SessionProfile.from_wire(copy.deepcopy(wire))
+    assert p.desk_keys == (bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"),)
+    assert p.to_wire() == wire
+
+
+def test_a_profile_without_desk_keys_proves_no_job():
+    assert SessionProfile.from_wire(copy.deepcopy(WIRE)).desk_keys == ()
+
+
+@pytest.mark.parametrize("value", [
+    {"desk_keys": []}, {"desk_keys": [DESK_KEY, DESK_KEY]}, {"desk_keys": [DESK_KEY[:-2]]},
+    {"desk_keys": [DESK_KEY.replace("=", "")]}, {"desk_keys": ["A" * 10_000]}, {"desk_keys": [42]},
+    {"desk_keys": ["!" + DESK_KEY[1:]]}, {"desk_keys": [DESK_KEY] * 9}, {"desk_keys": DESK_KEY},
+    {"keys": [DESK_KEY]}, {"desk_keys": [DESK_KEY], "extra": 1}, [DESK_KEY],
+])
+def test_malformed_desk_keys_are_rejected_naming_the_field(value):
+    with pytest.raises(ProfileError) as err:
+        SessionProfile.from_wire(_mutated(("print",), value))
+    assert "print" in str(err.value)
+
+
+@pytest.mark.parametrize("remote_ts", [
+    ["0.0.0.0/0"], ["::/0"], ["10.20.0.0/24", "0.0.0.0/0"], ["8.0.0.0/7"], ["2001::/31"], ["128.0.0.0/1"],
+])
+def test_remote_ts_that_is_not_one_orgs_network_is_rejected(remote_ts):
+    with pytest.raises(ProfileError) as err:
+        SessionProfile.from_wire(_mutated(("vpn", "remote_ts"), remote_ts))
+    assert "vpn.remote_ts" in str(err.value)
+
+
+@pytest.mark.parametrize("remote_ts", [["10.0.0.0/8"], ["2001:db8::/32"], ["10.20.0.0/24", "2001:db8:1::/48"]])
+def test_remote_ts_up_to_the_widest_org_network_is_accepted(remote_ts):
+    assert SessionProfile.from_wire(_mutated(("vpn", "remote_ts"), remote_ts)).vpn.remote_ts == remote_ts
