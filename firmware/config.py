@@ -104,6 +104,19 @@ class RuntimeSection:
     pin_timeout_s: float = _opt(_range(5, 600), default=30.0)
 
 
+def _cidrs(v: list) -> list:
+    from hal.net.firewall import management_networks
+
+    management_networks(v)  # raises ValueError naming the bad entry
+    return v
+
+
+@dataclass
+class FirewallSection:
+    # Addresses (CIDR) that may reach ssh (tcp 22) on the device; empty: no ssh at all.
+    management: list[str] = _opt(_cidrs, default_factory=list)
+
+
 @dataclass
 class FirmwareConfig:
     device: DeviceSection = field(default_factory=DeviceSection)
@@ -113,9 +126,11 @@ class FirmwareConfig:
     session: SessionSection = field(default_factory=SessionSection)
     printer: PrinterSection = field(default_factory=PrinterSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    firewall: FirewallSection = field(default_factory=FirewallSection)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        return {f.name: dict(getattr(self, f.name).__dict__) for f in fields(self)}
+        return {f.name: {k: list(v) if isinstance(v, list) else v
+                          for k, v in getattr(self, f.name).__dict__.items()} for f in fields(self)}
 
 
 def _apply(cfg: FirmwareConfig, data: Any, origin: str) -> None:
@@ -133,7 +148,7 @@ def _apply(cfg: FirmwareConfig, data: Any, origin: str) -> None:
             if key not in known:
                 raise ConfigError(f"{origin}: unknown key {name}.{key}")
             f = known[key]
-            want = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float}[f.type]
+            want = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float, "list[str]": list}[f.type]
             if want is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
             if not isinstance(value, want) or isinstance(value, bool):

@@ -12,6 +12,7 @@ from firmware.config import FirmwareConfig
 from firmware.session_fs import SessionFs
 from hal.card import CardReader, open_reader
 from hal.directory import Directory, DirectoryRefused
+from hal.net import FirewallError, NetError, sysctls
 from hal.net.firewall import Firewall
 from hal.net.route_window import RouteWindow
 from hal.printer import cupsd as session_cupsd
@@ -55,9 +56,9 @@ class Devices:
         """A session print service in the session tmpfs, on the IPP port of every address.
 
         It starts before the tunnel gives the virtual IP (so that it is ready when IKE is done),
-        hence the wildcard: the firewall table, installed and verified before it starts and removed
-        only after it stopped, admits the port from loopback and through IPsec only, and the machine
-        takes a job only from inside the tunnel's remote traffic selectors."""
+        hence the wildcard: the device firewall, installed and verified when the daemon started,
+        admits the port from loopback and through IPsec only, and the machine takes a job only from
+        inside the tunnel's remote traffic selectors."""
         fresh = time.monotonic() - self.engine_model_at < ENGINE_MODEL_MAX_AGE_S
         return session_cupsd.SessionPrintService(
             self.session_dir, listen=[f"0.0.0.0:{self.config.session.ipp_port}"],
@@ -71,6 +72,22 @@ class Devices:
     def forget_engine_model(self) -> None:
         """A start or a release failed: the next session asks the engine again."""
         self.engine_model, self.engine_model_at = None, 0.0
+
+    def network_leftovers(self, *, gateways: bool = True) -> list[str]:
+        """How the device's network differs from its policy (empty when it holds): the firewall
+        table missing or changed, a gateway still in its set (unless `gateways` is False: at start,
+        before the boot purge ends a crashed daemon's tunnel), a kernel setting (sysctl) off."""
+        left: list[str] = []
+        try:
+            kept = self.firewall.verify()
+            left += [f"firewall gateway {g}" for g in sorted(kept)] if gateways else []
+        except FirewallError as exc:
+            left.append(f"device firewall: {exc}")
+        try:
+            left += [f"sysctl {m}" for m in sysctls.mismatches(self.firewall.netns)]
+        except NetError as exc:
+            left.append(f"sysctls unknown: {exc}")
+        return left
 
     def stop_stale_print_service(self) -> None:
         """Stop a session cupsd a crashed firmware left running (found by its pid file)."""
@@ -109,7 +126,7 @@ def build(cfg: FirmwareConfig) -> Devices:
         config=cfg,
         card=open_reader(cfg.card.kind, **options),
         tunnel=tunnel,
-        firewall=Firewall(tunnel.backend, port=cfg.session.ipp_port),
+        firewall=Firewall(tunnel.backend, port=cfg.session.ipp_port, management=cfg.firewall.management),
         session_fs=SessionFs(cfg.session.tmpfs_dir, cfg.session.tmpfs_size_mb),
         route_window=RouteWindow(cfg.tunnel.initcwnd) if cfg.tunnel.initcwnd else None,
     )

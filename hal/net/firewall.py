@@ -1,18 +1,35 @@
-"""The MFP's own nftables table: the IPP port is reachable only through the org's tunnel.
+"""The MFP's own nftables table: default deny, installed once at firmware start, never removed by a purge.
 
-    table inet tenantprint / chain input (hook input, priority filter - 10, policy accept):
-      IPP (tcp/udp 631) from lo                      -> accept   (the firmware itself)
-      IPP arriving through IPsec                     -> accept   (kernel: `meta ipsec exists`;
-                                                                  libipsec: iifname "ipsec0")
-      IPP from anywhere else                         -> drop     (a coworker, a spoofed org address)
+    table inet tenantprint
+      sets gateways / gateways6        the current session's VPN gateway (empty between sessions)
+      sets management / management6    `firewall.management` CIDRs (ssh), fixed at install
+      chain input (hook input, priority filter - 10, policy drop):
+        loopback                                   -> accept
+        IPv6 neighbour discovery, RA, MLD query    -> accept   (hop limit 255: on-link only)
+        ct state invalid                           -> drop     "drop-invalid"
+        ct state established,related               -> accept   (answers, ICMP errors)
+        IKE / NAT-T (udp 500, 4500) from @gateways -> accept
+        ESP from @gateways                         -> accept   (kernel backend only: libipsec is UDP)
+        IPP (tcp/udp 631) through IPsec            -> accept   "ipp-via-ipsec" (kernel: `meta ipsec
+                                                               exists`; libipsec: iifname "ipsec0")
+        ssh (tcp 22) from @management              -> accept
+        DHCP / DHCPv6 answers to the client port   -> accept
+        everything else                            -> drop     "drop-ipp", "drop-ssh", "drop-ike",
+                                                               "drop-esp", "drop-other"
+      chain forward (policy drop)                  -> drop     "drop-forward"
+      chain output (policy accept): IKE / NAT-T and ESP only to @gateways ("drop-ike-out", "drop-esp-out")
 
-Only this table is touched; other tables (the OS's own) are left alone. `install` replaces the
-table atomically in one `nft -f -` transaction (`create table` when absent, else the `table` +
-`delete table` idiom), `remove` deletes it, `verify` compares what the kernel holds with what we install.
+Only this table is touched; other tables (the OS's own) are left alone, and since ours drops, an
+accept elsewhere cannot open what it closes. `install` writes the table in one `nft -f -`
+transaction (`create table` when absent, else the `table` + `delete table` idiom: a daemon restart
+replaces it atomically, carrying the gateway set over so the boot purge can still say goodbye to
+the old gateway), then `verify`s that the kernel holds exactly that; the gateway sets' elements
+are read separately (`gateways()`). `remove` exists for tests and tools: the firmware never calls it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import subprocess
@@ -21,35 +38,119 @@ from hal.net import IPP_PORT, FirewallError, ns_argv
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "tenantprint"
+IKE_PORTS = "{ 500, 4500 }"
+SSH_PORT = 22
+_TABLE = f"{TABLE_FAMILY} {TABLE_NAME}"
 _COUNTER = re.compile(r"counter packets \d+ bytes \d+")
 # Declares the table (a no-op when it exists), then deletes it: removal that never fails for absence.
-_DROP_TABLE = f"table {TABLE_FAMILY} {TABLE_NAME}\ndelete table {TABLE_FAMILY} {TABLE_NAME}\n"
+_DROP_TABLE = f"table {_TABLE}\ndelete table {_TABLE}\n"
+_GATEWAY_SETS = ("gateways", "gateways6")
+_ND = "icmpv6 type { mld-listener-query, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def management_networks(cidrs) -> tuple[Network, ...]:
+    """Validated, collapsed networks from CIDR strings (raises ValueError on a bad one)."""
+    nets = []
+    for cidr in cidrs:
+        if not isinstance(cidr, str):
+            raise ValueError(f"not a CIDR: {cidr!r}")
+        net = ipaddress.ip_network(cidr, strict=True)
+        if net.prefixlen == 0:
+            raise ValueError(f"{cidr}: a management address must not be everything")
+        nets.append(net)
+    v4 = list(ipaddress.collapse_addresses(n for n in nets if n.version == 4))
+    v6 = list(ipaddress.collapse_addresses(n for n in nets if n.version == 6))
+    return tuple(v4 + v6)
+
+
+def _element(net: Network) -> str:
+    """nft's own spelling of an interval element (a host is printed without its prefix)."""
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
 class Firewall:
-    def __init__(self, backend: str, *, netns: str | None = None, port: int = IPP_PORT, tun: str = "ipsec0"):
+    def __init__(self, backend: str, *, netns: str | None = None, port: int = IPP_PORT, tun: str = "ipsec0",
+                 management=()):
         if backend not in ("kernel", "libipsec"):
             raise FirewallError(f"unknown tunnel backend {backend!r}")
         if not re.match(r"^[A-Za-z0-9_.-]{1,15}$", tun):
             raise FirewallError(f"invalid interface name {tun!r}")
+        try:
+            self.management = management_networks(management)
+        except ValueError as exc:
+            raise FirewallError(f"invalid management address: {exc}") from None
         self.backend, self.netns, self.port, self.tun = backend, netns, int(port), tun
 
-    def _rules(self) -> list[str]:
-        match = f"meta l4proto {{ tcp, udp }} th dport {self.port}"
+    # -- the ruleset ---------------------------------------------------------------------------
+
+    def _sets(self) -> list[str]:
+        out = []
+        for name, kind, version in (("gateways", "ipv4_addr", 4), ("gateways6", "ipv6_addr", 6),
+                                    ("management", "ipv4_addr", 4), ("management6", "ipv6_addr", 6)):
+            out += [f"\tset {name} {{", f"\t\ttype {kind}"]
+            if name.startswith("management"):
+                out.append("\t\tflags interval")
+                elems = [_element(n) for n in self.management if n.version == version]
+                if elems:
+                    out.append(f"\t\telements = {{ {', '.join(elems)} }}")
+            out += ["\t}", ""]
+        return out
+
+    def _input(self) -> list[str]:
+        ipp = f"meta l4proto {{ tcp, udp }} th dport {self.port}"
         via = f'iifname "{self.tun}"' if self.backend == "libipsec" else "meta ipsec exists"
+        rules = [
+            'iifname "lo" accept comment "loopback"',
+            # before conntrack: ND must never depend on how conntrack classifies it
+            f'{_ND} ip6 hoplimit 255 accept comment "ipv6-nd"',
+            'ct state invalid counter drop comment "drop-invalid"',
+            'ct state established,related accept comment "established"',
+            f'udp dport {IKE_PORTS} ip saddr @gateways accept comment "ike"',
+            f'udp dport {IKE_PORTS} ip6 saddr @gateways6 accept comment "ike6"',
+        ]
+        if self.backend == "kernel":  # libipsec speaks ESP-in-UDP only
+            rules += ['meta l4proto esp ip saddr @gateways accept comment "esp"',
+                      'meta l4proto esp ip6 saddr @gateways6 accept comment "esp6"']
+        rules += [
+            f'{ipp} {via} counter accept comment "ipp-via-ipsec"',
+            f'tcp dport {SSH_PORT} ip saddr @management accept comment "ssh-management"',
+            f'tcp dport {SSH_PORT} ip6 saddr @management6 accept comment "ssh-management6"',
+            # a DHCP client's renewals are tracked; a broadcast offer is not
+            'udp sport 67 udp dport 68 accept comment "dhcp"',
+            'udp sport 547 udp dport 546 ip6 saddr fe80::/10 accept comment "dhcp6"',
+            f'{ipp} counter drop comment "drop-ipp"',
+            f'tcp dport {SSH_PORT} counter drop comment "drop-ssh"',
+            f'udp dport {IKE_PORTS} counter drop comment "drop-ike"',
+            'meta l4proto esp counter drop comment "drop-esp"',
+            'counter drop comment "drop-other"',
+        ]
+        return rules
+
+    def _output(self) -> list[str]:
         return [
-            f'{match} iifname "lo" counter accept comment "ipp-local"',
-            f'{match} {via} counter accept comment "ipp-via-ipsec"',
-            f'{match} counter drop comment "ipp-otherwise"',
+            f"udp dport {IKE_PORTS} ip daddr @gateways accept",
+            f"udp dport {IKE_PORTS} ip6 daddr @gateways6 accept",
+            "meta l4proto esp ip daddr @gateways accept",
+            "meta l4proto esp ip6 daddr @gateways6 accept",
+            f'udp dport {IKE_PORTS} counter drop comment "drop-ike-out"',
+            'meta l4proto esp counter drop comment "drop-esp-out"',
         ]
 
     def ruleset(self) -> str:
         """The table as nft source, in nft's own canonical spelling (so `verify` can compare)."""
-        lines = [f"table {TABLE_FAMILY} {TABLE_NAME} {{", "\tchain input {",
-                 "\t\ttype filter hook input priority filter - 10; policy accept;"]
-        lines += [f"\t\t{r}" for r in self._rules()]
-        lines += ["\t}", "}"]
+        lines = [f"table {_TABLE} {{", *self._sets()]
+        for name, policy, rules in (("input", "drop", self._input()),
+                                    ("forward", "drop", ['counter drop comment "drop-forward"']),
+                                    ("output", "accept", self._output())):
+            lines += [f"\tchain {name} {{",
+                      f"\t\ttype filter hook {name} priority filter - 10; policy {policy};",
+                      *[f"\t\t{r}" for r in rules], "\t}", ""]
+        lines[-1] = "}"
         return "\n".join(lines) + "\n"
+
+    # -- nft -----------------------------------------------------------------------------------
 
     def _nft(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
         try:
@@ -58,22 +159,32 @@ class Firewall:
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise FirewallError(f"nft {' '.join(args[:3])}: {exc}") from None
 
+    def _listing(self) -> tuple[list[str], set[str]] | None:
+        """(the table's lines without counter values and gateway elements, the gateway elements),
+        or None when the table is absent."""
+        proc = self._nft(["list", "table", TABLE_FAMILY, TABLE_NAME])
+        if proc.returncode != 0:
+            return None
+        return _split_gateways(proc.stdout)
+
     def install(self) -> None:
         """Install (or replace) the table in one atomic transaction, then verify it.
 
-        Usually the table is absent (the last purge removed it) and `create` adds it: ~5 ms. A
-        transaction that deletes anything makes the kernel wait for an RCU grace period (~10-20
-        ms), so the replacing one runs only when the table is there already."""
+        At boot the table is absent and `create` adds it (~5 ms). A restarted daemon finds it and
+        replaces it in one transaction (with an RCU grace period, ~15 ms), keeping the gateway set:
+        the boot purge ends the tunnel a crashed daemon left, and then empties the set."""
         # `create` fails, and with it the whole transaction, when the table exists
-        proc = self._nft(["-f", "-"], stdin=f"create table {TABLE_FAMILY} {TABLE_NAME}\n" + self.ruleset())
+        proc = self._nft(["-f", "-"], stdin=f"create table {_TABLE}\n" + self.ruleset())
         if proc.returncode != 0:
-            proc = self._nft(["-f", "-"], stdin=_DROP_TABLE + self.ruleset())
+            listing = self._listing()
+            kept = sorted(listing[1]) if listing else []
+            proc = self._nft(["-f", "-"], stdin=_DROP_TABLE + self.ruleset() + _add_elements(kept))
             if proc.returncode != 0:
                 raise FirewallError(f"nft install failed: {proc.stderr.strip()}")
         self.verify()
 
     def remove(self) -> None:
-        """Delete the table (idempotent, one transaction) and check it is gone."""
+        """Delete the table (idempotent, one transaction) and check it is gone. Tests and tools only."""
         proc = self._nft(["-f", "-"], stdin=_DROP_TABLE)
         if proc.returncode != 0:
             raise FirewallError(f"nft delete failed: {proc.stderr.strip()}")
@@ -87,18 +198,43 @@ class Firewall:
         items = json.loads(proc.stdout or '{"nftables": []}')["nftables"]
         return any(i.get("table", {}).get("name") == TABLE_NAME for i in items)
 
-    def verify(self) -> None:
-        """Raise FirewallError unless the kernel holds exactly our table."""
-        proc = self._nft(["list", "table", TABLE_FAMILY, TABLE_NAME])
-        if proc.returncode != 0:
+    def verify(self) -> set[str]:
+        """Raise FirewallError unless the kernel holds exactly our table (gateway elements aside);
+        return the gateway set's elements."""
+        listing = self._listing()
+        if listing is None:
             raise FirewallError("table inet tenantprint is not installed")
-        have = [_COUNTER.sub("counter", line).strip() for line in proc.stdout.splitlines() if line.strip()]
-        want = [line.strip() for line in self.ruleset().splitlines() if line.strip()]
+        have, gateways = listing
+        want, _ = _split_gateways(self.ruleset())
         if have != want:
             raise FirewallError("table inet tenantprint differs from the expected ruleset")
+        return gateways
+
+    # -- the session's gateway -----------------------------------------------------------------
+
+    def allow_gateway(self, address: str) -> None:
+        """Make `address` the one gateway IKE and ESP may reach and come from (replaces any other)."""
+        ip = _gateway_address(address)
+        script = "".join(f"flush set {_TABLE} {s}\n" for s in _GATEWAY_SETS) + _add_elements([str(ip)])
+        proc = self._nft(["-f", "-"], stdin=script)
+        if proc.returncode != 0:
+            raise FirewallError(f"nft add gateway failed: {proc.stderr.strip()}")
+
+    def forget_gateways(self) -> None:
+        """Empty the gateway sets (the purge): no IKE or ESP to or from anywhere until the next session."""
+        proc = self._nft(["-f", "-"], stdin="".join(f"flush set {_TABLE} {s}\n" for s in _GATEWAY_SETS))
+        if proc.returncode != 0:
+            raise FirewallError(f"nft flush gateways failed: {proc.stderr.strip()}")
+
+    def gateways(self) -> set[str]:
+        """The addresses in the gateway sets (raises FirewallError when the table is absent)."""
+        listing = self._listing()
+        if listing is None:
+            raise FirewallError("table inet tenantprint is not installed")
+        return listing[1]
 
     def counters(self) -> dict[str, int]:
-        """Packets counted per rule comment: ipp-local, ipp-via-ipsec, ipp-otherwise."""
+        """Packets counted per rule comment: ipp-via-ipsec and each drop reason (drop-*)."""
         proc = self._nft(["-j", "list", "table", TABLE_FAMILY, TABLE_NAME])
         if proc.returncode != 0:
             raise FirewallError("table inet tenantprint is not installed")
@@ -111,3 +247,50 @@ class Firewall:
                 if "counter" in expr:
                     out[rule.get("comment", str(rule.get("handle")))] = expr["counter"]["packets"]
         return out
+
+
+def _gateway_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise FirewallError("the gateway is not an IP address") from None
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_link_local:
+        raise FirewallError(f"{ip} cannot be a VPN gateway")
+    return ip
+
+
+def _add_elements(addresses) -> str:
+    script = ""
+    for a in addresses:
+        name = "gateways" if ipaddress.ip_address(a).version == 4 else "gateways6"
+        script += f"add element {_TABLE} {name} {{ {a} }}\n"
+    return script
+
+
+def _split_gateways(text: str) -> tuple[list[str], set[str]]:
+    """nft listing -> (stripped lines with counter values and gateway elements taken out, the
+    gateway elements). An `elements = { ... }` block may span lines."""
+    lines, gateways = [], set()
+    current_set, in_elements, block = None, False, ""
+    for raw in text.splitlines():
+        line = _COUNTER.sub("counter", raw).strip()
+        if not line:
+            continue
+        if m := re.match(r"set (\S+) \{$", line):
+            current_set = m.group(1)
+        elif line == "}":
+            current_set = None
+        if line.startswith("elements = {") or in_elements:
+            block += " " + line
+            in_elements = not line.endswith("}")
+            if in_elements or current_set not in _GATEWAY_SETS:
+                if not in_elements:
+                    lines.append(block.strip())
+                    block = ""
+                continue
+            inner = block.strip()[len("elements = {"):-1]
+            gateways |= {e.strip() for e in inner.split(",") if e.strip()}
+            block = ""
+            continue
+        lines.append(line)
+    return lines, gateways

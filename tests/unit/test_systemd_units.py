@@ -55,6 +55,9 @@ def build_root(root: Path, units_dir: Path = UNITS_DIR) -> Path:
     (root / "usr/sbin").mkdir(parents=True)
     for tool in ("charon-systemd", "swanctl"):
         shutil.copy2(f"/usr/sbin/{tool}", root / "usr/sbin" / tool)
+    shutil.copy2("/lib/systemd/systemd-sysctl", root / "usr/lib/systemd/systemd-sysctl")
+    (root / "etc/sysctl.d").mkdir(parents=True)
+    shutil.copy2(units_dir / "sysctl.d/90-tenantprint.conf", root / "etc/sysctl.d/")
     system = root / "etc/systemd/system"
     system.mkdir(parents=True)
     for unit in units_dir.glob("*.service"):
@@ -136,6 +139,21 @@ def test_firmware_unit_contract_and_hardening():
     for dep in ("network-online.target", "strongswan.service", "pcscd.socket", "tenantprint-enrol.service"):
         assert dep in after
     assert u["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_firmware_unit_applies_the_network_sysctls_the_firmware_checks():
+    """The sysctl.d file is the one hal/net/sysctls.py checks, the image installs it, and the unit
+    applies it (with full privileges: ProtectKernelTunables makes /proc/sys read-only) before start."""
+    from hal.net.sysctls import REQUIRED, sysctl_d
+
+    shipped = UNITS_DIR / "sysctl.d/90-tenantprint.conf"
+    assert shipped.read_text() == sysctl_d()
+    assert REQUIRED["net.ipv4.ip_forward"] == "0" and REQUIRED["net.ipv4.conf.all.rp_filter"] == "1"
+    assert REQUIRED["net.ipv4.conf.all.arp_ignore"] == "1" and REQUIRED["net.ipv4.conf.all.arp_announce"] == "2"
+    svc = parse_unit(UNITS_DIR / "tenantprint-firmware.service")["Service"]
+    assert svc["ExecStartPre"] == ["+/usr/lib/systemd/systemd-sysctl /etc/sysctl.d/90-tenantprint.conf"]
+    stage = (REPO / "provisioning/pi-gen/stage-tenantprint/01-tenantprint/00-run.sh").read_text()
+    assert '"${F}/systemd/sysctl.d/90-tenantprint.conf" "${ROOTFS_DIR}/etc/sysctl.d/90-tenantprint.conf"' in stage
 
 
 def test_enrol_unit_runs_once_and_before_the_firmware():

@@ -1,7 +1,7 @@
 #!/bin/bash -e
 # Host side: copy what provisioning/build-wheel.sh put into files/ into the image.
 # files/wheels/*.whl   the tenantprint wheel (and optionally arm64 wheels of its dependencies)
-# files/systemd/       the repository's systemd/ folder
+# files/systemd/       the repository's systemd/ folder (units, sysctl.d)
 # files/doc/           RASPBERRY-PI.md
 F=files
 if ! compgen -G "${F}/wheels/tenantprint-*.whl" > /dev/null; then
@@ -19,6 +19,10 @@ done
 install -d -m 0755 "${ROOTFS_DIR}/etc/systemd/system/strongswan.service.d"
 install -m 0644 "${F}/systemd/strongswan.service.d/tenantprint.conf" \
 	"${ROOTFS_DIR}/etc/systemd/system/strongswan.service.d/"
+
+# A host, never a router (no forwarding, strict ARP and reverse path): applied at boot before any
+# interface is up, and again by the firmware's unit before each start (ExecStartPre).
+install -m 0644 "${F}/systemd/sysctl.d/90-tenantprint.conf" "${ROOTFS_DIR}/etc/sysctl.d/90-tenantprint.conf"
 
 install -d -m 0755 "${ROOTFS_DIR}/etc/tenantprint" "${ROOTFS_DIR}/opt/tenantprint/share/doc"
 install -m 0644 "${F}/firmware.toml" "${ROOTFS_DIR}/etc/tenantprint/firmware.toml"
