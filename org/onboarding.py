@@ -10,7 +10,15 @@ Description (JSON; unknown keys are errors):
      "radius": {"host": "10.20.0.50", "port": 1812, "user_format": "{user}@{org}",
                 "users": [{"id": "alice", "kind": "card"}, {"id": "bob", "kind": "pin", "pin": "2468"},
                           {"id": "dave", "kind": "disabled"}]},
+     "desks": {"networks": ["10.20.0.64/26"], "keys": ["<desk public key, base64>"]},
      "policy": {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": false}}
+
+`desks`: `networks` are where the desk PCs that print to the MFP sit (with the RADIUS host, the only
+part of the LAN the MFP's child SA reaches, org/gateway_config.py); `keys` are the public halves of
+the org's desk signing keys (`tenantprint org desk-key`, org/desk_key.py), which the profile
+carries as `print.desk_keys`. Without `desks` (descriptions written before it existed) the desks
+are taken to be on the RADIUS host and the profile has no desk key: it fails closed, no job of the
+org can be proven and none prints; `missing_desks(org)` says so, and the CLI prints it.
 
 Secrets (JSON, mode 0600, made by `provisioning/onboard-org.sh`): {"psk": "...", "radius": "..."}.
 Today every device an org accepts shares the org's PSK, and the profile names the first device's
@@ -22,7 +30,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from org.gateway_config import DeviceGrant, OrgGateway, strongswan_conf, swanctl_conf
+from org.gateway_config import DeviceGrant, OrgGateway, strongswan_conf, swanctl_conf, validate
 from org.radius_config import OrgRadius, RadiusUser, write_config_dir
 
 IKE_PROPOSALS = ("aes256gcm16-prfsha384-x25519", "aes256-sha256-x25519")
@@ -45,7 +53,12 @@ def _take(obj: dict, where: str, required: set[str], optional: set[str] = frozen
 
 def load(org_file: Path | str, secrets_file: Path | str) -> tuple[dict, dict]:
     org = json.loads(Path(org_file).read_text())
-    _take(org, "org", {"org_id", "gateway", "radius"}, {"name", "policy"})
+    _take(org, "org", {"org_id", "gateway", "radius"}, {"name", "policy", "desks"})
+    if "desks" in org:
+        _take(org["desks"], "desks", {"networks", "keys"})
+        for key in ("networks", "keys"):
+            if not isinstance(org["desks"][key], list) or not org["desks"][key]:
+                raise OnboardingError(f"desks.{key}: expected a non-empty list")
     _take(org["gateway"], "gateway", {"id", "wan_address", "lan", "pool", "devices"}, {"backend", "dpd_delay_s"})
     _take(org["radius"], "radius", {"host", "users"}, {"port", "user_format"})
     secrets = json.loads(Path(secrets_file).read_text())
@@ -57,12 +70,15 @@ def gateway(org: dict, secrets: dict) -> OrgGateway:
     g = org["gateway"]
     if not g["devices"]:
         raise OnboardingError("gateway.devices: at least one device")
-    return OrgGateway(
+    gw = OrgGateway(
         org_id=org["org_id"], gateway_id=g["id"], wan_address=g["wan_address"], lan=g["lan"], pool=g["pool"],
         devices=tuple(DeviceGrant(d, "psk", secrets["psk"].encode()) for d in g["devices"]),
         ike_proposals=IKE_PROPOSALS, esp_proposals=ESP_PROPOSALS,
         dpd_delay_s=g.get("dpd_delay_s", 1), backend=g.get("backend", "kernel"),
-        lan_reserved=(org["radius"]["host"],))
+        lan_reserved=(org["radius"]["host"],), auth_host=org["radius"]["host"],
+        desk_networks=tuple(org["desks"]["networks"]) if "desks" in org else (org["radius"]["host"] + "/32",))
+    validate(gw)
+    return gw
 
 
 def radius(org: dict, secrets: dict) -> OrgRadius:
@@ -85,7 +101,16 @@ def profile(org: dict, secrets: dict) -> dict:
         "auth": {"kind": "radius", "host": r["host"], "port": r.get("port", 1812), "secret": secrets["radius"],
                  "user_format": r.get("user_format", "{user}@{org}"), "timeout_s": 3.0, "retries": 2},
         "policy": org.get("policy", {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": False}),
+        **({"print": {"desk_keys": list(org["desks"]["keys"])}} if "desks" in org else {}),
     }
+
+
+def missing_desks(org: dict) -> str | None:
+    """A warning when the description has no `desks` (see the module docstring), else None."""
+    if "desks" in org:
+        return None
+    return ("desks: not described: the MFP's tunnel reaches the RADIUS host only, and with no desk key "
+            "registered no job of this org will print (tenantprint org desk-key, then desks.keys)")
 
 
 def write_gateway_config(org: dict, secrets: dict, out: Path | str) -> Path:

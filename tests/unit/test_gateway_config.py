@@ -15,7 +15,8 @@ PSK = b"TPCANARY-acme-psk-0123456789abcdef"
 def gw(**kw) -> OrgGateway:
     base = OrgGateway(org_id="acme", gateway_id="gw.acme", wan_address="10.78.0.11", lan="10.20.0.0/24",
                       pool="10.20.0.200-10.20.0.239", devices=(DeviceGrant("mfp-1.space-1", "psk", PSK),),
-                      lan_reserved=("10.20.0.1", "10.20.0.50"))
+                      lan_reserved=("10.20.0.1", "10.20.0.50"), auth_host="10.20.0.50",
+                      desk_networks=("10.20.0.64/26",))
     return dataclasses.replace(base, **kw)
 
 
@@ -24,7 +25,8 @@ def test_swanctl_conf_connection_pool_and_secret():
     assert "mfp-mfp-1-space-1 {" in text
     assert "local_addrs = 10.78.0.11" in text
     assert "pools = pool-acme" in text and "addrs = 10.20.0.200-10.20.0.239" in text
-    assert "local_ts = 10.20.0.0/24" in text
+    # the MFP's child SA reaches the auth server and the desks only, not the whole LAN
+    assert "local_ts = 10.20.0.50/32, 10.20.0.64/26" in text and "10.20.0.0/24" not in text
     assert 'id = "gw.acme"' in text and 'id = "mfp-1.space-1"' in text
     assert "dpd_delay = 1s" in text and "dpd_action = clear" in text
     # The secret is hex-encoded (no quoting issues), and only in the secrets section.
@@ -57,12 +59,23 @@ def test_conn_names_follow_the_gateway_agent_prefix():
     ({"devices": (DeviceGrant("mfp-1", "pubkey", PSK),)}, "not supported"),
     ({"gateway_id": "gw acme\n"}, "gateway_id"),
     ({"ike_proposals": ("aes256;rm",)}, "proposal"),
+    ({"auth_host": ""}, "auth_host"),
+    ({"auth_host": "10.30.0.5"}, "auth_host"),
+    ({"desk_networks": ()}, "desk_networks"),
+    ({"desk_networks": ("10.20.0.0/16",)}, "desk_networks"),
+    ({"desk_networks": ("10.20.0.1/24",)}, "desk_networks"),
+    ({"desk_networks": ("0.0.0.0/0",)}, "desk_networks"),
 ])
 def test_invalid_descriptions_are_rejected_without_showing_secrets(change, field):
     with pytest.raises(GatewayConfigError) as err:
         validate(gw(**change))
     assert field in str(err.value)
     assert PSK.decode() not in str(err.value)
+
+
+def test_local_ts_merges_a_desk_network_holding_the_auth_server():
+    assert "local_ts = 10.20.0.50/32\n" in swanctl_conf(gw(desk_networks=("10.20.0.50/32",)))
+    assert "local_ts = 10.20.0.0/25\n" in swanctl_conf(gw(desk_networks=("10.20.0.0/25",)))
 
 
 def test_repr_hides_psk():

@@ -12,6 +12,7 @@ ORG = {
     "gateway": {"id": "gw.acme", "wan_address": "203.0.113.10", "lan": "10.20.0.0/24",
                 "pool": "10.20.0.200-10.20.0.239", "devices": ["mfp-1.space-1"]},
     "radius": {"host": "10.20.0.50", "users": [{"id": "alice", "kind": "card"}]},
+    "desks": {"networks": ["10.20.0.64/26"], "keys": ["11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="]},
 }
 SECRETS = {"psk": "TPCANARY-psk-0123456789abcdef", "radius": "TPCANARYradius0123456789"}
 
@@ -27,6 +28,23 @@ def test_profile_is_a_valid_wire_profile(tmp_path):
     profile = SessionProfile.from_wire(onboarding.profile(org, secrets))
     assert profile.vpn.remote_ts == ["10.20.0.0/24"] and profile.auth.host == "10.20.0.50"
     assert profile.vpn.psk.reveal() == SECRETS["psk"].encode()
+    assert [len(k) for k in profile.desk_keys] == [32]
+
+
+def test_the_mfps_child_sa_reaches_the_auth_server_and_the_desks_only(tmp_path):
+    org, secrets = onboarding.load(*_files(tmp_path))
+    text = (onboarding.write_gateway_config(org, secrets, tmp_path / "gw") / "swanctl.conf").read_text()
+    assert "local_ts = 10.20.0.50/32, 10.20.0.64/26" in text
+
+
+def test_without_desks_the_profile_proves_no_job_and_the_tunnel_reaches_the_radius_host(tmp_path):
+    org = json.loads(json.dumps(ORG))
+    del org["desks"]
+    o, s = onboarding.load(*_files(tmp_path, org))
+    assert SessionProfile.from_wire(onboarding.profile(o, s)).desk_keys == ()
+    assert "desk key" in onboarding.missing_desks(o) and onboarding.missing_desks(ORG) is None
+    text = (onboarding.write_gateway_config(o, s, tmp_path / "gw") / "swanctl.conf").read_text()
+    assert "local_ts = 10.20.0.50/32\n" in text
 
 
 def test_configs_are_written_private(tmp_path):
@@ -43,6 +61,10 @@ def test_configs_are_written_private(tmp_path):
     lambda o: o.update(colour="red"),
     lambda o: o["gateway"].update(devices=[]),
     lambda o: o["radius"]["users"].append({"id": "x", "kind": "card", "extra": 1}),
+    lambda o: o["desks"].update(keys=[]),
+    lambda o: o["desks"].update(networks=[]),
+    lambda o: o["desks"].update(networks=["10.99.0.0/24"]),
+    lambda o: o["desks"].update(keys=["not a key"]),
 ])
 def test_bad_descriptions_are_refused_without_secrets_in_the_error(tmp_path, mutate):
     org = json.loads(json.dumps(ORG))
@@ -51,4 +73,5 @@ def test_bad_descriptions_are_refused_without_secrets_in_the_error(tmp_path, mut
         o, s = onboarding.load(*_files(tmp_path, org))
         onboarding.gateway(o, s)
         onboarding.radius(o, s)
+        SessionProfile.from_wire(onboarding.profile(o, s))
     assert "TPCANARY" not in str(err.value)
