@@ -1,10 +1,13 @@
 """One organization's session on the device: what it holds, and the purge that ends it.
 
 A `Session` owns every org-bearing resource the runtime created: the fetched profile (secrets in
-wipeable buffers), the tunnel, the session tmpfs with the session cupsd in it, the firewall table,
-and the watcher threads. `purge()` removes all of them, in an order that never leaves a secret
+wipeable buffers), the tunnel, the session tmpfs with the session cupsd in it, the session's gateway
+in the device firewall, and the watcher threads. `purge()` removes all of them, in an order that never leaves a secret
 reachable (stop accepting jobs first, destroy the spool, then the credentials), carries on past a
-failing step, and then *verifies* each one independently. It also serves at daemon start, when
+failing step, and then *verifies* each one independently. The device firewall itself stays (it is
+installed once, at daemon start): the purge empties its gateway set, and the check finds a leftover
+when the set is not empty, the table is missing or differs, or a kernel network setting is off, so a
+device whose firewall did not install never leaves `Fault` for a session. It also serves at daemon start, when
 there is no `Session` object and the previous process may have died with a session open.
 """
 
@@ -26,6 +29,7 @@ class Session:
     keeper: object | None = None  # the SecretKeeper process that alone holds the org's secrets
     profile: SessionProfile | None = None  # only where a caller holds a profile itself (tests, tools)
     virtual_ip: str | None = None
+    gateway: str | None = None  # the org's VPN gateway address (not secret), admitted by the firewall
     print_service: object | None = None  # hal.printer's session print service, once started
     print_service_ready: object | None = None  # the Future of its start (it starts beside IKE)
     jobs: dict[int, dict] = field(default_factory=dict)  # job id -> title, size (for the status)
@@ -62,7 +66,7 @@ def purge(devices: Devices, session: Session | None, reason: str) -> PurgeReport
     step("session tmpfs", devices.session_fs.unmount)
     step("tunnel down", devices.tunnel.down)
     step("tunnel credentials", devices.tunnel.purge)
-    step("firewall", devices.firewall.remove)
+    step("firewall gateways", devices.firewall.forget_gateways)
     if session is not None and session.profile is not None:
         session.profile.wipe()
         session.profile = None
@@ -86,9 +90,8 @@ def verify(devices: Devices) -> list[str]:
     except Exception as exc:
         left.append(f"charon inventory unknown: {type(exc).__name__}")
     try:
-        if devices.firewall.installed():
-            left.append("firewall table")
+        left += devices.network_leftovers()
     except Exception as exc:
-        left.append(f"firewall state unknown: {type(exc).__name__}")
+        left.append(f"device network state unknown: {type(exc).__name__}")
     left += devices.stale_print_service_leftovers()
     return left

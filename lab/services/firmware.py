@@ -2,7 +2,8 @@
 
 `FirmwareService.start` writes the device's config (`firmware.toml`), enrols the device with the
 lab's cloud the way first boot does (`tenantprint firmware enrol` with a one-time token, the key made
-on the office host), starts `tenantprint firmware run` there and waits until the boot purge is done
+on the office host), sets the office host's kernel network settings as the device's unit does
+(`hal/net/sysctls.py`), starts `tenantprint firmware run` there and waits until the boot purge is done
 and the daemon is idle. `stop` sends SIGTERM (the daemon purges the session and exits). Its control
 socket is reached from the root namespace through the office host's /run.
 """
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from firmware import status as fw_status
+from hal.net import sysctls
 from lab.host import LabError
 from lab.orgs import DEVICE_ID
 
@@ -106,6 +108,8 @@ class FirmwareService:
         if self.running(lab):
             return
         config = self.write_config(lab)
+        # What the device's unit does before the daemon starts (ExecStartPre, systemd/sysctl.d)
+        sysctls.apply(lab.host(HOST).ns)
         lab.spawn(self.name, HOST, [sys.executable, "-m", "tenantprint", "firmware", "--config", str(config), "run"],
                   cwd=REPO, env=dict(self.env))
         self.wait_settled(lab, timeout=60, want=("idle", "fault"))

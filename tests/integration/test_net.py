@@ -1,99 +1,281 @@
-"""hal/net against the real kernel in the lab: the nftables table, IPsec leftovers and the tunnel
-routes' initial window.
+"""hal/net against the real kernel in the lab: the device firewall, the kernel network settings,
+IPsec leftovers and the tunnel routes' initial window.
 
-The firewall is exercised with real TCP connections from `cowork` to a listener on office:631.
+The firewall is exercised with real packets from `cowork` to listeners on `office` (over the lab's
+office LAN), and through a veth named `ipsec0` whose far end sits in `cowork`: to the office it looks
+exactly as kernel-libipsec's TUN does (decrypted packets arriving on ipsec0 with org addresses).
 """
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from prereq import need_binary
 
-from hal.net import FirewallError
+from hal.net import FirewallError, sysctls
 from hal.net.addresses import flush_stale_ipsec, interface_of, ipsec_leftovers
 from hal.net.firewall import Firewall
 from hal.net.route_window import RouteWindow
 
+REPO = Path(__file__).resolve().parents[2]
 LISTENER = """
 import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], 631)); s.listen()
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen()
 while True:
     c, a = s.accept(); c.sendall(("hello " + a[0] + "\\n").encode()); c.close()
 """
 
 CLIENT = """
 import socket, sys
-s = socket.socket(); s.settimeout(float(sys.argv[3]))
-if sys.argv[2] != "-": s.bind((sys.argv[2], 0))
-s.connect((sys.argv[1], 631)); print(s.recv(100).decode().strip())
+s = socket.socket(); s.settimeout(float(sys.argv[4]))
+if sys.argv[3] != "-": s.bind((sys.argv[3], 0))
+s.connect((sys.argv[1], int(sys.argv[2]))); print(s.recv(100).decode().strip())
 """
+
+UDP_LISTENER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", int(sys.argv[1])))
+while True:
+    data, a = s.recvfrom(100); print(a[0], data.decode(), flush=True)
+"""
+
+UDP_SEND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 4500))
+s.sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))
+"""
+
+OFFICE, COWORK = "10.77.0.10", "10.77.0.20"
+TUN_OFFICE, TUN_PEER = "10.20.0.201", "10.20.0.50"  # the virtual IP, a desk in the org's LAN
+
+
+def listener(lab, host: str, address: str, port: int, key: str):
+    lab.spawn(key, host, [sys.executable, "-c", LISTENER, address, str(port)])
+    for _ in range(100):
+        if lab.host(host).run(["ss", "-Hltn", f"src {address}:{port}"]).stdout.strip():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"listener on {host} {address}:{port} did not start")
 
 
 def ipp_listener(lab, host: str, address: str, key: str):
-    lab.spawn(key, host, [sys.executable, "-c", LISTENER, address])
-    for _ in range(100):
-        if lab.host(host).run(["ss", "-Hltn", f"src {address}:631"]).stdout.strip():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"listener on {host} {address}:631 did not start")
+    listener(lab, host, address, 631, key)
 
 
-def ipp_connect(lab, host: str, address: str, source: str = "-", timeout: float = 1.5) -> str | None:
-    """The listener's greeting when a TCP connection from `host` to address:631 works, else None."""
-    proc = lab.host(host).run([sys.executable, "-c", CLIENT, address, source, str(timeout)], check=False,
-                              timeout=timeout + 10)
+def connect(lab, host: str, address: str, port: int, source: str = "-", timeout: float = 1.0) -> str | None:
+    """The listener's greeting when a TCP connection from `host` to address:port works, else None."""
+    proc = lab.host(host).run([sys.executable, "-c", CLIENT, address, str(port), source, str(timeout)],
+                              check=False, timeout=timeout + 10)
     return proc.stdout.decode().strip() if proc.returncode == 0 else None
 
 
+def ipp_connect(lab, host: str, address: str, source: str = "-", timeout: float = 1.5) -> str | None:
+    return connect(lab, host, address, 631, source, timeout)
+
+
 @pytest.fixture(scope="module")
-def office_listener(lab):
+def office_listeners(lab):
+    """Listeners on office: IPP, ssh, another port (the engine's), and IKE's udp 500."""
     need_binary("nft", "ss")
-    ipp_listener(lab, "office", "0.0.0.0", "tpn-net-ipp")
+    for port in (631, 22, 8631):
+        listener(lab, "office", "0.0.0.0", port, f"tpn-net-{port}")
+    lab.spawn("tpn-net-udp500", "office", [sys.executable, "-u", "-c", UDP_LISTENER, "500"])
     yield
-    lab.procs.stop("tpn-net-ipp")
+    for key in ("tpn-net-631", "tpn-net-22", "tpn-net-8631", "tpn-net-udp500"):
+        lab.procs.stop(key)
+
+
+@pytest.fixture(scope="module")
+def tun_link(lab):
+    """A veth `ipsec0` on office (the virtual IP) whose far end `org0` is in cowork (an org desk)."""
+    office, cowork = lab.host("office"), lab.host("cowork")
+    # from the root namespace: a host's own /run has no /run/netns to name the other one by
+    subprocess.run(["ip", "-n", office.ns, "link", "add", "ipsec0", "type", "veth", "peer", "name", "org0",
+                    "netns", cowork.ns], check=True, capture_output=True, timeout=10)
+    office.run(["ip", "addr", "add", f"{TUN_OFFICE}/24", "dev", "ipsec0"])
+    office.run(["ip", "link", "set", "ipsec0", "up"])
+    cowork.run(["ip", "addr", "add", f"{TUN_PEER}/24", "dev", "org0"])
+    cowork.run(["ip", "link", "set", "org0", "up"])
+    yield
+    office.run(["ip", "link", "del", "ipsec0"], check=False)
+
+
+@pytest.fixture
+def fw(lab):
+    made: list[Firewall] = []
+
+    def make(backend: str = "libipsec", **kw) -> Firewall:
+        f = Firewall(backend, netns=lab.host("office").ns, **kw)
+        made.append(f)
+        return f
+    yield make
+    if made:
+        made[0].remove()
+
+
+def udp_received(lab) -> str:
+    return (lab.layout.logs_dir / "tpn-net-udp500.log").read_text()
+
+
+def test_install_verify_is_idempotent_and_replaces_atomically(lab, fw):
+    f = fw("kernel")
+    f.install()
+    f.install()  # idempotent: replaced in one transaction, still exactly one table
+    assert f.installed()
+    assert f.verify() == set()
+    f.allow_gateway("10.78.0.11")
+    f.install()  # a daemon restart keeps the gateway: the boot purge still ends that tunnel
+    assert f.verify() == f.gateways() == {"10.78.0.11"}
+    tables = lab.host("office").run(["nft", "list", "tables"]).stdout.decode()
+    assert tables.count("tenantprint") == 1
 
 
 @pytest.mark.parametrize("backend", ["libipsec", "kernel"])
-def test_firewall_install_verify_remove(lab, office_listener, backend):
-    fw = Firewall(backend, netns=lab.host("office").ns)
-    assert ipp_connect(lab, "cowork", "10.77.0.10") == "hello 10.77.0.20"  # baseline: open
+def test_gateway_set_add_replace_and_clear(fw, backend):
+    f = fw(backend)
+    f.install()
+    f.allow_gateway("10.78.0.11")
+    assert f.gateways() == {"10.78.0.11"}
+    f.allow_gateway("2001:db8::11")  # one session, one gateway: the set is replaced
+    assert f.gateways() == {"2001:db8::11"}
+    f.verify()  # elements do not count as a difference
+    f.forget_gateways()
+    f.forget_gateways()
+    assert f.gateways() == set()
+    for bad in ("gw.acme.example", "10.78.0.11/32", "0.0.0.0", "127.0.0.1", "224.0.0.1", "fe80::1", ""):
+        with pytest.raises(FirewallError):
+            f.allow_gateway(bad)
+    assert f.gateways() == set()
 
-    fw.install()
-    fw.install()  # idempotent: replaced atomically, still exactly one table
-    assert fw.installed()
-    fw.verify()
-    before = fw.counters()
-    assert ipp_connect(lab, "cowork", "10.77.0.10") is None
-    after = fw.counters()
-    assert after["ipp-otherwise"] > before["ipp-otherwise"]
-    assert after["ipp-via-ipsec"] == before["ipp-via-ipsec"] == 0
-    # The firmware's own connections (lo) still reach the port.
-    assert ipp_connect(lab, "office", "127.0.0.1") == "hello 127.0.0.1"
 
-    fw.remove()
-    fw.remove()  # idempotent
-    assert not fw.installed()
+def test_verify_detects_tampering_and_absence(lab, fw):
+    f = fw("libipsec")
+    with pytest.raises(FirewallError, match="not installed"):
+        f.verify()
+    f.install()
+    lab.host("office").run(["nft", "insert", "rule", "inet", "tenantprint", "input", "tcp", "dport", "8631", "accept"])
+    with pytest.raises(FirewallError, match="differs"):
+        f.verify()
+    f.install()  # reinstalling restores exactly our ruleset
+    f.verify()
+    lab.host("office").run(["nft", "add", "element", "inet", "tenantprint", "management", "{ 10.77.0.20 }"])
+    with pytest.raises(FirewallError, match="differs"):
+        f.verify()  # a management address nobody configured
+    f.install()
+    f.verify()
+    other = Firewall("kernel", netns=lab.host("office").ns)
+    with pytest.raises(FirewallError, match="differs"):
+        other.verify()  # the other backend's ruleset is not ours
+
+
+def test_lan_peer_reaches_nothing(lab, office_listeners, fw):
+    """cowork -> office: ssh (no management address), IPP, another listening port and IKE from a
+    non-gateway are all dropped, each counted under its reason; loopback still works."""
+    assert connect(lab, "cowork", OFFICE, 8631) == f"hello {COWORK}"  # baseline: open without it
+    f = fw("libipsec")
+    f.install()
+    before = f.counters()
+    assert connect(lab, "cowork", OFFICE, 22) is None
+    assert connect(lab, "cowork", OFFICE, 631) is None
+    assert connect(lab, "cowork", OFFICE, 8631) is None
+    lab.host("cowork").run([sys.executable, "-c", UDP_SEND, OFFICE, "500", "ike-from-cowork"])
+    time.sleep(0.3)
+    after = f.counters()
+    for reason in ("drop-ssh", "drop-ipp", "drop-other", "drop-ike"):
+        assert after[reason] > before[reason], reason
+    assert "ike-from-cowork" not in udp_received(lab)
+    assert connect(lab, "office", "127.0.0.1", 631) == "hello 127.0.0.1"
+    assert connect(lab, "office", "127.0.0.1", 8631) == "hello 127.0.0.1"
+
+    # The same IKE datagram from the session's gateway gets in.
+    f.allow_gateway(COWORK)
+    lab.host("cowork").run([sys.executable, "-c", UDP_SEND, OFFICE, "500", "ike-from-gateway"])
+    deadline = time.monotonic() + 2
+    while "ike-from-gateway" not in udp_received(lab) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert f"{COWORK} ike-from-gateway" in udp_received(lab)
+
+
+def test_ssh_from_management_address_only(lab, office_listeners, fw):
+    f = fw("kernel", management=["10.77.0.20/32"])
+    f.install()
+    assert connect(lab, "cowork", OFFICE, 22) == f"hello {COWORK}"
+    assert connect(lab, "cowork", OFFICE, 631) is None  # management opens ssh, nothing else
     with pytest.raises(FirewallError):
-        fw.verify()
-    assert ipp_connect(lab, "cowork", "10.77.0.10") == "hello 10.77.0.20"
+        Firewall("kernel", management=["10.77.0.20/24"])  # host bits: a typo, not a network
 
 
-def test_firewall_verify_detects_tampering(lab):
-    fw = Firewall("libipsec", netns=lab.host("office").ns)
-    fw.install()
+def test_ipp_through_the_tunnel_interface_only(lab, office_listeners, tun_link, fw):
+    """Through ipsec0 (libipsec's TUN) only IPP gets in; IPP from the LAN with the org's source
+    address (spoofed) does not."""
+    f = fw("libipsec")
+    f.install()
+    assert connect(lab, "cowork", TUN_OFFICE, 631, source=TUN_PEER) == f"hello {TUN_PEER}"
+    assert connect(lab, "cowork", TUN_OFFICE, 8631, source=TUN_PEER) is None
+    assert connect(lab, "cowork", TUN_OFFICE, 22, source=TUN_PEER) is None
+    assert f.counters()["ipp-via-ipsec"] >= 1
+    # kernel backend: nothing arrives with an IPsec policy here, so ipsec0 alone admits nothing
+    k = fw("kernel")
+    k.install()
+    assert connect(lab, "cowork", TUN_OFFICE, 631, source=TUN_PEER) is None
+
+
+def _tx_packets(host, dev: str) -> int:
+    return int(host.run(["cat", f"/sys/class/net/{dev}/statistics/tx_packets"]).stdout)
+
+
+def test_forward_is_dropped(lab, tun_link, fw):
+    """cowork -> office -> the org side (ipsec0): not forwarded, even with ip_forward switched on
+    by mistake; without the table the same packets do go out of ipsec0 (the control)."""
+    office, cowork = lab.host("office"), lab.host("cowork")
+    cowork.run(["ip", "route", "replace", "10.20.0.60/32", "via", OFFICE, "dev", "eth0"])
+    office.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
     try:
-        lab.host("office").run(["nft", "insert", "rule", "inet", "tenantprint", "input", "tcp", "dport", "631", "accept"])
-        with pytest.raises(FirewallError, match="differs"):
-            fw.verify()
-        fw.install()  # reinstalling restores exactly our ruleset
-        fw.verify()
+        f = fw("libipsec")
+        f.install()
+        before, sent = f.counters()["drop-forward"], _tx_packets(office, "ipsec0")
+        assert connect(lab, "cowork", "10.20.0.60", 9100, source=COWORK, timeout=0.5) is None
+        assert f.counters()["drop-forward"] > before
+        assert _tx_packets(office, "ipsec0") == sent
+        f.remove()
+        connect(lab, "cowork", "10.20.0.60", 9100, source=COWORK, timeout=0.5)
+        assert _tx_packets(office, "ipsec0") > sent
     finally:
-        fw.remove()
+        office.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
+        cowork.run(["ip", "route", "del", "10.20.0.60/32"], check=False)
+
+
+def test_image_sysctl_file_sets_what_the_firmware_checks():
+    """systemd-sysctl applying the image's file in a fresh network namespace leaves nothing for
+    `sysctls.mismatches` to find; before it, a fresh namespace's defaults are reported."""
+    need_binary("unshare", "/lib/systemd/systemd-sysctl")
+    check = f"import sys; sys.path.insert(0, {str(REPO)!r}); from hal.net import sysctls; print(sysctls.mismatches())"
+    conf = REPO / "systemd/sysctl.d/90-tenantprint.conf"
+    proc = subprocess.run(["unshare", "--net", "sh", "-c",
+                           f'{sys.executable} -c "$1"; /lib/systemd/systemd-sysctl {conf} && {sys.executable} -c "$1"',
+                           "sh", check], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    before, after = proc.stdout.splitlines()
+    assert "net.ipv4.conf.all.arp_ignore=0 (want 1)" in before
+    assert after == "[]"
+
+
+def test_sysctl_mismatch_names_the_setting(lab):
+    h = lab.host("cowork")
+    sysctls.apply(h.ns)
+    assert sysctls.mismatches(h.ns) == []
+    h.run(["sysctl", "-q", "-w", "net.ipv4.conf.all.arp_ignore=0"])
+    h.run(["sysctl", "-q", "-w", "net.ipv4.conf.eth0.rp_filter=2"])
+    assert sysctls.mismatches(h.ns) == ["net.ipv4.conf.all.arp_ignore=0 (want 1)",
+                                        "net.ipv4.conf.eth0.rp_filter=2 (want 1)"]
+    sysctls.apply(h.ns)
+    assert sysctls.mismatches(h.ns) == []
 
 
 def test_firewall_rejects_bad_input():
@@ -101,6 +283,8 @@ def test_firewall_rejects_bad_input():
         Firewall("xfrm")
     with pytest.raises(FirewallError):
         Firewall("libipsec", tun='ipsec0" accept')
+    with pytest.raises(FirewallError):
+        Firewall("libipsec", management=["0.0.0.0/0"])
 
 
 def test_flush_stale_ipsec_removes_leftovers(lab):

@@ -6,8 +6,8 @@ The whole system in the lab, driven through `tenantprint lab ...`.
 
 One full lab per test session (prefix `tps`): cloud, two orgs' gateways, RADIUS servers and desk PCs,
 and the MFP with its firmware. After every scenario the cleanup invariants are asserted: the MFP is
-idle and holds nothing of any org (no session tmpfs, no VICI connection/SA/credential, no firewall
-table, no session cupsd, no canary secret in a file it can see).
+idle and holds nothing of any org (no session tmpfs, no VICI connection/SA/credential, no gateway in
+the device firewall's set, no session cupsd, no canary secret in a file it can see).
 """
 
 from __future__ import annotations
@@ -60,9 +60,13 @@ def office_leftovers(system) -> list[str]:
         out = office.run(["swanctl", what, "--uri", "unix:///run/charon.vici"], check=False).stdout.decode()
         if out.strip():
             left.append(f"charon {what}: {out.strip()[:200]}")
-    tables = office.run(["nft", "list", "tables"], check=False).stdout.decode()
-    if "tenantprint" in tables:
-        left.append("firewall table")
+    # The device firewall stays installed between sessions; only the session's gateway goes.
+    from hal.net import FirewallError
+    from hal.net.firewall import Firewall
+    try:
+        left += [f"firewall gateway {g}" for g in Firewall("libipsec", netns=office.ns).gateways()]
+    except FirewallError as exc:
+        left.append(f"device firewall: {exc}")
     # Files, argv, VICI inventory and the memory of every process on the MFP (the firmware, charon):
     # the secret keeper that held the org's secrets is gone with the session.
     left += [f"canary in {f['where']}" for f in scan(system, "office")["findings"]]
