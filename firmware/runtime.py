@@ -171,6 +171,7 @@ class Runtime:
         if "error" in reply:
             self.post(ev.LookupFailed(self.now(), e.session, reply["error"]))
             return
+        s.gateway = reply.get("gateway")  # the device firewall admits IKE/ESP with it alone
         pol = reply["policy"]
         self.post(ev.ProfileFetched(self.now(), e.session, e.org, tuple(reply["remote_ts"]),
                                     ev.Policy(pol["idle_timeout_s"], pol["max_hold_s"], pol["combined_mode"])))
@@ -201,9 +202,10 @@ class Runtime:
             self.post(ev.TunnelFailed(self.now(), e.session, "no profile"))
             return
         try:
+            self.devices.firewall.allow_gateway(s.gateway)  # before IKE's first packet; the purge forgets it
             reply = s.keeper.call("tunnel_up", timeout=self.cfg.tunnel.up_timeout_s + 10,
                                   timeout_s=self.cfg.tunnel.up_timeout_s)
-        except (KeeperError, OSError) as exc:
+        except (KeeperError, OSError, NetError) as exc:
             self.post(ev.TunnelFailed(self.now(), e.session, type(exc).__name__))
             return
         if "error" in reply:
@@ -225,10 +227,9 @@ class Runtime:
                 self.post(ev.TunnelDown(self.now(), s.number, f"watch failed: {type(exc).__name__}"))
 
     def _prepare_print_service(self, s: Session) -> None:
-        """Install the firewall table, mount the session tmpfs and start the session cupsd in it
-        (on the preparer thread)."""
+        """Mount the session tmpfs and start the session cupsd in it (on the preparer thread). The
+        device firewall, installed at daemon start, lets its port in through IPsec only."""
         t0 = time.monotonic()
-        self.devices.firewall.install()  # first: cupsd listens on the IPP port of every address
         self.devices.session_fs.mount()
         s.print_service = self.devices.print_service()
         s.print_service.start()
@@ -413,6 +414,14 @@ class Runtime:
             self.loop.add_signal_handler(sig, lambda: self.post(ev.Shutdown(self.now())))
         tasks = [asyncio.create_task(self._read_cards()), asyncio.create_task(self._tick())]
         self._start_route_window()
+        # The device firewall and the kernel's network settings hold before anything else: if not,
+        # the boot purge's check finds it and latches Fault (no session), the daemon stays up.
+        try:
+            self.devices.firewall.install()
+        except NetError as exc:
+            journal.record("device firewall not installed: no sessions", level=50, error=str(exc))
+        if wrong := self.devices.network_leftovers(gateways=False):
+            journal.record("device network not as required: no sessions", level=50, found="; ".join(wrong))
         self.post(ev.Boot(self.now()))
         sdnotify.notify("READY=1")
         try:

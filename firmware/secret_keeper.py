@@ -13,7 +13,7 @@ instead of three (TCP, TLS, request). That connection carries nothing secret unt
 Protocol: JSON lines on the keeper's stdin/stdout. The first line is the firmware configuration;
 then one request, one reply:
 
-    {"op": "fetch", "org": O}              -> {"org", "remote_ts", "policy"} | {"error": kind}
+    {"op": "fetch", "org": O}              -> {"org", "remote_ts", "gateway", "policy"} | {"error": kind}
     {"op": "tunnel_up", "timeout_s": s}    -> {"virtual_ip", "interface", "remote_ts"} | {"error": cause}
     {"op": "auth", "user", "org", "pin", "state"}  -> {"outcome": name, ...}
     {"op": "exit"}                          -> (the keeper wipes what it holds and exits)
@@ -157,6 +157,7 @@ def _serve(stdin, stdout) -> None:
                 continue
             p = profile.policy
             reply({"org": profile.org_id, "remote_ts": list(profile.vpn.remote_ts),
+                   "gateway": profile.vpn.gateway,  # not secret: the device firewall admits only it
                    "policy": {"idle_timeout_s": p.idle_timeout_s, "max_hold_s": p.max_hold_s,
                               "combined_mode": p.combined_mode}})
         elif op == "tunnel_up":
