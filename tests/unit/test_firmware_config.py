@@ -26,6 +26,12 @@ def test_defaults_are_valid_and_dumpable():
     ("[session]\nipp_port=true\n", "must be int"),
     ("card = 3\n", "[card] must be a table"),
     ("[card\n", "Expected"),
+    ("[firewall]\nmanagement='10.77.0.5/32'\n", "firewall.management must be list"),
+    ("[firewall]\nmanagement=['10.77.0.5/24']\n", "firewall.management 10.77.0.5/24 has host bits set"),
+    ("[firewall]\nmanagement=['ssh.example']\n", "firewall.management 'ssh.example' does not appear"),
+    ("[firewall]\nmanagement=[22]\n", "firewall.management not a CIDR: 22"),
+    ("[firewall]\nmanagement=['::/0']\n", "must not be everything"),
+    ("[firewall]\nssh=true\n", "unknown key firewall.ssh"),
 ])
 def test_rejects_bad_files(tmp_path, toml, message):
     path = tmp_path / "firmware.toml"
@@ -51,3 +57,12 @@ def test_layers_file_then_enrolment(tmp_path):
 def test_required_file_missing(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         config.load(tmp_path / "absent.toml", required=True)
+
+
+def test_firewall_management_default_is_no_ssh_and_cidrs_pass(tmp_path):
+    assert config.load(None).firewall.management == []
+    path = tmp_path / "firmware.toml"
+    path.write_text("[firewall]\nmanagement = ['10.77.0.5/32', 'fd00:77::/64']\n")
+    cfg = config.load(path)
+    assert cfg.firewall.management == ["10.77.0.5/32", "fd00:77::/64"]
+    assert config.from_dict(cfg.as_dict()).as_dict() == cfg.as_dict()
