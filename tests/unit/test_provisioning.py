@@ -117,6 +117,7 @@ def test_units_installed_and_enabled(rootfs):
     for unit in ("tenantprint-firmware.service", "tenantprint-enrol.service", "strongswan.service"):
         assert (wants / unit).is_symlink(), unit
     assert (system / "strongswan.service.d/tenantprint.conf").exists()
+    assert (rootfs / "etc/sysctl.d/90-tenantprint.conf").read_text() == (REPO / "systemd/sysctl.d/90-tenantprint.conf").read_text()
     assert os.readlink(system / "swap.target") == "/dev/null"
     assert not (wants / "cups.service").exists() and not (system / "sockets.target.wants/cups.socket").exists()
     helper = rootfs / "opt/tenantprint/libexec/tenantprint-first-boot"
@@ -131,6 +132,8 @@ def test_units_verify_in_the_image(rootfs):
     (rootfs / "usr/sbin").mkdir(parents=True, exist_ok=True)
     for tool in ("charon-systemd", "swanctl"):
         shutil.copy2(f"/usr/sbin/{tool}", rootfs / "usr/sbin" / tool)
+    (rootfs / "usr/lib/systemd").mkdir(parents=True, exist_ok=True)  # the firmware's ExecStartPre
+    shutil.copy2("/lib/systemd/systemd-sysctl", rootfs / "usr/lib/systemd/systemd-sysctl")
     proc = subprocess.run(["systemd-analyze", "verify", f"--root={rootfs}", "tenantprint-firmware.service",
                            "tenantprint-enrol.service", "strongswan.service"], capture_output=True, text=True)
     assert proc.returncode == 0 and "tenantprint" not in proc.stderr, proc.stderr
