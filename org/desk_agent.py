@@ -10,6 +10,19 @@ print service may start a moment after its tunnel; when its first try is refused
 connects again every few ms and adds the queue as soon as the port accepts). For every MFP that
 went away it deletes the queue, which also drops the desk's pending jobs for it. When the gateway agent cannot be reached for
 `grace_s`, the MFPs are treated as gone: no queue to a printer whose tunnel nobody can vouch for.
+
+Jobs leave the desk through the `tenantprint` backend (org/desk_backend.py), which signs each one
+with the org's desk key (the MFP releases a job to a user only with that proof). CUPS builds an
+IPP Everywhere model only from an `ipp://` URI, so a queue is added with `ipp://` (disabled and
+rejecting), and its device URI becomes `tenantprint://` in the same call that already set
+`waitjob=false` before it is enabled: no extra round trip, and no queue is ever enabled with a
+plain `ipp://` URI (a queue added with a kept PPD gets `tenantprint://` at once). A queue found
+with any other URI is deleted and added again.
+
+The gateway's listing is checked entry by entry before anything of it reaches a URI: the MFP id
+and its virtual IP (an address literal, not loopback, link-local, multicast or unspecified); an
+entry that fails is left out (no queue for it) and logged. The listing is read with a size bound
+and a deadline.
 """
 
 from __future__ import annotations
@@ -34,16 +47,40 @@ import cups
 
 from hal.printer.cupsd import model_built
 from hal.printer.ipp import IppError, IppRefused, first, get_printer_attributes, get_printers
+from org.desk_backend import device_uri, mfp_address
 
 log = logging.getLogger("tenantprint.org.desk_agent")
 
 QUEUE_PREFIX = "tenantprint-"
 
+MAX_LISTING = 1 << 20  # the gateway agent's answer: a few hundred bytes per MFP
+_MFP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._=,:+-]{0,254}")
+
+
 @dataclass(frozen=True)
 class WantedQueue:
     name: str
-    uri: str
+    uri: str  # ipp://: what the probe reads and CUPS builds the model from
     mfp_id: str
+    device_uri: str = ""  # tenantprint://: what the queue prints through (the signing backend)
+
+
+def checked_mfps(items: object) -> list[dict]:
+    """Pure: the entries of the gateway's MFP listing that are safe to use, as {"id", "virtual_ip"}
+    (the address normalized). Anything else is left out and logged: a listing that is not a list
+    gives none."""
+    if not isinstance(items, list):
+        log.warning("gateway listing: mfps is not a list: ignored")
+        return []
+    out = []
+    for m in items[:256]:
+        try:
+            if not isinstance(m, dict) or not isinstance(m.get("id"), str) or not _MFP_ID.fullmatch(m["id"]):
+                raise ValueError("id: invalid")
+            out.append({"id": m["id"], "virtual_ip": mfp_address(m.get("virtual_ip"))})
+        except ValueError as exc:
+            log.warning("gateway listing: entry left out: %s", str(exc)[:200])
+    return out
 
 
 def mfp_resource(mfp_queue: str) -> str:
@@ -57,9 +94,11 @@ def wanted_queues(mfps: list[dict], resource: str, port: int = 631) -> dict[str,
     if not resource.startswith("/"):
         raise ValueError(f"the MFP resource must be an absolute path, not {resource!r}")
     out = {}
-    for m in mfps:
-        name = QUEUE_PREFIX + re.sub(r"[^A-Za-z0-9_-]", "_", m["id"] or m["virtual_ip"])[:100]
-        out[name] = WantedQueue(name, f"ipp://{m['virtual_ip']}:{port}{resource}", m["id"])
+    for m in checked_mfps(mfps):
+        name = QUEUE_PREFIX + re.sub(r"[^A-Za-z0-9_-]", "_", m["id"])[:100]
+        vip = m["virtual_ip"]
+        host = f"[{vip}]" if ":" in vip else vip
+        out[name] = WantedQueue(name, f"ipp://{host}:{port}{resource}", m["id"], device_uri(vip, port, resource))
     return out
 
 
@@ -248,7 +287,7 @@ class DeskAgent:
             f.write(kept.ppd)
             f.flush()
             # the final URI at once: no model is built from it
-            conn.addPrinter(q.name, filename=f.name, device=q.uri + "?waitjob=false",
+            conn.addPrinter(q.name, filename=f.name, device=q.device_uri,
                             info="Shared office printer (tenantprint)", location=q.mfp_id)
         try:
             conn.enablePrinter(q.name)
@@ -309,10 +348,10 @@ class DeskAgent:
                 if time.monotonic() >= deadline:
                     raise QueueNotTrusted(f"{q.name}: CUPS built no model from {q.uri} (got {model!r})")
                 time.sleep(0.005)
-            # waitjob=false: the desk's backend is done once the MFP holds the job; waiting for it to
-            # print would block this queue, and everyone's later jobs, until the owner taps. Set
-            # only now: the model is built from the plain URI (the MFP knows no such query).
-            conn.setPrinterDevice(q.name, q.uri + "?waitjob=false")
+            # The signing backend from now on (it never waits for the job to print: a held job
+            # must not block this queue until its owner taps). Set only now: CUPS builds the
+            # model from ipp:// only; the queue is still disabled and rejecting.
+            conn.setPrinterDevice(q.name, q.device_uri)
             # Not re-shared on the LAN: the desk's CUPS runs with `DefaultShared No`. (Setting
             # printer-is-shared on a fresh everywhere queue is refused with bad-request.)
             conn.enablePrinter(q.name)
@@ -333,12 +372,12 @@ class DeskAgent:
         want = wanted_queues(mfps, self.resource)
         have = self.current_queues()
         for name, uri in have.items():
-            if name not in want or want[name].uri != uri:
+            if name not in want or want[name].device_uri != uri:
                 self.delete_queue(name)
         self.untrusted = {n: t for n, t in self.untrusted.items() if n in want}
         self.failing_since = {n: t for n, t in self.failing_since.items() if n in want}
         for name, q in want.items():
-            if name in have and have[name] == q.uri:
+            if name in have and have[name] == q.device_uri:
                 continue
             try:
                 try:
@@ -370,9 +409,8 @@ class DeskAgent:
         if self.version is not None:
             url += f"?after={self.version}&wait={wait:g}"
         try:
-            with urllib.request.urlopen(url, timeout=wait + 5) as resp:
-                body = json.loads(resp.read())
-            version, mfps = int(body["version"]), list(body["mfps"])
+            body = json.loads(_read_listing(url, wait + 5))
+            version, mfps = int(body["version"]), checked_mfps(body["mfps"])
         except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as exc:
             if time.monotonic() - self.last_contact > self.grace_s and (self.mfps or self.current_queues()):
                 log.warning("gateway agent unreachable (%s): removing MFP queues", exc)
@@ -396,6 +434,21 @@ class DeskAgent:
                 # pycups raises RuntimeError when cupsd is unreachable: keep going, try again.
                 log.warning("desk CUPS error: %s", exc)
                 time.sleep(1.0)
+
+
+def _read_listing(url: str, deadline_s: float) -> bytes:
+    """The gateway agent's answer, at most MAX_LISTING bytes, all of it within `deadline_s`."""
+    end = time.monotonic() + deadline_s
+    with urllib.request.urlopen(url, timeout=deadline_s) as resp:
+        data = b""
+        while len(data) <= MAX_LISTING:
+            if time.monotonic() > end:
+                raise OSError("gateway listing: deadline passed")
+            chunk = resp.read1(65536)
+            if not chunk:
+                return data
+            data += chunk
+    raise ValueError(f"gateway listing: longer than {MAX_LISTING} bytes")
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,307 @@
+"""The desk's CUPS backend `tenantprint`: sends a job to the MFP with its owner proof (issue 13).
+
+The desk agent's MFP queues have the device URI `tenantprint://<virtual ip>:631/printers/tenantprint`,
+so CUPS hands every job, after its filters, to this backend instead of its `ipp` backend. Per job it:
+
+1. spools the document (stdin, or the file CUPS names) to a private temporary file, hashing it;
+2. signs (org, user, title, SHA-256 of those exact bytes) with the org's desk key
+   (hal/printer/job_proof.py; the key file is org/desk_key.py's, root-only: CUPS runs a backend
+   whose file has no group/other permissions as root);
+3. sends one IPP Print-Job to the MFP (one connection; the session cupsd takes remote jobs only in
+   one request) with requesting-user-name, job-name, document-format and, in the job group, the
+   text attribute `tenantprint-owner-proof`; it does not wait for the job to print (the MFP holds
+   it until its owner taps).
+
+The user is CUPS's job owner (argv[2]). The proof is as true as that: a desk's cupsd should take
+jobs from its users authenticated (peer credentials over its local socket, `Require valid-user` on
+the submit operations), so a desk user cannot print "as" a colleague through the desk's own CUPS.
+(The lab's desk trusts the lab's `requesting-user-name`: it plays all the desk's users at once.)
+
+CUPS backend interface: argv `job-id user title copies options [file]`; `DEVICE_URI`,
+`CONTENT_TYPE`/`FINAL_CONTENT_TYPE` and `TMPDIR` in the environment; messages on stderr
+(`INFO:`, `ERROR:`); no arguments lists the scheme. Exit codes: 0 sent; 6 (retry later) when the
+MFP could not be reached or answered with a server error, so the job stays queued at the desk;
+5 (cancel) when the MFP refused the job itself (a client error: retrying the same job cannot
+help); 4 (stop the queue) when this desk cannot sign at all (no key, a key of another org, a bad
+device URI) - nothing from it could print until an administrator fixes it; 1 for a malformed call.
+Every read is bounded (the MFP's answer: 64 KiB) and the whole send has a deadline. Nothing secret
+is written to stderr or put in an argv: the key stays in this process, the proof in the request.
+
+Installed by `tenantprint org desk-backend install` (`install()`): a small shell script in the
+CUPS backend directory, mode 0700, that runs this module with the project's python (`-I`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import ipaddress
+import os
+import re
+import socket
+import struct
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from hal.printer import job_proof
+from hal.printer.ipp import IppError, decode_response
+
+SCHEME = "tenantprint"
+KEY_ENV = "TP_DESK_KEY"
+DEFAULT_BACKEND_DIR = "/usr/lib/cups/backend"
+EXIT_OK, EXIT_FAILED, EXIT_STOP, EXIT_CANCEL, EXIT_RETRY = 0, 1, 4, 5, 6
+DEADLINE_S = 120.0  # the whole send: connect, document, answer
+CONNECT_S = 10.0
+MAX_ANSWER = 64 * 1024  # a Print-Job answer is a few hundred bytes
+MAX_DOCUMENT = 1 << 30
+_CHUNK = 64 * 1024
+_RESOURCE = re.compile(r"/printers/[A-Za-z0-9_.-]{1,127}|/ipp/print")
+_MIME = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,62}")
+PRINT_JOB = 0x0002
+
+
+class BackendError(Exception):
+    """Ends the job with `code` (one of the EXIT_ values); the message goes to CUPS's log."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def mfp_address(value: object) -> str:
+    """The MFP's virtual IP as the gateway listed it, checked before it goes into a URI: an IP
+    address literal, not loopback, link-local, multicast, unspecified or reserved. ValueError else."""
+    if not isinstance(value, str) or len(value) > 45:
+        raise ValueError("virtual_ip: not an address")
+    addr = ipaddress.ip_address(value)  # ValueError for anything but a literal (no names, no zones)
+    if addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_unspecified or addr.is_reserved:
+        raise ValueError(f"virtual_ip: {addr} is not a usable unicast address")
+    return str(addr)
+
+
+def device_uri(virtual_ip: str, port: int, resource: str) -> str:
+    """The desk queue's device URI for an MFP (`virtual_ip` already checked by `mfp_address`)."""
+    host = f"[{virtual_ip}]" if ":" in virtual_ip else virtual_ip
+    return f"{SCHEME}://{host}:{port}{resource}"
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    resource: str
+
+    @property
+    def printer_uri(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ipp://{host}:{self.port}{self.resource}"
+
+
+def parse_device_uri(uri: str) -> Target:
+    """Pure: the MFP's address, port and queue path from a `tenantprint://` device URI (a query,
+    such as the `?waitjob=false` the ipp backend knew, is ignored). ValueError when malformed."""
+    parsed = urlparse(uri)
+    if parsed.scheme != SCHEME or parsed.username or parsed.password or not parsed.hostname:
+        raise ValueError("device URI: expected tenantprint://<address>:<port>/printers/<queue>")
+    host = mfp_address(parsed.hostname)
+    port = parsed.port or 631
+    if not _RESOURCE.fullmatch(parsed.path):
+        raise ValueError("device URI: unexpected queue path")
+    return Target(host, port, parsed.path)
+
+
+def _attr(tag: int, name: str, value: bytes) -> bytes:
+    n = name.encode()
+    if len(n) > 0xFFFF or len(value) > 0xFFFF:
+        raise ValueError(f"{name}: too long for IPP")
+    return struct.pack(">BH", tag, len(n)) + n + struct.pack(">H", len(value)) + value
+
+
+def _ipp_name(value: str, limit: int = 255) -> str:
+    """`value` cut to at most `limit` UTF-8 octets (IPP name), on a character boundary."""
+    raw = value.encode("utf-8", "replace")[:limit]
+    return raw.decode("utf-8", "ignore")
+
+
+def encode_print_job(printer_uri: str, *, user: str, title: str, document_format: str, proof: str,
+                     copies: int = 1, request_id: int = 1) -> bytes:
+    """Pure: the IPP/2.0 Print-Job request up to its end-of-attributes tag (the document follows)."""
+    out = struct.pack(">BBHI", 2, 0, PRINT_JOB, request_id) + b"\x01"
+    out += _attr(0x47, "attributes-charset", b"utf-8") + _attr(0x48, "attributes-natural-language", b"en")
+    out += _attr(0x45, "printer-uri", printer_uri.encode())
+    out += _attr(0x42, "requesting-user-name", user.encode())
+    out += _attr(0x42, "job-name", title.encode())
+    out += _attr(0x49, "document-format", document_format.encode())
+    out += b"\x02" + _attr(0x41, job_proof.ATTRIBUTE, proof.encode("ascii"))
+    if copies > 1:
+        out += _attr(0x21, "copies", struct.pack(">i", copies))
+    return out + b"\x03"
+
+
+def document_format(env: dict) -> str:
+    """The format CUPS's filters produced (FINAL_CONTENT_TYPE), or octet-stream when it is not a
+    MIME type the MFP could know (e.g. `printer/<queue>`)."""
+    fmt = env.get("FINAL_CONTENT_TYPE") or env.get("CONTENT_TYPE") or ""
+    return fmt if _MIME.fullmatch(fmt) and not fmt.startswith("printer/") else "application/octet-stream"
+
+
+def spool(src, tmpdir: str | None) -> tuple[object, bytes, int]:
+    """Copy `src` (a binary file) to an unnamed temporary file: (file at 0, SHA-256, size)."""
+    out = tempfile.TemporaryFile(dir=tmpdir)
+    digest, size = hashlib.sha256(), 0
+    while chunk := src.read(_CHUNK):
+        size += len(chunk)
+        if size > MAX_DOCUMENT:
+            out.close()
+            raise BackendError(EXIT_CANCEL, f"document larger than {MAX_DOCUMENT} bytes")
+        digest.update(chunk)
+        out.write(chunk)
+    out.seek(0)
+    return out, digest.digest(), size
+
+
+def _read_bounded(resp: http.client.HTTPResponse, limit: int) -> bytes:
+    data = resp.read(limit + 1)
+    if len(data) > limit:
+        raise IppError(f"answer longer than {limit} bytes")
+    return data
+
+
+def send(target: Target, head: bytes, document, size: int, deadline_s: float = DEADLINE_S) -> int:
+    """One Print-Job on one connection: `head` then `size` bytes of `document`. Returns the IPP
+    status; BackendError(EXIT_RETRY) when the MFP cannot be reached in time or fails itself."""
+    end = time.monotonic() + deadline_s
+
+    def left() -> float:
+        remaining = end - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("deadline")
+        return remaining
+
+    conn = http.client.HTTPConnection(target.host, target.port, timeout=min(CONNECT_S, deadline_s))
+    try:
+        try:
+            conn.connect()
+            conn.sock.settimeout(min(30.0, left()))
+            conn.putrequest("POST", target.resource, skip_accept_encoding=True)
+            conn.putheader("Content-Type", "application/ipp")
+            conn.putheader("Content-Length", str(len(head) + size))
+            conn.endheaders()
+            conn.send(head)
+            while chunk := document.read(_CHUNK):
+                conn.sock.settimeout(min(30.0, left()))
+                conn.send(chunk)
+            conn.sock.settimeout(min(30.0, left()))
+            resp = conn.getresponse()
+            data = _read_bounded(resp, MAX_ANSWER)
+        except (OSError, http.client.HTTPException, IppError) as exc:
+            raise BackendError(EXIT_RETRY, f"the MFP at {target.host}:{target.port} did not take the job: "
+                                           f"{type(exc).__name__}: {exc}") from None
+    finally:
+        conn.close()
+    if resp.status >= 500:
+        raise BackendError(EXIT_RETRY, f"the MFP answered HTTP {resp.status}")
+    if resp.status != 200:
+        raise BackendError(EXIT_CANCEL, f"the MFP refused the job: HTTP {resp.status}")
+    try:
+        return decode_response(data).status
+    except IppError as exc:
+        raise BackendError(EXIT_RETRY, f"the MFP's answer is not IPP: {exc}") from None
+
+
+def print_job(argv: list[str], env: dict, stdin) -> int:
+    """The backend proper (argv without the program name). Returns the exit code for CUPS."""
+    from org import desk_key
+
+    if len(argv) not in (5, 6):
+        raise BackendError(EXIT_FAILED, "usage: tenantprint job-id user title copies options [file]")
+    _job_id, user, title, copies_s, _options = argv[:5]
+    try:
+        target = parse_device_uri(env.get("DEVICE_URI", ""))
+    except ValueError as exc:
+        raise BackendError(EXIT_STOP, str(exc)) from None
+    try:
+        key = desk_key.load(env.get(KEY_ENV) or desk_key.DEFAULT_PATH)
+    except desk_key.DeskKeyError as exc:
+        raise BackendError(EXIT_STOP, f"cannot sign jobs: {exc}") from None
+    user = _ipp_name(user)
+    title = _ipp_name(title) or "Untitled"
+    if not user:
+        raise BackendError(EXIT_CANCEL, "the job has no user")
+    copies = int(copies_s) if copies_s.isdigit() and 1 <= int(copies_s) <= 999 else 1
+    src = open(argv[5], "rb") if len(argv) == 6 else stdin
+    try:
+        document, digest, size = spool(src, env.get("TMPDIR"))
+    finally:
+        if src is not stdin:
+            src.close()
+    with document:
+        proof = job_proof.sign(key.private_key, org=key.org_id, user=user, title=title, document_sha256=digest,
+                               issued=int(time.time()))
+        head = encode_print_job(target.printer_uri, user=user, title=title, document_format=document_format(env),
+                                proof=proof, copies=copies)
+        status = send(target, head, document, size)
+    if status > 0x00FF:
+        code = EXIT_RETRY if status >= 0x0500 else EXIT_CANCEL
+        raise BackendError(code, f"the MFP refused the job: IPP status 0x{status:04x}")
+    print(f"INFO: sent to the MFP with its owner proof ({size} bytes)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cups_main(argv: list[str], env: dict | None = None, stdin=None) -> int:
+    """Entry point when CUPS runs the backend (`python -m org.desk_backend ...`)."""
+    env = dict(os.environ if env is None else env)
+    if not argv:
+        print(f'network {SCHEME} "Unknown" "tenantprint secure print (jobs signed by this desk)"')
+        return EXIT_OK
+    try:
+        return print_job(argv, env, stdin if stdin is not None else sys.stdin.buffer)
+    except BackendError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return exc.code
+
+
+WRAPPER = """#!/bin/sh
+# tenantprint desk backend (org/desk_backend.py): each job is sent with its owner proof, signed with
+# the org's desk key. Mode 0700: CUPS runs it as root, so it can read the root-only key.
+{key_env}exec {python} -I -m org.desk_backend "$@"
+"""
+
+
+def _sh_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def install(backend_dir: str | Path = DEFAULT_BACKEND_DIR, key_file: str | None = None,
+            python: str = sys.executable) -> Path:
+    """Write the `tenantprint` backend into CUPS's backend directory (mode 0700, root's)."""
+    path = Path(backend_dir) / SCHEME
+    key_env = f"{KEY_ENV}={_sh_quote(key_file)} " if key_file else ""
+    tmp = path.with_name(f".{SCHEME}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
+    with os.fdopen(fd, "w") as f:
+        f.write(WRAPPER.format(key_env=key_env, python=_sh_quote(python)))
+    os.chmod(tmp, 0o700)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    """`tenantprint org desk-backend install [--backend-dir DIR] [--key FILE]`."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="tenantprint org desk-backend")
+    p.add_argument("cmd", choices=["install"])
+    p.add_argument("--backend-dir", default=DEFAULT_BACKEND_DIR)
+    p.add_argument("--key", default=None, help="the desk key file (default /etc/tenantprint/desk-key.json)")
+    args = p.parse_args(argv)
+    print(install(args.backend_dir, args.key))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cups_main(sys.argv[1:]))
