@@ -75,7 +75,9 @@ def checked_mfps(items: object) -> list[dict]:
     out = []
     for m in items[:256]:
         try:
-            if not isinstance(m, dict) or not isinstance(m.get("id"), str) or not _MFP_ID.fullmatch(m["id"]):
+            # an MFP whose IKE identity the gateway does not know is named by its address
+            if not isinstance(m, dict) or not isinstance(m.get("id"), str) or not (
+                    m["id"] == "" or _MFP_ID.fullmatch(m["id"])):
                 raise ValueError("id: invalid")
             out.append({"id": m["id"], "virtual_ip": mfp_address(m.get("virtual_ip"))})
         except ValueError as exc:
@@ -95,8 +97,8 @@ def wanted_queues(mfps: list[dict], resource: str, port: int = 631) -> dict[str,
         raise ValueError(f"the MFP resource must be an absolute path, not {resource!r}")
     out = {}
     for m in checked_mfps(mfps):
-        name = QUEUE_PREFIX + re.sub(r"[^A-Za-z0-9_-]", "_", m["id"])[:100]
         vip = m["virtual_ip"]
+        name = QUEUE_PREFIX + re.sub(r"[^A-Za-z0-9_-]", "_", m["id"] or vip)[:100]
         host = f"[{vip}]" if ":" in vip else vip
         out[name] = WantedQueue(name, f"ipp://{host}:{port}{resource}", m["id"], device_uri(vip, port, resource))
     return out
