@@ -54,7 +54,7 @@ log = logging.getLogger("tenantprint.org.desk_agent")
 QUEUE_PREFIX = "tenantprint-"
 
 MAX_LISTING = 1 << 20  # the gateway agent's answer: a few hundred bytes per MFP
-_MFP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._=,:+-]{0,254}")
+_MFP_ID = re.compile(r"[!-~][ -~]{0,254}")  # an IKE identity: printable ASCII, no control characters
 
 
 @dataclass(frozen=True)

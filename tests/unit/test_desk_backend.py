@@ -42,7 +42,7 @@ def test_the_listing_is_checked_entry_by_entry():
     listing = [{"id": "mfp-1.space-1", "virtual_ip": "10.20.0.200"},
                {"id": "mfp-2", "virtual_ip": "127.0.0.1"},
                {"id": "mfp-3", "virtual_ip": "10.20.0.201/printers/../admin"},
-               {"id": "bad id/../x", "virtual_ip": "10.20.0.202"},
+               {"id": "bad\nid", "virtual_ip": "10.20.0.202"},
                {"id": None, "virtual_ip": "10.20.0.203"}, "junk", 5]
     assert checked_mfps(listing) == [{"id": "mfp-1.space-1", "virtual_ip": "10.20.0.200"}]
     assert checked_mfps({"id": "x"}) == [] and checked_mfps(None) == []
