@@ -18,10 +18,38 @@ from firmware.events import Pin
 
 @dataclass(frozen=True)
 class FetchProfile:
-    """Ask the directory for `org`'s session profile -> ProfileFetched | LookupFailed. The runtime
-    starts the session print service beside it (it needs nothing of the org); Purge stops it."""
+    """Ask the directory for `org`'s session profile -> ProfileFetched | LookupFailed. Nothing else:
+    while another org's session serves, this is the lookup that decides whether to switch."""
     session: int
     org: str
+
+
+@dataclass(frozen=True)
+class PreparePrintService:
+    """Start the session print service (tmpfs, session cupsd) now, beside the lookup and IKE: it
+    needs nothing of the org. No answer of its own: StartPrintService waits for it; Purge stops it."""
+    session: int
+
+
+@dataclass(frozen=True)
+class EndLookup:
+    """A lookup made while another session served will not become a session (it failed, or its
+    profile was refused): end the process that made it, and whatever it fetched with it."""
+    session: int
+
+
+@dataclass(frozen=True)
+class PinFailed:
+    """A wrong PIN for `user` of `org`: count it against the device's PIN lockout (no answer)."""
+    org: str
+    user: str
+
+
+@dataclass(frozen=True)
+class PinAccepted:
+    """The right PIN for `user` of `org`: that user's wrong-PIN count starts again (no answer)."""
+    org: str
+    user: str
 
 
 @dataclass(frozen=True)
@@ -75,9 +103,12 @@ class PurgeJob:
 
 @dataclass(frozen=True)
 class Purge:
-    """Remove every trace of the session (or of a crashed one), then verify -> PurgeDone."""
+    """Remove every trace of the session (or of a crashed one), then verify -> PurgeDone.
+    `keep_next`: a lookup of another org already made (the switch it decided) survives the purge;
+    otherwise any such lookup ends with it."""
     session: int
     reason: str
+    keep_next: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,5 +123,6 @@ class Audit:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Effect = (FetchProfile | BringUpTunnel | StartPrintService | Authenticate | AskPin | ReleaseJobs
-          | PurgeJob | Purge | ShowPanel | Audit)
+Effect = (FetchProfile | PreparePrintService | EndLookup | BringUpTunnel | StartPrintService
+          | Authenticate | AskPin | ReleaseJobs | PurgeJob | Purge | PinFailed | PinAccepted | ShowPanel
+          | Audit)

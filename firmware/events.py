@@ -15,15 +15,26 @@ from dataclasses import dataclass, field
 
 
 class Pin:
-    """A PIN typed on the panel. Never shown by repr/str; `reveal()` for the one call that needs it."""
+    """A PIN typed on the panel: ASCII digits in a bytearray, never a `str` (a str cannot be erased
+    and lingers in the daemon's heap). Never shown by repr/str; `reveal()` for the one call that
+    needs it, `wipe()` once it was handed on. Compared by identity: the machine never reads it."""
 
     __slots__ = ("_digits",)
 
-    def __init__(self, digits: str):
-        object.__setattr__(self, "_digits", str(digits))
+    def __init__(self, digits: bytes | bytearray):
+        if not isinstance(digits, (bytes, bytearray, memoryview)):
+            raise TypeError("a Pin is made from bytes")
+        object.__setattr__(self, "_digits", bytearray(digits))
 
-    def reveal(self) -> str:
+    def reveal(self) -> bytearray:
+        """The digits themselves (not a copy): do not keep them."""
         return self._digits
+
+    def wipe(self) -> None:
+        d = self._digits
+        for i in range(len(d)):
+            d[i] = 0
+        del d[:]
 
     def __setattr__(self, name, value):
         raise AttributeError("Pin is immutable")
@@ -32,12 +43,6 @@ class Pin:
         return "Pin(****)"
 
     __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Pin) and other._digits == self._digits
-
-    def __hash__(self) -> int:
-        return hash(("Pin", self._digits))
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class CardTapped:
     user: str
     org: str
     uid_tag: str = field(default="", repr=False)
+    pin_locked: bool = False  # the device's PIN lockout holds this user now (see firmware/pin_guard.py)
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,7 @@ class ProfileFetched:
     org: str
     remote_ts: tuple[str, ...]
     policy: Policy = Policy()
+    device_networks: tuple[str, ...] = ()  # the device's own connected networks (no org's selector may overlap)
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,7 @@ class JobArrived:
     job_id: int
     user: str
     origin_ip: str
+    proof: str = ""  # "ok" only when the desk's owner proof verified; else why not (hal/printer/job_proof.py)
 
 
 @dataclass(frozen=True)
@@ -226,10 +234,11 @@ class JobPrinted:
 
 @dataclass(frozen=True)
 class JobGone:
-    """The job left the queue some other way (cancelled at the desk PC, expired)."""
+    """The job left the queue some other way (cancelled at the desk PC, aborted, tampered with)."""
     at: float
     session: int
     job_id: int
+    reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,11 @@ selectors and policy; the runtime keeps the `SessionProfile` for the current `se
 Invariants (tested in tests/unit/test_machine_properties.py):
 - Purge is a property of states, not of paths: every org-bearing state answers `TunnelDown` (and
   `Shutdown`) of its session with `Purge`, whatever led there.
-- A new session (`FetchProfile`) starts only from `Idle`, and `Idle` is reached from a session
-  only through a verified purge. A failed purge latches `Fault` until `FaultCleared`.
+- A new session's tunnel (`BringUpTunnel`) starts only from `Idle` or right after a verified
+  purge; `Idle` is reached from a session only through a verified purge. A failed purge latches
+  `Fault` until `FaultCleared`.
+- Another org's tap costs the serving session nothing until it is real: that org is looked up
+  first (`Switching`), and only once its profile arrived is the serving session purged.
 - `ReleaseJobs` names only held jobs of the user the auth server accepted in this session, and a
   job is held only if it came from inside the tunnel's remote traffic selectors.
 - Answers carrying an old `session` (or `attempt`) are dropped; unknown events are ignored.
@@ -21,8 +24,9 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 
 from firmware import panel
-from firmware.effects import (AskPin, Audit, Authenticate, BringUpTunnel, FetchProfile, Purge,
-                              PurgeJob, ReleaseJobs, ShowPanel, StartPrintService)
+from firmware.effects import (AskPin, Audit, Authenticate, BringUpTunnel, EndLookup, FetchProfile,
+                              PinAccepted, PinFailed, PreparePrintService, Purge, PurgeJob, ReleaseJobs,
+                              ShowPanel, StartPrintService)
 from firmware.events import (AuthAccepted, AuthPinRequired, AuthRejected, AuthUnavailable, Boot,
                              CardTapped, CardUnreadable, FaultCleared, JobArrived, JobGone,
                              JobPrinted, LookupFailed, PinCancelled, PinEntered, Policy,
@@ -50,7 +54,8 @@ TRANSITIONS = {
     ("Connecting", TunnelFailed): "tunnel_failed",          # charon may hold credentials -> Purging
     ("StartingPrintService", PrintServiceUp): "serve",      # -> Ready (combined: Authenticating)
     ("StartingPrintService", PrintServiceFailed): "print_service_failed",
-    ("Ready", CardTapped): "tap_ready",                     # same org: auth; other org: switch or refuse
+    ("Ready", CardTapped): "tap_ready",                     # same org: auth; other org: look up or refuse
+    ("Switching", Tick): "switching_tick",                  # idle/max hold of the serving session
     ("Ready", Tick): "ready_tick",                          # idle timeout, max hold
     ("Authenticating", AuthAccepted): "accepted",           # -> Releasing | Ready
     ("Authenticating", AuthRejected): "rejected",
@@ -106,6 +111,9 @@ class Session:
     opener: str                      # the user whose tap opened it
     policy: Policy
     remote_ts: tuple                 # ipaddress networks
+    opener_locked: bool = False      # the device's PIN lockout held the opener at that tap
+    device_networks: tuple = ()      # the device's own networks when the profile arrived
+    issued: int = 0                  # the highest session number a lookup made while serving had
     virtual_ip: str = ""
     held: tuple[HeldJob, ...] = ()
     authed_user: str | None = None   # accepted in this session, until the next authentication
@@ -129,6 +137,7 @@ class LookingUp:
     org: str
     user: str
     since: float
+    opener_locked: bool = False  # the opener's PIN is locked (combined mode must not authenticate them)
 
 
 class _InSession:
@@ -161,6 +170,7 @@ class Authenticating(_InSession):
     s: Session
     user: str
     since: float
+    with_pin: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,6 +179,13 @@ class AwaitingPin(_InSession):
     user: str
     asked_at: float
     challenge: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class Switching(_InSession):
+    """Still serving `s` while another org (`to`) is looked up; its answers carry `to.session`."""
+    s: Session
+    to: LookingUp
 
 
 @dataclass(frozen=True)
@@ -188,6 +205,8 @@ class Purging:
     notice: str = ""                     # the outcome to show once purged
     then: CardTapped | None = None       # a tap from another org, served after the purge
     stop: bool = False                   # shutting down: Stopped after the purge
+    switch_to: tuple | None = None       # (LookingUp, ProfileFetched): the org to connect after the purge
+    issued: int = 0                      # the highest session number used so far (the next is above)
 
 
 @dataclass(frozen=True)
@@ -203,11 +222,11 @@ class Stopped:
     leftovers: tuple[str, ...] = ()
 
 
-State = (Starting | Idle | LookingUp | Connecting | StartingPrintService | Ready | Authenticating
-         | AwaitingPin | Releasing | Purging | Fault | Stopped)
-ORG_BEARING = (LookingUp, Connecting, StartingPrintService, Ready, Authenticating, AwaitingPin,
-               Releasing)
-SERVING = (StartingPrintService, Ready, Authenticating, AwaitingPin, Releasing)  # may hold jobs
+State = (Starting | Idle | LookingUp | Connecting | StartingPrintService | Ready | Switching
+         | Authenticating | AwaitingPin | Releasing | Purging | Fault | Stopped)
+ORG_BEARING = (LookingUp, Connecting, StartingPrintService, Ready, Switching, Authenticating,
+               AwaitingPin, Releasing)
+SERVING = (StartingPrintService, Ready, Switching, Authenticating, AwaitingPin, Releasing)  # may hold jobs
 LIMITS = Limits()
 
 
@@ -232,6 +251,11 @@ def step(state: State, event: object, limits: Limits = LIMITS) -> tuple[State, l
 
 def _step(state: State, event: object, limits: Limits) -> tuple[State, list]:
     number = getattr(event, "session", None)
+    if isinstance(state, Switching) and number is not None and number == state.to.session:
+        if isinstance(event, ProfileFetched):
+            return _switch_fetched(state, event, limits)
+        if isinstance(event, LookupFailed):
+            return _switch_failed(state, event, limits)
     stale = number is not None and number != state.session
     attempt = getattr(event, "attempt", None)
     if attempt is not None and isinstance(state, _InSession) and attempt != state.s.attempt:
@@ -268,12 +292,16 @@ def _org(state: State) -> str | None:
 
 
 def _purge(state: State, at: float, reason: str, notice_key: str, *, then: CardTapped | None = None,
-           stop: bool = False, number: int | None = None) -> tuple[State, list]:
+           stop: bool = False, number: int | None = None, switch_to: tuple | None = None) -> tuple[State, list]:
     org = _org(state)
     number = state.session if number is None else number
     notice = panel.text(notice_key, org=org or "")
-    nxt = Purging(number, org, reason, at, notice=notice, then=then, stop=stop)
-    return nxt, [Purge(number, reason), ShowPanel(notice),
+    if isinstance(state, Switching) and then is None and switch_to is None and not stop:
+        then = _remembered_tap(state.to)  # the other org's tap is served once this purge is done
+    issued = state.s.issued if isinstance(state, _InSession) else 0
+    nxt = Purging(number, org, reason, at, notice=notice, then=then, stop=stop, switch_to=switch_to,
+                  issued=issued)
+    return nxt, [Purge(number, reason, keep_next=switch_to is not None), ShowPanel(notice),
                  Audit("purge", {"session": number, "org": org, "reason": reason})]
 
 
@@ -313,7 +341,7 @@ def _expired(s: Session, at: float, *, idle: bool) -> tuple[str, str] | None:
 
 def _authenticate(s: Session, user: str, at: float, *, pin=None, challenge=None) -> tuple[State, list]:
     s = replace(s, attempt=s.attempt + 1, authed_user=None, last_activity=at)
-    return Authenticating(s, user, at), [
+    return Authenticating(s, user, at, with_pin=pin is not None), [
         Authenticate(s.number, s.attempt, user, s.org, pin=pin, state=challenge),
         _show("authenticating", user=user),
         Audit("authenticate", {"session": s.number, "user": user, "attempt": s.attempt,
@@ -349,11 +377,18 @@ def _purge_done(state, event, limits):
         return (Stopped(state.session, event.ok, tuple(event.leftovers)),
                 [_show("stopped"), Audit("stopped", fields)])
     if not event.ok:
-        return Fault(state.session, tuple(event.leftovers)), [_show("fault"), Audit("fault", fields)]
-    if state.then is not None:
-        nxt, effects = _lookup(Idle(state.session), replace(state.then, at=event.at), limits)
+        return (Fault(max(state.session, state.issued), tuple(event.leftovers)),
+                [_show("fault"), Audit("fault", fields)])
+    if state.switch_to is not None:
+        looking_up, fetched = state.switch_to
+        nxt, effects = _connect(replace(looking_up, since=event.at), replace(fetched, at=event.at), limits,
+                                prepare=True)
         return nxt, [Audit("purged", fields), *effects]
-    return Idle(state.session), [ShowPanel(state.notice or panel.text("idle")), Audit("purged", fields)]
+    idle = Idle(max(state.session, state.issued))
+    if state.then is not None:
+        nxt, effects = _lookup(idle, replace(state.then, at=event.at), limits)
+        return nxt, [Audit("purged", fields), *effects]
+    return idle, [ShowPanel(state.notice or panel.text("idle")), Audit("purged", fields)]
 
 
 def _purge_tick(state, event, limits):
@@ -374,10 +409,14 @@ def _shutdown(state, event, limits):
 
 def _lookup(state, event, limits):
     number = state.session + 1
-    return LookingUp(number, event.org, event.user, event.at), [
-        FetchProfile(number, event.org), _show("looking-up", org=event.org),
+    return LookingUp(number, event.org, event.user, event.at, event.pin_locked), [
+        FetchProfile(number, event.org), PreparePrintService(number), _show("looking-up", org=event.org),
         Audit("tap", {"session": number, "org": event.org, "user": event.user,
                       "card": panel.mask_tag(event.uid_tag)})]
+
+
+def _remembered_tap(to: LookingUp) -> CardTapped:
+    return CardTapped(to.since, to.user, to.org, pin_locked=to.opener_locked)
 
 
 def _lookup_failed(state, event, limits):
@@ -387,14 +426,35 @@ def _lookup_failed(state, event, limits):
                  *effects]
 
 
-def _connect(state, event, limits):
+def _profile_fault(state: LookingUp, event: ProfileFetched) -> str | None:
+    """Why this profile must not become a session (None when it may)."""
     networks = _networks(event.remote_ts)
     if event.org != state.org or not networks or not isinstance(event.policy, Policy):
-        return _purge(state, event.at, "invalid profile", "lookup-malformed")
-    s = Session(state.session, state.org, state.user, event.policy, networks, last_activity=event.at)
+        return "invalid profile"
+    own = _networks(event.device_networks)
+    if len(own) != len(event.device_networks):
+        return "device networks unknown"
+    for n in networks:
+        if n.prefixlen == 0 or (n.version == 4 and n.prefixlen < 8) or (n.version == 6 and n.prefixlen < 16):
+            return "selector too wide"
+        if any(n.version == o.version and n.overlaps(o) for o in own):
+            return "selector overlaps the device's networks"
+    return None
+
+
+def _connect(state, event, limits, *, prepare: bool = False):
+    fault = _profile_fault(state, event)
+    if fault is not None:
+        nxt, effects = _purge(state, event.at, fault, "lookup-malformed")
+        return nxt, [Audit("profile-refused", {"session": state.session, "org": state.org, "why": fault}),
+                     *effects]
+    s = Session(state.session, state.org, state.user, event.policy, _networks(event.remote_ts),
+                opener_locked=state.opener_locked, device_networks=_networks(event.device_networks),
+                last_activity=event.at)
+    first = [PreparePrintService(s.number)] if prepare else []
     return Connecting(s, event.at), [
-        BringUpTunnel(s.number, s.org), _show("connecting", org=s.org),
-        Audit("profile", {"session": s.number, "org": s.org, "remote_ts": [str(n) for n in networks],
+        BringUpTunnel(s.number, s.org), *first, _show("connecting", org=s.org),
+        Audit("profile", {"session": s.number, "org": s.org, "remote_ts": [str(n) for n in s.remote_ts],
                           "combined": event.policy.combined_mode})]
 
 
@@ -403,13 +463,39 @@ def _start_print_service(state, event, limits):
     # the negotiated selectors, kept only where the profile allows them
     networks = tuple(n for n in _networks(event.remote_ts)
                      if any(n.version == p.version and n.subnet_of(p) for p in s.remote_ts))
-    if not networks or _address(event.virtual_ip) is None:
+    if not networks:
         return _purge(state, event.at, "tunnel selectors refused", "tunnel-failed")
+    why = _virtual_ip_fault(event.virtual_ip, s)
+    if why is not None:
+        nxt, effects = _purge(state, event.at, "virtual IP refused", "virtual-ip-refused")
+        return nxt, [Audit("virtual-ip-refused", {"session": s.number, "org": s.org,
+                                                  "virtual_ip": str(event.virtual_ip)[:64], "why": why}),
+                     *effects]
     s = replace(s, virtual_ip=event.virtual_ip, remote_ts=networks, last_activity=event.at)
     return StartingPrintService(s, event.at), [
         StartPrintService(s.number, s.virtual_ip), _show("starting-print-service", org=s.org),
         Audit("tunnel-up", {"session": s.number, "org": s.org, "virtual_ip": s.virtual_ip,
                             "remote_ts": [str(n) for n in networks]})]
+
+
+def _virtual_ip_fault(ip: object, s: Session) -> str | None:
+    """Why the address the org's gateway gave must not be the MFP's (None when it may): it must lie
+    inside the profile's remote selectors, and never be the device's own, loopback, link-local,
+    multicast or unspecified (a gateway handing out a coworker's LAN address would make the MFP
+    answer ARP for it on the office LAN)."""
+    addr = _address(ip)
+    if addr is None:
+        return "not an address"
+    if addr.is_loopback or addr.is_link_local or addr.is_multicast or addr.is_unspecified or addr.is_reserved:
+        return "special address"
+    if not _inside(addr, s.remote_ts):
+        return "outside the organization's selectors"
+    if _inside(addr, s.device_networks):
+        return "inside the device's own networks"
+    nets = tuple(n for n in s.remote_ts if addr in n and n.version == addr.version)
+    if any(n.num_addresses > 2 and addr in (n.network_address, n.broadcast_address) for n in nets):
+        return "network or broadcast address"
+    return None
 
 
 def _tunnel_failed(state, event, limits):
@@ -423,6 +509,9 @@ def _print_service_failed(state, event, limits):
 def _serve(state, event, limits):
     s = replace(state.s, last_activity=event.at)
     audit = Audit("ready", {"session": s.number, "org": s.org, "combined": s.policy.combined_mode})
+    if s.policy.combined_mode and s.opener_locked:
+        return Ready(s), [_show("pin-locked"), audit,
+                          Audit("pin-locked", {"session": s.number, "user": s.opener})]
     if s.policy.combined_mode:  # the opening tap also authenticates
         nxt, effects = _authenticate(s, s.opener, event.at)
         return nxt, [audit, *effects]
@@ -431,15 +520,46 @@ def _serve(state, event, limits):
 
 def _tap_ready(state, event, limits):
     s = state.s
+    tap = Audit("tap", {"session": s.number, "org": event.org, "user": event.user,
+                        "card": panel.mask_tag(event.uid_tag)})
     if event.org == s.org:
+        if event.pin_locked:
+            return state, [tap, _show("pin-locked"), Audit("pin-locked", {"session": s.number, "user": event.user})]
         nxt, effects = _authenticate(s, event.user, event.at)
-        return nxt, [Audit("tap", {"session": s.number, "org": event.org, "user": event.user,
-                                   "card": panel.mask_tag(event.uid_tag)}), *effects]
+        return nxt, [tap, *effects]
     if s.held:
         return state, [_show("in-use", org=s.org),
                        Audit("tap-refused", {"session": s.number, "org": event.org, "held": len(s.held)})]
-    remembered = replace(event, uid_tag=panel.mask_tag(event.uid_tag))  # states are shown in logs
-    return _purge(state, event.at, "another organization", "switching-org", then=remembered)
+    # Look the other org up first; this session goes only once that org's profile is in hand.
+    number = max(s.number, s.issued) + 1  # never a number an earlier, abandoned lookup had
+    to = LookingUp(number, event.org, event.user, event.at, event.pin_locked)
+    return Switching(replace(s, issued=number), to), [FetchProfile(number, event.org), _show("looking-up", org=event.org), tap]
+
+
+def _switch_fetched(state, event, limits):
+    fault = _profile_fault(state.to, event)
+    if fault is not None:
+        return Ready(state.s), [EndLookup(state.to.session), _show(panel.lookup_key("malformed")),
+                                Audit("profile-refused", {"session": state.to.session, "org": state.to.org,
+                                                          "why": fault})]
+    return _purge(state, event.at, "another organization", "switching-org", switch_to=(state.to, event))
+
+
+def _switch_failed(state, event, limits):
+    return Ready(state.s), [EndLookup(state.to.session), _show(panel.lookup_key(event.kind)),
+                            Audit("lookup-failed", {"session": state.to.session, "org": state.to.org,
+                                                    "kind": event.kind})]
+
+
+def _switching_tick(state, event, limits):
+    ended = _expired(state.s, event.at, idle=False)
+    if ended:
+        return _purge(state, event.at, *ended)
+    if event.at - state.to.since >= limits.step_timeout_s:
+        return Ready(state.s), [EndLookup(state.to.session), _show(panel.lookup_key("unreachable")),
+                                Audit("lookup-failed", {"session": state.to.session, "org": state.to.org,
+                                                        "kind": "timeout"})]
+    return state, []
 
 
 def _ready_tick(state, event, limits):
@@ -449,26 +569,33 @@ def _ready_tick(state, event, limits):
 
 def _accepted(state, event, limits):
     if event.user != state.user:  # an answer about someone else is not a yes
-        return _back_to_ready(state.s, "auth-rejected-plain", "auth-mismatch", user=state.user)
+        return _back_to_ready(state.s, "not-authorized", "auth-mismatch", user=state.user)
     s = replace(state.s, authed_user=event.user, last_activity=event.at)
-    audit = Audit("auth-accepted", {"session": s.number, "user": event.user})
+    audit = [Audit("auth-accepted", {"session": s.number, "user": event.user})]
+    if state.with_pin:
+        audit.append(PinAccepted(s.org, event.user))
     jobs = _jobs_of(s, event.user)
     if jobs:
         nxt, effects = _release(s, event.user, jobs, event.at)
-        return nxt, [audit, *effects]
+        return nxt, [*audit, *effects]
     key = "ready-combined" if s.policy.combined_mode else "no-jobs"
-    return Ready(s), [_show(key, org=s.org, user=event.user), audit]
+    return Ready(s), [_show(key, org=s.org, user=event.user), *audit]
 
 
 def _rejected(state, event, limits):
+    # One panel text for unknown, disabled, wrong-card and wrong-PIN users: a shared screen must
+    # not tell a passer-by which user ids exist. The server's reply message goes to the journal.
     s = replace(state.s, last_activity=event.at)
-    key = "auth-rejected" if event.message else "auth-rejected-plain"
-    return _back_to_ready(s, key, "auth-rejected", user=state.user, message=event.message)
+    nxt, effects = _back_to_ready(s, "not-authorized", "auth-rejected", user=state.user,
+                                  message=event.message, pin=state.with_pin)
+    if state.with_pin:
+        effects.append(PinFailed(s.org, state.user))
+    return nxt, effects
 
 
 def _ask_pin(state, event, limits):
     if event.user != state.user:
-        return _back_to_ready(state.s, "auth-rejected-plain", "auth-mismatch", user=state.user)
+        return _back_to_ready(state.s, "not-authorized", "auth-mismatch", user=state.user)
     return AwaitingPin(state.s, state.user, event.at, event.challenge), [
         AskPin(state.session, state.user, event.prompt), _show("enter-pin"),
         Audit("pin-required", {"session": state.session, "user": state.user})]
@@ -559,6 +686,9 @@ def _job_arrived(state, event, limits):
     if not isinstance(state, SERVING) or not _inside(event.origin_ip, state.s.remote_ts):
         return state, [PurgeJob(state.session, event.job_id, "not from the tunnel"),
                        Audit("job-rejected", fields)]
+    if event.proof != "ok":  # its owner is a claim nobody proved: it never prints under a release
+        return state, [PurgeJob(state.session, event.job_id, "owner not proven"),
+                       Audit("job-unproven", {**fields, "why": str(event.proof)[:40]})]
     s = state.s
     if any(j.job_id == event.job_id for j in s.held):
         return state, [Audit("job-duplicate", fields)]
@@ -575,8 +705,10 @@ def _job_done(state, event, limits):
     if not isinstance(state, _InSession):
         return state, []
     s = replace(state.s, held=tuple(j for j in state.s.held if j.job_id != event.job_id))
-    kind = "job-printed" if isinstance(event, JobPrinted) else "job-gone"
-    return replace(state, s=s), [Audit(kind, {"session": s.number, "job": event.job_id})]
+    if isinstance(event, JobPrinted):
+        return replace(state, s=s), [Audit("job-printed", {"session": s.number, "job": event.job_id})]
+    return replace(state, s=s), [Audit("job-gone", {"session": s.number, "job": event.job_id,
+                                                    "reason": event.reason})]
 
 
 def _card_unreadable(state, event, limits):

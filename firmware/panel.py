@@ -26,8 +26,9 @@ MESSAGES: dict[str, str] = {
     "released": "Released {count} job(s) for {user}",
     "no-jobs": "No jobs held for {user}",
     "release-failed": "Could not release the jobs — they stay held",
-    "auth-rejected": "Not authorized: {message}",
-    "auth-rejected-plain": "Not authorized",
+    # unknown, disabled, wrong-card and wrong-PIN users all read the same line (no user enumeration)
+    "not-authorized": "Not authorized",
+    "pin-locked": "Not authorized — too many wrong PINs, try again later",
     "auth-unavailable": "Authentication server unavailable — jobs stay held",
     "pin-cancelled": "PIN entry cancelled",
     "pin-timeout": "PIN entry timed out",
@@ -35,6 +36,7 @@ MESSAGES: dict[str, str] = {
     "busy": "Busy — please wait",
     "out-of-service": "Out of service — call the operator",
     "tunnel-failed": "Could not connect to {org}'s network",
+    "virtual-ip-refused": "{org}'s network gave this printer an address it must not use — session ended",
     "tunnel-down": "Connection to {org} lost — session ended",
     "print-service-failed": "Printer could not be prepared for {org}",
     "step-timeout": "No answer in time — session ended",
@@ -44,7 +46,7 @@ MESSAGES: dict[str, str] = {
     # card
     "card-unreadable": "Card could not be read — try again",
     "card-unsupported": "This card is not supported",
-    "card-unknown": "Card not registered",
+    "card-unknown": "Not authorized",
     # lookup
     "lookup-refused": "No contract for this organization",
     "lookup-device-rejected": "This printer is not enrolled — call the operator",

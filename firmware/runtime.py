@@ -22,6 +22,7 @@ from firmware import journal, machine, sdnotify, status
 from firmware.config import FirmwareConfig
 from firmware.devices import Devices, build
 from firmware.diagnostics import MemoryDiagnostics
+from firmware.pin_guard import PinGuard
 from firmware.session import Session, purge
 from hal.card import CardTap, CardUnreadable, mask_uid
 from firmware.secret_keeper import KeeperError, SecretKeeper
@@ -75,7 +76,8 @@ class Runtime:
         self.state = machine.initial()
         self.session: Session | None = None
         self.panel = ""
-        self.pin_request: fx.AskPin | None = None
+        self.pin_guard = PinGuard()
+        self.incoming: Session | None = None  # another org's lookup, made while `session` serves
         self.audit: deque[dict] = deque(maxlen=100)
         self.diagnostics = MemoryDiagnostics()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -101,6 +103,9 @@ class Runtime:
     def dispatch(self, event) -> None:
         before = type(self.state).__name__
         self.state, effects = machine.step(self.state, event)
+        if isinstance(event, ev.PinEntered) and not any(isinstance(e, fx.Authenticate) and e.pin is event.pin
+                                                        for e in effects):
+            event.pin.wipe()  # a PIN nobody asked for any more
         after = type(self.state).__name__
         if before != after:
             journal.record("transition", state=after, previous=before, event=type(event).__name__,
@@ -131,9 +136,21 @@ class Runtime:
                 self.audit.append(entry)
                 journal.record("audit", **entry)
             case fx.AskPin():
-                self.pin_request = effect
+                pass  # the panel asks while the machine is in AwaitingPin (see `snapshot`)
             case fx.FetchProfile():
+                self._open_session(effect)
                 self._in(self.session_worker, self._fetch_profile, effect)
+            case fx.PreparePrintService():
+                s = self._current(effect.session)
+                if s is not None:
+                    # needs nothing of the org: starts now, beside the lookup and IKE, on its own thread
+                    s.print_service_ready = self.preparer.submit(self._prepare_print_service, s)
+            case fx.EndLookup():
+                self._in(self.session_worker, self._end_lookup, effect)
+            case fx.PinFailed(org=org, user=user):
+                locked = self.pin_guard.failed(org, user, self.now())
+                if locked:
+                    journal.record("pin lockout", org=org, minutes=round(locked / 60))
             case fx.BringUpTunnel():
                 self._in(self.session_worker, self._bring_up_tunnel, effect)
             case fx.StartPrintService():
@@ -142,8 +159,9 @@ class Runtime:
                 self._in(self.session_worker, self._release, effect)
             case fx.PurgeJob():
                 self._in(self.session_worker, self._purge_job, effect)
+            case fx.PinAccepted(org=org, user=user):
+                self.pin_guard.succeeded(org, user, self.now())
             case fx.Purge():
-                self.pin_request = None
                 self._in(self.session_worker, self._purge, effect)
             case fx.Authenticate():
                 self._in(self.auth_worker, self._authenticate, effect)
@@ -151,17 +169,34 @@ class Runtime:
                 journal.record("unknown effect", level=40, effect=type(effect).__name__)
 
     def _current(self, number: int) -> Session | None:
-        s = self.session
-        return s if s is not None and s.number == number else None
+        for s in (self.session, self.incoming):
+            if s is not None and s.number == number:
+                return s
+        return None
+
+    def _open_session(self, e: fx.FetchProfile) -> None:
+        """The Session object of a lookup (on the loop, so that effects after it find it): the
+        session itself when none serves, else the incoming one (another org's tap)."""
+        s = Session(number=e.session, org=e.org)
+        if self.session is None:
+            self.session = s
+        else:
+            if self.incoming is not None:  # an abandoned lookup: its keeper ends on the worker
+                self._in(self.session_worker, self._end_keeper, self.incoming)
+            self.incoming = s
+
+    def _end_lookup(self, e: fx.EndLookup) -> None:
+        s = self.incoming
+        if s is not None and s.number == e.session:
+            self.incoming = None
+            self._end_keeper(s)
+            if self.spare_keeper is None and not self.done.is_set():
+                self._spawn_spare_keeper()
 
     def _fetch_profile(self, e: fx.FetchProfile) -> None:
-        if self.session is not None:  # never two keepers: the machine purged before, but be sure
-            self._end_keeper(self.session)
-        s = self.session = Session(number=e.session, org=e.org)
-        # The print service (firewall table, tmpfs, cupsd: ~30 ms) needs nothing of the org: it
-        # starts now, beside the lookup and IKE; StartPrintService only waits for it, and any purge
-        # (a lookup that failed too) waits for it and stops it.
-        s.print_service_ready = self.preparer.submit(self._prepare_print_service, s)
+        s = self._current(e.session)
+        if s is None:  # abandoned before it started
+            return
         try:
             s.keeper = self._take_spare_keeper()  # from here on, the purge ends it
             reply = s.keeper.call("fetch", timeout=self.cfg.cloud.timeout_s * 3 + 5, org=e.org)
@@ -174,7 +209,8 @@ class Runtime:
         s.gateway = reply.get("gateway")  # the device firewall admits IKE/ESP with it alone
         pol = reply["policy"]
         self.post(ev.ProfileFetched(self.now(), e.session, e.org, tuple(reply["remote_ts"]),
-                                    ev.Policy(pol["idle_timeout_s"], pol["max_hold_s"], pol["combined_mode"])))
+                                    ev.Policy(pol["idle_timeout_s"], pol["max_hold_s"], pol["combined_mode"]),
+                                    tuple(reply.get("device_networks", ("unknown",)))))
 
     def _spawn_spare_keeper(self) -> None:
         """Start the next session's keeper now (it holds nothing yet), so that a tap does not wait
@@ -286,13 +322,17 @@ class Runtime:
             s.print_service.purge(e.job_id)
 
     def _purge(self, e: fx.Purge) -> None:
+        incoming, self.incoming = self.incoming, None
+        if incoming is not None and not e.keep_next:
+            self._end_keeper(incoming)  # a lookup the purge makes moot
+            incoming = None
         if self.session is not None:
             self._end_keeper(self.session)  # first: every secret of the session dies with it
             if self.session.print_service_ready is not None:
                 # a print service still starting would come up after the purge stopped it
                 concurrent.futures.wait([self.session.print_service_ready], timeout=PRINT_SERVICE_START_S)
         report = purge(self.devices, self.session, e.reason)
-        self.session = None
+        self.session = incoming  # the org the machine switches to, when it decided so
         if self.spare_keeper is None and not self.done.is_set():
             self._spawn_spare_keeper()
         self.post(ev.PurgeDone(self.now(), e.session, report.ok, report.leftovers))
@@ -304,12 +344,13 @@ class Runtime:
             self.post(ev.AuthUnavailable(at(), e.session, e.attempt, "no session"))
             return
         try:
-            r = s.keeper.call("auth", timeout=60, user=e.user, org=e.org,
-                              pin=e.pin.reveal() if e.pin is not None else None,
-                              state=e.state.hex() if e.state else None)
+            r = s.keeper.authenticate(60, user=e.user, org=e.org, pin=e.pin, state=e.state)
         except KeeperError as exc:
             self.post(ev.AuthUnavailable(at(), e.session, e.attempt, str(exc)))
             return
+        finally:
+            if e.pin is not None:
+                e.pin.wipe()
         match r.get("outcome"):
             case "accepted":
                 self.post(ev.AuthAccepted(at(), e.session, e.attempt, r["user"]))
@@ -333,8 +374,10 @@ class Runtime:
                         case CardTap():
                             journal.record("tap", user=card_event.user_id, org=card_event.org_id,
                                            uid=mask_uid(card_event.uid))
+                            locked = self.pin_guard.locked_for(card_event.org_id, card_event.user_id,
+                                                               self.now()) > 0
                             self.post(ev.CardTapped(self.now(), card_event.user_id, card_event.org_id,
-                                                    mask_uid(card_event.uid)))
+                                                    mask_uid(card_event.uid), pin_locked=locked))
                         case CardUnreadable(error=error):
                             self.post(ev.CardUnreadable(self.now(), _card_kind(error)))
             except Exception as exc:  # the reader is retried: the daemon keeps running
@@ -356,19 +399,9 @@ class Runtime:
         cmd = request.get("cmd", "status")
         if cmd == "status":
             return self.snapshot()
-        if cmd == "pin":
-            pin = request.get("pin")
-            if self.pin_request is None:
-                return {"error": "no PIN is being asked for"}
-            if not isinstance(pin, str):
-                return {"error": "pin must be a string"}
-            self.post(ev.PinEntered(self.now(), self.pin_request.session, ev.Pin(pin)))
-            self.pin_request = None
-            return {"ok": True}
         if cmd == "pin-cancel":
-            if self.pin_request is not None:
-                self.post(ev.PinCancelled(self.now(), self.pin_request.session))
-                self.pin_request = None
+            if isinstance(self.state, machine.AwaitingPin):
+                self.post(ev.PinCancelled(self.now(), self.state.session))
             return {"ok": True}
         if cmd == "clear-fault":
             self.post(ev.FaultCleared(self.now()))
@@ -378,6 +411,16 @@ class Runtime:
                                            compare=bool(request.get("compare")))
         return {"error": f"unknown command {cmd!r}"}
 
+    def _pin(self, pin: ev.Pin) -> dict:
+        """A PIN from the panel (`status` hands it over as bytes): to the authentication that waits
+        for it, or wiped."""
+        state = self.state
+        if not isinstance(state, machine.AwaitingPin):
+            pin.wipe()
+            return {"error": "no PIN is being asked for"}
+        self.post(ev.PinEntered(self.now(), state.session, pin))
+        return {"ok": True}
+
     def snapshot(self) -> dict:
         view = describe(self.state)
         s = self.session
@@ -385,7 +428,7 @@ class Runtime:
             "state": view["state"],
             "org": view.get("org"),
             "panel": self.panel,
-            "pin_requested": self.pin_request is not None,
+            "pin_requested": isinstance(self.state, machine.AwaitingPin),
             "taps": self.taps,
             "tunnel": {"up": bool(s and s.virtual_ip and view.get("org")),
                        "virtual_ip": s.virtual_ip if s else None},
@@ -409,7 +452,7 @@ class Runtime:
 
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
-        server = await status.serve(self.cfg.runtime.status_socket, self._control)
+        server = await status.serve(self.cfg.runtime.status_socket, self._control, self._pin)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, lambda: self.post(ev.Shutdown(self.now())))
         tasks = [asyncio.create_task(self._read_cards()), asyncio.create_task(self._tick())]

@@ -13,7 +13,7 @@ instead of three (TCP, TLS, request). That connection carries nothing secret unt
 Protocol: JSON lines on the keeper's stdin/stdout. The first line is the firmware configuration;
 then one request, one reply:
 
-    {"op": "fetch", "org": O}              -> {"org", "remote_ts", "gateway", "policy"} | {"error": kind}
+    {"op": "fetch", "org": O}              -> {"org", "remote_ts", "gateway", "policy", "device_networks"} | {"error": kind}
     {"op": "tunnel_up", "timeout_s": s}    -> {"virtual_ip", "interface", "remote_ts"} | {"error": cause}
     {"op": "auth", "user", "org", "pin", "state"}  -> {"outcome": name, ...}
     {"op": "exit"}                          -> (the keeper wipes what it holds and exits)
@@ -47,12 +47,17 @@ class SecretKeeper:
         self._send(config)
 
     def _send(self, obj: dict) -> None:
-        data = (json.dumps(obj) + "\n").encode()
+        self._write((json.dumps(obj) + "\n").encode())
+
+    def _write(self, data: bytes | bytearray) -> None:
+        view = memoryview(data)
         try:
-            while data:
-                data = data[self._proc.stdin.write(data):]
+            while view:
+                view = view[self._proc.stdin.write(view):]
         except (OSError, ValueError) as exc:  # a closed pipe, or a closed file after stop()
             raise KeeperError(f"keeper not reachable: {type(exc).__name__}") from None
+        finally:
+            view.release()
 
     def _read_line(self, timeout: float) -> bytes | None:
         """The keeper's next line, or None at its end or when `timeout` passed."""
@@ -69,21 +74,43 @@ class SecretKeeper:
         line, _, self._pending = self._pending.partition(b"\n")
         return line
 
+    def authenticate(self, timeout: float, *, user: str, org: str, pin=None, state: bytes | None = None) -> dict:
+        """The `auth` request. The PIN (a `firmware.events.Pin`) is spliced into the request line
+        as bytes, never made a `str` in this process, and the line is wiped once written."""
+        head = json.dumps({"op": "auth", "user": user, "org": org, "state": state.hex() if state else None})
+        if pin is None:
+            return self.call("auth", timeout, user=user, org=org, pin=None, state=state.hex() if state else None)
+        digits = pin.reveal()
+        if not digits or not all(0x30 <= b <= 0x39 for b in digits):
+            raise KeeperError("a PIN is digits only")
+        line = bytearray(head[:-1].encode())
+        line += b', "pin": "'
+        line += digits
+        line += b'"}\n'
+        try:
+            return self._exchange("auth", timeout, line)
+        finally:
+            for i in range(len(line)):
+                line[i] = 0
+
     def call(self, op: str, timeout: float, **args: Any) -> dict:
+        return self._exchange(op, timeout, (json.dumps({"op": op, **args}) + "\n").encode())
+
+    def _exchange(self, op: str, timeout: float, line: bytes | bytearray) -> dict:
         with self._lock:
             try:
-                self._send({"op": op, **args})
+                self._write(line)
             except KeeperError:
                 self.stop()
                 raise
             try:
-                line = self._read_line(timeout)
+                answer = self._read_line(timeout)
             except (OSError, ValueError):
-                line = None
-            if not line:
+                answer = None
+            if not answer:
                 self.stop()
                 raise KeeperError(f"keeper gave no answer to {op}")
-            return json.loads(line)
+            return json.loads(answer)
 
     def alive(self) -> bool:
         return self._proc.poll() is None
@@ -106,11 +133,23 @@ class SecretKeeper:
 
 # -- the keeper process ---------------------------------------------------------------------------
 
-def _keep_warm(directory, every_s: float, stop: threading.Event) -> None:
-    """While the keeper waits for its session, keep a connection to the directory open."""
-    while not stop.is_set():
-        directory.warm()
-        stop.wait(every_s)
+def _keep_warm(directory, every_s: float, stop: threading.Event, networks: list) -> None:
+    """While the keeper waits for its session, keep a connection to the directory open, and know
+    the device's own networks (read now, not on the tap's path)."""
+    from hal.net import NetError
+    from hal.net.addresses import connected_networks
+
+    while True:
+        try:
+            networks[:] = connected_networks(exclude=("lo", "ipsec0"))
+        except NetError:
+            networks[:] = ["unknown"]  # the firmware refuses a profile it cannot check
+        if stop.is_set():
+            return
+        if every_s > 0 and hasattr(directory, "warm"):
+            directory.warm()
+        if stop.wait(every_s if every_s > 0 else 3600):
+            return
 
 
 def _serve(stdin, stdout) -> None:
@@ -127,9 +166,10 @@ def _serve(stdin, stdout) -> None:
     profile = None
     authenticator = None
     first_request = threading.Event()
-    if cfg.cloud.keep_warm_s > 0 and hasattr(directory, "warm"):
-        threading.Thread(target=_keep_warm, args=(directory, cfg.cloud.keep_warm_s, first_request),
-                         name="keep-warm", daemon=True).start()
+    device_networks: list = []
+    warm = threading.Thread(target=_keep_warm, args=(directory, cfg.cloud.keep_warm_s, first_request,
+                                                     device_networks), name="keep-warm", daemon=True)
+    warm.start()
 
     def reply(obj: dict) -> None:
         stdout.write(json.dumps(obj) + "\n")
@@ -142,6 +182,7 @@ def _serve(stdin, stdout) -> None:
         if op == "exit":
             break
         if op == "fetch":
+            warm.join(timeout=5)  # its first look at the device's networks is done long before a tap
             try:
                 profile = directory.fetch_profile(req["org"])
                 if profile.org_id != req["org"]:
@@ -159,7 +200,8 @@ def _serve(stdin, stdout) -> None:
             reply({"org": profile.org_id, "remote_ts": list(profile.vpn.remote_ts),
                    "gateway": profile.vpn.gateway,  # not secret: the device firewall admits only it
                    "policy": {"idle_timeout_s": p.idle_timeout_s, "max_hold_s": p.max_hold_s,
-                              "combined_mode": p.combined_mode}})
+                              "combined_mode": p.combined_mode},
+                   "device_networks": list(device_networks)})
         elif op == "tunnel_up":
             if profile is None:
                 reply({"error": "config"})

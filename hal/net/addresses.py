@@ -112,3 +112,18 @@ def _xfrm_count(what: str, netns: str | None) -> int:
     if proc.returncode != 0:
         return 0  # no XFRM in this kernel: nothing can be left there
     return sum(1 for line in proc.stdout.decode().splitlines() if line.startswith("src "))
+
+
+def connected_networks(netns: str | None = None, exclude: tuple[str, ...] = ("lo",)) -> list[str]:
+    """The networks of the addresses on this host's interfaces (but `exclude`), as CIDR strings:
+    what an org's traffic selectors and virtual IP must never overlap."""
+    out: list[str] = []
+    with _ipr(netns) as ipr:
+        names = {link["index"]: link.get("IFLA_IFNAME") for link in ipr.get_links()}
+        for a in ipr.get_addr():
+            if names.get(a["index"]) in exclude:
+                continue
+            addr = a.get("IFA_LOCAL") or a.get("IFA_ADDRESS")
+            if addr:
+                out.append(str(ipaddress.ip_interface(f"{addr}/{a['prefixlen']}").network))
+    return sorted(set(out))

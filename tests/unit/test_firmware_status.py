@@ -10,13 +10,19 @@ from firmware import status
 def test_request_reply_and_permissions(tmp_path):
     path = tmp_path / "fw.sock"
     seen = []
+    pins = []
 
     async def handle(req):
         seen.append(req)
         return {"state": "idle"} if req["cmd"] == "status" else {"ok": True}
 
+    def on_pin(pin):
+        pins.append(bytes(pin.reveal()))
+        pin.wipe()
+        return {"ok": True}
+
     async def scenario():
-        server = await status.serve(path, handle)
+        server = await status.serve(path, handle, on_pin)
         try:
             assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
             loop = asyncio.get_running_loop()
@@ -30,7 +36,8 @@ def test_request_reply_and_permissions(tmp_path):
     first, second = asyncio.run(scenario())
     assert first == {"state": "idle"}
     assert second == {"ok": True}
-    assert seen == [{"cmd": "status"}, {"cmd": "pin", "pin": "2468"}]
+    assert seen == [{"cmd": "status"}]  # the PIN never reached the JSON handler
+    assert pins == [b"2468"]
 
 
 def test_malformed_request_gets_an_error_not_a_crash(tmp_path):
@@ -41,8 +48,11 @@ def test_malformed_request_gets_an_error_not_a_crash(tmp_path):
     async def handle(req):
         return {"state": "idle"}
 
+    def on_pin(pin):
+        raise AssertionError("no PIN in this test")
+
     async def scenario():
-        server = await status.serve(path, handle)
+        server = await status.serve(path, handle, on_pin)
         loop = asyncio.get_running_loop()
 
         def raw(data: bytes) -> bytes:
@@ -63,3 +73,26 @@ def test_malformed_request_gets_an_error_not_a_crash(tmp_path):
     bad, worse, good = asyncio.run(scenario())
     assert b"error" in bad and b"error" in worse
     assert good == {"state": "idle"}
+
+
+def test_a_pin_request_is_parsed_from_bytes_and_the_buffer_is_zeroed():
+    got = []
+    for line in (b'{"cmd": "pin", "pin": "2468"}\n', b'{"pin":"2468","cmd":"pin"}'):
+        buf = bytearray(line) + bytearray(8)
+        reply = status.decode(buf, len(line), lambda pin: got.append(bytes(pin.reveal())) or {"ok": True})
+        assert reply == {"reply": {"ok": True}}
+        assert buf == bytearray(len(buf))  # nothing of the request is left in the daemon's buffer
+    assert got == [b"2468", b"2468"]
+
+
+def test_a_pin_in_any_other_shape_is_refused_unread_and_wiped():
+    for line in (b'{"cmd": "pin", "pin": "24a8"}', b'{"cmd": "pin", "pin": "' + b"1" * 17 + b'"}',
+                 b'{"cmd": "pin", "pin": "2468", "x": 1}', b'{"cmd": "status", "pin": "2468"}'):
+        buf = bytearray(line)
+        reply = status.decode(buf, len(line), lambda pin: (_ for _ in ()).throw(AssertionError(line)))
+        assert "error" in reply["reply"] and b"2468" not in buf, line
+
+
+def test_other_requests_are_json():
+    buf = bytearray(b'{"cmd": "clear-fault"}\n')
+    assert status.decode(buf, len(buf), lambda pin: None) == {"request": {"cmd": "clear-fault"}}

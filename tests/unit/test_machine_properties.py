@@ -8,8 +8,8 @@ harness tracks what it fed, independently of the machine's internals, and checks
     FetchProfile or BringUpTunnel;
 (b) sessions never overlap: between two BringUpTunnel effects there is always a Purge;
 (c) ReleaseJobs names only jobs of the user the last effective AuthAccepted accepted (and no
-    authentication started since), in the current session, that arrived (as that user's) from
-    inside the negotiated remote TS;
+    authentication started since), in the current session, that arrived (as that user's, with an
+    owner proof that verified) from inside the negotiated remote TS;
 (d) the transition function never raises, in any state, on any event;
 (e) after Fault, no FetchProfile until FaultCleared;
 and also: Idle is reached from a loaded session only through a purge; no PIN or full card UID
@@ -51,7 +51,8 @@ KINDS = ["next", "boot", "tick", "tap", "tap", "tap", "unreadable", "fault_clear
 EXPECTED = {"Starting": ["boot"], "Purging": ["purge_ok", "purge_ok", "purge_ok", "purge_failed"],
             "Idle": ["tap"], "LookingUp": ["profile"],
             "Connecting": ["tunnel_up"], "StartingPrintService": ["ps_up"],
-            "Ready": ["job_in", "job_in", "tap_same", "tick"],
+            "Ready": ["job_in", "job_in", "tap_same", "tick", "tap"],
+            "Switching": ["profile_next", "lookup_failed_next", "job_in"],
             "Authenticating": ["accepted", "accepted", "pin_required"],
             "AwaitingPin": ["pin"], "Releasing": ["released"], "Fault": ["tap", "fault_cleared"],
             "Stopped": ["tick"]}
@@ -84,6 +85,8 @@ def concrete(state, at, kind, ds, da, o, u, ip, job, ts, pol):
         "unreadable": lambda: CardUnreadable(at, "read-error"),
         "fault_cleared": lambda: FaultCleared(at),
         "profile": lambda: ProfileFetched(at, n, getattr(state, "org", org), TS[ts], POLICIES[pol]),
+        "profile_next": lambda: ProfileFetched(at, state.to.session, state.to.org, TS[ts], POLICIES[pol]),
+        "lookup_failed_next": lambda: LookupFailed(at, state.to.session, "refused"),
         "lookup_failed": lambda: LookupFailed(at, n, "refused"),
         "tunnel_up": lambda: TunnelUp(at, n, IPS[ip], TS[ts]),
         "tunnel_failed": lambda: TunnelFailed(at, n), "tunnel_down": lambda: TunnelDown(at, n),
@@ -93,11 +96,11 @@ def concrete(state, at, kind, ds, da, o, u, ip, job, ts, pol):
         "rejected": lambda: AuthRejected(at, n, a, user, "no"),
         "pin_required": lambda: AuthPinRequired(at, n, a, getattr(state, "user", user), b"ch", "PIN"),
         "unavailable": lambda: AuthUnavailable(at, n, a),
-        "pin": lambda: PinEntered(at, n, Pin(PIN)), "pin_cancelled": lambda: PinCancelled(at, n),
+        "pin": lambda: PinEntered(at, n, Pin(PIN.encode())), "pin_cancelled": lambda: PinCancelled(at, n),
         "released": lambda: Released(at, n, tuple(getattr(state, "job_ids", held))),
         "release_failed": lambda: ReleaseFailed(at, n, tuple(held)),
-        "job": lambda: JobArrived(at, n, job, user, IPS[ip]),
-        "job_in": lambda: JobArrived(at, n, job, user, IPS[ip % 2]),
+        "job": lambda: JobArrived(at, n, job, user, IPS[ip], "ok" if ip % 3 else "missing"),
+        "job_in": lambda: JobArrived(at, n, job, user, IPS[ip % 2], "ok" if ip % 3 else "bad signature"),
         "tap_same": lambda: CardTapped(at, user, state.s.org, UID),
         "printed": lambda: JobPrinted(at, n, held[0] if held else job),
         "gone": lambda: JobGone(at, n, job),
@@ -152,6 +155,8 @@ class Harness:
             self.purge_owed = True
         if isinstance(ev, ProfileFetched) and current and isinstance(pre, m.LookingUp):
             self.profile_ts[pre.session] = networks(ev.remote_ts)
+        if isinstance(ev, ProfileFetched) and isinstance(pre, m.Switching) and ev.session == pre.to.session:
+            self.profile_ts[ev.session] = networks(ev.remote_ts)
         if isinstance(ev, TunnelUp) and current and isinstance(pre, m.Connecting):
             allowed = self.profile_ts.get(pre.session, ())
             self.tunnel_ts[pre.session] = tuple(
@@ -160,8 +165,8 @@ class Harness:
         if (isinstance(ev, AuthAccepted) and current and isinstance(pre, m.Authenticating)
                 and ev.attempt == pre.s.attempt and ev.user == pre.user):
             self.accepted[pre.session] = ev.user
-        if isinstance(ev, JobArrived) and current and inside(ev.origin_ip,
-                                                             self.tunnel_ts.get(pre.session, ())):
+        if isinstance(ev, JobArrived) and current and ev.proof == "ok" and inside(
+                ev.origin_ip, self.tunnel_ts.get(pre.session, ())):
             self.arrivals.setdefault((pre.session, ev.job_id), set()).add(ev.user)
         if isinstance(ev, FaultCleared) and isinstance(pre, m.Fault):
             self.latched = False
@@ -187,8 +192,8 @@ class Harness:
 
         if isinstance(post, m.Fault):
             self.latched = True
-        loaded = (m.Connecting, m.StartingPrintService, m.Ready, m.Authenticating, m.AwaitingPin,
-                  m.Releasing)
+        loaded = (m.Connecting, m.StartingPrintService, m.Ready, m.Switching, m.Authenticating,
+                  m.AwaitingPin, m.Releasing)
         if isinstance(pre, loaded):
             assert not isinstance(post, (m.Idle, m.LookingUp)), self.trace  # only through a purge
         text = repr(post) + repr(effects)
@@ -213,7 +218,7 @@ def test_a_boot_then_two_taps_reaches_a_session(steps):
     for ev in [Boot(0.0), PurgeDone(0.1, 0, True), CardTapped(1.0, "alice", "acme", UID),
                ProfileFetched(1.1, 1, "acme", ("10.20.0.0/24",), Policy()),
                TunnelUp(1.2, 1, "10.20.0.200", ("10.20.0.0/24",)), PrintServiceUp(1.3, 1),
-               JobArrived(1.4, 1, 1, "alice", "10.20.0.50")]:
+               JobArrived(1.4, 1, 1, "alice", "10.20.0.50", "ok")]:
         h.feed(ev)
     assert isinstance(h.state, m.Ready) and len(h.state.s.held) == 1
     h.at = 2.0
