@@ -32,16 +32,52 @@ CUPSD = "/usr/sbin/cupsd"
 PID_FILE = "cupsd.pid"
 SOCKET = "cups.sock"
 
-# Operations a remote desk PC may do: submit, and read printer/job status (the desk's ipp backend
-# polls its job). Everything else — moving, releasing, holding, cancelling, queue control — needs
-# the firmware: root over the local socket.
-REMOTE_OPS = ("Create-Job Print-Job Send-Document Validate-Job Get-Printer-Attributes "
-              "Get-Job-Attributes CUPS-Get-Default CUPS-Get-Printers Close-Job")
+# The session cupsd's policy, an allow-list. Every operation CUPS 2.4 implements is named (CUPS
+# copies Send-Document's limit to Cancel-My-Jobs, Close-Job and CUPS-Get-Document, and Print-Job's to
+# Validate-Job, when a policy leaves them out; `start()` refuses a cupsd that logs "No limit for").
+#
+# From a remote address a desk may submit a job in one request and read printer attributes. Not
+# Create-Job + Send-Document / Close-Job: only `Require user @OWNER` could keep those to the job's
+# creator, and Debian 12's cupsd (2.4.2-3+deb12u10) dereferences a NULL passwd entry there for any
+# requesting-user-name unknown to /etc/passwd (its backport of the CVE-2026-27447 fix lacks
+# upstream's `pw &&`): one request from any desk would kill the session's cupsd. So a desk's queue
+# submits with Print-Job (CUPS's ipp backend does with `version=1.0` in its device URI).
+REMOTE_OPS = ("Get-Printer-Attributes", "Validate-Job", "Print-Job")
+# Everything else only for the firmware: root over the local socket (peer credentials). Remote
+# addresses meet `Deny all` first: HTTP 403 before any authentication. Operations on a job that
+# cupsd checks through validate_user (Send-Document, Cancel-Job, Set-Job-Attributes, Hold/Release/
+# Restart-Job, Close-Job, CUPS-Move-Job, CUPS-Authenticate-Job) turn every refusal of an
+# unauthenticated client into 401, which cupsd sends as 426 Upgrade Required (DefaultEncryption
+# Required): still no Basic challenge, and CreateSelfSignedCerts No gives a client that then asks
+# for TLS nothing. Get-Job-Attributes is here too: the desk's ipp backend with waitjob=false does not
+# wait for its job, and its status monitor takes a refused Get-Job-Attributes as "completed".
+FIRMWARE_OPS = (
+    "Create-Job", "Send-Document", "Close-Job", "Cancel-Job", "Get-Job-Attributes", "Get-Jobs", "Hold-Job", "Release-Job", "Restart-Job",
+    "Pause-Printer", "Resume-Printer", "Purge-Jobs", "Set-Printer-Attributes", "Set-Job-Attributes",
+    "Get-Printer-Supported-Values", "Create-Printer-Subscriptions", "Create-Job-Subscriptions",
+    "Get-Subscription-Attributes", "Get-Subscriptions", "Renew-Subscription", "Cancel-Subscription",
+    "Get-Notifications", "Enable-Printer", "Disable-Printer", "Hold-New-Jobs", "Release-Held-New-Jobs",
+    "Cancel-Jobs", "Cancel-My-Jobs",
+    "CUPS-Get-Default", "CUPS-Get-Printers", "CUPS-Add-Modify-Printer", "CUPS-Delete-Printer",
+    "CUPS-Get-Classes", "CUPS-Add-Modify-Class", "CUPS-Delete-Class", "CUPS-Accept-Jobs",
+    "CUPS-Reject-Jobs", "CUPS-Set-Default", "CUPS-Get-Devices", "CUPS-Get-PPDs", "CUPS-Move-Job",
+    "CUPS-Authenticate-Job", "CUPS-Get-PPD", "CUPS-Get-Document", "CUPS-Create-Local-Printer",
+)
+NO_LIMIT = "No limit for"  # cupsd's warning for an operation the policy leaves to a template
+
+
+def _firmware_only(ops: str) -> list[str]:
+    return [f"  <Limit {ops}>",
+            "    AuthType Basic",
+            "    Require user @SYSTEM",
+            "    Order deny,allow",
+            "    Deny all",
+            "  </Limit>"]
 
 
 def _cupsd_conf(session_dir: Path, listen: list[str]) -> str:
     lines = [
-        "LogLevel warn",
+        "LogLevel warn",  # keeps the NO_LIMIT warning
         "MaxLogSize 0",
         "HostNameLookups Off",
         "Browsing Off",
@@ -67,18 +103,17 @@ def _cupsd_conf(session_dir: Path, listen: list[str]) -> str:
         "  JobPrivateValues default",
         "  SubscriptionPrivateAccess default",
         "  SubscriptionPrivateValues default",
-        f"  <Limit {REMOTE_OPS}>",
+        f"  <Limit {' '.join(REMOTE_OPS)}>",
+        "    AuthType None",
         "    Order allow,deny",
         "    Allow all",
         "  </Limit>",
-        "  <Limit All>",
-        "    AuthType Default",
-        "    Require user @SYSTEM",
-        "    Order deny,allow",
-        "  </Limit>",
+        *_firmware_only(" ".join(FIRMWARE_OPS)),
+        *_firmware_only("All"),
         "</Policy>",
         "DefaultPolicy default",
-        "DefaultAuthType Basic",
+        # a 401 never names Basic to a remote client (the firmware's limits name their AuthType)
+        "DefaultAuthType None",
     ]
     return "\n".join(lines) + "\n"
 
@@ -98,6 +133,8 @@ def _cups_files_conf(d: Path) -> str:
         f"PageLog {d / 'log' / 'page_log'}",
         f"Printcap {d / 'etc' / 'printcap'}",
         "FileDevice No",
+        # a refused client that asks for TLS (libcups does after a 426) gets none made for it
+        "CreateSelfSignedCerts No",
         "Sandboxing Relaxed",
     ]) + "\n"
 
@@ -224,10 +261,7 @@ class SessionPrintService(JobOps):
                     self.stop()
                     raise PrintServiceDown(f"cupsd did not answer within {self.start_timeout:g} s") from None
                 time.sleep(0.002)
-        log = self.dir / "log" / "error_log"
-        if log.exists() and "Unable to open listen socket" in log.read_text(errors="replace"):
-            self.stop()
-            raise PrintServiceDown(f"cupsd could not listen on {', '.join(self.listen)} (address in use or absent)")
+        self._check_error_log()
         try:
             if self.model is None:
                 self._create_queues()
@@ -238,6 +272,24 @@ class SessionPrintService(JobOps):
         except Exception:
             self.stop()
             raise
+
+    def _check_error_log(self) -> None:
+        """Refuse a cupsd whose start logged a listen failure or an operation without its own limit
+        (cupsd logs both while reading its configuration, before it answers: one small read)."""
+        log = self.dir / "log" / "error_log"
+        try:
+            text = log.read_text(errors="replace")
+        except FileNotFoundError:
+            return
+        if "Unable to open listen socket" in text:
+            self.stop()
+            raise PrintServiceDown(f"cupsd could not listen on {', '.join(self.listen)} (address in use or absent)")
+        unnamed = [line.split(NO_LIMIT, 1)[1].split(" defined", 1)[0].strip()
+                   for line in text.splitlines() if NO_LIMIT in line]
+        if unnamed:
+            self.stop()
+            raise PrintServiceDown(f"the session cupsd's policy leaves {', '.join(unnamed)} without a limit of "
+                                   "its own (cupsd would copy another operation's)")
 
     def engine_model(self) -> bytes | None:
         """The inbound queue's PPD, once cupsd has built it (for the next session's start)."""

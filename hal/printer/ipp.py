@@ -5,15 +5,24 @@ setting, where a readiness probe across a WAN wants one TCP connection, one requ
 trips) and to give up on a lost SYN after a fraction of a second; and pycups 2.0.4 leaks every
 Get-Printer-Attributes answer (OpenPrinting/pycups#44, fixed after the last release), which a
 daemon that polls a queue's state for months cannot afford. Over TCP (`ipp://host:port/...`) or a
-cupsd's local socket (`unix_socket`). Only what these reads need is decoded: text, keyword, URI,
-integer, enum and boolean values; anything else stays bytes.
+cupsd's local socket (`unix_socket`, authenticated by peer credentials: the session cupsd keeps
+CUPS-Get-Printers for root on that socket). Only what these reads need is decoded: text, keyword,
+URI, integer, enum and boolean values; anything else stays bytes.
+
+Bounded: the answer comes from a host we do not control (the MFP, for a desk agent), so at most
+MAX_ANSWER bytes of it are read (an answer larger than that is an IppError, never read whole), and
+the whole exchange after connecting has one deadline (`read_timeout`): every receive waits only for
+what is left of it, so a server that trickles bytes holds the caller no longer than that.
 """
 
 from __future__ import annotations
 
 import http.client
+import os
+import pwd
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -26,6 +35,7 @@ _BOOL_TAG = 0x22
 _EXTENSION_TAG = 0x7F
 _PRINTER_GROUP = 0x04
 NOT_FOUND = 0x0406
+MAX_ANSWER = 1 << 20  # bytes of an IPP answer we read at most (a queue's attributes: ~20 KiB)
 
 
 class IppError(Exception):
@@ -130,23 +140,57 @@ def decode_response(data: bytes) -> IppResponse:
     return IppResponse(status, request_id, groups)
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    """HTTP over a cupsd's local socket."""
+class _DeadlineSocket(socket.socket):
+    """A socket whose every send and receive waits only for what is left of one deadline."""
 
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+    deadline = float("inf")
+
+    def _arm(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self.settimeout(left)
+
+    def recv_into(self, buffer, nbytes=0, flags=0):
+        self._arm()
+        return super().recv_into(buffer, nbytes, flags)
+
+    def recv(self, bufsize, flags=0):
+        self._arm()
+        return super().recv(bufsize, flags)
+
+    def sendall(self, data, flags=0):
+        self._arm()
+        return super().sendall(data, flags)
+
+
+class _Connection(http.client.HTTPConnection):
+    """HTTP to host:port or a cupsd's local socket, on a `_DeadlineSocket`."""
+
+    def __init__(self, host: str, port: int, unix_path: str | None, connect_timeout: float):
+        super().__init__(host, port, timeout=connect_timeout)
+        self._path = unix_path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if self._path:
+            sock = _DeadlineSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address = self._path
+        else:
+            family, kind, proto, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+            sock = _DeadlineSocket(family, kind, proto)
         sock.settimeout(self.timeout)
         try:
-            sock.connect(self._path)
+            sock.connect(address)
+            if not self._path:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             sock.close()
             raise
         self.sock = sock
 
+
+def _peer_user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
 
 
 def _call(url: str, body: bytes, connect_timeout: float, read_timeout: float,
@@ -154,8 +198,11 @@ def _call(url: str, body: bytes, connect_timeout: float, read_timeout: float,
     parsed = urlparse(url)
     if parsed.scheme != "ipp" or not parsed.hostname:
         raise ValueError(f"not an ipp:// URI: {url!r}")
-    conn = (_UnixConnection(unix_socket, connect_timeout) if unix_socket
-            else http.client.HTTPConnection(parsed.hostname, parsed.port or 631, timeout=connect_timeout))
+    conn = _Connection(parsed.hostname if not unix_socket else "localhost", parsed.port or 631, unix_socket,
+                       connect_timeout)
+    headers = {"Content-Type": "application/ipp"}
+    if unix_socket:
+        headers["Authorization"] = f"PeerCred {_peer_user()}"
     try:
         try:
             conn.connect()
@@ -163,17 +210,21 @@ def _call(url: str, body: bytes, connect_timeout: float, read_timeout: float,
             raise IppRefused(f"no connection ({exc.strerror})") from None
         except OSError as exc:
             raise IppError(f"no connection ({exc.strerror or exc})") from None
-        conn.sock.settimeout(read_timeout)
+        conn.sock.deadline = time.monotonic() + read_timeout
         try:
-            conn.request("POST", parsed.path or "/", body, {"Content-Type": "application/ipp"})
+            conn.request("POST", parsed.path or "/", body, headers)
             resp = conn.getresponse()
-            data = resp.read()
+            if resp.status != 200:
+                raise IppError(f"HTTP {resp.status} {resp.reason}")
+            data = resp.read(MAX_ANSWER + 1)
+        except TimeoutError:
+            raise IppError(f"no complete answer within {read_timeout:g} s") from None
         except (OSError, http.client.HTTPException) as exc:
             raise IppError(f"no answer ({exc})") from None
     finally:
         conn.close()
-    if resp.status != 200:
-        raise IppError(f"HTTP {resp.status} {resp.reason}")
+    if len(data) > MAX_ANSWER:
+        raise IppError(f"IPP answer larger than {MAX_ANSWER} bytes: not read")
     answer = decode_response(data)
     if answer.status > 0x00FF and answer.status not in also_ok:
         raise IppError(f"IPP status 0x{answer.status:04x}")
@@ -185,8 +236,9 @@ def get_printer_attributes(printer_uri: str, requested: list[str], connect_timeo
     """Ask the printer at `printer_uri` (ipp://host[:port]/path) for `requested` over one connection
     (to `unix_socket` instead of host:port when given).
 
-    Raises IppError when it cannot be reached within `connect_timeout`, does not answer within
-    `read_timeout`, or answers with an HTTP or IPP error."""
+    Raises IppError when it cannot be reached within `connect_timeout`, has not answered completely
+    within `read_timeout` after the connection, answers with more than MAX_ANSWER bytes, or with an
+    HTTP or IPP error."""
     body = encode_get_printer_attributes(printer_uri, requested)
     return _call(printer_uri, body, connect_timeout, read_timeout, unix_socket).attributes
 

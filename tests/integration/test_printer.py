@@ -12,13 +12,17 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from hal.printer import INBOUND_QUEUE, RELEASE_QUEUE, ConfigError, JobHeld, JobPrinted
+from hal.printer import INBOUND_QUEUE, RELEASE_QUEUE, ConfigError, JobHeld, JobPrinted, PrintServiceDown
 from hal.printer.cupsd import SessionPrintService, model_built
 from lab.services.engine import EngineService, engine_uri, printed_documents
 from prereq import need_binary
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "attacks"))
+import ipp_client  # noqa: E402  (tests/attacks/ipp_client.py: the raw IPP client the attack tests use too)
 
 DOC = "/usr/share/cups/data/default-testpage.pdf"
 MFP = "10.77.0.10:631"
@@ -66,8 +70,13 @@ def service(request, lab, engine, engine_model):
 
 
 def _lp(lab, user: str, title: str, *opts: str, host: str = "cowork"):
-    return lab.host(host).run(["lp", "-h", MFP, "-d", INBOUND_QUEUE, "-U", user, "-t", title, *opts, DOC],
-                              check=False)
+    """Print-Job from `host`, as a desk's queue sends it (`lp` would use Create-Job + Send-Document,
+    which the session cupsd keeps to the firmware); opts are `-o name=keyword` pairs."""
+    job_attrs = dict(o.split("=", 1) for o in opts if o != "-o")
+    plan = {"uri": f"ipp://{MFP}/printers/{INBOUND_QUEUE}",
+            "requests": [{"op": 0x0002, "user": user, "title": title, "document": DOC, "job_attrs": job_attrs}]}
+    (answer,) = _run_plan(lab, plan, host)
+    return SimpleNamespace(returncode=0 if ipp_client.succeeded(answer) else 1, answer=answer)
 
 
 def _wait(pred, timeout=10.0):
@@ -124,6 +133,8 @@ def test_remote_clients_cannot_release_cancel_or_enable(lab, service):
     time.sleep(0.5)
     assert [j.id for j in service.held_jobs()] == [job.id]
     assert service.ensure_inbound_stopped()
+    keychain = service.dir / "etc" / "ssl"  # libcups asks for TLS after a 426: none is made
+    assert not keychain.exists() or not list(keychain.iterdir())
 
 
 def test_purge_leaves_no_spool_files_and_no_history(lab, service):
@@ -229,3 +240,90 @@ def test_ipp_probe_errors_are_clear(lab, service):
     closed = _probe(lab, "ipp://10.77.0.10:6390/printers/tenantprint")  # nothing listens there
     assert closed["error"].startswith("no connection") and closed["kind"] == "IppRefused", closed
     assert closed["s"] < 0.5
+
+
+# -- the policy: every IPP operation from a remote address (issue 13) ---------------------------------
+
+@pytest.fixture
+def written_service(lab, engine, engine_model):
+    d = lab.layout.data_dir("printer-policy")
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    ps = SessionPrintService(d, [MFP], engine_uri(lab), command_prefix=lab.host("office").argv([]),
+                             engine_model=engine_model)
+    ps.start()
+    yield ps
+    ps.stop()
+
+
+def _job_facts(service) -> dict[int, tuple]:
+    """Every job as the firmware sees it: owner, queue, state, size and document count."""
+    jobs = service.connection().getJobs(which_jobs="all", requested_attributes=[
+        "job-id", "job-originating-user-name", "job-printer-uri", "job-state", "job-k-octets", "number-of-documents"])
+    return {jid: (a.get("job-originating-user-name"), a.get("job-printer-uri", "").rsplit("/", 1)[-1],
+                  a.get("job-state"), a.get("job-k-octets"), a.get("number-of-documents")) for jid, a in jobs.items()}
+
+
+def _run_plan(lab, plan: dict, host: str = "cowork") -> list[dict]:
+    proc = lab.host(host).run([sys.executable, ipp_client.__file__], input=json.dumps(plan).encode(), timeout=120)
+    return json.loads(proc.stdout)
+
+
+def test_every_ipp_operation_from_a_remote_address_is_denied_but_submitting(lab, written_service):
+    """The whole table: every operation code CUPS 2.4 knows, against the held jobs of alice and carol,
+    as mallory, as root and naming the owner: only submission and printer attributes succeed, no
+    document leaves, no job changes, no Basic challenge and no TLS credentials are made."""
+    service = written_service
+    _lp(lab, "alice", "Alice's contract")
+    _lp(lab, "carol", "Carol's payslip")
+    held = _wait(lambda: len(service.held_jobs()) == 2 and service.held_jobs())
+    victims = {j.user: j.id for j in held}
+    # a subscription of the firmware's, so that the subscription operations meet the policy (id 1)
+    assert service.connection().createSubscription(f"ipp://localhost/printers/{INBOUND_QUEUE}",
+                                                   events=["job-state-changed"], lease_duration=300) == 1
+    before = _job_facts(service)
+    printed_before = len(printed_documents(lab))
+
+    answers = _run_plan(lab, ipp_client.table_plan(f"ipp://{MFP}/printers/{INBOUND_QUEUE}", victims))
+
+    table = [(hex(a["op"]), a["user"], a["job_id"], a["http"], a["ipp_status"]) for a in answers]
+    wrong = [t for a, t in zip(answers, table)
+             if ipp_client.succeeded(a) != (a["op"] in ipp_client.ALLOWED)
+             # denied by the policy itself (HTTP 403; 426 where cupsd's validate_user turns a refusal
+             # of an unauthenticated client into 401), not by a request check before it
+             or (not ipp_client.succeeded(a) and a["op"] in ipp_client.IMPLEMENTED and a["http"] not in (403, 426)
+                 and a["ipp_status"] != ipp_client.REFUSED_BEFORE_POLICY.get(a["op"]))]
+    assert not wrong, sorted({(t[0], t[3], t[4]) for t in wrong})
+    assert not [a for a in answers if a["www_authenticate"]], "a Basic challenge was offered"
+    assert all(a["trailing_bytes"] == 0 for a in answers if a["op"] == 0x4027), "a document left"
+
+    after = _job_facts(service)
+    for jid in victims.values():
+        assert after[jid] == before[jid], (jid, before[jid], after[jid])
+    assert set(victims.values()) <= {j.id for j in service.held_jobs()}  # still held, still theirs
+    assert {u for u, *_ in after.values()} <= {"alice", "carol", "mallory", "remroot"}  # cupsd names a remote "root" remroot
+    assert len(printed_documents(lab)) == printed_before
+    assert service.ensure_inbound_stopped()
+    queues = ipp_client_queues(service)
+    assert queues == {INBOUND_QUEUE, RELEASE_QUEUE}
+    keychain = service.dir / "etc" / "ssl"  # ServerKeychain: where cupsd would put its TLS credentials
+    assert not keychain.exists() or not list(keychain.iterdir()), "cupsd made TLS credentials"
+
+
+def ipp_client_queues(service) -> set[str]:
+    return set(service.connection().getPrinters())
+
+
+def test_a_policy_that_leaves_an_operation_unnamed_does_not_start(lab, engine, engine_model, monkeypatch):
+    """cupsd would give Close-Job Send-Document's limit and only warn: the start refuses it."""
+    import hal.printer.cupsd as cupsd_module
+
+    monkeypatch.setattr(cupsd_module, "FIRMWARE_OPS", tuple(op for op in cupsd_module.FIRMWARE_OPS if op != "Close-Job"))
+    d = lab.layout.data_dir("printer-unnamed")
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    ps = SessionPrintService(d, [MFP], engine_uri(lab), command_prefix=lab.host("office").argv([]),
+                             engine_model=engine_model)
+    with pytest.raises(PrintServiceDown, match="Close-Job without a limit"):
+        ps.start()
+    assert not ps.running()
