@@ -4,6 +4,11 @@ The lab seeds each org's secrets with unique canary strings (`lab/orgs.py`). Aft
 be found on the MFP (`office`): not in a file it can see (its /run, /tmp, the firmware's state, any
 mount made on the host, such as a session tmpfs), not in the memory of any process on the host
 (the firmware, charon, a cupsd), not in charon's VICI inventory. Each finding names where.
+
+The lab users' PINs are looked for too, in the same places: a PIN typed at the panel must not
+outlive its check in any office process (the daemon takes it as bytes and wipes them). A PIN is
+short, so it counts only as a whole number outside a path or an address (a pid can look like a
+PIN); a finding names the user whose PIN it is, never the PIN.
 """
 
 from __future__ import annotations
@@ -15,6 +20,23 @@ from pathlib import Path
 from lab.host import code_paths
 
 CANARY = re.compile(rb"TPCANARY-[A-Za-z0-9_-]{4,}")
+
+
+def _pins() -> dict[bytes, str]:
+    from lab.users import USERS
+    return {u.pin.encode(): f"PIN of {u.user_id}@{u.org_id}" for u in USERS if u.pin}
+
+
+PINS = _pins()
+# Not inside a longer number, a path, an address or a port ("/proc/2468/stat", "10.0.2.46:2468"):
+# pids wrap at 32768 here, so a PIN-like pid turns up in paths now and then.
+SECRET = re.compile(CANARY.pattern + rb"|(?<![0-9/.:-])(?:" + b"|".join(re.escape(p) for p in PINS)
+                    + rb")(?![0-9/.:])")
+
+
+def _named(found: list[bytes]) -> set[bytes]:
+    """Canaries as they are; PINs replaced by whose PIN they are."""
+    return {PINS[f].encode() if f in PINS else f for f in found}
 MAX_FILE = 64 * 1024 * 1024
 
 
@@ -56,7 +78,7 @@ def scan_memory(pid: int) -> set[bytes]:
             start, end = (int(x, 16) for x in fields[0].split("-"))
             try:
                 mem.seek(start)
-                found.update(CANARY.findall(mem.read(end - start)))
+                found.update(_named(SECRET.findall(mem.read(end - start))))
             except (OSError, ValueError, OverflowError):
                 continue
     return found
@@ -72,7 +94,7 @@ def scan_tree(root: Path) -> dict[str, set[bytes]]:
             try:
                 if not path.is_file() or path.stat().st_size > MAX_FILE:
                     continue
-                found = set(CANARY.findall(path.read_bytes()))
+                found = _named(SECRET.findall(path.read_bytes()))
             except OSError:
                 continue
             if found:
@@ -123,7 +145,7 @@ def scan(lab, host: str = "office") -> dict:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        add(f"pid {pid} ({comm}) argv", "cmdline", set(CANARY.findall(cmdline)))
+        add(f"pid {pid} ({comm}) argv", "cmdline", _named(SECRET.findall(cmdline)))
         add(f"pid {pid} ({comm}) memory", "memory", scan_memory(pid))
     vici = h.run(["swanctl", "--list-conns", "--uri", "unix:///run/charon.vici"], check=False)
     add("charon VICI inventory", "vici", set(CANARY.findall(vici.stdout)))
