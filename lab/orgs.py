@@ -8,6 +8,10 @@
 Every secret contains a CANARY (`TPCANARY-<org>-<kind>-<hex>`), generated once per lab and kept in
 `<lab>/data/orgs/secrets.json` (mode 0600), so a scanner can prove that no org secret is left on
 the MFP: grep for `CANARY_MARK` anywhere outside the lab's data dir.
+
+Each org also has a desk signing key (org/desk_key.py), made once per lab and kept in
+`<lab>/data/orgs/desk-keys.json` (0600); its public half is in the org's profile
+(`print.desk_keys`), its private half goes to the org's desk host only (lab/services/org_agents.py).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ CANARY_MARK = "TPCANARY-"
 DEVICE_ID = "mfp-1.space-1"  # the MFP's IKE identity (the cloud's device id)
 POOL = "10.20.0.200-10.20.0.239"
 RADIUS_HOST = "10.20.0.50"
+DESK_NETWORKS = (f"{RADIUS_HOST}/32",)  # the lab's desk PC is the lan host, beside the auth server
 IKE_PROPOSALS = ("aes256gcm16-prfsha384-x25519", "aes256-sha256-x25519")
 ESP_PROPOSALS = ("aes256gcm16", "aes256-sha256")
 SECRET_KINDS = ("psk", "radius", "eap", "ldap")
@@ -101,8 +106,37 @@ def org_gateway(lab, org: str, backend: str = "libipsec") -> OrgGateway:
         org_id=org, gateway_id=s.gateway_id, wan_address=s.wan_address, lan=ORG_LAN, pool=POOL,
         devices=(DeviceGrant(DEVICE_ID, "psk", org_secrets(lab, org)["psk"].encode()),),
         ike_proposals=IKE_PROPOSALS, esp_proposals=ESP_PROPOSALS, dpd_delay_s=1, backend=backend,
-        lan_reserved=("10.20.0.1", RADIUS_HOST),
+        lan_reserved=("10.20.0.1", RADIUS_HOST), auth_host=RADIUS_HOST, lan_address="10.20.0.1",
+        desk_networks=DESK_NETWORKS,
     )
+
+
+def desk_key(lab, org: str):
+    """Org `org`'s desk signing key (org/desk_key.DeskKey), the same for the lab's life."""
+    from org import desk_key as dk
+
+    spec(org)
+    path = lab.layout.data_dir("orgs") / "desk-keys.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        fresh = {o: json.loads(dk.to_json(dk.generate(o))) for o in ORGS}
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(fresh, f)
+        try:
+            os.link(tmp, path)  # the first writer wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    entry = json.loads(path.read_text())[org]
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return dk.DeskKey(entry["org_id"], Ed25519PrivateKey.from_private_bytes(base64.b64decode(entry["private_key"])))
 
 
 def lab_profile(lab, org: str, auth_kind: str = "radius") -> dict:
@@ -132,4 +166,5 @@ def lab_profile(lab, org: str, auth_kind: str = "radius") -> dict:
         },
         "auth": auth,
         "policy": {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": False},
+        "print": {"desk_keys": [desk_key(lab, org).public_b64]},
     }

@@ -16,7 +16,13 @@ Connections are named `mfp-<device>` so the gateway agent can follow them (`--co
 The MFP's child SA is narrowed to what a session needs (issue 13): its `local_ts` is the org's
 authentication server (`auth_host`, a /32) and the networks of the desk PCs that print to it
 (`desk_networks`), not the whole LAN: the MFP, a device shared with other tenants, gets no route to
-the org's other hosts. The profile's `remote_ts` stays the org LAN: the MFP proposes it and this
+the org's other hosts. It is written as one address range, from the lowest to the highest of
+these and the gateway's own LAN address (`lan_address`): charon routes the MFP's virtual IP with a
+source address of its own inside each local selector, and refuses a CHILD_SA whose selector holds
+none ("error installing route", kernel-libipsec, measured with a list of /32s). So the range is
+exact only when the desks and the auth server sit next to the gateway's address; put them there
+(in the lab: 10.20.0.1-10.20.0.50 of the /24), and let the gateway's firewall drop the rest.
+Charon reports a range as `first..last` in its SA listings. The profile's `remote_ts` stays the org LAN: the MFP proposes it and this
 gateway narrows it; the MFP intersects what was negotiated with its profile and checks that its
 virtual IP (from the pool, inside the LAN: desks ARP for it and `farp` answers) lies inside.
 """
@@ -62,17 +68,25 @@ class OrgGateway:
     backend: str = "libipsec"
     lan_reserved: tuple[str, ...] = ()  # addresses in the LAN that are taken (gateway, servers)
     auth_host: str = ""  # the org's RADIUS/LDAP server the MFP asks through the tunnel (required)
+    lan_address: str = ""  # the gateway's own address on the LAN (required)
     desk_networks: tuple[str, ...] = ()  # where the desk PCs that print to the MFP are (required)
 
 
 def local_ts(gw: OrgGateway) -> list[str]:
-    """The networks on the gateway's side of the MFP's child SA: the auth server and the desks
-    (overlaps merged). Raises GatewayConfigError unless each lies inside the LAN."""
+    """The gateway's side of the MFP's child SA: one range (a CIDR when it is one) from the lowest
+    to the highest of the gateway's own LAN address, the auth server and the desks' networks.
+    Raises GatewayConfigError unless each lies inside the LAN."""
     try:
         lan = ipaddress.IPv4Network(gw.lan, strict=True)
         auth = ipaddress.IPv4Address(gw.auth_host)
     except ValueError:
         raise GatewayConfigError("auth_host: expected the auth server's IPv4 address inside the LAN") from None
+    try:
+        own = ipaddress.IPv4Address(gw.lan_address)
+    except ValueError:
+        raise GatewayConfigError("lan_address: expected the gateway's IPv4 address on the LAN") from None
+    if own not in lan:
+        raise GatewayConfigError(f"lan_address: {own} is not inside the LAN {lan}")
     if not gw.desk_networks:
         raise GatewayConfigError("desk_networks: at least one network of desk PCs")
     nets = [ipaddress.IPv4Network(f"{auth}/32")]
@@ -85,7 +99,11 @@ def local_ts(gw: OrgGateway) -> list[str]:
         if not n.subnet_of(lan):
             which = "auth_host" if n == nets[0] else "desk_networks"
             raise GatewayConfigError(f"{which}: {n} is not inside the LAN {lan}")
-    return [str(n) for n in ipaddress.collapse_addresses(nets)]
+    nets.append(ipaddress.IPv4Network(f"{own}/32"))
+    first = min(n.network_address for n in nets)
+    last = max(n.broadcast_address for n in nets)
+    spans = list(ipaddress.summarize_address_range(first, last))
+    return [str(spans[0])] if len(spans) == 1 else [f"{first}-{last}"]
 
 
 def pool_range(gw: OrgGateway) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:

@@ -6,7 +6,8 @@ Description (JSON; unknown keys are errors):
     {"org_id": "acme", "name": "Acme Corp",
      "gateway": {"id": "gw.acme", "wan_address": "203.0.113.10", "lan": "10.20.0.0/24",
                  "pool": "10.20.0.200-10.20.0.239", "devices": ["mfp-1.space-1"],
-                 "backend": "kernel", "dpd_delay_s": 1},
+                 "backend": "kernel", "dpd_delay_s": 1,
+                 "lan_address": "10.20.0.1"},          # optional: the LAN's first host address
      "radius": {"host": "10.20.0.50", "port": 1812, "user_format": "{user}@{org}",
                 "users": [{"id": "alice", "kind": "card"}, {"id": "bob", "kind": "pin", "pin": "2468"},
                           {"id": "dave", "kind": "disabled"}]},
@@ -59,7 +60,8 @@ def load(org_file: Path | str, secrets_file: Path | str) -> tuple[dict, dict]:
         for key in ("networks", "keys"):
             if not isinstance(org["desks"][key], list) or not org["desks"][key]:
                 raise OnboardingError(f"desks.{key}: expected a non-empty list")
-    _take(org["gateway"], "gateway", {"id", "wan_address", "lan", "pool", "devices"}, {"backend", "dpd_delay_s"})
+    _take(org["gateway"], "gateway", {"id", "wan_address", "lan", "pool", "devices"},
+          {"backend", "dpd_delay_s", "lan_address"})
     _take(org["radius"], "radius", {"host", "users"}, {"port", "user_format"})
     secrets = json.loads(Path(secrets_file).read_text())
     _take(secrets, "secrets", {"psk", "radius"})
@@ -75,10 +77,22 @@ def gateway(org: dict, secrets: dict) -> OrgGateway:
         devices=tuple(DeviceGrant(d, "psk", secrets["psk"].encode()) for d in g["devices"]),
         ike_proposals=IKE_PROPOSALS, esp_proposals=ESP_PROPOSALS,
         dpd_delay_s=g.get("dpd_delay_s", 1), backend=g.get("backend", "kernel"),
-        lan_reserved=(org["radius"]["host"],), auth_host=org["radius"]["host"],
+        lan_reserved=(org["radius"]["host"],), auth_host=org["radius"]["host"], lan_address=_lan_address(g),
         desk_networks=tuple(org["desks"]["networks"]) if "desks" in org else (org["radius"]["host"] + "/32",))
     validate(gw)
     return gw
+
+
+def _lan_address(g: dict) -> str:
+    """The gateway's own LAN address: `gateway.lan_address`, or the LAN's first host address."""
+    import ipaddress
+
+    if "lan_address" in g:
+        return g["lan_address"]
+    try:
+        return str(next(ipaddress.IPv4Network(g["lan"], strict=True).hosts()))
+    except (ValueError, StopIteration):
+        raise OnboardingError("gateway.lan: not an IPv4 network with hosts") from None
 
 
 def radius(org: dict, secrets: dict) -> OrgRadius:

@@ -12,6 +12,12 @@ bind-mounted at /run/cups in the desk host's own mount namespace: cupsd runs its
 which cannot traverse the lab's state directory (mode 0700) but can reach the tree through the mount.
 The root namespace reaches the desk's CUPS at `<data dir>/cups.sock` (`desk_socket`).
 
+The desk prints to the MFP through the `tenantprint` backend (org/desk_backend.py), which signs each
+job with the org's desk key: the desk cupsd's ServerBin is a directory of its own (`serverbin`, links
+to /usr/lib/cups/* and, in `backend/`, to each of CUPS's backends plus ours, mode 0700 so cupsd runs
+it as root), and the org's desk key is written on the desk host only, in its private /run
+(`DESK_KEY_FILE`, 0600 in a 0700 directory), never where the MFP or the cloud could see it.
+
 Every process is started with `lab.spawn` and stopped by its recorded PID.
 """
 
@@ -30,6 +36,8 @@ GATEWAY_LAN_ADDRESS = "10.20.0.1"
 GATEWAY_AGENT_PORT = 8631
 DESK_CUPS_DIR = "/run/cups"  # on lan-<org>
 DESK_CUPS_SOCKET = f"{DESK_CUPS_DIR}/cups.sock"
+DESK_KEY_FILE = "/run/tenantprint-desk/desk-key.json"  # on lan-<org>
+CUPS_SERVER_BIN = Path("/usr/lib/cups")
 _ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONUNBUFFERED": "1", "LANG": "C.UTF-8"}
 
 
@@ -114,8 +122,40 @@ def desk_cups_files_conf(d: str) -> str:
         f"ServerRoot {d}/etc", f"RequestRoot {d}/spool", f"TempDir {d}/spool/tmp",
         f"CacheDir {d}/cache", f"StateDir {d}/state", f"Printcap {d}/printcap",
         f"AccessLog {d}/log/access_log", f"ErrorLog {d}/log/error_log", f"PageLog {d}/log/page_log",
-        "FileDevice No", "",
+        f"ServerBin {d}/serverbin", "FileDevice No", "",
     ])
+
+
+def desk_server_bin(root: Path, key_file: str = DESK_KEY_FILE) -> Path:
+    """`root/serverbin`: CUPS's programs by link, and in `backend/` CUPS's backends plus the
+    `tenantprint` one (written anew: it names this lab's python and the desk key's path)."""
+    from org.desk_backend import SCHEME, install
+
+    sb = root / "serverbin"
+    backend = sb / "backend"
+    backend.mkdir(parents=True, exist_ok=True)
+    os.chmod(sb, 0o755)
+    os.chmod(backend, 0o755)
+    for entry in CUPS_SERVER_BIN.iterdir():
+        if entry.name != "backend" and not (sb / entry.name).is_symlink():
+            (sb / entry.name).symlink_to(entry)
+    for entry in (CUPS_SERVER_BIN / "backend").iterdir():
+        if entry.name != SCHEME and not (backend / entry.name).is_symlink():
+            (backend / entry.name).symlink_to(entry.resolve())
+    install(backend, key_file=key_file, python=sys.executable)
+    return sb
+
+
+def install_desk_key(lab, org: str, host_name: str) -> None:
+    """Write org `org`'s desk key into `host_name`'s private /run (root only)."""
+    from lab.orgs import desk_key
+    from org import desk_key as dk
+
+    path = lab.host(host_name).path(DESK_KEY_FILE)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    path.unlink(missing_ok=True)
+    dk.write(desk_key(lab, org), path)
 
 
 def desk_cupsd_conf(d: str) -> str:
@@ -158,10 +198,11 @@ class DeskService:
     default, `/printers/tenantprint`, when None)."""
 
     def __init__(self, org: str, mfp_resource: str | None = None, verify_s: float = 10.0,
-                 retry_s: float = 0.02, grace_s: float = 3.0):
+                 retry_s: float = 0.02, grace_s: float = 3.0, host_name: str | None = None, agent: bool = True):
         self.org = org
         self.name = f"desk-{org}"
-        self.host_name = f"lan-{org}"
+        self.host_name = host_name or f"lan-{org}"
+        self.with_agent = agent  # False: the desk's CUPS alone (tests that add queues themselves)
         self.mfp_resource = mfp_resource
         self.verify_s, self.retry_s, self.grace_s = verify_s, retry_s, grace_s
         self.cupsd_key = f"{self.name}-cupsd"
@@ -170,7 +211,7 @@ class DeskService:
     def start(self, lab) -> None:
         if not _alive(lab, self.cupsd_key):
             self._start_cupsd(lab)
-        if not _alive(lab, self.agent_key):
+        if self.with_agent and not _alive(lab, self.agent_key):
             cmd = _tenantprint("org", "desk-agent", "--gateway", gateway_agent_url(self.org),
                                "--cups", DESK_CUPS_SOCKET, "--verify", f"{self.verify_s:g}",
                                "--retry", f"{self.retry_s:g}", "--grace", f"{self.grace_s:g}")
@@ -193,6 +234,8 @@ class DeskService:
             host.run(["mount", "--bind", str(root), d])
         (root / "cupsd.conf").write_text(desk_cupsd_conf(d))
         (root / "cups-files.conf").write_text(desk_cups_files_conf(d))
+        desk_server_bin(root)
+        install_desk_key(lab, self.org, self.host_name)
         (root / "cups.sock").unlink(missing_ok=True)
         lab.spawn(self.cupsd_key, self.host_name,
                   ["/usr/sbin/cupsd", "-f", "-c", f"{d}/cupsd.conf", "-s", f"{d}/cups-files.conf"], env=_ENV)

@@ -16,7 +16,7 @@ def gw(**kw) -> OrgGateway:
     base = OrgGateway(org_id="acme", gateway_id="gw.acme", wan_address="10.78.0.11", lan="10.20.0.0/24",
                       pool="10.20.0.200-10.20.0.239", devices=(DeviceGrant("mfp-1.space-1", "psk", PSK),),
                       lan_reserved=("10.20.0.1", "10.20.0.50"), auth_host="10.20.0.50",
-                      desk_networks=("10.20.0.64/26",))
+                      lan_address="10.20.0.1", desk_networks=("10.20.0.64/26",))
     return dataclasses.replace(base, **kw)
 
 
@@ -26,7 +26,7 @@ def test_swanctl_conf_connection_pool_and_secret():
     assert "local_addrs = 10.78.0.11" in text
     assert "pools = pool-acme" in text and "addrs = 10.20.0.200-10.20.0.239" in text
     # the MFP's child SA reaches the auth server and the desks only, not the whole LAN
-    assert "local_ts = 10.20.0.50/32, 10.20.0.64/26" in text and "10.20.0.0/24" not in text
+    assert "local_ts = 10.20.0.1-10.20.0.127\n" in text and "10.20.0.0/24" not in text
     assert 'id = "gw.acme"' in text and 'id = "mfp-1.space-1"' in text
     assert "dpd_delay = 1s" in text and "dpd_action = clear" in text
     # The secret is hex-encoded (no quoting issues), and only in the secrets section.
@@ -62,6 +62,8 @@ def test_conn_names_follow_the_gateway_agent_prefix():
     ({"auth_host": ""}, "auth_host"),
     ({"auth_host": "10.30.0.5"}, "auth_host"),
     ({"desk_networks": ()}, "desk_networks"),
+    ({"lan_address": ""}, "lan_address"),
+    ({"lan_address": "10.30.0.1"}, "lan_address"),
     ({"desk_networks": ("10.20.0.0/16",)}, "desk_networks"),
     ({"desk_networks": ("10.20.0.1/24",)}, "desk_networks"),
     ({"desk_networks": ("0.0.0.0/0",)}, "desk_networks"),
@@ -73,9 +75,10 @@ def test_invalid_descriptions_are_rejected_without_showing_secrets(change, field
     assert PSK.decode() not in str(err.value)
 
 
-def test_local_ts_merges_a_desk_network_holding_the_auth_server():
-    assert "local_ts = 10.20.0.50/32\n" in swanctl_conf(gw(desk_networks=("10.20.0.50/32",)))
+def test_local_ts_is_one_range_from_the_gateways_address_to_the_farthest_need():
+    assert "local_ts = 10.20.0.1-10.20.0.50\n" in swanctl_conf(gw(desk_networks=("10.20.0.50/32",)))
     assert "local_ts = 10.20.0.0/25\n" in swanctl_conf(gw(desk_networks=("10.20.0.0/25",)))
+    assert "local_ts = 10.20.0.0/26\n" in swanctl_conf(gw(lan_address="10.20.0.0", auth_host="10.20.0.63", desk_networks=("10.20.0.32/27",)))
 
 
 def test_repr_hides_psk():

@@ -34,7 +34,7 @@ def test_profile_is_a_valid_wire_profile(tmp_path):
 def test_the_mfps_child_sa_reaches_the_auth_server_and_the_desks_only(tmp_path):
     org, secrets = onboarding.load(*_files(tmp_path))
     text = (onboarding.write_gateway_config(org, secrets, tmp_path / "gw") / "swanctl.conf").read_text()
-    assert "local_ts = 10.20.0.50/32, 10.20.0.64/26" in text
+    assert "local_ts = 10.20.0.1-10.20.0.127\n" in text
 
 
 def test_without_desks_the_profile_proves_no_job_and_the_tunnel_reaches_the_radius_host(tmp_path):
@@ -44,7 +44,7 @@ def test_without_desks_the_profile_proves_no_job_and_the_tunnel_reaches_the_radi
     assert SessionProfile.from_wire(onboarding.profile(o, s)).desk_keys == ()
     assert "desk key" in onboarding.missing_desks(o) and onboarding.missing_desks(ORG) is None
     text = (onboarding.write_gateway_config(o, s, tmp_path / "gw") / "swanctl.conf").read_text()
-    assert "local_ts = 10.20.0.50/32\n" in text
+    assert "local_ts = 10.20.0.1-10.20.0.50\n" in text
 
 
 def test_configs_are_written_private(tmp_path):
