@@ -46,7 +46,7 @@ MESSAGES: dict[str, str] = {
     # card
     "card-unreadable": "Card could not be read — try again",
     "card-unsupported": "This card is not supported",
-    "card-unknown": "Not authorized",
+    "card-unknown": "Card not registered",
     # lookup
     "lookup-refused": "No contract for this organization",
     "lookup-device-rejected": "This printer is not enrolled — call the operator",

@@ -11,6 +11,7 @@ secret keeper process does (`firmware/secret_keeper.py`), and the purge ends it 
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import signal
 import time
@@ -22,6 +23,7 @@ from firmware import journal, machine, sdnotify, status
 from firmware.config import FirmwareConfig
 from firmware.devices import Devices, build
 from firmware.diagnostics import MemoryDiagnostics
+from firmware import owner_proof
 from firmware.pin_guard import PinGuard
 from firmware.session import Session, purge
 from hal.card import CardTap, CardUnreadable, mask_uid
@@ -77,6 +79,7 @@ class Runtime:
         self.session: Session | None = None
         self.panel = ""
         self.pin_guard = PinGuard()
+        self.proof_nonces = owner_proof.NonceRecord(time.time)  # the device's, across sessions
         self.incoming: Session | None = None  # another org's lookup, made while `session` serves
         self.audit: deque[dict] = deque(maxlen=100)
         self.diagnostics = MemoryDiagnostics()
@@ -207,6 +210,10 @@ class Runtime:
             self.post(ev.LookupFailed(self.now(), e.session, reply["error"]))
             return
         s.gateway = reply.get("gateway")  # the device firewall admits IKE/ESP with it alone
+        try:
+            s.desk_keys = tuple(base64.b64decode(k, validate=True) for k in reply.get("desk_keys", ()))
+        except (TypeError, ValueError):
+            s.desk_keys = ()  # no job can be proven: every one is refused
         pol = reply["policy"]
         self.post(ev.ProfileFetched(self.now(), e.session, e.org, tuple(reply["remote_ts"]),
                                     ev.Policy(pol["idle_timeout_s"], pol["max_hold_s"], pol["combined_mode"]),
@@ -293,11 +300,13 @@ class Runtime:
                 match job_event:
                     case JobHeld(job=job):
                         s.jobs[job.id] = {"title": job.title, "bytes": job.size_bytes}
-                        self.post(ev.JobArrived(self.now(), s.number, job.id, job.user, job.origin_host))
+                        proof = owner_proof.check(job, s.print_service.document_path(job.id), org=s.org,
+                                                  desk_keys=s.desk_keys, nonces=self.proof_nonces, now=time.time())
+                        self.post(ev.JobArrived(self.now(), s.number, job.id, job.user, job.origin_host, proof))
                     case JobPrinted(job_id=job_id):
                         self.post(ev.JobPrinted(self.now(), s.number, job_id))
-                    case JobGone(job_id=job_id):
-                        self.post(ev.JobGone(self.now(), s.number, job_id))
+                    case JobGone(job_id=job_id, reason=reason):
+                        self.post(ev.JobGone(self.now(), s.number, job_id, reason))
         except Exception as exc:
             if not s.stop.is_set():
                 journal.record("job watch failed", level=40, error=type(exc).__name__, org=s.org)

@@ -13,7 +13,7 @@ instead of three (TCP, TLS, request). That connection carries nothing secret unt
 Protocol: JSON lines on the keeper's stdin/stdout. The first line is the firmware configuration;
 then one request, one reply:
 
-    {"op": "fetch", "org": O}              -> {"org", "remote_ts", "gateway", "policy", "device_networks"} | {"error": kind}
+    {"op": "fetch", "org": O}              -> {"org", "remote_ts", "gateway", "policy", "device_networks", "desk_keys"} | {"error": kind}
     {"op": "tunnel_up", "timeout_s": s}    -> {"virtual_ip", "interface", "remote_ts"} | {"error": cause}
     {"op": "auth", "user", "org", "pin", "state"}  -> {"outcome": name, ...}
     {"op": "exit"}                          -> (the keeper wipes what it holds and exits)
@@ -21,6 +21,7 @@ then one request, one reply:
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import select
@@ -201,7 +202,8 @@ def _serve(stdin, stdout) -> None:
                    "gateway": profile.vpn.gateway,  # not secret: the device firewall admits only it
                    "policy": {"idle_timeout_s": p.idle_timeout_s, "max_hold_s": p.max_hold_s,
                               "combined_mode": p.combined_mode},
-                   "device_networks": list(device_networks)})
+                   "device_networks": list(device_networks),
+                   "desk_keys": [base64.b64encode(k).decode() for k in profile.desk_keys]})
         elif op == "tunnel_up":
             if profile is None:
                 reply({"error": "config"})
