@@ -5,7 +5,12 @@ queues: the inbound queue `tenantprint` that desk PCs print to through the tunne
 accepting (a job's own `job-hold-until` is never trusted: a queue-level hold does not hold), and the
 non-shared release queue `tenantprint-release` in front of the print engine. Releasing a job moves it
 from one to the other. Only the firmware (root over the local socket) may operate on jobs or queues;
-remote clients may submit and read printer attributes.
+remote clients may only submit a job in one request (Print-Job, Validate-Job) and read printer
+attributes: every other IPP operation is refused (the policy in `cupsd.py`).
+
+Job events: a job is held once it arrived whole; a held job whose document count changes is purged
+(`JobGone(id, "documents changed")`); a released job is printed only when cupsd says `completed`,
+and one that ends otherwise or vanishes is gone (`JobGone`), never printed.
 
 Blocking (pycups): the firmware calls these from a worker thread.
 """
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 INBOUND_QUEUE = "tenantprint"
 RELEASE_QUEUE = "tenantprint-release"
 HELD_MESSAGE = "held for release at the printer"  # the inbound queue's state message
+PROOF_ATTRIBUTE = "tenantprint-owner-proof"  # a text job attribute in Print-Job's job group
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,7 @@ class HeldJob:
     size_bytes: int
     origin_host: str  # the IP the job came from (HostNameLookups Off)
     created: float  # unix time
+    proof: str = ""  # the job attribute PROOF_ATTRIBUTE as the desk's backend attached it ("" if none)
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,9 @@ def _cupsd_conf(session_dir: Path, listen: list[str]) -> str:
         "BrowseLocalProtocols none",
         "WebInterface No",
         "DefaultShared Yes",
-        "PreserveJobHistory No",
+        # a finished job stays listed long enough for the job poll to see how it ended (with No,
+        # completed, aborted and canceled jobs all just vanish); the poll then purges it at once
+        "PreserveJobHistory 60",
         "PreserveJobFiles No",
         "MaxJobs 1000",
         "JobRetryLimit 0",

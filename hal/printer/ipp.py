@@ -143,9 +143,11 @@ def decode_response(data: bytes) -> IppResponse:
 class _DeadlineSocket(socket.socket):
     """A socket whose every send and receive waits only for what is left of one deadline."""
 
-    deadline = float("inf")
+    deadline = float("inf")  # until set: the connect timeout applies
 
     def _arm(self) -> None:
+        if self.deadline == float("inf"):
+            return
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError("deadline passed")

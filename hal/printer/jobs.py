@@ -16,12 +16,13 @@ from pathlib import Path
 
 import cups
 
-from hal.printer import (HELD_MESSAGE, INBOUND_QUEUE, RELEASE_QUEUE, HeldJob, JobEvent, JobGone, JobHeld,
-                         JobNotFound, JobPrinted, PrintServiceDown)
+from hal.printer import (HELD_MESSAGE, INBOUND_QUEUE, PROOF_ATTRIBUTE, RELEASE_QUEUE, HeldJob, JobEvent, JobGone,
+                         JobHeld, JobNotFound, JobPrinted, PrintServiceDown)
 from hal.printer.ipp import IppError, first, get_printer_attributes
 
 _ATTRS = ["job-id", "job-originating-user-name", "job-name", "job-k-octets", "job-originating-host-name",
-          "time-at-creation", "job-printer-uri", "job-state", "job-state-reasons"]
+          "time-at-creation", "job-printer-uri", "job-state", "job-state-reasons", "number-of-documents",
+          PROOF_ATTRIBUTE]
 # A job whose document is still arriving (Create-Job done, Send-Document not yet): not held yet.
 # Releasing it now would make cupsd abort it for having no files.
 _INCOMING = {"job-incoming", "job-data-insufficient"}
@@ -109,18 +110,31 @@ class JobOps:
         self.connection().disablePrinter(INBOUND_QUEUE, reason=HELD_MESSAGE)
         return False
 
+    def document_path(self, job_id: int) -> Path | None:
+        """The spool file of a held job's document (`<session_dir>/spool/d%05d-001`), when the job is
+        held in the inbound queue with exactly one document; None otherwise. Read as root."""
+        conn = self.connection()
+        a = self._jobs(conn).get(job_id)
+        if a is None or not str(a.get("job-printer-uri", "")).endswith(f"/printers/{INBOUND_QUEUE}") \
+                or a.get("number-of-documents") != 1 or not _complete(a):
+            return None
+        path = self.socket_path.parent / "spool" / f"d{job_id:05d}-001"
+        return path if path.is_file() else None
+
     def spool_files(self) -> list[str]:
         """Job control and data files (`c*`, `d*`) left in the spool."""
         spool = self.socket_path.parent / "spool"
         return sorted(p.name for p in spool.glob("[cd][0-9]*")) if spool.is_dir() else []
 
     def events(self, stop: threading.Event | None = None) -> Iterator[JobEvent]:
-        """Held, printed and gone jobs as they happen, until `stop` is set.
+        """Held, printed and gone jobs as they happen, until `stop` is set (see `JobWatch`).
 
-        Polls the job list (cheap on a local socket): a job seen in the inbound queue is held; a job
-        that reaches `completed` printed; one that is cancelled, aborted or vanishes is gone."""
+        Polls the whole job list every POLL_S (cheap on a local socket). The cupsd keeps a finished
+        job's history for a while (`PreserveJobHistory` in cupsd.py), so a released job is seen
+        `completed` (printed) or canceled/aborted (gone) rather than only vanishing; once seen, its
+        history is purged at once. Jobs `JobWatch` marks are purged here."""
         stop = stop or threading.Event()
-        known: dict[int, str] = {}  # job id -> "held" | "released"
+        watch = JobWatch()
         while not stop.is_set():
             try:
                 conn = self.connection()
@@ -134,27 +148,71 @@ class JobOps:
                     log.warning("inbound queue was running: stopped it again")
             except (PrintServiceDown, cups.IPPError):
                 pass
-            for jid, a in sorted(jobs.items()):
-                queue = str(a.get("job-printer-uri", "")).rsplit("/", 1)[-1]
-                state = a.get("job-state", 0)
-                if jid not in known and queue == INBOUND_QUEUE and state not in (_COMPLETED, *_ENDED) \
-                        and _complete(a):
-                    known[jid] = "held"
-                    yield JobHeld(_held(jid, a))
-                elif jid in known and queue == RELEASE_QUEUE:
-                    known[jid] = "released"
-                if jid in known and state == _COMPLETED:
-                    del known[jid]
-                    yield JobPrinted(jid)
-                elif jid in known and state in _ENDED:
-                    del known[jid]
-                    yield JobGone(jid, "cancelled" if state == 7 else "aborted")
-            for jid in [j for j in known if j not in jobs]:
-                was = known.pop(jid)
-                released = was == "released" or jid in self._released
-                self._released.discard(jid)
-                yield JobPrinted(jid) if released else JobGone(jid, "removed")
+            events, purge = watch.step(jobs, self._released)
+            for jid in purge:
+                try:
+                    self.purge(jid)
+                except PrintServiceDown as exc:
+                    log.warning("purging job %d failed: %s", jid, exc)
+            for event in events:
+                if not isinstance(event, JobHeld):
+                    self._released.discard(event.job_id)
+                yield event
             stop.wait(POLL_S)
+
+
+class JobWatch:
+    """Pure: successive job lists (job id -> cupsd attributes) in, job events and jobs to purge out.
+
+    - A job in the inbound queue that arrived whole is held (`JobHeld`), with its document count.
+    - A held job whose document count changed (a document appended after it was held) is purged:
+      `JobGone(id, "documents changed")`.
+    - A job counts as released once it is in the release queue or in `released` (the firmware moved
+      it); it is printed (`JobPrinted`) only when cupsd reports it `completed`. Canceled or aborted
+      (failed filters or backend included): `JobGone`. A released job that vanishes without being
+      seen completed: `JobGone(id, "vanished")`; a held one: `JobGone(id, "removed")`.
+    - Every job that ended is purged (its history goes at once).
+    """
+
+    def __init__(self) -> None:
+        self.known: dict[int, tuple[str, object]] = {}  # job id -> ("held" | "released", documents when held)
+        self.ended: set[int] = set()  # reported gone or printed, still listed (cupsd never reuses an id)
+
+    def step(self, jobs: dict[int, dict], released: set[int]) -> tuple[list[JobEvent], list[int]]:
+        events: list[JobEvent] = []
+        purge: list[int] = []
+        self.ended &= set(jobs)
+        for jid, a in sorted(jobs.items()):
+            if jid in self.ended:
+                continue
+            queue = str(a.get("job-printer-uri", "")).rsplit("/", 1)[-1]
+            state = a.get("job-state", 0)
+            documents = a.get("number-of-documents")
+            if jid not in self.known:
+                if queue == INBOUND_QUEUE and state not in (_COMPLETED, *_ENDED) and _complete(a):
+                    self.known[jid] = ("held", documents)
+                    events.append(JobHeld(_held(jid, a)))
+                continue
+            how, held_documents = self.known[jid]
+            if how == "held" and (queue == RELEASE_QUEUE or jid in released):
+                how = "released"
+                self.known[jid] = (how, held_documents)
+            changed = how == "held" and documents != held_documents
+            if not (changed or state in (_COMPLETED, *_ENDED)):
+                continue
+            del self.known[jid]
+            self.ended.add(jid)
+            purge.append(jid)
+            if changed:
+                events.append(JobGone(jid, "documents changed"))
+            elif state == _COMPLETED:
+                events.append(JobPrinted(jid) if how == "released" else JobGone(jid, "completed without release"))
+            else:
+                events.append(JobGone(jid, "cancelled" if state == 7 else "aborted"))
+        for jid in [j for j in self.known if j not in jobs]:
+            how, _ = self.known.pop(jid)
+            events.append(JobGone(jid, "vanished" if how == "released" or jid in released else "removed"))
+        return events, purge
 
 
 def _complete(a: dict) -> bool:
@@ -171,4 +229,5 @@ def _held(job_id: int, a: dict) -> HeldJob:
         size_bytes=int(a.get("job-k-octets", 0)) * 1024,
         origin_host=str(a.get("job-originating-host-name", "")),
         created=float(a.get("time-at-creation", time.time())),
+        proof=str(a.get(PROOF_ATTRIBUTE, "")),
     )

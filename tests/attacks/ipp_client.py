@@ -63,7 +63,7 @@ def _int(v: int) -> bytes:
 
 
 def encode(op: int, printer_uri: str, user: str, job_id: int | None, request_id: int, title: str = "attack",
-           document: bytes = PDF, job_attrs: dict[str, str] | None = None) -> bytes:
+           document: bytes = PDF, job_attrs: dict[str, object] | None = None) -> bytes:
     host = urlparse(printer_uri)
     release_uri = f"ipp://{host.netloc}/printers/tenantprint-release"
     out = struct.pack(">BBHI", 2, 0, op, request_id) + b"\x01"
@@ -95,7 +95,9 @@ def encode(op: int, printer_uri: str, user: str, job_id: int | None, request_id:
     if op == 0x0014:
         job_attrs = {"job-hold-until": "no-hold"}
     if job_attrs:
-        out += b"\x02" + b"".join(_attr(0x44, k, v.encode()) for k, v in job_attrs.items())
+        # a value is a keyword, or [tag, text] for another type (0x41 text, 0x42 name)
+        typed = {k: (v if isinstance(v, list) else [0x44, v]) for k, v in job_attrs.items()}
+        out += b"\x02" + b"".join(_attr(tag, k, v.encode()) for k, (tag, v) in typed.items())
     if op in (0x0016, 0x0017):
         out += b"\x06" + _attr(0x44, "notify-events", b"all") + _attr(0x44, "notify-pull-method", b"ippget")
         if op == 0x0017 and job_id is not None:

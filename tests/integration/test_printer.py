@@ -16,7 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from hal.printer import INBOUND_QUEUE, RELEASE_QUEUE, ConfigError, JobHeld, JobPrinted, PrintServiceDown
+from hal.printer import (INBOUND_QUEUE, PROOF_ATTRIBUTE, RELEASE_QUEUE, ConfigError, JobGone, JobHeld, JobPrinted,
+                         PrintServiceDown)
 from hal.printer.cupsd import SessionPrintService, model_built
 from lab.services.engine import EngineService, engine_uri, printed_documents
 from prereq import need_binary
@@ -69,10 +70,10 @@ def service(request, lab, engine, engine_model):
     assert not ps.running()
 
 
-def _lp(lab, user: str, title: str, *opts: str, host: str = "cowork"):
+def _lp(lab, user: str, title: str, *opts: str, host: str = "cowork", job_attrs: dict | None = None):
     """Print-Job from `host`, as a desk's queue sends it (`lp` would use Create-Job + Send-Document,
     which the session cupsd keeps to the firmware); opts are `-o name=keyword` pairs."""
-    job_attrs = dict(o.split("=", 1) for o in opts if o != "-o")
+    job_attrs = dict(job_attrs or {}, **dict(o.split("=", 1) for o in opts if o != "-o"))
     plan = {"uri": f"ipp://{MFP}/printers/{INBOUND_QUEUE}",
             "requests": [{"op": 0x0002, "user": user, "title": title, "document": DOC, "job_attrs": job_attrs}]}
     (answer,) = _run_plan(lab, plan, host)
@@ -327,3 +328,53 @@ def test_a_policy_that_leaves_an_operation_unnamed_does_not_start(lab, engine, e
     with pytest.raises(PrintServiceDown, match="Close-Job without a limit"):
         ps.start()
     assert not ps.running()
+
+
+def test_the_owner_proof_attribute_and_the_document_reach_the_firmware(lab, written_service):
+    """A text job attribute `tenantprint-owner-proof` in Print-Job's job group is kept by cupsd and
+    read into HeldJob.proof; document_path is the held job's one spool file, byte for byte."""
+    service = written_service
+    proof = "v1.alice.c2lnbmF0dXJl"
+    assert _lp(lab, "alice", "Proven", job_attrs={PROOF_ATTRIBUTE: [0x41, proof]}).returncode == 0
+    assert _lp(lab, "bob", "Unproven").returncode == 0
+    held = {j.user: j for j in _wait(lambda: len(service.held_jobs()) == 2 and service.held_jobs())}
+    assert held["alice"].proof == proof and held["bob"].proof == ""
+    path = service.document_path(held["alice"].id)
+    assert path is not None and path.read_bytes() == Path(DOC).read_bytes()
+    assert service.document_path(9999) is None
+
+
+def test_a_document_appended_to_a_held_job_purges_it(lab, written_service):
+    """Only the firmware can still append (Send-Document is refused remotely): whoever does, the
+    held job is purged and reported, never released with a document its owner did not send."""
+    service = written_service
+    stop = threading.Event()
+    seen: list = []
+
+    def watch():
+        for event in service.events(stop):
+            seen.append(event)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        _lp(lab, "alice", "Mine")
+        held = _wait(lambda: [e for e in seen if isinstance(e, JobHeld)])
+        job_id = held[0].job.id
+        from hal.printer.ipp import _Connection  # root over the local socket, peer credentials
+
+        local = _Connection("localhost", 631, str(service.socket_path), 2.0)
+        local.request("POST", f"/printers/{INBOUND_QUEUE}",
+                      ipp_client.encode(0x0006, f"ipp://localhost/printers/{INBOUND_QUEUE}", "root", job_id, 1),
+                      {"Content-Type": "application/ipp", "Authorization": "PeerCred root"})
+        resp = local.getresponse()
+        assert resp.status == 200 and resp.read()[2:4] == b"\x00\x00"  # appended
+        local.close()
+        assert _wait(lambda: [e for e in seen if isinstance(e, JobGone) and e.job_id == job_id])
+        gone = [e for e in seen if isinstance(e, JobGone) and e.job_id == job_id]
+        assert gone == [JobGone(job_id, "documents changed")]
+        assert _wait(lambda: job_id not in service.connection().getJobs(which_jobs="all"))
+        assert not [e for e in seen if isinstance(e, JobPrinted)]
+    finally:
+        stop.set()
+        t.join(5)
