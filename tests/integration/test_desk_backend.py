@@ -99,7 +99,7 @@ def test_a_desk_job_arrives_held_with_a_proof_over_the_spooled_document(lab, mfp
     assert desk_state == 9  # completed at the desk: the MFP holds it
 
     # What the firmware will check: the proof attribute cupsd kept, over the document it spooled.
-    jid = held[0].job_id
+    jid = held[0].id
     attrs = mfp_attrs(mfp, jid)
     proof = attrs.get(job_proof.ATTRIBUTE)
     assert isinstance(proof, str) and proof.startswith("v1."), attrs
