@@ -1,6 +1,9 @@
 """The MFP's print engine in the lab: `ippeveprinter` on the office host (the USB printer's stand-in).
 
-It listens on 127.0.0.1:8631 of the office host; the session cupsd's release queue prints to it.
+The session cupsd's release queue prints to it at 127.0.0.1:8631 of the office host. ippeveprinter
+has no option to bind one address (it listens on every address of the host): the device firewall,
+which the firmware installs at start, is what keeps the office LAN and the tunnels away from it, as
+it would any other listening socket on a real device (tests/attacks/test_exposure.py).
 ippeveprinter needs a D-Bus system bus even with DNS-SD off, so a private `dbus-daemon` runs on the
 office host too (the host's own /run holds its socket). Every document the engine prints is kept
 (`-k`) and recorded by a small print command with its user, title and size: that record is the

@@ -3,7 +3,9 @@
 `PcscdService` ("pcscd") runs `pcscd -f` on the office host. The host has its own /run, so this
 pcscd has its own `/run/pcscd/pcscd.comm`; its reader config is a reader.conf.d written into the
 lab's state dir holding only vpcd ("Virtual PCD 00 00" on TCP 35963 of the host). vpcd listens on
-every interface of the host: lab only, never on a device.
+every interface of the host (it has no option to bind one): lab only, never on a device. In the lab
+the device firewall the firmware installs drops it from the office LAN and the tunnels, as it
+would on a device (tests/attacks/test_exposure.py).
 
 `VcardService` ("vcard") runs `python -m lab.vcard` on the office host (control socket
 `/run/tenantprint-vcard.sock` there); drive it with `lab.vcard.VirtualCard(lab)`.
