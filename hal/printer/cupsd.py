@@ -8,6 +8,10 @@
       cups.sock                       the local socket the firmware uses (root, peer credentials)
       etc/ spool/ spool/tmp/ cache/ state/ log/
 
+The policy is an allow-list naming every operation CUPS 2.4 implements (see REMOTE_OPS and
+FIRMWARE_OPS): remote desks submit with Print-Job and read printer attributes, nothing else; a
+start whose error_log shows cupsd filling in a limit ("No limit for ...") fails.
+
 The directory is owned by the cups user `lp`, mode 0700, so cupsd's filters and backends (which run
 as lp) can reach their temporary files while nobody else on the device can.
 """

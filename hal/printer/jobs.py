@@ -3,7 +3,8 @@ queue-state reads polled all session long, which go through `hal/printer/ipp.py`
 leaks every Get-Printer-Attributes answer).
 
 Only the firmware calls these: as root over the unix socket, cupsd knows it by its peer credentials,
-and the policy lets nobody else move, release or cancel a job.
+and the policy lets nobody else move, release, cancel, read or append to a job. What a job event
+means (held, documents changed, printed only when completed) is `JobWatch`'s contract, pure.
 """
 
 from __future__ import annotations
