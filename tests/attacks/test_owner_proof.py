@@ -37,18 +37,23 @@ def _printed(since: int) -> list[dict]:
     return _status()["printed"][since:]
 
 
-def _held_jobs(system) -> dict[int, dict]:
-    """The session cupsd's jobs with owner, title and proof, read over its local socket (root)."""
-    import cups
+_HELD = r"""
+import json, sys, cups
+cups.setServer(sys.argv[1])
+conn = cups.Connection()
+out = {}
+for jid in conn.getJobs(which_jobs="not-completed"):
+    a = conn.getJobAttributes(jid)
+    out[jid] = {"user": a.get("job-originating-user-name"), "title": a.get("job-name"), "proof": a.get(sys.argv[2])}
+print(json.dumps(out))
+"""
 
-    cups.setServer(str(system.host("office").path(SESSION_SOCKET)))
-    conn = cups.Connection()
-    out = {}
-    for jid in conn.getJobs(which_jobs="not-completed"):
-        a = conn.getJobAttributes(jid)
-        out[jid] = {"user": a.get("job-originating-user-name"), "title": a.get("job-name"),
-                    "proof": a.get(ATTRIBUTE)}
-    return out
+
+def _held_jobs(system) -> dict:
+    """The session cupsd's jobs with owner, title and proof, read over its local socket on office
+    (root; the session tmpfs is mounted in office's mount namespace only)."""
+    proc = system.host("office").run([sys.executable, "-c", _HELD, SESSION_SOCKET, ATTRIBUTE], check=False)
+    return json.loads(proc.stdout) if proc.returncode == 0 else {}
 
 
 def _raw_print(system, vip: str, user: str, title: str, document: str, proof: str | None) -> dict:
