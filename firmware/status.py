@@ -3,7 +3,7 @@
 A local unix socket (mode 0600). A client sends one JSON request line and reads one JSON reply line:
 
     {"cmd": "status"}               -> the status document (state, org, panel, tunnel, held jobs, audit)
-    {"cmd": "pin", "pin": "2468"}   -> hands a PIN typed on the panel to the waiting authentication
+    {"cmd": "pin", "pin": "<digits>"}  -> hands a PIN typed on the panel to the waiting authentication
     {"cmd": "pin-cancel"}           -> the user gave up entering the PIN
     {"cmd": "clear-fault"}          -> the operator clears a latched fault (a purge is retried)
 

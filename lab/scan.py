@@ -28,7 +28,7 @@ def _pins() -> dict[bytes, str]:
 
 
 PINS = _pins()
-# Not inside a longer number, a path, an address or a port ("/proc/2468/stat", "10.0.2.46:2468"):
+# Not inside a longer number, a path, an address or a port ("/proc/<pid>/stat", "10.0.2.46:<port>"):
 # pids wrap at 32768 here, so a PIN-like pid turns up in paths now and then.
 SECRET = re.compile(CANARY.pattern + rb"|(?<![0-9/.:-])(?:" + b"|".join(re.escape(p) for p in PINS)
                     + rb")(?![0-9/.:])")

@@ -61,7 +61,7 @@ def test_a_gateway_that_offers_a_coworkers_address_gets_no_session(clean_system)
     hostile = conf.with_name("hostile-pools.conf")
     hostile.write_text(re.sub(r"addrs = \S+", f"addrs = {COWORK}", conf.read_text()))
     hostile.chmod(0o600)
-    load = ["swanctl", "--load-pools", "--noprompt", "--uri", "unix:///run/charon.vici", "--file"]
+    load = ["swanctl", "--load-pools", "--uri", "unix:///run/charon.vici", "--file"]
     try:
         gw.run([*load, str(hostile)])
         st = lab_cli("tap", "--org", "acme", "--user", "alice")
