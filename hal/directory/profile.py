@@ -308,13 +308,26 @@ def _pem(r: _Reader, key: str, kind: str, *, optional: bool) -> str | None:
     return value
 
 
+def _gateway(r: _Reader) -> str:
+    """An IP address literal, not a name: the device firewall admits IKE/ESP from exactly this
+    address, and a device that resolved names would let whoever answers its DNS choose it."""
+    value = r.text("gateway", _HOST)
+    try:
+        addr = ipaddress.ip_address(value)
+    except ValueError:
+        raise ProfileError("vpn.gateway: must be an IP address") from None
+    if addr.is_loopback or addr.is_multicast or addr.is_unspecified or addr.is_link_local:
+        raise ProfileError("vpn.gateway: not a usable address")
+    return str(addr)
+
+
 def _vpn(obj: Any) -> VpnProfile:
     r = _Reader(obj, "vpn")
     auth = r.text("auth")
     if auth not in ("psk", "pubkey", "eap-mschapv2"):
         raise ProfileError("vpn.auth: must be psk, pubkey or eap-mschapv2")
     vpn = VpnProfile(
-        gateway=r.text("gateway", _HOST),
+        gateway=_gateway(r),
         port=r.number("port", 1, 65535),
         local_id=r.text("local_id", _IKE_ID),
         remote_id=r.text("remote_id", _IKE_ID),

@@ -110,3 +110,12 @@ def test_remote_ts_that_is_not_one_orgs_network_is_rejected(remote_ts):
 @pytest.mark.parametrize("remote_ts", [["10.0.0.0/8"], ["2001:db8::/32"], ["10.20.0.0/24", "2001:db8:1::/48"]])
 def test_remote_ts_up_to_the_widest_org_network_is_accepted(remote_ts):
     assert SessionProfile.from_wire(_mutated(("vpn", "remote_ts"), remote_ts)).vpn.remote_ts == remote_ts
+
+
+def test_the_gateway_is_an_address_not_a_name():
+    import copy
+    for bad in ("gw.acme.example", "127.0.0.1", "224.0.0.1", "0.0.0.0"):
+        wire = copy.deepcopy(WIRE)
+        wire["vpn"]["gateway"] = bad
+        with pytest.raises(ProfileError, match="vpn.gateway"):
+            SessionProfile.from_wire(wire)
