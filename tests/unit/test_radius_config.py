@@ -11,7 +11,7 @@ import pytest
 from prereq import need_binary
 
 from org.radius_config import (
-    MSG_DISABLED, MSG_NOT_MEMBER, MSG_PIN_PROMPT, MSG_UNKNOWN, MSG_WRONG_PIN, OrgRadius,
+    ATTR_PIN_FAILURES, MSG_DISABLED, MSG_NOT_MEMBER, MSG_PIN_PROMPT, MSG_UNKNOWN, MSG_WRONG_PIN, OrgRadius,
     RadiusConfigError, RadiusUser, client_networks, render, validate, write_config_dir,
 )
 
@@ -51,6 +51,9 @@ def test_pool_range_is_summarized_exactly():
     (dict(users=(RadiusUser("al ice"),)), "users"),
     (dict(users=(RadiusUser("alice"), RadiusUser("alice"))), "users"),
     (dict(users=(RadiusUser("alice", "admin"),)), "users"),
+    (dict(pin_max_failures=0), "pin_max_failures"),
+    (dict(pin_lockout_s=5), "pin_lockout_s"),
+    (dict(pin_lockout_s=86401), "pin_lockout_s"),
 ])
 def test_invalid_descriptions_are_refused_without_secrets(bad, field):
     with pytest.raises(RadiusConfigError) as err:
@@ -84,6 +87,26 @@ def test_rendered_files(tmp_path):
     assert MSG_PIN_PROMPT in conf and MSG_WRONG_PIN in conf and "Access-Challenge" in conf
     assert "reject_delay = 1" in conf and "auth = no" in conf
     assert str(tmp_path) in conf
+
+
+def test_pin_failure_counter(tmp_path):
+    files = render(cfg(pin_max_failures=3, pin_lockout_s=600), tmp_path)
+    conf = files["radiusd.conf"]
+    assert f"ATTRIBUTE\t{ATTR_PIN_FAILURES}\t3000\tinteger" in files["dictionary"]
+    assert "cache pin_failures {" in conf and 'driver = "rlm_cache_rbtree"' in conf
+    assert 'key = "%{Stripped-User-Name}"' in conf and "ttl = 600" in conf
+    assert f'&control:{ATTR_PIN_FAILURES} := "%{{expr:%{{control:{ATTR_PIN_FAILURES}}} + 1}}"' in conf
+    authorize = conf[conf.index("authorize {"):conf.index("authenticate {")]
+    # the lock is checked after the challenge and before the PIN (pap) is
+    assert authorize.index(MSG_PIN_PROMPT) < authorize.index(f"&control:{ATTR_PIN_FAILURES} >= 3") \
+        < authorize.rindex("\t\tpap\n")
+    post_auth = conf[conf.index("post-auth {"):]
+    reject = post_auth[post_auth.index("Post-Auth-Type REJECT"):]
+    assert "&Cache-TTL := -600" in reject and f"&control:{ATTR_PIN_FAILURES} < 3" in reject
+    accept = post_auth[:post_auth.index("Post-Auth-Type REJECT")]
+    assert "&Cache-TTL := 0" in accept and "&Cache-Read-Only := yes" in accept
+    # a locked user's reject carries the wrong-PIN message: no other message is set on that path
+    assert conf.count(MSG_WRONG_PIN) == 1
 
 
 def test_realm_is_escaped_in_the_regex(tmp_path):
