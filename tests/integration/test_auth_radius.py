@@ -10,6 +10,7 @@ never on its command line.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -23,6 +24,7 @@ from prereq import need_binary
 from lab.orgs import lab_profile, org_secrets
 from lab.services.radius import RadiusService
 from lab.users import USERS
+from org.radius_config import RadiusUser
 
 ROOT = str(Path(__file__).resolve().parents[2])
 GW_LAN = "10.20.0.1"
@@ -134,6 +136,52 @@ def test_the_state_does_not_replace_the_pin(lab, radius):
     r = run_steps(lab, "gw-acme", profile(lab), [{"user": "bob"}, {"user": "bob", "pin": "0000", "use_state": True},
                                                  {"user": "bob", "pin": "2468"}])
     assert [x["kind"] for x in r] == ["PinRequired", "Rejected", "Accepted"]
+
+
+class LockoutRadius(RadiusService):
+    """acme's server with a second PIN user (the lab's acme has one), on its own port and data dir,
+    so the lockout it builds up touches no other test."""
+
+    PORT = 18120
+    OTHER = RadiusUser("erin", "pin", "97531")
+
+    def __init__(self):
+        super().__init__("acme", port=self.PORT, extra_clients=(f"{GW_LAN}/32",))
+        self.name = "radius-acme-lockout"
+
+    def org_radius(self, lab):
+        cfg = super().org_radius(lab)
+        return dataclasses.replace(cfg, users=(*cfg.users, self.OTHER))
+
+
+def test_wrong_pins_lock_the_user_at_the_server(lab, radius):
+    """The server's own counter: 4 wrong PINs and the right one resets it; 5 wrong PINs lock bob, so
+    even the right PIN is answered exactly like a wrong one (message and delay); another PIN user
+    and card users are not affected; a restart of the server forgets the lock (memory only)."""
+    svc = LockoutRadius()
+    svc.start(lab)
+    try:
+        bob, right, wrong = {"user": "bob"}, "2468", "1111"
+        steps = ([{**bob, "pin": wrong}] * 4 + [{**bob, "pin": right}]    # 4 wrong, then the right one
+                 + [{**bob, "pin": wrong}, {**bob, "pin": right}]           # accepted: the count was reset
+                 + [{**bob, "pin": wrong}] * 5                              # the 5th wrong one locks
+                 + [bob, {**bob, "pin": right, "use_state": True}]         # challenge as usual, then no
+                 + [{"user": "erin", "pin": svc.OTHER.pin}, {"user": "alice"}])
+        r = run_steps(lab, "gw-acme", profile(lab, port=svc.PORT), steps)
+        kinds = [(x["kind"], x.get("message") or x.get("prompt")) for x in r]
+        rejected, accepted = ("Rejected", "Wrong PIN"), ("Accepted", None)
+        assert kinds == ([rejected] * 4 + [accepted] + [rejected, accepted] + [rejected] * 5
+                         + [("PinRequired", "Enter PIN"), rejected] + [accepted, accepted])
+        for x in r:
+            if x["kind"] == "Rejected":  # the locked reject takes the reject delay like any other
+                assert REJECT_DELAY_S - 0.05 < x["elapsed"] < REJECT_DELAY_S + 0.5, x
+        svc.stop(lab)
+        svc.start(lab)
+        r = run_steps(lab, "gw-acme", profile(lab, port=svc.PORT), [{**bob, "pin": right}])
+        assert r[0]["kind"] == "Accepted"
+        assert_no_secret_leak(lab, r)
+    finally:
+        svc.stop(lab)
 
 
 def test_wrong_secret_is_unavailable_like_a_timeout(lab, radius):
