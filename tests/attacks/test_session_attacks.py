@@ -99,8 +99,15 @@ def test_pin_guessing_locks_after_five_wrong_pins(clean_system):
         wait_for(lambda: _held_users() == ["bob", "carol"], 20, "carol's job held")
         lab_cli("tap", "--org", "acme", "--user", "carol")
         wait_for(lambda: _printed_users(before) == ["carol"], 10, "carol's document")
+        # the device's lock ends with the daemon; the org's own server still holds bob's (defence in depth)
+        _restart_firmware(system)
+        _open_acme()
+        st = lab_cli("tap", "--org", "acme", "--user", "bob", "--pin", "2468")
+        assert st["panel"] == "Not authorized" and _held_users() == ["bob"], st
     finally:
         _restart_firmware(system)  # purges the session; the lockout lives in the daemon's memory
+        lab_cli("fault", "radius-stop", "--org", "acme")  # the server's lock lives in its memory
+        lab_cli("fault", "radius-start", "--org", "acme")
     scan = lab_cli("scan-secrets")
     assert scan["clean"], scan["findings"]
 
