@@ -27,7 +27,6 @@ from hal.directory.client import KEY_FILE, load_key  # noqa: E402
 from hal.directory.signing import H_TIMESTAMP, sign_headers  # noqa: E402
 from lab.orgs import DEVICE_ID  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 DOC = "/usr/share/cups/data/default-testpage.pdf"
 MFP = "10.77.0.10"  # the MFP's office LAN address
 DESK = "10.20.0.50"  # acme's desk and auth server, inside the tunnel's remote selectors
