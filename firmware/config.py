@@ -45,8 +45,10 @@ def _abs_path(v: str) -> str:
 
 
 def _url(v: str) -> str:
-    if v and not re.match(r"^https?://[^\s/]+(/\S*)?$", v):
-        raise ValueError("must be an http(s) URL")
+    # https only: the cloud's answers carry org secrets, and its certificate is what tells the
+    # device it talks to its directory and not to whoever sits on the office LAN
+    if v and not re.match(r"^https://[^\s/]+(/\S*)?$", v):
+        raise ValueError("must be an https URL")
     return v
 
 

@@ -22,7 +22,7 @@ def test_defaults_are_valid_and_dumpable():
     ("[tunnel]\nup_timeout_s='fast'\n", "tunnel.up_timeout_s must be float"),
     ("[session]\nipp_port=0\n", "session.ipp_port must be between"),
     ("[session]\ntmpfs_dir='relative'\n", "must be an absolute path"),
-    ("[cloud]\nurl='ftp://x'\n", "must be an http(s) URL"),
+    ("[cloud]\nurl='ftp://x'\n", "must be an https URL"),
     ("[session]\nipp_port=true\n", "must be int"),
     ("card = 3\n", "[card] must be a table"),
     ("[card\n", "Expected"),
@@ -66,3 +66,12 @@ def test_firewall_management_default_is_no_ssh_and_cidrs_pass(tmp_path):
     cfg = config.load(path)
     assert cfg.firewall.management == ["10.77.0.5/32", "fd00:77::/64"]
     assert config.from_dict(cfg.as_dict()).as_dict() == cfg.as_dict()
+
+
+def test_the_cloud_url_must_be_https():
+    import pytest
+    from firmware import config as fwconfig
+    for bad in ("http://cloud.example", "ftp://cloud.example", "cloud.example"):
+        with pytest.raises(Exception, match="https"):
+            fwconfig.from_dict({"cloud": {"url": bad}})
+    assert fwconfig.from_dict({"cloud": {"url": "https://cloud.example/api"}}).cloud.url == "https://cloud.example/api"
