@@ -70,6 +70,8 @@ class EngineService:
         host = lab.host(HOST)
         if not self._running(lab, "engine-dbus"):
             host.run(["mkdir", "-p", "/run/dbus"])
+            # a bus stopped earlier leaves its socket file: waiting for it would not wait at all
+            host.path("/run/dbus/system_bus_socket").unlink(missing_ok=True)
             lab.spawn("engine-dbus", HOST, ["dbus-daemon", "--system", "--nofork", "--nopidfile"])
             deadline = time.monotonic() + 10
             while not host.path("/run/dbus/system_bus_socket").exists():
