@@ -269,6 +269,10 @@ def _primitives(lab, n: int) -> dict[str, list[float]]:
     name = conn_name(ORG)
     mfp = MfpCharonService()
     tun = open_tunnel(TunnelConfig(backend=mfp.backend(), vici_socket=str(mfp.vici_socket(lab)), netns=office.ns))
+    # the device firewall admits IKE with the session's gateway only: as the firmware does before IKE
+    from hal.net.firewall import Firewall
+    firewall = Firewall(mfp.backend(), netns=office.ns)
+    firewall.allow_gateway(profile.vpn.gateway)
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(str(mfp.vici_socket(lab)))
     try:
@@ -284,6 +288,7 @@ def _primitives(lab, n: int) -> dict[str, list[float]]:
         tun.follow(ORG)
         tun.down()
         tun.purge()
+        firewall.forget_gateways()
 
     # a bare CUPS release on a standalone session cupsd (the firmware is idle: port 631 is free)
     d = lab.layout.data_dir("bench-release")
@@ -296,7 +301,9 @@ def _primitives(lab, n: int) -> dict[str, list[float]]:
     try:
         for i in range(n):
             held = len(ps.held_jobs())
-            office.run(["lp", "-h", listen, "-d", "tenantprint", "-U", OWNER, "-t", f"bench-{i}", DOC])
+            # one Print-Job, as a desk sends it (the session cupsd takes nothing else from the network)
+            office.run(["ipptool", "-q", "-f", DOC, "-d", f"user={OWNER}", f"ipp://{listen}/printers/tenantprint",
+                        "print-job.test"])
             jobs = wait_for(lambda: len(ps.held_jobs()) > held and ps.held_jobs(), 10, "the held job", 0.002)
             k = len(printed_documents(lab))
             t0 = time.time()

@@ -140,17 +140,19 @@ def _keep_warm(directory, every_s: float, stop: threading.Event, networks: list)
     from hal.net import NetError
     from hal.net.addresses import connected_networks
 
-    while True:
+    def look() -> None:
         try:
             networks[:] = connected_networks(exclude=("lo", "ipsec0"))
         except NetError:
             networks[:] = ["unknown"]  # the firmware refuses a profile it cannot check
-        if stop.is_set():
-            return
+
+    look()
+    while not stop.is_set():
         if every_s > 0 and hasattr(directory, "warm"):
             directory.warm()
         if stop.wait(every_s if every_s > 0 else 3600):
-            return
+            return  # the tap's lookup waits for this thread: nothing more on its path
+        look()
 
 
 def _serve(stdin, stdout) -> None:
