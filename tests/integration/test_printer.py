@@ -6,6 +6,7 @@ host (cowork) over the network, as they will come from desk PCs through the tunn
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -150,7 +151,9 @@ def test_purge_leaves_no_spool_files_and_no_history(lab, service):
     assert conn.getJobs(which_jobs="all") == {}
 
 
-def test_events_report_held_and_printed(lab, service):
+@contextlib.contextmanager
+def _watching(service):
+    """The service's job events, collected by a thread while the block runs."""
     stop = threading.Event()
     seen: list = []
 
@@ -161,14 +164,19 @@ def test_events_report_held_and_printed(lab, service):
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     try:
+        yield seen
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def test_events_report_held_and_printed(lab, service):
+    with _watching(service) as seen:
         _lp(lab, "frank", "Watched")
         held = _wait(lambda: [e for e in seen if isinstance(e, JobHeld)])
         assert held and held[0].job.user == "frank" and held[0].job.origin_host == "10.77.0.20"
         service.release(held[0].job.id)
         assert _wait(lambda: [e for e in seen if isinstance(e, JobPrinted) and e.job_id == held[0].job.id])
-    finally:
-        stop.set()
-        t.join(5)
 
 
 def test_written_queues_are_the_built_ones(lab, engine, engine_model):
@@ -348,16 +356,7 @@ def test_a_document_appended_to_a_held_job_purges_it(lab, written_service):
     """Only the firmware can still append (Send-Document is refused remotely): whoever does, the
     held job is purged and reported, never released with a document its owner did not send."""
     service = written_service
-    stop = threading.Event()
-    seen: list = []
-
-    def watch():
-        for event in service.events(stop):
-            seen.append(event)
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    try:
+    with _watching(service) as seen:
         _lp(lab, "alice", "Mine")
         held = _wait(lambda: [e for e in seen if isinstance(e, JobHeld)])
         job_id = held[0].job.id
@@ -375,6 +374,3 @@ def test_a_document_appended_to_a_held_job_purges_it(lab, written_service):
         assert gone == [JobGone(job_id, "documents changed")]
         assert _wait(lambda: job_id not in service.connection().getJobs(which_jobs="all"))
         assert not [e for e in seen if isinstance(e, JobPrinted)]
-    finally:
-        stop.set()
-        t.join(5)
