@@ -88,7 +88,7 @@ class Runtime:
         self.session_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="session")
         self.auth_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="auth")
         self.watchers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="watch")
-        # The print service (firewall, tmpfs, cupsd) starts at the card event: its own thread.
+        # The print service (tmpfs, cupsd) starts at the card event: its own thread.
         self.preparer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prepare")
         self.done = asyncio.Event()
         self.taps = 0  # card events handled (lets a client tell that its tap was seen)
