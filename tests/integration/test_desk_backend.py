@@ -20,6 +20,7 @@ from hal.printer import INBOUND_QUEUE
 from hal.printer import job_proof
 from hal.printer.cupsd import SessionPrintService, model_built
 from lab.orgs import desk_key
+from lab.poll import wait_for
 from lab.services.engine import EngineService, engine_uri
 from lab.services.org_agents import DESK_KEY_FILE, DeskService, _connection, desk_queues, print_file
 from prereq import need_binary
@@ -28,17 +29,6 @@ ORG = "acme"
 MFP = "10.77.0.10:631"
 QUEUE = "tenantprint-mfp-test"
 DOC = "/usr/share/cups/data/default-testpage.pdf"
-
-
-def _until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +65,7 @@ def _add_queue(lab) -> str:
     conn.addPrinter(QUEUE, device=f"ipp://{MFP}/printers/{INBOUND_QUEUE}", ppdname="everywhere")
     conn.rejectJobs(QUEUE)
     conn.disablePrinter(QUEUE)
-    model = _until(lambda: (m := desk_queues(lab, ORG)[QUEUE]["model"]) and model_built(m) and m, 20,
+    model = wait_for(lambda: (m := desk_queues(lab, ORG)[QUEUE]["model"]) and model_built(m) and m, 20,
                    "CUPS to build the queue's model")
     conn.setPrinterDevice(QUEUE, f"tenantprint://{MFP}/printers/{INBOUND_QUEUE}")
     conn.enablePrinter(QUEUE)
@@ -92,9 +82,9 @@ def test_a_desk_job_arrives_held_with_a_proof_over_the_spooled_document(lab, mfp
     assert key_file.stat().st_mode & 0o077 == 0 and key_file.parent.stat().st_mode & 0o077 == 0
 
     job = print_file(lab, ORG, "alice", DOC, queue=QUEUE, title="Quarterly report")
-    held = _until(mfp.held_jobs, 30, "the job held at the MFP")
+    held = wait_for(mfp.held_jobs, 30, "the job held at the MFP")
     assert [(j.user, j.title) for j in held] == [("alice", "Quarterly report")]
-    desk_state = _until(lambda: (s := _connection(lab, ORG).getJobAttributes(job)["job-state"]) >= 7 and s, 20,
+    desk_state = wait_for(lambda: (s := _connection(lab, ORG).getJobAttributes(job)["job-state"]) >= 7 and s, 20,
                         "the desk job to finish")
     assert desk_state == 9  # completed at the desk: the MFP holds it
 
