@@ -435,7 +435,7 @@ def _profile_fault(state: LookingUp, event: ProfileFetched) -> str | None:
     if len(own) != len(event.device_networks):
         return "device networks unknown"
     for n in networks:
-        if n.prefixlen == 0 or (n.version == 4 and n.prefixlen < 8) or (n.version == 6 and n.prefixlen < 16):
+        if n.prefixlen < (8 if n.version == 4 else 32):  # as hal/directory/profile.py: one org's block at most
             return "selector too wide"
         if any(n.version == o.version and n.overlaps(o) for o in own):
             return "selector overlaps the device's networks"
@@ -524,7 +524,8 @@ def _tap_ready(state, event, limits):
                         "card": panel.mask_tag(event.uid_tag)})
     if event.org == s.org:
         if event.pin_locked:
-            return state, [tap, _show("pin-locked"), Audit("pin-locked", {"session": s.number, "user": event.user})]
+            return state, [tap, _show("pin-locked"),
+                           Audit("pin-locked", {"session": s.number, "user": event.user})]
         nxt, effects = _authenticate(s, event.user, event.at)
         return nxt, [tap, *effects]
     if s.held:
@@ -533,7 +534,8 @@ def _tap_ready(state, event, limits):
     # Look the other org up first; this session goes only once that org's profile is in hand.
     number = max(s.number, s.issued) + 1  # never a number an earlier, abandoned lookup had
     to = LookingUp(number, event.org, event.user, event.at, event.pin_locked)
-    return Switching(replace(s, issued=number), to), [FetchProfile(number, event.org), _show("looking-up", org=event.org), tap]
+    return Switching(replace(s, issued=number), to), [FetchProfile(number, event.org),
+                                                      _show("looking-up", org=event.org), tap]
 
 
 def _switch_fetched(state, event, limits):
@@ -571,15 +573,14 @@ def _accepted(state, event, limits):
     if event.user != state.user:  # an answer about someone else is not a yes
         return _back_to_ready(state.s, "not-authorized", "auth-mismatch", user=state.user)
     s = replace(state.s, authed_user=event.user, last_activity=event.at)
-    audit = [Audit("auth-accepted", {"session": s.number, "user": event.user})]
-    if state.with_pin:
-        audit.append(PinAccepted(s.org, event.user))
+    noted = [Audit("auth-accepted", {"session": s.number, "user": event.user}),
+             *([PinAccepted(s.org, event.user)] if state.with_pin else [])]
     jobs = _jobs_of(s, event.user)
     if jobs:
         nxt, effects = _release(s, event.user, jobs, event.at)
-        return nxt, [*audit, *effects]
+        return nxt, [*noted, *effects]
     key = "ready-combined" if s.policy.combined_mode else "no-jobs"
-    return Ready(s), [_show(key, org=s.org, user=event.user), *audit]
+    return Ready(s), [_show(key, org=s.org, user=event.user), *noted]
 
 
 def _rejected(state, event, limits):

@@ -78,13 +78,13 @@ class SecretKeeper:
     def authenticate(self, timeout: float, *, user: str, org: str, pin=None, state: bytes | None = None) -> dict:
         """The `auth` request. The PIN (a `firmware.events.Pin`) is spliced into the request line
         as bytes, never made a `str` in this process, and the line is wiped once written."""
-        head = json.dumps({"op": "auth", "user": user, "org": org, "state": state.hex() if state else None})
+        fields = {"user": user, "org": org, "state": state.hex() if state else None}
         if pin is None:
-            return self.call("auth", timeout, user=user, org=org, pin=None, state=state.hex() if state else None)
+            return self.call("auth", timeout, pin=None, **fields)
         digits = pin.reveal()
         if not digits or not all(0x30 <= b <= 0x39 for b in digits):
             raise KeeperError("a PIN is digits only")
-        line = bytearray(head[:-1].encode())
+        line = bytearray(json.dumps({"op": "auth", **fields})[:-1].encode())  # without its closing brace
         line += b', "pin": "'
         line += digits
         line += b'"}\n'

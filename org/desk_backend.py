@@ -48,7 +48,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from hal.printer import job_proof
-from hal.printer.ipp import IppError, decode_response
+from hal.printer.ipp import IppError, decode_response, encode_attribute
 
 SCHEME = "tenantprint"
 KEY_ENV = "TP_DESK_KEY"
@@ -114,13 +114,6 @@ def parse_device_uri(uri: str) -> Target:
     return Target(host, port, parsed.path)
 
 
-def _attr(tag: int, name: str, value: bytes) -> bytes:
-    n = name.encode()
-    if len(n) > 0xFFFF or len(value) > 0xFFFF:
-        raise ValueError(f"{name}: too long for IPP")
-    return struct.pack(">BH", tag, len(n)) + n + struct.pack(">H", len(value)) + value
-
-
 def _ipp_name(value: str, limit: int = 255) -> str:
     """`value` cut to at most `limit` UTF-8 octets (IPP name), on a character boundary."""
     raw = value.encode("utf-8", "replace")[:limit]
@@ -131,14 +124,14 @@ def encode_print_job(printer_uri: str, *, user: str, title: str, document_format
                      copies: int = 1, request_id: int = 1) -> bytes:
     """Pure: the IPP/2.0 Print-Job request up to its end-of-attributes tag (the document follows)."""
     out = struct.pack(">BBHI", 2, 0, PRINT_JOB, request_id) + b"\x01"
-    out += _attr(0x47, "attributes-charset", b"utf-8") + _attr(0x48, "attributes-natural-language", b"en")
-    out += _attr(0x45, "printer-uri", printer_uri.encode())
-    out += _attr(0x42, "requesting-user-name", user.encode())
-    out += _attr(0x42, "job-name", title.encode())
-    out += _attr(0x49, "document-format", document_format.encode())
-    out += b"\x02" + _attr(0x41, job_proof.ATTRIBUTE, proof.encode("ascii"))
+    out += encode_attribute(0x47, "attributes-charset", b"utf-8") + encode_attribute(0x48, "attributes-natural-language", b"en")
+    out += encode_attribute(0x45, "printer-uri", printer_uri.encode())
+    out += encode_attribute(0x42, "requesting-user-name", user.encode())
+    out += encode_attribute(0x42, "job-name", title.encode())
+    out += encode_attribute(0x49, "document-format", document_format.encode())
+    out += b"\x02" + encode_attribute(0x41, job_proof.ATTRIBUTE, proof.encode("ascii"))
     if copies > 1:
-        out += _attr(0x21, "copies", struct.pack(">i", copies))
+        out += encode_attribute(0x21, "copies", struct.pack(">i", copies))
     return out + b"\x03"
 
 

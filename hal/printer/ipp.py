@@ -63,8 +63,11 @@ def first(attrs: dict[str, list], name: str, default=None):
     return (attrs.get(name) or [default])[0]
 
 
-def _attr(tag: int, name: str, value: bytes) -> bytes:
+def encode_attribute(tag: int, name: str, value: bytes) -> bytes:
+    """One attribute (or, with an empty name, one more value of the one before) in IPP's wire form."""
     n = name.encode()
+    if len(n) > 0xFFFF or len(value) > 0xFFFF:
+        raise ValueError(f"{name}: too long for IPP")
     return struct.pack(">BH", tag, len(n)) + n + struct.pack(">H", len(value)) + value
 
 
@@ -73,13 +76,13 @@ def encode_request(operation: int, printer_uri: str | None, requested: list[str]
     if not requested:
         raise ValueError("ask for at least one attribute")
     out = struct.pack(">BBHI", 2, 0, operation, request_id) + bytes([_OPERATION_GROUP])
-    out += _attr(0x47, "attributes-charset", b"utf-8")
-    out += _attr(0x48, "attributes-natural-language", b"en")
+    out += encode_attribute(0x47, "attributes-charset", b"utf-8")
+    out += encode_attribute(0x48, "attributes-natural-language", b"en")
     if printer_uri is not None:
-        out += _attr(0x45, "printer-uri", printer_uri.encode())
-    out += _attr(0x44, "requested-attributes", requested[0].encode())
+        out += encode_attribute(0x45, "printer-uri", printer_uri.encode())
+    out += encode_attribute(0x44, "requested-attributes", requested[0].encode())
     for extra in requested[1:]:
-        out += _attr(0x44, "", extra.encode())  # an additional value of the same attribute
+        out += encode_attribute(0x44, "", extra.encode())  # an additional value of the same attribute
     return out + bytes([_END])
 
 
