@@ -1,9 +1,10 @@
 """`python -m bench.printer [--runs 20]`: the session print service on real cupsd + ippeveprinter.
 
-- release:  `release(job)` called -> the document recorded by the engine (moveJob to the release
-            queue, the ipp backend, ippeveprinter's print command)
+- release:  the firmware's release (`PrintEngine.take_held`: the document into the engine spool, the
+            job purged from the session cupsd, one Print-Job to the engine) -> the document
+            recorded by the engine (ippeveprinter's print command)
 - held:     a job submitted from another host (cowork) -> listed as held by `held_jobs()`
-- start:    `SessionPrintService.start()` (cupsd up, both queues made, inbound verified stopped)
+- start:    `SessionPrintService.start()` (cupsd up, the queue made, verified stopped)
 
 Lab prefix `TP_LAB_PREFIX` (default `tpbp`); the lab is brought up and down by the benchmark.
 """
@@ -26,11 +27,12 @@ def run(runs: int) -> dict:
     os.environ.setdefault("TP_LAB_PREFIX", "tpbp")
     from hal.printer.cupsd import SessionPrintService
     from lab.lab import Lab
-    from lab.services.engine import EngineService, engine_uri, printed_documents
+    from lab.services.engine import EngineService, engine_uri, printed_documents, serving_engine
 
     lab = Lab(services=[EngineService()])
     lab.up()
     starts, held, release = [], [], []
+    engine, stop = serving_engine(lab, lab.layout.data_dir("bench-printer-spool"))
     try:
         for i in range(max(3, runs // 4)):
             d = lab.layout.data_dir(f"bench-printer-{i}")
@@ -50,12 +52,14 @@ def run(runs: int) -> dict:
                     held.append(time.monotonic() - t0)
                     n = len(printed_documents(lab))
                     t0 = time.monotonic()
-                    ps.release(jobs[-1].id)
+                    engine.take_held(ps, jobs[-1].id, session=i, org="bench", user="alice", title=jobs[-1].title,
+                                     document_format=jobs[-1].document_format)
                     wait_for(lambda: len(printed_documents(lab)) > n, 10, "the document at the engine", 0.001)
                     release.append(time.monotonic() - t0)
             finally:
                 ps.stop()
     finally:
+        stop.set()
         lab.down()
     return {"release_to_engine": summary(release), "submit_to_held": summary(held),
             "print_service_start": summary(starts)}

@@ -244,7 +244,7 @@ def _primitives(lab, n: int) -> dict[str, list[float]]:
     from hal.tunnel.vici_tunnel import build_conn, conn_name
     from lab.orgs import lab_profile
     from lab.services.charon import MfpCharonService
-    from lab.services.engine import engine_uri, printed_documents
+    from lab.services.engine import engine_uri, printed_documents, serving_engine
     from lab.services.firmware import firmware_status
     import vici as vici_lib
 
@@ -297,6 +297,7 @@ def _primitives(lab, n: int) -> dict[str, list[float]]:
     listen = "127.0.0.1:6311"
     ps = SessionPrintService(d, [listen], engine_uri(lab), command_prefix=office.argv([]))
     ps.start()
+    engine, stop = serving_engine(lab, lab.layout.data_dir("bench-release-spool"))
     release = []
     try:
         for i in range(n):
@@ -307,10 +308,12 @@ def _primitives(lab, n: int) -> dict[str, list[float]]:
             jobs = wait_for(lambda: len(ps.held_jobs()) > held and ps.held_jobs(), 10, "the held job", 0.002)
             k = len(printed_documents(lab))
             t0 = time.time()
-            ps.release(jobs[-1].id)
+            engine.take_held(ps, jobs[-1].id, session=i, org="bench", user=OWNER, title=jobs[-1].title,
+                             document_format=jobs[-1].document_format)
             wait_for(lambda: len(printed_documents(lab)) > k, 10, "the document at the engine", 0.002)
             release.append(printed_documents(lab)[k]["at"] - t0)
     finally:
+        stop.set()
         ps.stop()
         shutil.rmtree(d, ignore_errors=True)
     out["cups_release"] = release

@@ -98,6 +98,10 @@ class SessionSection:
 @dataclass
 class PrinterSection:
     engine_uri: str = _opt(default="usb://auto")
+    # released documents on their way to the engine (root only; on /run: gone at power-off)
+    spool_dir: str = _opt(_abs_path, default="/run/tenantprint/engine")
+    # how long a released job waits for an engine that cannot be reached before it is given up
+    engine_give_up_s: float = _opt(_range(10, 86400), default=3600.0)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from hal.net import FirewallError, NetError, sysctls
 from hal.net.firewall import Firewall
 from hal.net.route_window import RouteWindow
 from hal.printer import cupsd as session_cupsd
+from hal.printer.engine import PrintEngine
 from hal.tunnel import Tunnel, TunnelConfig, open_tunnel
 
 
@@ -42,6 +43,7 @@ class Devices:
     tunnel: Tunnel
     firewall: Firewall
     session_fs: SessionFs
+    engine: PrintEngine | None = None  # the device's printer and its spool of released jobs
     route_window: RouteWindow | None = None  # widens the tunnel routes' initial TCP window
     # The inbound queue's PPD as the last session's cupsd built it from the engine: device data, no
     # org's. Kept in memory only; the next session's cupsd starts with its queues written from it.
@@ -128,5 +130,6 @@ def build(cfg: FirmwareConfig) -> Devices:
         tunnel=tunnel,
         firewall=Firewall(tunnel.backend, port=cfg.session.ipp_port, management=cfg.firewall.management),
         session_fs=SessionFs(cfg.session.tmpfs_dir, cfg.session.tmpfs_size_mb),
+        engine=PrintEngine(cfg.printer.engine_uri, cfg.printer.spool_dir, give_up_s=cfg.printer.engine_give_up_s),
         route_window=RouteWindow(cfg.tunnel.initcwnd) if cfg.tunnel.initcwnd else None,
     )

@@ -227,6 +227,7 @@ class JobArrived:
 
 @dataclass(frozen=True)
 class JobPrinted:
+    """The engine says a released job completed (the only way a job counts as printed)."""
     at: float
     session: int
     job_id: int
@@ -234,7 +235,8 @@ class JobPrinted:
 
 @dataclass(frozen=True)
 class JobGone:
-    """The job left the queue some other way (cancelled at the desk PC, aborted, tampered with)."""
+    """A held job left the queue some other way (cancelled at the desk PC, tampered with), or a
+    released one ended at the engine without printing (aborted, canceled, engine unreachable)."""
     at: float
     session: int
     job_id: int

@@ -116,6 +116,7 @@ class Session:
     issued: int = 0                  # the highest session number a lookup made while serving had
     virtual_ip: str = ""
     held: tuple[HeldJob, ...] = ()
+    printing: tuple[int, ...] = ()   # released, in the engine spool, not yet ended at the engine
     authed_user: str | None = None   # accepted in this session, until the next authentication
     attempt: int = 0                 # numbers Authenticate effects; answers must match
     last_activity: float = 0.0
@@ -334,7 +335,7 @@ def _expired(s: Session, at: float, *, idle: bool) -> tuple[str, str] | None:
     """(reason, panel key) when the session must end now."""
     if s.held and at - min(j.arrived_at for j in s.held) >= s.policy.max_hold_s:
         return "max hold", "max-hold"
-    if idle and not s.held and at - s.last_activity >= s.policy.idle_timeout_s:
+    if idle and not s.held and not s.printing and at - s.last_activity >= s.policy.idle_timeout_s:
         return "idle timeout", "idle-timeout"
     return None
 
@@ -626,7 +627,7 @@ def _pin_tick(state, event, limits):
 def _released(state, event, limits):
     done = set(event.job_ids) & set(state.job_ids)
     s = replace(state.s, held=tuple(j for j in state.s.held if j.job_id not in done),
-                last_activity=event.at)
+                printing=state.s.printing + tuple(j for j in state.job_ids if j in done), last_activity=event.at)
     more = _jobs_of(s, state.user) if s.policy.combined_mode and s.authed_user == state.user else ()
     if more:  # arrived while releasing
         return _release(s, state.user, more, event.at)
@@ -641,7 +642,9 @@ def _release_failed(state, event, limits):
 def _released_late(state, event, limits):
     if not isinstance(state, _InSession):
         return state, []
-    s = replace(state.s, held=tuple(j for j in state.s.held if j.job_id not in set(event.job_ids)))
+    late = set(event.job_ids)
+    s = replace(state.s, held=tuple(j for j in state.s.held if j.job_id not in late),
+                printing=state.s.printing + tuple(j for j in event.job_ids if j not in state.s.printing))
     return replace(state, s=s), [Audit("released-late", {"session": s.number,
                                                          "jobs": list(event.job_ids)})]
 
@@ -705,11 +708,14 @@ def _job_arrived(state, event, limits):
 def _job_done(state, event, limits):
     if not isinstance(state, _InSession):
         return state, []
-    s = replace(state.s, held=tuple(j for j in state.s.held if j.job_id != event.job_id))
+    s = state.s
+    was_printing = event.job_id in s.printing
+    s = replace(s, held=tuple(j for j in s.held if j.job_id != event.job_id),
+                printing=tuple(j for j in s.printing if j != event.job_id), last_activity=event.at)
     if isinstance(event, JobPrinted):
         return replace(state, s=s), [Audit("job-printed", {"session": s.number, "job": event.job_id})]
-    return replace(state, s=s), [Audit("job-gone", {"session": s.number, "job": event.job_id,
-                                                    "reason": event.reason})]
+    name = "job-not-printed" if was_printing else "job-gone"
+    return replace(state, s=s), [Audit(name, {"session": s.number, "job": event.job_id, "reason": event.reason})]
 
 
 def _card_unreadable(state, event, limits):

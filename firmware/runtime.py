@@ -14,6 +14,7 @@ import asyncio
 import base64
 import concurrent.futures
 import signal
+import threading
 import time
 from collections import deque
 
@@ -29,7 +30,8 @@ from firmware.session import Session, purge
 from hal.card import CardTap, CardUnreadable, mask_uid
 from firmware.secret_keeper import KeeperError, SecretKeeper
 from hal.net import NetError
-from hal.printer import JobGone, JobHeld, JobPrinted
+from hal.printer import JobGone, JobHeld
+from hal.printer.engine import EngineOutcome
 from hal.tunnel import TunnelError
 
 TICK_S = 1.0
@@ -93,6 +95,7 @@ class Runtime:
         self.done = asyncio.Event()
         self.taps = 0  # card events handled (lets a client tell that its tap was seen)
         self.spare_keeper: SecretKeeper | None = None  # the next session's keeper, holding nothing yet
+        self.engine_stop = threading.Event()
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -299,12 +302,10 @@ class Runtime:
             for job_event in s.print_service.events(s.stop):
                 match job_event:
                     case JobHeld(job=job):
-                        s.jobs[job.id] = {"title": job.title, "bytes": job.size_bytes}
+                        s.jobs[job.id] = {"title": job.title, "bytes": job.size_bytes, "format": job.document_format}
                         proof = owner_proof.check(job, s.print_service.document_path(job.id), org=s.org,
                                                   desk_keys=s.desk_keys, nonces=self.proof_nonces, now=time.time())
                         self.post(ev.JobArrived(self.now(), s.number, job.id, job.user, job.origin_host, proof))
-                    case JobPrinted(job_id=job_id):
-                        self.post(ev.JobPrinted(self.now(), s.number, job_id))
                     case JobGone(job_id=job_id, reason=reason):
                         self.post(ev.JobGone(self.now(), s.number, job_id, reason))
         except Exception as exc:
@@ -312,18 +313,32 @@ class Runtime:
                 journal.record("job watch failed", level=40, error=type(exc).__name__, org=s.org)
 
     def _release(self, e: fx.ReleaseJobs) -> None:
+        """Hand each job over to the engine spool (its document copied, the job purged from the
+        session cupsd): from here on it no longer depends on the session."""
         s = self._current(e.session)
         done: list[int] = []
         try:
             for job_id in e.job_ids:
-                s.print_service.release(job_id)
+                info = s.jobs.get(job_id, {})
+                self.devices.engine.take_held(s.print_service, job_id, session=s.number, org=s.org, user=e.user,
+                                              title=info.get("title", ""), document_format=info.get("format", ""))
                 done.append(job_id)
         except Exception as exc:
-            self.devices.forget_engine_model()
             self.post(ev.ReleaseFailed(self.now(), e.session, tuple(j for j in e.job_ids if j not in done),
                                        type(exc).__name__))
             return
         self.post(ev.Released(self.now(), e.session, tuple(done)))
+
+    def _engine_outcome(self, outcome: EngineOutcome) -> None:
+        """How a released job ended at the engine (on the engine's thread): journalled whatever became
+        of its session, and told to the machine (its session's `printing` list)."""
+        job = outcome.job
+        journal.record("engine job", org=job.org, session=job.session, job=job.job_id, state=outcome.state,
+                       printed=outcome.printed, reason=outcome.reason)
+        if outcome.printed:
+            self.post(ev.JobPrinted(self.now(), job.session, job.job_id))
+        else:
+            self.post(ev.JobGone(self.now(), job.session, job.job_id, f"not printed: {outcome.state} {outcome.reason}".strip()))
 
     def _purge_job(self, e: fx.PurgeJob) -> None:
         s = self._current(e.session)
@@ -372,6 +387,16 @@ class Runtime:
                 self.post(ev.AuthRejected(at(), e.session, e.attempt, e.user, r.get("reason", "")))
             case _:
                 self.post(ev.AuthUnavailable(at(), e.session, e.attempt, r.get("reason", "")))
+
+    def _serve_engine(self) -> None:
+        """The engine's thread: first what a previous daemon released and left in the spool."""
+        engine = self.devices.engine
+        try:
+            if left := engine.resume():
+                journal.record("engine spool resumed", jobs=len(left))
+            engine.serve(self.engine_stop, self._engine_outcome)
+        except Exception as exc:
+            journal.record("print engine failed", level=50, error=f"{type(exc).__name__}: {exc}")
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -433,16 +458,29 @@ class Runtime:
     def snapshot(self) -> dict:
         view = describe(self.state)
         s = self.session
+        held = [dict(j, **(s.jobs.get(j["id"], {}) if s else {})) for j in view.get("held_jobs", [])]
+        for j in held:
+            j.pop("format", None)
+        tunnel = {"up": bool(s and s.virtual_ip and view.get("org")), "virtual_ip": s.virtual_ip if s else None}
+        number = getattr(self.state, "session", None)
+        printing = [{"id": j.job_id, "user": j.user, "title": j.title}
+                    for j in self.devices.engine.pending() if j.session == number]
+        sessions = {}
+        if isinstance(self.state, machine.ORG_BEARING):
+            sessions[view["org"]] = {"state": view["state"], "tunnel": tunnel, "held_jobs": held,
+                                     "printing": printing, "authenticated_user": view.get("authenticated_user")}
         return {
             "state": view["state"],
             "org": view.get("org"),
             "panel": self.panel,
             "pin_requested": isinstance(self.state, machine.AwaitingPin),
             "taps": self.taps,
-            "tunnel": {"up": bool(s and s.virtual_ip and view.get("org")),
-                       "virtual_ip": s.virtual_ip if s else None},
-            "held_jobs": [dict(j, **(s.jobs.get(j["id"], {}) if s else {})) for j in view.get("held_jobs", [])],
+            "tunnel": tunnel,
+            "held_jobs": held,
+            "printing": printing,
             "authenticated_user": view.get("authenticated_user"),
+            "sessions": sessions,
+            "engine": self.devices.engine.view(),
             "leftovers": view.get("leftovers", []),
             "audit": list(self.audit)[-30:],
         }
@@ -465,6 +503,8 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, lambda: self.post(ev.Shutdown(self.now())))
         tasks = [asyncio.create_task(self._read_cards()), asyncio.create_task(self._tick())]
+        engine_thread = threading.Thread(target=self._serve_engine, name="engine", daemon=True)
+        engine_thread.start()
         self._start_route_window()
         # The device firewall and the kernel's network settings hold before anything else: if not,
         # the boot purge's check finds it and latches Fault (no session), the daemon stays up.
@@ -489,6 +529,8 @@ class Runtime:
         finally:
             self.done.set()
             sdnotify.notify("STOPPING=1")
+            self.engine_stop.set()  # a job still spooled is printed after the next start
+            self.devices.engine.stop_waiting()
             for t in tasks:
                 t.cancel()
             await self.devices.card.close()

@@ -126,6 +126,10 @@ def fault(lab, kind: str, org: str) -> dict:
         svc = lab.service("cloud")
         svc.stop(lab) if kind == "cloud-stop" else svc.start(lab)
         return {"fault": kind}
+    if kind.startswith("engine-"):  # the printer switched off (its jobs in flight lost) and on again
+        svc = lab.service("engine")
+        svc.switch_off(lab) if kind == "engine-stop" else svc.start(lab)
+        return {"fault": kind}
     if kind == "firmware-kill":
         return {"fault": kind, "killed": _firmware(lab).kill(lab)}
     if kind == "firmware-start":

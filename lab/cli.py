@@ -12,7 +12,7 @@ from lab.lab import Lab
 from lab.options import BACKENDS, LabOptions
 
 FAULTS = ("gateway-kill", "gateway-start", "cloud-stop", "cloud-start", "radius-stop", "radius-start",
-          "firmware-kill", "firmware-start")
+          "firmware-kill", "firmware-start", "engine-stop", "engine-start")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -8,13 +8,19 @@ root namespace reaches a host's sockets through `LabLayout.run_dir(host)`.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab.layout import LabLayout
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNET = 0x40000000
 
 
 class LabError(Exception):
@@ -109,6 +115,20 @@ class Host:
 
     def run(self, cmd: list[str], *, check: bool = True, input: bytes | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
         return sh(self.argv(cmd), check=check, input=input, timeout=timeout, env=host_env())
+
+    def thread(self, target, name: str = "on-host") -> threading.Thread:
+        """Start `target()` on a new thread inside this host's network namespace (setns moves only
+        the calling thread; the mount namespace stays the caller's). For benchmarks that drive a
+        hal object on a host from the benchmark's own process."""
+        def in_netns() -> None:
+            with open(f"/run/netns/{self.ns}", "rb") as f:
+                if _LIBC.setns(f.fileno(), _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {self.ns}")
+            target()
+
+        t = threading.Thread(target=in_netns, name=name, daemon=True)
+        t.start()
+        return t
 
     def path(self, inside: str) -> Path:
         """The root-namespace path of a file under this host's /run or /tmp."""

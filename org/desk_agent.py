@@ -1,23 +1,22 @@
 """The desk agent: keeps the desk PC's CUPS in step with the MFPs the org's gateway reports (claims 1, 4).
 
-It long-polls the gateway agent. For every MFP that is up it adds an IPP Everywhere queue pointing at
-the MFP's virtual IP, and trusts it only once CUPS really built a model for it (`lpadmin -m everywhere`
-"succeeds" even when the MFP is unreachable, leaving a "Local Raw Printer" with no PPD), or, for an
-MFP whose queue it added before, with the PPD CUPS built then, once the MFP answers with the model
-that PPD was built from (kept in memory for an hour: CUPS builds nothing, ~10 ms less); an untrusted
-queue is deleted again and retried every `retry_s` while the gateway still lists the MFP (the MFP's
-print service may start a moment after its tunnel; when its first try is refused, the agent
-connects again every few ms and adds the queue as soon as the port accepts). For every MFP that
-went away it deletes the queue, which also drops the desk's pending jobs for it. When the gateway agent cannot be reached for
-`grace_s`, the MFPs are treated as gone: no queue to a printer whose tunnel nobody can vouch for.
+It long-polls the gateway agent. For every MFP that is up it probes the MFP's inbound queue, builds
+the queue's model (PPD) from the MFP with cups-filters' `driverless` in a process of its own, and
+adds the queue with that model, enabled at once; an MFP whose queue it added before gets the PPD
+built then, once the MFP answers with the same model (kept in memory for an hour: nothing is built,
+~10 ms less). A queue never exists without a model from the MFP, and cupsd never builds one itself
+(`ppd-name=everywhere`: Debian 12's cupsd 2.4.2 crashes when a queue is deleted while its build
+thread still connects). A try that fails is retried every `retry_s` while the gateway still lists
+the MFP (the MFP's print service may start a moment after its tunnel; when its first try is
+refused, the agent connects again every few ms and adds the queue as soon as the port accepts).
+For every MFP that went away it deletes the queue, which also drops the desk's pending jobs for it.
+When the gateway agent cannot be reached for `grace_s`, the MFPs are treated as gone: no queue to a
+printer whose tunnel nobody can vouch for.
 
 Jobs leave the desk through the `tenantprint` backend (org/desk_backend.py), which signs each one
-with the org's desk key (the MFP releases a job to a user only with that proof). CUPS builds an
-IPP Everywhere model only from an `ipp://` URI, so a queue is added with `ipp://` (disabled and
-rejecting), and its device URI becomes `tenantprint://` in the same call that already set
-`waitjob=false` before it is enabled: no extra round trip, and no queue is ever enabled with a
-plain `ipp://` URI (a queue added with a kept PPD gets `tenantprint://` at once). A queue found
-with any other URI is deleted and added again.
+with the org's desk key (the MFP releases a job to a user only with that proof): every queue is
+added with its `tenantprint://` device URI, never a plain `ipp://` one. A queue found with any
+other URI is deleted and added again.
 
 The gateway's listing is checked entry by entry before anything of it reaches a URI: the MFP id
 and its virtual IP (an address literal, not loopback, link-local, multicast or unspecified); an
@@ -28,12 +27,12 @@ and a deadline.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import logging
 import os
 import re
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -52,6 +51,7 @@ from org.desk_backend import device_uri, mfp_address
 log = logging.getLogger("tenantprint.org.desk_agent")
 
 QUEUE_PREFIX = "tenantprint-"
+DRIVERLESS = "/usr/bin/driverless"  # cups-filters: a PPD from an IPP Everywhere printer, on stdout
 
 MAX_LISTING = 1 << 20  # the gateway agent's answer: a few hundred bytes per MFP
 _MFP_ID = re.compile(r"[!-~][ -~]{0,254}")  # an IKE identity: printable ASCII, no control characters
@@ -171,17 +171,12 @@ class DeskAgent:
         # MFP id -> the PPD this CUPS built from it: the next session's queue is added with it, so
         # CUPS builds nothing and the probe alone gates the queue.
         self.models: dict[str, KeptModel] = {}
-        # After a good probe, how long CUPS may still take to write the model (it connected before
-        # the probe did; this is its local work, with room for a loaded machine).
-        self.model_grace_s = 0.5
         self.version: int | None = None
         self.mfps: list[dict] = []
         self.untrusted: dict[str, float] = {}  # queue name -> when adding it last failed
         self.failing_since: dict[str, float] = {}  # queue name -> when adding it first failed
         self.last_contact = time.monotonic()
         self._lock = threading.Lock()  # libcups's server setting is process-global
-        # Probes of abandoned tries may still wait for an answer (a tunnel that went away): room for them.
-        self._prober = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="probe")
 
     def _cups(self) -> cups.Connection:
         with self._lock:
@@ -262,7 +257,7 @@ class DeskAgent:
 
         With the PPD this CUPS built for the same MFP in an earlier session (at most
         `MODEL_MAX_AGE_S` old), the queue is added with it once the MFP's probe answered with the
-        same model; otherwise CUPS builds it (`add_queue_everywhere`)."""
+        same model; otherwise it is built anew (`add_queue_built`)."""
         kept = self.models.get(q.mfp_id)
         if kept is not None and time.monotonic() - kept.at < MODEL_MAX_AGE_S:
             try:
@@ -270,9 +265,7 @@ class DeskAgent:
             except ModelChanged:
                 self.models.pop(q.mfp_id, None)
         self.probe_model.pop(q.mfp_id, None)  # kept with the model of this try's own probe only
-        model = self.add_queue_everywhere(q)
-        self._remember_model(q, model)
-        return model
+        return self.add_queue_built(q)
 
     def add_queue_with_model(self, q: WantedQueue, kept: KeptModel) -> str:
         """The MFP is probed first and the queue added only once it answered with the model the
@@ -301,66 +294,49 @@ class DeskAgent:
                  kept.desk_model, (time.monotonic() - t_add) * 1000)
         return kept.desk_model
 
-    def _remember_model(self, q: WantedQueue, desk_model: str) -> None:
-        """Keep the PPD CUPS just built for this MFP (with the model the MFP's probe read)."""
-        mfp_model = self.probe_model.get(q.mfp_id)
-        if mfp_model is None:
-            return
+    def build_model(self, q: WantedQueue) -> bytes:
+        """The MFP's PPD, built by cups-filters' `driverless` in its own process (bounded by
+        `verify_s`). Not by cupsd's `ppd-name=everywhere`: Debian 12's cupsd (2.4.2) builds that in a
+        thread that keeps using the queue after a delete (and races other builds over the MIME
+        database, CUPS issue #466, fixed in 2.4.3): deleting a queue whose build is still connecting
+        killed the desk's cupsd."""
         try:
-            path = self._cups().getPPD(q.name)
-        except (cups.IPPError, RuntimeError) as exc:
-            log.info("the queue's PPD was not kept: %s", exc)
-            return
-        try:
-            with open(path, "rb") as f:
-                self.models[q.mfp_id] = KeptModel(mfp_model, desk_model, f.read(), time.monotonic())
-        finally:
-            os.unlink(path)
+            out = subprocess.run([DRIVERLESS, q.uri], capture_output=True, timeout=self.verify_s, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise QueueNotTrusted(f"{q.name}: building a model from {q.uri}: {type(exc).__name__}") from None
+        if out.returncode != 0 or not out.stdout.startswith(b"*PPD-Adobe"):
+            why = out.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no PPD"]
+            raise QueueNotTrusted(f"{q.name}: no model from {q.uri}: {why[0][:200]}")
+        return out.stdout
 
-    def add_queue_everywhere(self, q: WantedQueue) -> str:
-        """Add the queue and wait until CUPS built a model for it; delete it again (fail closed) and
-        raise QueueNotTrusted when it did not. Returns the model.
-
-        CUPS builds the model in the background (connect, one Get-Printer-Attributes: two round
-        trips to the MFP) and says nothing when that fails. So the MFP is probed at the same time,
-        also in two round trips: a model built ends the wait at once; otherwise, when the probe
-        fails, so did CUPS; when it succeeds, CUPS (which connected first) has its answer within
-        about the probe's own time, or never."""
+    def add_queue_built(self, q: WantedQueue) -> str:
+        """Probe the MFP, build its model (`build_model`), add the queue with it and enable it;
+        delete it again (fail closed) and raise QueueNotTrusted when the queue has no model.
+        Returns the model."""
         t_add = time.monotonic()
+        why = self.mfp_unready(q)
+        if why is not None:
+            raise _not_ready(q, why)
+        ppd = self.build_model(q)
         conn = self._cups()
-        conn.addPrinter(q.name, device=q.uri, ppdname="everywhere",
-                        info="Shared office printer (tenantprint)", location=q.mfp_id)
+        with tempfile.NamedTemporaryFile(suffix=".ppd") as f:
+            f.write(ppd)
+            f.flush()
+            conn.addPrinter(q.name, filename=f.name, device=q.device_uri,
+                            info="Shared office printer (tenantprint)", location=q.mfp_id)
         try:
-            # CUPS creates the queue accepting jobs; until the model is checked it takes none.
-            conn.rejectJobs(q.name, reason="tenantprint: checking the MFP")
-            conn.disablePrinter(q.name)
-            probe = self._prober.submit(lambda: (self.mfp_unready(q), time.monotonic()))
-            deadline, probed = time.monotonic() + self.verify_s, False
-            while True:
-                model = self.queue_model(q.name)
-                if trusted_model(model):
-                    break  # whatever the probe will say: CUPS has its model
-                if probe.done() and not probed:
-                    probed = True
-                    why, probed_at = probe.result()
-                    if why is not None:
-                        raise _not_ready(q, why)
-                    # CUPS connected before the probe did: its answer is due about now.
-                    deadline = min(deadline, probed_at + (probed_at - t_add) + self.model_grace_s)
-                if time.monotonic() >= deadline:
-                    raise QueueNotTrusted(f"{q.name}: CUPS built no model from {q.uri} (got {model!r})")
-                time.sleep(0.005)
-            # The signing backend from now on (it never waits for the job to print: a held job
-            # must not block this queue until its owner taps). Set only now: CUPS builds the
-            # model from ipp:// only; the queue is still disabled and rejecting.
-            conn.setPrinterDevice(q.name, q.device_uri)
-            # Not re-shared on the LAN: the desk's CUPS runs with `DefaultShared No`. (Setting
-            # printer-is-shared on a fresh everywhere queue is refused with bad-request.)
+            model = self.queue_model(q.name)
+            if not trusted_model(model):
+                raise QueueNotTrusted(f"{q.name}: the model built from {q.uri} is not one ({model!r})")
+            # Not re-shared on the LAN: the desk's CUPS runs with `DefaultShared No`.
             conn.enablePrinter(q.name)
             conn.acceptJobs(q.name)
         except BaseException:
             conn.deletePrinter(q.name)
             raise
+        mfp_model = self.probe_model.get(q.mfp_id)
+        if mfp_model is not None:
+            self.models[q.mfp_id] = KeptModel(mfp_model, model, ppd, time.monotonic())
         log.info("queue added name=%s uri=%s model=%r in %.0f ms", q.name, q.uri, model,
                  (time.monotonic() - t_add) * 1000)
         return model

@@ -1,18 +1,21 @@
-"""hal/printer: the MFP's session print service — where an organization's jobs wait for release.
+"""hal/printer: where an organization's jobs wait for release, and the engine that prints them.
 
-A private cupsd per session, everything it writes inside the session tmpfs (`cupsd.py`). Two
-queues: the inbound queue `tenantprint` that desk PCs print to through the tunnel, STOPPED but
-accepting (a job's own `job-hold-until` is never trusted: a queue-level hold does not hold), and the
-non-shared release queue `tenantprint-release` in front of the print engine. Releasing a job moves it
-from one to the other. Only the firmware (root over the local socket) may operate on jobs or queues;
-remote clients may only submit a job in one request (Print-Job, Validate-Job) and read printer
-attributes: every other IPP operation is refused (the policy in `cupsd.py`).
+The session print service: a private cupsd per session, everything it writes inside the session
+tmpfs (`cupsd.py`), with one queue, `tenantprint`, that desk PCs print to through the tunnel: STOPPED
+but accepting (a job's own `job-hold-until` is never trusted: a queue-level hold does not hold).
+Only the firmware (root over the local socket) may operate on jobs or queues; remote clients may
+only submit a job in one request (Print-Job, Validate-Job) and read printer attributes: every other
+IPP operation is refused (the policy in `cupsd.py`).
 
-Job events: a job is held once it arrived whole; a held job whose document count changes is purged
-(`JobGone(id, "documents changed")`); a released job is printed only when cupsd says `completed`,
-and one that ends otherwise or vanishes is gone (`JobGone`), never printed.
+Job events (`jobs.py`): a job is held once it arrived whole; a held job whose document count changes
+is purged (`JobGone(id, "documents changed")`); a released job is handed over: its document copied
+into the engine spool and the job purged from the session cupsd.
 
-Blocking (pycups): the firmware calls these from a worker thread.
+The print engine (`engine.py`): the device's printer, shared by all sessions, with the spool of
+released documents; it prints them in release order and says how each ended (printed only when the
+engine says `completed`).
+
+Blocking (pycups, IPP): the firmware calls these from worker threads.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 INBOUND_QUEUE = "tenantprint"
-RELEASE_QUEUE = "tenantprint-release"
 HELD_MESSAGE = "held for release at the printer"  # the inbound queue's state message
 PROOF_ATTRIBUTE = "tenantprint-owner-proof"  # a text job attribute in Print-Job's job group
 
@@ -34,6 +36,7 @@ class HeldJob:
     origin_host: str  # the IP the job came from (HostNameLookups Off)
     created: float  # unix time
     proof: str = ""  # the job attribute PROOF_ATTRIBUTE as the desk's backend attached it ("" if none)
+    document_format: str = "application/octet-stream"  # as the desk sent it
 
 
 @dataclass(frozen=True)
@@ -42,17 +45,12 @@ class JobHeld:
 
 
 @dataclass(frozen=True)
-class JobPrinted:
-    job_id: int
-
-
-@dataclass(frozen=True)
 class JobGone:
     job_id: int
     reason: str
 
 
-JobEvent = JobHeld | JobPrinted | JobGone
+JobEvent = JobHeld | JobGone
 
 
 class PrinterError(Exception):
@@ -68,7 +66,7 @@ class JobNotFound(PrinterError):
 
 
 class EngineUnavailable(PrinterError):
-    """The print engine could not be set up as the release queue's device."""
+    """The session queue could not take its model from the print engine."""
 
 
 class ConfigError(PrinterError):

@@ -2,7 +2,7 @@
 
     <session_dir>/
       cupsd.conf, cups-files.conf     generated here
-      etc/printers.conf, etc/ppd/     the two queues: made by IPP at start, or written before it
+      etc/printers.conf, etc/ppd/     the queue: made by IPP at start, or written before it
                                       from the engine's model of an earlier session
       cupsd.pid                       our record of the process (stopped by this pid only)
       cups.sock                       the local socket the firmware uses (root, peer credentials)
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import cups
 
-from hal.printer import (HELD_MESSAGE, INBOUND_QUEUE, RELEASE_QUEUE, ConfigError, EngineUnavailable, PrintServiceDown)
+from hal.printer import HELD_MESSAGE, INBOUND_QUEUE, ConfigError, EngineUnavailable, PrintServiceDown
 from hal.printer.ipp import IppError, first, get_printers
 from hal.printer.jobs import JobOps
 
@@ -146,8 +146,8 @@ def _cups_files_conf(d: Path) -> str:
 
 
 def _printers_conf(engine_uri: str, make_model: str) -> str:
-    """Both queues as cupsd itself records them: the inbound queue stopped ("paused") and
-    accepting, the release queue idle, not shared, in front of the engine."""
+    """The inbound queue as cupsd itself records it: stopped ("paused") and accepting. Its device
+    URI (the engine's, whose model it has) is never used: it never prints."""
     return "\n".join([
         f"<Printer {INBOUND_QUEUE}>",
         f"Info {INBOUND_QUEUE}",
@@ -158,16 +158,6 @@ def _printers_conf(engine_uri: str, make_model: str) -> str:
         "Reason paused",
         "Accepting Yes",
         "Shared Yes",
-        "JobSheets none none",
-        "OpPolicy default",
-        "ErrorPolicy retry-job",
-        "</Printer>",
-        f"<Printer {RELEASE_QUEUE}>",
-        f"Info {RELEASE_QUEUE}",
-        f"DeviceURI {_no_wait(engine_uri)}",
-        "State Idle",
-        "Accepting Yes",
-        "Shared No",
         "JobSheets none none",
         "OpPolicy default",
         "ErrorPolicy retry-job",
@@ -200,7 +190,7 @@ class SessionPrintService(JobOps):
     the office host's namespace wrapper; on a device it is empty.
 
     `engine_model` is the inbound queue's PPD as cupsd built it from the engine in an earlier
-    session (`engine_model()` after a start): given, both queues are written before cupsd starts and
+    session (`engine_model()` after a start): given, the queue is written before cupsd starts and
     the start makes no IPP administration at all (~25 ms less); not given, cupsd builds the model
     from the engine (IPP Everywhere) and the queues are made over IPP.
     """
@@ -242,7 +232,7 @@ class SessionPrintService(JobOps):
                          _printers_conf(self.engine_uri, self.model_name).encode(), 0o600, lp.pw_gid)
 
     def start(self) -> None:
-        """Run cupsd, wait until it answers, create the two queues. Idempotent if running."""
+        """Run cupsd, wait until it answers, create the queue. Idempotent if running."""
         if self.running():
             return
         self._prepare()
@@ -309,17 +299,13 @@ class SessionPrintService(JobOps):
             return None
 
     def _create_queues(self) -> None:
-        """Over the local socket (IPP as root), no lpadmin processes: the release queue is raw, so
-        documents reach the engine unchanged; the inbound queue takes its capabilities from the
-        engine (IPP Everywhere), so desk PCs send what the engine prints, and is shared by the
-        cupsd.conf default. The inbound queue gets no Enable: CUPS-Accept-Jobs on a new queue marks
-        it available (idle), which would let jobs print unreleased, so it is stopped after."""
+        """Over the local socket (IPP as root), no lpadmin processes: the inbound queue takes its
+        capabilities from the engine (IPP Everywhere), so desk PCs send what the engine prints, and
+        is shared by the cupsd.conf default. It gets no Enable: CUPS-Accept-Jobs on a new queue
+        marks it available (idle), which would let jobs print unreleased, so it is stopped after.
+        Released documents go to the engine through the engine spool (`engine.py`), not from here."""
         conn = self.connection()
         try:
-            conn.addPrinter(RELEASE_QUEUE, device=_no_wait(self.engine_uri))
-            conn.setPrinterShared(RELEASE_QUEUE, False)
-            conn.enablePrinter(RELEASE_QUEUE)
-            conn.acceptJobs(RELEASE_QUEUE)
             conn.addPrinter(INBOUND_QUEUE, device=self.engine_uri, ppdname="everywhere")
             self._await_model()
             conn.acceptJobs(INBOUND_QUEUE)
@@ -396,14 +382,6 @@ def model_built(model: str) -> bool:
     """Whether a queue's printer-make-and-model shows that CUPS built a model from the printer
     (`lpadmin -m everywhere` leaves a "Local Raw Printer" until it has, or for good when it cannot)."""
     return model not in _NO_MODEL
-
-
-def _no_wait(uri: str) -> str:
-    """For an IPP engine: do not keep the release queue busy until the engine reports the job done
-    (the ipp backend polls for that, costing up to a second between released jobs)."""
-    if uri.startswith(("ipp://", "ipps://")) and "?" not in uri:
-        return uri + "?waitjob=false"
-    return uri
 
 
 def _is_cupsd(pid: int) -> bool:

@@ -1,4 +1,5 @@
-"""A minimal IPP client for the reads we repeat: Get-Printer-Attributes and CUPS-Get-Printers.
+"""A minimal IPP client for the reads we repeat (Get-Printer-Attributes, CUPS-Get-Printers) and for
+the print engine's jobs (Print-Job, Get-Job-Attributes, Cancel-Job).
 
 Why not pycups for these: libcups connects with a 30 s timeout and needs a process-global server
 setting, where a readiness probe across a WAN wants one TCP connection, one request (two round
@@ -26,6 +27,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+PRINT_JOB = 0x0002
+GET_JOB_ATTRIBUTES = 0x0009
 GET_PRINTER_ATTRIBUTES = 0x000B
 CUPS_GET_PRINTERS = 0x4002
 _OPERATION_GROUP, _END = 0x01, 0x03
@@ -83,6 +86,36 @@ def encode_request(operation: int, printer_uri: str | None, requested: list[str]
     out += encode_attribute(0x44, "requested-attributes", requested[0].encode())
     for extra in requested[1:]:
         out += encode_attribute(0x44, "", extra.encode())  # an additional value of the same attribute
+    return out + bytes([_END])
+
+
+def encode_job_request(operation: int, printer_uri: str, job_id: int, user: str, requested: list[str] = (),
+                       request_id: int = 1) -> bytes:
+    """Pure: an IPP/2.0 request about one job (printer-uri + job-id), e.g. Get-Job-Attributes."""
+    out = struct.pack(">BBHI", 2, 0, operation, request_id) + bytes([_OPERATION_GROUP])
+    out += encode_attribute(0x47, "attributes-charset", b"utf-8")
+    out += encode_attribute(0x48, "attributes-natural-language", b"en")
+    out += encode_attribute(0x45, "printer-uri", printer_uri.encode())
+    out += encode_attribute(0x21, "job-id", struct.pack(">i", job_id))
+    out += encode_attribute(0x42, "requesting-user-name", user.encode())
+    for i, name in enumerate(requested):
+        out += encode_attribute(0x44, "" if i else "requested-attributes", name.encode())
+    return out + bytes([_END])
+
+
+def encode_print_job(printer_uri: str, user: str, title: str, document_format: str, request_id: int = 1) -> bytes:
+    """Pure: an IPP/2.0 Print-Job request up to its end-of-attributes tag (the document follows).
+    Names longer than IPP allows are cut on a character boundary."""
+    def name(value: str) -> bytes:
+        return value.encode("utf-8", "replace")[:255].decode("utf-8", "ignore").encode()
+
+    out = struct.pack(">BBHI", 2, 0, PRINT_JOB, request_id) + bytes([_OPERATION_GROUP])
+    out += encode_attribute(0x47, "attributes-charset", b"utf-8")
+    out += encode_attribute(0x48, "attributes-natural-language", b"en")
+    out += encode_attribute(0x45, "printer-uri", printer_uri.encode())
+    out += encode_attribute(0x42, "requesting-user-name", name(user))
+    out += encode_attribute(0x42, "job-name", name(title))
+    out += encode_attribute(0x49, "document-format", document_format.encode())
     return out + bytes([_END])
 
 
@@ -256,3 +289,10 @@ def get_printers(server_uri: str, requested: list[str], connect_timeout: float =
     # A cupsd with no queues answers client-error-not-found.
     answer = _call(server_uri.rstrip("/") + "/", body, connect_timeout, read_timeout, unix_socket, (NOT_FOUND,))
     return {a["printer-name"][0]: a for tag, a in answer.groups if tag == _PRINTER_GROUP and a.get("printer-name")}
+
+
+def call(printer_uri: str, body: bytes, connect_timeout: float = 2.0, read_timeout: float = 30.0,
+         also_ok: tuple[int, ...] = ()) -> IppResponse:
+    """One request (`body`, e.g. from `encode_job_request`) to the printer at `printer_uri` over one
+    connection; IppRefused / IppError as `get_printer_attributes`."""
+    return _call(printer_uri, body, connect_timeout, read_timeout, None, also_ok)

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import cups
 
-from hal.printer import (HELD_MESSAGE, INBOUND_QUEUE, PROOF_ATTRIBUTE, RELEASE_QUEUE, HeldJob, JobEvent, JobGone,
-                         JobHeld, JobNotFound, JobPrinted, PrintServiceDown)
+from hal.printer import (HELD_MESSAGE, INBOUND_QUEUE, PROOF_ATTRIBUTE, HeldJob, JobEvent, JobGone, JobHeld,
+                         JobNotFound, PrintServiceDown)
 from hal.printer.ipp import IppError, first, get_printer_attributes
 
 _ATTRS = ["job-id", "job-originating-user-name", "job-name", "job-k-octets", "job-originating-host-name",
           "time-at-creation", "job-printer-uri", "job-state", "job-state-reasons", "number-of-documents",
-          PROOF_ATTRIBUTE]
+          "document-format", PROOF_ATTRIBUTE]
 # A job whose document is still arriving (Create-Job done, Send-Document not yet): not held yet.
 # Releasing it now would make cupsd abort it for having no files.
 _INCOMING = {"job-incoming", "job-data-insufficient"}
@@ -38,7 +38,7 @@ class JobOps:
     def __init__(self, socket_path: Path):
         self.socket_path = Path(socket_path)
         self._lock = threading.Lock()  # libcups's server setting is process-global
-        self._released: set[int] = set()  # moved to the release queue by us (for events())
+        self._released: set[int] = set()  # handed over to the engine spool by us (for events())
 
     def connection(self) -> cups.Connection:
         with self._lock:
@@ -69,17 +69,11 @@ class JobOps:
                if str(a.get("job-printer-uri", "")).endswith(f"/printers/{INBOUND_QUEUE}") and _complete(a)]
         return sorted(out, key=lambda j: (j.created, j.id))
 
-    def release(self, job_id: int) -> None:
-        """Move the job to the release queue and let it print. Raises JobNotFound if it is gone."""
-        conn = self.connection()
-        try:
-            conn.moveJob(job_id=job_id, job_printer_uri=f"ipp://localhost/printers/{RELEASE_QUEUE}")
-            self._released.add(job_id)
-            conn.setJobHoldUntil(job_id, "no-hold")
-        except cups.IPPError as exc:
-            if exc.args and exc.args[0] == cups.IPP_NOT_FOUND:
-                raise JobNotFound(f"job {job_id} not found") from None
-            raise PrintServiceDown(f"release of job {job_id} failed: {exc.args[-1] if exc.args else exc}") from None
+    def hand_over(self, job_id: int) -> None:
+        """The job's document is in the engine spool now: purge the job here, and report nothing
+        more of it (the engine reports how it ends)."""
+        self._released.add(job_id)
+        self.purge(job_id)
 
     def purge(self, job_id: int) -> None:
         """Cancel the job and delete its files and history. A job that is already gone is fine."""
@@ -93,12 +87,11 @@ class JobOps:
     def purge_all(self) -> None:
         """Cancel and purge every job of every queue (history included)."""
         conn = self.connection()
-        for queue in (INBOUND_QUEUE, RELEASE_QUEUE):
-            try:
-                conn.cancelAllJobs(name=queue, my_jobs=False, purge_jobs=True)
-            except cups.IPPError as exc:
-                if not (exc.args and exc.args[0] == cups.IPP_NOT_FOUND):
-                    raise PrintServiceDown(f"purge of {queue} failed: {exc}") from None
+        try:
+            conn.cancelAllJobs(name=INBOUND_QUEUE, my_jobs=False, purge_jobs=True)
+        except cups.IPPError as exc:
+            if not (exc.args and exc.args[0] == cups.IPP_NOT_FOUND):
+                raise PrintServiceDown(f"purge of {INBOUND_QUEUE} failed: {exc}") from None
         left = self._jobs(conn, "all")
         for job_id in left:
             self.purge(job_id)
@@ -170,10 +163,8 @@ class JobOps:
                     self.purge(jid)  # at once: a document someone appended must not stay a moment
                 except PrintServiceDown as exc:
                     log.warning("purging job %d failed: %s", jid, exc)
-            for event in events:
-                if not isinstance(event, JobHeld):
-                    self._released.discard(event.job_id)
-                yield event
+            self._released &= set(jobs)  # handed over and no longer listed: forgotten
+            yield from events
             stop.wait(POLL_S)
 
 
@@ -183,37 +174,37 @@ class JobWatch:
     - A job in the inbound queue that arrived whole is held (`JobHeld`), with its document count.
     - A held job whose document count changed (a document appended after it was held) is purged:
       `JobGone(id, "documents changed")`.
-    - A job counts as released once it is in the release queue or in `released` (the firmware moved
-      it); it is printed (`JobPrinted`) only when cupsd reports it `completed`. Canceled or aborted
-      (failed filters or backend included): `JobGone`. A released job that vanishes without being
-      seen completed: `JobGone(id, "vanished")`; a held one: `JobGone(id, "removed")`.
-    - Every job that ended is purged (its history goes at once).
+    - A job in `released` was handed over to the engine spool (the firmware copied its document
+      and purged it here): nothing more is reported of it; the engine reports how it ends.
+    - A held job that ends or vanishes otherwise is gone: `JobGone(id, "cancelled" | "aborted" |
+      "completed without release" | "removed")`. Every job that ended is purged (its history goes
+      at once).
     """
 
     def __init__(self) -> None:
-        self.known: dict[int, tuple[str, object]] = {}  # job id -> ("held" | "released", documents when held)
-        self.ended: set[int] = set()  # reported gone or printed, still listed (cupsd never reuses an id)
+        self.known: dict[int, object] = {}  # held job id -> its document count when held
+        self.ended: set[int] = set()  # reported gone or handed over, still listed (cupsd never reuses an id)
 
     def step(self, jobs: dict[int, dict], released: set[int]) -> tuple[list[JobEvent], list[int]]:
         events: list[JobEvent] = []
         purge: list[int] = []
         self.ended &= set(jobs)
+        for jid in [j for j in self.known if j in released]:
+            del self.known[jid]
+            if jid in jobs:
+                self.ended.add(jid)
         for jid, a in sorted(jobs.items()):
-            if jid in self.ended:
+            if jid in self.ended or jid in released:
                 continue
-            queue = str(a.get("job-printer-uri", "")).rsplit("/", 1)[-1]
             state = a.get("job-state", 0)
             documents = a.get("number-of-documents")
             if jid not in self.known:
+                queue = str(a.get("job-printer-uri", "")).rsplit("/", 1)[-1]
                 if queue == INBOUND_QUEUE and state not in (_COMPLETED, *_ENDED) and _complete(a):
-                    self.known[jid] = ("held", documents)
+                    self.known[jid] = documents
                     events.append(JobHeld(_held(jid, a)))
                 continue
-            how, held_documents = self.known[jid]
-            if how == "held" and (queue == RELEASE_QUEUE or jid in released):
-                how = "released"
-                self.known[jid] = (how, held_documents)
-            changed = how == "held" and documents != held_documents
+            changed = documents != self.known[jid]
             if not (changed or state in (_COMPLETED, *_ENDED)):
                 continue
             del self.known[jid]
@@ -222,12 +213,12 @@ class JobWatch:
             if changed:
                 events.append(JobGone(jid, "documents changed"))
             elif state == _COMPLETED:
-                events.append(JobPrinted(jid) if how == "released" else JobGone(jid, "completed without release"))
+                events.append(JobGone(jid, "completed without release"))
             else:
                 events.append(JobGone(jid, "cancelled" if state == 7 else "aborted"))
         for jid in [j for j in self.known if j not in jobs]:
-            how, _ = self.known.pop(jid)
-            events.append(JobGone(jid, "vanished" if how == "released" or jid in released else "removed"))
+            del self.known[jid]
+            events.append(JobGone(jid, "removed"))
         return events, purge
 
 
@@ -246,4 +237,5 @@ def _held(job_id: int, a: dict) -> HeldJob:
         origin_host=str(a.get("job-originating-host-name", "")),
         created=float(a.get("time-at-creation", time.time())),
         proof=str(a.get(PROOF_ATTRIBUTE, "")),
+        document_format=str(a.get("document-format", "") or "application/octet-stream"),
     )

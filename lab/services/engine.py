@@ -97,6 +97,24 @@ class EngineService:
         lab.procs.stop(self.name)
         lab.procs.stop("engine-dbus")
 
+    def switch_off(self, lab) -> None:
+        """The printer switched off: ippeveprinter stops (its D-Bus stays for the restart)."""
+        lab.procs.stop(self.name)
+
     def status(self, lab) -> dict:
         return {"uri": engine_uri(lab), "running": self._running(lab, self.name),
                 "printed": len(printed_documents(lab))}
+
+
+def serving_engine(lab, spool_dir: Path, poll_s: float = 0.01, report=None, retry_s: float = 1.0):
+    """A `PrintEngine` (the firmware's) for the lab's engine, served on a thread inside the office
+    host's network (where the engine listens): (engine, stop event). For benchmarks and tests that
+    release from their own process as the firmware does; `report(outcome)` hears how jobs end."""
+    import threading
+
+    from hal.printer.engine import PrintEngine
+
+    engine = PrintEngine(engine_uri(lab), spool_dir, poll_s=poll_s, retry_s=retry_s)
+    stop = threading.Event()
+    lab.host(HOST).thread(lambda: engine.serve(stop, report or (lambda outcome: None)), name="lab-engine")
+    return engine, stop

@@ -65,7 +65,8 @@ def _int(v: int) -> bytes:
 def encode(op: int, printer_uri: str, user: str, job_id: int | None, request_id: int, title: str = "attack",
            document: bytes = PDF, job_attrs: dict[str, object] | None = None) -> bytes:
     host = urlparse(printer_uri)
-    release_uri = f"ipp://{host.netloc}/printers/tenantprint-release"
+    # CUPS-Move-Job's target: the session cupsd has one queue (a release takes a job out of it)
+    move_to = f"ipp://{host.netloc}/printers/tenantprint"
     out = struct.pack(">BBHI", 2, 0, op, request_id) + b"\x01"
     out += _attr(0x47, "attributes-charset", b"utf-8") + _attr(0x48, "attributes-natural-language", b"en")
     uri = {0x4003: f"ipp://{host.netloc}/printers/evil", 0x4028: f"ipp://{host.netloc}/printers/evil",
@@ -83,7 +84,7 @@ def encode(op: int, printer_uri: str, user: str, job_id: int | None, request_id:
     if op == 0x4027:
         out += _attr(0x21, "document-number", _int(1))
     if op == 0x400D:
-        out += _attr(0x45, "job-printer-uri", release_uri.encode())
+        out += _attr(0x45, "job-printer-uri", move_to.encode())
     if op in (0x000A, 0x0038):
         out += _attr(0x44, "which-jobs", b"all")
     if op in (0x0012, 0x0038, 0x0039):

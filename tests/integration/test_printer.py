@@ -17,10 +17,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from hal.printer import (INBOUND_QUEUE, PROOF_ATTRIBUTE, RELEASE_QUEUE, ConfigError, JobGone, JobHeld, JobPrinted,
-                         PrintServiceDown)
+from hal.printer import INBOUND_QUEUE, PROOF_ATTRIBUTE, ConfigError, JobGone, JobHeld, PrintServiceDown
 from hal.printer.cupsd import SessionPrintService, model_built
-from lab.services.engine import EngineService, engine_uri, printed_documents
+from lab.services.engine import EngineService, engine_uri, printed_documents, serving_engine
 from prereq import need_binary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "attacks"))
@@ -38,6 +37,24 @@ def engine(lab):
     svc.start(lab)
     yield svc
     svc.stop(lab)
+
+
+@pytest.fixture(scope="module")
+def print_engine(lab, engine):
+    """The firmware's PrintEngine for the lab engine, served on a thread in the office network:
+    (engine, outcomes it reported)."""
+    outcomes: list = []
+    spool = lab.layout.data_dir("printer-engine-spool")
+    shutil.rmtree(spool, ignore_errors=True)
+    pe, stop = serving_engine(lab, spool, report=outcomes.append, retry_s=0.2)
+    yield pe, outcomes
+    stop.set()
+
+
+def _release(print_engine, service, job, user: str):
+    pe, _ = print_engine
+    return pe.take_held(service, job.id, session=1, org="acme", user=user, title=job.title,
+                        document_format=job.document_format)
 
 
 @pytest.fixture(scope="module")
@@ -109,15 +126,45 @@ def test_no_hold_from_the_client_still_holds(lab, service):
     assert len(printed_documents(lab)) == before
 
 
-def test_release_puts_the_document_in_the_engine(lab, service):
-    before = len(printed_documents(lab))
+def test_release_puts_the_document_in_the_engine(lab, service, print_engine):
+    pe, outcomes = print_engine
+    before, heard = len(printed_documents(lab)), len(outcomes)
     _lp(lab, "carol", "Release me")
     (job,) = _wait(service.held_jobs)
-    service.release(job.id)
+    assert job.document_format == "application/pdf"
+    released = _release(print_engine, service, job, "carol")
+    assert not service.held_jobs() and service.spool_files() == []  # handed over: gone from the session
     printed = _wait(lambda: printed_documents(lab)[before:])
     assert printed and printed[-1]["user"] == "carol" and printed[-1]["title"] == "Release me"
     assert printed[-1]["bytes"] > 1000
-    assert _wait(lambda: not service.held_jobs())
+    done = _wait(lambda: outcomes[heard:])
+    assert [(o.job, o.printed, o.state) for o in done] == [(released, True, "completed")]
+    assert pe.pending() == [] and list(pe.spool.dir.iterdir()) == []
+
+
+def test_a_released_job_waits_for_an_engine_switched_off_and_prints_once_it_is_back(lab, service, print_engine,
+                                                                                      engine):
+    """The engine is off at release: the job stays in the engine spool (not printed, not lost),
+    even once its session's print service is gone; the engine back on, it prints, once."""
+    pe, outcomes = print_engine
+    before, heard = len(printed_documents(lab)), len(outcomes)
+    _lp(lab, "grace", "Waits for paper")
+    (job,) = _wait(service.held_jobs)
+    engine.switch_off(lab)
+    try:
+        released = _release(print_engine, service, job, "grace")
+        _wait(lambda: pe.reachable is False)
+        service.stop()  # the session ends (tunnel drop): the released job does not depend on it
+        time.sleep(0.5)
+        assert outcomes[heard:] == [] and pe.pending() == [released]
+        assert len(printed_documents(lab)) == before
+    finally:
+        engine.start(lab)
+    done = _wait(lambda: outcomes[heard:], 20)
+    assert [(o.job.tag, o.printed) for o in done] == [(released.tag, True)]
+    printed = printed_documents(lab)[before:]
+    assert [(p["user"], p["title"]) for p in printed] == [("grace", "Waits for paper")]
+    assert pe.reachable is True and pe.pending() == []
 
 
 def test_remote_clients_cannot_release_cancel_or_enable(lab, service):
@@ -170,18 +217,21 @@ def _watching(service):
         t.join(5)
 
 
-def test_events_report_held_and_printed(lab, service):
+def test_events_report_held_and_nothing_of_a_job_handed_over(lab, service, print_engine):
+    _, outcomes = print_engine
+    heard = len(outcomes)
     with _watching(service) as seen:
         _lp(lab, "frank", "Watched")
         held = _wait(lambda: [e for e in seen if isinstance(e, JobHeld)])
         assert held and held[0].job.user == "frank" and held[0].job.origin_host == "10.77.0.20"
-        service.release(held[0].job.id)
-        assert _wait(lambda: [e for e in seen if isinstance(e, JobPrinted) and e.job_id == held[0].job.id])
+        _release(print_engine, service, held[0].job, "frank")
+        assert _wait(lambda: [o for o in outcomes[heard:] if o.printed])
+        time.sleep(0.3)  # a few polls after the hand-over
+    assert [type(e) for e in seen] == [JobHeld]  # no JobGone: the engine reports how it ended
 
 
 def test_written_queues_are_the_built_ones(lab, engine, engine_model):
-    """Both ways of starting give the same two queues: inbound stopped, accepting, shared, with the
-    engine's model; release idle, not shared, in front of the engine without waiting for it."""
+    """Both ways of starting give the same queue: stopped, accepting, shared, with the engine's model."""
     wanted = ["printer-state", "printer-state-message", "printer-is-accepting-jobs", "printer-is-shared",
               "printer-make-and-model", "device-uri", "document-format-supported", "sides-supported"]
     seen = {}
@@ -194,7 +244,7 @@ def test_written_queues_are_the_built_ones(lab, engine, engine_model):
         ps.start()
         try:
             time.sleep(0.3)  # long enough for anything in cupsd to change a queue's state by itself
-            seen[how] = {q: ps.queue_attributes(q, wanted) for q in (INBOUND_QUEUE, RELEASE_QUEUE)}
+            seen[how] = {INBOUND_QUEUE: ps.queue_attributes(INBOUND_QUEUE, wanted)}
             assert ps.engine_model() == engine_model
         finally:
             ps.stop()
@@ -202,7 +252,6 @@ def test_written_queues_are_the_built_ones(lab, engine, engine_model):
     inbound = seen["written"][INBOUND_QUEUE]
     assert inbound["printer-state"] == [5] and inbound["printer-is-accepting-jobs"] == [True]
     assert inbound["printer-is-shared"] == [True] and model_built(inbound["printer-make-and-model"][0])
-    assert seen["written"][RELEASE_QUEUE]["printer-is-shared"] == [False]
 
 
 def test_a_model_without_a_name_is_refused(lab, engine):
@@ -314,7 +363,7 @@ def test_every_ipp_operation_from_a_remote_address_is_denied_but_submitting(lab,
     assert len(printed_documents(lab)) == printed_before
     assert service.ensure_inbound_stopped()
     queues = ipp_client_queues(service)
-    assert queues == {INBOUND_QUEUE, RELEASE_QUEUE}
+    assert queues == {INBOUND_QUEUE}
     keychain = service.dir / "etc" / "ssl"  # ServerKeychain: where cupsd would put its TLS credentials
     assert not keychain.exists() or not list(keychain.iterdir()), "cupsd made TLS credentials"
 
@@ -373,4 +422,4 @@ def test_a_document_appended_to_a_held_job_purges_it(lab, written_service):
         gone = [e for e in seen if isinstance(e, JobGone) and e.job_id == job_id]
         assert gone == [JobGone(job_id, "documents changed")]
         assert _wait(lambda: job_id not in service.connection().getJobs(which_jobs="all"))
-        assert not [e for e in seen if isinstance(e, JobPrinted)]
+        assert [type(e) for e in seen].count(JobHeld) <= 1

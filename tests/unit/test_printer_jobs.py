@@ -1,7 +1,8 @@
 """hal/printer's pure job logic: a job whose document is still arriving is not held yet; JobWatch
-turns job lists into events (held, documents changed, printed only when completed)."""
+turns job lists into events (held, documents changed, gone), and says nothing more of a job handed
+over to the engine."""
 
-from hal.printer import INBOUND_QUEUE, RELEASE_QUEUE, JobGone, JobHeld, JobPrinted
+from hal.printer import INBOUND_QUEUE, JobGone, JobHeld
 from hal.printer.jobs import JobWatch, _complete, _held
 
 
@@ -19,6 +20,8 @@ def test_held_job_from_cups_attributes():
     assert (job.id, job.user, job.title, job.size_bytes, job.origin_host) == (7, "alice", "Q", 2048, "10.20.0.50")
     assert job.proof == "v1.abc"
     assert _held(8, {}).proof == ""
+    assert _held(8, {}).document_format == "application/octet-stream"
+    assert _held(9, {"document-format": "application/pdf"}).document_format == "application/pdf"
 
 
 def _job(queue=INBOUND_QUEUE, state=4, documents=1, **extra):
@@ -43,20 +46,20 @@ def test_a_document_appended_to_a_held_job_purges_it():
     assert w.step({}, set()) == ([], []) and not w.ended
 
 
-def test_a_released_job_prints_only_when_completed():
+def test_a_job_handed_over_to_the_engine_is_reported_no_more():
     w = JobWatch()
-    w.step({1: _job()}, set())
-    assert w.step({1: _job(RELEASE_QUEUE, state=5)}, {1}) == ([], [])
-    assert w.step({1: _job(RELEASE_QUEUE, state=9)}, {1}) == ([JobPrinted(1)], [1])
+    w.step({1: _job(), 2: _job()}, set())
+    # 1 purged by the hand-over (canceled, still listed a moment), 2 already gone from the list
+    assert w.step({1: _job(state=7)}, {1, 2}) == ([], [])
+    assert w.step({1: _job(state=7)}, {1}) == ([], [])
+    assert w.step({}, set()) == ([], []) and not w.known and not w.ended
 
 
-def test_a_released_job_that_fails_or_vanishes_is_not_printed():
+def test_a_held_job_that_is_cancelled_or_aborted_is_gone_and_purged():
     w = JobWatch()
-    w.step({1: _job(), 2: _job(), 3: _job()}, set())
-    events, purge = w.step({1: _job(RELEASE_QUEUE, state=8), 2: _job(RELEASE_QUEUE, state=5),
-                            3: _job(RELEASE_QUEUE, state=7)}, {1, 2, 3})
-    assert events == [JobGone(1, "aborted"), JobGone(3, "cancelled")] and purge == [1, 3]
-    assert w.step({}, {2}) == ([JobGone(2, "vanished")], [])
+    w.step({1: _job(), 2: _job()}, set())
+    assert w.step({1: _job(state=8), 2: _job(state=7)}, set()) == (
+        [JobGone(1, "aborted"), JobGone(2, "cancelled")], [1, 2])
 
 
 def test_a_held_job_that_disappears_is_removed_and_one_completing_unreleased_is_not_printed():

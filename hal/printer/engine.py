@@ -1,0 +1,264 @@
+"""The print engine: the device's own printer, shared by every session, and the spool of released
+documents on their way to it.
+
+A released job leaves its session at once: its document is copied into the engine spool (a
+directory of the device's, root only, on /run: gone at power-off) and purged from the session
+cupsd, so the session may end (tunnel drop, another org) without taking a document its owner
+already released. The engine serves the spool in release order, one job at a time: one Print-Job,
+then Get-Job-Attributes until the engine says how the job ended. A job is printed only when the
+engine says `completed`; `aborted` and `canceled` are reported as not printed. While the engine
+cannot be reached (switched off, unplugged) the job waits and is sent again every `retry_s`; after
+`give_up_s` it is reported not printed ("engine unreachable") and its document deleted. A job the
+engine lost (switched off mid-job: its job id unknown or another job's) is sent again.
+
+Each spooled job is two files, `<tag>.doc` and `<tag>.json` (who, what, which session), written
+before the job counts as taken: a daemon restarted with jobs in the spool serves them (`resume`).
+The document is deleted as soon as the job ended, whichever way.
+
+Blocking; `serve()` runs on a thread of its own and reports `EngineOutcome`s through a callback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hal.printer import JobNotFound
+from hal.printer.ipp import (GET_JOB_ATTRIBUTES, IppError, IppRefused, NOT_FOUND, call,
+                             encode_job_request, encode_print_job, first)
+
+log = logging.getLogger("tenantprint.hal.printer.engine")
+
+_FINAL = {9: "completed", 8: "aborted", 7: "canceled"}
+
+
+@dataclass(frozen=True)
+class ReleasedJob:
+    """A released job in the engine spool (no document bytes: `EngineSpool.document(job)`)."""
+    tag: str                # "<session>-<job id>": unique on the device while the daemon runs
+    session: int
+    org: str
+    job_id: int             # in the session's cupsd (gone there once taken)
+    user: str
+    title: str
+    document_format: str
+    released_at: float      # unix time
+
+
+@dataclass(frozen=True)
+class EngineOutcome:
+    job: ReleasedJob
+    printed: bool
+    state: str              # completed | aborted | canceled | not-printed
+    reason: str = ""
+
+
+class EngineSpool:
+    """The spool directory: released jobs in release order."""
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+
+    def prepare(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.dir, 0o700)
+
+    def take(self, job: ReleasedJob, document: Path) -> None:
+        """Copy `document` into the spool and record `job` (the record last: a job without one is
+        not taken)."""
+        self.prepare()
+        doc = self.dir / f"{job.tag}.doc"
+        fd = os.open(doc, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "wb") as out, open(document, "rb") as src:
+            shutil.copyfileobj(src, out)
+        record = self.dir / f"{job.tag}.json"
+        tmp = record.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w") as out:
+            json.dump(asdict(job), out)
+        os.replace(tmp, record)
+
+    def document(self, job: ReleasedJob) -> bytes:
+        return (self.dir / f"{job.tag}.doc").read_bytes()
+
+    def remove(self, job: ReleasedJob) -> None:
+        for suffix in (".json", ".doc"):
+            (self.dir / f"{job.tag}{suffix}").unlink(missing_ok=True)
+
+    def jobs(self) -> list[ReleasedJob]:
+        """Every recorded job, oldest release first; a record that does not parse is removed."""
+        out = []
+        for record in self.dir.glob("*.json") if self.dir.is_dir() else ():
+            try:
+                out.append(ReleasedJob(**json.loads(record.read_text())))
+            except (OSError, ValueError, TypeError):
+                log.warning("engine spool: unreadable record %s removed", record.name)
+                record.unlink(missing_ok=True)
+        return sorted(out, key=lambda j: (j.released_at, j.tag))
+
+    def strays(self) -> list[str]:
+        """Files that belong to no recorded job (a copy cut short): removed by `tidy`."""
+        if not self.dir.is_dir():
+            return []
+        recorded = {p.stem for p in self.dir.glob("*.json")}
+        return sorted(p.name for p in self.dir.iterdir() if p.stem not in recorded)
+
+    def tidy(self) -> None:
+        for name in self.strays():
+            (self.dir / name).unlink(missing_ok=True)
+
+
+class PrintEngine:
+    """The engine at `uri` (an IPP printer) and its spool; `serve()` prints the spool in order."""
+
+    def __init__(self, uri: str, spool_dir: str | Path, *, retry_s: float = 1.0, poll_s: float = 0.1,
+                 give_up_s: float = 3600.0, connect_timeout: float = 2.0):
+        self.uri = uri
+        self.spool = EngineSpool(spool_dir)
+        self.retry_s, self.poll_s, self.give_up_s = retry_s, poll_s, give_up_s
+        self.connect_timeout = connect_timeout
+        self._wake = threading.Condition()
+        self._queue: list[ReleasedJob] = []
+        self.current: ReleasedJob | None = None
+        self.reachable: bool | None = None  # None until the first exchange
+        self.problem = ""  # why the engine could not be reached, for the status
+
+    # -- the daemon's side ---------------------------------------------------------------------
+
+    def resume(self) -> list[ReleasedJob]:
+        """Queue what a previous daemon left in the spool (released, not yet printed)."""
+        self.spool.tidy()
+        jobs = self.spool.jobs()
+        with self._wake:
+            self._queue = [j for j in jobs if j not in self._queue] + self._queue
+            self._wake.notify_all()
+        return jobs
+
+    def take(self, job: ReleasedJob, document: Path) -> None:
+        """Spool a released job (its document copied) and queue it behind the ones before."""
+        self.spool.take(job, document)
+        with self._wake:
+            self._queue.append(job)
+            self._wake.notify_all()
+
+    def take_held(self, service, job_id: int, *, session: int, org: str, user: str, title: str,
+                  document_format: str) -> ReleasedJob:
+        """Release a job held by `service` (a session print service, `jobs.JobOps`): its document
+        into the spool, the job purged from the service. JobNotFound when it is not held."""
+        path = service.document_path(job_id)
+        if path is None:
+            raise JobNotFound(f"job {job_id} is not held")
+        job = ReleasedJob(tag=f"{session}-{job_id}", session=session, org=org, job_id=job_id, user=user,
+                          title=title or "Untitled", document_format=document_format or "application/octet-stream",
+                          released_at=time.time())
+        self.take(job, path)
+        service.hand_over(job_id)
+        return job
+
+    def pending(self) -> list[ReleasedJob]:
+        """Released jobs not yet ended, the one being printed first."""
+        with self._wake:
+            return ([self.current] if self.current else []) + list(self._queue)
+
+    def view(self) -> dict:
+        return {"uri": self.uri, "reachable": self.reachable, "problem": self.problem,
+                "pending": [{"org": j.org, "session": j.session, "job": j.job_id} for j in self.pending()]}
+
+    # -- the engine's side (blocking, on the serving thread) -----------------------------------
+
+    def serve(self, stop: threading.Event, report: Callable[[EngineOutcome], None]) -> None:
+        """Print queued jobs in order until `stop` is set; report each job's end."""
+        while not stop.is_set():
+            with self._wake:
+                if not self._queue:
+                    self._wake.wait(0.5)
+                    continue
+                self.current = self._queue.pop(0)
+            job = self.current
+            try:
+                outcome = self._print(job, stop)
+            except Exception as exc:  # a bug here must not end the serving thread
+                outcome = EngineOutcome(job, False, "not-printed", f"{type(exc).__name__}")
+            if outcome is None:  # stopping: the job stays spooled for the next start
+                with self._wake:
+                    self._queue.insert(0, job)
+                    self.current = None
+                return
+            self.spool.remove(job)
+            with self._wake:
+                self.current = None
+            report(outcome)
+
+    def stop_waiting(self) -> None:
+        with self._wake:
+            self._wake.notify_all()
+
+    def _offline(self, why: str) -> None:
+        if self.reachable is not False:
+            log.warning("print engine not reachable: %s", why)
+        self.reachable, self.problem = False, why
+
+    def _online(self) -> None:
+        if self.reachable is False:
+            log.info("print engine reachable again")
+        self.reachable, self.problem = True, ""
+
+    def _print(self, job: ReleasedJob, stop: threading.Event) -> EngineOutcome | None:
+        """Send `job` until the engine took it, then follow it to its end. None when stopping."""
+        since = time.monotonic()
+        engine_job: int | None = None
+        while not stop.is_set():
+            if time.monotonic() - since > self.give_up_s:
+                return EngineOutcome(job, False, "not-printed", "engine unreachable")
+            try:
+                if engine_job is None:
+                    engine_job = self._send(job)
+                state, reasons = self._state(engine_job, job)
+            except _Lost:
+                engine_job = None  # the engine restarted without it: send it again
+                continue
+            except (IppError, OSError) as exc:
+                self._offline(str(exc)[:120])
+                stop.wait(self.retry_s)
+                continue
+            self._online()
+            if state in _FINAL:
+                if state != 9:
+                    return EngineOutcome(job, False, _FINAL[state], ",".join(reasons)[:120])
+                return EngineOutcome(job, True, "completed")
+            stop.wait(self.poll_s)
+        return None
+
+    def _send(self, job: ReleasedJob) -> int:
+        head = encode_print_job(self.uri, job.user, job.title, job.document_format)
+        answer = call(self.uri, head + self.spool.document(job), self.connect_timeout, 60.0)
+        engine_job = first(answer.attributes, "job-id")
+        if not isinstance(engine_job, int):
+            raise IppError("Print-Job answered without a job-id")
+        log.info("engine took job tag=%s engine_job=%d", job.tag, engine_job)
+        return engine_job
+
+    def _state(self, engine_job: int, job: ReleasedJob) -> tuple[int, list]:
+        body = encode_job_request(GET_JOB_ATTRIBUTES, self.uri, engine_job, job.user,
+                                  ["job-state", "job-state-reasons", "job-name"])
+        answer = call(self.uri, body, self.connect_timeout, 10.0, also_ok=(NOT_FOUND,))
+        attrs = answer.attributes
+        if answer.status == NOT_FOUND or first(attrs, "job-name") != _ipp_title(job.title):
+            raise _Lost()
+        reasons = attrs.get("job-state-reasons", [])
+        return int(first(attrs, "job-state", 0) or 0), [str(r) for r in reasons]
+
+
+class _Lost(Exception):
+    """The engine does not know the job we sent it (it restarted)."""
+
+
+def _ipp_title(title: str) -> str:
+    return title.encode("utf-8", "replace")[:255].decode("utf-8", "ignore")
