@@ -235,6 +235,13 @@ def initial() -> Starting:
     return Starting()
 
 
+def pin_open(state: State, at: float, limits: Limits = LIMITS) -> bool:
+    """Whether a PIN typed at `at` is still asked for: the machine waits for one and its timeout has
+    not passed (the Tick that ends the wait may come up to a tick later; a PIN typed in between
+    would be taken by nobody)."""
+    return isinstance(state, AwaitingPin) and at - state.asked_at < limits.pin_timeout_s
+
+
 def step(state: State, event: object, limits: Limits = LIMITS) -> tuple[State, list]:
     """The next state and the effects to run, in order. Never raises: a bug fails closed."""
     try:

@@ -78,6 +78,7 @@ class Runtime:
         self.cfg = cfg
         self.devices = devices
         self.state = machine.initial()
+        self.limits = machine.Limits(pin_timeout_s=cfg.runtime.pin_timeout_s)
         self.session: Session | None = None
         self.panel = ""
         self.pin_guard = PinGuard()
@@ -108,7 +109,7 @@ class Runtime:
 
     def dispatch(self, event) -> None:
         before = type(self.state).__name__
-        self.state, effects = machine.step(self.state, event)
+        self.state, effects = machine.step(self.state, event, self.limits)
         if isinstance(event, ev.PinEntered) and not any(isinstance(e, fx.Authenticate) and e.pin is event.pin
                                                         for e in effects):
             event.pin.wipe()  # a PIN nobody asked for any more
@@ -449,7 +450,7 @@ class Runtime:
         """A PIN from the panel (`status` hands it over as bytes): to the authentication that waits
         for it, or wiped."""
         state = self.state
-        if not isinstance(state, machine.AwaitingPin):
+        if not machine.pin_open(state, self.now(), self.limits):
             pin.wipe()
             return {"error": "no PIN is being asked for"}
         self.post(ev.PinEntered(self.now(), state.session, pin))
@@ -473,7 +474,7 @@ class Runtime:
             "state": view["state"],
             "org": view.get("org"),
             "panel": self.panel,
-            "pin_requested": isinstance(self.state, machine.AwaitingPin),
+            "pin_requested": machine.pin_open(self.state, self.now(), self.limits),
             "taps": self.taps,
             "tunnel": tunnel,
             "held_jobs": held,

@@ -26,6 +26,7 @@ import os
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -129,6 +130,7 @@ class PrintEngine:
         self.current: ReleasedJob | None = None
         self.reachable: bool | None = None  # None until the first exchange
         self.problem = ""  # why the engine could not be reached, for the status
+        self.ended: deque[dict] = deque(maxlen=50)  # the last jobs' ends, for the status (no names)
 
     # -- the daemon's side ---------------------------------------------------------------------
 
@@ -169,7 +171,8 @@ class PrintEngine:
 
     def view(self) -> dict:
         return {"uri": self.uri, "reachable": self.reachable, "problem": self.problem,
-                "pending": [{"org": j.org, "session": j.session, "job": j.job_id} for j in self.pending()]}
+                "pending": [{"org": j.org, "session": j.session, "job": j.job_id} for j in self.pending()],
+                "ended": list(self.ended)}
 
     # -- the engine's side (blocking, on the serving thread) -----------------------------------
 
@@ -194,6 +197,8 @@ class PrintEngine:
             self.spool.remove(job)
             with self._wake:
                 self.current = None
+                self.ended.append({"org": job.org, "session": job.session, "job": job.job_id,
+                                   "state": outcome.state, "printed": outcome.printed, "at": round(time.time(), 3)})
             report(outcome)
 
     def stop_waiting(self) -> None:

@@ -56,6 +56,9 @@ def office_leftovers(system) -> list[str]:
                 left.append(f"session cupsd pid {pid}")
         except OSError:
             pass
+    spool = office.path("/run/tenantprint/engine")  # released documents wait here only until printed
+    if spool.is_dir() and (files := sorted(p.name for p in spool.iterdir())):
+        left.append(f"engine spool: {files}")
     for what in ("--list-conns", "--list-sas", "--list-certs"):
         out = office.run(["swanctl", what, "--uri", "unix:///run/charon.vici"], check=False).stdout.decode()
         if out.strip():
@@ -110,6 +113,8 @@ def _to_rest(system) -> None:
             lab_cli("fault", "radius-start", "--org", org)
     if not system.service("cloud").running(system):
         lab_cli("fault", "cloud-start")
+    if not system.service("engine").status(system).get("running"):
+        lab_cli("fault", "engine-start")
     fw = system.service("firmware")
     if not fw.running(system):
         lab_cli("fault", "firmware-start")

@@ -436,3 +436,11 @@ def test_combined_a_new_authentication_revokes_the_earlier_yes():
     state, effects = m.step(state, JobArrived(203.0, 1, 9, "alice", "10.20.0.50", "ok"))
     assert isinstance(state, m.Ready) and state.s.authed_user is None
     assert core(effects) == [] and [j.job_id for j in state.s.held] == [9]
+
+
+def test_a_pin_is_asked_for_only_until_its_timeout_even_before_the_tick_that_ends_the_wait():
+    state = m.AwaitingPin(AUTHING.s, "alice", 201.0)
+    limits = m.Limits(pin_timeout_s=10)
+    assert m.pin_open(state, 210.9, limits)
+    assert not m.pin_open(state, 211.0, limits)  # the Tick of 211.5 has not come yet: nobody would take it
+    assert not m.pin_open(m.Ready(AUTHING.s), 205.0, limits)
