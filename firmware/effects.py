@@ -112,6 +112,12 @@ class Purge:
 
 
 @dataclass(frozen=True)
+class StartSpareKeeper:
+    """Start the next session's secret keeper now, if there is none (it holds nothing until a
+    lookup takes it): off the tap's path, after a purge or an abandoned lookup."""
+
+
+@dataclass(frozen=True)
 class ShowPanel:
     message: str
 
@@ -124,5 +130,5 @@ class Audit:
 
 
 Effect = (FetchProfile | PreparePrintService | EndLookup | BringUpTunnel | StartPrintService
-          | Authenticate | AskPin | ReleaseJobs | PurgeJob | Purge | PinFailed | PinAccepted | ShowPanel
-          | Audit)
+          | Authenticate | AskPin | ReleaseJobs | PurgeJob | Purge | StartSpareKeeper | PinFailed | PinAccepted
+          | ShowPanel | Audit)

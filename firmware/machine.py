@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from firmware import panel
 from firmware.effects import (AskPin, Audit, Authenticate, BringUpTunnel, EndLookup, FetchProfile,
                               PinAccepted, PinFailed, PreparePrintService, Purge, PurgeJob, ReleaseJobs,
-                              ShowPanel, StartPrintService)
+                              ShowPanel, StartPrintService, StartSpareKeeper)
 from firmware.events import (AuthAccepted, AuthPinRequired, AuthRejected, AuthUnavailable, Boot,
                              CardTapped, CardUnreadable, FaultCleared, JobArrived, JobGone,
                              JobPrinted, LookupFailed, PinCancelled, PinEntered, Policy,
@@ -391,12 +391,14 @@ def _purge_done(state, event, limits):
         looking_up, fetched = state.switch_to
         nxt, effects = _connect(replace(looking_up, since=event.at), replace(fetched, at=event.at), limits,
                                 prepare=True)
-        return nxt, [Audit("purged", fields), *effects]
+        return nxt, [Audit("purged", fields), *effects, StartSpareKeeper()]
     idle = Idle(max(state.session, state.issued))
     if state.then is not None:
+        # the tap's lookup first: it takes the spare keeper if there is one, and the next one
+        # starts after it
         nxt, effects = _lookup(idle, replace(state.then, at=event.at), limits)
-        return nxt, [Audit("purged", fields), *effects]
-    return idle, [ShowPanel(state.notice or panel.text("idle")), Audit("purged", fields)]
+        return nxt, [Audit("purged", fields), *effects, StartSpareKeeper()]
+    return idle, [ShowPanel(state.notice or panel.text("idle")), Audit("purged", fields), StartSpareKeeper()]
 
 
 def _purge_tick(state, event, limits):
@@ -549,14 +551,14 @@ def _tap_ready(state, event, limits):
 def _switch_fetched(state, event, limits):
     fault = _profile_fault(state.to, event)
     if fault is not None:
-        return Ready(state.s), [EndLookup(state.to.session), _show(panel.lookup_key("malformed")),
+        return Ready(state.s), [EndLookup(state.to.session), StartSpareKeeper(), _show(panel.lookup_key("malformed")),
                                 Audit("profile-refused", {"session": state.to.session, "org": state.to.org,
                                                           "why": fault})]
     return _purge(state, event.at, "another organization", "switching-org", switch_to=(state.to, event))
 
 
 def _switch_failed(state, event, limits):
-    return Ready(state.s), [EndLookup(state.to.session), _show(panel.lookup_key(event.kind)),
+    return Ready(state.s), [EndLookup(state.to.session), StartSpareKeeper(), _show(panel.lookup_key(event.kind)),
                             Audit("lookup-failed", {"session": state.to.session, "org": state.to.org,
                                                     "kind": event.kind})]
 
@@ -566,7 +568,7 @@ def _switching_tick(state, event, limits):
     if ended:
         return _purge(state, event.at, *ended)
     if event.at - state.to.since >= limits.step_timeout_s:
-        return Ready(state.s), [EndLookup(state.to.session), _show(panel.lookup_key("unreachable")),
+        return Ready(state.s), [EndLookup(state.to.session), StartSpareKeeper(), _show(panel.lookup_key("unreachable")),
                                 Audit("lookup-failed", {"session": state.to.session, "org": state.to.org,
                                                         "kind": "timeout"})]
     return state, []

@@ -11,7 +11,6 @@ secret keeper process does (`firmware/secret_keeper.py`), and the purge ends it 
 from __future__ import annotations
 
 import asyncio
-import base64
 import concurrent.futures
 import signal
 import threading
@@ -28,7 +27,9 @@ from firmware import owner_proof
 from firmware.pin_guard import PinGuard
 from firmware.session import Session, purge
 from hal.card import CardTap, CardUnreadable, mask_uid
+from firmware.keeper_protocol import LookupRefused, TunnelRefused
 from firmware.secret_keeper import KeeperError, SecretKeeper
+from hal.auth import Accepted, BadInput, PinRequired, Rejected, Unavailable
 from hal.net import NetError
 from hal.printer import JobGone, JobHeld
 from hal.printer.engine import EngineOutcome
@@ -152,6 +153,8 @@ class Runtime:
                 if s is not None:
                     # needs nothing of the org: starts now, beside the lookup and IKE, on its own thread
                     s.print_service_ready = self.preparer.submit(self._prepare_print_service, s)
+            case fx.StartSpareKeeper():
+                self._in(self.session_worker, self._spawn_spare_keeper)
             case fx.EndLookup():
                 self._in(self.session_worker, self._end_lookup, effect)
             case fx.PinFailed(org=org, user=user):
@@ -197,8 +200,6 @@ class Runtime:
         if s is not None and s.number == e.session:
             self.incoming = None
             self._end_keeper(s)
-            if self.spare_keeper is None and not self.done.is_set():
-                self._spawn_spare_keeper()
 
     def _fetch_profile(self, e: fx.FetchProfile) -> None:
         s = self._current(e.session)
@@ -206,26 +207,26 @@ class Runtime:
             return
         try:
             s.keeper = self._take_spare_keeper()  # from here on, the purge ends it
-            reply = s.keeper.call("fetch", timeout=self.cfg.cloud.timeout_s * 3 + 5, org=e.org)
+            reply = s.keeper.fetch(e.org, timeout=self.cfg.cloud.timeout_s * 3 + 5)
         except KeeperError:
             self.post(ev.LookupFailed(self.now(), e.session, "unreachable"))
             return
-        if "error" in reply:
-            self.post(ev.LookupFailed(self.now(), e.session, reply["error"]))
+        if isinstance(reply, LookupRefused):
+            self.post(ev.LookupFailed(self.now(), e.session, reply.kind))
             return
-        s.gateway = reply.get("gateway")  # the device firewall admits IKE/ESP with it alone
-        try:
-            s.desk_keys = tuple(base64.b64decode(k, validate=True) for k in reply.get("desk_keys", ()))
-        except (TypeError, ValueError):
-            s.desk_keys = ()  # no job can be proven: every one is refused
-        pol = reply["policy"]
-        self.post(ev.ProfileFetched(self.now(), e.session, e.org, tuple(reply["remote_ts"]),
-                                    ev.Policy(pol["idle_timeout_s"], pol["max_hold_s"], pol["combined_mode"]),
-                                    tuple(reply.get("device_networks", ("unknown",)))))
+        s.gateway = reply.gateway  # the device firewall admits IKE/ESP with it alone
+        s.desk_keys = reply.desk_keys
+        pol = reply.policy
+        self.post(ev.ProfileFetched(self.now(), e.session, reply.org, reply.remote_ts,
+                                    ev.Policy(pol.idle_timeout_s, pol.max_hold_s, pol.combined_mode),
+                                    reply.device_networks))
 
     def _spawn_spare_keeper(self) -> None:
         """Start the next session's keeper now (it holds nothing yet), so that a tap does not wait
-        for a Python interpreter to start and import the hal."""
+        for a Python interpreter to start and import the hal. On the session worker: after the work
+        queued before it (a lookup that takes the spare first)."""
+        if self.spare_keeper is not None or self.done.is_set():
+            return
         try:
             self.spare_keeper = SecretKeeper(self.cfg.as_dict())
         except (KeeperError, OSError) as exc:
@@ -250,18 +251,17 @@ class Runtime:
             return
         try:
             self.devices.firewall.allow_gateway(s.gateway)  # before IKE's first packet; the purge forgets it
-            reply = s.keeper.call("tunnel_up", timeout=self.cfg.tunnel.up_timeout_s + 10,
-                                  timeout_s=self.cfg.tunnel.up_timeout_s)
+            reply = s.keeper.tunnel_up(self.cfg.tunnel.up_timeout_s, timeout=self.cfg.tunnel.up_timeout_s + 10)
         except (KeeperError, OSError, NetError) as exc:
             self.post(ev.TunnelFailed(self.now(), e.session, type(exc).__name__))
             return
-        if "error" in reply:
-            self.post(ev.TunnelFailed(self.now(), e.session, reply["error"]))
+        if isinstance(reply, TunnelRefused):
+            self.post(ev.TunnelFailed(self.now(), e.session, reply.cause))
             return
         self.devices.tunnel.follow(s.org)
-        s.virtual_ip = reply["virtual_ip"]
+        s.virtual_ip = reply.virtual_ip
         self.watchers.submit(self._watch_tunnel, s)
-        self.post(ev.TunnelUp(self.now(), e.session, reply["virtual_ip"], tuple(reply["remote_ts"])))
+        self.post(ev.TunnelUp(self.now(), e.session, reply.virtual_ip, reply.remote_ts))
 
     def _watch_tunnel(self, s: Session) -> None:
         try:
@@ -358,8 +358,6 @@ class Runtime:
                 concurrent.futures.wait([self.session.print_service_ready], timeout=PRINT_SERVICE_START_S)
         report = purge(self.devices, self.session, e.reason)
         self.session = incoming  # the org the machine switches to, when it decided so
-        if self.spare_keeper is None and not self.done.is_set():
-            self._spawn_spare_keeper()
         self.post(ev.PurgeDone(self.now(), e.session, report.ok, report.leftovers))
 
     def _authenticate(self, e: fx.Authenticate) -> None:
@@ -376,18 +374,17 @@ class Runtime:
         finally:
             if e.pin is not None:
                 e.pin.wipe()
-        match r.get("outcome"):
-            case "accepted":
-                self.post(ev.AuthAccepted(at(), e.session, e.attempt, r["user"]))
-            case "rejected":
-                self.post(ev.AuthRejected(at(), e.session, e.attempt, r["user"], r.get("message", "")))
-            case "pin-required":
-                self.post(ev.AuthPinRequired(at(), e.session, e.attempt, r["user"], bytes.fromhex(r["challenge"]),
-                                             r.get("prompt", "")))
-            case "bad-input":
-                self.post(ev.AuthRejected(at(), e.session, e.attempt, e.user, r.get("reason", "")))
-            case _:
-                self.post(ev.AuthUnavailable(at(), e.session, e.attempt, r.get("reason", "")))
+        match r:
+            case Accepted(user=user):
+                self.post(ev.AuthAccepted(at(), e.session, e.attempt, user))
+            case Rejected(user=user, message=message):
+                self.post(ev.AuthRejected(at(), e.session, e.attempt, user, message))
+            case PinRequired(user=user, challenge=challenge, prompt=prompt):
+                self.post(ev.AuthPinRequired(at(), e.session, e.attempt, user, challenge, prompt))
+            case BadInput(reason=reason):
+                self.post(ev.AuthRejected(at(), e.session, e.attempt, e.user, reason))
+            case Unavailable(reason=reason):
+                self.post(ev.AuthUnavailable(at(), e.session, e.attempt, reason))
 
     def _serve_engine(self) -> None:
         """The engine's thread: first what a previous daemon released and left in the spool."""

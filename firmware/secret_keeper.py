@@ -10,18 +10,11 @@ The daemon starts the next session's keeper ahead of time; while it waits, it ke
 the directory open (a health check every `cloud.keep_warm_s`), so the tap's lookup is one round trip
 instead of three (TCP, TLS, request). That connection carries nothing secret until the lookup.
 
-Protocol: JSON lines on the keeper's stdin/stdout. The first line is the firmware configuration;
-then one request, one reply:
-
-    {"op": "fetch", "org": O}              -> {"org", "remote_ts", "gateway", "policy", "device_networks", "desk_keys"} | {"error": kind}
-    {"op": "tunnel_up", "timeout_s": s}    -> {"virtual_ip", "interface", "remote_ts"} | {"error": cause}
-    {"op": "auth", "user", "org", "pin", "state"}  -> {"outcome": name, ...}
-    {"op": "exit"}                          -> (the keeper wipes what it holds and exits)
+The protocol, typed, is `firmware/keeper_protocol.py`: one method here per request.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import select
@@ -29,11 +22,13 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+
+from firmware import keeper_protocol as kp
+from hal.auth import AuthOutcome
 
 
 class KeeperError(Exception):
-    """The keeper process failed or did not answer in time."""
+    """The keeper process failed, did not answer in time, or answered outside the protocol."""
 
 
 class SecretKeeper:
@@ -75,12 +70,21 @@ class SecretKeeper:
         line, _, self._pending = self._pending.partition(b"\n")
         return line
 
-    def authenticate(self, timeout: float, *, user: str, org: str, pin=None, state: bytes | None = None) -> dict:
-        """The `auth` request. The PIN (a `firmware.events.Pin`) is spliced into the request line
-        as bytes, never made a `str` in this process, and the line is wiped once written."""
+    def fetch(self, org: str, timeout: float) -> kp.FetchReply:
+        """Look the org's profile up in the directory; the keeper keeps it."""
+        return self._exchange("fetch", timeout, kp.request("fetch", org=org), kp.decode_fetch)
+
+    def tunnel_up(self, timeout_s: float, timeout: float) -> kp.TunnelReply:
+        """Load the fetched profile into charon and bring the tunnel up within `timeout_s`."""
+        return self._exchange("tunnel_up", timeout, kp.request("tunnel_up", timeout_s=timeout_s), kp.decode_tunnel)
+
+    def authenticate(self, timeout: float, *, user: str, org: str, pin=None, state: bytes | None = None) -> AuthOutcome:
+        """Ask the org's auth server about `user`. The PIN (a `firmware.events.Pin`) is spliced into
+        the request line as bytes, never made a `str` in this process, and the line is wiped once
+        written."""
         fields = {"user": user, "org": org, "state": state.hex() if state else None}
         if pin is None:
-            return self.call("auth", timeout, pin=None, **fields)
+            return self._exchange("auth", timeout, kp.request("auth", pin=None, **fields), kp.decode_auth)
         digits = pin.reveal()
         if not digits or not all(0x30 <= b <= 0x39 for b in digits):
             raise KeeperError("a PIN is digits only")
@@ -89,15 +93,12 @@ class SecretKeeper:
         line += digits
         line += b'"}\n'
         try:
-            return self._exchange("auth", timeout, line)
+            return self._exchange("auth", timeout, line, kp.decode_auth)
         finally:
             for i in range(len(line)):
                 line[i] = 0
 
-    def call(self, op: str, timeout: float, **args: Any) -> dict:
-        return self._exchange(op, timeout, (json.dumps({"op": op, **args}) + "\n").encode())
-
-    def _exchange(self, op: str, timeout: float, line: bytes | bytearray) -> dict:
+    def _exchange(self, op: str, timeout: float, line: bytes | bytearray, decode):
         with self._lock:
             try:
                 self._write(line)
@@ -111,7 +112,11 @@ class SecretKeeper:
             if not answer:
                 self.stop()
                 raise KeeperError(f"keeper gave no answer to {op}")
-            return json.loads(answer)
+        try:
+            return decode(answer)
+        except kp.ProtocolError as exc:
+            self.stop()
+            raise KeeperError(f"keeper's answer to {op}: {exc}") from None
 
     def alive(self) -> bool:
         return self._proc.poll() is None
@@ -155,102 +160,95 @@ def _keep_warm(directory, every_s: float, stop: threading.Event, networks: list)
         look()
 
 
+class _Keeper:
+    """The keeper process's state: the directory client, the tunnel loader, the profile (the only
+    copy of the org's secrets) and the authenticator. One method per request (`OPS`)."""
+
+    def __init__(self, cfg):
+        from firmware.devices import build_directory, build_tunnel
+
+        self.cfg = cfg
+        self.directory = build_directory(cfg)
+        self.tunnel = build_tunnel(cfg)
+        self.profile = None
+        self.authenticator = None
+        self.first_request = threading.Event()
+        self.device_networks: list = []
+        self.warm = threading.Thread(target=_keep_warm, args=(self.directory, cfg.cloud.keep_warm_s,
+                                                              self.first_request, self.device_networks),
+                                     name="keep-warm", daemon=True)
+        self.warm.start()
+
+    def fetch(self, req: dict) -> kp.FetchReply:
+        from hal.directory import DirectoryMalformed, DirectoryRefused, DirectoryUnreachable
+
+        self.warm.join(timeout=5)  # its first look at the device's networks is done long before a tap
+        try:
+            self.profile = self.directory.fetch_profile(req["org"])
+            if self.profile.org_id != req["org"]:
+                raise DirectoryMalformed("answer for another organization")
+        except DirectoryRefused as exc:
+            return kp.LookupRefused("device-rejected" if exc.status == 401 else "refused")
+        except DirectoryUnreachable:
+            return kp.LookupRefused("unreachable")
+        except DirectoryMalformed:
+            return kp.LookupRefused("malformed")
+        p = self.profile.policy
+        return kp.ProfileFacts(self.profile.org_id, tuple(self.profile.vpn.remote_ts), self.profile.vpn.gateway,
+                               kp.PolicyFacts(p.idle_timeout_s, p.max_hold_s, p.combined_mode),
+                               tuple(self.device_networks), tuple(self.profile.desk_keys))
+
+    def tunnel_up(self, req: dict) -> kp.TunnelReply:
+        from hal.auth import AuthConfigError, open_authenticator
+        from hal.tunnel import TunnelError, TunnelSetupFailed
+
+        if self.profile is None:
+            return kp.TunnelRefused("config")
+        try:
+            up = self.tunnel.up(self.profile, timeout=float(req["timeout_s"]))
+        except TunnelSetupFailed as exc:
+            return kp.TunnelRefused(exc.cause)
+        except (TunnelError, OSError) as exc:
+            return kp.TunnelRefused(type(exc).__name__)
+        if self.authenticator is None:
+            # Now, while the person walks to their desk, not at their next tap (imports, dictionary).
+            try:
+                self.authenticator = open_authenticator(self.profile.auth)
+            except AuthConfigError:
+                pass  # answered when authentication is asked for
+        return kp.TunnelFacts(up.virtual_ip, up.interface, tuple(up.remote_ts))
+
+    def auth(self, req: dict) -> AuthOutcome:
+        from hal.auth import AuthConfigError, Unavailable, open_authenticator
+
+        if self.profile is None:
+            return Unavailable("no session")
+        try:
+            self.authenticator = self.authenticator or open_authenticator(self.profile.auth)
+        except AuthConfigError as exc:  # a profile we cannot use: not yes, and the keeper lives on
+            return Unavailable(f"auth server profile unusable: {exc}")
+        state = bytes.fromhex(req["state"]) if req.get("state") else None
+        return self.authenticator.authenticate(req["user"], req["org"], pin=req.get("pin"), state=state)
+
+    OPS = {"fetch": fetch, "tunnel_up": tunnel_up, "auth": auth}
+
+
 def _serve(stdin, stdout) -> None:
     from firmware import config as fwconfig
-    from firmware.devices import build_directory, build_tunnel
-    from hal.auth import (Accepted, AuthConfigError, BadInput, PinRequired, Rejected, Unavailable,
-                          open_authenticator)
-    from hal.directory import DirectoryMalformed, DirectoryRefused, DirectoryUnreachable
-    from hal.tunnel import TunnelError, TunnelSetupFailed
 
-    cfg = fwconfig.from_dict(json.loads(stdin.readline()))
-    directory = build_directory(cfg)
-    tunnel = build_tunnel(cfg)
-    profile = None
-    authenticator = None
-    first_request = threading.Event()
-    device_networks: list = []
-    warm = threading.Thread(target=_keep_warm, args=(directory, cfg.cloud.keep_warm_s, first_request,
-                                                     device_networks), name="keep-warm", daemon=True)
-    warm.start()
-
-    def reply(obj: dict) -> None:
-        stdout.write(json.dumps(obj) + "\n")
-        stdout.flush()
-
+    keeper = _Keeper(fwconfig.from_dict(json.loads(stdin.readline())))
     for line in stdin:
-        first_request.set()
+        keeper.first_request.set()
         req = json.loads(line)
         op = req.get("op")
         if op == "exit":
             break
-        if op == "fetch":
-            warm.join(timeout=5)  # its first look at the device's networks is done long before a tap
-            try:
-                profile = directory.fetch_profile(req["org"])
-                if profile.org_id != req["org"]:
-                    raise DirectoryMalformed("answer for another organization")
-            except DirectoryRefused as exc:
-                reply({"error": "device-rejected" if exc.status == 401 else "refused"})
-                continue
-            except DirectoryUnreachable:
-                reply({"error": "unreachable"})
-                continue
-            except DirectoryMalformed:
-                reply({"error": "malformed"})
-                continue
-            p = profile.policy
-            reply({"org": profile.org_id, "remote_ts": list(profile.vpn.remote_ts),
-                   "gateway": profile.vpn.gateway,  # not secret: the device firewall admits only it
-                   "policy": {"idle_timeout_s": p.idle_timeout_s, "max_hold_s": p.max_hold_s,
-                              "combined_mode": p.combined_mode},
-                   "device_networks": list(device_networks),
-                   "desk_keys": [base64.b64encode(k).decode() for k in profile.desk_keys]})
-        elif op == "tunnel_up":
-            if profile is None:
-                reply({"error": "config"})
-                continue
-            try:
-                up = tunnel.up(profile, timeout=float(req["timeout_s"]))
-            except TunnelSetupFailed as exc:
-                reply({"error": exc.cause})
-                continue
-            except (TunnelError, OSError) as exc:
-                reply({"error": type(exc).__name__})
-                continue
-            reply({"virtual_ip": up.virtual_ip, "interface": up.interface, "remote_ts": list(up.remote_ts)})
-            if authenticator is None:
-                # Now, while the person walks to their desk, not at their next tap (imports, dictionary).
-                try:
-                    authenticator = open_authenticator(profile.auth)
-                except AuthConfigError:
-                    pass  # answered when authentication is asked for
-        elif op == "auth":
-            if profile is None:
-                reply({"outcome": "unavailable", "reason": "no session"})
-                continue
-            try:
-                authenticator = authenticator or open_authenticator(profile.auth)
-            except AuthConfigError as exc:  # a profile we cannot use: not yes, and the keeper lives on
-                reply({"outcome": "unavailable", "reason": f"auth server profile unusable: {exc}"})
-                continue
-            state = bytes.fromhex(req["state"]) if req.get("state") else None
-            outcome = authenticator.authenticate(req["user"], req["org"], pin=req.get("pin"), state=state)
-            match outcome:
-                case Accepted(user=u):
-                    reply({"outcome": "accepted", "user": u})
-                case Rejected(user=u, message=m):
-                    reply({"outcome": "rejected", "user": u, "message": m})
-                case PinRequired(user=u, challenge=c, prompt=pr):
-                    reply({"outcome": "pin-required", "user": u, "challenge": c.hex(), "prompt": pr})
-                case Unavailable(reason=r):
-                    reply({"outcome": "unavailable", "reason": r})
-                case BadInput(reason=r):
-                    reply({"outcome": "bad-input", "reason": r})
-        else:
-            reply({"error": f"unknown op {op!r}"})
-    if profile is not None:
-        profile.wipe()
+        handler = _Keeper.OPS.get(op)
+        out = kp.encode(handler(keeper, req)) if handler else json.dumps({"error": f"unknown op {op!r}"})
+        stdout.write(out + "\n")
+        stdout.flush()
+    if keeper.profile is not None:
+        keeper.profile.wipe()
 
 
 if __name__ == "__main__":

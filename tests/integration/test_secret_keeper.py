@@ -9,7 +9,9 @@ import signal
 import pytest
 
 from firmware import config
+from firmware.keeper_protocol import LookupRefused, TunnelRefused
 from firmware.secret_keeper import KeeperError, SecretKeeper
+from hal.auth import Unavailable
 
 
 @pytest.fixture
@@ -20,10 +22,9 @@ def keeper():
 
 
 def test_requests_are_answered_in_order(keeper):
-    assert keeper.call("fetch", timeout=30, org="acme") == {"error": "device-rejected"}
-    assert keeper.call("auth", timeout=30, user="alice", org="acme", pin=None, state=None) == \
-        {"outcome": "unavailable", "reason": "no session"}
-    assert keeper.call("tunnel_up", timeout=30, timeout_s=1) == {"error": "config"}
+    assert keeper.fetch("acme", timeout=30) == LookupRefused("device-rejected")
+    assert keeper.authenticate(30, user="alice", org="acme") == Unavailable("no session")
+    assert keeper.tunnel_up(1, timeout=30) == TunnelRefused("config")
     assert keeper.alive()
 
 
@@ -31,10 +32,10 @@ def test_a_keeper_that_dies_gives_a_clear_error_and_is_reaped(keeper):
     os.kill(keeper._proc.pid, signal.SIGKILL)
     # the request may still fit in the pipe (then no answer comes) or meet the closed pipe
     with pytest.raises(KeeperError, match="no answer to fetch|not reachable"):
-        keeper.call("fetch", timeout=30, org="acme")
+        keeper.fetch("acme", timeout=30)
     assert not keeper.alive()
     with pytest.raises(KeeperError, match="not reachable"):
-        keeper.call("fetch", timeout=30, org="acme")
+        keeper.fetch("acme", timeout=30)
 
 
 def test_stop_ends_the_process(keeper):
