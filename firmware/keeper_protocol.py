@@ -43,6 +43,7 @@ class ProfileFacts:
     policy: PolicyFacts
     device_networks: tuple[str, ...]  # the device's own networks when the profile arrived ("unknown")
     desk_keys: tuple[bytes, ...]     # the org's desk public keys (job owner proofs)
+    outcomes_url: str | None = None  # the org's gateway agent: what became of delivered jobs
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ def encode(reply: FetchReply | TunnelReply | AuthOutcome) -> str:
                    "policy": {"idle_timeout_s": p.idle_timeout_s, "max_hold_s": p.max_hold_s,
                               "combined_mode": p.combined_mode},
                    "device_networks": list(reply.device_networks),
-                   "desk_keys": [base64.b64encode(k).decode() for k in reply.desk_keys]}
+                   "desk_keys": [base64.b64encode(k).decode() for k in reply.desk_keys],
+                   "outcomes_url": reply.outcomes_url}
         case LookupRefused(kind=kind):
             obj = {"error": kind}
         case TunnelFacts():
@@ -137,8 +139,11 @@ def decode_fetch(line: bytes | str) -> FetchReply:
         keys = tuple(base64.b64decode(k, validate=True) for k in obj.get("desk_keys", ()))
     except (KeyError, TypeError, ValueError):
         raise ProtocolError("fetch reply: policy or desk keys unreadable") from None
+    url = obj.get("outcomes_url")
+    if url is not None and not isinstance(url, str):
+        raise ProtocolError("outcomes_url: not a string")
     return ProfileFacts(_text(obj, "org"), _strings(obj.get("remote_ts"), "remote_ts"), _text(obj, "gateway"),
-                        policy, _strings(obj.get("device_networks", ["unknown"]), "device_networks"), keys)
+                        policy, _strings(obj.get("device_networks", ["unknown"]), "device_networks"), keys, url)
 
 
 def decode_tunnel(line: bytes | str) -> TunnelReply:

@@ -155,6 +155,8 @@ def lab_profile(lab, org: str, auth_kind: str = "radius") -> dict:
                 "user_format": "{user}@{org}", "timeout_s": 3.0, "retries": 2}
     else:
         raise ValueError(f"unknown auth kind {auth_kind!r}")
+    from lab.services.org_agents import GATEWAY_AGENT_PORT, GATEWAY_LAN_ADDRESS
+
     return {
         "org_id": org,
         "ttl_s": 300,
@@ -166,5 +168,6 @@ def lab_profile(lab, org: str, auth_kind: str = "radius") -> dict:
         },
         "auth": auth,
         "policy": {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": False},
-        "print": {"desk_keys": [desk_key(lab, org).public_b64]},
+        "print": {"desk_keys": [desk_key(lab, org).public_b64],
+                  "outcomes_url": f"http://{GATEWAY_LAN_ADDRESS}:{GATEWAY_AGENT_PORT}/v1/outcomes"},
     }

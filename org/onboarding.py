@@ -103,6 +103,9 @@ def radius(org: dict, secrets: dict) -> OrgRadius:
                      users=users, port=r.get("port", 1812))
 
 
+GATEWAY_AGENT_PORT = 8631  # `tenantprint org gateway-agent --listen` (its default port)
+
+
 def profile(org: dict, secrets: dict) -> dict:
     """The wire profile (hal/directory/profile.py) for the cloud."""
     g, r = org["gateway"], org["radius"]
@@ -115,7 +118,9 @@ def profile(org: dict, secrets: dict) -> dict:
         "auth": {"kind": "radius", "host": r["host"], "port": r.get("port", 1812), "secret": secrets["radius"],
                  "user_format": r.get("user_format", "{user}@{org}"), "timeout_s": 3.0, "retries": 2},
         "policy": org.get("policy", {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": False}),
-        **({"print": {"desk_keys": list(org["desks"]["keys"])}} if "desks" in org else {}),
+        "print": {**({"desk_keys": list(org["desks"]["keys"])} if "desks" in org else {}),
+                  # the gateway agent on the gateway's LAN address: reached through the tunnel only
+                  "outcomes_url": f"http://{_lan_address(g)}:{GATEWAY_AGENT_PORT}/v1/outcomes"},
     }
 
 

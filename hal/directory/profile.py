@@ -22,7 +22,8 @@ Wire format (JSON object):
               "bind_password": "...", "user_attr": "uid", "timeout_s": 3,
               "ca_pem": "..."},                              # StartTLS: verifies the server
      "policy": {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": false},
-     "print": {"desk_keys": ["<base64 of a raw 32-byte Ed25519 public key>", ...]}}   # optional
+     "print": {"desk_keys": ["<base64 of a raw 32-byte Ed25519 public key>", ...],   # optional
+               "outcomes_url": "http://10.20.0.1:8631/v1/outcomes"}}              # optional
 
 `vpn.remote_ts`: the org's networks the MFP may reach (and take jobs from). None may be a default
 route (0.0.0.0/0, ::/0) nor wider than /8 (IPv4) or /32 (IPv6: the largest block an RIR allocates
@@ -34,6 +35,12 @@ from all of it through the tunnel.
 (hal/printer/job_proof.py); a job is the user's only with a proof that verifies under one of them.
 Parsed as `SessionProfile.desk_keys` (raw 32-byte keys). Absent (profiles registered before it
 existed) means an empty tuple: then no job of this org can be proven, and none may print.
+
+`print.outcomes_url`: where the MFP tells the org's desks, through the tunnel, what became of the
+jobs they delivered (released, deleted by their owner, expired): the org's gateway agent
+(org/gateway_agent.py). An http URL whose host is an address literal inside `vpn.remote_ts`, so it
+is only ever reached through the tunnel. Absent: nothing is reported, and a desk delivers again
+what it cannot know was released.
 """
 
 from __future__ import annotations
@@ -200,6 +207,7 @@ class SessionProfile:
     auth: AuthServerProfile
     policy: SessionPolicy = field(default_factory=SessionPolicy)
     desk_keys: tuple[bytes, ...] = ()  # raw Ed25519 public keys of the org's desks (job owner proofs)
+    outcomes_url: str | None = None  # the org's gateway agent, told what became of delivered jobs
 
     def secrets(self) -> list[Secret]:
         return self.vpn.secrets() + self.auth.secrets()
@@ -223,9 +231,10 @@ class SessionProfile:
             combined_mode=pol.get("combined_mode", bool),
         )
         pol.done()
-        desk_keys = _desk_keys(top.get("print", dict, optional=True))
+        desk_keys, outcomes_url = _print_section(top.get("print", dict, optional=True), vpn.remote_ts)
         top.done()
-        return cls(org_id=org_id, ttl_s=ttl, vpn=vpn, auth=auth, policy=policy, desk_keys=desk_keys)
+        return cls(org_id=org_id, ttl_s=ttl, vpn=vpn, auth=auth, policy=policy, desk_keys=desk_keys,
+                   outcomes_url=outcomes_url)
 
     def to_wire(self) -> dict:
         """The wire form (reveals secrets: for the cloud's responses and tests only)."""
@@ -242,6 +251,8 @@ class SessionProfile:
                 "policy": dict(self.policy.__dict__)}
         if self.desk_keys:
             wire["print"] = {"desk_keys": [base64.b64encode(k).decode() for k in self.desk_keys]}
+        if self.outcomes_url:
+            wire.setdefault("print", {})["outcomes_url"] = self.outcomes_url
         return wire
 
 
@@ -274,10 +285,35 @@ def _remote_ts(value: str, where: str) -> None:
         raise ProfileError(f"{where}: {value} is wider than /{MIN_PREFIX[net.version]}")
 
 
-def _desk_keys(obj: Any) -> tuple[bytes, ...]:
+def _print_section(obj: Any, remote_ts) -> tuple[tuple[bytes, ...], str | None]:
     if obj is None:
-        return ()
+        return (), None
     r = _Reader(obj, "print")
+    keys = _desk_keys(r) if "desk_keys" in obj else ()
+    url = _outcomes_url(r.get("outcomes_url", str), remote_ts) if "outcomes_url" in obj else None
+    r.done()
+    return keys, url
+
+
+def _outcomes_url(url: str, remote_ts) -> str:
+    from urllib.parse import urlsplit
+
+    where = "print.outcomes_url"
+    try:
+        parts = urlsplit(url)
+        host = ipaddress.ip_address(parts.hostname or "")
+        port = parts.port
+    except ValueError:
+        raise ProfileError(f"{where}: expected http://<address>:<port>/<path>") from None
+    if len(url) > 200 or parts.scheme != "http" or not port or not parts.path.startswith("/") \
+            or parts.query or parts.fragment or parts.username or parts.password:
+        raise ProfileError(f"{where}: expected http://<address>:<port>/<path>")
+    if not any(host.version == n.version and host in n for n in map(ipaddress.ip_network, remote_ts)):
+        raise ProfileError(f"{where}: {host} is not inside vpn.remote_ts (it is reached through the tunnel only)")
+    return url
+
+
+def _desk_keys(r: "_Reader") -> tuple[bytes, ...]:
     items = r.get("desk_keys", list)
     if not 1 <= len(items) <= 8 or not all(isinstance(i, str) for i in items):
         raise ProfileError("print.desk_keys: expected 1-8 strings")
@@ -292,7 +328,6 @@ def _desk_keys(obj: Any) -> tuple[bytes, ...]:
         if raw in keys:
             raise ProfileError("print.desk_keys: a key is listed twice")
         keys.append(raw)
-    r.done()
     return tuple(keys)
 
 

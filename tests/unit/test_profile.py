@@ -119,3 +119,33 @@ def test_the_gateway_is_an_address_not_a_name():
         wire["vpn"]["gateway"] = bad
         with pytest.raises(ProfileError, match="vpn.gateway"):
             SessionProfile.from_wire(wire)
+
+
+@pytest.mark.parametrize("url,ok", [
+    ("http://10.20.0.1:8631/v1/outcomes", True),
+    ("https://10.20.0.1:8631/v1/outcomes", False),     # the tunnel is the protection; no TLS names here
+    ("http://10.99.0.1:8631/v1/outcomes", False),      # outside the org's selectors: not through the tunnel
+    ("http://gateway.acme:8631/v1/outcomes", False),   # a name, not an address
+    ("http://10.20.0.1/v1/outcomes", False),           # no port
+    ("http://u:p@10.20.0.1:8631/v1/outcomes", False),
+    ("http://10.20.0.1:8631/v1/outcomes?x=1", False),
+])
+def test_the_outcomes_url_is_an_address_inside_the_org_selectors(url, ok):
+    from hal.directory.profile import _outcomes_url
+
+    if ok:
+        assert _outcomes_url(url, ["10.20.0.0/24"]) == url
+    else:
+        with pytest.raises(ProfileError, match="outcomes_url"):
+            _outcomes_url(url, ["10.20.0.0/24"])
+
+
+def test_the_outcomes_url_round_trips_in_the_profile():
+    wire = copy.deepcopy(WIRE)
+    wire["print"] = {"outcomes_url": "http://10.20.0.1:8631/v1/outcomes"}
+    p = SessionProfile.from_wire(wire)
+    assert p.outcomes_url == "http://10.20.0.1:8631/v1/outcomes" and p.desk_keys == ()
+    assert SessionProfile.from_wire(p.to_wire()).outcomes_url == p.outcomes_url
+    wire["print"]["extra"] = 1
+    with pytest.raises(ProfileError, match="print"):
+        SessionProfile.from_wire(wire)
