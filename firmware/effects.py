@@ -94,6 +94,16 @@ class ReleaseJobs:
 
 
 @dataclass(frozen=True)
+class ReportJobs:
+    """Tell the org's desks what became of these jobs (firmware/outcomes.py): "released",
+    "deleted" or "expired". No answer; a report that fails is journalled (the desk then delivers
+    the job again, and the device's record of released jobs refuses it)."""
+    session: int
+    state: str
+    job_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class PurgeJob:
     """Cancel and delete one job from the session spool (no answer; JobGone may follow)."""
     session: int
@@ -130,5 +140,5 @@ class Audit:
 
 
 Effect = (FetchProfile | PreparePrintService | EndLookup | BringUpTunnel | StartPrintService
-          | Authenticate | AskPin | ReleaseJobs | PurgeJob | Purge | StartSpareKeeper | PinFailed | PinAccepted
+          | Authenticate | AskPin | ReleaseJobs | ReportJobs | PurgeJob | Purge | StartSpareKeeper | PinFailed | PinAccepted
           | ShowPanel | Audit)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from firmware import panel
 from firmware.effects import (AskPin, Audit, Authenticate, BringUpTunnel, EndLookup, FetchProfile,
                               PinAccepted, PinFailed, PreparePrintService, Purge, PurgeJob, ReleaseJobs,
-                              ShowPanel, StartPrintService, StartSpareKeeper)
+                              ReportJobs, ShowPanel, StartPrintService, StartSpareKeeper)
 from firmware.events import (AuthAccepted, AuthPinRequired, AuthRejected, AuthUnavailable, Boot,
                              CardTapped, CardUnreadable, FaultCleared, JobArrived, JobGone,
                              JobPrinted, LookupFailed, PinCancelled, PinEntered, Policy,
@@ -347,6 +347,17 @@ def _expired(s: Session, at: float, *, idle: bool) -> tuple[str, str] | None:
     return None
 
 
+def _end(state: State, at: float, ended: tuple[str, str]) -> tuple[State, list]:
+    """End the session for `ended` (from `_expired`): at max hold its held jobs are reported expired
+    first (while the tunnel still carries the report), so the desks cancel them instead of
+    delivering them again."""
+    nxt, effects = _purge(state, at, *ended)
+    held = tuple(j.job_id for j in state.s.held)
+    if ended[0] == "max hold" and held:
+        effects = [ReportJobs(state.s.number, "expired", held), *effects]
+    return nxt, effects
+
+
 def _authenticate(s: Session, user: str, at: float, *, pin=None, challenge=None) -> tuple[State, list]:
     s = replace(s, attempt=s.attempt + 1, authed_user=None, last_activity=at)
     return Authenticating(s, user, at, with_pin=pin is not None), [
@@ -566,7 +577,7 @@ def _switch_failed(state, event, limits):
 def _switching_tick(state, event, limits):
     ended = _expired(state.s, event.at, idle=False)
     if ended:
-        return _purge(state, event.at, *ended)
+        return _end(state, event.at, ended)
     if event.at - state.to.since >= limits.step_timeout_s:
         return Ready(state.s), [EndLookup(state.to.session), StartSpareKeeper(), _show(panel.lookup_key("unreachable")),
                                 Audit("lookup-failed", {"session": state.to.session, "org": state.to.org,
@@ -576,7 +587,7 @@ def _switching_tick(state, event, limits):
 
 def _ready_tick(state, event, limits):
     ended = _expired(state.s, event.at, idle=True)
-    return _purge(state, event.at, *ended) if ended else (state, [])
+    return _end(state, event.at, ended) if ended else (state, [])
 
 
 def _accepted(state, event, limits):
@@ -627,7 +638,7 @@ def _pin_cancelled(state, event, limits):
 def _pin_tick(state, event, limits):
     ended = _expired(state.s, event.at, idle=False)
     if ended:
-        return _purge(state, event.at, *ended)
+        return _end(state, event.at, ended)
     if event.at - state.asked_at >= limits.pin_timeout_s:
         return _back_to_ready(state.s, "pin-timeout", "pin-timeout", user=state.user)
     return state, []
@@ -637,10 +648,13 @@ def _released(state, event, limits):
     done = set(event.job_ids) & set(state.job_ids)
     s = replace(state.s, held=tuple(j for j in state.s.held if j.job_id not in done),
                 printing=state.s.printing + tuple(j for j in state.job_ids if j in done), last_activity=event.at)
+    report = [ReportJobs(s.number, "released", tuple(j for j in state.job_ids if j in done))] if done else []
     more = _jobs_of(s, state.user) if s.policy.combined_mode and s.authed_user == state.user else ()
     if more:  # arrived while releasing
-        return _release(s, state.user, more, event.at)
-    return _back_to_ready(s, "released", "released", user=state.user, count=len(done))
+        nxt, effects = _release(s, state.user, more, event.at)
+        return nxt, [*report, *effects]
+    nxt, effects = _back_to_ready(s, "released", "released", user=state.user, count=len(done))
+    return nxt, [*report, *effects]
 
 
 def _release_failed(state, event, limits):
@@ -654,7 +668,7 @@ def _released_late(state, event, limits):
     late = set(event.job_ids)
     s = replace(state.s, held=tuple(j for j in state.s.held if j.job_id not in late),
                 printing=state.s.printing + tuple(j for j in event.job_ids if j not in state.s.printing))
-    return replace(state, s=s), [Audit("released-late", {"session": s.number,
+    return replace(state, s=s), [ReportJobs(s.number, "released", tuple(event.job_ids)), Audit("released-late", {"session": s.number,
                                                          "jobs": list(event.job_ids)})]
 
 
@@ -699,6 +713,9 @@ def _job_arrived(state, event, limits):
     if not isinstance(state, SERVING) or not _inside(event.origin_ip, state.s.remote_ts):
         return state, [PurgeJob(state.session, event.job_id, "not from the tunnel"),
                        Audit("job-rejected", fields)]
+    if event.proof == "already released":  # a redelivery whose release report was lost: tell it again
+        return state, [PurgeJob(state.session, event.job_id, "released before"),
+                       ReportJobs(state.session, "released", (event.job_id,)), Audit("job-redelivered", fields)]
     if event.proof != "ok":  # its owner is a claim nobody proved: it never prints under a release
         return state, [PurgeJob(state.session, event.job_id, "owner not proven"),
                        Audit("job-unproven", {**fields, "why": str(event.proof)[:40]})]

@@ -13,7 +13,8 @@ dropped (older proofs are refused as expired anyway).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, MutableSet
+from collections.abc import Container, Iterator, MutableSet
+from dataclasses import dataclass
 from pathlib import Path
 
 from hal.printer import HeldJob
@@ -65,12 +66,24 @@ def document_sha256(path: Path | None) -> bytes | None:
     return digest.digest()
 
 
-def check(job: HeldJob, document: Path | None, *, org: str, desk_keys, nonces: MutableSet, now: float) -> str:
+@dataclass(frozen=True)
+class OwnerCheck:
+    verdict: str  # "ok", or why not
+    delivery: str | None = None  # the job's delivery id (firmware/outcomes.py), once the proof verified
+
+
+def check(job: HeldJob, document: Path | None, *, org: str, desk_keys, nonces: MutableSet, now: float,
+          released: Container[str] = ()) -> OwnerCheck:
     """"ok" when the job's proof shows that `job.user` of `org` sent exactly this document and title;
-    otherwise why not ("no document", "malformed", "bad signature", "expired", "replayed", ...)."""
+    otherwise why not ("no document", "malformed", "bad signature", "expired", "replayed", ...).
+    "already released": a valid redelivery of a job this device released before (`released`: the
+    device's `ReleasedRecord`): its release report was lost, it must not print twice."""
     digest = document_sha256(document)
     if digest is None:
-        return "no document"
+        return OwnerCheck("no document")
     result = verify(job.proof, desk_keys, org=org, user=job.user, title=job.title, document_sha256=digest,
                     now=now, seen_nonces=nonces)
-    return "ok" if result.valid else result.reason.value
+    if not result.valid:
+        return OwnerCheck(result.reason.value)
+    delivery = getattr(result, "delivery", None) or result.nonce
+    return OwnerCheck("already released" if delivery in released else "ok", delivery)

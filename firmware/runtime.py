@@ -23,7 +23,7 @@ from firmware import journal, machine, sdnotify, status
 from firmware.config import FirmwareConfig
 from firmware.devices import Devices, build
 from firmware.diagnostics import MemoryDiagnostics
-from firmware import owner_proof
+from firmware import outcomes, owner_proof
 from firmware.pin_guard import PinGuard
 from firmware.session import Session, purge
 from hal.card import CardTap, CardUnreadable, mask_uid
@@ -84,6 +84,7 @@ class Runtime:
         self.panel = ""
         self.pin_guard = PinGuard()
         self.proof_nonces = owner_proof.NonceRecord(time.time)  # the device's, across sessions
+        self.released = outcomes.ReleasedRecord(time.monotonic)  # delivery ids released here (no reprint)
         self.incoming: Session | None = None  # another org's lookup, made while `session` serves
         self.audit: deque[dict] = deque(maxlen=100)
         self.diagnostics = MemoryDiagnostics()
@@ -167,6 +168,8 @@ class Runtime:
                 self._in(self.session_worker, self._start_print_service, effect)
             case fx.ReleaseJobs():
                 self._in(self.session_worker, self._release, effect)
+            case fx.ReportJobs():
+                self._in(self.session_worker, self._report_jobs, effect)
             case fx.PurgeJob():
                 self._in(self.session_worker, self._purge_job, effect)
             case fx.PinAccepted(org=org, user=user):
@@ -216,6 +219,7 @@ class Runtime:
             return
         s.gateway = reply.gateway  # the device firewall admits IKE/ESP with it alone
         s.desk_keys = reply.desk_keys
+        s.outcomes_url = reply.outcomes_url
         pol = reply.policy
         self.post(ev.ProfileFetched(self.now(), e.session, reply.org, reply.remote_ts,
                                     ev.Policy(pol.idle_timeout_s, pol.max_hold_s, pol.combined_mode),
@@ -303,10 +307,12 @@ class Runtime:
             for job_event in s.print_service.events(s.stop):
                 match job_event:
                     case JobHeld(job=job):
-                        s.jobs[job.id] = {"title": job.title, "bytes": job.size_bytes, "format": job.document_format}
                         proof = owner_proof.check(job, s.print_service.document_path(job.id), org=s.org,
-                                                  desk_keys=s.desk_keys, nonces=self.proof_nonces, now=time.time())
-                        self.post(ev.JobArrived(self.now(), s.number, job.id, job.user, job.origin_host, proof))
+                                                  desk_keys=s.desk_keys, nonces=self.proof_nonces, now=time.time(),
+                                                  released=self.released)
+                        s.jobs[job.id] = {"title": job.title, "bytes": job.size_bytes, "format": job.document_format,
+                                          "delivery": proof.delivery}
+                        self.post(ev.JobArrived(self.now(), s.number, job.id, job.user, job.origin_host, proof.verdict))
                     case JobGone(job_id=job_id, reason=reason):
                         self.post(ev.JobGone(self.now(), s.number, job_id, reason))
         except Exception as exc:
@@ -329,6 +335,26 @@ class Runtime:
                                        type(exc).__name__))
             return
         self.post(ev.Released(self.now(), e.session, tuple(done)))
+
+    def _report_jobs(self, e: fx.ReportJobs) -> None:
+        """Tell the org's gateway agent what became of these jobs (by delivery id); a released one is
+        also recorded on the device, so its redelivery never prints twice."""
+        s = self._current(e.session)
+        if s is None:
+            return
+        deliveries = [d for j in e.job_ids if (d := s.jobs.get(j, {}).get("delivery"))]
+        if e.state == "released":
+            for d in deliveries:
+                self.released.add(d)
+        if not deliveries or not s.outcomes_url:
+            return
+        try:
+            outcomes.report(s.outcomes_url, [(d, e.state) for d in deliveries])
+        except (outcomes.OutcomeError, ValueError) as exc:
+            journal.record("outcomes not reported", level=30, org=s.org, state=e.state, jobs=len(deliveries),
+                           error=str(exc))
+            return
+        journal.record("outcomes reported", org=s.org, state=e.state, jobs=len(deliveries))
 
     def _engine_outcome(self, outcome: EngineOutcome) -> None:
         """How a released job ended at the engine (on the engine's thread): journalled whatever became
@@ -459,6 +485,7 @@ class Runtime:
         held = [dict(j, **(s.jobs.get(j["id"], {}) if s else {})) for j in view.get("held_jobs", [])]
         for j in held:
             j.pop("format", None)
+            j.pop("delivery", None)
         tunnel = {"up": bool(s and s.virtual_ip and view.get("org")), "virtual_ip": s.virtual_ip if s else None}
         number = getattr(self.state, "session", None)
         printing = [{"id": j.job_id, "user": j.user, "title": j.title}

@@ -30,8 +30,8 @@ def test_a_signed_job_is_ok_once(tmp_path):
     path.write_bytes(DOC)
     nonces = NonceRecord(time.time)
     p = proof()
-    assert check(job(p), path, org="acme", desk_keys=(PUB,), nonces=nonces, now=time.time()) == "ok"
-    assert check(job(p), path, org="acme", desk_keys=(PUB,), nonces=nonces, now=time.time()) == "replayed"
+    assert check(job(p), path, org="acme", desk_keys=(PUB,), nonces=nonces, now=time.time()).verdict == "ok"
+    assert check(job(p), path, org="acme", desk_keys=(PUB,), nonces=nonces, now=time.time()).verdict == "replayed"
 
 
 def test_what_a_colleague_can_do_is_refused(tmp_path):
@@ -45,11 +45,11 @@ def test_what_a_colleague_can_do_is_refused(tmp_path):
         "an old proof": (job(proof(doc=b"mallory's document", issued=now - WINDOW_S - 5)), "expired"),
     }
     for name, (j, want) in cases.items():
-        assert check(j, path, org="acme", desk_keys=(PUB,), nonces=NonceRecord(time.time), now=now) == want, name
+        assert check(j, path, org="acme", desk_keys=(PUB,), nonces=NonceRecord(time.time), now=now).verdict == want, name
     good = job(proof(doc=b"mallory's document"))
-    assert check(good, path, org="globex", desk_keys=(PUB,), nonces=NonceRecord(time.time), now=now) == "bad signature"
-    assert check(good, path, org="acme", desk_keys=(), nonces=NonceRecord(time.time), now=now) == "no keys"
-    assert check(good, None, org="acme", desk_keys=(PUB,), nonces=NonceRecord(time.time), now=now) == "no document"
+    assert check(good, path, org="globex", desk_keys=(PUB,), nonces=NonceRecord(time.time), now=now).verdict == "bad signature"
+    assert check(good, path, org="acme", desk_keys=(), nonces=NonceRecord(time.time), now=now).verdict == "no keys"
+    assert check(good, None, org="acme", desk_keys=(PUB,), nonces=NonceRecord(time.time), now=now).verdict == "no document"
 
 
 def test_the_nonce_record_forgets_after_twice_the_window():
@@ -60,3 +60,34 @@ def test_the_nonce_record_forgets_after_twice_the_window():
     assert "n1" in record
     t[0] += 2
     assert "n1" not in record and len(record) == 0
+
+
+def test_a_redelivery_of_a_job_released_here_before_is_refused_and_named(tmp_path):
+    from firmware.outcomes import ReleasedRecord
+
+    path = tmp_path / "d00007-001"
+    path.write_bytes(DOC)
+    first = check(job(proof()), path, org="acme", desk_keys=(PUB,), nonces=NonceRecord(time.time), now=time.time())
+    assert first.verdict == "ok" and first.delivery
+    released = ReleasedRecord(time.time)
+    released.add(first.delivery)
+    # a redelivery signs a fresh proof; here the same one, its nonce unseen on a fresh record
+    again = check(job(proof()), path, org="acme", desk_keys=(PUB,), nonces=NonceRecord(time.time), now=time.time(),
+                  released=released)
+    assert again.verdict == "ok" and again.delivery != first.delivery
+    same = check(job(_proof_with_delivery(first.delivery)), path, org="acme", desk_keys=(PUB,),
+                 nonces=NonceRecord(time.time), now=time.time(), released=released)
+    assert (same.verdict, same.delivery) == ("already released", first.delivery)
+
+
+def _proof_with_delivery(delivery: str) -> str:
+    """A redelivery's proof (job_proof v2: a fresh nonce, the first delivery's id)."""
+    import inspect
+
+    from hal.printer import job_proof
+
+    if "delivery" not in inspect.signature(job_proof.sign).parameters:
+        import pytest
+        pytest.skip("job_proof v2 (delivery ids) not landed yet")
+    return sign(KEY, org="acme", user="alice", title="payslip.pdf", document_sha256=hashlib.sha256(DOC).digest(),
+                issued=int(time.time()), delivery=delivery)
