@@ -12,6 +12,7 @@ BENCHES = [
     ("printer", ["--runs", "20"], ["--runs", "5"]),
     ("tunnel", [], ["--runs", "5", "--kill-runs", "1"]),
     ("session", ["--runs", "20"], ["--runs", "3", "--primitive-runs", "3"]),
+    ("session", ["--runs", "20", "--busy-core"], ["--runs", "3", "--primitive-runs", "3", "--busy-core"]),
     ("session", ["--runs", "20", "--wan-rtt-ms", "40"], ["--runs", "2", "--primitive-runs", "2", "--wan-rtt-ms", "40"]),
     ("session", ["--runs", "10", "--primitive-runs", "10", "--wan-rtt-ms", "150"],
      ["--runs", "2", "--primitive-runs", "2", "--wan-rtt-ms", "150"]),

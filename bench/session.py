@@ -10,17 +10,20 @@ Paths (one session each run; the card is presented at a random phase, as a perso
   `print_service`), `desk_queue` (the later of the two -> the queue is on the desk).
 - owner's tap -> document: card presented -> the held job's document at the engine. Parts: `card`,
   `auth` (card event -> the org's RADIUS said yes, through the tunnel), `release` (yes -> document at
-  the engine: moveJob, the release queue, ippeveprinter).
+  the engine: the document into the engine spool, one Print-Job, ippeveprinter).
 - tunnel drop -> purge verified / -> desk queue removed: the gateway terminates the IKE SA (a clean
   delete, not dead-peer detection) -> the firmware is idle with its purge verified / the desk's queue
   is gone.
 
 Primitives (the same lab, the firmware idle, each alone): a bare HTTPS lookup (a fresh signed
 request with the device's key, as the session makes), `swanctl --initiate` of the same profile,
-a bare RADIUS request through that tunnel, a bare CUPS release (a standalone session cupsd:
-release -> document at the engine), all timed inside the office host. Ratio = whole path measured
+a bare RADIUS request through that tunnel, a bare release (a standalone session cupsd and the
+firmware's PrintEngine: release -> document at the engine), all timed inside the office host. Ratio = whole path measured
 from the card event / sum of the primitives it contains (tap -> queue: lookup + initiate; owner's
 tap -> document: RADIUS + release). The card part is the lab's simulated reader, reported apart.
+
+`--busy-core`: one core kept busy for the whole run by a process of the benchmark's own (a stand-in
+for the kiosk browser a Pi runs beside the firmware); results in `session-busy*.json`.
 
 Timestamps are wall-clock (`time.time()`), comparable across the lab's hosts (one kernel): the
 firmware's audit entries carry them, the gateway agent's listing has `since`, the engine's recorder
@@ -35,6 +38,7 @@ import os
 import random
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -343,13 +347,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--primitive-runs", type=int, default=20)
     p.add_argument("--wan-rtt-ms", type=float, default=0.0)
+    p.add_argument("--busy-core", action="store_true", help="keep one core busy for the whole run")
     args = p.parse_args(argv)
-    results = run(args.runs, args.wan_rtt_ms, args.primitive_runs)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy_core else None
+    try:
+        results = run(args.runs, args.wan_rtt_ms, args.primitive_runs)
+    finally:
+        if busy is not None:  # ours, by pid
+            busy.kill()
+            busy.wait()
+    results["busy_core"] = args.busy_core
     print(table(results["paths"]))
     print(table(results["primitives"]))
     for k, v in results["ratios"].items():
         print(f"ratio {k}: {v}")
-    suffix = f"-rtt{int(args.wan_rtt_ms)}" if args.wan_rtt_ms else ""
+    suffix = ("-busy" if args.busy_core else "") + (f"-rtt{int(args.wan_rtt_ms)}" if args.wan_rtt_ms else "")
     print(f"-> {write('session' + suffix, results)}")
     return 0
 
