@@ -86,7 +86,7 @@ def ruleset() -> str:
 """
 
 
-def _ifname(name: str) -> str:
+def check_ifname(name: str) -> str:
     if not isinstance(name, str) or not _IFNAME.match(name):
         raise ForwardingError(f"invalid interface name {name!r}")
     return name
@@ -95,13 +95,16 @@ def _ifname(name: str) -> str:
 def door_element(door: Door) -> str:
     """Pure: nft's spelling of a `doors` element."""
     link, sandbox_ip, gateway, uplink = door
-    return (f'"{_ifname(link)}" . {ipaddress.IPv4Address(sandbox_ip)} . {ipaddress.IPv4Address(gateway)}'
-            f' . "{_ifname(uplink)}"')
+    try:
+        addresses = f"{ipaddress.IPv4Address(sandbox_ip)} . {ipaddress.IPv4Address(gateway)}"
+    except ValueError as exc:
+        raise ForwardingError(f"invalid door address: {exc}") from None
+    return f'"{check_ifname(link)}" . {addresses} . "{check_ifname(uplink)}"'
 
 
 def add_elements(links=(), doors=()) -> str:
     """Pure: nft commands adding these elements."""
-    out = "".join(f'add element {_TABLE} links {{ "{_ifname(link)}" }}\n' for link in links)
+    out = "".join(f'add element {_TABLE} links {{ "{check_ifname(link)}" }}\n' for link in links)
     return out + "".join(f"add element {_TABLE} doors {{ {door_element(d)} }}\n" for d in doors)
 
 
@@ -109,7 +112,7 @@ def delete_elements(links=(), doors=()) -> str:
     """Pure: nft commands deleting these elements, absent or not (each is added first: nft 1.0.6
     has no `destroy element`, and a delete of an absent element fails the whole transaction)."""
     return add_elements(links, doors) + "".join(
-        [f'delete element {_TABLE} links {{ "{_ifname(link)}" }}\n' for link in links]
+        [f'delete element {_TABLE} links {{ "{check_ifname(link)}" }}\n' for link in links]
         + [f"delete element {_TABLE} doors {{ {door_element(d)} }}\n" for d in doors])
 
 
