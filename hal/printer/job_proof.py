@@ -20,11 +20,18 @@ only ever holds public keys, so nothing it keeps could forge a proof.
 Wire form (ASCII, at most `MAX_LEN` characters), carried in the job attribute
 `tenantprint-owner-proof` (text):
 
-    v1.<nonce: 32 lowercase hex>.<issued: unix seconds, decimal>.<signature: 86 chars base64url, no padding>
+    v2.<nonce: 32 lowercase hex>.<issued: unix seconds, decimal>.<delivery: 32 lowercase hex>.<signature: 86 chars base64url, no padding>
 
-Signed message: `DOMAIN` + org, user, title, nonce, issued joined by NUL + NUL + the document's
-SHA-256 (32 raw bytes). NUL cannot occur in any of the fields (they are C strings in CUPS; `sign`
-and `verify` refuse them), so the fields cannot be shifted into one another.
+Signed message: `DOMAIN` + org, user, title, nonce, issued, delivery joined by NUL + NUL + the
+document's SHA-256 (32 raw bytes). NUL cannot occur in any of the fields (they are C strings in
+CUPS; `sign` and `verify` refuse them), so the fields cannot be shifted into one another.
+
+The delivery id names a job across its deliveries ("No job is lost", issue 14): it is the nonce of
+the job's first delivery. A desk keeps a copy of every job it delivered until the MFP reports what
+became of it by delivery id (released, deleted, expired: org/gateway_agent.py); a job whose session
+ended without a word is delivered again, with a fresh nonce and issued time (the proof window and
+the nonce record stay as they are) but the first delivery's id, so the MFP can tell a redelivery of
+a job it already released. Only v2 is accepted.
 
 Pure: no I/O; the clock and the nonce record are the caller's.
 """
@@ -43,18 +50,18 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 ATTRIBUTE = "tenantprint-owner-proof"
-VERSION = "v1"
-DOMAIN = b"tenantprint-job-proof/v1\0"
+VERSION = "v2"
+DOMAIN = b"tenantprint-job-proof/v2\0"
 WINDOW_S = 15 * 60
 MAX_LEN = 200
-_PROOF = re.compile(r"v1\.([0-9a-f]{32})\.([0-9]{1,12})\.([A-Za-z0-9_-]{86})")
+_PROOF = re.compile(r"v2\.([0-9a-f]{32})\.([0-9]{1,12})\.([0-9a-f]{32})\.([A-Za-z0-9_-]{86})")
 _NONCE = re.compile(r"[0-9a-f]{32}")
 _MAX_FIELD = 1024  # org ids are 64, user names and titles 255 octets in IPP: room, but bounded
 
 
 class ProofReason(enum.Enum):
     VALID = "valid"
-    MALFORMED = "malformed"  # not a v1 proof (absent, too long, wrong shape)
+    MALFORMED = "malformed"  # not a v2 proof (absent, too long, wrong shape)
     NO_KEYS = "no keys"  # the org registered no desk key: nothing can be proven
     # The signature does not verify under any of the org's keys. It binds org, user, title and
     # document, so a proof of another user, another org or another document ends here too: the
@@ -68,6 +75,7 @@ class ProofReason(enum.Enum):
 class ProofResult:
     reason: ProofReason
     nonce: str | None = None  # set once the proof parsed
+    delivery: str | None = None  # the job's delivery id (its first delivery's nonce): set when valid
 
     @property
     def valid(self) -> bool:
@@ -90,44 +98,53 @@ def _field(name: str, value: str) -> bytes:
     return raw
 
 
-def signed_message(*, org: str, user: str, title: str, nonce: str, issued: int, document_sha256: bytes) -> bytes:
+def _id(name: str, value: object) -> bytes:
+    if not isinstance(value, str) or not _NONCE.fullmatch(value):
+        raise ValueError(f"{name}: expected 32 lowercase hex characters")
+    return value.encode()
+
+
+def signed_message(*, org: str, user: str, title: str, nonce: str, issued: int, delivery: str,
+                   document_sha256: bytes) -> bytes:
     """Pure: the exact bytes that are signed (exposed for tests and other implementations)."""
     if not isinstance(document_sha256, (bytes, bytearray)) or len(document_sha256) != 32:
         raise ValueError("document_sha256: expected the 32-byte SHA-256 digest")
-    if not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
-        raise ValueError("nonce: expected 32 lowercase hex characters")
-    fields = (_field("org", org), _field("user", user), _field("title", title), nonce.encode(),
-              str(int(issued)).encode())
+    fields = (_field("org", org), _field("user", user), _field("title", title), _id("nonce", nonce),
+              str(int(issued)).encode(), _id("delivery", delivery))
     return DOMAIN + b"\0".join(fields) + b"\0" + bytes(document_sha256)
 
 
 def sign(private_key: Ed25519PrivateKey, *, org: str, user: str, title: str, document_sha256: bytes,
-         nonce: str | None = None, issued: int) -> str:
-    """The proof string for one job (`nonce`: 32 lowercase hex, fresh when None)."""
+         nonce: str | None = None, issued: int, delivery: str | None = None) -> str:
+    """The proof string for one delivery of a job (`nonce`: 32 lowercase hex, fresh when None).
+    `delivery`: the id of the job's first delivery when this is a redelivery; None for a first
+    delivery, whose id is its own nonce."""
     nonce = secrets.token_hex(16) if nonce is None else nonce
+    delivery = nonce if delivery is None else delivery
     if not 0 <= int(issued) < 10**12:
         raise ValueError("issued: out of range")
     sig = private_key.sign(signed_message(org=org, user=user, title=title, nonce=nonce, issued=issued,
-                                          document_sha256=document_sha256))
-    return f"{VERSION}.{nonce}.{int(issued)}.{base64.urlsafe_b64encode(sig).rstrip(b'=').decode()}"
+                                          delivery=delivery, document_sha256=document_sha256))
+    return (f"{VERSION}.{nonce}.{int(issued)}.{delivery}."
+            f"{base64.urlsafe_b64encode(sig).rstrip(b'=').decode()}")
 
 
-def parse(proof: object) -> tuple[str, int, bytes] | None:
-    """Pure: (nonce, issued, signature) of a well-formed proof, else None. Looks at no more than
-    `MAX_LEN` characters."""
+def parse(proof: object) -> tuple[str, int, str, bytes] | None:
+    """Pure: (nonce, issued, delivery, signature) of a well-formed proof, else None. Looks at no
+    more than `MAX_LEN` characters."""
     if not isinstance(proof, str) or len(proof) > MAX_LEN:
         return None
     m = _PROOF.fullmatch(proof)
     if m is None:
         return None
     try:
-        sig = base64.urlsafe_b64decode(m.group(3) + "==")
+        sig = base64.urlsafe_b64decode(m.group(4) + "==")
     except (binascii.Error, ValueError):
         return None
     # 86 characters carry 516 bits: the last 4 must be zero, or two spellings would verify alike.
-    if len(sig) != 64 or base64.urlsafe_b64encode(sig).rstrip(b"=").decode() != m.group(3):
+    if len(sig) != 64 or base64.urlsafe_b64encode(sig).rstrip(b"=").decode() != m.group(4):
         return None
-    return m.group(1), int(m.group(2)), sig
+    return m.group(1), int(m.group(2)), m.group(3), sig
 
 
 def public_key(raw: bytes | Ed25519PublicKey) -> Ed25519PublicKey:
@@ -136,7 +153,8 @@ def public_key(raw: bytes | Ed25519PublicKey) -> Ed25519PublicKey:
 
 def verify(proof: object, public_keys: Iterable[bytes | Ed25519PublicKey], *, org: str, user: str, title: str,
            document_sha256: bytes, now: float, seen_nonces: MutableSet[str]) -> ProofResult:
-    """Whether `proof` shows that `user` of `org` sent this document with this title.
+    """Whether `proof` shows that `user` of `org` sent this document with this title (and, when
+    valid, which delivery of which job it is: `ProofResult.delivery`).
 
     `public_keys`: the org's desk keys (raw 32 bytes, as `SessionProfile.print.desk_keys`, or
     loaded keys). `now`: the verifier's unix time. `seen_nonces`: the nonces of proofs already
@@ -147,7 +165,7 @@ def verify(proof: object, public_keys: Iterable[bytes | Ed25519PublicKey], *, or
     parsed = parse(proof)
     if parsed is None:
         return ProofResult(ProofReason.MALFORMED)
-    nonce, issued, sig = parsed
+    nonce, issued, delivery, sig = parsed
     keys = list(public_keys)
     if not keys:
         return ProofResult(ProofReason.NO_KEYS, nonce)
@@ -155,7 +173,7 @@ def verify(proof: object, public_keys: Iterable[bytes | Ed25519PublicKey], *, or
         return ProofResult(ProofReason.EXPIRED, nonce)
     try:
         message = signed_message(org=org, user=user, title=title, nonce=nonce, issued=issued,
-                                 document_sha256=document_sha256)
+                                 delivery=delivery, document_sha256=document_sha256)
     except (TypeError, ValueError):
         return ProofResult(ProofReason.BAD_SIGNATURE, nonce)
     for key in keys:
@@ -169,4 +187,4 @@ def verify(proof: object, public_keys: Iterable[bytes | Ed25519PublicKey], *, or
     if nonce in seen_nonces:
         return ProofResult(ProofReason.REPLAYED, nonce)
     seen_nonces.add(nonce)
-    return ProofResult(ProofReason.VALID, nonce)
+    return ProofResult(ProofReason.VALID, nonce, delivery)

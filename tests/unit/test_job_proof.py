@@ -1,4 +1,5 @@
-"""The owner proof of a job (hal/printer/job_proof.py): sign, verify, and a parser that takes anything."""
+"""The owner proof of a job (hal/printer/job_proof.py, v2): sign, verify, the delivery id it binds,
+and a parser that takes anything."""
 
 from __future__ import annotations
 
@@ -30,11 +31,40 @@ def check(proof, keys=(raw(KEY),), seen=None, now=NOW, **changes):
 
 def test_a_signed_job_verifies_once_and_its_nonce_is_recorded():
     proof = jp.sign(KEY, **JOB, issued=NOW)
-    assert len(proof) <= jp.MAX_LEN and proof.isascii() and proof.startswith("v1.")
+    assert len(proof) <= jp.MAX_LEN and proof.isascii() and proof.startswith("v2.")
     seen: set[str] = set()
     first = check(proof, seen=seen)
     assert first.valid and first.nonce in seen
-    assert check(proof, seen=seen).reason is ProofReason.REPLAYED
+    assert first.delivery == first.nonce  # a first delivery is named by its own nonce
+    again = check(proof, seen=seen)
+    assert again.reason is ProofReason.REPLAYED and again.delivery is None
+
+
+def test_a_redelivery_signs_a_fresh_nonce_and_keeps_the_first_deliverys_id():
+    first = check(jp.sign(KEY, **JOB, issued=NOW))
+    proof = jp.sign(KEY, **JOB, issued=NOW + 60, delivery=first.delivery)
+    seen: set[str] = set()
+    again = check(proof, seen=seen, now=NOW + 60)
+    assert again.valid and again.delivery == first.delivery and again.nonce != first.nonce
+    assert seen == {again.nonce}  # the nonce record holds nonces, not delivery ids
+    # the same job delivered a third time: another nonce, the same id, and not a replay
+    third = check(jp.sign(KEY, **JOB, issued=NOW + 120, delivery=first.delivery), seen=seen, now=NOW + 120)
+    assert third.valid and third.delivery == first.delivery
+
+
+def test_the_delivery_id_is_signed_changing_it_breaks_the_proof():
+    proof = jp.sign(KEY, **JOB, issued=NOW, delivery="ab" * 16)
+    head, nonce, issued, delivery, sig = proof.split(".")
+    assert delivery == "ab" * 16
+    for other in ("cd" * 16, nonce):
+        forged = ".".join((head, nonce, issued, other, sig))
+        assert check(forged).reason is ProofReason.BAD_SIGNATURE
+
+
+@pytest.mark.parametrize("delivery", ["", "AB" * 16, "ab" * 15, "ab" * 17, "zz" * 16, 5])
+def test_a_delivery_id_is_32_lowercase_hex(delivery):
+    with pytest.raises(ValueError):
+        jp.sign(KEY, **JOB, issued=NOW, delivery=delivery)
 
 
 def test_rotation_any_of_the_orgs_keys_verifies():
@@ -77,12 +107,20 @@ def test_an_expired_or_bad_proof_does_not_use_up_its_nonce():
     assert seen == set() and check(proof, seen=seen).valid
 
 
+def _v1(proof: str) -> str:
+    """The same proof in the old v1 form (no delivery id)."""
+    _, nonce, issued, _, sig = proof.split(".")
+    return f"v1.{nonce}.{issued}.{sig}"
+
+
 @pytest.mark.parametrize("proof", [
-    None, "", 42, b"v1", "v2" + jp.sign(KEY, **JOB, issued=NOW)[2:],
+    None, "", 42, b"v2", "v1" + jp.sign(KEY, **JOB, issued=NOW)[2:], _v1(jp.sign(KEY, **JOB, issued=NOW)),
     jp.sign(KEY, **JOB, issued=NOW) + "=", jp.sign(KEY, **JOB, issued=NOW) + "\n",
     " " + jp.sign(KEY, **JOB, issued=NOW), jp.sign(KEY, **JOB, issued=NOW).upper(),
-    "v1." + "0" * 32 + "." + str(NOW) + "." + "A" * 85,
-    "v1." + "0" * 32 + "." + "1" * 13 + "." + "A" * 86,
+    "v2." + "0" * 32 + "." + str(NOW) + "." + "0" * 32 + "." + "A" * 85,
+    "v2." + "0" * 32 + "." + "1" * 13 + "." + "0" * 32 + "." + "A" * 86,
+    "v2." + "0" * 32 + "." + str(NOW) + "." + "A" * 86,  # no delivery id
+    "v2." + "0" * 32 + "." + str(NOW) + "." + "0" * 31 + "." + "A" * 86,
     "x" * 10_000,
 ])
 def test_malformed_proofs(proof):
@@ -108,15 +146,18 @@ def test_fields_with_nul_cannot_be_signed_nor_verified():
 
 
 def test_the_signed_message_is_domain_separated_and_unambiguous():
-    m = jp.signed_message(org="acme", user="al", title="ice", nonce="0" * 32, issued=5, document_sha256=DOC)
-    assert m == b"tenantprint-job-proof/v1\0acme\0al\0ice\0" + b"0" * 32 + b"\x005\0" + DOC
+    m = jp.signed_message(org="acme", user="al", title="ice", nonce="0" * 32, issued=5, delivery="1" * 32,
+                          document_sha256=DOC)
+    assert m == (b"tenantprint-job-proof/v2\0acme\0al\0ice\0" + b"0" * 32 + b"\x005\0" + b"1" * 32 + b"\0"
+                 + DOC)
     assert m != jp.signed_message(org="acme", user="ali", title="ce", nonce="0" * 32, issued=5,
-                                  document_sha256=DOC)
+                                  delivery="1" * 32, document_sha256=DOC)
 
 
 @settings(max_examples=3000, deadline=None)
 @given(st.one_of(st.text(max_size=300), st.binary(max_size=300).map(lambda b: b.decode("latin-1")),
-                 st.from_regex(r"v1\.[0-9a-f]{32}\.[0-9]{1,12}\.[A-Za-z0-9_-]{86}", fullmatch=True)))
+                 st.from_regex(r"v2\.[0-9a-f]{32}\.[0-9]{1,12}\.[0-9a-f]{32}\.[A-Za-z0-9_-]{86}",
+                               fullmatch=True)))
 def test_the_parser_takes_anything_and_never_verifies_a_forgery(text):
     result = check(text)
     assert result.reason in set(ProofReason) and not result.valid
