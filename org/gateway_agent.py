@@ -1,25 +1,52 @@
-"""The gateway agent: watches the org gateway's charon and tells the org's LAN which MFPs are up.
+"""The gateway agent: watches the org gateway's charon and tells the org's LAN which MFPs are up,
+and what became of the jobs the desks delivered to them.
 
 It runs on the organization's VPN gateway next to charon. It follows charon over VICI (the
 `ike-updown` events, reconciled with `list-sas` on every event and every few seconds) and keeps the
 set of connected shared-office MFPs: their IKE identity and the virtual IP the gateway gave them.
 Desk agents on the LAN follow it over HTTP:
 
-    GET /v1/mfps[?after=<version>&wait=<seconds>]  ->  {"version": N, "mfps": [{"id", "virtual_ip", "since"}]}
+    GET /v1/mfps[?after=<version>&wait=<seconds>]
+        ->  {"version": N, "mfps": [{"id", "virtual_ip", "since", "session"}]}
 
 With `after`, the request is held until the version moves past it or `wait` (<= 30 s) passes, so a
 desk agent hears of an MFP within one round trip of charon's event. The listing carries no secrets.
+`session` names one session of an MFP (its tunnel): the same while the MFP stays listed (an IKE
+rekey does not change it), and after a restart of this agent while the tunnel lasts (it is derived
+from charon's start time and the IKE SA's unique id); another one when the MFP comes back.
+
+Outcomes ("No job is lost", issue 14). The MFP reports what became of the jobs it held, named by
+their delivery id (hal/printer/job_proof.py), through its tunnel:
+
+    POST /v1/outcomes  {"outcomes": [{"delivery": "<32 hex>", "state": "released"|"deleted"|"expired"}]}
+        -> 204; 403 when the source is not the virtual IP of an MFP listed now; 400 for anything
+           but 1-100 such entries in a JSON body of at most 64 KiB
+    GET /v1/outcomes[?after=<version>&wait=<seconds>]
+        ->  {"version": N, "outcomes": [{"delivery", "state", "mfp", "at"}]}
+
+Why the source address is enough: the MFP's virtual IP lives behind the tunnel (the gateway answers
+ARP for it on the LAN, `farp`), so a TCP connection from it completes only if the peer receives
+what the gateway sends to that address, which goes into that MFP's tunnel; a LAN host spoofing the
+address never sees the handshake's answer. The outcomes are kept in memory (24 h, 10000 at most, the
+oldest forgotten first), one entry per delivery (the latest state). Versions are numbers that only
+grow, also across restarts of this agent (each entry's is at least the wall clock in milliseconds):
+a desk that asks `after` a version this agent never gave gets every outcome it keeps. An answer
+carries at most 1000 outcomes; its `version` is then that of its last one, so the next request gets
+the rest at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import ipaddress
 import json
 import logging
+import re
 import socket
 import threading
 import time
+from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -32,11 +59,18 @@ def _text(v) -> str:
     return v.decode() if isinstance(v, (bytes, bytearray)) else str(v)
 
 
-def connected_mfps(sas: list[dict], conn_prefix: str = "", going: frozenset[str] = frozenset()) -> dict[str, dict]:
+def session_id(charon_started: str, uniqueid: str) -> str:
+    """Pure: the name of one MFP session: its IKE SA under this charon (16 hex)."""
+    return hashlib.sha256(f"{charon_started}\0{uniqueid}".encode()).hexdigest()[:16]
+
+
+def connected_mfps(sas: list[dict], conn_prefix: str = "", going: frozenset[str] = frozenset(),
+                   charon_started: str = "") -> dict[str, dict]:
     """Pure: the MFPs in a `list-sas` answer (established IKE SAs with a virtual IP), by virtual IP.
 
     `going` holds the unique ids of IKE SAs an `ike-updown` event just reported down: charon may
-    still list them as ESTABLISHED while the event is delivered."""
+    still list them as ESTABLISHED while the event is delivered. `charon_started`: charon's start
+    time (VICI `stats`), which makes the sessions' names unique across charon restarts."""
     out: dict[str, dict] = {}
     for entry in sas:
         for name, sa in entry.items():
@@ -50,7 +84,8 @@ def connected_mfps(sas: list[dict], conn_prefix: str = "", going: frozenset[str]
                     ipaddress.ip_address(ip)
                 except ValueError:
                     continue
-                out[ip] = {"id": _text(sa.get("remote-id", b"")), "virtual_ip": ip}
+                out[ip] = {"id": _text(sa.get("remote-id", b"")), "virtual_ip": ip,
+                           "session": session_id(charon_started, _text(sa.get("uniqueid", b"")))}
     return out
 
 
@@ -71,15 +106,29 @@ class MfpRegistry:
         self.version = 0
 
     def replace(self, mfps: dict[str, dict]) -> bool:
+        """Take a new set of MFPs (by virtual IP); an MFP still listed keeps its `since` and its
+        `session`. True when the set changed."""
         with self._cond:
             now = time.time()
-            merged = {ip: dict(m, since=self._mfps.get(ip, {}).get("since", now)) for ip, m in mfps.items()}
+            merged = {}
+            for ip, m in mfps.items():
+                old = self._mfps.get(ip)
+                kept = old if old is not None and old["id"] == m["id"] else {}
+                merged[ip] = dict(m, since=kept.get("since", now),
+                                  session=kept.get("session", m.get("session", "")))
             if {k: (v["id"]) for k, v in merged.items()} == {k: v["id"] for k, v in self._mfps.items()}:
                 return False
             self._mfps = merged
             self.version += 1
             self._cond.notify_all()
             return True
+
+    def mfp_at(self, address: str) -> str | None:
+        """The MFP listed now at virtual IP `address` (its IKE identity, or the address when the
+        gateway knows none), None when no MFP is."""
+        with self._cond:
+            m = self._mfps.get(address)
+            return None if m is None else (m["id"] or address)
 
     def snapshot(self, after: int | None = None, wait: float = 0.0) -> dict:
         with self._cond:
@@ -88,28 +137,178 @@ class MfpRegistry:
             return {"version": self.version, "mfps": sorted(self._mfps.values(), key=lambda m: m["virtual_ip"])}
 
 
+OUTCOME_STATES = frozenset({"released", "deleted", "expired"})
+MAX_OUTCOME_BODY = 64 * 1024
+MAX_OUTCOME_BATCH = 100
+_DELIVERY = re.compile(r"[0-9a-f]{32}")
+
+
+class OutcomesRefused(ValueError):
+    """A POST /v1/outcomes body that is not exactly what the contract allows (answered 400)."""
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise OutcomesRefused("a key appears twice")
+    return dict(pairs)
+
+
+def _no_constant(name: str):
+    raise OutcomesRefused(f"{name} is not JSON")
+
+
+def parse_outcomes(body: bytes) -> list[tuple[str, str]]:
+    """Pure: the (delivery id, state) pairs of a POST /v1/outcomes body; OutcomesRefused for
+    anything else: not UTF-8 JSON, longer than MAX_OUTCOME_BODY, other keys than `outcomes` and
+    (in each entry) `delivery` and `state`, a key twice, not 1-MAX_OUTCOME_BATCH entries, a delivery
+    that is not 32 lowercase hex, a state outside OUTCOME_STATES."""
+    if not isinstance(body, (bytes, bytearray)) or len(body) > MAX_OUTCOME_BODY:
+        raise OutcomesRefused("body missing or too long")
+    try:
+        doc = json.loads(bytes(body).decode("utf-8"), object_pairs_hook=_no_duplicates,
+                         parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise OutcomesRefused(f"not JSON: {type(exc).__name__}") from None
+    if not isinstance(doc, dict) or set(doc) != {"outcomes"}:
+        raise OutcomesRefused('expected {"outcomes": [...]}')
+    items = doc["outcomes"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_OUTCOME_BATCH:
+        raise OutcomesRefused(f"outcomes: expected 1-{MAX_OUTCOME_BATCH} entries")
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) != {"delivery", "state"}:
+            raise OutcomesRefused('an outcome is {"delivery", "state"}')
+        delivery, state = item["delivery"], item["state"]
+        if not isinstance(delivery, str) or not _DELIVERY.fullmatch(delivery):
+            raise OutcomesRefused("delivery: expected 32 lowercase hex")
+        if not isinstance(state, str) or state not in OUTCOME_STATES:
+            raise OutcomesRefused("state: expected released, deleted or expired")
+        out.append((delivery, state))
+    return out
+
+
+class OutcomeStore:
+    """The outcomes the MFPs reported, one per delivery (its latest state), versioned and bounded:
+    `keep_s` seconds and `limit` entries at most, the oldest forgotten first."""
+
+    PAGE = 1000  # outcomes in one answer at most
+
+    def __init__(self, keep_s: float = 24 * 3600.0, limit: int = 10000, clock=time.time):
+        self._cond = threading.Condition()
+        self._entries: OrderedDict[str, dict] = OrderedDict()  # delivery -> entry, oldest first
+        self._keep_s, self._limit, self._clock = keep_s, limit, clock
+        self.version = int(clock() * 1000)
+
+    def _prune(self) -> None:
+        horizon = self._clock() - self._keep_s
+        while self._entries and (len(self._entries) > self._limit
+                                 or next(iter(self._entries.values()))["at"] < horizon):
+            self._entries.popitem(last=False)
+
+    def add(self, mfp: str, outcomes: list[tuple[str, str]]) -> int:
+        """Record `mfp`'s outcomes; returns how many were new (the same state again is not)."""
+        with self._cond:
+            added = 0
+            for delivery, state in outcomes:
+                old = self._entries.get(delivery)
+                if old is not None and old["state"] == state:
+                    continue
+                self.version = max(self.version + 1, int(self._clock() * 1000))
+                self._entries.pop(delivery, None)
+                self._entries[delivery] = {"delivery": delivery, "state": state, "mfp": mfp,
+                                           "at": self._clock(), "version": self.version}
+                added += 1
+            self._prune()
+            if added:
+                self._cond.notify_all()
+            return added
+
+    def read(self, after: int | None = None, wait: float = 0.0) -> dict:
+        """The outcomes after version `after` (all kept ones without it, or when this store never
+        gave it), waiting up to `wait` seconds for one."""
+        with self._cond:
+            if after is not None and wait > 0 and after == self.version:
+                self._cond.wait_for(lambda: self.version != after, timeout=wait)
+            self._prune()
+            since = after if after is not None and after <= self.version else None
+            entries = [e for e in self._entries.values() if since is None or e["version"] > since]
+            page = entries[:self.PAGE]
+            version = page[-1]["version"] if len(entries) > self.PAGE else self.version
+            return {"version": version,
+                    "outcomes": [{k: e[k] for k in ("delivery", "state", "mfp", "at")} for e in page]}
+
+
+def _query(url) -> tuple[int | None, float]:
+    q = parse_qs(url.query)
+    after = int(q["after"][0]) if "after" in q else None
+    wait = min(max(float(q.get("wait", ["0"])[0]), 0.0), 30.0)
+    return after, wait
+
+
 class _Handler(BaseHTTPRequestHandler):
     registry: MfpRegistry
+    outcomes: OutcomeStore
+    timeout = 10  # seconds a client may take to send its request (a long poll's answer is ours)
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         url = urlparse(self.path)
-        if url.path != "/v1/mfps":
+        if url.path not in ("/v1/mfps", "/v1/outcomes"):
             self._send(404, {"error": "not found"})
             return
-        q = parse_qs(url.query)
         try:
-            after = int(q["after"][0]) if "after" in q else None
-            wait = min(max(float(q.get("wait", ["0"])[0]), 0.0), 30.0)
+            after, wait = _query(url)
         except ValueError:
             self._send(400, {"error": "after must be an integer and wait a number"})
             return
-        self._send(200, self.registry.snapshot(after, wait))
+        if url.path == "/v1/mfps":
+            self._send(200, self.registry.snapshot(after, wait))
+        else:
+            self._send(200, self.outcomes.read(after, wait))
 
-    def _send(self, code: int, body: dict) -> None:
+    def do_POST(self):  # noqa: N802
+        if urlparse(self.path).path != "/v1/outcomes":
+            self._send(404, {"error": "not found"}, close=True)
+            return
+        source = self.client_address[0]
+        mfp = self.registry.mfp_at(source)
+        if mfp is None:
+            log.warning("outcomes refused from %s: not the virtual IP of a connected MFP", source)
+            self._send(403, {"error": "only a connected MFP reports outcomes"}, close=True)
+            return
+        try:
+            outcomes = parse_outcomes(self._body())
+        except OutcomesRefused as exc:
+            log.warning("outcomes refused from %s (%s): %s", source, mfp, exc)
+            self._send(400, {"error": str(exc)}, close=True)
+            return
+        added = self.outcomes.add(mfp, outcomes)
+        log.info("outcomes from %s: %d reported, %d new (%s)", mfp, len(outcomes), added,
+                 ", ".join(sorted({s for _, s in outcomes})))
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _body(self) -> bytes:
+        """The request body, read only when its length is declared and within the bound."""
+        if self.headers.get("Transfer-Encoding") or self.headers.get_content_type() != "application/json":
+            raise OutcomesRefused("expected a JSON body with a Content-Length")
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit() or not 0 < int(length) <= MAX_OUTCOME_BODY:
+            raise OutcomesRefused(f"Content-Length: expected 1-{MAX_OUTCOME_BODY}")
+        data = self.rfile.read(int(length))
+        if len(data) != int(length):
+            raise OutcomesRefused("body shorter than its Content-Length")
+        return data
+
+    def _send(self, code: int, body: dict, close: bool = False) -> None:
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if close:  # a refused request's body is never read: the connection cannot carry another one
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
 
@@ -121,9 +320,11 @@ class GatewayAgent:
     def __init__(self, vici_socket: str, listen: tuple[str, int], conn_prefix: str = "", reconcile_s: float = 2.0):
         self.vici_socket = vici_socket
         self.registry = MfpRegistry()
+        self.outcomes = OutcomeStore()
         self.conn_prefix = conn_prefix
         self.reconcile_s = reconcile_s
-        handler = type("Handler", (_Handler,), {"registry": self.registry})
+        self.charon_started = ""  # charon's start time, read once per VICI connection
+        handler = type("Handler", (_Handler,), {"registry": self.registry, "outcomes": self.outcomes})
         self.http = ThreadingHTTPServer(listen, handler)
         self.http.daemon_threads = True
         self._stop = threading.Event()
@@ -135,7 +336,7 @@ class GatewayAgent:
 
     def reconcile(self, session: vici.Session, going: frozenset[str] = frozenset()) -> None:
         sas = list(session.list_sas())
-        if self.registry.replace(connected_mfps(sas, self.conn_prefix, going)):
+        if self.registry.replace(connected_mfps(sas, self.conn_prefix, going, self.charon_started)):
             log.info("mfps %s", json.dumps(self.registry.snapshot()["mfps"]))
 
     def _follow(self) -> None:
@@ -147,6 +348,7 @@ class GatewayAgent:
                 req_sock, requests = self._connect()
                 ev_sock, events = self._connect()
                 socks = [req_sock, ev_sock]
+                self.charon_started = _text(requests.stats().get("uptime", {}).get("since", b""))
                 self.reconcile(requests)
                 for label, event in events.listen(["ike-updown", "child-updown"], timeout=self.reconcile_s):
                     self.reconcile(requests, going_down(label, event))

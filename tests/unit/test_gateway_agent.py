@@ -17,7 +17,9 @@ def test_only_established_sas_with_a_virtual_ip():
         {"mfp-3": _sa(vips=())},
         {"mfp-4": _sa(vips=(b"not-an-ip",))},
     ]
-    assert connected_mfps(sas) == {"10.20.0.200": {"id": "mfp-1.space-1", "virtual_ip": "10.20.0.200"}}
+    got = connected_mfps(sas)
+    assert {ip: (m["id"], m["virtual_ip"]) for ip, m in got.items()} == {"10.20.0.200": ("mfp-1.space-1", "10.20.0.200")}
+    assert len(got["10.20.0.200"]["session"]) == 16  # names this session of the MFP (tests/unit/test_gateway_outcomes.py)
 
 
 def test_conn_prefix_filters():
