@@ -10,8 +10,9 @@ A sandbox is (`hal.sandbox.namespaces.Sandbox`):
   sandbox's default route goes to the device side; the sandbox neither forwards nor answers ARP
   for other interfaces' addresses; no IPv6 on the link;
 - a persistent mount namespace (a handle file `<run_root>/<name>.mnt`, as `lab/host.py` keeps a
-  lab host's) made from the device's, where `/run` is `run_dir` = `<run_root>/<name>`, a tmpfs
-  the device sees too (so the daemon reaches `<run_dir>/charon.vici` without entering), `/tmp` and
+  lab host's) made from the device's (`hal.sandbox.mounts`), where `/run` is `run_dir` =
+  `<run_root>/<name>`, a tmpfs the device sees too (so the daemon reaches
+  `<run_dir>/charon.vici` without entering), `/tmp` and
   `/dev/shm` are private tmpfs, `/sys` shows the sandbox's interfaces, and nothing the device had
   mounted below /run, /tmp, /dev/shm or `run_root` (another sandbox's run_dir, a netns handle) is
   carried over: a sandbox never pins another's files or namespaces;
@@ -24,7 +25,10 @@ Not isolated (yet): the sandbox shares the device's PID namespace, its filesyste
 /run, /tmp and /dev/shm, and root's capabilities; a root process inside can still see and signal
 other processes (and reach another sandbox's files through /proc/<pid>/root).
 
-Errors form one tree below `SandboxError`.
+Use: `Sandbox(name, index, ...)` from `hal.sandbox.namespaces`; `create()`, then start programs with
+`argv(cmd)` and reach them through `run_dir`, open sockets inside with `socket_in()`, open the door
+with `allow_gateway(ip)`; `destroy()` and `leftovers()` at the end. Errors form one tree below
+`SandboxError`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 DEFAULT_LINK_NET = "100.64.200.0/24"
@@ -135,7 +140,7 @@ class SessionSandbox(Protocol):
     """What the firmware uses of a sandbox (`hal.sandbox.namespaces.Sandbox` implements it)."""
 
     name: str
-    run_dir: "object"  # pathlib.Path: the sandbox's /run as the device sees it
+    run_dir: Path  # the sandbox's /run as the device sees it
 
     def create(self) -> None: ...
     def argv(self, cmd: list[str]) -> list[str]: ...

@@ -15,6 +15,7 @@ import ctypes.util
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 from hal.sandbox import SandboxError
@@ -25,29 +26,37 @@ _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _MS_BIND, _MS_PRIVATE = 0x1000, 1 << 18
 _MNT_DETACH, _EBUSY, _EINVAL, _ENOENT = 2, 16, 22, 2
 _OCTAL = re.compile(r"\\([0-7]{3})")
+_run_root_lock = threading.Lock()
 
-# Run by `unshare --mount=<handle> --propagation private nsenter --net=<netns> sh -ec`, so in the
-# sandbox's new mount namespace (a private copy of the device's) and inside its network namespace.
-# Every mount inherited at or below /dev/shm, run_root, /run and /tmp is detached (another
-# sandbox's run_dir, every netns handle: a copy here would keep them alive after their owner
-# removed them), after parking our own run_dir, and the code paths that live under /tmp (a CI
-# checkout), out of the way on the fresh /dev/shm. `-n`: /run/mount/utab is not ours to write.
+# Run by `unshare --mount --propagation private nsenter --net=<netns> sh -ec`, so in the sandbox's
+# new mount namespace (a private copy of the device's) and inside its network namespace. Every
+# mount inherited at or below /dev/shm, run_root, /run and /tmp is detached (another sandbox's
+# run_dir, every netns handle: a copy here would keep them alive after their owner removed them),
+# after parking our own run_dir, and the code paths that live under /tmp (a CI checkout), out of
+# the way on the fresh /dev/shm. `inherited` lists the outermost mounts (a lazy unmount takes its
+# children along); `clear` repeats until none is left, for what those covered: a mount shadowed by
+# a later one on a parent path (a lab host's /run/netns under its /run) or stacked on one path.
+# `-n`: /run/mount/utab is not ours to write. The device checks the result (`foreign_mounts`) before it keeps the namespace.
 SANDBOX_MOUNTS = r"""
 run_dir=$1 run_root=$2 tmp_size=$3
 shift 3
-clear_tree() {
-  while m=$(awk -v p="$1" '$5 == p || index($5, p "/") == 1 { print $5 }' /proc/self/mountinfo | sort | head -n 1) \
-        && [ -n "$m" ]; do
-    umount -n -l "$m"
+inherited() {
+  awk -v roots="$*" 'BEGIN { n = split(roots, r, " ") }
+    { for (i = 1; i <= n; i++) if ($5 == r[i] || index($5, r[i] "/") == 1) { print $5; break } }' /proc/self/mountinfo \
+  | sort | awk 'top == "" || index($0, top "/") != 1 { print; top = $0 }'
+}
+clear() {
+  while tops=$(inherited "$@") && [ -n "$tops" ]; do
+    for m in $tops; do umount -n -l "$m"; done
   done
 }
-clear_tree /dev/shm
+clear /dev/shm
 mount -n -t tmpfs -o mode=1777,nosuid,nodev,size=16m tmpfs /dev/shm
 mkdir /dev/shm/.run
 mount -n --move "$run_dir" /dev/shm/.run
 i=0
 for p in "$@"; do mkdir "/dev/shm/.keep$i"; mount -n --bind "$p" "/dev/shm/.keep$i"; i=$((i+1)); done
-clear_tree "$run_root"; clear_tree /run; clear_tree /tmp
+clear "$run_root" /run /tmp
 mount -n -t tmpfs -o "mode=1777,nosuid,nodev,size=${tmp_size}m" tmpfs /tmp
 mount -n --move /dev/shm/.run /run
 rmdir /dev/shm/.run
@@ -58,21 +67,51 @@ mount -n -t sysfs -o nosuid,nodev,noexec sysfs /sys
 """
 
 
+def _unescape(path: str) -> str:
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), path)
+
+
+def foreign_mounts(mountinfo: str, run_root: str | Path, keep=()) -> list[str]:
+    """Pure: what a new sandbox's mount table (its /proc/<pid>/mountinfo) must not hold: any netns or
+    other namespace handle, anything at or below /run, /tmp, /dev/shm or `run_root` but its own
+    /run, /tmp and /dev/shm (one mount each) and the kept code paths."""
+    allowed = {"/run": 1, "/tmp": 1, "/dev/shm": 1} | {str(k): 1 for k in keep}
+    roots = ("/run", "/tmp", "/dev/shm", str(run_root))
+    seen: dict[str, int] = {}
+    out = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 10:
+            continue
+        point, fstype = _unescape(fields[4]), fields[fields.index("-") + 1] if "-" in fields else ""
+        if fstype == "nsfs":
+            out.append(f"{point} (a namespace handle)")
+            continue
+        if any(point == r or point.startswith(r + "/") for r in roots):
+            seen[point] = seen.get(point, 0) + 1
+            if seen[point] > allowed.get(point, 0):
+                out.append(point)
+    return out
+
+
 def mountpoints() -> set[str]:
     """Every mount point of the caller's mount namespace (mountinfo's octal escapes decoded)."""
     with open("/proc/self/mountinfo") as f:
-        return {_OCTAL.sub(lambda m: chr(int(m.group(1), 8)), line.split()[4]) for line in f}
+        return {_unescape(line.split()[4]) for line in f}
 
 
 def prepare_run_root(run_root: str | Path) -> Path:
-    """Make `run_root` a private bind mount of itself, mode 0700 (idempotent)."""
+    """Make `run_root` a private bind mount of itself, mode 0700 (idempotent; two sandboxes created
+    at once from two threads bind it once)."""
     root = Path(run_root)
-    root.mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o700)
-    if str(root) not in mountpoints():
-        path = os.fsencode(root)
-        if _libc.mount(path, path, None, _MS_BIND, None) != 0 or _libc.mount(None, path, None, _MS_PRIVATE, None) != 0:
-            raise SandboxError(f"private bind of {root}: {os.strerror(ctypes.get_errno())}")
+    with _run_root_lock:
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o700)
+        if str(root) not in mountpoints():
+            path = os.fsencode(root)
+            if (_libc.mount(path, path, None, _MS_BIND, None) != 0
+                    or _libc.mount(None, path, None, _MS_PRIVATE, None) != 0):
+                raise SandboxError(f"private bind of {root}: {os.strerror(ctypes.get_errno())}")
     return root
 
 
@@ -96,6 +135,12 @@ def code_paths_under_tmp() -> list[str]:
     the sandbox's private /tmp so the project's own programs run there too."""
     paths = {Path(__file__).resolve().parents[2], Path(sys.prefix).resolve()}
     return sorted(str(p) for p in paths if p.is_relative_to("/tmp"))
+
+
+def bind_handle(pid: int, handle: Path) -> None:
+    """Keep process `pid`'s mount namespace alive at `handle` (an existing file)."""
+    if _libc.mount(os.fsencode(f"/proc/{pid}/ns/mnt"), os.fsencode(handle), None, _MS_BIND, None) != 0:
+        raise SandboxError(f"bind mount namespace handle {handle}: {os.strerror(ctypes.get_errno())}")
 
 
 def unmount(path: Path) -> list[str]:

@@ -3,7 +3,8 @@ docstring for what they hold), built with `ip`, `unshare`, `nsenter` and `mount`
 chains), torn down with syscalls and verified from the device's side (`hal.sandbox.mounts` for
 the mounts, `hal.sandbox.inside` for processes and sockets, `hal.sandbox.forwarding` for the door).
 
-Measured here (tests/integration/test_sandbox.py, `-s`): create ~55-60 ms, destroy ~35 ms.
+Measured here (tests/integration/test_sandbox.py, `-s`): create 50-100 ms (about 25 process starts
+are most of it: off a tap's path when a spare sandbox is made ahead), destroy ~35 ms.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
+import select
 import socket
 import subprocess
 import time
@@ -22,10 +25,12 @@ from hal.sandbox import (DEFAULT_LINK_NET, DEFAULT_RUN_ROOT, SandboxConfigError,
 from hal.sandbox.forwarding import Forwarding, check_ifname
 from hal.sandbox.inside import (call_in_netns, holders, interface_exists, own_sockets_in, processes_in,
                                 socket_in_netns, stop_processes)
-from hal.sandbox.mounts import SANDBOX_MOUNTS, code_paths_under_tmp, detach, mountpoints, prepare_run_root, unmount
+from hal.sandbox.mounts import (SANDBOX_MOUNTS, bind_handle, code_paths_under_tmp, detach, foreign_mounts,
+                               mountpoints, prepare_run_root, unmount)
 
 _ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 NETNS_DIR = Path("/run/netns")
+_RUN_ROOT = re.compile(r"^/[A-Za-z0-9._/-]*$")  # the mount script splits paths on whitespace
 
 # In the device's network namespace (and the caller's mount namespace): the netns, the run_dir
 # tmpfs, the veth pair (born with its far end in the sandbox), the device side's address.
@@ -41,8 +46,11 @@ ip addr add "$device_cidr" dev "$veth"
 ip link set "$veth" up
 """
 
-# Then, in the sandbox's network namespace, its kernel settings and its side of the link (`ip -b`
-# reads `sandbox_batch` from stdin).
+# Then, in the sandbox's network namespace, its kernel settings and its side of the link
+# (`sandbox_batch` in TP_LINK_BATCH); then it holds the new mount namespace until the device has
+# bound its handle (stdin closes). The bind is the device's, made once the namespace is complete:
+# unshare(1)'s own `--mount=<file>`, which binds right after unshare(2), failed with EINVAL inside
+# a lab host (a non-initial mount namespace) once a netns handle existed there (kernel 6.18).
 _SANDBOX_SIDE = SANDBOX_MOUNTS + r"""
 for key in ipv4/ip_forward ipv6/conf/all/forwarding ipv6/conf/default/forwarding; do
   echo 0 > "/proc/sys/net/$key"
@@ -55,7 +63,9 @@ done
 for conf in default eth0; do  # (no such files on a kernel booted with ipv6.disable=1)
   if [ -e "/proc/sys/net/ipv6/conf/$conf" ]; then echo 1 > "/proc/sys/net/ipv6/conf/$conf/disable_ipv6"; fi
 done
-ip -b -
+printf '%s' "$TP_LINK_BATCH" | ip -b -
+echo ready
+read -r _ || true
 """
 
 # What `settings()` reads in a sandbox after create (/proc/sys/net shows the reading thread's
@@ -115,8 +125,8 @@ class Sandbox:
             raise SandboxConfigError("run_size_mb and tmp_size_mb must be 1..4096")
         self.run_size_mb, self.tmp_size_mb = run_size_mb, tmp_size_mb
         self.run_root = Path(run_root)
-        if not self.run_root.is_absolute():
-            raise SandboxConfigError(f"run_root {run_root!r} must be an absolute path")
+        if not _RUN_ROOT.match(str(self.run_root)):
+            raise SandboxConfigError(f"run_root {run_root!r} must be an absolute path of [A-Za-z0-9._/-]")
         self.run_dir = self.run_root / self.name
         self.mnt_handle = self.run_root / f"{self.name}.mnt"
         self.netns_path = NETNS_DIR / self.name
@@ -164,15 +174,38 @@ class Sandbox:
                                              f"{self.link.device_ip}/{self.link.prefixlen}"]), step)
             self._net_inode = os.stat(self.netns_path).st_ino
             step = "mount namespace"
-            self.mnt_handle.touch(mode=0o600)
-            _run(["unshare", f"--mount={self.mnt_handle}", "--propagation", "private",
-                  "nsenter", f"--net={self.netns_path}", "--",
-                  "sh", "-ec", _SANDBOX_SIDE, "sh", str(self.run_dir), str(self.run_root), str(self.tmp_size_mb),
-                  *code_paths_under_tmp()], step, stdin=sandbox_batch(self.link))
+            self._build_mount_ns()
             self._mnt_inode = os.stat(self.mnt_handle).st_ino
         except (SandboxError, OSError) as exc:
             problems = self.destroy()
             raise SandboxSetupError(f"sandbox {self.name}: {step}: {exc}", problems) from None
+
+    def _build_mount_ns(self, timeout: float = 15) -> None:
+        argv = ["unshare", "--mount", "--propagation", "private", "nsenter", f"--net={self.netns_path}", "--",
+                "sh", "-ec", _SANDBOX_SIDE, "sh", str(self.run_dir), str(self.run_root), str(self.tmp_size_mb),
+                *code_paths_under_tmp()]
+        env = dict(_ENV, TP_LINK_BATCH=sandbox_batch(self.link))
+        with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=env) as proc:  # unshare execs nsenter execs sh: one pid throughout
+            try:
+                ready = bool(select.select([proc.stdout], [], [], timeout)[0]) and proc.stdout.readline() == b"ready\n"
+                if ready:
+                    with open(f"/proc/{proc.pid}/mountinfo") as f:
+                        foreign = foreign_mounts(f.read(), self.run_root, code_paths_under_tmp())
+                    if foreign:
+                        raise SandboxError(f"inherited mounts left inside: {', '.join(foreign)}")
+                    self.mnt_handle.touch(mode=0o600)
+                    bind_handle(proc.pid, self.mnt_handle)
+            finally:
+                proc.stdin.close()
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()  # our own child, by its pid
+                    proc.wait()
+            if not ready or proc.returncode != 0:
+                err = proc.stderr.read().decode(errors="replace").strip()[-300:]
+                raise SandboxError(f"exit {proc.returncode}: {err or 'no answer'}")
 
     def exists(self) -> bool:
         return self.netns_path.exists() and str(self.mnt_handle) in mountpoints()

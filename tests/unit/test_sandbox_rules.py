@@ -10,7 +10,7 @@ import pytest
 from hal.sandbox import (ForwardingError, SandboxConfigError, SandboxSetupError, check_gateway, check_name,
                          link_for, veth_name)
 from hal.sandbox.forwarding import add_elements, delete_elements, door_element, parse_listing, ruleset
-from hal.sandbox.mounts import SANDBOX_MOUNTS
+from hal.sandbox.mounts import SANDBOX_MOUNTS, foreign_mounts
 from hal.sandbox.namespaces import _DEVICE_SIDE, _SANDBOX_SIDE, Sandbox, sandbox_batch
 
 # `nft list table inet tenantprint_sandboxes` as nft 1.0.6 printed it with three sandboxes and two doors
@@ -166,6 +166,7 @@ def test_a_sandbox_object_plans_its_paths_link_and_commands():
 
 
 @pytest.mark.parametrize("kwargs", [dict(uplink="eth0; reboot"), dict(run_root="relative/dir"),
+                                    dict(run_root="/run/with space"),
                                     dict(run_size_mb=0), dict(tmp_size_mb=5000), dict(link_net="10.0.0.0/31")])
 def test_a_sandbox_refuses_bad_settings(kwargs):
     with pytest.raises(SandboxConfigError):
@@ -181,3 +182,37 @@ def test_a_setup_error_says_what_the_teardown_left():
 @pytest.mark.parametrize("script", [_DEVICE_SIDE, _SANDBOX_SIDE, SANDBOX_MOUNTS])
 def test_the_scripts_parse(script):
     assert subprocess.run(["sh", "-n", "-c", script], capture_output=True).returncode == 0
+
+
+# -- what a new sandbox's mount table may hold ---------------------------------------------------
+
+SANDBOX_MOUNTINFO = """\
+184 183 254:0 / / rw,relatime - ext4 /dev/vda rw
+204 184 0:21 / /proc rw,relatime - proc proc rw
+236 184 0:6 / /dev rw,relatime - devtmpfs devtmpfs rw,mode=755
+239 236 0:24 / /dev/pts rw,relatime - devpts devpts rw,mode=600
+252 184 254:0 /var/tmp/lab/mnt /var/tmp/lab/mnt rw,relatime - ext4 /dev/vda rw
+254 184 0:47 / /run rw,nosuid,nodev,noexec,relatime - tmpfs tenantprint-sandbox rw,size=65536k,mode=711
+237 236 0:48 / /dev/shm rw,nosuid,nodev,relatime - tmpfs tmpfs rw,size=16384k
+238 184 0:49 / /tmp rw,nosuid,nodev,relatime - tmpfs tmpfs rw,size=65536k
+205 184 0:50 / /sys rw,nosuid,nodev,noexec,relatime - sysfs sysfs rw
+"""
+
+
+def test_a_clean_sandbox_mount_table_has_nothing_foreign():
+    assert foreign_mounts(SANDBOX_MOUNTINFO, "/run/tenantprint/sandboxes") == []
+    kept = SANDBOX_MOUNTINFO + "260 238 254:0 /tmp/ci/repo /tmp/ci/repo rw - ext4 /dev/vda rw\n"
+    assert foreign_mounts(kept, "/run/tenantprint/sandboxes", ["/tmp/ci/repo"]) == []
+
+
+@pytest.mark.parametrize("line, found", [
+    ("300 254 0:4 net:[4026532177] /run/netns/tps-4 rw - nsfs nsfs rw", "/run/netns/tps-4 (a namespace handle)"),
+    ("301 184 0:4 net:[4026532177] /srv/handle rw - nsfs nsfs rw", "/srv/handle (a namespace handle)"),
+    ("302 254 0:51 / /run/tenantprint/sandboxes/tps-2 rw - tmpfs tenantprint-sandbox rw",
+     "/run/tenantprint/sandboxes/tps-2"),
+    ("303 184 0:52 / /var/sbx/tps-2 rw - tmpfs tenantprint-sandbox rw", "/var/sbx/tps-2"),
+    ("304 254 0:53 / /run rw - tmpfs tmpfs rw", "/run"),  # a second /run: stacked, one is not ours
+    ("305 238 0:54 / /tmp/x\\040y rw - tmpfs tmpfs rw", "/tmp/x y"),
+])
+def test_anything_inherited_below_the_cleared_trees_or_any_handle_is_foreign(line, found):
+    assert foreign_mounts(SANDBOX_MOUNTINFO + line + "\n", "/var/sbx") == [found]
