@@ -85,5 +85,5 @@ def check(job: HeldJob, document: Path | None, *, org: str, desk_keys, nonces: M
                     now=now, seen_nonces=nonces)
     if not result.valid:
         return OwnerCheck(result.reason.value)
-    delivery = getattr(result, "delivery", None) or result.nonce
+    delivery = result.delivery
     return OwnerCheck("already released" if delivery in released else "ok", delivery)

@@ -82,12 +82,5 @@ def test_a_redelivery_of_a_job_released_here_before_is_refused_and_named(tmp_pat
 
 def _proof_with_delivery(delivery: str) -> str:
     """A redelivery's proof (job_proof v2: a fresh nonce, the first delivery's id)."""
-    import inspect
-
-    from hal.printer import job_proof
-
-    if "delivery" not in inspect.signature(job_proof.sign).parameters:
-        import pytest
-        pytest.skip("job_proof v2 (delivery ids) not landed yet")
     return sign(KEY, org="acme", user="alice", title="payslip.pdf", document_sha256=hashlib.sha256(DOC).digest(),
                 issued=int(time.time()), delivery=delivery)
