@@ -89,7 +89,7 @@ def test_a_colleague_cannot_print_as_alice_without_her_desks_proof(clean_system,
     held = wait_for(lambda: (h := _held_jobs(system)) and sorted(j["title"] for j in h.values()) ==
                     sorted(real.values()) and h, 30, "both real jobs held at the MFP")
     sniffed = {j["user"]: j["proof"] for j in held.values()}
-    assert all(isinstance(p, str) and p.startswith("v1.") for p in sniffed.values()), held
+    assert all(isinstance(p, str) and p.startswith("v2.") for p in sniffed.values()), held
 
     # The attacker's documents, on acme's LAN host.
     lan = system.host("lan-acme")
@@ -100,7 +100,7 @@ def test_a_colleague_cannot_print_as_alice_without_her_desks_proof(clean_system,
     attempts = {
         "no-proof": _raw_print(system, vip, "alice", "forged-no-proof", "/tmp/forged.pdf", None),
         "garbage": _raw_print(system, vip, "alice", "forged-garbage", "/tmp/forged.pdf",
-                              "v1." + "0" * 32 + f".{int(time.time())}." + "A" * 86),
+                              "v2." + "0" * 32 + f".{int(time.time())}." + "0" * 32 + "." + "A" * 86),
         # alice's real proof, under her real title, on another document
         "replayed": _raw_print(system, vip, "alice", real["alice"], "/tmp/forged.pdf", sniffed["alice"]),
         # bob's real proof and title on a copy of bob's document, relabelled as alice
