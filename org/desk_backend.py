@@ -10,7 +10,23 @@ so CUPS hands every job, after its filters, to this backend instead of its `ipp`
 3. sends one IPP Print-Job to the MFP (one connection; the session cupsd takes remote jobs only in
    one request) with requesting-user-name, job-name, document-format and, in the job group, the
    text attribute `tenantprint-owner-proof`; it does not wait for the job to print (the MFP holds
-   it until its owner taps).
+   it until its owner taps);
+4. once the MFP took it, puts a copy of it (the same user, title and the exact bytes it sent, raw,
+   held) into the desk CUPS's holding queue `tenantprint-held` over the local socket CUPS names in
+   `CUPS_SERVER` (org/desk_cups.py), with the delivery id, the MFP (`PRINTER_LOCATION`, which the
+   desk agent sets to the MFP's id), the session (the `session` of the device URI's query) and a
+   tag (org/desk_holding.py): the desk keeps every delivered job until the MFP reports what became
+   of it ("No job is lost", issue 14). A copy that cannot be made is said in the job's log (a
+   WARNING, which stays the job's printer-state-message) and the job still ends well: the MFP
+   holds it, only its safety copy is lost.
+
+Redeliveries. The desk agent moves a copy whose session ended without a word to an MFP queue again;
+CUPS hands the backend the copy's raw document and, in the options argument (argv[5]), its job
+attributes: `tenantprint-delivery=<id>/<mfp> tenantprint-delivery-tag=... ...` (CUPS passes a job's
+text attributes of the job group to filters and backends as `name=value`, backslash-escaped). When
+the tag verifies for this org, user and title, the job is signed with that delivery id and sent in
+the format it was first sent in; otherwise (a user's own `-o tenantprint-delivery=...`) it is a new
+job with a delivery id of its own.
 
 The user is CUPS's job owner (argv[2]). The proof is as true as that: a desk's cupsd should take
 jobs from its users authenticated (peer credentials over its local socket, `Require valid-user` on
@@ -23,7 +39,8 @@ CUPS backend interface: argv `job-id user title copies options [file]`; `DEVICE_
 MFP could not be reached or answered with a server error, so the job stays queued at the desk;
 5 (cancel) when the MFP refused the job itself (a client error: retrying the same job cannot
 help); 4 (stop the queue) when this desk cannot sign at all (no key, a key of another org, a bad
-device URI) - nothing from it could print until an administrator fixes it; 1 for a malformed call.
+device URI, the holding queue's URI, which never sends) - nothing from it could print until an
+administrator fixes it; 1 for a malformed call.
 Every read is bounded (the MFP's answer: 64 KiB) and the whole send has a deadline. Nothing secret
 is written to stderr or put in an argv: the key stays in this process, the proof in the request.
 
@@ -38,6 +55,7 @@ import http.client
 import ipaddress
 import os
 import re
+import secrets
 import socket
 import struct
 import sys
@@ -45,10 +63,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from hal.printer import job_proof
 from hal.printer.ipp import IppError, decode_response, encode_attribute
+from org import desk_holding as holding
 
 SCHEME = "tenantprint"
 KEY_ENV = "TP_DESK_KEY"
@@ -83,10 +102,19 @@ def mfp_address(value: object) -> str:
     return str(addr)
 
 
-def device_uri(virtual_ip: str, port: int, resource: str) -> str:
-    """The desk queue's device URI for an MFP (`virtual_ip` already checked by `mfp_address`)."""
+def device_uri(virtual_ip: str, port: int, resource: str, session: str | None = None) -> str:
+    """The desk queue's device URI for an MFP (`virtual_ip` already checked by `mfp_address`);
+    `session`: the MFP's session as the gateway lists it (hex), which the copies of the jobs
+    delivered through the queue carry."""
     host = f"[{virtual_ip}]" if ":" in virtual_ip else virtual_ip
-    return f"{SCHEME}://{host}:{port}{resource}"
+    query = f"?session={session}" if holding.valid_session(session) else ""
+    return f"{SCHEME}://{host}:{port}{resource}{query}"
+
+
+def device_session(uri: str) -> str | None:
+    """Pure: the MFP session a `tenantprint://` device URI names (None without one)."""
+    values = parse_qs(urlparse(uri).query).get("session", [])
+    return holding.valid_session(values[0]) if len(values) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -206,13 +234,38 @@ def send(target: Target, head: bytes, document, size: int, deadline_s: float = D
         raise BackendError(EXIT_RETRY, f"the MFP's answer is not IPP: {exc}") from None
 
 
+def mfp_id(env: dict, target: Target) -> str:
+    """The MFP a queue sends to, as the copies name it: the queue's location (the desk agent sets it
+    to the MFP's id), else its address."""
+    location = env.get("PRINTER_LOCATION", "")
+    return location if holding.MFP_ID.fullmatch(location) else target.host
+
+
+def keep_copy(env: dict, document, size: int, *, user: str, title: str, copies: int,
+              attributes: dict[str, str]) -> tuple[int, float]:
+    """Put the copy into the holding queue; (its desk job id, milliseconds it took)."""
+    from org.desk_cups import DeskCups, DeskCupsError
+
+    server = env.get("CUPS_SERVER", "")
+    if not server.startswith("/"):
+        raise DeskCupsError(f"CUPS_SERVER is not the desk cupsd's local socket ({server[:100]!r})")
+    document.seek(0)
+    t0 = time.monotonic()
+    job = DeskCups(server).submit_copy(user=user, title=title, document=document, size=size,
+                                       attributes=attributes, copies=copies)
+    return job, (time.monotonic() - t0) * 1000
+
+
 def print_job(argv: list[str], env: dict, stdin) -> int:
     """The backend proper (argv without the program name). Returns the exit code for CUPS."""
     from org import desk_key
+    from org.desk_cups import DeskCupsError
 
     if len(argv) not in (5, 6):
         raise BackendError(EXIT_FAILED, "usage: tenantprint job-id user title copies options [file]")
-    _job_id, user, title, copies_s, _options = argv[:5]
+    _job_id, user, title, copies_s, options = argv[:5]
+    if env.get("DEVICE_URI", "") == holding.HELD_DEVICE_URI:
+        raise BackendError(EXIT_STOP, "the holding queue never prints (its jobs go to the MFP from another queue)")
     try:
         target = parse_device_uri(env.get("DEVICE_URI", ""))
     except ValueError as exc:
@@ -232,16 +285,38 @@ def print_job(argv: list[str], env: dict, stdin) -> int:
     finally:
         if src is not stdin:
             src.close()
+    tag_key = holding.tag_key(key.private_key)
+    job_options = holding.parse_job_options(options)
+    again = holding.redelivery(job_options, tag_key, org=key.org_id, user=user, title=title)
+    if again is None and holding.DELIVERY_ATTRIBUTE in job_options:
+        print("INFO: the job's tenantprint-delivery is not one this desk made: sent as a new job", file=sys.stderr)
+    fmt = again.document_format if again else document_format(env)
+    nonce = secrets.token_hex(16)
+    delivery = again.note.delivery if again else nonce
     with document:
         proof = job_proof.sign(key.private_key, org=key.org_id, user=user, title=title, document_sha256=digest,
-                               issued=int(time.time()))
-        head = encode_print_job(target.printer_uri, user=user, title=title, document_format=document_format(env),
+                               nonce=nonce, issued=int(time.time()), delivery=delivery)
+        head = encode_print_job(target.printer_uri, user=user, title=title, document_format=fmt,
                                 proof=proof, copies=copies)
         status = send(target, head, document, size)
-    if status > 0x00FF:
-        code = EXIT_RETRY if status >= 0x0500 else EXIT_CANCEL
-        raise BackendError(code, f"the MFP refused the job: IPP status 0x{status:04x}")
-    print(f"INFO: sent to the MFP with its owner proof ({size} bytes)", file=sys.stderr)
+        if status > 0x00FF:
+            code = EXIT_RETRY if status >= 0x0500 else EXIT_CANCEL
+            raise BackendError(code, f"the MFP refused the job: IPP status 0x{status:04x}")
+        sent = f"sent to the MFP with its owner proof ({size} bytes, delivery {delivery[:8]}" + \
+            (", again)" if again else ")")
+        first = again.first if again else int(time.time())
+        try:
+            note = holding.DeliveryNote(delivery, mfp_id(env, target))
+            tag = holding.delivery_tag(tag_key, org=key.org_id, user=user, title=title, delivery=delivery,
+                                       first=first, document_format=fmt)
+            attributes = holding.copy_attributes(note, device_session(env.get("DEVICE_URI", "")), tag, fmt)
+            copy_job, took_ms = keep_copy(env, document, size, user=user, title=title, copies=copies,
+                                          attributes=attributes)
+        except (DeskCupsError, ValueError, OSError) as exc:
+            print(f"WARNING: {sent}; the MFP holds it, but this desk could not keep its copy in "
+                  f"{holding.HELD_QUEUE}: {exc}", file=sys.stderr)
+            return EXIT_OK
+    print(f"INFO: {sent}; copy kept as job {copy_job} of {holding.HELD_QUEUE} ({took_ms:.1f} ms)", file=sys.stderr)
     return EXIT_OK
 
 

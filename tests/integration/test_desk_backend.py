@@ -92,7 +92,7 @@ def test_a_desk_job_arrives_held_with_a_proof_over_the_spooled_document(lab, mfp
     jid = held[0].id
     attrs = mfp_attrs(mfp, jid)
     proof = attrs.get(job_proof.ATTRIBUTE)
-    assert isinstance(proof, str) and proof.startswith("v1."), attrs
+    assert isinstance(proof, str) and proof.startswith("v2."), attrs
     spooled = (mfp.dir / "spool" / f"d{jid:05d}-001").read_bytes()
     public = __import__("base64").b64decode(desk_key(lab, ORG).public_b64)
     result = job_proof.verify(proof, [public], org=ORG, user=attrs["job-originating-user-name"],

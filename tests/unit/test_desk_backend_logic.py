@@ -39,12 +39,12 @@ def test_unusable_virtual_ips_are_refused(vip):
 
 
 def test_the_listing_is_checked_entry_by_entry():
-    listing = [{"id": "mfp-1.space-1", "virtual_ip": "10.20.0.200"},
+    listing = [{"id": "mfp-1.space-1", "virtual_ip": "10.20.0.200", "session": "not hex"},
                {"id": "mfp-2", "virtual_ip": "127.0.0.1"},
                {"id": "mfp-3", "virtual_ip": "10.20.0.201/printers/../admin"},
                {"id": "bad\nid", "virtual_ip": "10.20.0.202"},
                {"id": None, "virtual_ip": "10.20.0.203"}, "junk", 5]
-    assert checked_mfps(listing) == [{"id": "mfp-1.space-1", "virtual_ip": "10.20.0.200"}]
+    assert checked_mfps(listing) == [{"id": "mfp-1.space-1", "virtual_ip": "10.20.0.200", "session": ""}]
     assert checked_mfps({"id": "x"}) == [] and checked_mfps(None) == []
 
 
@@ -55,6 +55,15 @@ def test_wanted_queues_print_through_the_signing_backend():
     assert q.name == "tenantprint-mfp-1_space-1"
     assert q.uri == "ipp://10.20.0.200:631/printers/tenantprint"
     assert q.device_uri == "tenantprint://10.20.0.200:631/printers/tenantprint"
+    # the MFP's session, when the gateway names one, reaches the backend in the URI's query
+    (s,) = wanted_queues([{"id": "mfp-1", "virtual_ip": "10.20.0.200", "session": "0123456789abcdef"}],
+                         "/printers/tenantprint").values()
+    assert s.device_uri == "tenantprint://10.20.0.200:631/printers/tenantprint?session=0123456789abcdef"
+    assert db.parse_device_uri(s.device_uri).resource == "/printers/tenantprint"
+    assert db.device_session(s.device_uri) == "0123456789abcdef" and db.device_session(q.device_uri) is None
+    # an MFP whose id would name the holding queue gets another name
+    (h,) = wanted_queues([{"id": "held", "virtual_ip": "10.20.0.200"}], "/printers/tenantprint").values()
+    assert h.name == "tenantprint-held-mfp"
 
 
 @pytest.mark.parametrize("uri", [
