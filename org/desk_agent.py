@@ -15,8 +15,13 @@ printer whose tunnel nobody can vouch for.
 
 Jobs leave the desk through the `tenantprint` backend (org/desk_backend.py), which signs each one
 with the org's desk key (the MFP releases a job to a user only with that proof): every queue is
-added with its `tenantprint://` device URI, never a plain `ipp://` one. A queue found with any
-other URI is deleted and added again.
+added with its `tenantprint://` device URI, never a plain `ipp://` one; the URI's query names the
+MFP's session (`?session=`, from the gateway's listing) and the queue's location is the MFP's id, so
+the backend knows where each job went. A queue found with any other URI is deleted and added again.
+
+No job is lost (issue 14): the agent keeps the holding queue `tenantprint-held`, where the backend
+leaves a copy of every job it delivered, and follows the org's outcomes (org/desk_keeper.py,
+org/desk_holding.py); before it deletes a queue it moves the queue's unfinished jobs there.
 
 The gateway's listing is checked entry by entry before anything of it reaches a URI: the MFP id
 and its virtual IP (an address literal, not loopback, link-local, multicast or unspecified); an
@@ -47,6 +52,7 @@ import cups
 from hal.printer.cupsd import model_built
 from hal.printer.ipp import IppError, IppRefused, first, get_printer_attributes, get_printers
 from org.desk_backend import device_uri, mfp_address
+from org.desk_holding import HELD_QUEUE, valid_session
 
 log = logging.getLogger("tenantprint.org.desk_agent")
 
@@ -61,14 +67,15 @@ _MFP_ID = re.compile(r"[!-~][ -~]{0,254}")  # an IKE identity: printable ASCII, 
 class WantedQueue:
     name: str
     uri: str  # ipp://: what the probe reads and CUPS builds the model from
-    mfp_id: str
+    mfp_id: str  # the MFP's IKE identity, or its virtual IP when the gateway knows none
     device_uri: str = ""  # tenantprint://: what the queue prints through (the signing backend)
+    session: str = ""  # the MFP's session as the gateway lists it ("" when it names none)
 
 
 def checked_mfps(items: object) -> list[dict]:
-    """Pure: the entries of the gateway's MFP listing that are safe to use, as {"id", "virtual_ip"}
-    (the address normalized). Anything else is left out and logged: a listing that is not a list
-    gives none."""
+    """Pure: the entries of the gateway's MFP listing that are safe to use, as {"id", "virtual_ip",
+    "session"} (the address normalized; the session "" when the entry names none that is hex).
+    Anything else is left out and logged: a listing that is not a list gives none."""
     if not isinstance(items, list):
         log.warning("gateway listing: mfps is not a list: ignored")
         return []
@@ -79,7 +86,8 @@ def checked_mfps(items: object) -> list[dict]:
             if not isinstance(m, dict) or not isinstance(m.get("id"), str) or not (
                     m["id"] == "" or _MFP_ID.fullmatch(m["id"])):
                 raise ValueError("id: invalid")
-            out.append({"id": m["id"], "virtual_ip": mfp_address(m.get("virtual_ip"))})
+            out.append({"id": m["id"], "virtual_ip": mfp_address(m.get("virtual_ip")),
+                        "session": valid_session(m.get("session")) or ""})
         except ValueError as exc:
             log.warning("gateway listing: entry left out: %s", str(exc)[:200])
     return out
@@ -99,9 +107,17 @@ def wanted_queues(mfps: list[dict], resource: str, port: int = 631) -> dict[str,
     for m in checked_mfps(mfps):
         vip = m["virtual_ip"]
         name = QUEUE_PREFIX + re.sub(r"[^A-Za-z0-9_-]", "_", m["id"] or vip)[:100]
+        if name == HELD_QUEUE:
+            name += "-mfp"
         host = f"[{vip}]" if ":" in vip else vip
-        out[name] = WantedQueue(name, f"ipp://{host}:{port}{resource}", m["id"], device_uri(vip, port, resource))
+        out[name] = WantedQueue(name, f"ipp://{host}:{port}{resource}", m["id"] or vip,
+                                device_uri(vip, port, resource, m["session"]), m["session"])
     return out
+
+
+def listing_sessions(mfps: list[dict]) -> dict[str, str]:
+    """Pure: MFP id -> its session ("" when unnamed), for the holding queue's plan."""
+    return {m["id"] or m["virtual_ip"]: m.get("session", "") for m in checked_mfps(mfps)}
 
 
 def _host_port(uri: str) -> tuple[str, int]:
@@ -157,7 +173,8 @@ class KeptModel(NamedTuple):
 
 class DeskAgent:
     def __init__(self, gateway_url: str, cups_server: str, resource: str = "/printers/tenantprint",
-                 grace_s: float = 3.0, verify_s: float = 10.0, retry_s: float = 0.02, wait_s: float = 20.0):
+                 grace_s: float = 3.0, verify_s: float = 10.0, retry_s: float = 0.02, wait_s: float = 20.0,
+                 holding: bool = True, scan_s: float = 2.0):
         self.gateway_url = gateway_url.rstrip("/")
         self.cups_server = cups_server
         self.resource = resource
@@ -177,6 +194,15 @@ class DeskAgent:
         self.failing_since: dict[str, float] = {}  # queue name -> when adding it first failed
         self.last_contact = time.monotonic()
         self._lock = threading.Lock()  # libcups's server setting is process-global
+        self.ready: dict[str, str] = {}  # MFP id -> its queue, added and trusted
+        self.keeper = None
+        if holding and cups_server.startswith("/"):
+            from org.desk_cups import DeskCups
+            from org.desk_keeper import HoldingKeeper
+
+            self.keeper = HoldingKeeper(DeskCups(cups_server), gateway_url, scan_s=scan_s)
+        elif holding:
+            log.warning("no holding queue: it needs the desk CUPS's local socket, not %s", cups_server)
 
     def _cups(self) -> cups.Connection:
         with self._lock:
@@ -196,8 +222,8 @@ class DeskAgent:
             printers = get_printers(server, ["device-uri"], connect_timeout=2.0, unix_socket=sock)
         except IppError as exc:
             raise RuntimeError(f"desk CUPS at {self.cups_server}: {exc}") from None
-        return {name: str(first(a, "device-uri", "")).split("?", 1)[0] for name, a in printers.items()
-                if name.startswith(QUEUE_PREFIX)}
+        return {name: str(first(a, "device-uri", "")) for name, a in printers.items()
+                if name.startswith(QUEUE_PREFIX) and name != HELD_QUEUE}
 
     def queue_model(self, name: str) -> str:
         server, sock = self._desk_read()
@@ -342,13 +368,25 @@ class DeskAgent:
         return model
 
     def delete_queue(self, name: str) -> None:
+        """Delete an MFP's queue; its unfinished jobs go to the holding queue first (deleting the
+        queue would drop them)."""
+        if self.keeper is not None:
+            self.keeper.evacuate(name)
         self._cups().deletePrinter(name)
         log.info("queue removed name=%s", name)
 
     def reconcile(self, mfps: list[dict]) -> None:
+        try:
+            self._reconcile_queues(mfps)
+        finally:
+            if self.keeper is not None:
+                self.keeper.update(listing_sessions(self.mfps), self.ready)
+
+    def _reconcile_queues(self, mfps: list[dict]) -> None:
         self.mfps = list(mfps)
         want = wanted_queues(mfps, self.resource)
         have = self.current_queues()
+        self.ready = {q.mfp_id: n for n, q in want.items() if have.get(n) == q.device_uri}
         for name, uri in have.items():
             if name not in want or want[name].device_uri != uri:
                 self.delete_queue(name)
@@ -368,6 +406,7 @@ class DeskAgent:
                     self.add_queue(q)
                 self.untrusted.pop(name, None)
                 self.failing_since.pop(name, None)
+                self.ready[q.mfp_id] = name
             except (QueueNotTrusted, cups.IPPError) as exc:
                 # The first tries fail while the MFP's print service starts: a warning only once
                 # it keeps failing.
@@ -405,6 +444,8 @@ class DeskAgent:
             self.reconcile(self.mfps)
 
     def run_forever(self) -> None:
+        if self.keeper is not None:
+            self.keeper.start()
         while True:
             try:
                 self.poll_once()
@@ -414,19 +455,19 @@ class DeskAgent:
                 time.sleep(1.0)
 
 
-def _read_listing(url: str, deadline_s: float) -> bytes:
-    """The gateway agent's answer, at most MAX_LISTING bytes, all of it within `deadline_s`."""
+def _read_listing(url: str, deadline_s: float, limit: int = MAX_LISTING) -> bytes:
+    """The gateway agent's answer, at most `limit` bytes, all of it within `deadline_s`."""
     end = time.monotonic() + deadline_s
     with urllib.request.urlopen(url, timeout=deadline_s) as resp:
         data = b""
-        while len(data) <= MAX_LISTING:
+        while len(data) <= limit:
             if time.monotonic() > end:
                 raise OSError("gateway listing: deadline passed")
             chunk = resp.read1(65536)
             if not chunk:
                 return data
             data += chunk
-    raise ValueError(f"gateway listing: longer than {MAX_LISTING} bytes")
+    raise ValueError(f"gateway listing: longer than {limit} bytes")
 
 
 def main(argv: list[str]) -> int:
@@ -438,10 +479,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--grace", type=float, default=3.0, help="seconds without the gateway before queues go")
     p.add_argument("--verify", type=float, default=10.0, help="seconds CUPS gets to build a queue's model")
     p.add_argument("--retry", type=float, default=0.02, help="seconds between tries of an untrusted queue")
+    p.add_argument("--scan", type=float, default=2.0, help="seconds between looks at the holding queue")
+    p.add_argument("--no-holding", action="store_true", help="keep no copies of delivered jobs (no tenantprint-held)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     resource = args.mfp_resource or mfp_resource(args.mfp_queue)
-    agent = DeskAgent(args.gateway, args.cups, resource, args.grace, args.verify, args.retry)
+    agent = DeskAgent(args.gateway, args.cups, resource, args.grace, args.verify, args.retry,
+                      holding=not args.no_holding, scan_s=args.scan)
     log.info("desk agent following %s, CUPS %s, MFP queue path %s", args.gateway, args.cups, resource)
     try:
         agent.run_forever()
