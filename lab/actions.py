@@ -34,7 +34,7 @@ def status(lab) -> dict:
         # Registered = a queue the desk agent trusted and opened: a real model, accepting jobs (a
         # queue still being checked is disabled and rejecting).
         registered = any(q["accepting"] and trusted_model(q["model"]) for q in queues.values())
-        out["desks"][org] = {"queue": registered, "queues": queues}
+        out["desks"][org] = {"queue": registered, "queues": queues, "held": org_agents.desk_held(lab, org)}
     out["printed"] = engine.printed_documents(lab) if lab.host("office").exists() else []
     out["audit"] = out["firmware"].get("audit", [])
     return out

@@ -5,7 +5,8 @@
   at 10.20.0.1:8631.
 - `DeskService(org)` is the org's desk PC on `lan-<org>`: a private cupsd (a normal desk CUPS, its
   tree under the desk host's /run/cups) and `tenantprint org desk-agent` keeping that CUPS's
-  `tenantprint-*` queues in step with the gateway agent.
+  `tenantprint-*` queues in step with the gateway agent, and its holding queue `tenantprint-held`
+  (the jobs the desk delivered, kept until the MFP says what became of them: `desk_held`).
 
 The desk's CUPS tree (config, spool, cache, logs, socket) is the lab data dir `desk-<org>`,
 bind-mounted at /run/cups in the desk host's own mount namespace: cupsd runs its filters as `lp`,
@@ -198,13 +199,14 @@ class DeskService:
     default, `/printers/tenantprint`, when None)."""
 
     def __init__(self, org: str, mfp_resource: str | None = None, verify_s: float = 10.0,
-                 retry_s: float = 0.02, grace_s: float = 3.0, host_name: str | None = None, agent: bool = True):
+                 retry_s: float = 0.02, grace_s: float = 3.0, host_name: str | None = None, agent: bool = True,
+                 scan_s: float = 2.0):
         self.org = org
         self.name = f"desk-{org}"
         self.host_name = host_name or f"lan-{org}"
         self.with_agent = agent  # False: the desk's CUPS alone (tests that add queues themselves)
         self.mfp_resource = mfp_resource
-        self.verify_s, self.retry_s, self.grace_s = verify_s, retry_s, grace_s
+        self.verify_s, self.retry_s, self.grace_s, self.scan_s = verify_s, retry_s, grace_s, scan_s
         self.cupsd_key = f"{self.name}-cupsd"
         self.agent_key = f"{self.name}-agent"
 
@@ -214,7 +216,8 @@ class DeskService:
         if self.with_agent and not _alive(lab, self.agent_key):
             cmd = _tenantprint("org", "desk-agent", "--gateway", gateway_agent_url(self.org),
                                "--cups", DESK_CUPS_SOCKET, "--verify", f"{self.verify_s:g}",
-                               "--retry", f"{self.retry_s:g}", "--grace", f"{self.grace_s:g}")
+                               "--retry", f"{self.retry_s:g}", "--grace", f"{self.grace_s:g}",
+                               "--scan", f"{self.scan_s:g}")
             if self.mfp_resource:
                 cmd += ["--mfp-resource", self.mfp_resource]
             lab.spawn(self.agent_key, self.host_name, cmd, env=_ENV, cwd=REPO)
@@ -297,13 +300,37 @@ _CUPS_PRINTER_REJECTING = 0x8000  # printer-type bit (getPrinters leaves out pri
 
 
 def desk_queues(lab, org: str) -> dict:
-    """The desk's tenantprint queues: {name: {"uri", "model", "accepting"}}."""
+    """The desk's MFP queues (tenantprint-*, not the holding queue): {name: {"uri", "model", "accepting"}}."""
     from org.desk_agent import QUEUE_PREFIX
+    from org.desk_holding import HELD_QUEUE
 
     printers = _connection(lab, org).getPrinters()
     return {name: {"uri": a.get("device-uri", ""), "model": a.get("printer-make-and-model", ""),
                    "accepting": not (a.get("printer-type", 0) & _CUPS_PRINTER_REJECTING)}
-            for name, a in printers.items() if name.startswith(QUEUE_PREFIX)}
+            for name, a in printers.items() if name.startswith(QUEUE_PREFIX) and name != HELD_QUEUE}
+
+
+def desk_held_copies(lab, org: str) -> list:
+    """The jobs org `org`'s desk keeps in its holding queue (org/desk_holding.HeldCopy), [] when it
+    has none (or no holding queue yet)."""
+    from org.desk_cups import DeskCups, DeskCupsNotFound
+
+    try:
+        return DeskCups(str(desk_socket(lab, org))).held_copies()
+    except DeskCupsNotFound:
+        return []
+
+
+def desk_held(lab, org: str) -> list[dict]:
+    """`lab status`'s `desks.<org>.held`: [{id, user, title}] of the desk's holding queue ([] when
+    the desk's CUPS does not answer: `desks.<org>.queue` says so)."""
+    from org.desk_cups import DeskCupsError
+
+    try:
+        copies = desk_held_copies(lab, org)
+    except DeskCupsError:
+        return []
+    return [{"id": c.job_id, "user": c.user, "title": c.title} for c in copies]
 
 
 def print_file(lab, org: str, user: str, path: Path | str, queue: str | None = None, title: str | None = None) -> int:

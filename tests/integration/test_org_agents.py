@@ -169,6 +169,11 @@ def _queue_trusted(lab):
     return q if ok else None
 
 
+def _sent_to(q: dict) -> str:
+    """A desk queue's device URI without its query (`?session=`: which session of the MFP)."""
+    return q["uri"].split("?", 1)[0]
+
+
 def _agent_alive(lab, org_side) -> bool:
     rec = lab.procs.get(org_side["desk"].agent_key)
     return bool(rec and rec.alive())
@@ -186,7 +191,9 @@ def test_tunnel_up_gives_desk_queue_and_desk_prints_through_tunnel(lab, org_side
     latency = time.monotonic() - t0
     print(f"tunnel.up -> desk queue trusted: {latency:.2f}s (model {q['model']!r})")
     assert latency <= QUEUE_UP_BOUND_S
-    assert q["uri"] == f"tenantprint://{up.virtual_ip}:631/ipp/print"
+    assert _sent_to(q) == f"tenantprint://{up.virtual_ip}:631/ipp/print"
+    # the query names the MFP's session (the desk's copies of delivered jobs carry it)
+    assert q["uri"] == f"tenantprint://{up.virtual_ip}:631/ipp/print?session={listed[0]['session']}"
     assert "driverless" in q["model"] and q["accepting"]  # built by cups-filters, not by cupsd
     assert list(desk_queues(lab, ORG)) == [QUEUE]
 
@@ -221,7 +228,7 @@ def test_the_next_sessions_queue_is_added_with_the_kept_model_and_prints(lab, or
         before = log.read_text().count("kept from an earlier session")
         up = tunnel.up(_profile(lab), timeout=10)
         q = _until(lambda: _queue_trusted(lab), QUEUE_UP_BOUND_S + 5, "a trusted desk queue")
-        assert q["uri"] == f"tenantprint://{up.virtual_ip}:631/ipp/print"
+        assert _sent_to(q) == f"tenantprint://{up.virtual_ip}:631/ipp/print"
         kept = log.read_text().count("kept from an earlier session") - before
         if session == 1:
             assert kept == 1, log.read_text()[-2000:]
@@ -249,7 +256,7 @@ def test_gateway_killed_removes_desk_queue_within_bound(lab, org_side, tunnel):
     gw.start(lab)  # a fresh charon; the gateway agent reconnects to it by itself
     up = tunnel.up(_profile(lab), timeout=10)
     _until(lambda: _queue_trusted(lab), QUEUE_UP_BOUND_S + 5, "the desk queue after the gateway restart")
-    assert desk_queues(lab, ORG)[QUEUE]["uri"] == f"tenantprint://{up.virtual_ip}:631/ipp/print"
+    assert _sent_to(desk_queues(lab, ORG)[QUEUE]) == f"tenantprint://{up.virtual_ip}:631/ipp/print"
 
 
 def test_mfp_vanished_gateway_dpd_removes_desk_queue(lab, org_side, tunnel):
@@ -293,7 +300,7 @@ def test_unreachable_mfp_queue_is_not_trusted_and_agent_keeps_going(lab, org_sid
     t0 = time.monotonic()
     q = _until(lambda: _queue_trusted(lab), 15, "the queue once the MFP answers")
     print(f"MFP printer back -> desk queue trusted: {time.monotonic() - t0:.2f}s")
-    assert q["uri"] == f"tenantprint://{up.virtual_ip}:631/ipp/print"
+    assert _sent_to(q) == f"tenantprint://{up.virtual_ip}:631/ipp/print"
 
 
 def test_after_a_refusal_the_desk_agent_adds_as_soon_as_the_port_listens():
