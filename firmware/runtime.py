@@ -19,24 +19,19 @@ from collections import deque
 
 from firmware import effects as fx
 from firmware import events as ev
-from firmware import journal, machine, sdnotify, status
+from firmware import journal, machine, outcomes, owner_proof, sdnotify, status
 from firmware.config import FirmwareConfig
 from firmware.devices import Devices, build
 from firmware.diagnostics import MemoryDiagnostics
-from firmware import outcomes, owner_proof
 from firmware.pin_guard import PinGuard
-from firmware.session import Session, purge
-from hal.card import CardTap, CardUnreadable, mask_uid
-from firmware.keeper_protocol import LookupRefused, TunnelRefused
 from firmware.secret_keeper import KeeperError, SecretKeeper
-from hal.auth import Accepted, BadInput, PinRequired, Rejected, Unavailable
+from firmware.session import Session, purge
+from firmware.session_runtime import PRINT_SERVICE_START_S, SessionRuntime
+from hal.card import CardTap, CardUnreadable, mask_uid
 from hal.net import NetError
-from hal.printer import JobGone, JobHeld
 from hal.printer.engine import EngineOutcome
-from hal.tunnel import TunnelError
 
 TICK_S = 1.0
-PRINT_SERVICE_START_S = 30.0  # cupsd start + queues; SessionPrintService bounds its own steps
 
 
 def _state_name(state) -> str:
@@ -80,12 +75,12 @@ class Runtime:
         self.devices = devices
         self.state = machine.initial()
         self.limits = machine.Limits(pin_timeout_s=cfg.runtime.pin_timeout_s)
-        self.session: Session | None = None
+        self.session: SessionRuntime | None = None
         self.panel = ""
         self.pin_guard = PinGuard()
         self.proof_nonces = owner_proof.NonceRecord(time.time)  # the device's, across sessions
         self.released = outcomes.ReleasedRecord(time.monotonic)  # delivery ids released here (no reprint)
-        self.incoming: Session | None = None  # another org's lookup, made while `session` serves
+        self.incoming: SessionRuntime | None = None  # another org's lookup, made while `session` serves
         self.audit: deque[dict] = deque(maxlen=100)
         self.diagnostics = MemoryDiagnostics()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -148,12 +143,11 @@ class Runtime:
                 pass  # the panel asks while the machine is in AwaitingPin (see `snapshot`)
             case fx.FetchProfile():
                 self._open_session(effect)
-                self._in(self.session_worker, self._fetch_profile, effect)
+                self._on_session(effect, "fetch_profile")
             case fx.PreparePrintService():
-                s = self._current(effect.session)
-                if s is not None:
+                if (sr := self._current(effect.session)) is not None:
                     # needs nothing of the org: starts now, beside the lookup and IKE, on its own thread
-                    s.print_service_ready = self.preparer.submit(self._prepare_print_service, s)
+                    sr.s.print_service_ready = self.preparer.submit(sr.prepare_print_service)
             case fx.StartSpareKeeper():
                 self._in(self.session_worker, self._spawn_spare_keeper)
             case fx.EndLookup():
@@ -163,67 +157,67 @@ class Runtime:
                 if locked:
                     journal.record("pin lockout", org=org, minutes=round(locked / 60))
             case fx.BringUpTunnel():
-                self._in(self.session_worker, self._bring_up_tunnel, effect)
+                self._on_session(effect, "bring_up_tunnel", failed=ev.TunnelFailed(self.now(), effect.session,
+                                                                                   "no session"))
             case fx.StartPrintService():
-                self._in(self.session_worker, self._start_print_service, effect)
+                self._on_session(effect, "start_print_service",
+                                 failed=ev.PrintServiceFailed(self.now(), effect.session, "no session"))
             case fx.ReleaseJobs():
-                self._in(self.session_worker, self._release, effect)
+                self._on_session(effect, "release",
+                                 failed=ev.ReleaseFailed(self.now(), effect.session, effect.job_ids, "no session"))
             case fx.ReportJobs():
-                self._in(self.session_worker, self._report_jobs, effect)
+                self._on_session(effect, "report_jobs")
             case fx.PurgeJob():
-                self._in(self.session_worker, self._purge_job, effect)
+                self._on_session(effect, "purge_job")
             case fx.PinAccepted(org=org, user=user):
                 self.pin_guard.succeeded(org, user, self.now())
             case fx.Purge():
                 self._in(self.session_worker, self._purge, effect)
             case fx.Authenticate():
-                self._in(self.auth_worker, self._authenticate, effect)
+                self._on_session(effect, "authenticate", pool=self.auth_worker,
+                                 failed=ev.AuthUnavailable(self.now(), effect.session, effect.attempt, "no session"))
             case _:
                 journal.record("unknown effect", level=40, effect=type(effect).__name__)
 
-    def _current(self, number: int) -> Session | None:
-        for s in (self.session, self.incoming):
-            if s is not None and s.number == number:
-                return s
+    def _current(self, number: int) -> SessionRuntime | None:
+        for sr in (self.session, self.incoming):
+            if sr is not None and sr.number == number:
+                return sr
         return None
+
+    def _on_session(self, effect, method: str, *, pool=None, failed=None) -> None:
+        """Run `method` of the effect's session on `pool` (the session worker); looked up there, in
+        order with the work queued before (a lookup's session exists once its effect ran). A session
+        that is gone answers `failed` (or nothing)."""
+        def run() -> None:
+            sr = self._current(effect.session)
+            if sr is None:
+                if isinstance(effect, fx.Authenticate) and effect.pin is not None:
+                    effect.pin.wipe()
+                if failed is not None:
+                    self.post(failed)
+                return
+            getattr(sr, method)(effect)
+
+        run.__name__ = method
+        self._in(pool or self.session_worker, run)
 
     def _open_session(self, e: fx.FetchProfile) -> None:
         """The Session object of a lookup (on the loop, so that effects after it find it): the
         session itself when none serves, else the incoming one (another org's tap)."""
-        s = Session(number=e.session, org=e.org)
+        sr = SessionRuntime(Session(number=e.session, org=e.org), self)
         if self.session is None:
-            self.session = s
+            self.session = sr
         else:
             if self.incoming is not None:  # an abandoned lookup: its keeper ends on the worker
-                self._in(self.session_worker, self._end_keeper, self.incoming)
-            self.incoming = s
+                self._in(self.session_worker, self._end_keeper, self.incoming.s)
+            self.incoming = sr
 
     def _end_lookup(self, e: fx.EndLookup) -> None:
-        s = self.incoming
-        if s is not None and s.number == e.session:
+        sr = self.incoming
+        if sr is not None and sr.number == e.session:
             self.incoming = None
-            self._end_keeper(s)
-
-    def _fetch_profile(self, e: fx.FetchProfile) -> None:
-        s = self._current(e.session)
-        if s is None:  # abandoned before it started
-            return
-        try:
-            s.keeper = self._take_spare_keeper()  # from here on, the purge ends it
-            reply = s.keeper.fetch(e.org, timeout=self.cfg.cloud.timeout_s * 3 + 5)
-        except KeeperError:
-            self.post(ev.LookupFailed(self.now(), e.session, "unreachable"))
-            return
-        if isinstance(reply, LookupRefused):
-            self.post(ev.LookupFailed(self.now(), e.session, reply.kind))
-            return
-        s.gateway = reply.gateway  # the device firewall admits IKE/ESP with it alone
-        s.desk_keys = reply.desk_keys
-        s.outcomes_url = reply.outcomes_url
-        pol = reply.policy
-        self.post(ev.ProfileFetched(self.now(), e.session, reply.org, reply.remote_ts,
-                                    ev.Policy(pol.idle_timeout_s, pol.max_hold_s, pol.combined_mode),
-                                    reply.device_networks))
+            self._end_keeper(sr.s)
 
     def _spawn_spare_keeper(self) -> None:
         """Start the next session's keeper now (it holds nothing yet), so that a tap does not wait
@@ -237,7 +231,7 @@ class Runtime:
             journal.record("keeper start failed", level=40, error=type(exc).__name__)
             self.spare_keeper = None
 
-    def _take_spare_keeper(self) -> SecretKeeper:
+    def take_spare_keeper(self) -> SecretKeeper:
         keeper, self.spare_keeper = self.spare_keeper, None
         if keeper is None or not keeper.alive():
             keeper = SecretKeeper(self.cfg.as_dict())
@@ -247,114 +241,6 @@ class Runtime:
         if s.keeper is not None:
             s.keeper.stop()
             s.keeper = None
-
-    def _bring_up_tunnel(self, e: fx.BringUpTunnel) -> None:
-        s = self._current(e.session)
-        if s is None or s.keeper is None:
-            self.post(ev.TunnelFailed(self.now(), e.session, "no profile"))
-            return
-        try:
-            self.devices.firewall.allow_gateway(s.gateway)  # before IKE's first packet; the purge forgets it
-            reply = s.keeper.tunnel_up(self.cfg.tunnel.up_timeout_s, timeout=self.cfg.tunnel.up_timeout_s + 10)
-        except (KeeperError, OSError, NetError) as exc:
-            self.post(ev.TunnelFailed(self.now(), e.session, type(exc).__name__))
-            return
-        if isinstance(reply, TunnelRefused):
-            self.post(ev.TunnelFailed(self.now(), e.session, reply.cause))
-            return
-        self.devices.tunnel.follow(s.org)
-        s.virtual_ip = reply.virtual_ip
-        self.watchers.submit(self._watch_tunnel, s)
-        self.post(ev.TunnelUp(self.now(), e.session, reply.virtual_ip, reply.remote_ts))
-
-    def _watch_tunnel(self, s: Session) -> None:
-        try:
-            for down in self.devices.tunnel.events(s.stop):
-                if not s.stop.is_set():
-                    self.post(ev.TunnelDown(self.now(), s.number, down.reason))
-                return
-        except TunnelError as exc:
-            if not s.stop.is_set():
-                self.post(ev.TunnelDown(self.now(), s.number, f"watch failed: {type(exc).__name__}"))
-
-    def _prepare_print_service(self, s: Session) -> None:
-        """Mount the session tmpfs and start the session cupsd in it (on the preparer thread). The
-        device firewall, installed at daemon start, lets its port in through IPsec only."""
-        t0 = time.monotonic()
-        self.devices.session_fs.mount()
-        s.print_service = self.devices.print_service()
-        s.print_service.start()
-        self.devices.remember_engine_model(s.print_service)
-        journal.record("print service started", session=s.number, ms=round((time.monotonic() - t0) * 1000, 1),
-                       queues="written" if s.print_service.model else "built from the engine")
-
-    def _start_print_service(self, e: fx.StartPrintService) -> None:
-        s = self._current(e.session)
-        if s is None:
-            self.post(ev.PrintServiceFailed(self.now(), e.session, "no session"))
-            return
-        try:
-            s.print_service_ready.result(timeout=PRINT_SERVICE_START_S)  # started in _fetch_profile
-        except Exception as exc:
-            self.devices.forget_engine_model()
-            self.post(ev.PrintServiceFailed(self.now(), e.session, type(exc).__name__))
-            return
-        self.watchers.submit(self._watch_jobs, s)
-        self.post(ev.PrintServiceUp(self.now(), e.session))
-
-    def _watch_jobs(self, s: Session) -> None:
-        try:
-            for job_event in s.print_service.events(s.stop):
-                match job_event:
-                    case JobHeld(job=job):
-                        proof = owner_proof.check(job, s.print_service.document_path(job.id), org=s.org,
-                                                  desk_keys=s.desk_keys, nonces=self.proof_nonces, now=time.time(),
-                                                  released=self.released)
-                        s.jobs[job.id] = {"title": job.title, "bytes": job.size_bytes, "format": job.document_format,
-                                          "delivery": proof.delivery}
-                        self.post(ev.JobArrived(self.now(), s.number, job.id, job.user, job.origin_host, proof.verdict))
-                    case JobGone(job_id=job_id, reason=reason):
-                        self.post(ev.JobGone(self.now(), s.number, job_id, reason))
-        except Exception as exc:
-            if not s.stop.is_set():
-                journal.record("job watch failed", level=40, error=type(exc).__name__, org=s.org)
-
-    def _release(self, e: fx.ReleaseJobs) -> None:
-        """Hand each job over to the engine spool (its document copied, the job purged from the
-        session cupsd): from here on it no longer depends on the session."""
-        s = self._current(e.session)
-        done: list[int] = []
-        try:
-            for job_id in e.job_ids:
-                info = s.jobs.get(job_id, {})
-                self.devices.engine.take_held(s.print_service, job_id, session=s.number, org=s.org, user=e.user,
-                                              title=info.get("title", ""), document_format=info.get("format", ""))
-                done.append(job_id)
-        except Exception as exc:
-            self.post(ev.ReleaseFailed(self.now(), e.session, tuple(j for j in e.job_ids if j not in done),
-                                       type(exc).__name__))
-            return
-        self.post(ev.Released(self.now(), e.session, tuple(done)))
-
-    def _report_jobs(self, e: fx.ReportJobs) -> None:
-        """Tell the org's gateway agent what became of these jobs (by delivery id); a released one is
-        also recorded on the device, so its redelivery never prints twice."""
-        s = self._current(e.session)
-        if s is None:
-            return
-        deliveries = [d for j in e.job_ids if (d := s.jobs.get(j, {}).get("delivery"))]
-        if e.state == "released":
-            for d in deliveries:
-                self.released.add(d)
-        if not deliveries or not s.outcomes_url:
-            return
-        try:
-            outcomes.report(s.outcomes_url, [(d, e.state) for d in deliveries])
-        except (outcomes.OutcomeError, ValueError) as exc:
-            journal.record("outcomes not reported", level=30, org=s.org, state=e.state, jobs=len(deliveries),
-                           error=str(exc))
-            return
-        journal.record("outcomes reported", org=s.org, state=e.state, jobs=len(deliveries))
 
     def _engine_outcome(self, outcome: EngineOutcome) -> None:
         """How a released job ended at the engine (on the engine's thread): journalled whatever became
@@ -367,50 +253,20 @@ class Runtime:
         else:
             self.post(ev.JobGone(self.now(), job.session, job.job_id, f"not printed: {outcome.state} {outcome.reason}".strip()))
 
-    def _purge_job(self, e: fx.PurgeJob) -> None:
-        s = self._current(e.session)
-        if s is not None and s.print_service is not None:
-            s.print_service.purge(e.job_id)
-
     def _purge(self, e: fx.Purge) -> None:
         incoming, self.incoming = self.incoming, None
         if incoming is not None and not e.keep_next:
-            self._end_keeper(incoming)  # a lookup the purge makes moot
+            self._end_keeper(incoming.s)  # a lookup the purge makes moot
             incoming = None
-        if self.session is not None:
-            self._end_keeper(self.session)  # first: every secret of the session dies with it
-            if self.session.print_service_ready is not None:
+        s = self.session.s if self.session is not None else None
+        if s is not None:
+            self._end_keeper(s)  # first: every secret of the session dies with it
+            if s.print_service_ready is not None:
                 # a print service still starting would come up after the purge stopped it
-                concurrent.futures.wait([self.session.print_service_ready], timeout=PRINT_SERVICE_START_S)
-        report = purge(self.devices, self.session, e.reason)
+                concurrent.futures.wait([s.print_service_ready], timeout=PRINT_SERVICE_START_S)
+        report = purge(self.devices, s, e.reason)
         self.session = incoming  # the org the machine switches to, when it decided so
         self.post(ev.PurgeDone(self.now(), e.session, report.ok, report.leftovers))
-
-    def _authenticate(self, e: fx.Authenticate) -> None:
-        s = self._current(e.session)
-        at = self.now
-        if s is None or s.keeper is None:
-            self.post(ev.AuthUnavailable(at(), e.session, e.attempt, "no session"))
-            return
-        try:
-            r = s.keeper.authenticate(60, user=e.user, org=e.org, pin=e.pin, state=e.state)
-        except KeeperError as exc:
-            self.post(ev.AuthUnavailable(at(), e.session, e.attempt, str(exc)))
-            return
-        finally:
-            if e.pin is not None:
-                e.pin.wipe()
-        match r:
-            case Accepted(user=user):
-                self.post(ev.AuthAccepted(at(), e.session, e.attempt, user))
-            case Rejected(user=user, message=message):
-                self.post(ev.AuthRejected(at(), e.session, e.attempt, user, message))
-            case PinRequired(user=user, challenge=challenge, prompt=prompt):
-                self.post(ev.AuthPinRequired(at(), e.session, e.attempt, user, challenge, prompt))
-            case BadInput(reason=reason):
-                self.post(ev.AuthRejected(at(), e.session, e.attempt, e.user, reason))
-            case Unavailable(reason=reason):
-                self.post(ev.AuthUnavailable(at(), e.session, e.attempt, reason))
 
     def _serve_engine(self) -> None:
         """The engine's thread: first what a previous daemon released and left in the spool."""
@@ -481,7 +337,7 @@ class Runtime:
 
     def snapshot(self) -> dict:
         view = describe(self.state)
-        s = self.session
+        s = self.session.s if self.session is not None else None
         held = [dict(j, **(s.jobs.get(j["id"], {}) if s else {})) for j in view.get("held_jobs", [])]
         for j in held:
             j.pop("format", None)

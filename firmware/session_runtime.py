@@ -1,0 +1,192 @@
+"""One organization's session in the runtime: the work the machine asks of that session.
+
+`SessionRuntime` holds the session's resources (`firmware.session.Session`) and does its effects:
+the lookup through its secret keeper, the tunnel, the print service, releases, reports to the org,
+authentication. Each method runs on one of the runtime's workers, blocks, and answers with an event
+(`rt.post`); watcher threads follow the tunnel and the jobs while the session lives. Device-wide
+things (the engine, the nonce and release records, the spare keeper, the configuration) belong to
+the `Runtime` (`rt`); the purge is the runtime's (`firmware.session.purge`).
+"""
+
+from __future__ import annotations
+
+import time
+
+from firmware import effects as fx
+from firmware import events as ev
+from firmware import journal, outcomes, owner_proof
+from firmware.keeper_protocol import LookupRefused, TunnelRefused
+from firmware.secret_keeper import KeeperError
+from firmware.session import Session
+from hal.auth import Accepted, BadInput, PinRequired, Rejected, Unavailable
+from hal.net import NetError
+from hal.printer import JobGone, JobHeld
+from hal.tunnel import TunnelError
+
+PRINT_SERVICE_START_S = 30.0  # cupsd start + queues; SessionPrintService bounds its own steps
+
+
+class SessionRuntime:
+    def __init__(self, session: Session, rt):
+        self.s = session
+        self.rt = rt  # the Runtime: post, now, cfg, devices, watchers, device-wide records
+
+    @property
+    def number(self) -> int:
+        return self.s.number
+
+    def fetch_profile(self, e: fx.FetchProfile) -> None:
+        s = self.s
+        try:
+            s.keeper = self.rt.take_spare_keeper()  # from here on, the purge ends it
+            reply = s.keeper.fetch(e.org, timeout=self.rt.cfg.cloud.timeout_s * 3 + 5)
+        except KeeperError:
+            self.rt.post(ev.LookupFailed(self.rt.now(), e.session, "unreachable"))
+            return
+        if isinstance(reply, LookupRefused):
+            self.rt.post(ev.LookupFailed(self.rt.now(), e.session, reply.kind))
+            return
+        s.gateway = reply.gateway  # the device firewall admits IKE/ESP with it alone
+        s.desk_keys = reply.desk_keys
+        s.outcomes_url = reply.outcomes_url
+        pol = reply.policy
+        self.rt.post(ev.ProfileFetched(self.rt.now(), e.session, reply.org, reply.remote_ts,
+                                    ev.Policy(pol.idle_timeout_s, pol.max_hold_s, pol.combined_mode),
+                                    reply.device_networks))
+
+    def bring_up_tunnel(self, e: fx.BringUpTunnel) -> None:
+        s = self.s
+        if s.keeper is None:
+            self.rt.post(ev.TunnelFailed(self.rt.now(), e.session, "no profile"))
+            return
+        try:
+            self.rt.devices.firewall.allow_gateway(s.gateway)  # before IKE's first packet; the purge forgets it
+            reply = s.keeper.tunnel_up(self.rt.cfg.tunnel.up_timeout_s, timeout=self.rt.cfg.tunnel.up_timeout_s + 10)
+        except (KeeperError, OSError, NetError) as exc:
+            self.rt.post(ev.TunnelFailed(self.rt.now(), e.session, type(exc).__name__))
+            return
+        if isinstance(reply, TunnelRefused):
+            self.rt.post(ev.TunnelFailed(self.rt.now(), e.session, reply.cause))
+            return
+        self.rt.devices.tunnel.follow(s.org)
+        s.virtual_ip = reply.virtual_ip
+        self.rt.watchers.submit(self._watch_tunnel)
+        self.rt.post(ev.TunnelUp(self.rt.now(), e.session, reply.virtual_ip, reply.remote_ts))
+
+    def _watch_tunnel(self) -> None:
+        s = self.s
+        try:
+            for down in self.rt.devices.tunnel.events(s.stop):
+                if not s.stop.is_set():
+                    self.rt.post(ev.TunnelDown(self.rt.now(), s.number, down.reason))
+                return
+        except TunnelError as exc:
+            if not s.stop.is_set():
+                self.rt.post(ev.TunnelDown(self.rt.now(), s.number, f"watch failed: {type(exc).__name__}"))
+
+    def prepare_print_service(self) -> None:
+        """Mount the session tmpfs and start the session cupsd in it (on the preparer thread). The
+        device firewall, installed at daemon start, lets its port in through IPsec only."""
+        s = self.s
+        t0 = time.monotonic()
+        self.rt.devices.session_fs.mount()
+        s.print_service = self.rt.devices.print_service()
+        s.print_service.start()
+        self.rt.devices.remember_engine_model(s.print_service)
+        journal.record("print service started", session=s.number, ms=round((time.monotonic() - t0) * 1000, 1),
+                       queues="written" if s.print_service.model else "built from the engine")
+
+    def start_print_service(self, e: fx.StartPrintService) -> None:
+        s = self.s
+        try:
+            s.print_service_ready.result(timeout=PRINT_SERVICE_START_S)  # started at the card event (PreparePrintService)
+        except Exception as exc:
+            self.rt.devices.forget_engine_model()
+            self.rt.post(ev.PrintServiceFailed(self.rt.now(), e.session, type(exc).__name__))
+            return
+        self.rt.watchers.submit(self._watch_jobs)
+        self.rt.post(ev.PrintServiceUp(self.rt.now(), e.session))
+
+    def _watch_jobs(self) -> None:
+        s = self.s
+        try:
+            for job_event in s.print_service.events(s.stop):
+                match job_event:
+                    case JobHeld(job=job):
+                        proof = owner_proof.check(job, s.print_service.document_path(job.id), org=s.org,
+                                                  desk_keys=s.desk_keys, nonces=self.rt.proof_nonces, now=time.time(),
+                                                  released=self.rt.released)
+                        s.jobs[job.id] = {"title": job.title, "bytes": job.size_bytes, "format": job.document_format,
+                                          "delivery": proof.delivery}
+                        self.rt.post(ev.JobArrived(self.rt.now(), s.number, job.id, job.user, job.origin_host, proof.verdict))
+                    case JobGone(job_id=job_id, reason=reason):
+                        self.rt.post(ev.JobGone(self.rt.now(), s.number, job_id, reason))
+        except Exception as exc:
+            if not s.stop.is_set():
+                journal.record("job watch failed", level=40, error=type(exc).__name__, org=s.org)
+
+    def release(self, e: fx.ReleaseJobs) -> None:
+        """Hand each job over to the engine spool (its document copied, the job purged from the
+        session cupsd): from here on it no longer depends on the session."""
+        s = self.s
+        done: list[int] = []
+        try:
+            for job_id in e.job_ids:
+                info = s.jobs.get(job_id, {})
+                self.rt.devices.engine.take_held(s.print_service, job_id, session=s.number, org=s.org, user=e.user,
+                                              title=info.get("title", ""), document_format=info.get("format", ""))
+                done.append(job_id)
+        except Exception as exc:
+            self.rt.post(ev.ReleaseFailed(self.rt.now(), e.session, tuple(j for j in e.job_ids if j not in done),
+                                       type(exc).__name__))
+            return
+        self.rt.post(ev.Released(self.rt.now(), e.session, tuple(done)))
+
+    def report_jobs(self, e: fx.ReportJobs) -> None:
+        """Tell the org's gateway agent what became of these jobs (by delivery id); a released one is
+        also recorded on the device, so its redelivery never prints twice."""
+        s = self.s
+        deliveries = [d for j in e.job_ids if (d := s.jobs.get(j, {}).get("delivery"))]
+        if e.state == "released":
+            for d in deliveries:
+                self.rt.released.add(d)
+        if not deliveries or not s.outcomes_url:
+            return
+        try:
+            outcomes.report(s.outcomes_url, [(d, e.state) for d in deliveries])
+        except (outcomes.OutcomeError, ValueError) as exc:
+            journal.record("outcomes not reported", level=30, org=s.org, state=e.state, jobs=len(deliveries),
+                           error=str(exc))
+            return
+        journal.record("outcomes reported", org=s.org, state=e.state, jobs=len(deliveries))
+
+    def purge_job(self, e: fx.PurgeJob) -> None:
+        s = self.s
+        if s.print_service is not None:
+            s.print_service.purge(e.job_id)
+
+    def authenticate(self, e: fx.Authenticate) -> None:
+        s = self.s
+        at = self.rt.now
+        if s.keeper is None:
+            self.rt.post(ev.AuthUnavailable(at(), e.session, e.attempt, "no session"))
+            return
+        try:
+            r = s.keeper.authenticate(60, user=e.user, org=e.org, pin=e.pin, state=e.state)
+        except KeeperError as exc:
+            self.rt.post(ev.AuthUnavailable(at(), e.session, e.attempt, str(exc)))
+            return
+        finally:
+            if e.pin is not None:
+                e.pin.wipe()
+        match r:
+            case Accepted(user=user):
+                self.rt.post(ev.AuthAccepted(at(), e.session, e.attempt, user))
+            case Rejected(user=user, message=message):
+                self.rt.post(ev.AuthRejected(at(), e.session, e.attempt, user, message))
+            case PinRequired(user=user, challenge=challenge, prompt=prompt):
+                self.rt.post(ev.AuthPinRequired(at(), e.session, e.attempt, user, challenge, prompt))
+            case BadInput(reason=reason):
+                self.rt.post(ev.AuthRejected(at(), e.session, e.attempt, e.user, reason))
+            case Unavailable(reason=reason):
+                self.rt.post(ev.AuthUnavailable(at(), e.session, e.attempt, reason))
