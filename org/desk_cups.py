@@ -33,6 +33,7 @@ MAX_ANSWER = 4 << 20  # a Get-Jobs answer of the holding queue: ~400 bytes a job
 MAX_JOBS = 5000  # jobs one Get-Jobs asks for
 _CHUNK = 64 * 1024
 _JOB_GROUP = 0x02
+_HELD = 4  # job-state
 
 
 class DeskCupsError(Exception):
@@ -155,7 +156,7 @@ class DeskCups:
     def held_copies(self, queue: str = HELD_QUEUE) -> list[HeldCopy]:
         """The unfinished jobs of the holding queue (DeskCupsNotFound when it does not exist)."""
         body = _header(GET_JOBS, self.printer_uri(queue), "root") + _int("limit", MAX_JOBS)
-        wanted = ["job-id", "job-originating-user-name", "job-name", "time-at-creation", "time-at-processing",
+        wanted = ["job-id", "job-state", "job-originating-user-name", "job-name", "time-at-creation", "time-at-processing",
                   DELIVERY_ATTRIBUTE, SESSION_ATTRIBUTE, TAG_ATTRIBUTE, FORMAT_ATTRIBUTE]
         for i, name in enumerate(wanted):
             body += encode_attribute(0x44, "" if i else "requested-attributes", name.encode())
@@ -228,4 +229,4 @@ def _copy(a: dict[str, list]) -> HeldCopy:
     processed = isinstance(one("time-at-processing"), int) and one("time-at-processing") > 0
     user, title = one("job-originating-user-name", ""), one("job-name", "")
     return HeldCopy(one("job-id"), user if isinstance(user, str) else "", title if isinstance(title, str) else "",
-                    note, valid_session(one(SESSION_ATTRIBUTE)), float(first), processed)
+                    note, valid_session(one(SESSION_ATTRIBUTE)), float(first), processed, one("job-state") == _HELD)

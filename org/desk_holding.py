@@ -187,6 +187,7 @@ class HeldCopy:
     session: str | None
     first: float  # its first delivery (from its tag), else when the desk CUPS took it
     processed: bool = False  # a backend ran for it once (see desk_cups.DeskCups.cancel)
+    held: bool = True  # job-state held (a job moved here while its backend ran may come out pending)
 
 
 @dataclass
@@ -194,6 +195,7 @@ class Plan:
     drop: list[int] = field(default_factory=list)
     cancel: list[tuple[int, str]] = field(default_factory=list)
     redeliver: list[tuple[int, str]] = field(default_factory=list)  # (job, MFP queue)
+    hold: list[int] = field(default_factory=list)  # kept, but not held: hold it (the queue is stopped too)
 
 
 def plan(copies: list[HeldCopy], listing: dict[str, str], ready: dict[str, str], outcomes: dict[str, str],
@@ -215,10 +217,11 @@ def plan(copies: list[HeldCopy], listing: dict[str, str], ready: dict[str, str],
             out.cancel.append((c.job_id, EXPIRED_REASON))
         elif now - c.first > max_age_s:
             out.cancel.append((c.job_id, TOO_OLD_REASON))
-        elif c.note is not None and c.note.mfp in listing and (c.session is None or listing[c.note.mfp] == c.session):
-            continue  # the session it went to holds it
-        elif target is not None:
+        elif target is not None and not (c.note is not None and c.note.mfp in listing and (
+                c.session is None or listing[c.note.mfp] == c.session)):  # its session does not hold it
             # back to the MFP it came from when that one is ready again, else to any of the org's
             queue = ready.get(c.note.mfp, target) if c.note else target
             out.redeliver.append((c.job_id, queue))
+        elif not c.held:
+            out.hold.append(c.job_id)
     return out

@@ -26,6 +26,7 @@ import time
 from collections import OrderedDict
 
 from org.desk_cups import DeskCups, DeskCupsError, DeskCupsNotFound
+from org.desk_listing import read_bounded
 from org.desk_holding import HELD_DEVICE_URI, HELD_QUEUE, MAX_AGE_S, OUTCOME_STATES, HeldCopy, Plan, plan
 
 log = logging.getLogger("tenantprint.org.desk_keeper")
@@ -156,6 +157,8 @@ class HoldingKeeper:
             self._do(f"copy {job} dropped (released or deleted at the MFP)", self.cups.purge, job)
         for job, reason in todo.cancel:
             self._do(f"copy {job} cancelled: {reason}", self.cups.cancel, copies[job], reason)
+        for job in todo.hold:
+            self._do(f"copy {job} held", self.cups.hold, job)
         for job, queue in todo.redeliver:
             c = copies[job]
             what = f"delivery {c.note.delivery[:8]}" if c.note else "never delivered"
@@ -193,12 +196,10 @@ class HoldingKeeper:
 
     def poll_outcomes(self) -> int:
         """One long poll of the gateway agent's outcomes; how many were new."""
-        from org.desk_agent import _read_listing
-
         url = f"{self.gateway_url}/v1/outcomes"
         if self.version is not None:
             url += f"?after={self.version}&wait={self.wait_s:g}"
-        body = json.loads(_read_listing(url, self.wait_s + 5, MAX_OUTCOMES_ANSWER))
+        body = json.loads(read_bounded(url, self.wait_s + 5, MAX_OUTCOMES_ANSWER))
         version, outcomes = int(body["version"]), body["outcomes"]
         if not isinstance(outcomes, list):
             raise ValueError("outcomes: not a list")

@@ -25,6 +25,7 @@ Every process is started with `lab.spawn` and stopped by its recorded PID.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
 import time
@@ -226,9 +227,14 @@ class DeskService:
                 raise LabError(f"{self.agent_key} exited at start: {_log_tail(lab, self.agent_key)}")
 
     def _start_cupsd(self, lab) -> None:
+        """Start the desk's cupsd on an empty CUPS state (queues, jobs, caches; its logs stay): the
+        tree is the lab's `desk-<org>` data dir whichever host plays the desk, and a job one test
+        left in it would otherwise be delivered by the next desk agent (its holding queue)."""
         host = lab.host(self.host_name)
         d = DESK_CUPS_DIR
         root = lab.layout.data_dir(self.name)
+        for sub in ("etc", "spool", "cache", "state"):
+            shutil.rmtree(root / sub, ignore_errors=True)
         for sub in ("etc/ppd", "etc/ssl", "spool/tmp", "cache", "state/certs", "log"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o755)

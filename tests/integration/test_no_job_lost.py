@@ -250,6 +250,37 @@ def test_the_mfp_going_and_coming_back_gets_the_job_again_once(lab, side):
     assert len(side.held()) == 0
 
 
+def test_a_job_not_yet_sent_when_the_mfp_goes_is_kept_and_sent_to_the_next_session(lab, side):
+    """The desk queue held a job it could not send (the MFP's print service stopped): deleting the
+    queue when the MFP goes would drop it; it goes to the holding queue instead, and the next session
+    gets it, as a first delivery."""
+    side.here()
+    wait_for(lambda: _queue_trusted(lab), 10, "a trusted desk queue")
+    side.printer.stop()  # the MFP is listed, its print service does not answer
+    job = print_file(lab, ORG, "carol", DOC, title="carol-minutes")
+    wait_for(lambda: "did not take the job" in desk_job(lab, ORG, job)["message"], 15,
+             "the backend to fail and keep the job queued at the desk")
+    assert desk_job(lab, ORG, job)["state"] in (3, 4, 5)
+    side.printer = None
+    side.go()
+    (kept,) = wait_for(lambda: desk_held_copies(lab, ORG), 10, "the unsent job in the holding queue")
+    assert (kept.job_id, kept.user, kept.title, kept.note) == (job, "carol", "carol-minutes", None)
+    # held there (a job whose backend was running when it was moved may come out pending: the
+    # agent holds it again at its next look)
+    wait_for(lambda: desk_job(lab, ORG, job)["state"] == 4, 5, "the kept job to be held")
+
+    side.come()
+    (held,) = wait_for(side.held, 20, "carol's job at the next session")
+    result = verified(lab, held)
+    assert result.valid and result.delivery == result.nonce and held["title"] == "carol-minutes"
+    assert _desk_done(lab, job) == 9
+    (copy,) = wait_for(lambda: desk_held_copies(lab, ORG), 10, "carol's copy")
+    assert copy.note.delivery == result.delivery
+    side.printer.purge(held["id"])
+    assert side.report([(result.delivery, "deleted")]) == 204  # carol deleted it at the MFP
+    wait_for(lambda: desk_held(lab, ORG) == [], 10, "the deleted job's copy to go")
+
+
 def test_added_latency_of_a_delivery_the_copy_into_the_holding_queue(lab, side):
     """What the backend adds to a delivery once the MFP took the job: one Print-Job of the
     document into the desk's holding queue over its local socket (here into a scratch queue set up

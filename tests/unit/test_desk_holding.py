@@ -129,6 +129,14 @@ def test_a_copy_without_a_session_stays_while_its_mfp_is_listed():
     assert plan([copy(1, session=None)], {"mfp-2": "t"}, {"mfp-2": "q2"}, {}, NOW).redeliver == [(1, "q2")]
 
 
+def test_a_kept_copy_that_is_not_held_is_held_again():
+    pending = HeldCopy(1, "alice", "t", DeliveryNote(D1, "mfp-1"), "s1", NOW, processed=True, held=False)
+    assert plan([pending], {"mfp-1": "s1"}, {"mfp-1": "q"}, {}, NOW).hold == [1]  # its session holds it
+    assert plan([pending], {}, {}, {}, NOW).hold == [1]  # nowhere to go yet
+    p = plan([pending], {"mfp-2": "t"}, {"mfp-2": "q2"}, {}, NOW)
+    assert p.redeliver == [(1, "q2")] and p.hold == []  # on its way: released there, not held
+
+
 def test_copies_are_bounded_in_age():
     p = plan([copy(1, first=NOW - h.MAX_AGE_S - 1), copy(2, first=NOW - h.MAX_AGE_S + 60)], {}, {}, {}, NOW)
     assert p.cancel == [(1, h.TOO_OLD_REASON)] and p.redeliver == []
@@ -146,7 +154,7 @@ _mfps = st.sampled_from(["mfp-1", "mfp-2"])
 def test_plan_invariants(specs, listing, ready, outcomes):
     copies = [copy(i, d, m, s, f) for i, (d, m, s, f) in enumerate(specs)]
     p = plan(copies, listing, ready, outcomes, NOW)
-    acted = p.drop + [j for j, _ in p.cancel] + [j for j, _ in p.redeliver]
+    acted = p.drop + [j for j, _ in p.cancel] + [j for j, _ in p.redeliver] + p.hold
     assert len(acted) == len(set(acted))  # at most one thing per copy
     for c in copies:
         moved = [q for j, q in p.redeliver if j == c.job_id]
