@@ -25,6 +25,8 @@ import threading
 import time
 from collections import OrderedDict
 
+import cups as pycups
+
 from org.desk_cups import DeskCups, DeskCupsError, DeskCupsNotFound
 from org.desk_listing import read_bounded
 from org.desk_holding import HELD_DEVICE_URI, HELD_QUEUE, MAX_AGE_S, OUTCOME_STATES, HeldCopy, Plan, plan
@@ -78,8 +80,6 @@ class HoldingKeeper:
 
     def ensure_queue(self) -> None:
         """Add the holding queue, or set it right: raw, never sending, stopped, accepting, not shared."""
-        import cups as pycups
-
         try:
             a = self.cups.printer(HELD_QUEUE, ["device-uri", "printer-state", "printer-is-accepting-jobs",
                                                "printer-is-shared"])
@@ -145,8 +145,8 @@ class HoldingKeeper:
             except DeskCupsNotFound:
                 self._checked = 0.0  # the queue went: set it up again at once
                 return None
-            except (DeskCupsError, RuntimeError) as exc:  # pycups: RuntimeError when cupsd is away
-                log.warning("holding queue not read: %s", exc)
+            except (DeskCupsError, RuntimeError, pycups.IPPError) as exc:  # pycups: RuntimeError when cupsd is away
+                log.warning("holding queue not read or not set up: %s", exc)
                 return None
             todo = plan(copies, self.listing, self.ready, self.outcomes.states(), time.time(), self.max_age_s)
             self._carry_out(todo, {c.job_id: c for c in copies})
@@ -182,7 +182,7 @@ class HoldingKeeper:
             with self._lock:
                 self.ensure_queue()
                 self._checked = time.monotonic()
-        except (DeskCupsError, RuntimeError) as exc:
+        except (DeskCupsError, RuntimeError, pycups.IPPError) as exc:
             log.warning("holding queue not set up yet: %s", exc)
         threading.Thread(target=self._follow_outcomes, name="outcomes", daemon=True).start()
         threading.Thread(target=self._scan, name="holding-scan", daemon=True).start()
@@ -192,7 +192,10 @@ class HoldingKeeper:
 
     def _scan(self) -> None:
         while not self._stop.wait(self.scan_s):
-            self.apply()
+            try:
+                self.apply()
+            except Exception:  # noqa: BLE001 (the keeper's look must go on whatever one look met)
+                log.exception("holding queue: look failed")
 
     def poll_outcomes(self) -> int:
         """One long poll of the gateway agent's outcomes; how many were new."""

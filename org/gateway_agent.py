@@ -316,6 +316,16 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("http %s", fmt % args)
 
 
+def _charon_started(session: vici.Session) -> str:
+    """charon's start time (VICI `stats`), "" when it does not say: sessions are then named by the
+    IKE SA's unique id alone (unique while this charon runs)."""
+    try:
+        return _text(session.stats().get("uptime", {}).get("since", b""))
+    except Exception as exc:  # noqa: BLE001 (a charon without stats must not stop the listing)
+        log.warning("charon's start time not read (%s): sessions named by IKE SA only", exc)
+        return ""
+
+
 class GatewayAgent:
     def __init__(self, vici_socket: str, listen: tuple[str, int], conn_prefix: str = "", reconcile_s: float = 2.0):
         self.vici_socket = vici_socket
@@ -348,7 +358,7 @@ class GatewayAgent:
                 req_sock, requests = self._connect()
                 ev_sock, events = self._connect()
                 socks = [req_sock, ev_sock]
-                self.charon_started = _text(requests.stats().get("uptime", {}).get("since", b""))
+                self.charon_started = _charon_started(requests)
                 self.reconcile(requests)
                 for label, event in events.listen(["ike-updown", "child-updown"], timeout=self.reconcile_s):
                     self.reconcile(requests, going_down(label, event))
