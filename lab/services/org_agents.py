@@ -327,6 +327,18 @@ def desk_held_copies(lab, org: str) -> list:
         return []
 
 
+def clear_desk_held(lab, org: str) -> int:
+    """Purge every job of org `org`'s holding queue (a lab reset between scenarios: the jobs a
+    scenario left would go to the next scenario's session). Returns how many."""
+    from org.desk_cups import DeskCups
+
+    copies = desk_held_copies(lab, org)
+    cups_ = DeskCups(str(desk_socket(lab, org)))
+    for c in copies:
+        cups_.purge(c.job_id)
+    return len(copies)
+
+
 def desk_held(lab, org: str) -> list[dict]:
     """`lab status`'s `desks.<org>.held`: [{id, user, title}] of the desk's holding queue ([] when
     the desk's CUPS does not answer: `desks.<org>.queue` says so)."""
