@@ -52,6 +52,7 @@ class Policy:
     idle_timeout_s: float = 300.0
     max_hold_s: float = 3600.0
     combined_mode: bool = False
+    end_after_print: bool = False  # end the session once nothing is held or printing after a print
 
 
 # -- not session-scoped ---------------------------------------------------------------------------

@@ -32,6 +32,7 @@ class PolicyFacts:
     idle_timeout_s: float
     max_hold_s: float
     combined_mode: bool
+    end_after_print: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def encode(reply: FetchReply | TunnelReply | AuthOutcome) -> str:
             p = reply.policy
             obj = {"org": reply.org, "remote_ts": list(reply.remote_ts), "gateway": reply.gateway,
                    "policy": {"idle_timeout_s": p.idle_timeout_s, "max_hold_s": p.max_hold_s,
-                              "combined_mode": p.combined_mode},
+                              "combined_mode": p.combined_mode, "end_after_print": p.end_after_print},
                    "device_networks": list(reply.device_networks),
                    "desk_keys": [base64.b64encode(k).decode() for k in reply.desk_keys],
                    "outcomes_url": reply.outcomes_url}
@@ -135,7 +136,8 @@ def decode_fetch(line: bytes | str) -> FetchReply:
         return LookupRefused(_text(obj, "error"))
     try:
         pol = obj["policy"]
-        policy = PolicyFacts(float(pol["idle_timeout_s"]), float(pol["max_hold_s"]), bool(pol["combined_mode"]))
+        policy = PolicyFacts(float(pol["idle_timeout_s"]), float(pol["max_hold_s"]), bool(pol["combined_mode"]),
+                             bool(pol.get("end_after_print", False)))
         keys = tuple(base64.b64decode(k, validate=True) for k in obj.get("desk_keys", ()))
     except (KeyError, TypeError, ValueError):
         raise ProtocolError("fetch reply: policy or desk keys unreadable") from None

@@ -739,9 +739,15 @@ def _job_done(state, event, limits):
     s = replace(s, held=tuple(j for j in s.held if j.job_id != event.job_id),
                 printing=tuple(j for j in s.printing if j != event.job_id), last_activity=event.at)
     if isinstance(event, JobPrinted):
-        return replace(state, s=s), [Audit("job-printed", {"session": s.number, "job": event.job_id})]
-    name = "job-not-printed" if was_printing else "job-gone"
-    return replace(state, s=s), [Audit(name, {"session": s.number, "job": event.job_id, "reason": event.reason})]
+        effects = [Audit("job-printed", {"session": s.number, "job": event.job_id})]
+    else:
+        name = "job-not-printed" if was_printing else "job-gone"
+        effects = [Audit(name, {"session": s.number, "job": event.job_id, "reason": event.reason})]
+    if was_printing and s.policy.end_after_print and not s.printing and not s.held and isinstance(state, Ready):
+        # the patent's step 140: the org's policy ends the session once its last job is out
+        nxt, purge = _purge(replace(state, s=s), event.at, "printed", "printed-end")
+        return nxt, [*effects, *purge]
+    return replace(state, s=s), effects
 
 
 def _card_unreadable(state, event, limits):

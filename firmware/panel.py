@@ -41,6 +41,7 @@ MESSAGES: dict[str, str] = {
     "print-service-failed": "Printer could not be prepared for {org}",
     "step-timeout": "No answer in time — session ended",
     "idle-timeout": "Session for {org} ended (idle)",
+    "printed-end": "Printed — session for {org} ended",
     "max-hold": "Held jobs expired — session for {org} ended",
     "switching-org": "Ending {org}'s session…",
     # card

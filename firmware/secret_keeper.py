@@ -195,7 +195,7 @@ class _Keeper:
             return kp.LookupRefused("malformed")
         p = self.profile.policy
         return kp.ProfileFacts(self.profile.org_id, tuple(self.profile.vpn.remote_ts), self.profile.vpn.gateway,
-                               kp.PolicyFacts(p.idle_timeout_s, p.max_hold_s, p.combined_mode),
+                               kp.PolicyFacts(p.idle_timeout_s, p.max_hold_s, p.combined_mode, p.end_after_print),
                                tuple(self.device_networks), tuple(self.profile.desk_keys), self.profile.outcomes_url)
 
     def tunnel_up(self, req: dict) -> kp.TunnelReply:

@@ -51,7 +51,7 @@ class SessionRuntime:
         s.outcomes_url = reply.outcomes_url
         pol = reply.policy
         self.rt.post(ev.ProfileFetched(self.rt.now(), e.session, reply.org, reply.remote_ts,
-                                    ev.Policy(pol.idle_timeout_s, pol.max_hold_s, pol.combined_mode),
+                                    ev.Policy(pol.idle_timeout_s, pol.max_hold_s, pol.combined_mode, pol.end_after_print),
                                     reply.device_networks))
 
     def bring_up_tunnel(self, e: fx.BringUpTunnel) -> None:

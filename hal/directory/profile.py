@@ -21,7 +21,8 @@ Wire format (JSON object):
            | {"kind": "ldap", "host": "...", "port": 389, "base_dn": "...", "bind_dn": "...",
               "bind_password": "...", "user_attr": "uid", "timeout_s": 3,
               "ca_pem": "..."},                              # StartTLS: verifies the server
-     "policy": {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": false},
+     "policy": {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": false,
+                "end_after_print": false},                   # optional (false)
      "print": {"desk_keys": ["<base64 of a raw 32-byte Ed25519 public key>", ...],   # optional
                "outcomes_url": "http://10.20.0.1:8631/v1/outcomes"}}              # optional
 
@@ -197,6 +198,7 @@ class SessionPolicy:
     idle_timeout_s: int = 300
     max_hold_s: int = 3600
     combined_mode: bool = False
+    end_after_print: bool = False  # the patent's step 140: the session ends once its last job printed
 
 
 @dataclass
@@ -229,6 +231,7 @@ class SessionProfile:
             idle_timeout_s=pol.number("idle_timeout_s", 10, 86400),
             max_hold_s=pol.number("max_hold_s", 10, 7 * 86400),
             combined_mode=pol.get("combined_mode", bool),
+            end_after_print=pol.get("end_after_print", bool, optional=True, default=False),
         )
         pol.done()
         desk_keys, outcomes_url = _print_section(top.get("print", dict, optional=True), vpn.remote_ts)
@@ -248,7 +251,8 @@ class SessionProfile:
             keys = ("kind", "host", "port", "base_dn", "bind_dn", "bind_password", "user_attr", "timeout_s", "ca_pem")
         auth = {k: plain(getattr(self.auth, k)) for k in keys}
         wire = {"org_id": self.org_id, "ttl_s": self.ttl_s, "vpn": vpn, "auth": auth,
-                "policy": dict(self.policy.__dict__)}
+                "policy": {k: v for k, v in self.policy.__dict__.items()
+                           if k != "end_after_print" or v}}  # absent means false
         if self.desk_keys:
             wire["print"] = {"desk_keys": [base64.b64encode(k).decode() for k in self.desk_keys]}
         if self.outcomes_url:

@@ -149,3 +149,14 @@ def test_the_outcomes_url_round_trips_in_the_profile():
     wire["print"]["extra"] = 1
     with pytest.raises(ProfileError, match="print"):
         SessionProfile.from_wire(wire)
+
+
+def test_end_after_print_is_optional_and_boolean():
+    wire = copy.deepcopy(WIRE)
+    assert SessionProfile.from_wire(wire).policy.end_after_print is False
+    wire["policy"]["end_after_print"] = True
+    p = SessionProfile.from_wire(wire)
+    assert p.policy.end_after_print is True and SessionProfile.from_wire(p.to_wire()).policy.end_after_print
+    wire["policy"]["end_after_print"] = "yes"
+    with pytest.raises(ProfileError, match="end_after_print"):
+        SessionProfile.from_wire(wire)
