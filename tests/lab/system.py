@@ -99,7 +99,8 @@ def clean_system(system):
     _to_rest(system)
     yield system
     _to_rest(system)
-    assert office_leftovers(system) == []
+    left = office_leftovers(system)
+    assert left == [], left
 
 
 def _to_rest(system) -> None:
