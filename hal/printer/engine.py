@@ -11,8 +11,10 @@ cannot be reached (switched off, unplugged) the job waits and is sent again ever
 `give_up_s` it is reported not printed ("engine unreachable") and its document deleted. A job the
 engine lost (switched off mid-job: its job id unknown or another job's) is sent again.
 
-Each spooled job is two files, `<tag>.doc` and `<tag>.json` (who, what, which session), written
-before the job counts as taken: a daemon restarted with jobs in the spool serves them (`resume`).
+Each spooled job is two files, `<tag>.doc` and `<tag>.json` (who, what, which session, and once the
+engine took it its job id there), written before the job counts as taken: a daemon restarted with
+jobs in the spool serves them (`resume`), following a job the engine already has rather than
+sending it again.
 The document is deleted as soon as the job ended, whichever way.
 
 Blocking; `serve()` runs on a thread of its own and reports `EngineOutcome`s through a callback.
@@ -28,7 +30,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from hal.printer import JobNotFound
@@ -51,6 +53,7 @@ class ReleasedJob:
     title: str
     document_format: str
     released_at: float      # unix time
+    engine_job: int | None = None  # the engine's job id once it took the job (recorded: no resend)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,18 @@ class EngineSpool:
         with open(fd, "w") as out:
             json.dump(asdict(job), out)
         os.replace(tmp, record)
+
+    def record_sent(self, job: ReleasedJob, engine_job: int) -> ReleasedJob:
+        """Note in the job's record that the engine took it as `engine_job`: a daemon restarted
+        from here follows that job instead of sending it again."""
+        sent = replace(job, engine_job=engine_job)
+        record = self.dir / f"{job.tag}.json"
+        tmp = record.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(fd, "w") as out:
+            json.dump(asdict(sent), out)
+        os.replace(tmp, record)
+        return sent
 
     def document(self, job: ReleasedJob) -> bytes:
         return (self.dir / f"{job.tag}.doc").read_bytes()
@@ -218,13 +233,14 @@ class PrintEngine:
     def _print(self, job: ReleasedJob, stop: threading.Event) -> EngineOutcome | None:
         """Send `job` until the engine took it, then follow it to its end. None when stopping."""
         since = time.monotonic()
-        engine_job: int | None = None
+        engine_job = job.engine_job  # taken by the engine before a daemon restart: follow it
         while not stop.is_set():
             if time.monotonic() - since > self.give_up_s:
                 return EngineOutcome(job, False, "not-printed", "engine unreachable")
             try:
                 if engine_job is None:
                     engine_job = self._send(job)
+                    self.spool.record_sent(job, engine_job)
                 state, reasons = self._state(engine_job, job)
             except _Lost:
                 engine_job = None  # the engine restarted without it: send it again
