@@ -338,10 +338,9 @@ class Runtime:
     def snapshot(self) -> dict:
         view = describe(self.state)
         s = self.session.s if self.session is not None else None
-        held = [dict(j, **(s.jobs.get(j["id"], {}) if s else {})) for j in view.get("held_jobs", [])]
-        for j in held:
-            j.pop("format", None)
-            j.pop("delivery", None)
+        jobs = s.jobs if s else {}
+        held = [dict(j, **{k: v for k, v in jobs.get(j["id"], {}).items() if k in ("title", "bytes")})
+                for j in view.get("held_jobs", [])]
         tunnel = {"up": bool(s and s.virtual_ip and view.get("org")), "virtual_ip": s.virtual_ip if s else None}
         number = getattr(self.state, "session", None)
         printing = [{"id": j.job_id, "user": j.user, "title": j.title}

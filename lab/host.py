@@ -8,7 +8,6 @@ root namespace reaches a host's sockets through `LabLayout.run_dir(host)`.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 import sys
@@ -17,10 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lab.layout import LabLayout
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_CLONE_NEWNET = 0x40000000
 
 
 class LabError(Exception):
@@ -117,16 +112,12 @@ class Host:
         return sh(self.argv(cmd), check=check, input=input, timeout=timeout, env=host_env())
 
     def thread(self, target, name: str = "on-host") -> threading.Thread:
-        """Start `target()` on a new thread inside this host's network namespace (setns moves only
-        the calling thread; the mount namespace stays the caller's). For benchmarks that drive a
-        hal object on a host from the benchmark's own process."""
-        def in_netns() -> None:
-            with open(f"/run/netns/{self.ns}", "rb") as f:
-                if _LIBC.setns(f.fileno(), _CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns {self.ns}")
-            target()
+        """Start `target()` on a new thread inside this host's network namespace (the mount
+        namespace stays the caller's). For benchmarks and tests that drive a hal object on a host
+        from their own process."""
+        from hal.sandbox.inside import call_in_netns
 
-        t = threading.Thread(target=in_netns, name=name, daemon=True)
+        t = threading.Thread(target=call_in_netns, args=(f"/run/netns/{self.ns}", target), name=name, daemon=True)
         t.start()
         return t
 

@@ -82,24 +82,23 @@ class EngineSpool:
         fd = os.open(doc, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(fd, "wb") as out, open(document, "rb") as src:
             shutil.copyfileobj(src, out)
+        self._write_record(job)
+
+    def record_sent(self, job: ReleasedJob, engine_job: int) -> ReleasedJob:
+        """Note in the job's record that the engine took it as `engine_job`: a daemon restarted
+        from here follows that job instead of sending it again."""
+        sent = replace(job, engine_job=engine_job)
+        self._write_record(sent)
+        return sent
+
+    def _write_record(self, job: ReleasedJob) -> None:
+        """The job's record, replaced whole (never half written), root only."""
         record = self.dir / f"{job.tag}.json"
         tmp = record.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with open(fd, "w") as out:
             json.dump(asdict(job), out)
         os.replace(tmp, record)
-
-    def record_sent(self, job: ReleasedJob, engine_job: int) -> ReleasedJob:
-        """Note in the job's record that the engine took it as `engine_job`: a daemon restarted
-        from here follows that job instead of sending it again."""
-        sent = replace(job, engine_job=engine_job)
-        record = self.dir / f"{job.tag}.json"
-        tmp = record.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with open(fd, "w") as out:
-            json.dump(asdict(sent), out)
-        os.replace(tmp, record)
-        return sent
 
     def document(self, job: ReleasedJob) -> bytes:
         return (self.dir / f"{job.tag}.doc").read_bytes()
