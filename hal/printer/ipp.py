@@ -296,3 +296,28 @@ def call(printer_uri: str, body: bytes, connect_timeout: float = 2.0, read_timeo
     """One request (`body`, e.g. from `encode_job_request`) to the printer at `printer_uri` over one
     connection; IppRefused / IppError as `get_printer_attributes`."""
     return _call(printer_uri, body, connect_timeout, read_timeout, None, also_ok)
+
+
+GET_JOBS = 0x000A
+JOB_GROUP = 0x02
+
+
+def encode_get_jobs(printer_uri: str, user: str, requested: list[str], which_jobs: str = "all",
+                    request_id: int = 1) -> bytes:
+    """Pure: an IPP/2.0 Get-Jobs request (`which_jobs`: "all", "completed" or "not-completed")."""
+    if not requested:
+        raise ValueError("ask for at least one attribute")
+    out = struct.pack(">BBHI", 2, 0, GET_JOBS, request_id) + bytes([_OPERATION_GROUP])
+    out += encode_attribute(0x47, "attributes-charset", b"utf-8")
+    out += encode_attribute(0x48, "attributes-natural-language", b"en")
+    out += encode_attribute(0x45, "printer-uri", printer_uri.encode())
+    out += encode_attribute(0x42, "requesting-user-name", user.encode())
+    out += encode_attribute(0x44, "which-jobs", which_jobs.encode())
+    for i, name in enumerate(requested):
+        out += encode_attribute(0x44, "" if i else "requested-attributes", name.encode())
+    return out + bytes([_END])
+
+
+def job_groups(answer: IppResponse) -> list[dict[str, list]]:
+    """The job attribute groups of an answer (Get-Jobs: one per job), in order."""
+    return [attrs for tag, attrs in answer.groups if tag == JOB_GROUP]
