@@ -1,13 +1,20 @@
 """hal/card: the card reader.
 
 A reader yields `CardEvent`s: a `CardTap` when a card carrying a valid tenantprint badge is
-presented, `CardUnreadable` when a card is present but its data is not a valid badge (the panel
-says so), `CardRemoved` when the card leaves. Card data and UIDs are unauthenticated and clonable:
-a tap *identifies* a user; the org's auth server authenticates.
+presented, `CardUid` when a card carries no badge but has a stable UID/IDm (a staff or FeliCa card
+the org registered by its UID: the firmware looks it up), `CardUnreadable` when a card is present
+but its data is not a valid badge (the panel says so), `CardRemoved` when the card leaves. Card data
+and UIDs are unauthenticated and clonable: a tap *identifies* a user; the org's auth server
+authenticates (a UID-only card always needs a PIN).
+
+Badges are read from NFC Forum Type 2 (`hal.card.type2`: NTAG21x, Ultralight), Type 3
+(`hal.card.type3`: FeliCa Lite-S) and Type 4 (`hal.card.type4`) tags; `hal.card.badge_write` makes
+the images a writer puts on them. `CardReader.reader_state()` says whether the reader is usable and,
+when it is not, why.
 
 Implementations (chosen by name with `open_reader`): `pcsc` (pyscard over pcscd: PC/SC readers
 such as ACR1252U, and the lab's virtual card behind vpcd) and `nfcpy` (ACR122U/PN533 driven
-directly). The on-card format lives in `hal.card.badge`; the Type 4 read in `hal.card.type4`.
+directly). The on-card format lives in `hal.card.badge`.
 """
 
 from __future__ import annotations
@@ -59,7 +66,16 @@ class BadgeMalformed(CardDataError):
 
 
 class BadCapabilityContainer(BadgeMalformed):
-    """The Type 4 capability container (file E103) is invalid."""
+    """The capability container (Type 4: file E103; Type 2: page 3) is invalid."""
+
+
+class BadAttributeBlock(BadgeMalformed):
+    """The Type 3 attribute information block (block 0 of the NDEF service) is invalid."""
+
+
+class TagRefusedRead(BadgeMalformed):
+    """The tag answered a read with an error (a NAK, a FeliCa status flag): the block or page does
+    not exist or is protected. Raised by the read functions given to `type2` / `type3`."""
 
 
 class BadgeWrongType(CardDataError):
@@ -80,19 +96,42 @@ class BadgeInvalidId(CardDataError):
 
 # -- events -----------------------------------------------------------------------------------
 
+# What a card is, as the readers tell it (`CardTap.kind`, `CardUid.kind`).
+KIND_TYPE2 = "type2"          # NFC Forum Type 2: NTAG21x, MIFARE Ultralight
+KIND_TYPE3 = "type3"          # NFC Forum Type 3 / FeliCa (the UID is the IDm)
+KIND_TYPE4 = "type4"          # ISO 14443-4: NFC Forum Type 4, DESFire, bank and ID cards
+KIND_MIFARE_CLASSIC = "mifare-classic"
+KIND_UNKNOWN = "unknown"
+
+
 @dataclass(frozen=True)
 class CardTap:
     """A card with a valid badge was presented. `detected_at` is the `time.monotonic()` of the
-    reader's card-present status change (for latency measurement; 0.0 if unknown)."""
+    reader's card-present status change (for latency measurement; 0.0 if unknown); `kind` is one of
+    the `KIND_*` names ("" if the reader does not say)."""
     uid: bytes
     user_id: str
     org_id: str
     reader: str
     detected_at: float = field(default=0.0, compare=False)
+    kind: str = field(default="", compare=False)
 
     def __repr__(self) -> str:
         return (f"CardTap(uid={mask_uid(self.uid)}, user_id={self.user_id!r}, "
                 f"org_id={self.org_id!r}, reader={self.reader!r})")
+
+
+@dataclass(frozen=True)
+class CardUid:
+    """A card without a badge but with a stable UID (or FeliCa IDm): it can only be known by that
+    UID, which the firmware looks up (a registered UID-only card always asks for the PIN)."""
+    uid: bytes
+    kind: str
+    reader: str
+    detected_at: float = field(default=0.0, compare=False)
+
+    def __repr__(self) -> str:
+        return f"CardUid(uid={mask_uid(self.uid)}, kind={self.kind!r}, reader={self.reader!r})"
 
 
 @dataclass(frozen=True)
@@ -110,7 +149,7 @@ class CardUnreadable:
         return f"CardUnreadable(reader={self.reader!r}, error={type(self.error).__name__}: {self.error})"
 
 
-CardEvent = Union[CardTap, CardRemoved, CardUnreadable]
+CardEvent = Union[CardTap, CardUid, CardRemoved, CardUnreadable]
 
 
 # -- interface --------------------------------------------------------------------------------
@@ -124,19 +163,30 @@ class CardReader(abc.ABC):
 
         Survives the reader service restarting (pcscd) and readers coming and going; a transient
         communication error with a card yields nothing (the user taps again) and is logged.
-        Raises `ReaderUnavailable` only for a permanent failure. Call it once per reader.
+        Raises `ReaderUnavailable` only for a failure it does not retry by itself; it may then be
+        iterated again (one iteration at a time).
         """
 
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop watching; `events()` ends. Idempotent."""
 
+    def reader_state(self) -> dict:
+        """{"connected": bool, "problem": str}: whether the reader can be used now and, if not,
+        why ("" when unknown or when connected). For the status and the panel."""
+        return {"connected": True, "problem": ""}
+
+    @property
+    def state(self) -> dict:
+        return self.reader_state()
+
 
 def open_reader(kind: str, **options) -> CardReader:
     """The reader implementation named `kind` (`pcsc` or `nfcpy`) with its options.
 
     pcsc: `reader_filter` (substring of the PC/SC reader name; default: every reader).
-    nfcpy: `path` (nfcpy device path, e.g. `usb:072f:2200`, `udp:localhost:54321`).
+    nfcpy: `path` (nfcpy device path, e.g. `usb:072f:2200`, `udp:localhost:54321`), `retry_s`,
+    `retry_max_s` (backoff while the device cannot be opened).
     """
     if kind == "pcsc":
         from hal.card.pcsc import PcscReader

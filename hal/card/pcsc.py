@@ -4,8 +4,12 @@ A thread runs its own `SCardGetStatusChange` loop (not pyscard's CardMonitor, wh
 when pcscd restarts). When the service goes away (pcscd stopped or restarted) the loop releases
 its context and establishes a new one as soon as pcscd answers again; readers that had a card get
 a `CardRemoved` (their state is unknown until then) and a card still on the reader is read again.
-A card that appears is read at once over the same thread: the UID with `FF CA 00 00 00`, then the
-NFC Forum Type 4 NDEF application with bounded reads (`hal.card.type4`), decoded strictly.
+A card that appears is read at once over the same thread: the UID with `FF CA 00 00 00`, then, by
+the ATR (`hal.card.atr`): a Type 2 storage card (Ultralight / NTAG) through `FF B0 00 <page> 10`
+READ BINARY (`hal.card.type2`), an ISO 14443-4 card's NFC Forum Type 4 NDEF application with
+bounded reads (`hal.card.type4`), decoded strictly. MIFARE Classic and FeliCa storage cards are
+known by their UID only (no FeliCa pass-through is used). A card without a badge is a `CardUid` when
+`uid_cards` is set, else `CardUnreadable` (the default: the firmware does not look UIDs up yet).
 Events are handed to the asyncio loop that iterates `events()`.
 """
 
@@ -15,10 +19,13 @@ import logging
 import threading
 import time
 
-from hal.card import (CardCommunicationError, CardDataError, CardRemoved, CardTap, CardUnreadable,
-                      ReaderUnavailable, mask_uid)
+from hal.card import (KIND_TYPE2, KIND_TYPE4, CardCommunicationError, CardDataError, CardRemoved,
+                      CardUnreadable, ReaderUnavailable)
+from hal.card import type2
+from hal.card.atr import card_kind
+from hal.card.tap import card_event, uid_event
 from hal.card.threaded import ThreadedReader
-from hal.card.type4 import read_card
+from hal.card.type4 import read_card, read_uid
 
 try:
     from smartcard import scard as _sc
@@ -38,15 +45,17 @@ class _ServiceLost(Exception):
 class PcscReader(ThreadedReader):
     """Options: `reader_filter` (substring of the reader name; None = every reader),
     `poll_ms` (how long one status-change wait may block; bounds `close()` latency if a cancel
-    is lost), `reconnect_s` (pause between attempts to reach pcscd)."""
+    is lost), `reconnect_s` (pause between attempts to reach pcscd), `uid_cards` (a card without a
+    badge is a `CardUid`, not `CardUnreadable`)."""
 
     def __init__(self, reader_filter: str | None = None, poll_ms: int = 1000,
-                 reconnect_s: float = 0.2):
+                 reconnect_s: float = 0.2, uid_cards: bool = False):
         if _sc is None:
             raise ReaderUnavailable(f"pyscard is not usable: {_IMPORT_ERROR}")
         self.reader_filter = reader_filter
         self.poll_ms = poll_ms
         self.reconnect_s = reconnect_s
+        self.uid_cards = uid_cards
         super().__init__()
         self._ctx = None
         self._ctx_lock = threading.Lock()
@@ -71,6 +80,7 @@ class PcscReader(ThreadedReader):
                 if not self._outage_logged:
                     log.warning("pcscd unavailable (%s); reconnecting", exc)
                     self._outage_logged = True
+                self._set_state(False, f"pcscd not answering: {exc}")
                 self._stop.wait(self.reconnect_s)
 
     def _session(self) -> None:
@@ -91,10 +101,13 @@ class PcscReader(ThreadedReader):
     def _list_readers(self, ctx) -> list[str]:
         hr, readers = _sc.SCardListReaders(ctx, [])
         if hr == _sc.SCARD_E_NO_READERS_AVAILABLE:
+            self._set_state(False, "no card reader connected")
             return []
         if hr != _sc.SCARD_S_SUCCESS:
             raise _ServiceLost(_sc.SCardGetErrorMessage(hr))
-        return [r for r in readers if self.reader_filter is None or self.reader_filter in r]
+        mine = [r for r in readers if self.reader_filter is None or self.reader_filter in r]
+        self._set_state(bool(mine), "" if mine else "no card reader connected")
+        return mine
 
     def _watch(self, ctx) -> None:
         readers = self._list_readers(ctx)
@@ -109,13 +122,13 @@ class PcscReader(ThreadedReader):
             if hr != _sc.SCARD_S_SUCCESS:
                 raise _ServiceLost(_sc.SCardGetErrorMessage(hr))
             relist = False
-            for name, event_state, _atr in result:
+            for name, event_state, atr in result:
                 if name == PNP:
                     relist = bool(event_state & _sc.SCARD_STATE_CHANGED) and pnp_state != _sc.SCARD_STATE_UNAWARE
                     pnp_state = event_state
                     continue
                 if event_state & _sc.SCARD_STATE_CHANGED:
-                    self._on_state(ctx, name, event_state, now)
+                    self._on_state(ctx, name, event_state, now, bytes(atr or b""))
                 states[name] = event_state
             if relist:
                 readers = self._list_readers(ctx)
@@ -126,7 +139,7 @@ class PcscReader(ThreadedReader):
                 for new in readers:
                     states.setdefault(new, _sc.SCARD_STATE_UNAWARE)
 
-    def _on_state(self, ctx, reader: str, state: int, detected_at: float) -> None:
+    def _on_state(self, ctx, reader: str, state: int, detected_at: float, atr: bytes = b"") -> None:
         present = bool(state & _sc.SCARD_STATE_PRESENT) and not state & _sc.SCARD_STATE_MUTE
         counter = state >> 16
         before = self._present.get(reader)
@@ -137,9 +150,9 @@ class PcscReader(ThreadedReader):
             self._emit(CardRemoved(reader))
         if present:
             self._present[reader] = counter
-            self._read(ctx, reader, detected_at)
+            self._read(ctx, reader, detected_at, atr)
 
-    def _read(self, ctx, reader: str, detected_at: float) -> None:
+    def _read(self, ctx, reader: str, detected_at: float, atr: bytes = b"") -> None:
         hr, hcard, protocol = _sc.SCardConnect(ctx, reader, _sc.SCARD_SHARE_SHARED,
                                                _sc.SCARD_PROTOCOL_T0 | _sc.SCARD_PROTOCOL_T1)
         if hr != _sc.SCARD_S_SUCCESS:
@@ -153,15 +166,26 @@ class PcscReader(ThreadedReader):
             return bytes(resp)
 
         try:
-            uid, badge = read_card(transmit)
-        except CardDataError as exc:
-            log.info("unreadable card on %s: %s: %s", reader, type(exc).__name__, exc)
-            self._emit(CardUnreadable(reader, exc))
-            return
-        except CardCommunicationError as exc:
-            log.warning("card on %s: %s (tap again)", reader, exc)
-            return
+            event = self._card_event(transmit, reader, detected_at, card_kind(atr))
         finally:
             _sc.SCardDisconnect(hcard, _sc.SCARD_LEAVE_CARD)
-        log.info("tap on %s: uid %s org %s", reader, mask_uid(uid), badge.org_id)
-        self._emit(CardTap(uid, badge.user_id, badge.org_id, reader, detected_at=detected_at))
+        if event is not None:
+            self._emit(event)
+
+    def _card_event(self, transmit, reader: str, detected_at: float, kind: str):
+        try:
+            uid = read_uid(transmit)
+        except CardDataError as exc:
+            log.info("unreadable card on %s: %s: %s", reader, type(exc).__name__, exc)
+            return CardUnreadable(reader, exc)
+        except CardCommunicationError as exc:
+            log.warning("card on %s: %s (tap again)", reader, exc)
+            return None
+        if kind == KIND_TYPE2:
+            read_page = type2.pcsc_read_page(transmit)
+            return card_event(uid, kind, reader, lambda: type2.read_badge(read_page), detected_at,
+                              uid_cards=self.uid_cards)
+        if kind == KIND_TYPE4:
+            return card_event(uid, kind, reader, lambda: read_card(transmit, with_uid=False)[1],
+                              detected_at, uid_cards=self.uid_cards)
+        return uid_event(uid, kind, reader, detected_at, uid_cards=self.uid_cards)

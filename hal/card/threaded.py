@@ -1,8 +1,9 @@
 """The asyncio side shared by readers whose blocking library runs in a thread.
 
 A subclass implements `_run()` (the thread body: watch the reader until `self._stop` is set,
-calling `self._emit(event)`) and `_wake()` (make a blocking wait in `_run` return soon).
-An exception escaping `_run` ends `events()` with `ReaderUnavailable`.
+calling `self._emit(event)`) and `_wake()` (make a blocking wait in `_run` return soon), and keeps
+`reader_state()` current with `_set_state`. An exception escaping `_run` ends `events()` with
+`ReaderUnavailable`; `events()` may then be iterated again, which starts a new thread.
 """
 
 from __future__ import annotations
@@ -21,12 +22,23 @@ _CLOSED = object()
 
 class ThreadedReader(CardReader):
     join_timeout_s = 3.0
+    _failed = False
 
     def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._queue: asyncio.Queue | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._state_lock = threading.Lock()
+        self._state = {"connected": False, "problem": ""}
+
+    def _set_state(self, connected: bool, problem: str) -> None:
+        with self._state_lock:
+            self._state = {"connected": connected, "problem": problem}
+
+    def reader_state(self) -> dict:
+        with self._state_lock:
+            return dict(self._state)
 
     @abc.abstractmethod
     def _run(self) -> None: ...
@@ -35,8 +47,13 @@ class ThreadedReader(CardReader):
         """Interrupt a blocking wait of the thread (default: nothing; the wait times out)."""
 
     async def events(self) -> AsyncIterator[CardEvent]:
-        if self._thread is not None:
-            raise RuntimeError("events() may be iterated once per reader")
+        if self._thread is not None and self._thread.is_alive():
+            if not self._failed:
+                raise RuntimeError("events() is already being iterated")
+            await asyncio.to_thread(self._thread.join, self.join_timeout_s)  # it is ending
+        if self._stop.is_set():
+            return
+        self._failed = False
         self._loop = asyncio.get_running_loop()
         self._queue = asyncio.Queue()
         self._thread = threading.Thread(target=self._guarded_run, name=type(self).__name__, daemon=True)
@@ -70,9 +87,13 @@ class ThreadedReader(CardReader):
         try:
             self._run()
         except ReaderUnavailable as exc:
+            self._failed = True
+            self._set_state(False, str(exc))
             self._emit(exc)
         except Exception as exc:  # a bug or a broken library: permanent
             log.exception("card reader thread failed")
             err = ReaderUnavailable(f"card reader failed: {type(exc).__name__}: {exc}")
             err.__cause__ = exc
+            self._failed = True
+            self._set_state(False, str(err))
             self._emit(err)
