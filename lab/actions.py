@@ -35,7 +35,11 @@ def status(lab) -> dict:
         # queue still being checked is disabled and rejecting).
         registered = any(q["accepting"] and trusted_model(q["model"]) for q in queues.values())
         out["desks"][org] = {"queue": registered, "queues": queues, "held": org_agents.desk_held(lab, org)}
-    out["printed"] = engine.printed_documents(lab) if lab.host("office").exists() else []
+    # The engine's own word (state, reasons, formats, its job list); the service status when the lab
+    # runs the engine service, so the engine is asked once.
+    eng = out["services"].get("engine")
+    out["engine"] = eng if eng and "jobs" in eng else engine.engine_state(lab)
+    out["printed"] = engine.printed_documents(lab, engine_jobs=out["engine"]["jobs"]) if lab.host("office").exists() else []
     out["audit"] = out["firmware"].get("audit", [])
     return out
 
@@ -126,10 +130,15 @@ def fault(lab, kind: str, org: str) -> dict:
         svc = lab.service("cloud")
         svc.stop(lab) if kind == "cloud-stop" else svc.start(lab)
         return {"fault": kind}
-    if kind.startswith("engine-"):  # the printer switched off (its jobs in flight lost) and on again
+    if kind in ("engine-stop", "engine-start"):  # the printer switched off (its jobs in flight lost) and on again
         svc = lab.service("engine")
         svc.switch_off(lab) if kind == "engine-stop" else svc.start(lab)
         return {"fault": kind}
+    if kind in ("engine-media-empty", "engine-media-ok"):  # paper out (jobs wait at the engine), paper back
+        from lab.services.engine import TRAY_SHEETS, set_media_level
+
+        reasons = set_media_level(lab, 0 if kind == "engine-media-empty" else TRAY_SHEETS)
+        return {"fault": kind, "reasons": reasons}
     if kind == "firmware-kill":
         return {"fault": kind, "killed": _firmware(lab).kill(lab)}
     if kind == "firmware-start":

@@ -9,10 +9,11 @@ import sys
 
 from lab.host import LabError
 from lab.lab import Lab
-from lab.options import BACKENDS, LabOptions
+from lab.options import BACKENDS, ENGINES, LabOptions
 
 FAULTS = ("gateway-kill", "gateway-start", "cloud-stop", "cloud-start", "radius-stop", "radius-start",
-          "firmware-kill", "firmware-start", "engine-stop", "engine-start")
+          "firmware-kill", "firmware-start", "engine-stop", "engine-start",
+          "engine-media-empty", "engine-media-ok")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--combined", action="store_true", help="acme's profile uses combined mode")
     up.add_argument("--ldap", action="append", default=[], metavar="ORG",
                     help="ORG's users are checked by its LDAP server (slapd) instead of FreeRADIUS (repeatable)")
+    up.add_argument("--engine", choices=ENGINES, default="pdf",
+                    help="the print engine's formats: pdf (PDF, PWG raster, JPEG, text), pwg-only, urf-only")
     sub.add_parser("down", help="stop everything and remove every trace of the lab")
     sub.add_parser("status", help="hosts, services, firmware, desks, printed documents, as JSON")
     tap = sub.add_parser("tap", help="present the virtual card, remove it, wait until the MFP settles")
@@ -62,7 +65,7 @@ def _run(args) -> dict:
     from lab import actions
 
     if args.cmd == "up":
-        opts = LabOptions(args.wan_rtt_ms, args.tunnel_backend, args.combined, tuple(args.ldap))
+        opts = LabOptions(args.wan_rtt_ms, args.tunnel_backend, args.combined, tuple(args.ldap), args.engine)
         lab = Lab(options=opts)
         if lab.layout.root.exists() and LabOptions.load(lab.layout.root) != opts:
             raise LabError("the lab is up with other options: `tenantprint lab down` first")

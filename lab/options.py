@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 BACKENDS = ("auto", "kernel", "libipsec")
+ENGINES = ("pdf", "pwg-only", "urf-only")  # what the lab's print engine takes (lab/services/engine.py)
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class LabOptions:
     tunnel_backend: str = "auto"
     combined: bool = False  # acme's profile uses combined mode (one tap connects and authenticates)
     ldap: tuple[str, ...] = ()  # orgs whose users their slapd checks instead of their FreeRADIUS
+    engine: str = "pdf"  # the print engine's formats: one of ENGINES
 
     def __post_init__(self):
         from lab.orgs import CONTRACTED
@@ -26,6 +28,8 @@ class LabOptions:
                 raise ValueError(f"--ldap {org}: not one of the lab's organizations ({', '.join(CONTRACTED)})")
         if self.tunnel_backend not in BACKENDS:
             raise ValueError(f"tunnel backend must be one of {', '.join(BACKENDS)}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if not 0 <= self.wan_rtt_ms <= 2000:
             raise ValueError("wan-rtt-ms must be between 0 and 2000")
 

@@ -107,15 +107,29 @@ def pdf_pages(path: Path) -> int:
     raise PageCountError(f"pdfinfo found no page count (exit {proc.returncode})")
 
 
+def detected_format(head: bytes) -> str | None:
+    """The format a document's first bytes say it is (the MIME type), whatever it was sent as;
+    None when it is none of PDF, PWG raster, URF, JPEG."""
+    if head.startswith(PDF_MAGIC):
+        return "application/pdf"
+    if head.startswith(PWG_SYNC):
+        return "image/pwg-raster"
+    if head.startswith(URF_MAGIC):
+        return "image/urf"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    return None
+
+
 def file_pages(path: Path) -> int | None:
     """Pages of the document at `path` by what its first bytes say it is; None for a format that
     has no page structure to count here (JPEG, text)."""
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head.startswith(PDF_MAGIC):
+        kind = detected_format(f.read(8))
+    if kind == "application/pdf":
         return pdf_pages(path)
-    if head.startswith(PWG_SYNC):
+    if kind == "image/pwg-raster":
         return pwg_pages(Path(path).read_bytes())
-    if head.startswith(URF_MAGIC):
+    if kind == "image/urf":
         return urf_pages(Path(path).read_bytes())
     return None

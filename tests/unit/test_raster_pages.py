@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from lab.raster_pages import PageCountError, file_pages, pdf_pages, pwg_pages, urf_pages
+from lab.raster_pages import PageCountError, detected_format, file_pages, pdf_pages, pwg_pages, urf_pages
 from prereq import need_binary
 
 PAGES = 3
@@ -86,3 +86,10 @@ def test_wrong_magic_is_an_error():
 def test_formats_without_pages_are_none(tmp_path):
     (tmp_path / "note.txt").write_text("hello\n")
     assert file_pages(tmp_path / "note.txt") is None
+
+
+def test_detected_format_by_content(pdf):
+    assert detected_format(pdf.read_bytes()[:8]) == "application/pdf"
+    assert detected_format(b"RaS2PwgRaster") == "image/pwg-raster"
+    assert detected_format(b"UNIRAST\0\0\0\0\0") == "image/urf"
+    assert detected_format(b"hello") is None
