@@ -55,9 +55,12 @@ def test_packages_have_what_the_device_needs_and_no_vpcd():
     pkgs = set(" ".join(_package_lists()).split())
     assert {"charon-systemd", "libcharon-extra-plugins", "libstrongswan-extra-plugins", "cups-daemon",
             "pcscd", "libccid", "nftables", "python3-venv"} <= pkgs
+    # The engine path (replayed with apt in tests/integration/test_image_packages.py).
+    assert {"cups", "cups-filters", "ghostscript", "ipp-usb", "avahi-daemon"} <= pkgs
     assert not {p for p in pkgs if "vpcd" in p or "vsmartcard" in p or "swap" in p or "zram" in p}
     purges = " ".join(CHROOT_SCRIPTS[0].read_text().split("\n"))
     assert re.search(r"apt-get purge -y [^\n]*vsmartcard-vpcd", purges)
+    assert not re.search(r"apt-get purge[^\n]*avahi-daemon", purges), "it would purge ipp-usb too"
 
 
 def test_chroot_scripts_turn_swap_off():
@@ -120,6 +123,10 @@ def test_units_installed_and_enabled(rootfs):
     assert (rootfs / "etc/sysctl.d/90-tenantprint.conf").read_text() == (REPO / "systemd/sysctl.d/90-tenantprint.conf").read_text()
     assert os.readlink(system / "swap.target") == "/dev/null"
     assert not (wants / "cups.service").exists() and not (system / "sockets.target.wants/cups.socket").exists()
+    # The system cupsd would take the per-session cupsd's port; avahi would listen on the LAN.
+    for unit in ("cups.service", "cups.socket", "cups.path", "cups-browsed.service", "avahi-daemon.service",
+                 "avahi-daemon.socket"):
+        assert os.readlink(system / unit) == "/dev/null", f"{unit} not masked"
     helper = rootfs / "opt/tenantprint/libexec/tenantprint-first-boot"
     assert helper.stat().st_mode & stat.S_IXUSR
 
@@ -160,6 +167,30 @@ def test_no_identity_keys_or_vpcd_in_the_image(rootfs):
     canary = re.compile(rb"TPCANARY-\w+-\w+-[0-9a-f]{32}")  # the lab's org secrets (lab/orgs.py)
     for blob in blobs:
         assert b"PRIVATE KEY-----" not in blob and not canary.search(blob)
+
+
+def _settings(text: str) -> dict[tuple[str, str], str]:
+    """(section, key) -> value of an ini-like file (ipp-usb's indents keys and allows `# ...` after values)."""
+    section, found = "", {}
+    for line in (raw.split("#", 1)[0].strip() for raw in text.splitlines()):
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif "=" in line:
+            key, _, value = line.partition("=")
+            found[(section, key.strip())] = value.strip()
+    return found
+
+
+def test_printer_path_announces_nothing(rootfs):
+    ipp_usb = _settings((rootfs / "etc/ipp-usb/ipp-usb.conf").read_text())
+    assert ipp_usb[("network", "dns-sd")] == "disable" and ipp_usb[("network", "interface")] == "loopback"
+    # ipp-usb's shipped default traces all USB traffic (the documents) into /var/log on the SD card.
+    assert ipp_usb[("logging", "device-log")] == "error" and ipp_usb[("logging", "main-log")] == "error"
+    avahi = _settings((rootfs / "etc/avahi/avahi-daemon.conf").read_text())
+    assert avahi[("publish", "disable-publishing")] == "yes"
+    assert avahi[("server", "allow-interfaces")] == "lo" and avahi[("wide-area", "enable-wide-area")] == "no"
+    debconf = (STAGE / "00-packages/00-debconf").read_text()
+    assert re.search(r"^cups\s+cupsys/backend\s+multiselect\s+.*\busb\b", debconf, re.M)
 
 
 def test_ssh_hardening(rootfs):

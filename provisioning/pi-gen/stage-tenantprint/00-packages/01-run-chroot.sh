@@ -1,6 +1,7 @@
 #!/bin/bash -e
-# Never on a device: vpcd (virtual smart-card reader) listens on all interfaces; the
-# avahi/cups-browsed pair would announce queues on the coworking LAN; the legacy ipsec starter
-# would start a second charon.
-apt-get purge -y vsmartcard-vpcd cups-browsed avahi-daemon strongswan-starter
+# Never on a device: vpcd (virtual smart-card reader) listens on all interfaces; cups-browsed
+# would announce and adopt queues on the coworking LAN; the legacy ipsec starter would start a
+# second charon. avahi-daemon stays installed (ipp-usb depends on it; purging it purges ipp-usb)
+# but is masked and publishes nothing: see 03-printer.
+apt-get purge -y vsmartcard-vpcd cups-browsed strongswan-starter
 apt-get autoremove -y

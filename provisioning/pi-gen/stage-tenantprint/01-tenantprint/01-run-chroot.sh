@@ -23,5 +23,4 @@ systemctl enable strongswan.service pcscd.socket
 # No RTC on a Pi: TLS to the cloud needs the clock set, so time-sync.target must wait for NTP.
 systemctl enable systemd-time-wait-sync.service
 systemctl enable tenantprint-enrol.service tenantprint-firmware.service
-# The firmware runs its own cupsd per session, in RAM; the system one would spool to the SD card.
-systemctl disable cups.service cups.socket cups.path
+# The system cupsd stays masked: 03-printer.
