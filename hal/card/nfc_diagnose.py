@@ -94,3 +94,24 @@ def problem(path: str, exc: BaseException | None, *, sysfs: Path = SYSFS_USB,
     if exc is None:
         return ""
     return f"{type(exc).__name__}: {exc}"
+
+
+def udp_peer_absent(path: str, wait_s: float = 0.05) -> bool:
+    """For a `udp:host:port` path: whether nothing listens there (the ICMP port-unreachable a
+    connected UDP socket reports). nfcpy's udp driver itself opens whatever the peer, and then
+    waits 1 s per technology for answers that never come. A silent or remote peer counts as present."""
+    import socket
+    parts = path.split(":")
+    host = parts[1] if len(parts) > 1 and parts[1] else "localhost"
+    port = int(parts[2]) if len(parts) > 2 and parts[2] else 54321
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect((host, port))
+            sock.settimeout(wait_s)
+            sock.send(b"")
+            sock.recv(64)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False

@@ -24,7 +24,7 @@ import time
 from hal.card import (KIND_MIFARE_CLASSIC, KIND_TYPE2, KIND_TYPE3, KIND_TYPE4, CardCommunicationError,
                       CardRemoved, CardUnreadable, NoBadge, ReaderUnavailable, TagRefusedRead)
 from hal.card import type2, type3
-from hal.card.nfc_diagnose import problem
+from hal.card.nfc_diagnose import problem, udp_peer_absent
 from hal.card.tap import card_event, uid_event
 from hal.card.threaded import ThreadedReader
 from hal.card.type4 import read_card
@@ -128,9 +128,11 @@ class NfcpyReader(ThreadedReader):
         """The opened frontend, or None if it cannot be opened now (state says why)."""
         import nfc
         try:
+            if self.path.startswith("udp") and udp_peer_absent(self.path):
+                raise ConnectionRefusedError("nothing listens at the udp peer")
             clf = nfc.ContactlessFrontend(self.path)
         except (IOError, OSError) as exc:
-            cause = problem(self.path, exc)
+            cause = "udp peer absent" if isinstance(exc, ConnectionRefusedError) else problem(self.path, exc)
             if self.reader_state()["problem"] != cause:
                 log.warning("cannot open NFC reader %s: %s (%s); retrying", self.path, cause, exc)
             self._set_state(False, cause)
