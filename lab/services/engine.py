@@ -43,12 +43,15 @@ PRINTER_STATES = {3: "idle", 4: "processing", 5: "stopped"}
 # ippeveprinter keeps a job's format as document-format-supplied (and -detected when it sniffed it)
 _JOB_ATTRIBUTES = ["job-id", "job-name", "job-originating-user-name", "job-state", "job-state-reasons",
                    "document-format", "document-format-supplied", "document-format-detected"]
-RECORDER = """#!/bin/sh
+RECORDER = r"""#!/bin/sh
 # ippeveprinter's print command: record what reached the engine (the file itself is kept by -k).
 # Its exit (0: nothing after the record can fail) is what completes the job at the engine.
+# Names come from desks. ippeveprinter hands them over escaped (\\ \" \[, ippAttributeString):
+# JSON takes the first two as they are; \[ becomes [, control characters spaces.
+esc() { printf '%s' "$1" | tr '\000-\037' ' ' | sed 's/\\\[/[/g'; }
 size=$(wc -c < "$1")
-printf '{"file": "%s", "bytes": %s, "user": "%s", "title": "%s", "format": "%s", "job_id": %s, "instance": "%s", "at": %s}\\n' \\
-  "$1" "$size" "$IPP_JOB_ORIGINATING_USER_NAME" "$IPP_JOB_NAME" "$CONTENT_TYPE" "${IPP_JOB_ID:-null}" \\
+printf '{"file": "%s", "bytes": %s, "user": "%s", "title": "%s", "format": "%s", "job_id": %s, "instance": "%s", "at": %s}\n' \
+  "$1" "$size" "$(esc "$IPP_JOB_ORIGINATING_USER_NAME")" "$(esc "$IPP_JOB_NAME")" "$CONTENT_TYPE" "${IPP_JOB_ID:-null}" \
   "$TP_ENGINE_INSTANCE" "$(date +%s.%N)" >> "$(dirname "$0")/printed.jsonl"
 """
 
@@ -140,11 +143,14 @@ def reason_keywords(reasons: list[str]) -> set[str]:
 
 def set_media_level(lab, sheets: int) -> list[str]:
     """Fill (sheets > 0) or empty (0) every tray of the engine through ippeveprinter's media form,
-    then read back and return its printer-state-reasons; LabError when the engine did not take it
-    (media-empty present with paper, or absent without)."""
-    from hal.printer.ipp import first
+    then read back and return its printer-state-reasons; LabError when the engine is off or did not
+    take it (media-empty present with paper, or absent without). A restarted engine has paper again."""
+    from hal.printer.ipp import IppError, first
 
-    attrs = _printer_attributes(lab, ["media-source-supported", "media-default"])
+    try:
+        attrs = _printer_attributes(lab, ["media-source-supported", "media-default"])
+    except (IppError, OSError) as exc:
+        raise LabError(f"engine: not answering, no paper to take or give ({exc})") from None
     size = first(attrs, "media-default") or "iso_a4_210x297mm"
     query = []
     for i, source in enumerate(attrs.get("media-source-supported", [])):
@@ -170,7 +176,10 @@ def set_media_level(lab, sheets: int) -> list[str]:
         raise LabError(f"engine: media form not reached ({exc})") from None
     if status != 200:
         raise LabError(f"engine: media form answered HTTP {status}")
-    reasons = _printer_attributes(lab, ["printer-state-reasons"]).get("printer-state-reasons", [])
+    try:
+        reasons = _printer_attributes(lab, ["printer-state-reasons"]).get("printer-state-reasons", [])
+    except (IppError, OSError) as exc:
+        raise LabError(f"engine: media set, but its state not read back ({exc})") from None
     if ("media-empty" in reason_keywords(reasons)) != (sheets == 0):
         raise LabError(f"engine: trays set to {sheets} sheets but the engine reports {reasons}")
     return reasons

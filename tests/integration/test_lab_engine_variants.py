@@ -27,6 +27,7 @@ POSTSCRIPT = b"""%!PS
 GS = {"application/pdf": ["-sDEVICE=pdfwrite"],
       "image/pwg-raster": ["-sDEVICE=pwgraster", "-r300", "-dcupsColorSpace=18", "-dcupsBitsPerColor=8"],
       "image/urf": ["-sDEVICE=urf", "-r600", "-dcupsColorSpace=18", "-dcupsBitsPerColor=8"]}
+TITLE_OFF = 'before "off" \\ [é]'  # a desk's title is any text: the record must keep it as it is
 SENT = {"pdf": "application/pdf", "pwg-only": "image/pwg-raster", "urf-only": "image/urf"}
 
 
@@ -126,20 +127,20 @@ def test_switched_off_engine_is_off_in_status_and_its_records_stay(engine_lab, d
     lab = engine_lab
     service = EngineService("pdf")
     service.start(lab)
-    job = _print(lab, documents["application/pdf"], "application/pdf", "before-off")
-    wait_for(lambda: _printed(lab, "before-off"), 10, "the job printed")
+    job = _print(lab, documents["application/pdf"], "application/pdf", TITLE_OFF)
+    wait_for(lambda: _printed(lab, TITLE_OFF), 10, "the job printed")
     service.switch_off(lab)
     state = service.status(lab)
     assert state["running"] is False and state["state"] == "off"
     assert state["reasons"] == [] and state["formats"] == [] and state["jobs"] == []
-    (doc,) = _printed(lab, "before-off")
+    (doc,) = _printed(lab, TITLE_OFF)
     assert doc["job_id"] == job and doc["job_state"] == "completed"  # from the record: the engine is gone
     service.start(lab)
     # job ids start again at 1: the new engine's job with the old id is not the old record's job
     again = _print(lab, documents["application/pdf"], "application/pdf", "after-on")
     wait_for(lambda: _printed(lab, "after-on"), 10, "the job printed")
     assert again <= job
-    (old,) = _printed(lab, "before-off")
+    (old,) = _printed(lab, TITLE_OFF)
     (new,) = _printed(lab, "after-on")
     assert old["instance"] != new["instance"] and old["file"] != new["file"]
     assert old["pages"] == new["pages"] == PAGES
