@@ -8,10 +8,11 @@ Pre-Depends, Recommends, Provides... from `apt-cache show` of the chosen version
 extended_states saying which were pulled in automatically, so `autoremove` judges as on the Pi.
 
 Stand-in: this machine's apt lists (Debian 12 bookworm, amd64) play Raspberry Pi OS bookworm arm64,
-which carries the same Debian packages and dependencies for another architecture (Raspberry Pi's
-own archive adds packages on top; none of those named here). Starting from an empty status makes
-the replay install the base system too, a superset of stage2's; that changes nothing about which
-of the listed packages stay. Nothing is installed: apt only simulates, with its cache in tmp_path.
+which is built on the same Debian packages and dependencies for another architecture. Raspberry Pi's
+own archive adds (and may override) packages that these lists lack, so a real pi-gen build remains
+the last word. Starting from an empty status makes the replay install a base system too, where
+stage2 already has one; which of the listed packages stay does not depend on that. Nothing is
+installed: apt only simulates (`-s`), with its cache files in tmp_path, never the machine's.
 """
 
 from __future__ import annotations
