@@ -164,12 +164,13 @@ def test_reader_whose_udp_peer_comes_late_works_within_5_s():
     port = _free_udp_port()
 
     async def scenario():
-        async with Watch(f"udp:127.0.0.1:{port}") as w:
-            await asyncio.sleep(1.0)
-            assert w.reader.reader_state() == {"connected": False, "problem": "udp peer absent"}
-            assert w.queue.empty()
-            late = NfcSim(port).start()
-            try:
+        late = None
+        try:
+            async with Watch(f"udp:127.0.0.1:{port}") as w:
+                await asyncio.sleep(1.0)
+                assert w.reader.reader_state() == {"connected": False, "problem": "udp peer absent"}
+                assert w.queue.empty()
+                late = NfcSim(port).start()
                 late.present(_type2())
                 t0 = time.monotonic()
                 event = await w.next(5.0)
@@ -178,7 +179,8 @@ def test_reader_whose_udp_peer_comes_late_works_within_5_s():
                 assert w.reader.reader_state()["connected"]
                 late.remove()
                 assert isinstance(await w.next(), CardRemoved)
-            finally:
+        finally:
+            if late is not None:
                 late.stop()
     run(scenario())
 
