@@ -156,3 +156,23 @@ def test_pcsc_read_binary_pages():
 
 def test_max_reads_covers_the_largest_badge():
     assert MAX_READS * 16 >= MAX_NDEF
+
+
+def test_pcsc_reader_reads_a_type2_storage_card_answering_like_lab_vcard_type2():
+    """PcscReader's per-card logic against the vpcd card's applet (the ATR picks the Type 2 path)."""
+    from types import SimpleNamespace
+
+    from hal.card import CardTap, CardUid, CardUnreadable
+    from hal.card.pcsc import PcscReader
+    from lab.vcard_type2 import ATR, Type2StorageApplet
+
+    def event(memory, uid_cards=True):
+        applet = Type2StorageApplet(UID, memory)
+        me = SimpleNamespace(uid_cards=uid_cards)
+        return PcscReader._card_event(me, applet.process, "Virtual PCD 00 00", 0.0, card_kind(ATR))
+
+    tap = event(type2_image(ALICE, UID))
+    assert tap == CardTap(UID, "alice", "acme", "Virtual PCD 00 00") and tap.kind == KIND_TYPE2
+    assert event(type2_image(None, UID)) == CardUid(UID, KIND_TYPE2, "Virtual PCD 00 00")
+    blank = event(type2_image(None, UID), uid_cards=False)
+    assert isinstance(blank, CardUnreadable) and isinstance(blank.error, NoBadge)
