@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from hal.printer.engine_finder import check_uri
+
 DEFAULT_PATH = Path("/etc/tenantprint/firmware.toml")
 
 
@@ -97,7 +99,8 @@ class SessionSection:
 
 @dataclass
 class PrinterSection:
-    engine_uri: str = _opt(default="usb://auto")
+    # "auto": a USB printer through ipp-usb; or ipp://host[:port]/path (hal/printer/engine_finder.py)
+    engine_uri: str = _opt(check_uri, default="auto")
     # released documents on their way to the engine (root only; on /run: gone at power-off)
     spool_dir: str = _opt(_abs_path, default="/run/tenantprint/engine")
     # how long a released job waits for an engine that cannot be reached before it is given up

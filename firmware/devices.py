@@ -16,7 +16,9 @@ from hal.net import FirewallError, NetError, sysctls
 from hal.net.firewall import Firewall
 from hal.net.route_window import RouteWindow
 from hal.printer import cupsd as session_cupsd
+from hal.printer import EngineUnavailable
 from hal.printer.engine import PrintEngine
+from hal.printer.engine_finder import AUTO
 from hal.tunnel import Tunnel, TunnelConfig, open_tunnel
 
 
@@ -62,9 +64,11 @@ class Devices:
         admits the port from loopback and through IPsec only, and the machine takes a job only from
         inside the tunnel's remote traffic selectors."""
         fresh = time.monotonic() - self.engine_model_at < ENGINE_MODEL_MAX_AGE_S
+        if self.engine.uri == AUTO:  # no USB printer found yet: the queue has no model to take
+            raise EngineUnavailable("printer not connected")
         return session_cupsd.SessionPrintService(
             self.session_dir, listen=[f"0.0.0.0:{self.config.session.ipp_port}"],
-            engine_uri=self.config.printer.engine_uri, engine_model=self.engine_model if fresh else None)
+            engine_uri=self.engine.uri, engine_model=self.engine_model if fresh else None)
 
     def remember_engine_model(self, service) -> None:
         """After a start that built the model from the engine, keep it for the next sessions."""

@@ -713,9 +713,10 @@ def _job_arrived(state, event, limits):
     if not isinstance(state, SERVING) or not _inside(event.origin_ip, state.s.remote_ts):
         return state, [PurgeJob(state.session, event.job_id, "not from the tunnel"),
                        Audit("job-rejected", fields)]
-    if event.proof == "already released":  # a redelivery whose release report was lost: tell it again
+    if event.proof in ("already released", "already printed"):  # its report was lost: tell it again
         return state, [PurgeJob(state.session, event.job_id, "released before"),
-                       ReportJobs(state.session, "released", (event.job_id,)), Audit("job-redelivered", fields)]
+                       ReportJobs(state.session, event.proof.split()[1], (event.job_id,)),
+                       Audit("job-redelivered", fields)]
     if event.proof != "ok":  # its owner is a claim nobody proved: it never prints under a release
         return state, [PurgeJob(state.session, event.job_id, "owner not proven"),
                        Audit("job-unproven", {**fields, "why": str(event.proof)[:40]})]
@@ -739,10 +740,13 @@ def _job_done(state, event, limits):
     s = replace(s, held=tuple(j for j in s.held if j.job_id != event.job_id),
                 printing=tuple(j for j in s.printing if j != event.job_id), last_activity=event.at)
     if isinstance(event, JobPrinted):
-        effects = [Audit("job-printed", {"session": s.number, "job": event.job_id})]
+        effects = [Audit("job-printed", {"session": s.number, "job": event.job_id}),
+                   ReportJobs(s.number, "printed", (event.job_id,))]
+    elif was_printing:  # the engine did not print it: its desk delivers it again for its owner to retry
+        effects = [Audit("job-not-printed", {"session": s.number, "job": event.job_id, "reason": event.reason}),
+                   ReportJobs(s.number, "failed", (event.job_id,)), _show("job-failed")]
     else:
-        name = "job-not-printed" if was_printing else "job-gone"
-        effects = [Audit(name, {"session": s.number, "job": event.job_id, "reason": event.reason})]
+        effects = [Audit("job-gone", {"session": s.number, "job": event.job_id, "reason": event.reason})]
     if was_printing and s.policy.end_after_print and not s.printing and not s.held and isinstance(state, Ready):
         # the patent's step 140: the org's policy ends the session once its last job is out
         nxt, purge = _purge(replace(state, s=s), event.at, "printed", "printed-end")

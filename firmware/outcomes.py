@@ -1,16 +1,19 @@
 """What became of the jobs a desk delivered, told to the org (its gateway agent, through the tunnel).
 
 A desk keeps a copy of every job it delivered to the MFP until it hears what became of it
-(org/desk_agent.py): `released` (the job is in the MFP's engine: out of the desk's hands),
-`deleted` (its owner deleted it at the MFP), `expired` (the org's max hold ended it). A job the desk
+(org/desk_agent.py): `released` (its owner released it: it is in the MFP's engine), `printed` (the
+engine said it completed: the desk drops its copy), `failed` (the engine aborted it, or never took
+it: the desk delivers its copy again, so its owner can retry), `deleted` (its owner deleted it at
+the MFP), `expired` (the org's max hold ended it). A job the desk
 hears nothing of before the MFP leaves the gateway's listing went back with the session (a tunnel
 drop, a restart): the desk delivers it again to the org's next session. Jobs are named by their
 delivery id (the first delivery's proof nonce, carried by every redelivery's owner proof,
 hal/printer/job_proof.py), never by title or user.
 
-`ReleasedRecord` is the device's memory of released deliveries: a redelivery of a job whose release
-report was lost (the tunnel dropped right after the release) is refused, and reported released
-again, instead of printing twice.
+`ReleasedRecord` is the device's memory of released deliveries and how they ended: a redelivery of
+a job whose report was lost (the tunnel dropped right after the release) is refused, and reported
+again (`released` while the engine still has it, `printed` once it completed), instead of printing
+twice; a delivery whose job failed at the engine is forgotten, so its redelivery is held again.
 
 `report()` is one bounded HTTP POST (`print.outcomes_url` of the profile, an address inside the
 org's selectors: only ever reached through the tunnel). Blocking; the runtime calls it on the
@@ -22,11 +25,12 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import threading
 import time
 from collections import OrderedDict
 from urllib.parse import urlsplit
 
-STATES = ("released", "deleted", "expired")
+STATES = ("released", "printed", "failed", "deleted", "expired")
 MAX_BATCH = 100
 _DELIVERY = re.compile(r"[0-9a-f]{32}")
 
@@ -75,21 +79,39 @@ class ReleasedRecord:
 
     def __init__(self, clock, keep_s: float = 24 * 3600.0, limit: int = 10000):
         self._clock, self._keep_s, self._limit = clock, keep_s, limit
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()  # the engine's thread and the sessions' workers both write
+        self._seen: OrderedDict[str, tuple[float, str]] = OrderedDict()
 
     def _prune(self) -> None:
         horizon = self._clock() - self._keep_s
-        while self._seen and (len(self._seen) > self._limit or next(iter(self._seen.values())) < horizon):
+        while self._seen and (len(self._seen) > self._limit or next(iter(self._seen.values()))[0] < horizon):
             self._seen.popitem(last=False)
 
-    def add(self, delivery: str) -> None:
-        self._seen[delivery] = self._clock()
-        self._seen.move_to_end(delivery)
-        self._prune()
+    def add(self, delivery: str, state: str = "released") -> None:
+        """Record `delivery` as released (in the engine) or printed."""
+        if state not in ("released", "printed"):
+            raise ValueError("a released delivery is released or printed")
+        with self._lock:
+            self._seen[delivery] = (self._clock(), state)
+            self._seen.move_to_end(delivery)
+            self._prune()
+
+    def forget(self, delivery: str) -> None:
+        """The job failed at the engine: a redelivery of it is a new job for its owner to release."""
+        with self._lock:
+            self._seen.pop(delivery, None)
+
+    def state(self, delivery: str) -> str | None:
+        """released | printed | None (never released here, or forgotten)."""
+        with self._lock:
+            self._prune()
+            entry = self._seen.get(delivery)
+        return entry[1] if entry else None
 
     def __contains__(self, delivery: object) -> bool:
-        self._prune()
-        return delivery in self._seen
+        with self._lock:
+            self._prune()
+            return delivery in self._seen
 
     def __len__(self) -> int:
         return len(self._seen)

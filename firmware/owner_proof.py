@@ -76,8 +76,9 @@ def check(job: HeldJob, document: Path | None, *, org: str, desk_keys, nonces: M
           released: Container[str] = ()) -> OwnerCheck:
     """"ok" when the job's proof shows that `job.user` of `org` sent exactly this document and title;
     otherwise why not ("no document", "malformed", "bad signature", "expired", "replayed", ...).
-    "already released": a valid redelivery of a job this device released before (`released`: the
-    device's `ReleasedRecord`): its release report was lost, it must not print twice."""
+    "already released" / "already printed": a valid redelivery of a job this device released before
+    (`released`: the device's `ReleasedRecord`, or any container of delivery ids): its report was
+    lost, it must not print twice."""
     digest = document_sha256(document)
     if digest is None:
         return OwnerCheck("no document")
@@ -86,4 +87,6 @@ def check(job: HeldJob, document: Path | None, *, org: str, desk_keys, nonces: M
     if not result.valid:
         return OwnerCheck(result.reason.value)
     delivery = result.delivery
-    return OwnerCheck("already released" if delivery in released else "ok", delivery)
+    recorded = released.state(delivery) if hasattr(released, "state") else (
+        "released" if delivery in released else None)
+    return OwnerCheck(f"already {recorded}" if recorded else "ok", delivery)

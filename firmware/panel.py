@@ -26,6 +26,19 @@ MESSAGES: dict[str, str] = {
     "released": "Released {count} job(s) for {user}",
     "no-jobs": "No jobs held for {user}",
     "release-failed": "Could not release the jobs — they stay held",
+    "job-failed": "A job could not be printed — it goes back to its desk to print again",
+    # the printer (the engine): said beside the session's line while it lasts
+    "printer-not-connected": "Printer not connected",
+    "printer-offline": "Printer offline",
+    "printer-jam": "Paper jam — call the operator",
+    "printer-door-open": "Printer door open",
+    "printer-tray-missing": "Paper tray missing",
+    "printer-paper-out": "Paper out — load paper; held and released jobs wait",
+    "printer-toner-empty": "Toner empty — call the operator",
+    "printer-output-full": "Output tray full",
+    "printer-paused": "Printer paused",
+    "printer-toner-low": "Toner low",
+    "printer-paper-low": "Paper low",
     # unknown, disabled, wrong-card and wrong-PIN users all read the same line (no user enumeration)
     "not-authorized": "Not authorized",
     "pin-locked": "Not authorized — too many wrong PINs, try again later",
@@ -75,6 +88,19 @@ def text(key: str, **fields: object) -> str:
         line = template.format(**fields)
     except (KeyError, IndexError, ValueError):
         line = template
+    return line if len(line) <= MAX_LEN else line[: MAX_LEN - 1] + "…"
+
+
+def with_printer(line: str, condition: str) -> str:
+    """The panel line with the printer's condition (a `printer-*` key) before it, when there is one."""
+    if not condition:
+        return line
+    said = text(condition)
+    return said if not line or line == said else text_join(said, line)
+
+
+def text_join(first: str, second: str) -> str:
+    line = f"{first} · {second}"
     return line if len(line) <= MAX_LEN else line[: MAX_LEN - 1] + "…"
 
 

@@ -19,7 +19,7 @@ from collections import deque
 
 from firmware import effects as fx
 from firmware import events as ev
-from firmware import journal, machine, outcomes, owner_proof, sdnotify, status
+from firmware import journal, machine, outcomes, owner_proof, panel, sdnotify, status
 from firmware.config import FirmwareConfig
 from firmware.devices import Devices, build
 from firmware.diagnostics import MemoryDiagnostics
@@ -30,6 +30,7 @@ from firmware.session_runtime import PRINT_SERVICE_START_S, SessionRuntime
 from hal.card import CardTap, CardUnreadable, mask_uid
 from hal.net import NetError
 from hal.printer.engine import EngineOutcome
+from hal.printer.engine_state import BLOCKING
 
 TICK_S = 1.0
 
@@ -248,6 +249,11 @@ class Runtime:
         job = outcome.job
         journal.record("engine job", org=job.org, session=job.session, job=job.job_id, state=outcome.state,
                        printed=outcome.printed, reason=outcome.reason)
+        if job.delivery:  # the device's record, whatever became of the session: no reprint, or a retry
+            if outcome.printed:
+                self.released.add(job.delivery, "printed")
+            else:
+                self.released.forget(job.delivery)
         if outcome.printed:
             self.post(ev.JobPrinted(self.now(), job.session, job.job_id))
         else:
@@ -345,6 +351,7 @@ class Runtime:
         number = getattr(self.state, "session", None)
         printing = [{"id": j.job_id, "user": j.user, "title": j.title}
                     for j in self.devices.engine.pending() if j.session == number]
+        condition = self.devices.engine.condition
         sessions = {}
         if isinstance(self.state, machine.ORG_BEARING):
             sessions[view["org"]] = {"state": view["state"], "tunnel": tunnel, "held_jobs": held,
@@ -352,7 +359,8 @@ class Runtime:
         return {
             "state": view["state"],
             "org": view.get("org"),
-            "panel": self.panel,
+            "panel": panel.with_printer(self.panel, condition if condition in BLOCKING else ""),
+            "printer": panel.text(condition) if condition else "",
             "pin_requested": machine.pin_open(self.state, self.now(), self.limits),
             "taps": self.taps,
             "tunnel": tunnel,

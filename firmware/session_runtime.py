@@ -134,7 +134,8 @@ class SessionRuntime:
             for job_id in e.job_ids:
                 info = s.jobs.get(job_id, {})
                 self.rt.devices.engine.take_held(s.print_service, job_id, session=s.number, org=s.org, user=e.user,
-                                              title=info.get("title", ""), document_format=info.get("format", ""))
+                                              title=info.get("title", ""), document_format=info.get("format", ""),
+                                              delivery=info.get("delivery") or "")
                 done.append(job_id)
         except Exception as exc:
             self.rt.post(ev.ReleaseFailed(self.rt.now(), e.session, tuple(j for j in e.job_ids if j not in done),
@@ -144,12 +145,14 @@ class SessionRuntime:
 
     def report_jobs(self, e: fx.ReportJobs) -> None:
         """Tell the org's gateway agent what became of these jobs (by delivery id); a released one is
-        also recorded on the device, so its redelivery never prints twice."""
+        also recorded on the device, so its redelivery never prints twice (a printed or failed one is
+        recorded by the engine's outcome, `Runtime._engine_outcome`)."""
         s = self.s
         deliveries = [d for j in e.job_ids if (d := s.jobs.get(j, {}).get("delivery"))]
         if e.state == "released":
             for d in deliveries:
-                self.rt.released.add(d)
+                if self.rt.released.state(d) is None:
+                    self.rt.released.add(d)
         if not deliveries or not s.outcomes_url:
             return
         try:

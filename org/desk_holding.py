@@ -7,8 +7,15 @@ agent (org/desk_keeper.py) then follows what the MFPs report through the org's g
 (org/gateway_agent.py, by delivery id) and the MFP listing, and `plan()` says what to do with each
 copy:
 
-- `released` (the job is in the MFP's engine) or `deleted` (its owner deleted it at the MFP): the
+- `printed` (the MFP's engine completed it) or `deleted` (its owner deleted it at the MFP): the
   copy is dropped (purged: it was never the user's job, only its safety copy);
+- `released` (its owner released it: it is in the MFP's engine, not yet printed): the copy is kept
+  while that session is listed, and delivered again once it is over (the MFP then says how the job
+  ended: a job it released before is never printed twice, only reported again);
+- `failed` (the engine aborted it, or never took it): the copy is delivered again at once to a
+  ready MFP of the org, even into the session that still lists it, so its owner can print it again.
+  The keeper consumes that report (`redelivered`, a state of the desk's own), so one failure is one
+  redelivery;
 - `expired` (the org's max hold ended it): the copy is cancelled with a reason the desk user sees
   (`job-printer-state-message`, `lpstat -l`);
 - no outcome and its session over (the MFP it went to is no longer listed, or listed in another
@@ -57,7 +64,8 @@ SESSION_ATTRIBUTE = "tenantprint-delivery-session"
 FORMAT_ATTRIBUTE = "tenantprint-document-format"
 TAG_ATTRIBUTE = "tenantprint-delivery-tag"
 MAX_AGE_S = 24 * 3600.0
-OUTCOME_STATES = ("released", "deleted", "expired")  # what an MFP reports (org/gateway_agent.py)
+OUTCOME_STATES = ("released", "printed", "failed", "deleted", "expired")  # what an MFP reports (org/gateway_agent.py)
+REDELIVERED = "redelivered"  # the desk's own: a `failed` report it acted on
 EXPIRED_REASON = "expired at the printer: the organization's hold time ended before its owner released it"
 TOO_OLD_REASON = "not printed within 24 hours of its delivery: cancelled by the desk"
 KEPT_MESSAGE = "kept by this desk until the shared printer reports what became of it"
@@ -204,15 +212,17 @@ def plan(copies: list[HeldCopy], listing: dict[str, str], ready: dict[str, str],
 
     `listing`: the org's MFPs listed now, MFP id -> its session (as in the copies' notes);
     `ready`: MFP id -> the name of its desk queue, for the MFPs whose queue is added and trusted;
-    `outcomes`: delivery id -> released | deleted | expired, as the MFPs reported them."""
+    `outcomes`: delivery id -> an OUTCOME_STATES state as the MFPs reported it, or `redelivered`."""
     out = Plan()
     target = None
     if ready:
         target = ready[min(ready)]
     for c in copies:
         state = outcomes.get(c.note.delivery) if c.note else None
-        if state in ("released", "deleted"):
+        if state in ("printed", "deleted"):
             out.drop.append(c.job_id)
+        elif state == "failed" and target is not None:
+            out.redeliver.append((c.job_id, ready.get(c.note.mfp, target)))
         elif state == "expired":
             out.cancel.append((c.job_id, EXPIRED_REASON))
         elif now - c.first > max_age_s:

@@ -29,7 +29,8 @@ import cups as pycups
 
 from org.desk_cups import DeskCups, DeskCupsError, DeskCupsNotFound
 from org.desk_listing import read_bounded
-from org.desk_holding import HELD_DEVICE_URI, HELD_QUEUE, MAX_AGE_S, OUTCOME_STATES, HeldCopy, Plan, plan
+from org.desk_holding import (HELD_DEVICE_URI, HELD_QUEUE, MAX_AGE_S, OUTCOME_STATES, REDELIVERED, HeldCopy,
+                               Plan, plan)
 
 log = logging.getLogger("tenantprint.org.desk_keeper")
 
@@ -38,10 +39,12 @@ _PRINTER_STOPPED = 5
 
 
 class OutcomeMemory:
-    """Outcomes by delivery id, the latest kept; `keep_s` seconds and `limit` entries at most."""
+    """Outcomes by delivery id, the latest kept; `keep_s` seconds and `limit` entries at most.
+    A `failed` report acted on is marked `redelivered` (`consume`): the same report read again
+    (same gateway time `at`) does not undo that; a later failure does."""
 
     def __init__(self, keep_s: float = 24 * 3600.0, limit: int = 20000):
-        self._seen: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[str, float, object]] = OrderedDict()
         self.keep_s, self.limit = keep_s, limit
 
     def add(self, outcomes: list, now: float) -> int:
@@ -50,16 +53,25 @@ class OutcomeMemory:
             if not (isinstance(o, dict) and isinstance(o.get("delivery"), str) and len(o["delivery"]) == 32
                     and o.get("state") in OUTCOME_STATES):
                 continue
-            if self._seen.get(o["delivery"], ("", 0))[0] != o["state"]:
+            old = self._seen.get(o["delivery"], ("", 0, None))
+            if old[0] == REDELIVERED and o["state"] == "failed" and old[2] == o.get("at"):
+                continue  # the failure this desk already delivered again
+            if old[0] != o["state"]:
                 added += 1
             self._seen.pop(o["delivery"], None)
-            self._seen[o["delivery"]] = (o["state"], now)
+            self._seen[o["delivery"]] = (o["state"], now, o.get("at"))
         while self._seen and (len(self._seen) > self.limit or next(iter(self._seen.values()))[1] < now - self.keep_s):
             self._seen.popitem(last=False)
         return added
 
     def states(self) -> dict[str, str]:
-        return {d: s for d, (s, _) in self._seen.items()}
+        return {d: s for d, (s, _, _) in self._seen.items()}
+
+    def consume(self, delivery: str) -> None:
+        """A `failed` report was acted on (its copy delivered again)."""
+        entry = self._seen.get(delivery)
+        if entry is not None and entry[0] == "failed":
+            self._seen[delivery] = (REDELIVERED, entry[1], entry[2])
 
 
 class HoldingKeeper:
@@ -163,7 +175,8 @@ class HoldingKeeper:
             c = copies[job]
             what = f"delivery {c.note.delivery[:8]}" if c.note else "never delivered"
             if self._do(f"copy {job} ({what}) moved to {queue} for delivery", self.cups.move, job, queue):
-                self._do(f"copy {job} released in {queue}", self.cups.release, job)
+                if self._do(f"copy {job} released in {queue}", self.cups.release, job) and c.note:
+                    self.outcomes.consume(c.note.delivery)  # one failure, one redelivery
 
     @staticmethod
     def _do(what: str, fn, *args) -> bool:

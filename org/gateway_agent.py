@@ -137,7 +137,7 @@ class MfpRegistry:
             return {"version": self.version, "mfps": sorted(self._mfps.values(), key=lambda m: m["virtual_ip"])}
 
 
-OUTCOME_STATES = frozenset({"released", "deleted", "expired"})
+OUTCOME_STATES = frozenset({"released", "printed", "failed", "deleted", "expired"})
 MAX_OUTCOME_BODY = 64 * 1024
 MAX_OUTCOME_BATCH = 100
 _DELIVERY = re.compile(r"[0-9a-f]{32}")
@@ -183,7 +183,7 @@ def parse_outcomes(body: bytes) -> list[tuple[str, str]]:
         if not isinstance(delivery, str) or not _DELIVERY.fullmatch(delivery):
             raise OutcomesRefused("delivery: expected 32 lowercase hex")
         if not isinstance(state, str) or state not in OUTCOME_STATES:
-            raise OutcomesRefused("state: expected released, deleted or expired")
+            raise OutcomesRefused("state: expected " + ", ".join(sorted(OUTCOME_STATES)))
         out.append((delivery, state))
     return out
 

@@ -6,7 +6,13 @@ directory of the device's, root only, on /run: gone at power-off) and purged fro
 cupsd, so the session may end (tunnel drop, another org) without taking a document its owner
 already released. The engine serves the spool in release order, one job at a time: one Print-Job,
 then Get-Job-Attributes until the engine says how the job ended. A job is printed only when the
-engine says `completed`; `aborted` and `canceled` are reported as not printed. While the engine
+engine says `completed`; `aborted` and `canceled` are reported as not printed. A document in a
+format the engine does not list is rasterized for it first (`convert.py`: PDF/PostScript to PWG
+raster or URF at the engine's resolution), once, into the spool beside the original.
+
+The engine is asked about itself (`engine_state.py`: state, reasons, formats) at start, every
+`check_s` while idle and about twice a second while it prints, so the panel and the status say
+"paper out" or "printer not connected" before anyone taps, and while a job waits for paper. While the engine
 cannot be reached (switched off, unplugged) the job waits and is sent again every `retry_s`; after
 `give_up_s` it is reported not printed ("engine unreachable") and its document deleted. A job the
 engine lost (switched off mid-job: its job id unknown or another job's) is sent again.
@@ -34,8 +40,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from hal.printer import JobNotFound
-from hal.printer.ipp import (GET_JOB_ATTRIBUTES, IppError, IppRefused, NOT_FOUND, call,
-                             encode_job_request, encode_print_job, first)
+from hal.printer.convert import ConversionError, plan, rasterize
+from hal.printer.engine_finder import AUTO, find_ipp_usb
+from hal.printer.engine_state import ATTRIBUTES, EngineState, describe
+from hal.printer.ipp import (GET_JOB_ATTRIBUTES, IppError, NOT_FOUND, call, encode_job_request,
+                             encode_print_job, first, get_printer_attributes)
 
 log = logging.getLogger("tenantprint.hal.printer.engine")
 
@@ -54,6 +63,7 @@ class ReleasedJob:
     document_format: str
     released_at: float      # unix time
     engine_job: int | None = None  # the engine's job id once it took the job (recorded: no resend)
+    delivery: str = ""      # the desk's delivery id (the org hears of the job by it)
 
 
 @dataclass(frozen=True)
@@ -103,8 +113,12 @@ class EngineSpool:
     def document(self, job: ReleasedJob) -> bytes:
         return (self.dir / f"{job.tag}.doc").read_bytes()
 
+    def converted(self, job: ReleasedJob) -> Path:
+        """Where the job's document, converted for the engine, is kept while it prints."""
+        return self.dir / f"{job.tag}.out"
+
     def remove(self, job: ReleasedJob) -> None:
-        for suffix in (".json", ".doc"):
+        for suffix in (".json", ".doc", ".out"):
             (self.dir / f"{job.tag}{suffix}").unlink(missing_ok=True)
 
     def jobs(self) -> list[ReleasedJob]:
@@ -134,8 +148,11 @@ class PrintEngine:
     """The engine at `uri` (an IPP printer) and its spool; `serve()` prints the spool in order."""
 
     def __init__(self, uri: str, spool_dir: str | Path, *, retry_s: float = 1.0, poll_s: float = 0.1,
-                 give_up_s: float = 3600.0, connect_timeout: float = 2.0):
+                 give_up_s: float = 3600.0, connect_timeout: float = 2.0, check_s: float = 5.0):
+        self.configured = uri  # "auto": the USB printer ipp-usb serves, found by `check`
         self.uri = uri
+        self.check_s = check_s
+        self.state: EngineState | None = None  # what the engine last said about itself
         self.spool = EngineSpool(spool_dir)
         self.retry_s, self.poll_s, self.give_up_s = retry_s, poll_s, give_up_s
         self.connect_timeout = connect_timeout
@@ -165,7 +182,7 @@ class PrintEngine:
             self._wake.notify_all()
 
     def take_held(self, service, job_id: int, *, session: int, org: str, user: str, title: str,
-                  document_format: str) -> ReleasedJob:
+                  document_format: str, delivery: str = "") -> ReleasedJob:
         """Release a job held by `service` (a session print service, `jobs.JobOps`): its document
         into the spool, the job purged from the service. JobNotFound when it is not held."""
         path = service.document_path(job_id)
@@ -173,7 +190,7 @@ class PrintEngine:
             raise JobNotFound(f"job {job_id} is not held")
         job = ReleasedJob(tag=f"{session}-{job_id}", session=session, org=org, job_id=job_id, user=user,
                           title=title or "Untitled", document_format=document_format or "application/octet-stream",
-                          released_at=time.time())
+                          released_at=time.time(), delivery=delivery)
         self.take(job, path)
         service.hand_over(job_id)
         return job
@@ -183,8 +200,17 @@ class PrintEngine:
         with self._wake:
             return ([self.current] if self.current else []) + list(self._queue)
 
+    @property
+    def condition(self) -> str:
+        """The panel key of what a person at the printer must know now ("" when all is well)."""
+        if self.reachable is False:
+            return "printer-not-connected"
+        return self.state.condition if self.state is not None else ""
+
     def view(self) -> dict:
-        return {"uri": self.uri, "reachable": self.reachable, "problem": self.problem,
+        state = self.state.view() if self.state is not None else EngineState().view()
+        return {"uri": self.uri, "reachable": self.reachable, "problem": self.problem, **state,
+                "condition": self.condition,
                 "pending": [{"org": j.org, "session": j.session, "job": j.job_id} for j in self.pending()],
                 "ended": list(self.ended)}
 
@@ -192,10 +218,14 @@ class PrintEngine:
 
     def serve(self, stop: threading.Event, report: Callable[[EngineOutcome], None]) -> None:
         """Print queued jobs in order until `stop` is set; report each job's end."""
+        checked = 0.0
         while not stop.is_set():
+            if time.monotonic() - checked >= self.check_s:
+                self.check()
+                checked = time.monotonic()
             with self._wake:
                 if not self._queue:
-                    self._wake.wait(0.5)
+                    self._wake.wait(min(0.5, self.check_s))
                     continue
                 self.current = self._queue.pop(0)
             job = self.current
@@ -219,6 +249,28 @@ class PrintEngine:
         with self._wake:
             self._wake.notify_all()
 
+    def check(self) -> EngineState | None:
+        """Ask the engine about itself (state, reasons, formats); None when it cannot be reached."""
+        if self.configured == AUTO and self.reachable is not True:
+            found = find_ipp_usb()
+            if found is None:
+                self._offline("no USB printer (ipp-usb serves none on loopback)")
+                return None
+            if found != self.uri:
+                log.info("print engine found: %s", found)
+            self.uri = found
+        try:
+            attrs = get_printer_attributes(self.uri, ATTRIBUTES, self.connect_timeout, 10.0)
+        except (IppError, OSError, ValueError) as exc:
+            self._offline(str(exc)[:120])
+            return None
+        state = describe(attrs)
+        if self.state is None or state.condition != self.state.condition:
+            log.info("print engine: %s %s", state.state, state.condition or "ok")
+        self.state = state
+        self._online()
+        return state
+
     def _offline(self, why: str) -> None:
         if self.reachable is not False:
             log.warning("print engine not reachable: %s", why)
@@ -231,7 +283,8 @@ class PrintEngine:
 
     def _print(self, job: ReleasedJob, stop: threading.Event) -> EngineOutcome | None:
         """Send `job` until the engine took it, then follow it to its end. None when stopping."""
-        since = time.monotonic()
+        since = checked = time.monotonic()
+        refused = False
         engine_job = job.engine_job  # taken by the engine before a daemon restart: follow it
         while not stop.is_set():
             if time.monotonic() - since > self.give_up_s:
@@ -240,9 +293,20 @@ class PrintEngine:
                 if engine_job is None:
                     engine_job = self._send(job)
                     self.spool.record_sent(job, engine_job)
+                if time.monotonic() - checked >= 0.5:  # paper out, jam...: said while the job waits
+                    self.check()
+                    checked = time.monotonic()
                 state, reasons = self._state(engine_job, job)
             except _Lost:
                 engine_job = None  # the engine restarted without it: send it again
+                continue
+            except ConversionError as exc:
+                return EngineOutcome(job, False, "not-printed", str(exc)[:120])
+            except _Refused as exc:
+                if refused:  # asked anew what the engine takes, and refused again: it will not print it
+                    return EngineOutcome(job, False, "not-printed", f"the printer refused the document ({exc})")
+                refused, self.state = True, None  # the engine may have changed (another printer plugged in)
+                self.spool.converted(job).unlink(missing_ok=True)
                 continue
             except (IppError, OSError) as exc:
                 self._offline(str(exc)[:120])
@@ -256,9 +320,28 @@ class PrintEngine:
             stop.wait(self.poll_s)
         return None
 
+    def _prepared(self, job: ReleasedJob) -> tuple[Path, str]:
+        """The document to send and its format: converted for the engine when it needs that."""
+        engine = self.state or self.check()
+        if engine is None:
+            raise IppError(self.problem or "engine not reachable")
+        how = plan(job.document_format, engine)
+        document = self.spool.dir / f"{job.tag}.doc"
+        if how.raster is None:
+            return document, how.send_format
+        out = self.spool.converted(job)
+        if not out.exists():
+            took = rasterize(document, out, how.raster)
+            log.info("job tag=%s converted to %s at %d dpi in %.2f s", job.tag, how.send_format,
+                     how.raster.resolution, took)
+        return out, how.send_format
+
     def _send(self, job: ReleasedJob) -> int:
-        head = encode_print_job(self.uri, job.user, job.title, job.document_format)
-        answer = call(self.uri, head + self.spool.document(job), self.connect_timeout, 60.0)
+        path, document_format = self._prepared(job)
+        head = encode_print_job(self.uri, job.user, job.title, document_format)
+        answer = call(self.uri, head + path.read_bytes(), self.connect_timeout, 60.0, also_ok=_CLIENT_ERRORS)
+        if answer.status in _CLIENT_ERRORS:
+            raise _Refused(f"IPP status 0x{answer.status:04x}")
         engine_job = first(answer.attributes, "job-id")
         if not isinstance(engine_job, int):
             raise IppError("Print-Job answered without a job-id")
@@ -274,6 +357,13 @@ class PrintEngine:
             raise _Lost()
         reasons = attrs.get("job-state-reasons", [])
         return int(first(attrs, "job-state", 0) or 0), [str(r) for r in reasons]
+
+
+_CLIENT_ERRORS = tuple(range(0x0400, 0x0420))  # the request itself refused (format, attributes...)
+
+
+class _Refused(Exception):
+    """The engine refused the document (its format, an attribute): not a reachability problem."""
 
 
 class _Lost(Exception):

@@ -94,12 +94,26 @@ def copy(job, delivery=D1, mfp="mfp-1", session="s1", first=NOW - 60, processed=
     return HeldCopy(job, "alice", "t", note, session, first, processed)
 
 
-def test_outcomes_drop_released_and_deleted_copies_and_cancel_expired_ones_with_the_reason():
+def test_outcomes_drop_printed_and_deleted_copies_and_cancel_expired_ones_with_the_reason():
     copies = [copy(1, D1), copy(2, D2), copy(3, D3), copy(4, "4" * 32)]
-    outcomes = {D1: "released", D2: "deleted", D3: "expired"}
+    outcomes = {D1: "printed", D2: "deleted", D3: "expired"}
     p = plan(copies, {"mfp-1": "s1"}, {"mfp-1": "tenantprint-mfp-1"}, outcomes, NOW)
     assert p.drop == [1, 2] and p.cancel == [(3, h.EXPIRED_REASON)] and p.redeliver == []
     assert "expired at the printer" in h.EXPIRED_REASON
+
+
+def test_a_released_copy_is_kept_until_printed_and_goes_back_only_when_its_session_is_over():
+    kept = plan([copy(1, D1)], {"mfp-1": "s1"}, {"mfp-1": "tenantprint-mfp-1"}, {D1: "released"}, NOW)
+    assert (kept.drop, kept.cancel, kept.redeliver) == ([], [], [])
+    over = plan([copy(1, D1)], {"mfp-1": "s2"}, {"mfp-1": "tenantprint-mfp-1"}, {D1: "released"}, NOW)
+    assert over.redeliver == [(1, "tenantprint-mfp-1")]  # the MFP says how it ended; never prints twice
+
+
+def test_a_failed_copy_goes_back_at_once_even_into_its_own_session_and_once():
+    p = plan([copy(1, D1)], {"mfp-1": "s1"}, {"mfp-1": "tenantprint-mfp-1"}, {D1: "failed"}, NOW)
+    assert p.redeliver == [(1, "tenantprint-mfp-1")]
+    again = plan([copy(2, D1)], {"mfp-1": "s1"}, {"mfp-1": "tenantprint-mfp-1"}, {D1: h.REDELIVERED}, NOW)
+    assert (again.drop, again.redeliver) == ([], [])  # the copy the redelivery made waits in its session
 
 
 def test_a_copy_whose_session_is_still_listed_is_never_delivered_again():
@@ -160,10 +174,11 @@ def test_plan_invariants(specs, listing, ready, outcomes):
         moved = [q for j, q in p.redeliver if j == c.job_id]
         if moved:
             assert moved[0] in ready.values()  # only to a ready queue
-            assert c.note is None or c.note.delivery not in outcomes  # never a job the MFP reported
-            assert c.note is None or c.note.mfp not in listing or (
-                c.session is not None and listing[c.note.mfp] != c.session)  # never into its own session
-        if c.note and outcomes.get(c.note.delivery) in ("released", "deleted"):
+            state = outcomes.get(c.note.delivery) if c.note else None
+            assert state in (None, "released", "failed")  # never a job printed, deleted or expired
+            assert state == "failed" or c.note is None or c.note.mfp not in listing or (
+                c.session is not None and listing[c.note.mfp] != c.session)  # into its own session: only to retry
+        if c.note and outcomes.get(c.note.delivery) in ("printed", "deleted"):
             assert c.job_id in p.drop
 
 
@@ -171,7 +186,7 @@ def test_the_agents_memory_of_outcomes_is_bounded_and_checked():
     from org.desk_keeper import OutcomeMemory
 
     mem = OutcomeMemory(keep_s=60, limit=3)
-    assert mem.add([{"delivery": D1, "state": "released"}, {"delivery": D2, "state": "printed"},
+    assert mem.add([{"delivery": D1, "state": "released"}, {"delivery": D2, "state": "lost"},
                     {"delivery": "x", "state": "deleted"}, "junk", {"delivery": D3}], NOW) == 1
     assert mem.states() == {D1: "released"}
     assert mem.add([{"delivery": D1, "state": "released"}], NOW) == 0  # nothing new
@@ -179,6 +194,20 @@ def test_the_agents_memory_of_outcomes_is_bounded_and_checked():
     assert len(mem.states()) == 3 and D1 not in mem.states()  # the oldest forgotten first
     mem.add([{"delivery": D2, "state": "expired"}], NOW + 61)
     assert mem.states() == {D2: "expired"}  # older than keep_s
+
+
+def test_a_failure_acted_on_is_not_undone_by_reading_it_again_but_a_later_one_counts():
+    from org.desk_keeper import OutcomeMemory
+
+    mem = OutcomeMemory()
+    mem.add([{"delivery": D1, "state": "failed", "at": 5.0}], NOW)
+    mem.consume(D1)
+    assert mem.states() == {D1: h.REDELIVERED}
+    assert mem.add([{"delivery": D1, "state": "failed", "at": 5.0}], NOW) == 0  # a desk restart reads it again
+    assert mem.states() == {D1: h.REDELIVERED}
+    mem.add([{"delivery": D1, "state": "released", "at": 6.0}], NOW)
+    assert mem.add([{"delivery": D1, "state": "failed", "at": 7.0}], NOW) == 1  # failed again: retry again
+    assert mem.states() == {D1: "failed"}
 
 
 # -- the backend's side: a redelivery is signed with its delivery id, and a copy is kept ------------

@@ -22,7 +22,10 @@ class _Engine(http.server.BaseHTTPRequestHandler):
         out = struct.pack(">BBHI", 2, 0, 0, 1) + b"\x01"
         out += encode_attribute(0x47, "attributes-charset", b"utf-8")
         out += encode_attribute(0x48, "attributes-natural-language", b"en")
-        if op == 0x0002:
+        if op == 0x000B:  # Get-Printer-Attributes: idle, takes PDF
+            out += b"\x04" + encode_attribute(0x23, "printer-state", struct.pack(">i", 3))
+            out += encode_attribute(0x49, "document-format-supported", b"application/pdf")
+        elif op == 0x0002:
             title = body.split(b"job-name", 1)[1][2:].split(b"I", 1)[0]  # enough for our titles
             _Engine.prints.append(title.decode(errors="replace"))
             _Engine.known[41] = "Report"

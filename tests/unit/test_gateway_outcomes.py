@@ -32,7 +32,7 @@ def test_a_well_formed_report_parses():
 
 @pytest.mark.parametrize("body", [
     b"", b"null", b"[]", b"{}", b'{"outcomes": []}', b"not json", b"\xff\xfe",
-    _body([{"delivery": D1, "state": "printed"}]),
+    _body([{"delivery": D1, "state": "lost"}]),
     _body([{"delivery": D2.upper(), "state": "released"}]),
     _body([{"delivery": D1[:-1], "state": "released"}]),
     _body([{"delivery": D1 + "0", "state": "released"}]),
@@ -196,7 +196,7 @@ def test_http_refuses_bodies_outside_the_contract(agent):
     good = _body([{"delivery": D1, "state": "released"}])
     assert _post(agent, good, {"Content-Type": "text/plain"}) == 400
     assert _post(agent, b"x" * (MAX_OUTCOME_BODY + 1)) == 400
-    assert _post(agent, _body([{"delivery": D1, "state": "printed"}])) == 400
+    assert _post(agent, _body([{"delivery": D1, "state": "lost"}])) == 400
     conn = http.client.HTTPConnection(*agent.http.server_address, timeout=5)
     conn.putrequest("POST", "/v1/outcomes")
     conn.putheader("Content-Type", "application/json")

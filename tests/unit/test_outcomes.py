@@ -15,10 +15,23 @@ D1, D2 = "a" * 32, "b" * 32
 def test_the_body_names_deliveries_and_states_only():
     assert json.loads(outcomes.body([(D1, "released"), (D2, "expired")])) == {
         "outcomes": [{"delivery": D1, "state": "released"}, {"delivery": D2, "state": "expired"}]}
-    for bad in ([], [("alice's report", "released")], [(D1, "printed")], [(D1.upper(), "released")],
+    for bad in ([], [("alice's report", "released")], [(D1, "lost")], [(D1.upper(), "released")],
                 [(D1, "released")] * (outcomes.MAX_BATCH + 1)):
         with pytest.raises(ValueError):
             outcomes.body(bad)
+
+
+def test_the_released_record_knows_how_a_delivery_ended_and_forgets_a_failed_one():
+    record = outcomes.ReleasedRecord(lambda: 0.0)
+    record.add(D1)
+    assert record.state(D1) == "released" and record.state(D2) is None
+    record.add(D1, "printed")
+    assert record.state(D1) == "printed" and D1 in record
+    record.add(D2)
+    record.forget(D2)  # failed at the engine: its redelivery is a new job
+    assert record.state(D2) is None and D2 not in record
+    with pytest.raises(ValueError):
+        record.add(D1, "failed")
 
 
 def test_the_released_record_forgets_by_age_and_count():
