@@ -139,6 +139,11 @@ def fault(lab, kind: str, org: str) -> dict:
 
         reasons = set_media_level(lab, 0 if kind == "engine-media-empty" else TRAY_SHEETS)
         return {"fault": kind, "reasons": reasons}
+    if kind == "engine-jam-next":  # the next job is aborted at the engine (a jam), not printed
+        from lab.services.engine import jam_next
+
+        jam_next(lab)
+        return {"fault": kind}
     if kind == "firmware-kill":
         return {"fault": kind, "killed": _firmware(lab).kill(lab)}
     if kind == "firmware-start":

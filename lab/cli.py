@@ -13,7 +13,7 @@ from lab.options import BACKENDS, ENGINES, LabOptions
 
 FAULTS = ("gateway-kill", "gateway-start", "cloud-stop", "cloud-start", "radius-stop", "radius-start",
           "firmware-kill", "firmware-start", "engine-stop", "engine-start",
-          "engine-media-empty", "engine-media-ok")
+          "engine-media-empty", "engine-media-ok", "engine-jam-next")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -12,9 +12,11 @@ on stdin and writing the raster on stdout (the files stay root's, in the engine 
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import resource
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -26,7 +28,8 @@ GHOSTSCRIPT = "/usr/bin/gs"
 CONVERTIBLE = frozenset({"application/pdf", "application/postscript"})
 CPU_LIMIT_S = 300            # per document
 MEMORY_LIMIT = 1 << 30       # address space of the converter
-OUTPUT_LIMIT = 2 << 30       # bytes of raster at most (a 300 dpi grey A4 page is ~9 MB raw, ~0.1-1 MB packed)
+OUTPUT_LIMIT = 256 << 20     # bytes of raster at most (a 300 dpi grey A4 page: ~9 MB raw, 0.05-1 MB packed),
+                             # and never more than half the spool's free space: /run is RAM
 WALL_LIMIT_S = 600
 
 
@@ -82,12 +85,13 @@ def rasterize(document: Path, output: Path, raster: Raster) -> float:
     """Write `document` (PDF or PostScript) as `raster` to `output`; the seconds it took.
     ConversionError when Ghostscript fails or exceeds its limits (`output` is then removed)."""
     start = time.monotonic()
+    limit = max(4096, min(OUTPUT_LIMIT, shutil.disk_usage(output.parent).free // 2))
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with open(document, "rb") as src, open(fd, "wb") as out:
             proc = subprocess.run(confined(ghostscript_argv(raster)), stdin=src, stdout=out, stderr=subprocess.PIPE,
                                   env={"PATH": "/usr/bin:/bin", "LANG": "C"}, cwd="/",
-                                  preexec_fn=_bound, timeout=WALL_LIMIT_S, close_fds=True)
+                                  preexec_fn=functools.partial(_bound, limit), timeout=WALL_LIMIT_S, close_fds=True)
     except subprocess.TimeoutExpired:
         output.unlink(missing_ok=True)
         raise ConversionError(f"conversion took longer than {WALL_LIMIT_S} s") from None
@@ -105,9 +109,9 @@ def rasterize(document: Path, output: Path, raster: Raster) -> float:
     return time.monotonic() - start
 
 
-def _bound() -> None:
+def _bound(output_limit: int) -> None:
     """In the converter's child before exec (only async-signal-safe work: rlimits)."""
     resource.setrlimit(resource.RLIMIT_CPU, (CPU_LIMIT_S, CPU_LIMIT_S))
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT, OUTPUT_LIMIT))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (output_limit, output_limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -49,11 +49,22 @@ RECORDER = r"""#!/bin/sh
 # Names come from desks. ippeveprinter hands them over escaped (\\ \" \[, ippAttributeString):
 # JSON takes the first two as they are; \[ becomes [, control characters spaces.
 esc() { printf '%s' "$1" | tr '\000-\037' ' ' | sed 's/\\\[/[/g'; }
+# `lab fault engine-jam-next`: the next job jams (exit 1: ippeveprinter aborts it, nothing recorded)
+if [ -e "$(dirname "$0")/jam-next" ]; then
+  rm -f "$(dirname "$0")/jam-next"
+  echo "ERROR: paper jam (lab fault)" >&2
+  exit 1
+fi
 size=$(wc -c < "$1")
 printf '{"file": "%s", "bytes": %s, "user": "%s", "title": "%s", "format": "%s", "job_id": %s, "instance": "%s", "at": %s}\n' \
   "$1" "$size" "$(esc "$IPP_JOB_ORIGINATING_USER_NAME")" "$(esc "$IPP_JOB_NAME")" "$CONTENT_TYPE" "${IPP_JOB_ID:-null}" \
   "$TP_ENGINE_INSTANCE" "$(date +%s.%N)" >> "$(dirname "$0")/printed.jsonl"
 """
+
+
+def jam_next(lab) -> None:
+    """The next job the engine prints jams: aborted at the engine, never recorded as printed."""
+    (_dir(lab) / "jam-next").write_text("")
 
 
 def engine_uri(lab) -> str:

@@ -64,3 +64,13 @@ def test_as_root_the_converter_has_no_network_and_is_nobody():
                            capture_output=True, text=True, check=True)
     uid, devices = probe.stdout.split()
     assert uid == "65534" and int(devices) == 3  # two header lines and lo: no interface to send on
+
+
+def test_a_document_whose_raster_outgrows_the_limit_is_refused(three_pages, tmp_path, monkeypatch):
+    import hal.printer.convert as convert
+
+    monkeypatch.setattr(convert, "OUTPUT_LIMIT", 32 << 10)  # a PDF bomb's raster would fill RAM-backed /run
+    out = tmp_path / "big.pwg"
+    with pytest.raises(ConversionError):
+        rasterize(three_pages, out, Raster("image/pwg-raster", 600, False))
+    assert not out.exists()

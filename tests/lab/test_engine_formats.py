@@ -104,3 +104,23 @@ def test_paper_out_holds_a_released_job_says_so_and_it_counts_printed_once_paper
     ended = st["firmware"]["engine"]["ended"][ended_before:]
     assert [(e["state"], e["printed"]) for e in ended] == [("completed", True)]  # counted once, when completed
     assert "Paper out" not in st["firmware"]["panel"]
+
+
+def test_a_job_the_engine_aborted_goes_back_to_its_desk_and_prints_with_the_next_release(pwg_lab):
+    before = _print_and_hold(pwg_lab)
+    ended_before = len(cli("status")["firmware"]["engine"]["ended"])
+    cli("fault", "engine-jam-next")
+    cli("tap", "--org", "acme", "--user", "alice")  # released: the engine aborts it
+    st = wait_for(lambda: len((s := cli("status"))["firmware"]["engine"]["ended"]) > ended_before and s, 20,
+                  "the job's end at the engine")
+    assert [(e["state"], e["printed"]) for e in st["firmware"]["engine"]["ended"][ended_before:]] == [("aborted", False)]
+    assert len(st["printed"]) == before  # never counted printed
+    assert any(a["event"] == "job-not-printed" for a in st["firmware"]["audit"])
+    # reported `failed`: the desk delivers its copy again at once, and the MFP holds it for her again
+    wait_for(lambda: _held(cli("status")) == ["alice"], 30, "alice's job back from her desk")
+    cli("tap", "--org", "acme", "--user", "alice")
+    wait_for(lambda: len(cli("status")["printed"]) > before, 30, "alice's document after her second release")
+    st = wait_for(lambda: (s := cli("status"))["firmware"]["engine"]["pending"] == [] and s, 15, "the job ended")
+    assert [p["user"] for p in st["printed"][before:]] == ["alice"]  # once
+    # printed: the desk drops its copy
+    wait_for(lambda: cli("status")["desks"]["acme"]["held"] == [], 20, "the desk's copy dropped once printed")
