@@ -1,4 +1,4 @@
-"""`tenantprint <part> ...`: dispatch to the part's own CLI (lab, firmware, cloud, org)."""
+"""`tenantprint <part> ...`: dispatch to the part's own CLI (lab, firmware, cloud, org, card)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ PARTS = {
     "firmware": "firmware.cli",
     "cloud": "cloud.cli",
     "org": "org.cli",
+    "card": "hal.card.cli",
 }
 
 
