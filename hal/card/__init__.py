@@ -182,11 +182,13 @@ class CardReader(abc.ABC):
 
 
 def open_reader(kind: str, **options) -> CardReader:
-    """The reader implementation named `kind` (`pcsc` or `nfcpy`) with its options.
+    """The reader implementation named `kind` (`pcsc`, `nfcpy` or `wedge`) with its options.
 
     pcsc: `reader_filter` (substring of the PC/SC reader name; default: every reader).
     nfcpy: `path` (nfcpy device path, e.g. `usb:072f:2200`, `udp:localhost:54321`), `retry_s`,
     `retry_max_s` (backoff while the device cannot be opened).
+    wedge: `device` (input device path, e.g. /dev/input/by-id/...-event-kbd) or `name` (part of its
+    evdev name), `hex_digits`, `min_len`, `max_len`, `max_gap_ms` (`hal.card.wedge`).
     """
     if kind == "pcsc":
         from hal.card.pcsc import PcscReader
@@ -194,4 +196,7 @@ def open_reader(kind: str, **options) -> CardReader:
     if kind == "nfcpy":
         from hal.card.nfc_reader import NfcpyReader
         return NfcpyReader(**options)
-    raise ValueError(f"unknown card reader kind {kind!r} (known: pcsc, nfcpy)")
+    if kind == "wedge":
+        from hal.card.wedge import WedgeReader
+        return WedgeReader(**options)
+    raise ValueError(f"unknown card reader kind {kind!r} (known: pcsc, nfcpy, wedge)")
