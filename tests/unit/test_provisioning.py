@@ -26,7 +26,8 @@ from prereq import need, need_binary
 
 REPO = Path(__file__).resolve().parents[2]
 STAGE = REPO / "provisioning/pi-gen/stage-tenantprint"
-SCRIPTS = sorted([*REPO.glob("provisioning/**/*.sh"), REPO / "systemd/libexec/tenantprint-first-boot"])
+SCRIPTS = sorted([*REPO.glob("provisioning/**/*.sh"), REPO / "systemd/libexec/tenantprint-first-boot",
+                  REPO / "systemd/libexec/tenantprint-reader-setup"])
 CHROOT_SCRIPTS = sorted(STAGE.glob("*/*-run-chroot.sh"))
 TENANTPRINT = Path(sys.executable).parent / "tenantprint"
 # Units Raspberry Pi OS's stage2 provides that a Debian build machine lacks.
@@ -120,6 +121,7 @@ def test_units_installed_and_enabled(rootfs):
     for unit in ("tenantprint-firmware.service", "tenantprint-enrol.service", "strongswan.service"):
         assert (wants / unit).is_symlink(), unit
     assert (system / "strongswan.service.d/tenantprint.conf").exists()
+    assert (system / "sysinit.target.wants/tenantprint-reader-setup.service").is_symlink()
     assert (rootfs / "etc/sysctl.d/90-tenantprint.conf").read_text() == (REPO / "systemd/sysctl.d/90-tenantprint.conf").read_text()
     assert os.readlink(system / "swap.target") == "/dev/null"
     assert not (wants / "cups.service").exists() and not (system / "sockets.target.wants/cups.socket").exists()

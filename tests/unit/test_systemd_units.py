@@ -8,6 +8,7 @@ binary exists in that tree, so a wrong path fails (a negative control proves it 
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -67,6 +68,7 @@ def build_root(root: Path, units_dir: Path = UNITS_DIR) -> Path:
     shutil.copy2(VENV_TENANTPRINT, root / "opt/tenantprint/venv/bin/tenantprint")
     (root / "opt/tenantprint/libexec").mkdir(parents=True)
     shutil.copy2(units_dir / "libexec/tenantprint-first-boot", root / "opt/tenantprint/libexec/")
+    shutil.copy2(units_dir / "libexec/tenantprint-reader-setup", root / "opt/tenantprint/libexec/")
     return root
 
 
@@ -89,7 +91,7 @@ def device_root(tmp_path_factory) -> Path:
 def test_every_process_has_a_unit():
     assert set(UNITS) == {"tenantprint-firmware.service", "tenantprint-enrol.service",
                           "tenantprint-cloud.service", "tenantprint-gateway-agent.service",
-                          "tenantprint-desk-agent.service"}
+                          "tenantprint-desk-agent.service", "tenantprint-reader-setup.service"}
 
 
 @pytest.mark.parametrize("unit", UNITS + ["strongswan.service"])
@@ -182,7 +184,8 @@ def _help(*words: str) -> str:
     return proc.stdout
 
 
-@pytest.mark.parametrize("unit", [u for u in UNITS if u != "tenantprint-enrol.service"])
+@pytest.mark.parametrize("unit", [u for u in UNITS if u not in ("tenantprint-enrol.service",
+                                                                  "tenantprint-reader-setup.service")])
 def test_execstart_options_exist_in_the_cli(unit):
     """Every --option an ExecStart passes is accepted where it stands: before the subcommand by the
     part's parser, after it by the subcommand's (catches CLI drift)."""
@@ -211,3 +214,89 @@ def _exposure(root: Path, unit: str) -> float:
 def test_security_exposure(device_root, unit):
     score = _exposure(device_root, unit)
     assert score <= MAX_EXPOSURE.get(unit, MAX_EXPOSURE_OTHERS), f"{unit}: exposure {score}"
+
+
+# -- the card reader's boot-time setup (tenantprint-reader-setup) ------------------------------
+
+READER_SETUP = UNITS_DIR / "libexec/tenantprint-reader-setup"
+SYSTEMCTL_SHIM = """#!/bin/sh
+echo "$*" >> "$SHIM_LOG"
+"""
+
+
+def test_reader_setup_unit_runs_early_and_before_the_firmware():
+    u = parse_unit(UNITS_DIR / "tenantprint-reader-setup.service")
+    unit, svc = u["Unit"], u["Service"]
+    assert unit["DefaultDependencies"] == ["no"]
+    before = " ".join(unit["Before"]).split()
+    for dep in ("systemd-udev-trigger.service", "pcscd.socket", "sockets.target", "tenantprint-firmware.service"):
+        assert dep in before
+    assert svc["Type"] == ["oneshot"] and svc["RemainAfterExit"] == ["yes"]
+    assert svc["ExecStart"] == ["/opt/tenantprint/libexec/tenantprint-reader-setup"]
+    assert svc["CapabilityBoundingSet"] == [""] and svc["ReadWritePaths"] == ["/sys/bus/usb/drivers"]
+    assert svc["RuntimeDirectory"] == ["modprobe.d"] and svc["RuntimeDirectoryPreserve"] == ["yes"]
+    assert u["Install"]["WantedBy"] == ["sysinit.target"]
+    fw = parse_unit(UNITS_DIR / "tenantprint-firmware.service")
+    assert "tenantprint-reader-setup.service" in " ".join(fw["Unit"]["After"]).split()
+    assert "tenantprint-reader-setup.service" in " ".join(fw["Unit"]["Wants"]).split()
+
+
+def test_firmware_unit_allows_the_usb_devices_and_reading_input_devices_only():
+    svc = parse_unit(UNITS_DIR / "tenantprint-firmware.service")["Service"]
+    assert svc["DevicePolicy"] == ["closed"]
+    assert svc["DeviceAllow"] == ["char-usb_device rw", "char-input r"]
+
+
+def _reader_setup(tmp_path: Path, kind: str, bound: list[str]) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    """Run the script against a fake /run, a fake sysfs with `bound` pn533_usb interfaces, and a
+    systemctl that records its arguments."""
+    run, sysfs = tmp_path / "run", tmp_path / "sys"
+    run.mkdir()
+    drivers = sysfs / "bus/usb/drivers"
+    (drivers / "port100").mkdir(parents=True)
+    (drivers / "port100/unbind").write_text("")
+    pn533 = drivers / "pn533_usb"
+    pn533.mkdir()
+    (pn533 / "unbind").write_text("")
+    (pn533 / "module").mkdir()  # not an interface: left alone
+    for iface in bound:
+        (pn533 / iface).mkdir()
+    shim = tmp_path / "systemctl"
+    shim.write_text(SYSTEMCTL_SHIM)
+    shim.chmod(0o755)
+    conf = tmp_path / "firmware.toml"
+    conf.write_text(f'[card]\nkind = "{kind}"\n')
+    env = {**os.environ, "TENANTPRINT": str(VENV_TENANTPRINT), "TP_FIRMWARE_CONFIG": str(conf),
+           "TP_RUN_DIR": str(run), "TP_SYSFS": str(sysfs), "SYSTEMCTL": str(shim),
+           "SHIM_LOG": str(tmp_path / "systemctl.log")}
+    proc = subprocess.run([str(READER_SETUP)], env=env, capture_output=True, text=True, timeout=60)
+    return proc, run, tmp_path
+
+
+def test_reader_setup_for_nfcpy_blacklists_unbinds_and_masks_pcscd(tmp_path):
+    proc, run, tmp = _reader_setup(tmp_path, "nfcpy", ["1-1.2:1.0"])
+    assert proc.returncode == 0, proc.stderr
+    conf = (run / "modprobe.d/tenantprint-nfc.conf").read_text()
+    assert {line for line in conf.splitlines() if not line.startswith("#")} == {"blacklist pn533_usb",
+                                                                                 "blacklist port100"}
+    assert (tmp / "sys/bus/usb/drivers/pn533_usb/unbind").read_text() == "1-1.2:1.0"
+    assert (tmp / "sys/bus/usb/drivers/port100/unbind").read_text() == ""
+    calls = (tmp / "systemctl.log").read_text().splitlines()
+    assert calls == ["mask --runtime pcscd.socket", "stop --no-block pcscd.socket pcscd.service"]
+    assert not list((run / "modprobe.d").glob("*.tmp"))
+
+
+def test_reader_setup_for_pcsc_unmasks_pcscd_and_keeps_the_kernel_nfc_drivers_off(tmp_path):
+    proc, run, tmp = _reader_setup(tmp_path, "pcsc", [])
+    assert proc.returncode == 0, proc.stderr
+    assert "blacklist pn533_usb" in (run / "modprobe.d/tenantprint-nfc.conf").read_text()
+    assert (tmp / "sys/bus/usb/drivers/pn533_usb/unbind").read_text() == ""
+    calls = (tmp / "systemctl.log").read_text().splitlines()
+    assert calls == ["unmask --runtime pcscd.socket", "start --no-block pcscd.socket"]
+
+
+def test_reader_setup_fails_on_a_bad_config_without_touching_anything(tmp_path):
+    proc, run, tmp = _reader_setup(tmp_path, "carrier-pigeon", ["1-1.2:1.0"])
+    assert proc.returncode != 0
+    assert not (run / "modprobe.d").exists() and not (tmp / "systemctl.log").exists()
+    assert (tmp / "sys/bus/usb/drivers/pn533_usb/unbind").read_text() == ""

@@ -23,4 +23,6 @@ systemctl enable strongswan.service pcscd.socket
 # No RTC on a Pi: TLS to the cloud needs the clock set, so time-sync.target must wait for NTP.
 systemctl enable systemd-time-wait-sync.service
 systemctl enable tenantprint-enrol.service tenantprint-firmware.service
+# At boot, before udev's coldplug and pcscd.socket: keeps the kernel NFC drivers / pcscd off the reader.
+systemctl enable tenantprint-reader-setup.service
 # The system cupsd stays masked: 03-printer.
