@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from hal.printer.driver_engine import check_driver
 from hal.printer.engine_finder import check_uri
 
 DEFAULT_PATH = Path("/etc/tenantprint/firmware.toml")
@@ -99,8 +100,11 @@ class SessionSection:
 
 @dataclass
 class PrinterSection:
-    # "auto": a USB printer through ipp-usb; or ipp://host[:port]/path (hal/printer/engine_finder.py)
-    engine_uri: str = _opt(check_uri, default="auto")
+    # "auto": a USB printer through ipp-usb; or ipp://host[:port]/path (hal/printer/engine_finder.py);
+    # with `driver`, the printer's CUPS device URI (usb://...): checked with `driver` by `_check_printer`
+    engine_uri: str = _opt(default="auto")
+    # a printer that needs a driver: its CUPS model (drv:///..., `lpinfo -m`), "" for a driverless one
+    driver: str = _opt(check_driver, default="")
     # released documents on their way to the engine (root only; on /run: gone at power-off)
     spool_dir: str = _opt(_abs_path, default="/run/tenantprint/engine")
     # how long a released job waits for an engine that cannot be reached before it is given up
@@ -189,7 +193,16 @@ def load(path: Path | None = DEFAULT_PATH, *, required: bool = False) -> Firmwar
         except ValueError as exc:
             raise ConfigError(f"{enrolment}: {exc}") from None
         _apply(cfg, _enrolment_layer(record, enrolment), str(enrolment))
+    _check_printer(cfg, str(path))
     return cfg
+
+
+def _check_printer(cfg: FirmwareConfig, origin: str) -> None:
+    """The engine URI, checked with the driver (two keys that only make sense together)."""
+    try:
+        check_uri(cfg.printer.engine_uri, cfg.printer.driver)
+    except ValueError as exc:
+        raise ConfigError(f"{origin}: printer.engine_uri {exc}") from None
 
 
 def _enrolment_layer(record: Any, where: Path) -> dict:
@@ -205,4 +218,5 @@ def from_dict(data: dict) -> FirmwareConfig:
     """A config from defaults plus `data` (tests, the lab)."""
     cfg = FirmwareConfig()
     _apply(cfg, data, "config")
+    _check_printer(cfg, "config")
     return cfg

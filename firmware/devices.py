@@ -17,6 +17,7 @@ from hal.net.firewall import Firewall
 from hal.net.route_window import RouteWindow
 from hal.printer import cupsd as session_cupsd
 from hal.printer import EngineUnavailable
+from hal.printer.driver_engine import DriverQueue
 from hal.printer.engine import PrintEngine
 from hal.printer.engine_finder import AUTO
 from hal.tunnel import Tunnel, TunnelConfig, open_tunnel
@@ -25,6 +26,7 @@ from hal.tunnel import Tunnel, TunnelConfig, open_tunnel
 # The engine's capabilities can change while the daemon runs (a tray or a duplex unit fitted, the
 # printer swapped): a model older than this is built again from the engine.
 ENGINE_MODEL_MAX_AGE_S = 3600.0
+DRIVER_QUEUE_DIR = "/run/tenantprint/driver-cupsd"  # device data: the cupsd of a printer that needs a driver
 
 
 class NotEnrolled(DirectoryRefused):
@@ -51,6 +53,7 @@ class Devices:
     # org's. Kept in memory only; the next session's cupsd starts with its queues written from it.
     engine_model: bytes | None = None
     engine_model_at: float = 0.0
+    driver_queue: DriverQueue | None = None  # the device's cupsd for a printer that needs a driver
 
     @property
     def session_dir(self) -> Path:
@@ -64,6 +67,11 @@ class Devices:
         admits the port from loopback and through IPsec only, and the machine takes a job only from
         inside the tunnel's remote traffic selectors."""
         fresh = time.monotonic() - self.engine_model_at < ENGINE_MODEL_MAX_AGE_S
+        if self.driver_queue is not None:  # the driver's PPD is the model: nothing to ask a printer
+            model = self.driver_queue.model()
+            if model is None:
+                raise EngineUnavailable("the driver printer's queue is not set up")
+            self.engine_model, self.engine_model_at, fresh = model, time.monotonic(), True
         if self.engine.uri == AUTO:  # no USB printer found yet: the queue has no model to take
             raise EngineUnavailable("printer not connected")
         return session_cupsd.SessionPrintService(
@@ -128,12 +136,20 @@ def build(cfg: FirmwareConfig) -> Devices:
     if cfg.card.kind == "pcsc" and not cfg.card.reader:
         options = {}
     tunnel = build_tunnel(cfg)
+    driver_queue = None
+    if cfg.printer.driver:  # the device's own cupsd drives the printer; the engine is its queue
+        driver_queue = DriverQueue(DRIVER_QUEUE_DIR, cfg.printer.engine_uri, cfg.printer.driver)
+        engine = PrintEngine(driver_queue.uri, cfg.printer.spool_dir, give_up_s=cfg.printer.engine_give_up_s,
+                             unix_socket=str(driver_queue.socket_path))
+    else:
+        engine = PrintEngine(cfg.printer.engine_uri, cfg.printer.spool_dir, give_up_s=cfg.printer.engine_give_up_s)
     return Devices(
         config=cfg,
         card=open_reader(cfg.card.kind, **options),
         tunnel=tunnel,
         firewall=Firewall(tunnel.backend, port=cfg.session.ipp_port, management=cfg.firewall.management),
         session_fs=SessionFs(cfg.session.tmpfs_dir, cfg.session.tmpfs_size_mb),
-        engine=PrintEngine(cfg.printer.engine_uri, cfg.printer.spool_dir, give_up_s=cfg.printer.engine_give_up_s),
+        engine=engine,
+        driver_queue=driver_queue,
         route_window=RouteWindow(cfg.tunnel.initcwnd) if cfg.tunnel.initcwnd else None,
     )

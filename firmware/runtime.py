@@ -391,6 +391,11 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, lambda: self.post(ev.Shutdown(self.now())))
         tasks = [asyncio.create_task(self._read_cards()), asyncio.create_task(self._tick())]
+        if self.devices.driver_queue is not None:
+            try:  # before the engine's first look: it looks there
+                self.devices.driver_queue.start()
+            except Exception as exc:  # the panel says "Printer not connected"; the daemon goes on
+                journal.record("driver printer not set up", level=50, error=f"{type(exc).__name__}: {exc}")
         engine_thread = threading.Thread(target=self._serve_engine, name="engine", daemon=True)
         engine_thread.start()
         self._start_route_window()
@@ -429,6 +434,8 @@ class Runtime:
                 self.spare_keeper.stop()
             if self.devices.route_window is not None:
                 self.devices.route_window.stop()
+            if self.devices.driver_queue is not None:
+                self.devices.driver_queue.stop()
             self.auth_worker.shutdown(wait=False, cancel_futures=True)
             self.watchers.shutdown(wait=False, cancel_futures=True)
 

@@ -43,7 +43,7 @@ from hal.printer import JobNotFound
 from hal.printer.convert import ConversionError, plan, rasterize
 from hal.printer.engine_finder import AUTO, find_ipp_usb
 from hal.printer.engine_state import ATTRIBUTES, EngineState, describe
-from hal.printer.ipp import (GET_JOB_ATTRIBUTES, IppError, NOT_FOUND, call, encode_job_request,
+from hal.printer.ipp import (GET_JOB_ATTRIBUTES, IppError, NOT_FOUND, call, encode_attribute, encode_job_request,
                              encode_print_job, first, get_printer_attributes)
 
 log = logging.getLogger("tenantprint.hal.printer.engine")
@@ -148,8 +148,10 @@ class PrintEngine:
     """The engine at `uri` (an IPP printer) and its spool; `serve()` prints the spool in order."""
 
     def __init__(self, uri: str, spool_dir: str | Path, *, retry_s: float = 1.0, poll_s: float = 0.1,
-                 give_up_s: float = 3600.0, connect_timeout: float = 2.0, check_s: float = 5.0):
+                 give_up_s: float = 3600.0, connect_timeout: float = 2.0, check_s: float = 5.0,
+                 unix_socket: str | None = None):
         self.configured = uri  # "auto": the USB printer ipp-usb serves, found by `check`
+        self.unix_socket = unix_socket  # a driver printer's cupsd (driver_engine.py) is asked there
         self.uri = uri
         self.check_s = check_s
         self.state: EngineState | None = None  # what the engine last said about itself
@@ -260,7 +262,7 @@ class PrintEngine:
                 log.info("print engine found: %s", found)
             self.uri = found
         try:
-            attrs = get_printer_attributes(self.uri, ATTRIBUTES, self.connect_timeout, 10.0)
+            attrs = get_printer_attributes(self.uri, ATTRIBUTES, self.connect_timeout, 10.0, self.unix_socket)
         except (IppError, OSError, ValueError) as exc:
             self._offline(str(exc)[:120])
             return None
@@ -314,6 +316,7 @@ class PrintEngine:
                 continue
             self._online()
             if state in _FINAL:
+                self._forget(engine_job, job)
                 if state != 9:
                     return EngineOutcome(job, False, _FINAL[state], ",".join(reasons)[:120])
                 return EngineOutcome(job, True, "completed")
@@ -339,7 +342,8 @@ class PrintEngine:
     def _send(self, job: ReleasedJob) -> int:
         path, document_format = self._prepared(job)
         head = encode_print_job(self.uri, job.user, job.title, document_format)
-        answer = call(self.uri, head + path.read_bytes(), self.connect_timeout, 60.0, also_ok=_CLIENT_ERRORS)
+        answer = call(self.uri, head + path.read_bytes(), self.connect_timeout, 60.0, also_ok=_CLIENT_ERRORS,
+                      unix_socket=self.unix_socket)
         if answer.status in _CLIENT_ERRORS:
             raise _Refused(f"IPP status 0x{answer.status:04x}")
         engine_job = first(answer.attributes, "job-id")
@@ -351,14 +355,29 @@ class PrintEngine:
     def _state(self, engine_job: int, job: ReleasedJob) -> tuple[int, list]:
         body = encode_job_request(GET_JOB_ATTRIBUTES, self.uri, engine_job, job.user,
                                   ["job-state", "job-state-reasons", "job-name"])
-        answer = call(self.uri, body, self.connect_timeout, 10.0, also_ok=(NOT_FOUND,))
+        answer = call(self.uri, body, self.connect_timeout, 10.0, also_ok=(NOT_FOUND,), unix_socket=self.unix_socket)
         attrs = answer.attributes
         if answer.status == NOT_FOUND or first(attrs, "job-name") != _ipp_title(job.title):
             raise _Lost()
         reasons = attrs.get("job-state-reasons", [])
         return int(first(attrs, "job-state", 0) or 0), [str(r) for r in reasons]
 
+    def _forget(self, engine_job: int, job: ReleasedJob) -> None:
+        """Ask the engine to drop the ended job from its history (Cancel-Job with purge-job, a CUPS
+        extension: a driver printer's cupsd does; most printers keep their history and say no)."""
+        body = encode_job_request(CANCEL_JOB, self.uri, engine_job, job.user)[:-1]
+        body += encode_attribute(0x22, "purge-job", b"\x01") + b"\x03"
+        try:
+            answer = call(self.uri, body, self.connect_timeout, 5.0, also_ok=tuple(range(0x0400, 0x0500)),
+                          unix_socket=self.unix_socket)
+        except (IppError, OSError) as exc:
+            log.debug("engine history of job %d kept: %s", engine_job, exc)
+            return
+        if answer.status < 0x0100:
+            log.info("engine history of job tag=%s purged", job.tag)
 
+
+CANCEL_JOB = 0x0008
 _CLIENT_ERRORS = tuple(range(0x0400, 0x0420))  # the request itself refused (format, attributes...)
 
 

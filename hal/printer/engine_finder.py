@@ -6,8 +6,9 @@ printer), at `/ipp/print`. With `engine_uri = "auto"` the firmware asks those po
 takes the first that answers a Get-Printer-Attributes: a printer plugged in later is found by the
 next check. Only loopback is ever asked.
 
-`usb://` and the other CUPS backends' URIs are not engines: the firmware talks IPP to its printer
-(`check_uri` says what to configure instead).
+`usb://` and the other CUPS backends' URIs are engines only with a driver (`printer.driver`: the
+device's own cupsd drives the printer, `driver_engine.py`); without one `check_uri` says what to
+configure instead.
 """
 
 from __future__ import annotations
@@ -22,18 +23,27 @@ IPP_USB_PATH = "/ipp/print"
 _IPP_URI = re.compile(r"^ipp://[A-Za-z0-9.\-\[\]:]+(:\d{1,5})?/\S*$")
 
 
-def check_uri(value: str) -> str:
-    """`value` when it names an engine this firmware can drive; ValueError naming the alternatives."""
+_BACKEND_URI = re.compile(r"^[a-z][a-z0-9+.-]*:[^\s]+$")
+
+
+def check_uri(value: str, driver: str = "") -> str:
+    """`value` when it names an engine this firmware can drive (with `driver`: any CUPS backend's
+    device URI, the driver printer's); ValueError naming the alternatives."""
+    if driver:
+        if value == AUTO or not _BACKEND_URI.match(value):
+            raise ValueError("a printer with a driver needs its CUPS device URI (e.g. usb://Brother/..., "
+                             "as `lpinfo -v` lists it)")
+        return value
     if value == AUTO or _IPP_URI.match(value):
         return value
     scheme = value.split(":", 1)[0] if ":" in value else ""
     if scheme == "ipps":
         raise ValueError("ipps:// engines are not supported (the device talks plain IPP to its printer): "
                          "use the printer's ipp:// URI on a LAN only the device shares, or a USB printer")
-    raise ValueError(f"{scheme or value!r} is not a print engine this device drives: use \"auto\" (a USB printer "
-                     "through ipp-usb, IPP over USB), ipp://host[:port]/path (a network printer that speaks "
-                     "IPP Everywhere); usb:// and other CUPS backends need a CUPS queue with the printer's "
-                     "driver (see the guide)")
+    raise ValueError(f"{scheme or value!r} is not a print engine this device drives by itself: use \"auto\" (a USB "
+                     "printer through ipp-usb, IPP over USB), ipp://host[:port]/path (a network printer that "
+                     "speaks IPP Everywhere), or set printer.driver too (usb:// and other CUPS backends: a "
+                     "printer that needs a driver)")
 
 
 def find_ipp_usb(ports=IPP_USB_PORTS, timeout: float = 0.3) -> str | None:

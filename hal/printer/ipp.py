@@ -292,10 +292,10 @@ def get_printers(server_uri: str, requested: list[str], connect_timeout: float =
 
 
 def call(printer_uri: str, body: bytes, connect_timeout: float = 2.0, read_timeout: float = 30.0,
-         also_ok: tuple[int, ...] = ()) -> IppResponse:
+         also_ok: tuple[int, ...] = (), unix_socket: str | None = None) -> IppResponse:
     """One request (`body`, e.g. from `encode_job_request`) to the printer at `printer_uri` over one
-    connection; IppRefused / IppError as `get_printer_attributes`."""
-    return _call(printer_uri, body, connect_timeout, read_timeout, None, also_ok)
+    connection (to `unix_socket` instead when given); IppRefused / IppError as `get_printer_attributes`."""
+    return _call(printer_uri, body, connect_timeout, read_timeout, unix_socket, also_ok)
 
 
 GET_JOBS = 0x000A

@@ -82,3 +82,19 @@ def test_engine_uris_that_are_engines(uri):
 def test_other_uris_are_refused_naming_the_alternatives(uri, says):
     with pytest.raises(ValueError, match=says):
         check_uri(uri)
+
+
+def test_a_backend_uri_is_an_engine_only_with_a_driver_and_the_driver_is_a_model_name():
+    from firmware import config
+    from hal.printer.driver_engine import check_driver
+
+    cfg = config.from_dict({"printer": {"engine_uri": "usb://Brother/HL-L2300D?serial=1", "driver":
+                                        "drv:///brlaser.drv/br2300.ppd"}})
+    assert cfg.printer.engine_uri.startswith("usb://")
+    with pytest.raises(config.ConfigError, match="CUPS device URI"):
+        config.from_dict({"printer": {"engine_uri": "auto", "driver": "drv:///brlaser.drv/br2300.ppd"}})
+    with pytest.raises(config.ConfigError, match="set printer.driver too"):
+        config.from_dict({"printer": {"engine_uri": "usb://Brother/HL-L2300D"}})
+    for bad in ("../../etc/shadow", "drv:///x.drv/a b.ppd", "/usr/share/ppd/../../../etc/passwd", "/tmp/evil.ppd"):
+        with pytest.raises(ValueError):
+            check_driver(bad)
