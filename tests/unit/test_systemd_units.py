@@ -126,9 +126,10 @@ def test_firmware_unit_contract_and_hardening():
     assert svc["Restart"] == ["on-failure"] and int(svc["WatchdogSec"][0]) > 0
     assert svc["ExecStart"] == ["/opt/tenantprint/venv/bin/tenantprint firmware --config /etc/tenantprint/firmware.toml run"]
     for key in ("ProtectHome", "PrivateTmp", "NoNewPrivileges", "LockPersonality", "MemoryDenyWriteExecute",
-                "PrivateMounts", "ProtectKernelModules", "ProtectKernelTunables", "RestrictNamespaces",
+                "PrivateMounts", "ProtectKernelModules", "ProtectKernelTunables",
                 "RestrictSUIDSGID", "ProtectControlGroups"):
         assert svc[key] == ["yes"], key
+    assert svc["RestrictNamespaces"] == ["net"]  # the converter's empty network namespace, no other kind
     assert svc["ProtectSystem"] == ["strict"]
     assert svc["RuntimeDirectory"] == ["tenantprint"] and svc["StateDirectory"] == ["tenantprint"]
     assert svc["LimitCORE"] == ["0"]  # a core dump would put org secrets on the SD card
