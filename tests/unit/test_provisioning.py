@@ -129,8 +129,9 @@ def test_units_installed_and_enabled(rootfs):
     for unit in ("cups.service", "cups.socket", "cups.path", "cups-browsed.service", "avahi-daemon.service",
                  "avahi-daemon.socket"):
         assert os.readlink(system / unit) == "/dev/null", f"{unit} not masked"
-    helper = rootfs / "opt/tenantprint/libexec/tenantprint-first-boot"
-    assert helper.stat().st_mode & stat.S_IXUSR
+    for name in ("tenantprint-first-boot", "tenantprint-reader-setup"):  # each unit's ExecStart is there
+        helper = rootfs / "opt/tenantprint/libexec" / name
+        assert helper.stat().st_mode & stat.S_IXUSR, name
 
 
 def test_units_verify_in_the_image(rootfs):

@@ -11,7 +11,8 @@ fi
 
 install -d -m 0755 "${ROOTFS_DIR}/opt/tenantprint/wheels" "${ROOTFS_DIR}/opt/tenantprint/libexec"
 install -m 0644 "${F}"/wheels/*.whl "${ROOTFS_DIR}/opt/tenantprint/wheels/"
-install -m 0755 "${F}/systemd/libexec/tenantprint-first-boot" "${ROOTFS_DIR}/opt/tenantprint/libexec/"
+install -m 0755 "${F}/systemd/libexec/tenantprint-first-boot" "${F}/systemd/libexec/tenantprint-reader-setup" \
+	"${ROOTFS_DIR}/opt/tenantprint/libexec/"
 
 for unit in "${F}"/systemd/*.service; do
 	install -m 0644 "${unit}" "${ROOTFS_DIR}/etc/systemd/system/"
