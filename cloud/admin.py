@@ -1,7 +1,8 @@
 """Operator actions on the directory (the admin CLI's back end, and the lab's seeding).
 
 Nothing here returns or prints a secret: profiles come back as their public part plus the names of
-the secrets they hold.
+the secrets they hold. Nothing returns, prints or audits a card id either: a registered card is
+shown as its `card_ref` (cloud/cards.py).
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import secrets
 import time
 from pathlib import Path
 
-from sqlalchemy import Engine, and_, insert, select, update
+from sqlalchemy import Engine, and_, delete, insert, select, update
 
 from cloud import profiles
+from cloud.cards import T_CARD, T_CARD_KEY, CardKeys, card_hash, card_key_aad, card_ref, valid_card
 from cloud.crypto import Keyring, Sealed, kek_id, new_kek, read_kek_file, write_kek_file
 from cloud.lookup import T_AUDIT, T_CONTRACT, T_DEVICE, T_PROFILE, T_TOKEN, aad, audit, token_hash
 from cloud.models import ACTIVE, ENDED, REVOKED, Org, Space
 from cloud.storage import read_txn, write_txn
+from hal.directory import CARD_ID_RE
 from hal.directory.profile import _ID
 
 T_SPACE, T_ORG = Space.__table__, Org.__table__
@@ -203,6 +206,75 @@ class Admin:
         with read_txn(self.engine) as conn:
             return _rows(conn.execute(q))
 
+    # -- cards known by their UID only ------------------------------------------------------
+
+    def _card(self, card: str) -> str:
+        if not valid_card(card):
+            raise AdminError(f"card id must match {CARD_ID_RE.pattern}")  # never echoed: a UID
+        return card
+
+    def _active_contract(self, conn, org_id: str, space_id: str) -> bool:
+        return conn.execute(select(T_CONTRACT.c.id).where(
+            T_CONTRACT.c.org_id == org_id, T_CONTRACT.c.space_id == space_id, T_CONTRACT.c.status == ACTIVE)
+        ).first() is not None
+
+    def add_card(self, space_id: str, org_id: str, card: str) -> dict:
+        """Register `card` to `org_id` in `space_id`. Refused unless the org has an active contract
+        with the space, or when the card is registered to another org there (one org per card and
+        space). Registering it again to the same org changes nothing (`added` is False)."""
+        self._card(card)
+        cards = CardKeys(self.keyring)
+        now = time.time()
+        with write_txn(self.engine) as conn:
+            if not self._exists(conn, T_SPACE, space_id):
+                raise AdminError(f"no space {space_id}")
+            if not self._exists(conn, T_ORG, org_id):
+                raise AdminError(f"no org {org_id}")
+            if not self._active_contract(conn, org_id, space_id):
+                raise AdminError(f"org {org_id} has no active contract with space {space_id}")
+            hashed = card_hash(cards.ensure(conn, space_id), card)
+            ref = card_ref(hashed)
+            row = conn.execute(select(T_CARD.c.org_id, T_CARD.c.added_at).where(
+                T_CARD.c.space_id == space_id, T_CARD.c.card_hash == hashed)).first()
+            if row is not None and row.org_id != org_id:
+                audit(conn, "card-add", "refused-other-org", org_id=org_id, at=now, card_ref=ref)
+                refused = True
+            elif row is not None:
+                return {"space_id": space_id, "org_id": org_id, "card_ref": ref, "added_at": row.added_at,
+                        "added": False}
+            else:
+                conn.execute(insert(T_CARD).values(space_id=space_id, card_hash=hashed, org_id=org_id, added_at=now))
+                audit(conn, "card-add", "done", org_id=org_id, at=now, card_ref=ref)
+                refused = False
+        if refused:  # after the commit: the refusal's audit record stays
+            raise AdminError(f"card {ref} is registered to another org in space {space_id}")
+        return {"space_id": space_id, "org_id": org_id, "card_ref": ref, "added_at": now, "added": True}
+
+    def remove_card(self, space_id: str, card: str) -> dict:
+        self._card(card)
+        with write_txn(self.engine) as conn:
+            key = CardKeys(self.keyring).find(conn, space_id)
+            hashed = None if key is None else card_hash(key, card)
+            row = None if hashed is None else conn.execute(select(T_CARD.c.id, T_CARD.c.org_id).where(
+                T_CARD.c.space_id == space_id, T_CARD.c.card_hash == hashed)).first()
+            if row is None:
+                raise AdminError(f"no such card registered in space {space_id}")
+            conn.execute(delete(T_CARD).where(T_CARD.c.id == row.id))
+            audit(conn, "card-remove", "done", org_id=row.org_id, card_ref=card_ref(hashed))
+        return {"space_id": space_id, "org_id": row.org_id, "card_ref": card_ref(hashed)}
+
+    def list_cards(self, space_id: str | None = None, org_id: str | None = None) -> list[dict]:
+        """Registered cards: space, org, `card_ref` and when added (never the card id nor the hash)."""
+        q = select(T_CARD.c.space_id, T_CARD.c.org_id, T_CARD.c.card_hash, T_CARD.c.added_at).order_by(
+            T_CARD.c.space_id, T_CARD.c.org_id, T_CARD.c.added_at)
+        if space_id:
+            q = q.where(T_CARD.c.space_id == space_id)
+        if org_id:
+            q = q.where(T_CARD.c.org_id == org_id)
+        with read_txn(self.engine) as conn:
+            return [{"space_id": r.space_id, "org_id": r.org_id, "card_ref": card_ref(r.card_hash),
+                     "added_at": r.added_at} for r in conn.execute(q)]
+
     # -- audit and keys --------------------------------------------------------------------
 
     def audit(self, org_id: str | None = None, device_id: str | None = None, since: float | None = None,
@@ -223,29 +295,36 @@ class Admin:
     def rotate_key(self, kek_file: Path, batch: int = 500) -> dict:
         """Make a new KEK and re-wrap every record's data key under it, in place:
         1. the KEK file becomes [new, old...] (running servers re-read it when they meet the new id),
-        2. every record is re-wrapped under the new KEK (batches, each its own transaction),
-        3. the file becomes [new]."""
+        2. every record (profiles, the spaces' card keys) is re-wrapped under the new KEK (batches,
+           each its own transaction),
+        3. the file becomes [new].
+        Card hashes do not change: their key is re-wrapped, not replaced."""
         kek_file = Path(kek_file)
         old = read_kek_file(kek_file)
         fresh = new_kek()
         write_kek_file(kek_file, [fresh] + old)
         ring = Keyring(kek_file)
         new_id = kek_id(fresh)
-        done = 0
-        while True:
-            with write_txn(self.engine) as conn:
-                rows = conn.execute(select(T_PROFILE.c.org_id, T_PROFILE.c.kek_id, T_PROFILE.c.wrapped_dek,
-                                           T_PROFILE.c.secrets_ct).where(T_PROFILE.c.kek_id != new_id)
-                                    .limit(batch)).all()
-                for r in rows:
-                    s = ring.rewrap(Sealed(r.kek_id, r.wrapped_dek, r.secrets_ct), aad(r.org_id), new_id)
-                    conn.execute(update(T_PROFILE).where(T_PROFILE.c.org_id == r.org_id)
-                                 .values(kek_id=s.kek_id, wrapped_dek=s.wrapped_dek))
-            done += len(rows)
-            if len(rows) < batch:
-                break
+        done = self._rewrap(ring, new_id, batch, T_PROFILE, T_PROFILE.c.org_id, T_PROFILE.c.secrets_ct, aad)
+        card_keys = self._rewrap(ring, new_id, batch, T_CARD_KEY, T_CARD_KEY.c.space_id, T_CARD_KEY.c.key_ct,
+                                 card_key_aad)
         write_kek_file(kek_file, [fresh])
         with write_txn(self.engine) as conn:
             audit(conn, "rotate-key", "done")
         self._keyring = Keyring(kek_file)
-        return {"kek_id": new_id, "retired": [kek_id(k) for k in old], "rewrapped": done}
+        return {"kek_id": new_id, "retired": [kek_id(k) for k in old], "rewrapped": done,
+                "card_keys_rewrapped": card_keys}
+
+    def _rewrap(self, ring: Keyring, new_id: str, batch: int, table, key_col, ct_col, aad_of) -> int:
+        """Re-wrap the data key of every row of `table` not yet under KEK `new_id`."""
+        done = 0
+        while True:
+            with write_txn(self.engine) as conn:
+                rows = conn.execute(select(key_col, table.c.kek_id, table.c.wrapped_dek, ct_col)
+                                    .where(table.c.kek_id != new_id).limit(batch)).all()
+                for r in rows:
+                    s = ring.rewrap(Sealed(r[1], r[2], r[3]), aad_of(r[0]), new_id)
+                    conn.execute(update(table).where(key_col == r[0]).values(kek_id=s.kek_id, wrapped_dek=s.wrapped_dek))
+            done += len(rows)
+            if len(rows) < batch:
+                return done

@@ -2,6 +2,7 @@
 
     POST /v1/enrol                     {token, public_key} -> 201 {device_id, space_id} | 403
     GET  /v1/orgs/{org_id}/profile     signed (hal/directory/signing.py) -> 200 wire profile | 401 | 403
+    POST /v1/cards/lookup              signed, {"card": "card-<hex>"} -> 200 {"org_id"} | 401 | 403 | 422
     GET  /v1/health                    -> 200 {"status": "ok"}
     GET  /openapi.json, /docs
 
@@ -22,7 +23,7 @@ from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cloud.crypto import CryptoError, Keyring
 from cloud.lookup import DeviceDirectory, Refused, Unauthenticated
 from cloud.storage import open_engine
+from hal.directory import CARD_ID_RE
 from hal.directory.signing import H_DEVICE, H_NONCE, H_SIGNATURE, H_TIMESTAMP
 
 log = logging.getLogger("tenantprint.cloud")
@@ -46,12 +48,40 @@ class EnrolResponse(BaseModel):
     space_id: str
 
 
+class CardLookupRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    card: str = Field(pattern=CARD_ID_RE.pattern, max_length=45,
+                      description="a card known only by its UID: card-<UID in lowercase hex, or wedge digits>")
+
+
+class CardLookupResponse(BaseModel):
+    org_id: str
+
+
 class ErrorResponse(BaseModel):
     error: str
 
 
 SIGNATURE_HEADERS = [{"name": h, "in": "header", "required": False, "schema": {"type": "string"}}
                      for h in (H_DEVICE, H_TIMESTAMP, H_NONCE, H_SIGNATURE)]
+
+
+def _parse_card(body: bytes) -> str | None:
+    """The card id of a card lookup's body, or None when the body is anything but exactly
+    `{"card": "<valid card id>"}`."""
+    try:
+        card = CardLookupRequest.model_validate_json(body).card
+    except ValidationError:
+        return None
+    return card if CARD_ID_RE.fullmatch(card) else None
+
+
+def _signed_path(request: Request) -> str:
+    """The path (with query) as the device signed it: the raw request target."""
+    path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
+    if request.scope.get("query_string"):
+        path += "?" + request.scope["query_string"].decode("latin-1")
+    return path
 
 
 def _err(status: int, error: str) -> JSONResponse:
@@ -151,9 +181,7 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60) -> FastA
         # The signature headers are read by `authenticate` from the request itself (documented
         # through `openapi_extra`): FastAPI's per-parameter header handling cost more than the lookup.
         body = await request.body()
-        path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
-        if request.scope.get("query_string"):
-            path += "?" + request.scope["query_string"].decode("latin-1")
+        path = _signed_path(request)
 
         def work() -> dict:
             try:
@@ -172,6 +200,41 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60) -> FastA
             return _err(403, "refused")
         return Response(json.dumps(wire).encode(), media_type="application/json",
                         headers={"Cache-Control": "no-store"})
+
+    @app.post("/v1/cards/lookup", response_model=CardLookupResponse,
+              responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+                         413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+              openapi_extra={"parameters": SIGNATURE_HEADERS, "requestBody": {"required": True, "content": {
+                  "application/json": {"schema": CardLookupRequest.model_json_schema()}}}})
+    async def card_lookup(request: Request):
+        """The org a card known only by its UID is registered to in the device's space. The body is
+        parsed only once the signature (which covers it) is verified; an unknown card and a card of
+        an org without a contract with the space get the same 403."""
+        body = await request.body()
+        path = _signed_path(request)
+
+        def work() -> str | None:
+            try:
+                device_id, nonce, key = directory.authenticate(request.headers, request.method, path, body)
+            except Unauthenticated as exc:
+                directory.record_refusal("card-lookup", exc)
+                raise
+            card = _parse_card(body)
+            if card is None:
+                directory.record_refusal("card-lookup", Refused("malformed"), device_id)
+                return None
+            return directory.card_org(device_id, nonce, card, key)
+
+        try:
+            org_id = await to_thread.run_sync(work, limiter=db_threads())
+        except Unauthenticated as exc:
+            log.warning("card lookup unauthenticated (%s)", exc.reason)
+            return _err(401, "unauthenticated")
+        except Refused:
+            return _err(403, "refused")
+        if org_id is None:
+            return _err(422, "malformed")
+        return JSONResponse({"org_id": org_id}, headers={"Cache-Control": "no-store"})
 
     app.add_middleware(BodyLimit)
     return app

@@ -67,6 +67,15 @@ def _parser() -> argparse.ArgumentParser:
         a = ct.add_parser(name, parents=[c]); a.add_argument("--org", required=True); a.add_argument("--space", required=True)
     a = ct.add_parser("list", parents=[c]); a.add_argument("--org"); a.add_argument("--space")
 
+    cd = sub.add_parser("card", parents=[c], help="cards known by their UID only (the space's card directory)"
+                        ).add_subparsers(dest="action", required=True)
+    a = cd.add_parser("add", parents=[c], help="register a card to an org (needs the org's contract with the space)")
+    a.add_argument("--space", required=True); a.add_argument("--org", required=True)
+    a.add_argument("--card", required=True, help="card-<uid hex or wedge digits>, as the firmware names it")
+    a = cd.add_parser("remove", parents=[c]); a.add_argument("--space", required=True); a.add_argument("--card", required=True)
+    a = cd.add_parser("list", parents=[c], help="registered cards (by hash prefix; card ids are never stored)")
+    a.add_argument("--space"); a.add_argument("--org")
+
     a = sub.add_parser("audit", parents=[c], help="audit events, oldest first")
     a.add_argument("--org"); a.add_argument("--device")
     a.add_argument("--since", help="ISO 8601 time or unix seconds"); a.add_argument("--until")
@@ -202,15 +211,26 @@ def _run(args, admin: Admin) -> int:
     elif cmd == "contract":
         _print(args, admin.list_contracts(args.org, args.space),
                lambda rows: _table(rows, ["id", "org_id", "space_id", "status", "started_at", "ended_at"]))
+    elif cmd == "card" and action == "add":
+        _print(args, admin.add_card(args.space, args.org, args.card),
+               lambda d: print(f"card {d['card_ref']} {'registered' if d['added'] else 'was already registered'} "
+                               f"to org {d['org_id']} in space {d['space_id']}"))
+    elif cmd == "card" and action == "remove":
+        _print(args, admin.remove_card(args.space, args.card),
+               lambda d: print(f"card {d['card_ref']} of org {d['org_id']} removed from space {d['space_id']}"))
+    elif cmd == "card":
+        _print(args, admin.list_cards(args.space, args.org),
+               lambda rows: _table(rows, ["space_id", "org_id", "card_ref", "added_at"]))
     elif cmd == "audit":
         rows = admin.audit(args.org, args.device, _when(args.since), _when(args.until), args.limit)
-        _print(args, rows, lambda r: _table(r, ["at", "device_id", "org_id", "action", "outcome"]))
+        _print(args, rows, lambda r: _table(r, ["at", "device_id", "org_id", "action", "outcome", "card_ref"]))
     elif cmd == "rotate-key":
         kek = _kek_path(args)
         if kek is None:
             raise AdminError("rotate-key needs --kek-file or TP_CLOUD_KEK_FILE")
         _print(args, admin.rotate_key(kek),
-               lambda d: print(f"{d['rewrapped']} profiles re-wrapped under KEK {d['kek_id']}"))
+               lambda d: print(f"{d['rewrapped']} profiles and {d['card_keys_rewrapped']} card keys re-wrapped "
+                               f"under KEK {d['kek_id']}"))
     return 0
 
 

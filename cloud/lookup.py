@@ -1,9 +1,12 @@
-"""What devices may do: enrol once with a token, then look up org profiles with signed requests.
+"""What devices may do: enrol once with a token, then look up org profiles (and the org of a card
+known only by its UID) with signed requests.
 
 Every refusal a device can see is one of two fixed answers: `Unauthenticated` (who are you?) and
 `Refused` (no). An unknown org, an org without an active contract with the device's space, and an
-org without a profile are the same `Refused`, so a device cannot probe which orgs exist. Every
-lookup and enrolment, granted or not, is an audit event.
+org without a profile are the same `Refused`, so a device cannot probe which orgs exist. Likewise
+a card not registered in the device's space and a card whose org has no active contract with it.
+Every lookup and enrolment, granted or not, is an audit event (never with a card id: a card
+appears as its `card_ref`, see `cloud/cards.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from sqlalchemy import Engine, and_, bindparam, delete, insert, select, update
 
 from cloud import profiles
+from cloud.cards import T_CARD, T_CARD_KEY, CardKeys, card_hash, card_ref
 from cloud.crypto import Keyring, Sealed
 from cloud.lookup_pg import LookupRow, run_lookup
 from cloud.models import ACTIVE, AuditEvent, Contract, Device, EnrolmentToken, OrgProfile, RequestNonce
@@ -64,9 +68,9 @@ def token_hash(token: str) -> str:
 
 
 def audit(conn, action: str, outcome: str, device_id: str | None = None, org_id: str | None = None,
-          at: float | None = None) -> None:
+          at: float | None = None, card_ref: str | None = None) -> None:
     conn.execute(insert(T_AUDIT).values(at=time.time() if at is None else at, device_id=device_id,
-                                        org_id=org_id, action=action, outcome=outcome))
+                                        org_id=org_id, action=action, outcome=outcome, card_ref=card_ref))
 
 
 def _safe_id(value: str | None) -> str | None:
@@ -78,6 +82,7 @@ class DeviceDirectory:
     def __init__(self, engine: Engine, keyring: Keyring, *, window_s: int = 60):
         self.engine, self.keyring, self.window_s = engine, keyring, window_s
         self._keys: dict[str, bytes] = {}
+        self.card_keys = CardKeys(keyring)
 
     # -- enrolment -------------------------------------------------------------------------
 
@@ -169,6 +174,11 @@ class DeviceDirectory:
         """Forget nonces older than any timestamp the window still accepts (they cannot replay)."""
         return conn.execute(delete(T_NONCE).where(T_NONCE.c.seen_at < now - 2 * self.window_s - 5)).rowcount
 
+    def _maybe_purge(self, now: float) -> None:
+        if random.random() < 1 / 256:
+            with write_txn(self.engine) as conn:
+                self.purge_nonces(conn, now)
+
     def lookup(self, device_id: str, nonce: str, org_id: str, public_key: bytes | None = None) -> dict:
         """The org's wire profile for this device, or `Refused`/`Unauthenticated` (revoked device,
         replay, or a device whose key is not `public_key`, the key the request was verified with).
@@ -182,9 +192,7 @@ class DeviceDirectory:
                              now=now)
         else:
             row = self._lookup_local(device_id, nonce, org, public_key, now)
-        if random.random() < 1 / 256:
-            with write_txn(self.engine) as conn:
-                self.purge_nonces(conn, now)
+        self._maybe_purge(now)
         if row.outcome != "granted":
             if row.outcome in ("unknown-device", "key-changed"):
                 self._keys.pop(device_id, None)
@@ -214,6 +222,66 @@ class DeviceDirectory:
         if outcome != "granted":
             return LookupRow(outcome, None, None, None, None)
         return LookupRow(outcome, dev.public_json, dev.kek_id, dev.wrapped_dek, dev.secrets_ct)
+
+    # -- cards known by their UID only -----------------------------------------------------
+
+    def card_org(self, device_id: str, nonce: str, card: str, public_key: bytes | None = None) -> str:
+        """The org `card` (a valid card id) is registered to in the device's space while that org
+        has an active contract with the space; else `Refused` (the same for an unknown card and an
+        org without a contract) or `Unauthenticated` (as `lookup`).
+
+        One write transaction: the device check, the spent nonce, the card read and the audit
+        record (outcome, device, the org when the card is known, the card's `card_ref`) commit
+        together."""
+        now = time.time()
+        org = ref = None
+        with write_txn(self.engine) as conn:
+            dev = conn.execute(DEVICE_AND_CARD_KEY, {"device_id": device_id}).first()
+            if dev is None:
+                outcome = "unknown-device"
+            elif public_key is not None and bytes(dev.public_key) != public_key:
+                outcome = "key-changed"
+            elif dev.status != ACTIVE:
+                outcome = "revoked"
+            elif INSERT_NONCE.first(conn, device_id=device_id, nonce=nonce, seen_at=now) is None:
+                outcome = "replay"
+            elif dev.kek_id is None:  # no card was ever registered in this space
+                outcome = "unknown-card"
+            else:
+                hashed = card_hash(self.card_keys.open(dev.space_id, dev.kek_id, dev.wrapped_dek, dev.key_ct), card)
+                ref = card_ref(hashed)
+                found = conn.execute(CARD_AND_CONTRACT, {"space_id": dev.space_id, "card_hash": hashed}).first()
+                if found is None:
+                    outcome = "unknown-card"
+                else:
+                    org = found.org_id
+                    outcome = "granted" if found.contract_id is not None else "no-contract"
+            audit(conn, "card-lookup", outcome, device_id=device_id, org_id=org, at=now, card_ref=ref)
+        self._maybe_purge(now)
+        if outcome == "granted":
+            return org
+        if outcome in ("unknown-device", "key-changed"):
+            self._keys.pop(device_id, None)
+        denied = Refused(outcome) if outcome in ("unknown-card", "no-contract") else Unauthenticated(outcome, device_id)
+        denied.audited = True
+        raise denied
+
+
+# The device row with its space's sealed card key (NULLs when the space has none).
+DEVICE_AND_CARD_KEY = (
+    select(T_DEVICE.c.public_key, T_DEVICE.c.status, T_DEVICE.c.space_id, T_CARD_KEY.c.kek_id,
+           T_CARD_KEY.c.wrapped_dek, T_CARD_KEY.c.key_ct)
+    .select_from(T_DEVICE.outerjoin(T_CARD_KEY, T_CARD_KEY.c.space_id == T_DEVICE.c.space_id))
+    .where(T_DEVICE.c.id == bindparam("device_id")))
+
+# The card's org, with an active contract of that org with the space (NULL when there is none).
+CARD_AND_CONTRACT = (
+    select(T_CARD.c.org_id, T_CONTRACT.c.id.label("contract_id"))
+    .select_from(T_CARD.outerjoin(T_CONTRACT, and_(T_CONTRACT.c.space_id == T_CARD.c.space_id,
+                                                   T_CONTRACT.c.org_id == T_CARD.c.org_id,
+                                                   T_CONTRACT.c.status == ACTIVE)))
+    .where(T_CARD.c.space_id == bindparam("space_id"), T_CARD.c.card_hash == bindparam("card_hash"))
+    .limit(1))
 
 
 def _device_and_profile():

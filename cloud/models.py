@@ -6,7 +6,7 @@ Times are unix seconds (float) so SQLite and PostgreSQL compare them the same wa
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ACTIVE, REVOKED, ENDED = "active", "revoked", "ended"
@@ -87,6 +87,30 @@ class AuditEvent(Base):
     org_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     action: Mapped[str] = mapped_column(String(32))
     outcome: Mapped[str] = mapped_column(String(32))
+    card_ref: Mapped[str | None] = mapped_column(String(16), nullable=True)  # card events: hash prefix
+
+
+class CardKey(Base):
+    """A space's HMAC key for card hashes, sealed like a profile's secrets (a data key wrapped by
+    the KEK `kek_id`), so a KEK rotation re-wraps it and every stored hash stays valid."""
+    __tablename__ = "card_key"
+    space_id: Mapped[str] = mapped_column(ForeignKey("space.id"), primary_key=True)
+    kek_id: Mapped[str] = mapped_column(String(32), index=True)
+    wrapped_dek: Mapped[bytes] = mapped_column(LargeBinary)
+    key_ct: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class Card(Base):
+    """A card known only by its UID, registered to one org in one space. Only the HMAC-SHA256 of
+    its card id under the space's card key is stored, never the id."""
+    __tablename__ = "cards"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    space_id: Mapped[str] = mapped_column(ForeignKey("space.id"))
+    card_hash: Mapped[str] = mapped_column(String(64))
+    org_id: Mapped[str] = mapped_column(ForeignKey("org.id"), index=True)
+    added_at: Mapped[float] = mapped_column(Float)
+    __table_args__ = (UniqueConstraint("space_id", "card_hash", name="uq_cards_space_hash"),)
 
 
 class RequestNonce(Base):

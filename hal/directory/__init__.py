@@ -1,9 +1,11 @@
 """hal/directory: the MFP's client of the cloud org directory.
 
 The firmware asks the directory for an organization's `SessionProfile` on every tap
-(`Directory.fetch_profile`). The device proves who it is with an Ed25519 key made on the device at
-enrolment (`client.enrol`); requests are signed as `hal/directory/signing.py` describes. Calls
-block (httpx): the firmware runs them in a thread.
+(`Directory.fetch_profile`). A card known only by its UID is first mapped to its org through the
+space's card directory (`Directory.card_org`, with a card id matching `CARD_ID_RE`). The device
+proves who it is with an Ed25519 key made on the device at enrolment (`client.enrol`); requests
+are signed as `hal/directory/signing.py` describes. Calls block (httpx): the firmware runs them in
+a thread.
 
 Errors (all `DirectoryError`), mapped to panel messages by the firmware:
 - `DirectoryUnreachable`: no answer, timeout, TLS failure, 5xx: try again later.
@@ -14,9 +16,14 @@ Errors (all `DirectoryError`), mapped to panel messages by the firmware:
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 from hal.directory.profile import SessionProfile
+
+# A card known only by its UID, as the firmware names it: `card-` and the UID in lowercase hex
+# (NFC/FeliCa IDm) or the digits a keyboard-wedge reader typed. Not a secret, but never logged in full.
+CARD_ID_RE = re.compile(r"^card-[0-9a-f]{4,40}$")
 
 
 class DirectoryError(Exception):
@@ -51,6 +58,12 @@ class Directory(Protocol):
         """The org's session profile; raises a `DirectoryError`. The caller owns (and wipes) it."""
         ...
 
+    def card_org(self, card: str) -> str:
+        """The org id a UID-only card (`CARD_ID_RE`) is registered to in this device's space;
+        raises a `DirectoryError` (`DirectoryRefused` 403: not registered here, or the org has no
+        contract with the space: the directory does not say which)."""
+        ...
 
-__all__ = ["Directory", "DirectoryError", "DirectoryUnreachable", "DirectoryRefused", "DirectoryMalformed",
-           "SessionProfile"]
+
+__all__ = ["CARD_ID_RE", "Directory", "DirectoryError", "DirectoryUnreachable", "DirectoryRefused",
+           "DirectoryMalformed", "SessionProfile"]

@@ -3,6 +3,7 @@
     device = enrol("https://10.78.0.2:8443", token, key_dir, ca_file)   # once, on the device
     client = DirectoryClient(url, device.device_id, device.key_path, ca_file, timeout=5)
     profile = client.fetch_profile("acme")                             # SessionProfile
+    org_id = client.card_org("card-04c0ffee5a1e01")                    # a UID-only card's org
 
 The private key is generated here, on the device, and written to `key_dir/device.key` with mode
 0600 (the directory is made 0700); only the public key leaves the device. `key_dir/device.json`
@@ -22,12 +23,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hal.directory import DirectoryMalformed, DirectoryRefused, DirectoryUnreachable
+from hal.directory import CARD_ID_RE
 from hal.directory.profile import ProfileError, SessionProfile
 from hal.directory.signing import public_key_b64, sign_headers
 
 MAX_RESPONSE = 256 * 1024
 _ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KEY_FILE, DEVICE_FILE = "device.key", "device.json"
+CARD_LOOKUP_PATH = "/v1/cards/lookup"
+MAX_CARD_RESPONSE = 4096
 
 
 @dataclass(frozen=True)
@@ -191,3 +195,48 @@ class DirectoryClient:
             profile.wipe()
             raise DirectoryMalformed(f"profile for {org_id}: answer is for another org")
         return profile
+
+    # -- cards known by their UID only: the space's card directory ---------------------------
+
+    def _post(self, path: str, body: bytes, limit: int) -> tuple[httpx.Response, bytes]:
+        # Signed per try, like `_get`; the signature covers the body.
+        headers = sign_headers(self._key, self.device_id, "POST", path, body)
+        headers["Content-Type"] = "application/json"
+        with self._http.stream("POST", self.url + path, headers=headers, content=body) as resp:
+            answer = b""
+            for chunk in resp.iter_bytes():
+                answer += chunk
+                if len(answer) > limit:
+                    raise DirectoryMalformed(f"card lookup: answer larger than {limit} bytes")
+        return resp, answer
+
+    def card_org(self, card: str) -> str:
+        """The org id `card` (a card id matching `CARD_ID_RE`) is registered to in this device's
+        space. `DirectoryRefused` 403: not registered there, or its org has no contract with the
+        space (one answer for both); 401 as `fetch_profile`. Messages never carry the card id."""
+        if not isinstance(card, str) or not CARD_ID_RE.fullmatch(card):
+            raise DirectoryRefused("card id is not valid", 403)
+        body = json.dumps({"card": card}, separators=(",", ":")).encode()
+        try:
+            try:
+                resp, answer = self._post(CARD_LOOKUP_PATH, body, MAX_CARD_RESPONSE)
+            except _DROPPED:
+                resp, answer = self._post(CARD_LOOKUP_PATH, body, MAX_CARD_RESPONSE)
+        except httpx.HTTPError as exc:
+            raise DirectoryUnreachable(f"directory {self.url}: {type(exc).__name__}") from None
+        if resp.status_code == 401:
+            raise DirectoryRefused("the directory does not recognise this device (revoked, unknown, clock skew)", 401)
+        if resp.status_code == 403:
+            raise DirectoryRefused("card not registered in this space", 403)
+        if resp.status_code >= 500 or resp.status_code == 429:
+            raise DirectoryUnreachable(f"directory answered {resp.status_code}")
+        if resp.status_code != 200:
+            raise DirectoryMalformed(f"card lookup: unexpected HTTP {resp.status_code}")
+        try:
+            data = json.loads(answer)
+        except ValueError:
+            raise DirectoryMalformed("card lookup: not JSON") from None
+        org_id = data.get("org_id") if isinstance(data, dict) and data.keys() == {"org_id"} else None
+        if not isinstance(org_id, str) or not _ORG_ID.fullmatch(org_id):
+            raise DirectoryMalformed("card lookup: answer is not an org id")
+        return org_id

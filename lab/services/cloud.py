@@ -165,11 +165,17 @@ def _admin(lab):
 
 
 def seed(lab, *, space: str = "space-1", orgs: dict[str, dict] | None = None, contracts: list[str] = (),
-         devices: dict[str, bytes] | None = None) -> None:
+         devices: dict[str, bytes] | None = None, cards: dict[str, str] | None = None) -> None:
     """Make the directory hold `space`, the `orgs` (id -> wire profile), an active contract between
-    `space` and each org in `contracts`, and `devices` (id -> raw Ed25519 public key) registered in
-    `space`. Idempotent: what exists is kept, profiles are replaced."""
+    `space` and each org in `contracts`, `devices` (id -> raw Ed25519 public key) registered in
+    `space`, and `cards` (card id -> org; default: `lab.cards.LAB_CARDS`) registered in `space`
+    for each org with an active contract there. Idempotent: what exists is kept, profiles are
+    replaced."""
     from cloud.admin import AdminError
+    from lab.cards import LAB_CARDS
+
+    if cards is None:
+        cards = {card: org for card, (org, _user) in LAB_CARDS.items()}
 
     admin = _admin(lab)
     try:
@@ -188,6 +194,10 @@ def seed(lab, *, space: str = "space-1", orgs: dict[str, dict] | None = None, co
         for dev, pub in (devices or {}).items():
             if dev not in enrolled:
                 admin.register_device(space, dev, pub)
+        active = {c["org_id"] for c in admin.list_contracts(space_id=space) if c["status"] == "active"}
+        for card, org in cards.items():
+            if org in active:
+                admin.add_card(space, org, card)  # the same card and org again: a no-op
     except AdminError as exc:
         raise LabError(f"cloud seed: {exc}") from None
     finally:
