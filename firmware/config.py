@@ -25,6 +25,13 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message names the key."""
 
 
+def _kinds(v: str) -> str:
+    kinds = v.split(",")
+    if not kinds or any(k not in ("pcsc", "nfcpy", "wedge") for k in kinds) or len(set(kinds)) != len(kinds):
+        raise ValueError("must be pcsc, nfcpy or wedge, or several of them separated by commas")
+    return v
+
+
 def _choice(*values: str):
     def check(v: str) -> str:
         if v not in values:
@@ -77,9 +84,13 @@ class CloudSection:
 
 @dataclass
 class CardSection:
-    kind: str = _opt(_choice("pcsc", "nfcpy"), default="pcsc")
+    # one reader kind or several, comma-separated (each read at once): pcsc, nfcpy, wedge
+    kind: str = _opt(_kinds, default="pcsc")
     reader: str = _opt(default="")  # pcsc: substring of the reader name; empty = any
     nfc_path: str = _opt(default="usb")  # nfcpy device path
+    # wedge: the keyboard-wedge reader's input device (a /dev/input/by-id path), or part of its name
+    wedge_device: str = _opt(default="")
+    wedge_name: str = _opt(default="")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from pathlib import Path
 from firmware.config import FirmwareConfig
 from firmware.session_fs import SessionFs
 from hal.card import CardReader, open_reader
+from hal.card.multi import MultiReader
 from hal.directory import Directory, DirectoryRefused
 from hal.net import FirewallError, NetError, sysctls
 from hal.net.firewall import Firewall
@@ -115,6 +116,9 @@ class _Unenrolled:
     def fetch_profile(self, org_id: str):
         raise NotEnrolled()
 
+    def card_org(self, card: str):
+        raise NotEnrolled()
+
 
 def build_directory(cfg: FirmwareConfig) -> Directory:
     if not (cfg.device.device_id and cfg.cloud.url):
@@ -131,10 +135,22 @@ def build_tunnel(cfg: FirmwareConfig) -> Tunnel:
     return open_tunnel(TunnelConfig(backend=backend, vici_socket=cfg.tunnel.vici_socket))
 
 
+def build_card_reader(cfg: FirmwareConfig) -> CardReader:
+    """The configured reader, or every configured reader as one (`hal.card.multi`). Cards without a
+    badge are reported by their UID (`CardUid`): the firmware looks them up."""
+    readers = []
+    for kind in cfg.card.kind.split(","):
+        if kind == "pcsc":
+            options = {"reader_filter": cfg.card.reader} if cfg.card.reader else {}
+            readers.append(open_reader("pcsc", uid_cards=True, **options))
+        elif kind == "nfcpy":
+            readers.append(open_reader("nfcpy", path=cfg.card.nfc_path))
+        else:
+            readers.append(open_reader("wedge", device=cfg.card.wedge_device, name=cfg.card.wedge_name))
+    return readers[0] if len(readers) == 1 else MultiReader(readers)
+
+
 def build(cfg: FirmwareConfig) -> Devices:
-    options = {"reader_filter": cfg.card.reader} if cfg.card.kind == "pcsc" else {"path": cfg.card.nfc_path}
-    if cfg.card.kind == "pcsc" and not cfg.card.reader:
-        options = {}
     tunnel = build_tunnel(cfg)
     driver_queue = None
     if cfg.printer.driver:  # the device's own cupsd drives the printer; the engine is its queue
@@ -145,7 +161,7 @@ def build(cfg: FirmwareConfig) -> Devices:
         engine = PrintEngine(cfg.printer.engine_uri, cfg.printer.spool_dir, give_up_s=cfg.printer.engine_give_up_s)
     return Devices(
         config=cfg,
-        card=open_reader(cfg.card.kind, **options),
+        card=build_card_reader(cfg),
         tunnel=tunnel,
         firewall=Firewall(tunnel.backend, port=cfg.session.ipp_port, management=cfg.firewall.management),
         session_fs=SessionFs(cfg.session.tmpfs_dir, cfg.session.tmpfs_size_mb),

@@ -158,6 +158,7 @@ class AuthAccepted:
     session: int
     attempt: int
     user: str
+    as_user: str = ""  # whose the card is, as the org's server says (a `card-...` id's owner)
 
 
 @dataclass(frozen=True)

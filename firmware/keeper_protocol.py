@@ -90,8 +90,8 @@ def encode(reply: FetchReply | TunnelReply | AuthOutcome) -> str:
             obj = {"virtual_ip": reply.virtual_ip, "interface": reply.interface, "remote_ts": list(reply.remote_ts)}
         case TunnelRefused(cause=cause):
             obj = {"error": cause}
-        case Accepted(user=u):
-            obj = {"outcome": "accepted", "user": u}
+        case Accepted(user=u, as_user=who):
+            obj = {"outcome": "accepted", "user": u, "as_user": who}
         case Rejected(user=u, message=m):
             obj = {"outcome": "rejected", "user": u, "message": m}
         case PinRequired(user=u, challenge=c, prompt=pr):
@@ -159,7 +159,7 @@ def decode_auth(line: bytes | str) -> AuthOutcome:
     obj = _object(line)
     match obj.get("outcome"):
         case "accepted":
-            return Accepted(_text(obj, "user"))
+            return Accepted(_text(obj, "user"), str(obj.get("as_user") or ""))
         case "rejected":
             return Rejected(_text(obj, "user"), str(obj.get("message", "")))
         case "pin-required":

@@ -593,15 +593,32 @@ def _ready_tick(state, event, limits):
 def _accepted(state, event, limits):
     if event.user != state.user:  # an answer about someone else is not a yes
         return _back_to_ready(state.s, "not-authorized", "auth-mismatch", user=state.user)
-    s = replace(state.s, authed_user=event.user, last_activity=event.at)
-    noted = [Audit("auth-accepted", {"session": s.number, "user": event.user}),
-             *([PinAccepted(s.org, event.user)] if state.with_pin else [])]
-    jobs = _jobs_of(s, event.user)
+    who = event.user
+    if is_card_id(state.user):
+        # A card known only by its UID: anyone can copy a UID, so it is yes only with the PIN, and
+        # only for the person the org's server says the card is theirs.
+        if not state.with_pin:
+            return _back_to_ready(state.s, "not-authorized", "card-without-pin", user=state.user)
+        if not event.as_user or is_card_id(event.as_user):
+            return _back_to_ready(state.s, "not-authorized", "card-owner-unknown", user=state.user)
+        who = event.as_user
+    elif event.as_user and event.as_user != event.user:  # a badge is its own user's: no one else's
+        return _back_to_ready(state.s, "not-authorized", "auth-mismatch", user=state.user)
+    s = replace(state.s, authed_user=who, last_activity=event.at)
+    noted = [Audit("auth-accepted", {"session": s.number, "user": who,
+                                     **({"card": state.user} if who != state.user else {})}),
+             *([PinAccepted(s.org, state.user)] if state.with_pin else [])]
+    jobs = _jobs_of(s, who)
     if jobs:
-        nxt, effects = _release(s, event.user, jobs, event.at)
+        nxt, effects = _release(s, who, jobs, event.at)
         return nxt, [*noted, *effects]
     key = "ready-combined" if s.policy.combined_mode else "no-jobs"
-    return Ready(s), [_show(key, org=s.org, user=event.user), *noted]
+    return Ready(s), [_show(key, org=s.org, user=who), *noted]
+
+
+def is_card_id(user: str) -> bool:
+    """A card known only by its UID (`card-<uid>`, hal.card.card_id), not a person's user id."""
+    return user.startswith("card-")
 
 
 def _rejected(state, event, limits):

@@ -7,6 +7,8 @@ hal/auth). Unknown keys render a generic line rather than fail: the panel must a
 
 from __future__ import annotations
 
+import re
+
 MESSAGES: dict[str, str] = {
     # steady states
     "starting": "Starting — please wait",
@@ -70,7 +72,8 @@ MESSAGES: dict[str, str] = {
     "internal-error": "Internal error — session ended",
 }
 
-CARD_KEYS = {"unsupported": "card-unsupported", "unknown-card": "card-unknown"}
+CARD_KEYS = {"unsupported": "card-unsupported", "unknown-card": "card-unknown",
+             "card-directory-unreachable": "lookup-unreachable"}
 LOOKUP_KEYS = {
     "refused": "lookup-refused",
     "device-rejected": "lookup-device-rejected",
@@ -81,11 +84,22 @@ LOOKUP_KEYS = {
 MAX_LEN = 120
 
 
+_CARD = re.compile(r"card-[0-9a-f]{4,40}")
+
+
+def mask_card(value: object) -> object:
+    """A card id (`card-<uid>`, a card known only by its UID) as `card-…` and its last 4 digits;
+    anything else as it is. UIDs are never shown or logged in full."""
+    if isinstance(value, str) and "card-" in value:
+        return _CARD.sub(lambda m: f"card-…{m.group(0)[-4:]}", value)
+    return value
+
+
 def text(key: str, **fields: object) -> str:
-    """The panel line for `key`, at most MAX_LEN characters."""
+    """The panel line for `key`, at most MAX_LEN characters (card ids masked)."""
     template = MESSAGES.get(key, "Please wait")
     try:
-        line = template.format(**fields)
+        line = template.format(**{k: mask_card(v) for k, v in fields.items()})
     except (KeyError, IndexError, ValueError):
         line = template
     return line if len(line) <= MAX_LEN else line[: MAX_LEN - 1] + "…"

@@ -21,13 +21,14 @@ from firmware import effects as fx
 from firmware import events as ev
 from firmware import journal, machine, outcomes, owner_proof, panel, sdnotify, status
 from firmware.config import FirmwareConfig
-from firmware.devices import Devices, build
+from firmware.devices import Devices, build, build_directory
 from firmware.diagnostics import MemoryDiagnostics
 from firmware.pin_guard import PinGuard
 from firmware.secret_keeper import KeeperError, SecretKeeper
 from firmware.session import Session, purge
 from firmware.session_runtime import PRINT_SERVICE_START_S, SessionRuntime
-from hal.card import CardTap, CardUnreadable, mask_uid
+from hal.card import CardTap, CardUid, CardUnreadable, card_id, mask_uid
+from hal.directory import DirectoryRefused
 from hal.net import NetError
 from hal.printer.engine import EngineOutcome
 from hal.printer.engine_state import BLOCKING
@@ -91,6 +92,9 @@ class Runtime:
         self.watchers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="watch")
         # The print service (tmpfs, cupsd) starts at the card event: its own thread.
         self.preparer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prepare")
+        # a card known by its UID is looked up in the cloud's card directory here (one at a time)
+        self.card_lookups = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="card-lookup")
+        self._card_directory = None
         self.done = asyncio.Event()
         self.taps = 0  # card events handled (lets a client tell that its tap was seen)
         self.spare_keeper: SecretKeeper | None = None  # the next session's keeper, holding nothing yet
@@ -137,7 +141,9 @@ class Runtime:
                 self.panel = message
                 journal.record("panel", message=message)
             case fx.Audit(event=name, fields=fields):
-                entry = {"event": name, **fields, "t": round(time.time(), 4)}  # wall clock: comparable across hosts
+                # a card known by its UID goes by `card-<uid>`: never in full in the journal or status
+                entry = {"event": name, **{k: panel.mask_card(v) for k, v in fields.items()},
+                         "t": round(time.time(), 4)}  # wall clock: comparable across hosts
                 self.audit.append(entry)
                 journal.record("audit", **entry)
             case fx.AskPin():
@@ -298,12 +304,47 @@ class Runtime:
                                                                self.now()) > 0
                             self.post(ev.CardTapped(self.now(), card_event.user_id, card_event.org_id,
                                                     mask_uid(card_event.uid), pin_locked=locked))
+                        case CardUid():
+                            self._card_by_uid(card_event)
                         case CardUnreadable(error=error):
                             self.post(ev.CardUnreadable(self.now(), _card_kind(error)))
             except Exception as exc:  # the reader is retried: the daemon keeps running
                 journal.record("card reader failed", level=40, error=f"{type(exc).__name__}: {exc}")
                 self.panel = "Card reader unavailable — call the operator"
                 await asyncio.sleep(2)
+
+    def _card_by_uid(self, card) -> None:
+        """A card known only by its UID: the cloud's card directory says whose org it is (one signed
+        request, on a thread: the loop goes on), then it taps as `card-<uid>`; the org's own server
+        says whose card it is, and always asks for the PIN (firmware/machine.py `_accepted`)."""
+        ident = card_id(card.uid, card.kind)
+        journal.record("tap", card=mask_uid(card.uid), kind=card.kind)
+        if ident is None:
+            self.post(ev.CardUnreadable(self.now(), "unknown-card"))
+            return
+        uid_tag = mask_uid(card.uid)
+
+        def look_up() -> None:
+            try:
+                org = self.card_directory().card_org(ident)
+            except DirectoryRefused:
+                journal.record("card not registered", card=uid_tag)
+                self.post(ev.CardUnreadable(self.now(), "unknown-card"))
+                return
+            except Exception as exc:  # the cloud down or lying: said on the panel, nothing else
+                journal.record("card lookup failed", level=30, card=uid_tag, error=type(exc).__name__)
+                self.post(ev.CardUnreadable(self.now(), "card-directory-unreachable"))
+                return
+            locked = self.pin_guard.locked_for(org, ident, self.now()) > 0
+            self.post(ev.CardTapped(self.now(), ident, org, uid_tag, pin_locked=locked))
+
+        self.card_lookups.submit(look_up)
+
+    def card_directory(self):
+        """The daemon's own directory client for card lookups (their answers hold no secret)."""
+        if self._card_directory is None:
+            self._card_directory = build_directory(self.cfg)
+        return self._card_directory
 
     async def _tick(self) -> None:
         interval = sdnotify.watchdog_interval()
@@ -437,6 +478,7 @@ class Runtime:
             if self.devices.driver_queue is not None:
                 self.devices.driver_queue.stop()
             self.auth_worker.shutdown(wait=False, cancel_futures=True)
+            self.card_lookups.shutdown(wait=False, cancel_futures=True)
             self.watchers.shutdown(wait=False, cancel_futures=True)
 
 

@@ -183,8 +183,8 @@ class SessionRuntime:
             if e.pin is not None:
                 e.pin.wipe()
         match r:
-            case Accepted(user=user):
-                self.rt.post(ev.AuthAccepted(at(), e.session, e.attempt, user))
+            case Accepted(user=user, as_user=as_user):
+                self.rt.post(ev.AuthAccepted(at(), e.session, e.attempt, user, as_user))
             case Rejected(user=user, message=message):
                 self.rt.post(ev.AuthRejected(at(), e.session, e.attempt, user, message))
             case PinRequired(user=user, challenge=challenge, prompt=prompt):

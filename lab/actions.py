@@ -55,16 +55,29 @@ def default_uid(org: str, user: str) -> str:
     return "04" + hashlib.sha256(f"{user}@{org}".encode()).hexdigest()[:12]
 
 
+CARD_KINDS = ("type4", "type2", "uid-only")
+
+
 def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = None,
-        ndef_hex: str | None = None, settle_s: float = 60) -> dict:
+        ndef_hex: str | None = None, settle_s: float = 60, card_kind: str = "type4") -> dict:
     """Present the card, wait until the firmware has taken the tap, remove it, wait until it settles
-    (and type `pin` on the panel if it asks for one). Returns the firmware's status."""
+    (and type `pin` on the panel if it asks for one). Returns the firmware's status.
+
+    `card_kind`: `type4` (an ISO 14443-4 card with the badge), `type2` (an NTAG with the badge), or
+    `uid-only` (the user's registered staff card: no badge, known by its UID, `lab.cards`), each
+    behind the PC/SC reader."""
     from lab.vcard import VirtualCard
 
+    if card_kind not in CARD_KINDS:
+        raise LabError(f"--card must be one of {', '.join(CARD_KINDS)}")
     fw = _firmware(lab)
     before = firmware_status(lab)["taps"]
     card = VirtualCard(lab)
-    if ndef_hex is not None:
+    if card_kind == "uid-only":
+        card.insert(uid or _registered_uid(org, user), no_app=True)
+    elif card_kind == "type2":
+        card.insert(uid or default_uid(org, user), user=user, org=org, type2=True)
+    elif ndef_hex is not None:
         card.insert(uid or default_uid(org, user), ndef=bytes.fromhex(ndef_hex))
     else:
         card.insert(uid or default_uid(org, user), user=user, org=org)
@@ -81,6 +94,15 @@ def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = N
         wait_for(lambda: firmware_status(lab)["state"] != "awaiting_pin", 15, "the PIN check")
         st = fw.wait_settled(lab, timeout=settle_s)
     return st
+
+
+def _registered_uid(org: str, user: str) -> str:
+    from lab.cards import LAB_CARDS
+
+    for ident, (card_org, card_user) in LAB_CARDS.items():
+        if (card_org, card_user) == (org, user):
+            return ident.removeprefix("card-")
+    raise LabError(f"{user}@{org} has no registered UID-only card in the lab (lab/cards.py)")
 
 
 def print_file(lab, org: str, user: str, path: str, *, origin: str = "desk") -> dict:

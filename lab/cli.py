@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     tap.add_argument("--uid", help="card UID in hex (default: derived from the user)")
     tap.add_argument("--pin", help="PIN to type on the panel if the org's server asks for one")
     tap.add_argument("--ndef-hex", help="raw NDEF message instead of a badge (bad-input tests)")
+    tap.add_argument("--card", choices=("type4", "type2", "uid-only"), default="type4",
+                     help="the card: a Type 4 or Type 2 (NTAG) badge, or the user's registered UID-only "
+                          "staff card (always asks for the PIN)")
     pr = sub.add_parser("print", help="print a file as a user of an org")
     pr.add_argument("--org", required=True)
     pr.add_argument("--user", required=True)
@@ -76,7 +79,8 @@ def _run(args) -> dict:
     if args.cmd == "status":
         return actions.status(lab)
     if args.cmd == "tap":
-        return actions.tap(lab, args.org, args.user, uid=args.uid, pin=args.pin, ndef_hex=args.ndef_hex)
+        return actions.tap(lab, args.org, args.user, uid=args.uid, pin=args.pin, ndef_hex=args.ndef_hex,
+                           card_kind=args.card)
     if args.cmd == "print":
         return actions.print_file(lab, args.org, args.user, args.file, origin=args.origin)
     if args.cmd == "fault":

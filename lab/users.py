@@ -22,9 +22,10 @@ class LabUser:
     org_id: str
     kind: str  # card | pin | disabled
     pin: str | None = field(default=None, repr=False)
+    owner: str | None = None  # a UID-only card (`card-<uid>`): the user it belongs to
 
     def radius_user(self) -> RadiusUser:
-        return RadiusUser(self.user_id, self.kind, self.pin)
+        return RadiusUser(self.user_id, self.kind, self.pin, self.owner)
 
 
 USERS = (
@@ -36,6 +37,8 @@ USERS = (
     LabUser("heidi", "globex", "pin", "1357"),
     LabUser("ivan", "globex", "disabled"),
     LabUser("ivy", "initech", "card"),
+    # bob's staff card, known by its UID only (lab/cards.py): his PIN, then his jobs
+    LabUser("card-04c0ffee5a1e01", "acme", "pin", "2468", owner="bob"),
 )
 
 

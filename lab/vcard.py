@@ -10,6 +10,10 @@ control socket for one-line JSON commands and answers one JSON line:
     {"cmd": "insert", "uid_hex": "...", "no_app": true}              no NDEF application at all
     {"cmd": "insert", ..., "empty_reads": true}                      READ BINARY of the NDEF file
                                                                      answers 9000 with no data
+    {"cmd": "insert", "uid_hex": "...", "type2": true, "user", "org"}  an NTAG (NFC Forum Type 2)
+                                                                     behind the reader instead
+                                                                     (`lab.vcard_type2`; no user:
+                                                                     a blank tag, known by its UID)
     {"cmd": "remove"}    {"cmd": "status"}
 
 "Inserted" means connected to vpcd (TCP 127.0.0.1:35963 on the host); "removed" means the
@@ -47,12 +51,18 @@ class CardImage:
     has_app: bool = True
     files: dict[int, bytes] = field(default_factory=dict)
     empty_reads: bool = False
+    type2_memory: bytes | None = None  # an NTAG's memory instead of a Type 4 card's files
 
     @classmethod
     def from_command(cls, cmd: dict) -> "CardImage":
         uid = bytes.fromhex(cmd["uid_hex"])
         if not 4 <= len(uid) <= 10:
             raise ValueError("uid must be 4..10 bytes")
+        if cmd.get("type2"):
+            from hal.card.badge_write import badge_message, type2_image
+
+            message = badge_message(cmd["user"], cmd["org"]) if cmd.get("user") else None
+            return cls(uid, has_app=False, type2_memory=type2_image(message, uid))
         if cmd.get("no_app"):
             return cls(uid, has_app=False)
         if "ndef_file_hex" in cmd:
@@ -114,7 +124,12 @@ class Presence:
 
     def __init__(self, card: CardImage, port: int):
         self.card, self.port = card, port
-        self.applet = Type4Applet(card)
+        if card.type2_memory is not None:
+            from lab.vcard_type2 import ATR as TYPE2_ATR, Type2StorageApplet
+
+            self.applet, self.atr = Type2StorageApplet(card.uid, card.type2_memory), TYPE2_ATR
+        else:
+            self.applet, self.atr = Type4Applet(card), ATR
         self.stopped = threading.Event()
         self.connected = threading.Event()
         self.sock: socket.socket | None = None
@@ -151,7 +166,7 @@ class Presence:
                 return
             if len(msg) == 1:
                 if msg[0] == vpcd.CTRL_ATR:
-                    vpcd.send_frame(sock, ATR)
+                    vpcd.send_frame(sock, self.atr)
                 elif msg[0] in (vpcd.CTRL_ON, vpcd.CTRL_OFF, vpcd.CTRL_RESET):
                     self.applet.reset()
                 continue
@@ -256,8 +271,10 @@ class VirtualCard:
 
     def insert(self, uid: bytes | str = "04a1b2c3d4e5f6", user: str | None = None,
                org: str | None = None, *, ndef: bytes | None = None, ndef_file: bytes | None = None,
-               cc: bytes | None = None, no_app: bool = False, empty_reads: bool = False) -> dict:
-        """Present a card: a badge for user/org, or raw NDEF/CC images, or no NDEF app."""
+               cc: bytes | None = None, no_app: bool = False, empty_reads: bool = False,
+               type2: bool = False) -> dict:
+        """Present a card: a badge for user/org, or raw NDEF/CC images, or no NDEF app; `type2`: an
+        NTAG with the badge (or blank, without user/org) instead of a Type 4 card."""
         cmd: dict = {"cmd": "insert", "uid_hex": uid.hex() if isinstance(uid, bytes) else uid}
         if user is not None or org is not None:
             cmd.update(user=user, org=org)
@@ -271,6 +288,8 @@ class VirtualCard:
             cmd["no_app"] = True
         if empty_reads:
             cmd["empty_reads"] = True
+        if type2:
+            cmd["type2"] = True
         reply = self._call(cmd)
         if not reply.get("connected"):
             raise VirtualCardError("card inserted but vpcd is not reachable (is pcscd running?)")

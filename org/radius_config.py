@@ -71,6 +71,9 @@ class RadiusUser:
     user_id: str
     kind: str = "card"  # card | pin | disabled
     pin: str | None = field(default=None, repr=False)
+    # a card known by its UID only (`card-<uid>`): the user it belongs to, named in the Access-Accept
+    # (User-Name); such a card is always `pin` (a UID is no secret)
+    owner: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,12 @@ def validate(cfg: OrgRadius) -> None:
             raise RadiusConfigError(f"users: {u.user_id}: a PIN of 4-16 digits is required")
         if u.kind != "pin" and u.pin is not None:
             raise RadiusConfigError(f"users: {u.user_id}: only PIN users have a PIN")
+        if u.user_id.startswith("card-") and u.kind != "disabled" and (u.kind != "pin" or not u.owner):
+            # a UID can be read and copied by anyone: a card known by it only always needs the PIN
+            raise RadiusConfigError(f"users: {u.user_id}: a card known by its UID is a PIN user with an owner")
+        if u.owner is not None and (not _ID.match(u.owner) or u.owner.startswith("card-")
+                                    or not u.user_id.startswith("card-")):
+            raise RadiusConfigError(f"users: {u.user_id}: only a card id has an owner, a user id")
 
 
 def render(cfg: OrgRadius, config_dir: Path | str) -> dict[str, str]:
@@ -199,6 +208,8 @@ def _users(cfg: OrgRadius) -> str:
     for u in cfg.users:
         if u.kind == "card":
             out.append(f"{u.user_id}\tAuth-Type := Accept\n\n")
+        elif u.kind == "pin" and u.owner:
+            out.append(f'{u.user_id}\tCleartext-Password := "{u.pin}"\n\tUser-Name := "{u.owner}"\n\n')
         elif u.kind == "pin":
             out.append(f'{u.user_id}\tCleartext-Password := "{u.pin}"\n\n')
         else:

@@ -6,7 +6,8 @@ raise for anything the network or the server does: every such failure is an outc
 outcome means yes, `Accepted`; everything else (a reject, a challenge, a timeout, a reply that
 does not verify, a reply we do not understand) is not yes. Fail closed.
 
-- `Accepted(user)`: the server said yes.
+- `Accepted(user, as_user)`: the server said yes; `as_user` is the user it named in its answer
+  when that is not `user` (a card id the org's server maps to its owner), else "".
 - `Rejected(user, message)`: the server said no; `message` is its Reply-Message (for the panel).
 - `PinRequired(user, challenge, prompt)`: the server wants a PIN. Call again with the PIN and
   `state=challenge` (opaque bytes, only valid for this exchange).
@@ -40,6 +41,9 @@ PIN = re.compile(r"^[0-9]{4,16}$")
 @dataclass(frozen=True)
 class Accepted:
     user: str
+    # whose it is, when the server names another user (a card known by its UID, `card-...`, belongs
+    # to a person: the org's server says which); "" when it is `user` itself
+    as_user: str = ""
 
     accepted = True
 

@@ -27,7 +27,7 @@ from pyrad.client import Client, Timeout
 from pyrad.dictionary import Dictionary
 
 from hal.auth import (
-    Accepted, AuthConfigError, Authenticator, AuthOutcome, BadInput, PinRequired, Rejected,
+    USER_ID, Accepted, AuthConfigError, Authenticator, AuthOutcome, BadInput, PinRequired, Rejected,
     Unavailable, check_input,
 )
 from hal.directory.profile import AuthServerProfile, Secret
@@ -112,16 +112,23 @@ class RadiusAuthenticator(Authenticator):
         finally:
             client.secret = b""
             client._CloseSocket()
-        return map_reply(user_id, reply.code, _reply_message(reply), _state(reply))
+        return map_reply(user_id, reply.code, _reply_message(reply), _state(reply), _user_name(reply))
 
     def _where(self) -> str:
         return f"RADIUS server {self._auth.host}:{self._auth.port}"
 
 
-def map_reply(user_id: str, code: int, message: str | None, state: bytes | None) -> AuthOutcome:
-    """A verified reply as an outcome. Only Access-Accept is yes; anything unexpected is not."""
+def map_reply(user_id: str, code: int, message: str | None, state: bytes | None,
+              named: str | None = None) -> AuthOutcome:
+    """A verified reply as an outcome. Only Access-Accept is yes; anything unexpected is not. An
+    accept that names a user (its User-Name, without the realm) says whose `user_id` is (a card id
+    the org maps to its owner); a name that is not a valid user id is no answer at all."""
     if code == packet.AccessAccept:
-        return Accepted(user_id)
+        if named is None or named == user_id:
+            return Accepted(user_id)
+        if not USER_ID.fullmatch(named) or named.startswith("card-"):
+            return Unavailable("the server named a user that is not a valid user id")
+        return Accepted(user_id, named)
     if code == packet.AccessReject:
         return Rejected(user_id, message or "Access denied")
     if code == packet.AccessChallenge:
@@ -140,6 +147,18 @@ def _reply_message(reply) -> str | None:
     # it goes to a small panel and the journal: printable, one line, bounded
     text = "".join(c if c.isprintable() else " " for c in text).strip()
     return text[:200] or None
+
+
+def _user_name(reply) -> str | None:
+    """The User-Name of a reply (the server saying whose the request's name is), realm cut off."""
+    try:
+        values = reply.get("User-Name") or []
+    except (KeyError, UnicodeDecodeError):
+        return None
+    if not values:
+        return None
+    name = values[0] if isinstance(values[0], str) else bytes(values[0]).decode("utf-8", "replace")
+    return name.split("@", 1)[0]
 
 
 def _state(reply) -> bytes | None:

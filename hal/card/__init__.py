@@ -20,8 +20,24 @@ directly). The on-card format lives in `hal.card.badge`.
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Union
+
+
+CARD_ID = re.compile(r"^card-[0-9a-f]{4,40}$")
+
+
+def card_id(uid: bytes, kind: str) -> str | None:
+    """The id a card known only by its UID goes by (the cloud's card directory, the org's auth
+    server): `card-<uid in hex>`, or `card-<the number>` for a wedge reader's (its UID is the
+    typed number). None when it cannot be one (too short, too long, not hex digits)."""
+    try:
+        tail = uid.decode("ascii").lower() if kind == "wedge" else uid.hex()
+    except UnicodeDecodeError:
+        return None
+    ident = f"card-{tail}"
+    return ident if CARD_ID.fullmatch(ident) else None
 
 
 def mask_uid(uid: bytes) -> str:

@@ -18,7 +18,7 @@ def test_defaults_are_valid_and_dumpable():
 @pytest.mark.parametrize("toml,message", [
     ("[nope]\nx=1\n", "unknown section [nope]"),
     ("[card]\ncolour='red'\n", "unknown key card.colour"),
-    ("[card]\nkind='magic'\n", "card.kind must be one of"),
+    ("[card]\nkind='magic'\n", "card.kind must be pcsc, nfcpy or wedge"),
     ("[tunnel]\nup_timeout_s='fast'\n", "tunnel.up_timeout_s must be float"),
     ("[session]\nipp_port=0\n", "session.ipp_port must be between"),
     ("[session]\ntmpfs_dir='relative'\n", "must be an absolute path"),

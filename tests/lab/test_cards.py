@@ -1,0 +1,68 @@
+"""The cards people already carry (issue 19), in the lab behind the PC/SC reader: a badge on an NTAG
+(Type 2) releases like one on a Type 4 card; bob's staff card, known only by its UID, is found in
+the cloud's card directory, asks for his PIN and releases his job (his org's server says the card is
+his); an unregistered UID reads "Card not registered"; a copied UID without the PIN releases nothing.
+Every scenario ends with the cleanup invariants."""
+
+from __future__ import annotations
+
+import time
+
+from system import clean_system, lab_cli, system, wait_for  # noqa: F401 (fixtures)
+
+DOC = "/usr/share/cups/data/default-testpage.pdf"
+
+
+def _status():
+    return lab_cli("status")
+
+
+def _held_users():
+    return sorted(j["user"] for j in _status()["firmware"]["held_jobs"])
+
+
+def _printed_users(since: int):
+    return [p["user"] for p in _status()["printed"][since:]]
+
+
+def _print(user: str):
+    lab_cli("print", "--org", "acme", "--user", user, "--from", "desk", DOC)
+    wait_for(lambda: user in _held_users(), 20, f"{user}'s job held")
+
+
+def test_a_badge_on_an_ntag_opens_the_session_and_releases(clean_system):
+    st = lab_cli("tap", "--org", "acme", "--user", "alice", "--card", "type2")
+    assert st["state"] == "ready" and st["org"] == "acme"
+    wait_for(lambda: _status()["desks"]["acme"]["queue"], 20, "acme's desk queue")
+    before = len(_status()["printed"])
+    _print("alice")
+    lab_cli("tap", "--org", "acme", "--user", "alice", "--card", "type2")
+    wait_for(lambda: _printed_users(before) == ["alice"], 15, "alice's document")
+
+
+def test_a_staff_card_known_by_its_uid_asks_the_pin_and_releases_its_owners_jobs(clean_system):
+    st = lab_cli("tap", "--org", "acme", "--user", "bob", "--card", "uid-only")  # the cloud says: acme
+    assert st["state"] == "ready" and st["org"] == "acme"
+    wait_for(lambda: _status()["desks"]["acme"]["queue"], 20, "acme's desk queue")
+    before = len(_status()["printed"])
+    _print("bob")
+    _print("alice")
+    st = lab_cli("tap", "--org", "acme", "--user", "bob", "--card", "uid-only")  # no PIN typed
+    assert st["state"] == "awaiting_pin"
+    assert "04c0ffee5a1e01" not in str(st)  # the UID is never shown or logged in full
+    from lab.services.firmware import firmware_request
+    firmware_request(clean_system, {"cmd": "pin-cancel"})
+    wait_for(lambda: _status()["firmware"]["state"] == "ready", 10, "PIN entry cancelled")
+    assert _held_users() == ["alice", "bob"]  # a copied UID without the PIN releases nothing
+    lab_cli("tap", "--org", "acme", "--user", "bob", "--card", "uid-only", "--pin", "2468")
+    wait_for(lambda: _printed_users(before) == ["bob"], 15, "bob's document")
+    time.sleep(1)
+    assert _held_users() == ["alice"] and _printed_users(before) == ["bob"]  # his jobs, not alice's
+    st = _status()["firmware"]
+    assert st["authenticated_user"] == "bob"
+
+
+def test_an_unregistered_uid_is_not_registered_and_opens_nothing(clean_system):
+    st = lab_cli("tap", "--org", "acme", "--user", "bob", "--card", "uid-only", "--uid", "04deadbeef0001")
+    assert st["state"] == "idle" and st["org"] is None
+    assert st["panel"] == "Card not registered"
