@@ -29,6 +29,7 @@ MESSAGES: dict[str, str] = {
     "no-jobs": "No jobs held for {user}",
     "release-failed": "Could not release the jobs — they stay held",
     "job-failed": "A job could not be printed — it goes back to its desk to print again",
+    "reader-not-connected": "Card reader not connected — call the operator",
     # the printer (the engine): said beside the session's line while it lasts
     "printer-not-connected": "Printer not connected",
     "printer-offline": "Printer offline",

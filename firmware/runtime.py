@@ -393,6 +393,9 @@ class Runtime:
         printing = [{"id": j.job_id, "user": j.user, "title": j.title}
                     for j in self.devices.engine.pending() if j.session == number]
         condition = self.devices.engine.condition
+        reader = self.devices.card.reader_state()
+        reader_usable = reader["connected"] or any(r["connected"] for r in reader.get("readers", []))
+        line = self.panel if reader_usable else panel.text_join(panel.text("reader-not-connected"), self.panel)
         sessions = {}
         if isinstance(self.state, machine.ORG_BEARING):
             sessions[view["org"]] = {"state": view["state"], "tunnel": tunnel, "held_jobs": held,
@@ -400,7 +403,8 @@ class Runtime:
         return {
             "state": view["state"],
             "org": view.get("org"),
-            "panel": panel.with_printer(self.panel, condition if condition in BLOCKING else ""),
+            "panel": panel.with_printer(line, condition if condition in BLOCKING else ""),
+            "card_reader": reader,
             "printer": panel.text(condition) if condition else "",
             "pin_requested": machine.pin_open(self.state, self.now(), self.limits),
             "taps": self.taps,

@@ -55,7 +55,7 @@ def default_uid(org: str, user: str) -> str:
     return "04" + hashlib.sha256(f"{user}@{org}".encode()).hexdigest()[:12]
 
 
-CARD_KINDS = ("type4", "type2", "uid-only")
+CARD_KINDS = ("type4", "type2", "uid-only", "type3", "wedge")
 
 
 def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = None,
@@ -65,13 +65,17 @@ def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = N
 
     `card_kind`: `type4` (an ISO 14443-4 card with the badge), `type2` (an NTAG with the badge), or
     `uid-only` (the user's registered staff card: no badge, known by its UID, `lab.cards`), each
-    behind the PC/SC reader."""
+    behind the PC/SC reader; `type3` (a FeliCa Lite-S with the badge) on the nfcpy reader; `wedge`
+    (the user's registered proximity badge number, typed by the keyboard-wedge reader)."""
     from lab.vcard import VirtualCard
 
     if card_kind not in CARD_KINDS:
         raise LabError(f"--card must be one of {', '.join(CARD_KINDS)}")
     fw = _firmware(lab)
     before = firmware_status(lab)["taps"]
+    if card_kind in ("type3", "wedge"):
+        _tap_other_reader(lab, card_kind, org, user, uid, before)
+        return _after_tap(lab, fw, pin, settle_s)
     card = VirtualCard(lab)
     if card_kind == "uid-only":
         card.insert(uid or _registered_uid(org, user), no_app=True)
@@ -85,6 +89,35 @@ def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = N
         wait_for(lambda: firmware_status(lab)["taps"] > before, 10, "the firmware to read the card")
     finally:
         card.remove()
+    return _after_tap(lab, fw, pin, settle_s)
+
+
+def _tap_other_reader(lab, kind: str, org: str, user: str, uid: str | None, before: int) -> None:
+    from lab.services import card_readers
+
+    if kind == "wedge":
+        number = uid or _registered_number(org, user)
+        card_readers.type_number(lab, number)
+        wait_for(lambda: firmware_status(lab)["taps"] > before, 10, "the firmware to read the wedge input")
+        return
+    card_readers.present(lab, "type3", user=user, org=org, uid_hex=uid)
+    try:
+        wait_for(lambda: firmware_status(lab)["taps"] > before, 10, "the firmware to read the card")
+    finally:
+        card_readers.remove(lab)
+
+
+def _registered_number(org: str, user: str) -> str:
+    from lab.cards import LAB_CARDS
+
+    for ident, (card_org, card_user) in LAB_CARDS.items():
+        tail = ident.removeprefix("card-")
+        if (card_org, card_user) == (org, user) and tail.isdigit() and len(tail) < 14:
+            return tail
+    raise LabError(f"{user}@{org} has no registered wedge badge in the lab (lab/cards.py)")
+
+
+def _after_tap(lab, fw, pin: str | None, settle_s: float) -> dict:
     st = fw.wait_settled(lab, timeout=settle_s)
     if st["state"] == "awaiting_pin" and pin is not None:
         reply = firmware_request(lab, {"cmd": "pin", "pin": pin})
@@ -100,8 +133,9 @@ def _registered_uid(org: str, user: str) -> str:
     from lab.cards import LAB_CARDS
 
     for ident, (card_org, card_user) in LAB_CARDS.items():
-        if (card_org, card_user) == (org, user):
-            return ident.removeprefix("card-")
+        tail = ident.removeprefix("card-")
+        if (card_org, card_user) == (org, user) and not (tail.isdigit() and len(tail) < 14):  # not a wedge number
+            return tail
     raise LabError(f"{user}@{org} has no registered UID-only card in the lab (lab/cards.py)")
 
 

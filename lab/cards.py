@@ -10,4 +10,5 @@ from __future__ import annotations
 
 LAB_CARDS: dict[str, tuple[str, str]] = {
     "card-04c0ffee5a1e01": ("acme", "bob"),  # bob's staff card (7-byte NFC UID)
+    "card-20260042": ("acme", "bob"),        # bob's proximity badge, read by the wedge reader
 }

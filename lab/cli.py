@@ -35,9 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     tap.add_argument("--uid", help="card UID in hex (default: derived from the user)")
     tap.add_argument("--pin", help="PIN to type on the panel if the org's server asks for one")
     tap.add_argument("--ndef-hex", help="raw NDEF message instead of a badge (bad-input tests)")
-    tap.add_argument("--card", choices=("type4", "type2", "uid-only"), default="type4",
+    tap.add_argument("--card", choices=("type4", "type2", "uid-only", "type3", "wedge"), default="type4",
                      help="the card: a Type 4 or Type 2 (NTAG) badge, or the user's registered UID-only "
-                          "staff card (always asks for the PIN)")
+                          "staff card (always asks for the PIN), on the PC/SC reader; a Type 3 (FeliCa "
+                          "Lite-S) badge on the nfcpy reader; the user's proximity badge on the wedge reader")
     pr = sub.add_parser("print", help="print a file as a user of an org")
     pr.add_argument("--org", required=True)
     pr.add_argument("--user", required=True)

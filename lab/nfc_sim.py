@@ -26,7 +26,12 @@ answering, as a real one leaves the field. Images come from `hal.card.badge_writ
     sim.remove(); sim.stop()
 
 `python -m lab.nfc_sim --port 54321 --card type2|type3|type4|uid-only --user alice --org acme` holds
-one card until interrupted.
+one card until interrupted; with `--control PATH` it holds none and takes one-line JSON commands on
+that unix socket instead (the lab's NFC reader, `lab tap --card type3`):
+
+    {"cmd": "present", "card": "type2|type3|type4|uid-only", "user": "alice", "org": "acme",
+     "uid_hex": "..."}        (uid_hex optional; uid-only: the card's UID, required)
+    {"cmd": "remove"}    {"cmd": "status"}
 """
 
 from __future__ import annotations
@@ -347,14 +352,73 @@ def _card_from_args(args):
     return Type2Card(uid, type2_image(None, uid))
 
 
+def card_for(kind: str, user: str | None = None, org: str | None = None, uid: bytes | None = None):
+    """A simulated card of `kind` with the badge of user@org (`uid-only`: a blank NTAG with `uid`)."""
+    import os
+    from hal.card.badge_write import badge_message, type2_image, type3_blocks, type4_files
+    if kind == "uid-only":
+        uid = uid or b"\x04" + os.urandom(6)
+        return Type2Card(uid, type2_image(None, uid))
+    message = badge_message(user, org)
+    if kind == "type2":
+        uid = uid or b"\x04" + os.urandom(6)
+        return Type2Card(uid, type2_image(message, uid))
+    if kind == "type3":
+        return Type3Card(uid or b"\x01\x2e" + os.urandom(6), type3_blocks(message))
+    if kind == "type4":
+        return Type4Card(uid or b"\x04" + os.urandom(6), *type4_files(message))
+    raise ValueError(f"unknown card kind {kind!r}")
+
+
+def serve_control(sim: "NfcSim", path: str) -> None:
+    """Take present/remove/status commands on the unix socket `path` (one JSON line each), forever."""
+    import json
+    import os
+    from pathlib import Path
+
+    Path(path).unlink(missing_ok=True)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    os.chmod(path, 0o600)
+    srv.listen(4)
+
+    def handle(cmd: dict) -> dict:
+        if cmd.get("cmd") == "present":
+            uid = bytes.fromhex(cmd["uid_hex"]) if cmd.get("uid_hex") else None
+            sim.present(card_for(cmd["card"], cmd.get("user"), cmd.get("org"), uid))
+            return {"ok": True}
+        if cmd.get("cmd") == "remove":
+            sim.remove()
+            return {"ok": True}
+        if cmd.get("cmd") == "status":
+            return {"ok": True, "path": sim.path}
+        return {"ok": False, "error": "unknown command"}
+
+    while True:
+        conn, _ = srv.accept()
+        with conn, conn.makefile("rwb") as f:
+            for line in f:
+                try:
+                    reply = handle(json.loads(line))
+                except (ValueError, KeyError, TypeError) as exc:
+                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                f.write(json.dumps(reply).encode() + b"\n")
+                f.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab.nfc_sim")
     ap.add_argument("--port", type=int, default=54321)
+    ap.add_argument("--control", help="a unix socket for present/remove commands (holds no card at start)")
     ap.add_argument("--card", choices=["type2", "type3", "type4", "uid-only"], default="type2")
     ap.add_argument("--user", default="alice")
     ap.add_argument("--org", default="acme")
     args = ap.parse_args(argv)
     sim = NfcSim(args.port).start()
+    if args.control:
+        print(f"NFC card simulator on {sim.path}, control {args.control}", flush=True)
+        serve_control(sim, args.control)
+        return 0
     sim.present(_card_from_args(args))
     print(f"holding a {args.card} card on {sim.path}; Ctrl-C to stop", flush=True)
     try:

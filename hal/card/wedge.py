@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import stat
 import struct
 import time
 from dataclasses import dataclass
@@ -153,6 +154,54 @@ def input_events(data: bytes) -> Iterator[tuple[float, int, int, int]]:
         yield sec + usec / 1e6, ev_type, code, value
 
 
+def wedge_events(number: str, start: float, gap_s: float = 0.002) -> bytes:
+    """Pure: the `struct input_event` records a wedge reader makes typing `number` (digits, A-F) and
+    ENTER, a key every `gap_s` from `start` (each a key down and up, as a keyboard sends them)."""
+    codes = {c: k for k, c in DIGIT_KEYS.items() if k < 20} | {c: k for k, c in HEX_KEYS.items()}
+    out, t = bytearray(), start
+    for key in [codes[c] for c in number.upper()] + [KEY_ENTER]:
+        sec, usec = int(t), int((t % 1) * 1e6)
+        out += INPUT_EVENT.pack(sec, usec, EV_KEY, key, KEY_DOWN) + INPUT_EVENT.pack(sec, usec, EV_KEY, key, KEY_UP)
+        t += gap_s
+    return bytes(out)
+
+
+class _StreamDevice:
+    """A FIFO of recorded `struct input_event` records standing in for an evdev device (the lab: the
+    kernel's input layer is what is simulated). Nothing to grab: no console reads a FIFO."""
+
+    def __init__(self, path: str):
+        # read-write: the FIFO never shows end-of-file while no writer has it open
+        self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        self.name, self._buf = f"recorded input ({path})", b""
+
+    def grab(self) -> None:
+        pass
+
+    def ungrab(self) -> None:
+        pass
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def read(self):
+        self._buf += os.read(self.fd, 4096)
+        whole = len(self._buf) - len(self._buf) % INPUT_EVENT.size
+        data, self._buf = self._buf[:whole], self._buf[whole:]
+        return [_StreamEvent(*e) for e in input_events(data)]
+
+
+@dataclass(frozen=True)
+class _StreamEvent:
+    t: float
+    type: int
+    code: int
+    value: int
+
+    def timestamp(self) -> float:
+        return self.t
+
+
 def decode_stream(data: bytes, config: WedgeConfig = WedgeConfig(), *, end: float | None = None) -> list[WedgeResult]:
     """Every result of a recorded stream; `end` (a time after the stream) expires a pending one."""
     decoder, out = WedgeDecoder(config), []
@@ -202,6 +251,8 @@ class WedgeReader(ThreadedReader):
 
     def _find(self):
         import evdev
+        if self.device and stat.S_ISFIFO(os.stat(self.device).st_mode):
+            return _StreamDevice(self.device)
         if self.device:
             return evdev.InputDevice(self.device)
         for path in evdev.list_devices():

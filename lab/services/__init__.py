@@ -61,6 +61,7 @@ def default_services(options: "LabOptions") -> list[Service]:
     from lab.services.ldap import LdapService
     from lab.services.firmware import FirmwareService
     from lab.services.org_agents import DeskService, GatewayAgentService
+    from lab.services.card_readers import NfcReaderService
     from lab.services.pcscd import PcscdService, VcardService
     from lab.services.radius import RadiusService
     from lab.services.wan_delay import WanDelayService
@@ -74,6 +75,6 @@ def default_services(options: "LabOptions") -> list[Service]:
         if org in options.ldap:
             services.append(LdapService(org))
         services += [GatewayAgentService(org), DeskService(org)]
-    services += [PcscdService(), VcardService(), EngineService(), MfpCharonService(),
+    services += [PcscdService(), VcardService(), NfcReaderService(), EngineService(), MfpCharonService(),
                  FirmwareService(options.tunnel_backend)]
     return services

@@ -66,14 +66,16 @@ class FirmwareService:
         return self.data_dir(lab) / "firmware.toml"
 
     def write_config(self, lab) -> Path:
-        from lab.services import cloud, engine
+        from lab.services import card_readers, cloud, engine
 
         state = self.data_dir(lab) / "state"
         state.mkdir(exist_ok=True)
         conf = {
             "device": {"state_dir": str(state)},
             "cloud": {"timeout_s": 5.0},
-            "card": {"kind": "pcsc"},
+            # the PC/SC reader (vpcd), an nfcpy reader (the udp simulator) and a wedge reader (a FIFO)
+            "card": {"kind": "pcsc,nfcpy,wedge", "nfc_path": f"udp:127.0.0.1:{card_readers.NFC_PORT}",
+                     "wedge_device": card_readers.WEDGE_FIFO},
             "tunnel": {"backend": self.backend, "vici_socket": "/run/charon.vici"},
             "session": {"tmpfs_dir": SESSION_DIR, "tmpfs_size_mb": 64, "ipp_port": 631},
             "printer": {"engine_uri": engine.engine_uri(lab)},

@@ -66,3 +66,26 @@ def test_an_unregistered_uid_is_not_registered_and_opens_nothing(clean_system):
     st = lab_cli("tap", "--org", "acme", "--user", "bob", "--card", "uid-only", "--uid", "04deadbeef0001")
     assert st["state"] == "idle" and st["org"] is None
     assert st["panel"] == "Card not registered"
+
+
+def test_a_felica_lite_s_badge_on_the_nfc_reader_opens_and_releases(clean_system):
+    st = lab_cli("tap", "--org", "acme", "--user", "alice", "--card", "type3")  # through nfcpy
+    assert st["state"] == "ready" and st["org"] == "acme"
+    wait_for(lambda: _status()["desks"]["acme"]["queue"], 20, "acme's desk queue")
+    before = len(_status()["printed"])
+    _print("alice")
+    lab_cli("tap", "--org", "acme", "--user", "alice", "--card", "type3")
+    wait_for(lambda: _printed_users(before) == ["alice"], 15, "alice's document")
+    readers = _status()["firmware"]["card_reader"]
+    assert readers["connected"] is True and len(readers["readers"]) == 3
+
+
+def test_a_wedge_readers_badge_number_asks_the_pin_and_releases_its_owners_job(clean_system):
+    lab_cli("tap", "--org", "acme", "--user", "alice")
+    wait_for(lambda: _status()["desks"]["acme"]["queue"], 20, "acme's desk queue")
+    before = len(_status()["printed"])
+    _print("bob")
+    st = lab_cli("tap", "--org", "acme", "--user", "bob", "--card", "wedge", "--pin", "2468")
+    assert st["authenticated_user"] == "bob"
+    wait_for(lambda: _printed_users(before) == ["bob"], 15, "bob's document")
+    assert "20260042" not in str(_status())  # the badge number is never shown or logged in full
