@@ -11,4 +11,5 @@ from __future__ import annotations
 LAB_CARDS: dict[str, tuple[str, str]] = {
     "card-04c0ffee5a1e01": ("acme", "bob"),  # bob's staff card (7-byte NFC UID)
     "card-20260042": ("acme", "bob"),        # bob's proximity badge, read by the wedge reader
+    "card-04beef00cafe02": ("globex", "heidi"),  # heidi's staff card (globex: RADIUS or its LDAP)
 }

@@ -149,7 +149,7 @@ def lab_profile(lab, org: str, auth_kind: str = "radius") -> dict:
 
         auth = {"kind": "ldap", "host": RADIUS_HOST, "port": 389, "base_dn": ldap.base_dn(org),
                 "bind_dn": ldap.service_dn(org), "bind_password": sec["ldap"], "user_attr": "uid",
-                "timeout_s": 3, "ca_pem": ldap.ca_pem(lab, org, RADIUS_HOST)}
+                "card_attr": ldap.CARD_ATTR, "timeout_s": 3, "ca_pem": ldap.ca_pem(lab, org, RADIUS_HOST)}
     elif auth_kind == "radius":
         auth = {"kind": "radius", "host": RADIUS_HOST, "port": 1812, "secret": sec["radius"],
                 "user_format": "{user}@{org}", "timeout_s": 3.0, "retries": 2}

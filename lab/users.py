@@ -40,6 +40,7 @@ USERS = (
     # bob's staff card, known by its UID only (lab/cards.py): his PIN, then his jobs
     LabUser("card-04c0ffee5a1e01", "acme", "pin", "2468", owner="bob"),
     LabUser("card-20260042", "acme", "pin", "2468", owner="bob"),  # his proximity badge (wedge reader)
+    LabUser("card-04beef00cafe02", "globex", "pin", "1357", owner="heidi"),  # her staff card
 )
 
 

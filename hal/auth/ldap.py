@@ -17,6 +17,9 @@ One `authenticate` call is one connection:
 3. disabled: `shadowExpire` (nis schema, RFC 2307: days since 1970-01-01) at or before today
    (UTC) is `Rejected("Account disabled")`, as shadow(5) and pam_unix treat it; a negative value
    means "never" (the common convention); a value we cannot parse is `Unavailable`;
+   A card known only by its UID (`card-<uid>`) is searched by the profile's `card_attr` instead
+   (the person's entry lists their card ids) and `user_attr` is read too: the entry's user is whose
+   card it is (`Accepted.as_user`); it must be a PIN user (else Unknown user) and answer with the PIN;
 4. PIN users are the entries WITH a `userPassword`; the authenticator never reads it. Base
    searches on the entry with presence filters tell: `(!(userPassword=*))` matches a card-only
    user, `(userPassword=*)` a PIN user (the directory grants the service account `search`, not
@@ -62,7 +65,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 
 from hal.auth import (
-    Accepted, AuthConfigError, Authenticator, AuthOutcome, PinRequired, Rejected, Unavailable,
+    USER_ID, Accepted, AuthConfigError, Authenticator, AuthOutcome, PinRequired, Rejected, Unavailable,
     check_input,
 )
 from hal.directory.profile import AuthServerProfile, Secret
@@ -115,9 +118,10 @@ def today_utc() -> int:
 
 @dataclass(frozen=True)
 class Found:
-    """A directory entry the search returned (its DN and the expiry values)."""
+    """A directory entry the search returned (its DN, the expiry values and, for a card, whose)."""
     dn: str
     expire: list[bytes]
+    owner: str = ""
 
 
 class DirectoryRefused(Exception):
@@ -226,9 +230,16 @@ class LdapAuthenticator(Authenticator):
             _close(conn)
 
     def _decide(self, directory: "_Directory", user_id: str, pin, answers_challenge: bool) -> AuthOutcome:
-        """The dialogue, on an open `directory`; DirectoryRefused and transport errors propagate."""
+        """The dialogue, on an open `directory`; DirectoryRefused and transport errors propagate.
+
+        A card known only by its UID (`card-<uid>`) is looked up by the profile's `card_attr` (the
+        person's entry lists their cards), is yes only for an entry with a PIN and with that PIN,
+        and the answer names the entry's user (`Accepted.as_user`)."""
+        card = user_id.startswith("card-")
+        if card and not self._auth.card_attr:
+            return Rejected(user_id, MSG_UNKNOWN)  # this org's directory knows no cards
         directory.bind_service()
-        found = directory.find(user_id)
+        found = directory.find(user_id, by=self._auth.card_attr if card else None)
         if not found:
             return Rejected(user_id, MSG_UNKNOWN)
         if len(found) > 1:
@@ -244,13 +255,20 @@ class LdapAuthenticator(Authenticator):
         if kind is None:
             return Unavailable(f"the directory hides {PIN_ATTR} or {EXPIRY_ATTR} from the service account "
                                f"(it needs search access to {PIN_ATTR}, read access to {EXPIRY_ATTR})")
+        owner = ""
+        if card:  # a UID is no secret: only a PIN user's card, and only its owner
+            owner = entry.owner
+            if kind != "pin" or not owner or not USER_ID.fullmatch(owner) or owner.startswith("card-"):
+                return Rejected(user_id, MSG_UNKNOWN)
         if kind == "card":
             return Accepted(user_id)
         if pin is None:
             return PinRequired(user_id, self._new_challenge(user_id), MSG_PIN_PROMPT)
         if not answers_challenge:
             return Rejected(user_id, MSG_PIN_EXPIRED)
-        return Accepted(user_id) if directory.bind_user(entry.dn, pin) else Rejected(user_id, MSG_WRONG_PIN)
+        if not directory.bind_user(entry.dn, pin):
+            return Rejected(user_id, MSG_WRONG_PIN)
+        return Accepted(user_id, owner) if card else Accepted(user_id)
 
 
 class _Directory:
@@ -268,14 +286,23 @@ class _Directory:
         if not self.conn.bind(read_server_info=False):
             raise DirectoryRefused("service bind", self._code())
 
-    def find(self, user_id: str) -> list[Found]:
+    def find(self, user_id: str, by: str | None = None) -> list[Found]:
+        """The entries whose `user_attr` is `user_id` (or whose `by` attribute is: a card id)."""
         self._budget()
-        self.conn.search(self.auth.base_dn, user_filter(self.auth.user_attr, user_id),
-                         search_scope=SUBTREE, attributes=[EXPIRY_ATTR], size_limit=2, **self._limits())
+        attrs = [EXPIRY_ATTR] if by is None else [EXPIRY_ATTR, self.auth.user_attr]
+        self.conn.search(self.auth.base_dn, user_filter(by or self.auth.user_attr, user_id),
+                         search_scope=SUBTREE, attributes=attrs, size_limit=2, **self._limits())
         if self._code() not in (RESULT_SUCCESS, RESULT_SIZE_LIMIT):
             raise DirectoryRefused("user search", self._code())
-        return [Found(e["dn"], _values(e.get("raw_attributes") or {}, EXPIRY_ATTR))
-                for e in self.conn.response or () if e.get("type") == "searchResEntry"]
+        out = []
+        for e in self.conn.response or ():
+            if e.get("type") != "searchResEntry":
+                continue
+            raw = e.get("raw_attributes") or {}
+            owners = _values(raw, self.auth.user_attr) if by else []
+            out.append(Found(e["dn"], _values(raw, EXPIRY_ATTR),
+                             owners[0].decode("utf-8", "replace") if len(owners) == 1 else ""))
+        return out
 
     def classify(self, dn: str, expiry_read: bool) -> str | None:
         """"card" or "pin", or None when the directory's ACL keeps the answer from us."""

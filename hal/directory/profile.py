@@ -187,6 +187,8 @@ class AuthServerProfile:
     bind_dn: str | None = None  # ldap
     bind_password: Secret | None = None  # ldap
     user_attr: str = "uid"  # ldap
+    # ldap: the attribute holding a person's cards known by their UID (`card-<uid>`), "" for none
+    card_attr: str = ""
     ca_pem: str | None = None  # ldap: the CA of the server's certificate (StartTLS, required)
 
     def secrets(self) -> list[Secret]:
@@ -248,7 +250,8 @@ class SessionProfile:
         if self.auth.kind == "radius":
             keys = ("kind", "host", "port", "secret", "user_format", "timeout_s", "retries")
         else:
-            keys = ("kind", "host", "port", "base_dn", "bind_dn", "bind_password", "user_attr", "timeout_s", "ca_pem")
+            keys = ("kind", "host", "port", "base_dn", "bind_dn", "bind_password", "user_attr", "timeout_s", "ca_pem",
+                    *(("card_attr",) if self.auth.card_attr else ()))
         auth = {k: plain(getattr(self.auth, k)) for k in keys}
         wire = {"org_id": self.org_id, "ttl_s": self.ttl_s, "vpn": vpn, "auth": auth,
                 "policy": {k: v for k, v in self.policy.__dict__.items()
@@ -409,6 +412,7 @@ def _auth(obj: Any) -> AuthServerProfile:
             kind=kind, host=r.text("host", _HOST), port=r.number("port", 1, 65535),
             base_dn=r.text("base_dn", max_len=1024), bind_dn=r.text("bind_dn", max_len=1024),
             bind_password=r.secret("bind_password"), user_attr=r.text("user_attr", _ID),
+            card_attr=r.text("card_attr", _ID, optional=True) or "",
             timeout_s=r.number("timeout_s", 1, 60),
             # no plain LDAP: the bind password and PINs would cross charon's memory in the clear
             ca_pem=_pem(r, "ca_pem", "CERTIFICATE", optional=False),

@@ -58,6 +58,10 @@ def ssha(password: bytes) -> str:
     return "{SSHA}" + base64.b64encode(hashlib.sha1(password + salt).digest() + salt).decode()
 
 
+CARD_ATTR = "carLicense"  # where a person's UID-only cards are listed: the standard schema has no card
+# attribute, and an org picks its own; the lab takes a multi-valued string one of inetOrgPerson
+
+
 def seed_ldif(org: str, service_password: bytes) -> str:
     """The directory's entries; holds hashes only."""
     from lab.users import users_of
@@ -70,9 +74,16 @@ def seed_ldif(org: str, service_password: bytes) -> str:
         f"dn: {service_dn(org)}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
         f"cn: mfp\nuserPassword: {ssha(service_password)}\n",
     ]
+    cards = {}  # owner -> their cards known by UID (listed in the owner's entry, CARD_ATTR)
     for u in users_of(org):
+        if u.owner:
+            cards.setdefault(u.owner, []).append(u.user_id)
+    for u in users_of(org):
+        if u.owner:
+            continue
         entry = (f"dn: uid={u.user_id},ou=people,{base}\nobjectClass: inetOrgPerson\n"
                  f"objectClass: shadowAccount\nuid: {u.user_id}\ncn: {u.user_id}\nsn: {u.user_id}\n")
+        entry += "".join(f"{CARD_ATTR}: {card}\n" for card in cards.get(u.user_id, []))
         if u.kind == "pin":
             entry += f"userPassword: {ssha(u.pin.encode())}\n"
         if u.kind == "disabled":

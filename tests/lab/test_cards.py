@@ -89,3 +89,18 @@ def test_a_wedge_readers_badge_number_asks_the_pin_and_releases_its_owners_job(c
     assert st["authenticated_user"] == "bob"
     wait_for(lambda: _printed_users(before) == ["bob"], 15, "bob's document")
     assert "20260042" not in str(_status())  # the badge number is never shown or logged in full
+
+
+def test_a_staff_card_of_an_ldap_org_is_mapped_by_its_directory(clean_system):
+    # globex checks its users in its slapd (the lab's `--ldap globex`): the card is listed in heidi's
+    # entry (carLicense); the directory says whose it is, her PIN is the bind
+    st = lab_cli("tap", "--org", "globex", "--user", "heidi", "--card", "uid-only")
+    assert st["state"] == "ready" and st["org"] == "globex"
+    wait_for(lambda: _status()["desks"]["globex"]["queue"], 20, "globex's desk queue")
+    before = len(_status()["printed"])
+    lab_cli("print", "--org", "globex", "--user", "heidi", "--from", "desk", DOC)
+    wait_for(lambda: "heidi" in _held_users(), 20, "heidi's job held")
+    st = lab_cli("tap", "--org", "globex", "--user", "heidi", "--card", "uid-only", "--pin", "9999")
+    assert st["panel"] == "Not authorized" and _held_users() == ["heidi"]  # a copied UID, a wrong PIN
+    lab_cli("tap", "--org", "globex", "--user", "heidi", "--card", "uid-only", "--pin", "1357")
+    wait_for(lambda: _printed_users(before) == ["heidi"], 15, "heidi's document")
