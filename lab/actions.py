@@ -195,6 +195,10 @@ def fault(lab, kind: str, org: str) -> dict:
 
         reasons = set_media_level(lab, 0 if kind == "engine-media-empty" else TRAY_SHEETS)
         return {"fault": kind, "reasons": reasons}
+    if kind in ("nfc-reader-unplug", "nfc-reader-plug"):  # the nfcpy reader's far end gone, back
+        svc = lab.service("nfc-sim")
+        svc.unplug(lab) if kind == "nfc-reader-unplug" else svc.start(lab)
+        return {"fault": kind}
     if kind == "engine-jam-next":  # the next job is aborted at the engine (a jam), not printed
         from lab.services.engine import jam_next
 

@@ -13,7 +13,7 @@ from lab.options import BACKENDS, ENGINES, LabOptions
 
 FAULTS = ("gateway-kill", "gateway-start", "cloud-stop", "cloud-start", "radius-stop", "radius-start",
           "firmware-kill", "firmware-start", "engine-stop", "engine-start",
-          "engine-media-empty", "engine-media-ok", "engine-jam-next")
+          "engine-media-empty", "engine-media-ok", "engine-jam-next", "nfc-reader-unplug", "nfc-reader-plug")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -81,6 +81,10 @@ class NfcReaderService:
                     raise LabError(f"nfc-sim did not start (log {lab.layout.logs_dir / 'nfc-sim.log'})") from None
                 time.sleep(0.05)
 
+    def unplug(self, lab) -> None:
+        """The nfcpy reader unplugged: its udp far end stops answering (the FIFO stays)."""
+        lab.procs.stop(self.name)
+
     def stop(self, lab) -> None:
         lab.procs.stop(self.name)
         lab.host(HOST).path(WEDGE_FIFO).unlink(missing_ok=True)

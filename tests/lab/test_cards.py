@@ -104,3 +104,20 @@ def test_a_staff_card_of_an_ldap_org_is_mapped_by_its_directory(clean_system):
     assert st["panel"] == "Not authorized" and _held_users() == ["heidi"]  # a copied UID, a wrong PIN
     lab_cli("tap", "--org", "globex", "--user", "heidi", "--card", "uid-only", "--pin", "1357")
     wait_for(lambda: _printed_users(before) == ["heidi"], 15, "heidi's document")
+
+
+def test_an_nfc_reader_absent_at_start_works_within_5_s_of_being_plugged_in(clean_system):
+    lab_cli("fault", "nfc-reader-unplug")
+    try:
+        lab_cli("fault", "firmware-kill")
+        lab_cli("fault", "firmware-start")  # the daemon starts without it
+        st = wait_for(lambda: (s := _status()["firmware"])["state"] == "idle" and s, 30, "the daemon up again")
+        nfc = [r for r in st["card_reader"]["readers"] if not r["connected"]]
+        assert len(nfc) == 1 and nfc[0]["problem"], st["card_reader"]  # said, with the cause
+    finally:
+        lab_cli("fault", "nfc-reader-plug")
+    t0 = time.monotonic()
+    wait_for(lambda: _status()["firmware"]["card_reader"]["connected"], 5, "the nfcpy reader back")
+    assert time.monotonic() - t0 <= 5.5
+    st = lab_cli("tap", "--org", "acme", "--user", "alice", "--card", "type3")  # no restart needed
+    assert st["state"] == "ready" and st["org"] == "acme"
