@@ -121,3 +121,9 @@ def test_an_nfc_reader_absent_at_start_works_within_5_s_of_being_plugged_in(clea
     assert time.monotonic() - t0 <= 5.5
     st = lab_cli("tap", "--org", "acme", "--user", "alice", "--card", "type3")  # no restart needed
     assert st["state"] == "ready" and st["org"] == "acme"
+
+
+def test_cards_nobody_registered_are_not_registered_on_every_reader(clean_system):
+    for kind in ("uid-only", "wedge"):  # alice has neither registered: her UID, her badge number
+        st = lab_cli("tap", "--org", "acme", "--user", "alice", "--card", kind)
+        assert (st["state"], st["org"], st["panel"]) == ("idle", None, "Card not registered"), kind
