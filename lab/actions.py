@@ -34,7 +34,8 @@ def status(lab) -> dict:
         # Registered = a queue the desk agent trusted and opened: a real model, accepting jobs (a
         # queue still being checked is disabled and rejecting).
         registered = any(q["accepting"] and trusted_model(q["model"]) for q in queues.values())
-        out["desks"][org] = {"queue": registered, "queues": queues, "held": org_agents.desk_held(lab, org)}
+        held, released = org_agents.desk_copies(lab, org)
+        out["desks"][org] = {"queue": registered, "queues": queues, "held": held, "released": released}
     # The engine's own word (state, reasons, formats, its job list); the service status when the lab
     # runs the engine service, so the engine is asked once.
     eng = out["services"].get("engine")

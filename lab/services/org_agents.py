@@ -340,15 +340,51 @@ def clear_desk_held(lab, org: str) -> int:
 
 
 def desk_held(lab, org: str) -> list[dict]:
-    """`lab status`'s `desks.<org>.held`: [{id, user, title}] of the desk's holding queue ([] when
-    the desk's CUPS does not answer: `desks.<org>.queue` says so)."""
+    """`lab status`'s `desks.<org>.held`: the jobs the desk delivers to the next session."""
+    return desk_copies(lab, org)[0]
+
+
+def desk_released(lab, org: str) -> list[dict]:
+    """`lab status`'s `desks.<org>.released`: copies of released jobs, kept until printed."""
+    return desk_copies(lab, org)[1]
+
+
+def desk_copies(lab, org: str) -> tuple[list[dict], list[dict]]:
+    """`lab status`'s `desks.<org>.held` and `.released`: [{id, user, title}] of the desk's holding
+    queue, split by what the org heard of each (the gateway agent's outcomes, as the desk agent reads
+    them): `released` are copies of jobs released at the MFP and not yet printed (kept until the
+    MFP says printed), `held` every other copy: the jobs the desk delivers to the next session.
+    ([], []) when the desk's CUPS does not answer: `desks.<org>.queue` says so."""
     from org.desk_cups import DeskCupsError
 
     try:
         copies = desk_held_copies(lab, org)
     except DeskCupsError:
-        return []
-    return [{"id": c.job_id, "user": c.user, "title": c.title} for c in copies]
+        return [], []
+    states = _outcome_states(lab, org) if copies else {}
+    held, released = [], []
+    for c in copies:
+        row = {"id": c.job_id, "user": c.user, "title": c.title}
+        (released if c.note and states.get(c.note.delivery) == "released" else held).append(row)
+    return held, released
+
+
+def _outcome_states(lab, org: str) -> dict[str, str]:
+    """The org's outcomes by delivery id, read from its gateway agent on the org LAN ({} when it
+    does not answer: every copy then counts as held)."""
+    import json
+    import urllib.request
+
+    from hal.sandbox.inside import call_in_netns
+
+    def read() -> dict:
+        with urllib.request.urlopen(f"{gateway_agent_url(org)}/v1/outcomes", timeout=3) as answer:
+            return json.loads(answer.read(4 << 20))
+    try:
+        body = call_in_netns(f"/run/netns/{lab.host(f'lan-{org}').ns}", read)
+    except Exception:  # noqa: BLE001 (the status reports what it can)
+        return {}
+    return {o.get("delivery"): o.get("state") for o in body.get("outcomes", []) if isinstance(o, dict)}
 
 
 def print_file(lab, org: str, user: str, path: Path | str, queue: str | None = None, title: str | None = None) -> int:

@@ -38,7 +38,8 @@ from lab.poll import wait_for
 from lab.services.charon import GatewayService, MfpCharonService
 from lab.services.engine import EngineService, engine_uri
 from lab.services.org_agents import (GATEWAY_AGENT_PORT, GATEWAY_LAN_ADDRESS, DeskService, GatewayAgentService,
-                                     _connection, desk_held, desk_held_copies, desk_job, desk_queues, desk_socket,
+                                     _connection, desk_held, desk_held_copies, desk_job, desk_queues, desk_released,
+                                     desk_socket,
                                      gateway_mfps, print_file)
 from org.desk_agent import trusted_model
 from org.desk_cups import DeskCups
@@ -172,7 +173,7 @@ def test_outcomes_are_taken_only_from_the_mfps_virtual_ip(lab, side):
     assert listed[0]["virtual_ip"] == up.virtual_ip and len(listed[0]["session"]) == 16
     before = gateway_outcomes(lab)
     assert side.report([(delivery, "deleted")], host="lan-acme") == 403  # a LAN host, MFP listed
-    assert side.report([(delivery, "printed")]) == 400
+    assert side.report([(delivery, "lost")]) == 400  # not a state the contract knows
     assert side.report([(delivery, "deleted")]) == 204  # from office: through the tunnel, from the VIP
     after = gateway_outcomes(lab, before["version"])
     assert [(o["delivery"], o["state"], o["mfp"]) for o in after["outcomes"]] == [(delivery, "deleted", DEVICE_ID)]
@@ -184,7 +185,7 @@ def gateway_outcomes(lab, after: int | None = None) -> dict:
     return json.loads(lab.host("lan-acme").run([sys.executable, "-c", get, url]).stdout)
 
 
-def test_a_delivered_job_leaves_a_copy_which_released_drops(lab, side):
+def test_a_delivered_job_leaves_a_copy_kept_while_released_and_dropped_once_printed(lab, side):
     side.here()
     wait_for(lambda: _queue_trusted(lab), 10, "a trusted desk queue")
     job = print_file(lab, ORG, "alice", DOC, title="alice-report")
@@ -201,12 +202,39 @@ def test_a_delivered_job_leaves_a_copy_which_released_drops(lab, side):
     assert len(side.held()) == 1 and len(desk_held(lab, ORG)) == 1
 
     side.printer.purge(held["id"])  # the MFP released it into its engine
-    t0 = time.monotonic()
     assert side.report([(result.delivery, "released")]) == 204
-    wait_for(lambda: desk_held(lab, ORG) == [], 10, "the released job's copy to go")
-    print(f"released reported -> desk copy dropped: {time.monotonic() - t0:.2f}s")
+    row = {"id": kept.job_id, "user": "alice", "title": "alice-report"}
+    wait_for(lambda: desk_released(lab, ORG) == [row], 10, "the released job's copy kept until printed")
+    assert desk_held(lab, ORG) == []  # not for the next session: it is in the MFP's engine
+    time.sleep(4 * SCAN_S)
+    assert [c.job_id for c in desk_held_copies(lab, ORG)] == [kept.job_id] and side.held() == []
+    t0 = time.monotonic()
+    assert side.report([(result.delivery, "printed")]) == 204
+    wait_for(lambda: desk_held_copies(lab, ORG) == [], 10, "the printed job's copy to go")
+    print(f"printed reported -> desk copy dropped: {time.monotonic() - t0:.2f}s")
     with pytest.raises(Exception):
         desk_job(lab, ORG, kept.job_id)  # purged, not a cancelled job in the user's history
+
+
+def test_a_job_the_engine_did_not_print_is_delivered_again_at_once_for_its_owner(lab, side):
+    side.here()
+    wait_for(lambda: _queue_trusted(lab), 10, "a trusted desk queue")
+    job = print_file(lab, ORG, "alice", DOC, title="alice-jammed")
+    _desk_done(lab, job)
+    (held,) = wait_for(side.held, 10, "alice's job held at the MFP")
+    result = verified(lab, held)
+    side.printer.purge(held["id"])  # released into the engine...
+    assert side.report([(result.delivery, "released")]) == 204
+    wait_for(lambda: desk_released(lab, ORG), 10, "the copy kept while released")
+    assert side.report([(result.delivery, "failed")]) == 204  # ...which aborted it (a jam)
+    (again,) = wait_for(side.held, 10, "the job delivered again, into the same session")
+    redelivery = verified(lab, again)
+    assert redelivery.valid and redelivery.delivery == result.delivery and redelivery.nonce != result.nonce
+    time.sleep(4 * SCAN_S)
+    assert len(side.held()) == 1  # one failure, one redelivery
+    side.printer.purge(again["id"])  # released again, and this time printed
+    assert side.report([(result.delivery, "printed")]) == 204
+    wait_for(lambda: desk_held_copies(lab, ORG) == [], 10, "the copy dropped once printed")
 
 
 def test_the_mfp_going_and_coming_back_gets_the_job_again_once(lab, side):
