@@ -120,15 +120,16 @@ class RadiusAuthenticator(Authenticator):
 
 def map_reply(user_id: str, code: int, message: str | None, state: bytes | None,
               named: str | None = None) -> AuthOutcome:
-    """A verified reply as an outcome. Only Access-Accept is yes; anything unexpected is not. An
-    accept that names a user (its User-Name, without the realm) says whose `user_id` is (a card id
-    the org maps to its owner); a name that is not a valid user id is no answer at all."""
+    """A verified reply as an outcome. Only Access-Accept is yes; anything unexpected is not. For a
+    card known by its UID (`card-<uid>`), the accept's User-Name (realm cut off) says whose card it
+    is (`as_user`; none, or not a valid user id: no owner, which the firmware refuses). For anyone
+    else a User-Name in the reply is ignored (servers echo it, in their own formats)."""
     if code == packet.AccessAccept:
-        if named is None or named == user_id:
+        if not user_id.startswith("card-"):
             return Accepted(user_id)
-        if not USER_ID.fullmatch(named) or named.startswith("card-"):
-            return Unavailable("the server named a user that is not a valid user id")
-        return Accepted(user_id, named)
+        if named and USER_ID.fullmatch(named) and not named.startswith("card-"):
+            return Accepted(user_id, named)
+        return Accepted(user_id)
     if code == packet.AccessReject:
         return Rejected(user_id, message or "Access denied")
     if code == packet.AccessChallenge:

@@ -109,3 +109,14 @@ def test_shipped_dictionary_parses():
                  "Message-Authenticator", "Proxy-State"):
         assert name in d.attributes
     assert d.attributes["User-Password"].encrypt == 1
+
+
+def test_only_a_card_ids_accept_names_its_owner():
+    card = "card-04c0ffee5a1e01"
+    assert map_reply(card, packet.AccessAccept, None, None, "bob") == Accepted(card, "bob")
+    assert map_reply(card, packet.AccessAccept, None, None, None) == Accepted(card)  # no owner: refused upstream
+    assert map_reply(card, packet.AccessAccept, None, None, "card-0000aaaa") == Accepted(card)
+    assert map_reply(card, packet.AccessAccept, None, None, "ACME\\bob") == Accepted(card)
+    # a server that echoes User-Name in its own format changes nothing for a badge's user
+    assert map_reply("alice", packet.AccessAccept, None, None, "ACME\\alice") == Accepted("alice")
+    assert map_reply("alice", packet.AccessAccept, None, None, "bob") == Accepted("alice")
