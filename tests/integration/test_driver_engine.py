@@ -74,4 +74,5 @@ def test_a_released_pdf_prints_through_the_driver_and_leaves_no_history(driver_q
     answer = call(dq.uri, encode_get_jobs(dq.uri, "root", ["job-id", "job-name"], which_jobs="all"),
                   unix_socket=str(dq.socket_path))
     assert job_groups(answer) == []  # purged from the driver cupsd's history at once
+    assert engine.history_kept == 0
     assert list((tmp_path / "spool").iterdir()) == []
