@@ -156,7 +156,7 @@ def build(cfg: FirmwareConfig) -> Devices:
     if cfg.printer.driver:  # the device's own cupsd drives the printer; the engine is its queue
         driver_queue = DriverQueue(DRIVER_QUEUE_DIR, cfg.printer.engine_uri, cfg.printer.driver)
         engine = PrintEngine(driver_queue.uri, cfg.printer.spool_dir, give_up_s=cfg.printer.engine_give_up_s,
-                             unix_socket=str(driver_queue.socket_path))
+                             unix_socket=str(driver_queue.socket_path), keeper=driver_queue.ensure)
     else:
         engine = PrintEngine(cfg.printer.engine_uri, cfg.printer.spool_dir, give_up_s=cfg.printer.engine_give_up_s)
     return Devices(

@@ -734,7 +734,7 @@ def _job_arrived(state, event, limits):
         return state, [PurgeJob(state.session, event.job_id, "released before"),
                        ReportJobs(state.session, event.proof.split()[1], (event.job_id,)),
                        Audit("job-redelivered", fields)]
-    if event.proof != "ok":  # its owner is a claim nobody proved: it never prints under a release
+    if event.proof not in ("ok", "retry"):  # its owner is a claim nobody proved: it never prints under a release
         return state, [PurgeJob(state.session, event.job_id, "owner not proven"),
                        Audit("job-unproven", {**fields, "why": str(event.proof)[:40]})]
     s = state.s
@@ -743,7 +743,8 @@ def _job_arrived(state, event, limits):
     s = replace(s, held=s.held + (HeldJob(event.job_id, event.user, event.origin_ip, event.at),),
                 last_activity=event.at)
     audit = Audit("job-held", fields)
-    if isinstance(state, Ready) and s.policy.combined_mode and s.authed_user == event.user:
+    # a job the engine failed to print comes back for its owner's own release (no loop of retries)
+    if isinstance(state, Ready) and s.policy.combined_mode and s.authed_user == event.user and event.proof == "ok":
         nxt, effects = _release(s, event.user, (event.job_id,), event.at)
         return nxt, [audit, *effects]
     return replace(state, s=s), [audit]

@@ -88,9 +88,10 @@ class ReleasedRecord:
             self._seen.popitem(last=False)
 
     def add(self, delivery: str, state: str = "released") -> None:
-        """Record `delivery` as released (in the engine) or printed."""
-        if state not in ("released", "printed"):
-            raise ValueError("a released delivery is released or printed")
+        """Record `delivery` as released (in the engine), printed, or failed (the engine did not
+        print it: its redelivery is held for its owner again, never released by itself)."""
+        if state not in ("released", "printed", "failed"):
+            raise ValueError("a released delivery is released, printed or failed")
         with self._lock:
             self._seen[delivery] = (self._clock(), state)
             self._seen.move_to_end(delivery)
@@ -102,7 +103,7 @@ class ReleasedRecord:
             self._seen.pop(delivery, None)
 
     def state(self, delivery: str) -> str | None:
-        """released | printed | None (never released here, or forgotten)."""
+        """released | printed | failed | None (never released here, or forgotten)."""
         with self._lock:
             self._prune()
             entry = self._seen.get(delivery)

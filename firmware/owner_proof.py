@@ -78,7 +78,8 @@ def check(job: HeldJob, document: Path | None, *, org: str, desk_keys, nonces: M
     otherwise why not ("no document", "malformed", "bad signature", "expired", "replayed", ...).
     "already released" / "already printed": a valid redelivery of a job this device released before
     (`released`: the device's `ReleasedRecord`, or any container of delivery ids): its report was
-    lost, it must not print twice."""
+    lost, it must not print twice. "retry": a valid redelivery of a job the engine did not print
+    (held like "ok", but released only by its owner's own act, never by combined mode)."""
     digest = document_sha256(document)
     if digest is None:
         return OwnerCheck("no document")
@@ -89,4 +90,6 @@ def check(job: HeldJob, document: Path | None, *, org: str, desk_keys, nonces: M
     delivery = result.delivery
     recorded = released.state(delivery) if hasattr(released, "state") else (
         "released" if delivery in released else None)
+    if recorded == "failed":  # the engine did not print it: held for its owner to release again
+        return OwnerCheck("retry", delivery)
     return OwnerCheck(f"already {recorded}" if recorded else "ok", delivery)

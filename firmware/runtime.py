@@ -71,6 +71,9 @@ def _card_kind(error: Exception) -> str:
     return "read-error"
 
 
+CARD_LOOKUP_FRESH_S = 3.0  # a card's directory answer later than this is not taken as its tap
+
+
 class Runtime:
     def __init__(self, cfg: FirmwareConfig, devices: Devices):
         self.cfg = cfg
@@ -94,6 +97,10 @@ class Runtime:
         self.preparer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prepare")
         # a card known by its UID is looked up in the cloud's card directory here (one at a time)
         self.card_lookups = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="card-lookup")
+        # engine outcomes of jobs whose Released is not posted yet (SessionRuntime.release)
+        self._outcome_lock = threading.Lock()
+        self._releasing: set[tuple[int, int]] = set()
+        self._deferred: list = []
         self._card_directory = None
         self.done = asyncio.Event()
         self.taps = 0  # card events handled (lets a client tell that its tap was seen)
@@ -256,14 +263,29 @@ class Runtime:
         journal.record("engine job", org=job.org, session=job.session, job=job.job_id, state=outcome.state,
                        printed=outcome.printed, reason=outcome.reason)
         if job.delivery:  # the device's record, whatever became of the session: no reprint, or a retry
-            if outcome.printed:
-                self.released.add(job.delivery, "printed")
-            else:
-                self.released.forget(job.delivery)
+            self.released.add(job.delivery, "printed" if outcome.printed else "failed")
         if outcome.printed:
-            self.post(ev.JobPrinted(self.now(), job.session, job.job_id))
+            event = ev.JobPrinted(self.now(), job.session, job.job_id)
         else:
-            self.post(ev.JobGone(self.now(), job.session, job.job_id, f"not printed: {outcome.state} {outcome.reason}".strip()))
+            event = ev.JobGone(self.now(), job.session, job.job_id, f"not printed: {outcome.state} {outcome.reason}".strip())
+        with self._outcome_lock:
+            if (job.session, job.job_id) in self._releasing:
+                self._deferred.append(event)  # its Released is not posted yet: after it
+                return
+        self.post(event)
+
+    def hold_outcomes(self, session: int, job_ids) -> None:
+        """Engine outcomes of these jobs wait until `release_outcomes` (their Released goes first)."""
+        with self._outcome_lock:
+            self._releasing |= {(session, j) for j in job_ids}
+
+    def release_outcomes(self, session: int, job_ids) -> None:
+        with self._outcome_lock:
+            self._releasing -= {(session, j) for j in job_ids}
+            ready = [e for e in self._deferred if (e.session, e.job_id) not in self._releasing]
+            self._deferred = [e for e in self._deferred if (e.session, e.job_id) in self._releasing]
+        for event in ready:
+            self.post(event)
 
     def _purge(self, e: fx.Purge) -> None:
         incoming, self.incoming = self.incoming, None
@@ -323,6 +345,7 @@ class Runtime:
             self.post(ev.CardUnreadable(self.now(), "unknown-card"))
             return
         uid_tag = mask_uid(card.uid)
+        taps, asked = self.taps, time.monotonic()
 
         def look_up() -> None:
             try:
@@ -335,10 +358,21 @@ class Runtime:
                 journal.record("card lookup failed", level=30, card=uid_tag, error=type(exc).__name__)
                 self.post(ev.CardUnreadable(self.now(), "card-directory-unreachable"))
                 return
-            locked = self.pin_guard.locked_for(org, ident, self.now()) > 0
-            self.post(ev.CardTapped(self.now(), ident, org, uid_tag, pin_locked=locked))
+            if self.taps != taps:  # another card was taken meanwhile: this tap is stale, it ends here
+                journal.record("card lookup outdated: dropped", card=uid_tag)
+                return
+            if time.monotonic() - asked > CARD_LOOKUP_FRESH_S:  # the person may have given up
+                journal.record("card lookup too slow: dropped", card=uid_tag)
+                self.post(ev.CardUnreadable(self.now(), "card-directory-unreachable"))
+                return
+            # the PIN lockout is the loop's (not thread-safe): looked at there
+            self.loop.call_soon_threadsafe(self._card_tapped, ident, org, uid_tag)
 
         self.card_lookups.submit(look_up)
+
+    def _card_tapped(self, ident: str, org: str, uid_tag: str) -> None:
+        locked = self.pin_guard.locked_for(org, ident, self.now()) > 0
+        self.queue.put_nowait(ev.CardTapped(self.now(), ident, org, uid_tag, pin_locked=locked))
 
     def card_directory(self):
         """The daemon's own directory client for card lookups (their answers hold no secret)."""
@@ -436,11 +470,6 @@ class Runtime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, lambda: self.post(ev.Shutdown(self.now())))
         tasks = [asyncio.create_task(self._read_cards()), asyncio.create_task(self._tick())]
-        if self.devices.driver_queue is not None:
-            try:  # before the engine's first look: it looks there
-                self.devices.driver_queue.start()
-            except Exception as exc:  # the panel says "Printer not connected"; the daemon goes on
-                journal.record("driver printer not set up", level=50, error=f"{type(exc).__name__}: {exc}")
         engine_thread = threading.Thread(target=self._serve_engine, name="engine", daemon=True)
         engine_thread.start()
         self._start_route_window()

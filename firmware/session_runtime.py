@@ -130,29 +130,37 @@ class SessionRuntime:
         session cupsd): from here on it no longer depends on the session."""
         s = self.s
         done: list[int] = []
+        # How a job ends at the engine is told to the machine only after its Released: the engine
+        # may finish (or refuse) a job before this loop posts it.
+        self.rt.hold_outcomes(s.number, e.job_ids)
         try:
             for job_id in e.job_ids:
                 info = s.jobs.get(job_id, {})
-                self.rt.devices.engine.take_held(s.print_service, job_id, session=s.number, org=s.org, user=e.user,
-                                              title=info.get("title", ""), document_format=info.get("format", ""),
-                                              delivery=info.get("delivery") or "")
+                delivery = info.get("delivery") or ""
+                if delivery:  # recorded before the engine can end it (its end updates the record)
+                    self.rt.released.add(delivery)
+                try:
+                    self.rt.devices.engine.take_held(s.print_service, job_id, session=s.number, org=s.org,
+                                                     user=e.user, title=info.get("title", ""),
+                                                     document_format=info.get("format", ""), delivery=delivery)
+                except Exception:
+                    if delivery:
+                        self.rt.released.forget(delivery)  # still held here: not released
+                    raise
                 done.append(job_id)
         except Exception as exc:
             self.rt.post(ev.ReleaseFailed(self.rt.now(), e.session, tuple(j for j in e.job_ids if j not in done),
                                        type(exc).__name__))
+            self.rt.release_outcomes(s.number, e.job_ids)
             return
         self.rt.post(ev.Released(self.rt.now(), e.session, tuple(done)))
+        self.rt.release_outcomes(s.number, e.job_ids)
 
     def report_jobs(self, e: fx.ReportJobs) -> None:
-        """Tell the org's gateway agent what became of these jobs (by delivery id); a released one is
-        also recorded on the device, so its redelivery never prints twice (a printed or failed one is
-        recorded by the engine's outcome, `Runtime._engine_outcome`)."""
+        """Tell the org's gateway agent what became of these jobs (by delivery id). The device's own
+        record of them is kept by `release` (released) and the engine's outcome (printed, failed)."""
         s = self.s
         deliveries = [d for j in e.job_ids if (d := s.jobs.get(j, {}).get("delivery"))]
-        if e.state == "released":
-            for d in deliveries:
-                if self.rt.released.state(d) is None:
-                    self.rt.released.add(d)
         if not deliveries or not s.outcomes_url:
             return
         try:

@@ -18,6 +18,7 @@ import pwd
 import resource
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,16 +82,31 @@ def confined(argv: list[str]) -> list[str]:
             f"--regid={nobody.pw_gid}", "--clear-groups", "--inh-caps=-all", "--", *argv]
 
 
-def rasterize(document: Path, output: Path, raster: Raster) -> float:
+SCRATCH = Path("/run/tenantprint/convert")  # root's 0711; one 0700 directory of nobody's per conversion
+
+
+def rasterize(document: Path, output: Path, raster: Raster, scratch_base: Path | None = None) -> float:
     """Write `document` (PDF or PostScript) as `raster` to `output`; the seconds it took.
-    ConversionError when Ghostscript fails or exceeds its limits (`output` is then removed)."""
+    ConversionError when Ghostscript fails or exceeds its limits (`output` is then removed).
+    `scratch_base`: where the converter's temporary directory goes (on RAM; default SCRATCH when
+    run as root, else beside `output`)."""
     start = time.monotonic()
     limit = max(4096, min(OUTPUT_LIMIT, shutil.disk_usage(output.parent).free // 2))
+    # Ghostscript copies a PDF read from stdin to a temporary file: its own directory beside the
+    # output (on /run, RAM), never /tmp (on a device, the SD card), removed whatever happens.
+    base = scratch_base or (SCRATCH if os.geteuid() == 0 else output.parent)
+    base.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        os.chmod(base, 0o711)  # nobody reaches its own directory, lists nothing
+    scratch = Path(tempfile.mkdtemp(prefix="gs-", dir=base))
     fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            os.chown(scratch, nobody.pw_uid, nobody.pw_gid)
         with open(document, "rb") as src, open(fd, "wb") as out:
             proc = subprocess.run(confined(ghostscript_argv(raster)), stdin=src, stdout=out, stderr=subprocess.PIPE,
-                                  env={"PATH": "/usr/bin:/bin", "LANG": "C"}, cwd="/",
+                                  env={"PATH": "/usr/bin:/bin", "LANG": "C", "TMPDIR": str(scratch)}, cwd="/",
                                   preexec_fn=functools.partial(_bound, limit), timeout=WALL_LIMIT_S, close_fds=True)
     except subprocess.TimeoutExpired:
         output.unlink(missing_ok=True)
@@ -98,6 +114,8 @@ def rasterize(document: Path, output: Path, raster: Raster) -> float:
     except OSError as exc:
         output.unlink(missing_ok=True)
         raise ConversionError(f"converter could not run: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     with open(output, "rb") as made:
         magic = made.read(8)
     if proc.returncode != 0 or not magic.startswith(MAGIC[raster.format]):

@@ -18,6 +18,7 @@ the printer.
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import signal
@@ -30,6 +31,8 @@ import cups
 from hal.printer import ConfigError, PrintServiceDown
 from hal.printer.ipp import IppError, get_printers
 from hal.printer.jobs import JobOps
+
+log = logging.getLogger("tenantprint.hal.printer.driver")
 
 CUPSD = "/usr/sbin/cupsd"
 QUEUE = "engine"
@@ -113,7 +116,13 @@ class DriverQueue(JobOps):
         self.device_uri, self.driver = device_uri, check_driver(driver)
         if not driver:
             raise ConfigError("a driver printer needs printer.driver")
-        self.prefix, self.file_device, self.start_timeout = list(command_prefix), file_device, start_timeout
+        # Its own empty network namespace (root: util-linux's unshare): the driver's filters parse
+        # what an org's desk sent, like the converter, and the usb backend and the unix socket
+        # need no network.
+        isolate = ["/usr/bin/unshare", "--net", "--"] if os.geteuid() == 0 else []
+        self.prefix = [*command_prefix, *isolate]
+        self.file_device, self.start_timeout = file_device, start_timeout
+        self._next_try, self._backoff = 0.0, 1.0
         self.server_bin = server_bin  # tests: CUPS's programs with a backend of their own standing in for usb
         self._proc: subprocess.Popen | None = None
         super().__init__(self.dir / SOCKET)
@@ -173,6 +182,19 @@ class DriverQueue(JobOps):
         except cups.IPPError as exc:
             self.stop()
             raise ConfigError(f"the driver printer could not be set up ({exc.args[-1] if exc.args else exc})") from None
+
+    def ensure(self) -> None:
+        """Started, or started again after it stopped (the engine calls this before each look):
+        a failed start is retried with backoff up to a minute, and journalled once per failure."""
+        if self.running() or time.monotonic() < self._next_try:
+            return
+        try:
+            self.start()
+            self._backoff = 1.0
+        except (PrintServiceDown, ConfigError, OSError) as exc:
+            log.warning("driver printer not set up: %s (retried in %.0f s)", exc, self._backoff)
+            self._next_try = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, 60.0)
 
     def model(self) -> bytes | None:
         """The queue's PPD (what the sessions' inbound queue shows desks), once set up."""

@@ -118,7 +118,7 @@ class EngineSpool:
         return self.dir / f"{job.tag}.out"
 
     def remove(self, job: ReleasedJob) -> None:
-        for suffix in (".json", ".doc", ".out"):
+        for suffix in (".json", ".doc", ".out", ".part"):
             (self.dir / f"{job.tag}{suffix}").unlink(missing_ok=True)
 
     def jobs(self) -> list[ReleasedJob]:
@@ -149,9 +149,10 @@ class PrintEngine:
 
     def __init__(self, uri: str, spool_dir: str | Path, *, retry_s: float = 1.0, poll_s: float = 0.1,
                  give_up_s: float = 3600.0, connect_timeout: float = 2.0, check_s: float = 5.0,
-                 unix_socket: str | None = None):
+                 unix_socket: str | None = None, keeper: Callable[[], None] | None = None):
         self.configured = uri  # "auto": the USB printer ipp-usb serves, found by `check`
         self.unix_socket = unix_socket  # a driver printer's cupsd (driver_engine.py) is asked there
+        self.keeper = keeper  # called before each look: keeps that cupsd running (driver_engine.py)
         self.uri = uri
         self.check_s = check_s
         self.state: EngineState | None = None  # what the engine last said about itself
@@ -254,7 +255,10 @@ class PrintEngine:
 
     def check(self) -> EngineState | None:
         """Ask the engine about itself (state, reasons, formats); None when it cannot be reached."""
-        if self.configured == AUTO and self.reachable is not True:
+        if self.keeper is not None:  # a driver printer's cupsd: (re)started here, never on the loop
+            self.keeper()
+        if self.configured == AUTO and self.reachable is not True and self.current is None:
+            # never another printer while a job is followed (its job id is the old printer's)
             found = find_ipp_usb()
             if found is None:
                 self._offline("no USB printer (ipp-usb serves none on loopback)")
@@ -290,7 +294,9 @@ class PrintEngine:
         refused = False
         engine_job = job.engine_job  # taken by the engine before a daemon restart: follow it
         while not stop.is_set():
-            if time.monotonic() - since > self.give_up_s:
+            # Given up only while the engine does not have the job: one it took waits there (paper
+            # out overnight) and is followed to its end, never reported failed while it may print.
+            if engine_job is None and time.monotonic() - since > self.give_up_s:
                 return EngineOutcome(job, False, "not-printed", "engine unreachable")
             try:
                 if engine_job is None:
@@ -334,8 +340,10 @@ class PrintEngine:
         if how.raster is None:
             return document, how.send_format
         out = self.spool.converted(job)
-        if not out.exists():
-            took = rasterize(document, out, how.raster)
+        if not out.exists():  # written whole or not at all: a conversion cut short is made again
+            partial = out.with_suffix(".part")
+            took = rasterize(document, partial, how.raster, self.spool.dir.parent / "convert")
+            os.replace(partial, out)
             log.info("job tag=%s converted to %s at %d dpi in %.2f s", job.tag, how.send_format,
                      how.raster.resolution, took)
         return out, how.send_format

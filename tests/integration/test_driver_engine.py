@@ -58,7 +58,8 @@ def driver_queue():
 def test_a_released_pdf_prints_through_the_driver_and_leaves_no_history(driver_queue, tmp_path):
     dq, printer = driver_queue
     assert b"PCL" in (dq.model() or b"")  # the driver's PPD: what the sessions' inbound queue shows desks
-    engine = PrintEngine(dq.uri, tmp_path / "spool", poll_s=0.02, unix_socket=str(dq.socket_path))
+    engine = PrintEngine(dq.uri, tmp_path / "spool", poll_s=0.02, unix_socket=str(dq.socket_path), keeper=dq.ensure)
+    assert dq.prefix[:2] == ["/usr/bin/unshare", "--net"]  # the driver's filters have no network
     state = engine.check()
     assert state is not None and "application/pdf" in state.formats  # cupsd converts with the driver
     job = ReleasedJob(tag="1-7", session=1, org="acme", job_id=7, user="alice", title="Quarterly report",
@@ -75,4 +76,6 @@ def test_a_released_pdf_prints_through_the_driver_and_leaves_no_history(driver_q
                   unix_socket=str(dq.socket_path))
     assert job_groups(answer) == []  # purged from the driver cupsd's history at once
     assert engine.history_kept == 0
+    dq.stop()  # the driver's cupsd gone (a crash): the engine's next look starts it again
+    assert engine.check() is not None and dq.running()
     assert list((tmp_path / "spool").iterdir()) == []

@@ -74,3 +74,28 @@ def test_a_document_whose_raster_outgrows_the_limit_is_refused(three_pages, tmp_
     with pytest.raises(ConversionError):
         rasterize(three_pages, out, Raster("image/pwg-raster", 600, False))
     assert not out.exists()
+
+
+def test_ghostscripts_temporary_copy_stays_in_a_scratch_directory_on_run_and_goes(three_pages, tmp_path):
+    import shutil as sh
+
+    base = Path("/run/tenantprint-test-convert")  # on RAM, reachable by the converter's user
+    sh.rmtree(base, ignore_errors=True)
+    seen = []
+
+    import hal.printer.convert as convert
+    real = convert.subprocess.run
+
+    def spy(argv, **kw):
+        seen.append(kw["env"]["TMPDIR"])
+        return real(argv, **kw)
+
+    convert.subprocess.run = spy
+    try:
+        rasterize(three_pages, tmp_path / "doc.pwg", Raster("image/pwg-raster", 300, False), base)
+    finally:
+        convert.subprocess.run = real
+    try:
+        assert seen and seen[0].startswith(str(base)) and list(base.iterdir()) == []  # never /tmp; removed
+    finally:
+        sh.rmtree(base, ignore_errors=True)

@@ -147,7 +147,7 @@ class FakeDirectory:
         self.calls.append("bind_service")
         self._maybe_refuse("service bind")
 
-    def find(self, user_id):
+    def find(self, user_id, by=None):
         self.calls.append(("find", user_id))
         self._maybe_refuse("user search")
         hits = [(dn, e) for dn, e in self.entries.items() if dn.split(",")[0] == f"uid={user_id}"]

@@ -28,10 +28,12 @@ def test_the_released_record_knows_how_a_delivery_ended_and_forgets_a_failed_one
     record.add(D1, "printed")
     assert record.state(D1) == "printed" and D1 in record
     record.add(D2)
-    record.forget(D2)  # failed at the engine: its redelivery is a new job
+    record.add(D2, "failed")  # failed at the engine: its redelivery is held for its owner again
+    assert record.state(D2) == "failed"
+    record.forget(D2)
     assert record.state(D2) is None and D2 not in record
     with pytest.raises(ValueError):
-        record.add(D1, "failed")
+        record.add(D1, "lost")
 
 
 def test_the_released_record_forgets_by_age_and_count():
