@@ -248,6 +248,7 @@ class PrintEngine:
                 self.ended.append({"org": job.org, "session": job.session, "job": job.job_id,
                                    "state": outcome.state, "printed": outcome.printed, "at": round(time.time(), 3)})
             report(outcome)
+            checked = 0.0  # the printer's state as it is after the job, not as it was during it
 
     def stop_waiting(self) -> None:
         with self._wake:

@@ -367,9 +367,9 @@ def test_lab_cloud_serves_the_seeded_cards(lab, lab_cloud):  # noqa: F811
                                       UNKNOWN: "DirectoryRefused403"}
     listed = cloud_svc.run_cli(lab, ["card", "list", "--json"])
     assert listed.returncode == 0, listed.stderr
-    assert [r["org_id"] for r in json.loads(listed.stdout)] == ["acme"]
-    cloud_svc.seed(lab, contracts=["acme"])  # idempotent: the card stays registered once
-    assert len(json.loads(cloud_svc.run_cli(lab, ["card", "list", "--json"]).stdout)) == 1
+    assert sorted(r["org_id"] for r in json.loads(listed.stdout)) == sorted(org for org, _ in LAB_CARDS.values())
+    cloud_svc.seed(lab, contracts=["acme"])  # idempotent: each card stays registered once
+    assert len(json.loads(cloud_svc.run_cli(lab, ["card", "list", "--json"]).stdout)) == len(LAB_CARDS)
     events = json.loads(cloud_svc.run_cli(lab, ["audit", "--device", device_id, "--json"]).stdout)
-    assert [e["outcome"] for e in events if e["action"] == "card-lookup"] == ["granted", "unknown-card"]
+    assert [e["outcome"] for e in events if e["action"] == "card-lookup"] == ["granted"] * len(LAB_CARDS) + ["unknown-card"]
     assert_no_card_id((lab.layout.logs_dir / "cloud.log").read_text(), *LAB_CARDS)

@@ -105,7 +105,7 @@ def test_paper_out_holds_a_released_job_says_so_and_it_counts_printed_once_paper
     assert [p["user"] for p in st["printed"][before:]] == ["alice"]  # once
     ended = st["firmware"]["engine"]["ended"][ended_before:]
     assert [(e["state"], e["printed"]) for e in ended] == [("completed", True)]  # counted once, when completed
-    assert "Paper out" not in st["firmware"]["panel"]
+    wait_for(lambda: "Paper out" not in cli("status")["firmware"]["panel"], 10, "the panel without paper out")
 
 
 def test_a_job_the_engine_aborted_goes_back_to_its_desk_and_prints_with_the_next_release(pwg_lab):

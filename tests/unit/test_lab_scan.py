@@ -1,0 +1,26 @@
+"""The lab's secret scanner (lab/scan.py) finds what it looks for: a canary or a lab PIN in a
+process's memory or a file is found (and named, a PIN by whose it is), a PIN-like number inside a
+longer number, a path or an address is not. The cleanup invariants rest on it finding things."""
+
+import os
+
+from lab.scan import PINS, _secrets_in, scan_memory, scan_tree
+
+CANARY = b"TPCANARY-acme-psk-" + os.urandom(6).hex().encode()
+
+
+def test_a_canary_and_a_pin_in_memory_are_found():
+    held = bytearray(b"x" * 4096 + CANARY + b" pin " + next(iter(PINS)) + b" end")  # noqa: F841 (kept alive)
+    found = scan_memory(os.getpid())
+    assert CANARY in found
+    assert PINS[next(iter(PINS))].encode() in found  # named by whose PIN it is, never the PIN
+
+
+def test_files_are_scanned_and_pins_inside_numbers_paths_and_addresses_are_not(tmp_path):
+    pin = next(iter(PINS))
+    (tmp_path / "clean").write_bytes(b"pid /proc/1" + pin + b"/stat 10.0.2.46:" + pin + b" 9" + pin + b"9")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "leak").write_bytes(b"a line with " + CANARY + b"\n")
+    hits = scan_tree(tmp_path)
+    assert list(hits) == [str(tmp_path / "sub" / "leak")] and hits[str(tmp_path / "sub" / "leak")] == {CANARY}
+    assert _secrets_in(b"nothing here at all") == set()
