@@ -208,15 +208,8 @@ class DeviceDirectory:
         with write_txn(self.engine) as conn:
             dev = DEVICE_AND_PROFILE.first(conn, device_id=device_id, org_id=org or "")
             dev = None if dev is None else _DeviceRow(*dev)
-            if dev is None:
-                outcome = "unknown-device"
-            elif public_key is not None and bytes(dev.public_key) != public_key:
-                outcome = "key-changed"
-            elif dev.status != ACTIVE:
-                outcome = "revoked"
-            elif INSERT_NONCE.first(conn, device_id=device_id, nonce=nonce, seen_at=now) is None:
-                outcome = "replay"
-            else:
+            outcome = _device_refused(conn, dev, device_id, nonce, public_key, now)
+            if outcome is None:
                 outcome = "granted" if dev.secrets_ct is not None else "refused"
             INSERT_AUDIT.run(conn, at=now, device_id=device_id, org_id=org, action="lookup", outcome=outcome).close()
         if outcome != "granted":
@@ -237,17 +230,10 @@ class DeviceDirectory:
         org = ref = None
         with write_txn(self.engine) as conn:
             dev = conn.execute(DEVICE_AND_CARD_KEY, {"device_id": device_id}).first()
-            if dev is None:
-                outcome = "unknown-device"
-            elif public_key is not None and bytes(dev.public_key) != public_key:
-                outcome = "key-changed"
-            elif dev.status != ACTIVE:
-                outcome = "revoked"
-            elif INSERT_NONCE.first(conn, device_id=device_id, nonce=nonce, seen_at=now) is None:
-                outcome = "replay"
-            elif dev.kek_id is None:  # no card was ever registered in this space
+            outcome = _device_refused(conn, dev, device_id, nonce, public_key, now)
+            if outcome is None and dev.kek_id is None:  # no card was ever registered in this space
                 outcome = "unknown-card"
-            else:
+            elif outcome is None:
                 hashed = card_hash(self.card_keys.open(dev.space_id, dev.kek_id, dev.wrapped_dek, dev.key_ct), card)
                 ref = card_ref(hashed)
                 found = conn.execute(CARD_AND_CONTRACT, {"space_id": dev.space_id, "card_hash": hashed}).first()
@@ -265,6 +251,20 @@ class DeviceDirectory:
         denied = Refused(outcome) if outcome in ("unknown-card", "no-contract") else Unauthenticated(outcome, device_id)
         denied.audited = True
         raise denied
+
+
+def _device_refused(conn, dev, device_id: str, nonce: str, public_key: bytes | None, now: float) -> str | None:
+    """Why a request of `device_id` (its row `dev`, None when unknown) is refused, or None: then its
+    nonce is spent (in `conn`'s transaction)."""
+    if dev is None:
+        return "unknown-device"
+    if public_key is not None and bytes(dev.public_key) != public_key:
+        return "key-changed"
+    if dev.status != ACTIVE:
+        return "revoked"
+    if INSERT_NONCE.first(conn, device_id=device_id, nonce=nonce, seen_at=now) is None:
+        return "replay"
+    return None
 
 
 # The device row with its space's sealed card key (NULLs when the space has none).

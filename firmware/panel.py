@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from hal.card import CARD_ID
+
 MESSAGES: dict[str, str] = {
     # steady states
     "starting": "Starting — please wait",
@@ -85,7 +87,7 @@ LOOKUP_KEYS = {
 MAX_LEN = 120
 
 
-_CARD = re.compile(r"card-[0-9a-f]{4,40}")
+_CARD = re.compile(CARD_ID.pattern.strip("^$"))  # a card id anywhere in a line
 
 
 def mask_card(value: object) -> object:

@@ -109,14 +109,9 @@ def _tap_other_reader(lab, kind: str, org: str, user: str, uid: str | None, befo
 
 
 def _registered_number(org: str, user: str) -> str:
-    from lab.cards import LAB_CARDS
-
-    for ident, (card_org, card_user) in LAB_CARDS.items():
-        tail = ident.removeprefix("card-")
-        if (card_org, card_user) == (org, user) and tail.isdigit() and len(tail) < 14:
-            return tail
-    # a badge of theirs nobody registered: "Card not registered"
-    return str(int(hashlib.sha256(f"wedge {user}@{org}".encode()).hexdigest()[:8], 16) % 10**8).zfill(8)
+    """The user's registered proximity badge number, else one nobody registered ("Card not registered")."""
+    return _registered(org, user, wedge=True) or str(
+        int(hashlib.sha256(f"wedge {user}@{org}".encode()).hexdigest()[:8], 16) % 10**8).zfill(8)
 
 
 def _after_tap(lab, fw, pin: str | None, settle_s: float) -> dict:
@@ -132,13 +127,20 @@ def _after_tap(lab, fw, pin: str | None, settle_s: float) -> dict:
 
 
 def _registered_uid(org: str, user: str) -> str:
+    """The UID of the user's registered staff card, else one of theirs nobody registered."""
+    return _registered(org, user, wedge=False) or default_uid(org, user)
+
+
+def _registered(org: str, user: str, *, wedge: bool) -> str | None:
+    """The id (without `card-`) of user@org's registered card of that reader kind (`lab/cards.py`;
+    a wedge badge's is a short number), or None."""
     from lab.cards import LAB_CARDS
 
-    for ident, (card_org, card_user) in LAB_CARDS.items():
+    for ident, owner in LAB_CARDS.items():
         tail = ident.removeprefix("card-")
-        if (card_org, card_user) == (org, user) and not (tail.isdigit() and len(tail) < 14):  # not a wedge number
+        if owner == (org, user) and (tail.isdigit() and len(tail) < 14) == wedge:
             return tail
-    return default_uid(org, user)  # a card of theirs nobody registered: "Card not registered"
+    return None
 
 
 def print_file(lab, org: str, user: str, path: str, *, origin: str = "desk") -> dict:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Union
 
 
+# A card known only by its UID: `card-` and the UID in lowercase hex (NFC/FeliCa IDm) or the digits a
+# keyboard-wedge reader typed. Not a secret, but never logged in full.
 CARD_ID = re.compile(r"^card-[0-9a-f]{4,40}$")
 
 

@@ -28,6 +28,7 @@ from hal.card.nfc_diagnose import problem, udp_peer_absent
 from hal.card.tap import card_event, uid_event
 from hal.card.threaded import ThreadedReader
 from hal.card.type4 import read_card
+from hal.card.writer import nfcpy_transmit
 
 log = logging.getLogger("tenantprint.card.nfcpy")
 
@@ -38,17 +39,7 @@ SENSE_ITERATIONS, SENSE_INTERVAL_S = 2, 0.1
 
 
 def _type4_read(tag):
-    import nfc.clf
-    import nfc.tag
-
-    def transmit(apdu: bytes) -> bytes:
-        try:
-            resp = tag.transceive(apdu)
-        except (nfc.tag.TagCommandError, nfc.clf.CommunicationError) as exc:
-            raise CardCommunicationError(f"tag exchange failed: {exc}") from None
-        if resp is None:
-            raise CardCommunicationError("tag did not answer")
-        return bytes(resp)
+    transmit = nfcpy_transmit(tag)
     return lambda: read_card(transmit, with_uid=False)[1]
 
 

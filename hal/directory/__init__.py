@@ -16,14 +16,10 @@ Errors (all `DirectoryError`), mapped to panel messages by the firmware:
 
 from __future__ import annotations
 
-import re
 from typing import Protocol
 
+from hal.card import CARD_ID as CARD_ID_RE  # a card known only by its UID, as the firmware names it
 from hal.directory.profile import SessionProfile
-
-# A card known only by its UID, as the firmware names it: `card-` and the UID in lowercase hex
-# (NFC/FeliCa IDm) or the digits a keyboard-wedge reader typed. Not a secret, but never logged in full.
-CARD_ID_RE = re.compile(r"^card-[0-9a-f]{4,40}$")
 
 
 class DirectoryError(Exception):

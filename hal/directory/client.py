@@ -150,38 +150,48 @@ class DirectoryClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _get(self, org_id: str, path: str) -> tuple[httpx.Response, bytes]:
-        # Signed per try: the directory refuses a nonce it has seen.
-        headers = sign_headers(self._key, self.device_id, "GET", path, b"")
-        with self._http.stream("GET", self.url + path, headers=headers) as resp:
-            body = b""
+    def _request(self, method: str, path: str, body: bytes, limit: int, what: str) -> tuple[httpx.Response, bytes]:
+        # Signed per try: the directory refuses a nonce it has seen. The signature covers the body.
+        headers = sign_headers(self._key, self.device_id, method, path, body)
+        extra = {}
+        if body:
+            headers["Content-Type"] = "application/json"
+            extra["content"] = body
+        with self._http.stream(method, self.url + path, headers=headers, **extra) as resp:
+            answer = b""
             for chunk in resp.iter_bytes():
-                body += chunk
-                if len(body) > MAX_RESPONSE:
-                    raise DirectoryMalformed(f"profile for {org_id}: answer larger than {MAX_RESPONSE} bytes")
-        return resp, body
+                answer += chunk
+                if len(answer) > limit:
+                    raise DirectoryMalformed(f"{what}: answer larger than {limit} bytes")
+        return resp, answer
 
-    def fetch_profile(self, org_id: str) -> SessionProfile:
-        if not isinstance(org_id, str) or not _ORG_ID.match(org_id):
-            raise DirectoryRefused("org id is not valid", 403)
-        path = f"/v1/orgs/{org_id}/profile"
+    def _exchange(self, method: str, path: str, body: bytes, limit: int, what: str, refused: str) -> bytes:
+        """The answer of a 200; the directory's refusals and failures as the Directory errors
+        (`refused`: what its 403 means here)."""
         try:
             try:
-                resp, body = self._get(org_id, path)
+                resp, answer = self._request(method, path, body, limit, what)
             except _DROPPED:
                 # The kept connection was closed under us (the directory restarted, or its idle
                 # timeout won the race): once more, on a new connection.
-                resp, body = self._get(org_id, path)
+                resp, answer = self._request(method, path, body, limit, what)
         except httpx.HTTPError as exc:
             raise DirectoryUnreachable(f"directory {self.url}: {type(exc).__name__}") from None
         if resp.status_code == 401:
             raise DirectoryRefused("the directory does not recognise this device (revoked, unknown, clock skew)", 401)
         if resp.status_code == 403:
-            raise DirectoryRefused(f"no contract with org {org_id}", 403)
+            raise DirectoryRefused(refused, 403)
         if resp.status_code >= 500 or resp.status_code == 429:
             raise DirectoryUnreachable(f"directory answered {resp.status_code}")
         if resp.status_code != 200:
-            raise DirectoryMalformed(f"profile for {org_id}: unexpected HTTP {resp.status_code}")
+            raise DirectoryMalformed(f"{what}: unexpected HTTP {resp.status_code}")
+        return answer
+
+    def fetch_profile(self, org_id: str) -> SessionProfile:
+        if not isinstance(org_id, str) or not _ORG_ID.match(org_id):
+            raise DirectoryRefused("org id is not valid", 403)
+        body = self._exchange("GET", f"/v1/orgs/{org_id}/profile", b"", MAX_RESPONSE, f"profile for {org_id}",
+                              f"no contract with org {org_id}")
         try:
             wire = json.loads(body)
             profile = SessionProfile.from_wire(wire)
@@ -198,18 +208,6 @@ class DirectoryClient:
 
     # -- cards known by their UID only: the space's card directory ---------------------------
 
-    def _post(self, path: str, body: bytes, limit: int) -> tuple[httpx.Response, bytes]:
-        # Signed per try, like `_get`; the signature covers the body.
-        headers = sign_headers(self._key, self.device_id, "POST", path, body)
-        headers["Content-Type"] = "application/json"
-        with self._http.stream("POST", self.url + path, headers=headers, content=body) as resp:
-            answer = b""
-            for chunk in resp.iter_bytes():
-                answer += chunk
-                if len(answer) > limit:
-                    raise DirectoryMalformed(f"card lookup: answer larger than {limit} bytes")
-        return resp, answer
-
     def card_org(self, card: str) -> str:
         """The org id `card` (a card id matching `CARD_ID_RE`) is registered to in this device's
         space. `DirectoryRefused` 403: not registered there, or its org has no contract with the
@@ -217,21 +215,8 @@ class DirectoryClient:
         if not isinstance(card, str) or not CARD_ID_RE.fullmatch(card):
             raise DirectoryRefused("card id is not valid", 403)
         body = json.dumps({"card": card}, separators=(",", ":")).encode()
-        try:
-            try:
-                resp, answer = self._post(CARD_LOOKUP_PATH, body, MAX_CARD_RESPONSE)
-            except _DROPPED:
-                resp, answer = self._post(CARD_LOOKUP_PATH, body, MAX_CARD_RESPONSE)
-        except httpx.HTTPError as exc:
-            raise DirectoryUnreachable(f"directory {self.url}: {type(exc).__name__}") from None
-        if resp.status_code == 401:
-            raise DirectoryRefused("the directory does not recognise this device (revoked, unknown, clock skew)", 401)
-        if resp.status_code == 403:
-            raise DirectoryRefused("card not registered in this space", 403)
-        if resp.status_code >= 500 or resp.status_code == 429:
-            raise DirectoryUnreachable(f"directory answered {resp.status_code}")
-        if resp.status_code != 200:
-            raise DirectoryMalformed(f"card lookup: unexpected HTTP {resp.status_code}")
+        answer = self._exchange("POST", CARD_LOOKUP_PATH, body, MAX_CARD_RESPONSE, "card lookup",
+                                "card not registered in this space")
         try:
             data = json.loads(answer)
         except ValueError:

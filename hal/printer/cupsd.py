@@ -124,8 +124,11 @@ def _cupsd_conf(session_dir: Path, listen: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cups_files_conf(d: Path) -> str:
+def cups_files_conf(d: Path, *, file_device: bool = False, server_bin: str | None = None) -> str:
+    """cups-files.conf for a cupsd whose every directory is below `d` (`make_dirs`). `file_device`
+    and `server_bin` only for tests (a file or a backend of the test's own stands in for a printer)."""
     return "\n".join([
+        *([f"ServerBin {server_bin}"] if server_bin else []),
         "User lp",
         "Group lp",
         "SystemGroup root",
@@ -138,7 +141,7 @@ def _cups_files_conf(d: Path) -> str:
         f"AccessLog {d / 'log' / 'access_log'}",
         f"PageLog {d / 'log' / 'page_log'}",
         f"Printcap {d / 'etc' / 'printcap'}",
-        "FileDevice No",
+        f"FileDevice {'Yes' if file_device else 'No'}",
         # a refused client that asks for TLS (libcups does after a 426) gets none made for it
         "CreateSelfSignedCerts No",
         "Sandboxing Relaxed",
@@ -183,6 +186,16 @@ def _check_listen(listen: list[str]) -> None:
             raise ConfigError(f"listen address must be IP:port, got {addr!r}") from None
 
 
+def make_dirs(d: Path, gid: int) -> None:
+    """The directories `cups_files_conf` names, root's and group `gid`'s (lp: filters run as lp)."""
+    for sub, mode in (("etc", 0o755), ("etc/ppd", 0o755), ("spool", 0o710), ("spool/tmp", 0o1770),
+                      ("cache", 0o770), ("state", 0o755), ("state/certs", 0o711), ("log", 0o755)):
+        p = d / sub
+        p.mkdir(parents=True, exist_ok=True)
+        os.chmod(p, mode)
+        os.chown(p, 0, gid)
+
+
 class SessionPrintService(JobOps):
     """The session's cupsd. `start()` configures and runs it; `stop()` stops it by pid.
 
@@ -217,14 +230,9 @@ class SessionPrintService(JobOps):
             raise ConfigError(f"session directory {self.dir} does not exist")
         os.chown(self.dir, lp.pw_uid, lp.pw_gid)
         os.chmod(self.dir, 0o700)
-        for sub, mode in (("etc", 0o755), ("etc/ppd", 0o755), ("spool", 0o710), ("spool/tmp", 0o1770),
-                          ("cache", 0o770), ("state", 0o755), ("state/certs", 0o711), ("log", 0o755)):
-            p = self.dir / sub
-            p.mkdir(parents=True, exist_ok=True)
-            os.chmod(p, mode)
-            os.chown(p, 0, lp.pw_gid)
+        make_dirs(self.dir, lp.pw_gid)
         (self.dir / "cupsd.conf").write_text(_cupsd_conf(self.dir, self.listen))
-        (self.dir / "cups-files.conf").write_text(_cups_files_conf(self.dir))
+        (self.dir / "cups-files.conf").write_text(cups_files_conf(self.dir))
         (self.dir / "etc" / "cupsd.conf").write_text(_cupsd_conf(self.dir, self.listen))
         if self.model is not None:
             _write_owned(self.dir / "etc" / "ppd" / f"{INBOUND_QUEUE}.ppd", self.model, 0o640, lp.pw_gid)

@@ -29,6 +29,7 @@ from pathlib import Path
 import cups
 
 from hal.printer import ConfigError, PrintServiceDown
+from hal.printer.cupsd import cups_files_conf, make_dirs
 from hal.printer.ipp import IppError, get_printers
 from hal.printer.jobs import JobOps
 
@@ -75,28 +76,6 @@ def _cupsd_conf(run_dir: Path) -> str:
     ]) + "\n"
 
 
-def _cups_files_conf(d: Path, file_device: bool, server_bin: str | None) -> str:
-    return "\n".join([
-        *([f"ServerBin {server_bin}"] if server_bin else []),
-        "User lp",
-        "Group lp",
-        "SystemGroup root",
-        f"ServerRoot {d / 'etc'}",
-        f"RequestRoot {d / 'spool'}",
-        f"TempDir {d / 'spool' / 'tmp'}",
-        f"CacheDir {d / 'cache'}",
-        f"StateDir {d / 'state'}",
-        f"ErrorLog {d / 'log' / 'error_log'}",
-        f"AccessLog {d / 'log' / 'access_log'}",
-        f"PageLog {d / 'log' / 'page_log'}",
-        f"Printcap {d / 'etc' / 'printcap'}",
-        # file: devices only in tests (a file stands in for the USB printer)
-        f"FileDevice {'Yes' if file_device else 'No'}",
-        "CreateSelfSignedCerts No",
-        "Sandboxing Relaxed",
-    ]) + "\n"
-
-
 def check_driver(driver: str) -> str:
     """A CUPS model name (`drv:///...`, a PPD path under /usr/share/ppd, `lsb/...`), or "" for none."""
     if driver and not (driver.startswith(("drv:///", "lsb/", "/usr/share/ppd/", "/usr/share/cups/model/"))
@@ -136,15 +115,11 @@ class DriverQueue(JobOps):
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chown(self.dir, 0, lp.pw_gid)
         os.chmod(self.dir, 0o710)
-        for sub, mode in (("etc", 0o755), ("etc/ppd", 0o755), ("spool", 0o710), ("spool/tmp", 0o1770),
-                          ("cache", 0o770), ("state", 0o755), ("state/certs", 0o711), ("log", 0o755)):
-            p = self.dir / sub
-            p.mkdir(parents=True, exist_ok=True)
-            os.chmod(p, mode)
-            os.chown(p, 0, lp.pw_gid)
+        make_dirs(self.dir, lp.pw_gid)
         for conf in (self.dir / "cupsd.conf", self.dir / "etc" / "cupsd.conf"):
             conf.write_text(_cupsd_conf(self.dir))
-        (self.dir / "cups-files.conf").write_text(_cups_files_conf(self.dir, self.file_device, self.server_bin))
+        (self.dir / "cups-files.conf").write_text(
+            cups_files_conf(self.dir, file_device=self.file_device, server_bin=self.server_bin))
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
