@@ -3,13 +3,38 @@
 The machine (and nothing else) picks the key; `text(key, **fields)` renders it. Fields are
 non-secret (org ids, user ids, counts, a server's reply message already made printable by
 hal/auth). Unknown keys render a generic line rather than fail: the panel must always say something.
+
+Languages (`LANGUAGES`): English is the source; every other language goes through the stdlib
+`gettext` catalog `firmware/locale/<lang>/LC_MESSAGES/tenantprint.mo` (compiled from the `.po`
+beside it, both committed), whose msgids are the English templates themselves. So:
+
+- `text(key, lang="en", **fields)` is the line the machine, the status JSON and the journal use
+  (English unless asked otherwise; a missing field leaves the template as it is);
+- `screen_text(key, lang, **fields)` is the line the panel shows: when a field the template names
+  is missing or empty it takes the key's name-less variant (`WITHOUT_NAMES`: "tunnel-down" with no
+  org reads "Connection lost — session ended"), so after a purge a screen can say what happened
+  without naming anyone;
+- `label(name, lang, **fields)` / `labels(lang)` are the panel's own words (buttons, headings:
+  `LABELS`), never a machine key.
+
+An unknown language renders English. Placeholders are the same in every language (a unit test
+checks them, and that every template has a translation).
 """
 
 from __future__ import annotations
 
+import functools
+import gettext
 import re
+import string
+from pathlib import Path
 
 from hal.card import CARD_ID
+
+LANGUAGES = ("en", "ja")
+DOMAIN = "tenantprint"
+LOCALE_DIR = Path(__file__).with_name("locale")
+GENERIC = "Please wait"  # the line of an unknown key
 
 MESSAGES: dict[str, str] = {
     # steady states
@@ -75,6 +100,57 @@ MESSAGES: dict[str, str] = {
     "internal-error": "Internal error — session ended",
 }
 
+# A key's line when the org or the user is not (or no longer) known: what the panel shows after a
+# purge, when the name must not stay on screen, or when a field is missing.
+WITHOUT_NAMES: dict[str, str] = {
+    "looking-up": "Looking up your organization…",
+    "connecting": "Connecting…",
+    "starting-print-service": "Preparing the printer…",
+    "ready": "Ready — tap your card to release your jobs",
+    "ready-combined": "Ready — your jobs print as they arrive",
+    "authenticating": "Checking…",
+    "releasing": "Releasing {count} job(s)…",
+    "released": "Released {count} job(s)",
+    "no-jobs": "No jobs held for you",
+    "in-use": "Printer in use — try again later",
+    "tunnel-failed": "Could not connect to the organization's network",
+    "virtual-ip-refused": "The network gave this printer an address it must not use — session ended",
+    "tunnel-down": "Connection lost — session ended",
+    "print-service-failed": "Printer could not be prepared",
+    "idle-timeout": "Session ended (idle)",
+    "printed-end": "Printed — session ended",
+    "max-hold": "Held jobs expired — session ended",
+    "switching-org": "Ending the session…",
+}
+
+# The panel's own words: buttons, headings, hints. Never picked by the machine.
+LABELS: dict[str, str] = {
+    "print-selected": "Print selected",
+    "print-all": "Print all",
+    "delete-selected": "Delete selected",
+    "logout": "Log out",
+    "choose": "Choose my jobs",
+    "cancel": "Cancel",
+    "ok": "OK",
+    "back": "Delete last digit",
+    "tap-card": "Tap your card",
+    "attempts-left": "Attempts left: {n}",
+    "remaining": "Time left: {s} s",
+    "page": "1 page",
+    "pages": "{n} pages",
+    "others": "Other organizations using the printer: {n}",
+    "queue": "Printer name on your computer: {queue}",
+    "jobs-heading": "Your held jobs",
+    "no-held-jobs": "No held jobs",
+    "printing-heading": "Your jobs",
+    "job-waiting": "Waiting",
+    "job-printing": "Printing",
+    "idle-in": "Back to the start in {s} s",
+    "not-connected": "Panel not connected — waiting for the printer",
+    "language": "Language",
+    "pin-entered": "Digits entered: {n}",
+}
+
 CARD_KEYS = {"unsupported": "card-unsupported", "unknown-card": "card-unknown",
              "card-directory-unreachable": "lookup-unreachable"}
 LOOKUP_KEYS = {
@@ -98,13 +174,76 @@ def mask_card(value: object) -> object:
     return value
 
 
-def text(key: str, **fields: object) -> str:
-    """The panel line for `key`, at most MAX_LEN characters (card ids masked)."""
-    template = MESSAGES.get(key, "Please wait")
+def text(key: str, lang: str = "en", **fields: object) -> str:
+    """The panel line for `key` in `lang`, at most MAX_LEN characters (card ids masked)."""
+    template = translate(MESSAGES.get(key, GENERIC), lang)
     try:
         line = template.format(**{k: mask_card(v) for k, v in fields.items()})
     except (KeyError, IndexError, ValueError):
         line = template
+    return _clip(line)
+
+
+def screen_text(key: str, lang: str, **fields: object) -> str:
+    """The panel's line for `key` in `lang`: like `text`, but a template naming a field that is
+    missing or empty (None, "") gives way to the key's name-less variant, and when that cannot be
+    filled either, to the generic line. Never shows a bare `{placeholder}`."""
+    present = {k: v for k, v in fields.items() if v is not None and v != ""}
+    for template in (MESSAGES.get(key), WITHOUT_NAMES.get(key)):
+        if template is not None:
+            line = _fill(translate(template, lang), present)
+            if line is not None:
+                return _clip(line)
+    return translate(GENERIC, lang)
+
+
+def label(name: str, lang: str, **fields: object) -> str:
+    """One of the panel's own words (`LABELS`) in `lang`, its fields filled in."""
+    template = translate(LABELS.get(name, ""), lang)
+    line = _fill(template, fields)
+    return _clip(line if line is not None else template)
+
+
+def labels(lang: str) -> dict[str, str]:
+    """Every panel label in `lang`, as templates (placeholders such as `{s}` left for the page)."""
+    return {name: translate(template, lang) for name, template in LABELS.items()}
+
+
+def language(lang: object) -> str:
+    """`lang` when the panel speaks it, English otherwise."""
+    return lang if isinstance(lang, str) and lang in LANGUAGES else "en"
+
+
+def translate(template: str, lang: str) -> str:
+    """An English template in `lang` (the template itself when the catalog lacks it)."""
+    if not template:
+        return template
+    return _catalog(language(lang)).gettext(template)
+
+
+@functools.lru_cache(maxsize=None)
+def _catalog(lang: str) -> gettext.NullTranslations:
+    if lang == "en":
+        return gettext.NullTranslations()
+    return gettext.translation(DOMAIN, localedir=LOCALE_DIR, languages=[lang], fallback=True)
+
+
+def placeholders(template: str) -> set[str]:
+    """The field names a template uses."""
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def _fill(template: str, fields: dict[str, object]) -> str | None:
+    """The template filled in, or None when it names a field that is not there."""
+    if not placeholders(template) <= fields.keys():
+        return None
+    try:
+        return template.format(**{k: mask_card(v) for k, v in fields.items()})
+    except (KeyError, IndexError, ValueError):
+        return None
+
+
+def _clip(line: str) -> str:
     return line if len(line) <= MAX_LEN else line[: MAX_LEN - 1] + "…"
 
 
