@@ -129,7 +129,11 @@ class StartSpareKeeper:
 
 @dataclass(frozen=True)
 class ShowPanel:
+    """The panel's line: `message` rendered in English (status, journal) from `key` and `fields`
+    (the panel renders them in its own language: firmware/panel.py)."""
     message: str
+    key: str = ""
+    fields: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -245,6 +245,40 @@ class JobGone:
     reason: str = ""
 
 
+# -- the person at the panel (hal/panel): only the authenticated person's own jobs ------------------
+
+@dataclass(frozen=True)
+class ChooseNext:
+    """"Choose my jobs" on the panel: the next accepted tap (within `Limits.choose_armed_s`) shows
+    the person's held jobs instead of releasing them all."""
+    at: float
+    session: int
+
+
+@dataclass(frozen=True)
+class JobsChosen:
+    """Print these of the panel's authenticated person's held jobs (`job_ids` None: all of them)."""
+    at: float
+    session: int
+    job_ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class JobsDeleted:
+    """Delete these of the panel's authenticated person's held jobs (cancelled here, reported to the
+    desk as deleted by their owner: not delivered again)."""
+    at: float
+    session: int
+    job_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoggedOut:
+    """The person at the panel logged out (or walked away: the machine's own timeout does the same)."""
+    at: float
+    session: int
+
+
 @dataclass(frozen=True)
 class PurgeDone:
     """Result of `Purge`: ok only if the purge was verified; `leftovers` names what is left."""
@@ -257,4 +291,5 @@ class PurgeDone:
 Event = (Boot | Tick | CardTapped | CardUnreadable | Shutdown | FaultCleared | ProfileFetched
          | LookupFailed | TunnelUp | TunnelFailed | TunnelDown | PrintServiceUp | PrintServiceFailed
          | AuthAccepted | AuthRejected | AuthPinRequired | AuthUnavailable | PinEntered | PinCancelled
-         | Released | ReleaseFailed | JobArrived | JobPrinted | JobGone | PurgeDone)
+         | Released | ReleaseFailed | JobArrived | JobPrinted | JobGone | PurgeDone | ChooseNext | JobsChosen
+         | JobsDeleted | LoggedOut)

@@ -28,8 +28,8 @@ from firmware.effects import (AskPin, Audit, Authenticate, BringUpTunnel, EndLoo
                               PinAccepted, PinFailed, PreparePrintService, Purge, PurgeJob, ReleaseJobs,
                               ReportJobs, ShowPanel, StartPrintService, StartSpareKeeper)
 from firmware.events import (AuthAccepted, AuthPinRequired, AuthRejected, AuthUnavailable, Boot,
-                             CardTapped, CardUnreadable, FaultCleared, JobArrived, JobGone,
-                             JobPrinted, LookupFailed, PinCancelled, PinEntered, Policy,
+                             CardTapped, CardUnreadable, ChooseNext, FaultCleared, JobArrived,
+                             JobGone, JobPrinted, JobsChosen, JobsDeleted, LoggedOut, LookupFailed, PinCancelled, PinEntered, Policy,
                              PrintServiceFailed, PrintServiceUp, ProfileFetched, PurgeDone,
                              ReleaseFailed, Released, Shutdown, Tick, TunnelDown, TunnelFailed,
                              TunnelUp)
@@ -56,7 +56,11 @@ TRANSITIONS = {
     ("StartingPrintService", PrintServiceFailed): "print_service_failed",
     ("Ready", CardTapped): "tap_ready",                     # same org: auth; other org: look up or refuse
     ("Switching", Tick): "switching_tick",                  # idle/max hold of the serving session
-    ("Ready", Tick): "ready_tick",                          # idle timeout, max hold
+    ("Ready", Tick): "ready_tick",                          # idle timeout, max hold, panel log-out
+    ("Ready", ChooseNext): "choose_next",                   # the next tap shows the person's jobs
+    ("Ready", JobsChosen): "jobs_chosen",                   # the panel's person prints some or all
+    ("Ready", JobsDeleted): "jobs_deleted",                 # ... or deletes some of their own
+    ("Ready", LoggedOut): "logged_out",
     ("Authenticating", AuthAccepted): "accepted",           # -> Releasing | Ready
     ("Authenticating", AuthRejected): "rejected",
     ("Authenticating", AuthPinRequired): "ask_pin",         # -> AwaitingPin
@@ -89,6 +93,8 @@ EVERYWHERE = {CardUnreadable: "card_unreadable"}
 class Limits:
     """Device-side timeouts (the org's policy comes with the profile)."""
     pin_timeout_s: float = 30.0
+    panel_return_s: float = 30.0    # the panel's person is logged out after this without a touch
+    choose_armed_s: float = 30.0    # "Choose my jobs" waits this long for the tap
     step_timeout_s: float = 120.0   # an effect's answer that never comes
     purge_timeout_s: float = 120.0
 
@@ -120,6 +126,9 @@ class Session:
     authed_user: str | None = None   # accepted in this session, until the next authentication
     attempt: int = 0                 # numbers Authenticate effects; answers must match
     last_activity: float = 0.0
+    panel_user: str | None = None    # the person logged in at the panel (accepted by a tap), ...
+    panel_since: float = 0.0         # ... since their last touch
+    choose_armed_at: float | None = None  # "Choose my jobs": the next accepted tap lists, not prints
 
 
 @dataclass(frozen=True)
@@ -204,6 +213,7 @@ class Purging:
     reason: str
     since: float
     notice: str = ""                     # the outcome to show once purged
+    notice_key: str = field(default="", compare=False)  # its panel key (shown without the org once purged)
     then: CardTapped | None = None       # a tap from another org, served after the purge
     stop: bool = False                   # shutting down: Stopped after the purge
     switch_to: tuple | None = None       # (LookingUp, ProfileFetched): the org to connect after the purge
@@ -292,7 +302,7 @@ def _at(event: object) -> float:
 
 
 def _show(key: str, **fields: object) -> ShowPanel:
-    return ShowPanel(panel.text(key, **fields))
+    return ShowPanel(panel.text(key, **fields), key, tuple(fields.items()))
 
 
 def _org(state: State) -> str | None:
@@ -304,12 +314,13 @@ def _purge(state: State, at: float, reason: str, notice_key: str, *, then: CardT
     org = _org(state)
     number = state.session if number is None else number
     notice = panel.text(notice_key, org=org or "")
+    shown = ShowPanel(notice, notice_key, (("org", org or ""),))
     if isinstance(state, Switching) and then is None and switch_to is None and not stop:
         then = _remembered_tap(state.to)  # the other org's tap is served once this purge is done
     issued = state.s.issued if isinstance(state, _InSession) else 0
-    nxt = Purging(number, org, reason, at, notice=notice, then=then, stop=stop, switch_to=switch_to,
-                  issued=issued)
-    return nxt, [Purge(number, reason, keep_next=switch_to is not None), ShowPanel(notice),
+    nxt = Purging(number, org, reason, at, notice=notice, notice_key=notice_key, then=then, stop=stop,
+                  switch_to=switch_to, issued=issued)
+    return nxt, [Purge(number, reason, keep_next=switch_to is not None), shown,
                  Audit("purge", {"session": number, "org": org, "reason": reason})]
 
 
@@ -359,7 +370,8 @@ def _end(state: State, at: float, ended: tuple[str, str]) -> tuple[State, list]:
 
 
 def _authenticate(s: Session, user: str, at: float, *, pin=None, challenge=None) -> tuple[State, list]:
-    s = replace(s, attempt=s.attempt + 1, authed_user=None, last_activity=at)
+    # whoever taps now is the person at the panel: the one before is logged out
+    s = replace(s, attempt=s.attempt + 1, authed_user=None, last_activity=at, panel_user=None)
     return Authenticating(s, user, at, with_pin=pin is not None), [
         Authenticate(s.number, s.attempt, user, s.org, pin=pin, state=challenge),
         _show("authenticating", user=user),
@@ -409,7 +421,8 @@ def _purge_done(state, event, limits):
         # starts after it
         nxt, effects = _lookup(idle, replace(state.then, at=event.at), limits)
         return nxt, [Audit("purged", fields), *effects, StartSpareKeeper()]
-    return idle, [ShowPanel(state.notice or panel.text("idle")), Audit("purged", fields), StartSpareKeeper()]
+    shown = ShowPanel(state.notice, state.notice_key) if state.notice else _show("idle")
+    return idle, [shown, Audit("purged", fields), StartSpareKeeper()]
 
 
 def _purge_tick(state, event, limits):
@@ -587,7 +600,78 @@ def _switching_tick(state, event, limits):
 
 def _ready_tick(state, event, limits):
     ended = _expired(state.s, event.at, idle=True)
-    return _end(state, event.at, ended) if ended else (state, [])
+    if ended:
+        return _end(state, event.at, ended)
+    s = state.s
+    if s.choose_armed_at is not None and not s_armed(s, event.at, limits):
+        s = replace(s, choose_armed_at=None)
+    if s.panel_user is not None and not panel_fresh(s, event.at, limits):
+        nxt, effects = _logged_out(replace(state, s=s), event, limits)
+        return nxt, [effects[0], Audit("panel-timeout", {"session": s.number})]
+    return (replace(state, s=s), []) if s is not state.s else (state, [])
+
+
+def s_armed(s: Session, at: float, limits: Limits) -> bool:
+    """Whether "Choose my jobs" was touched recently enough to apply to a tap answered at `at`."""
+    return s.choose_armed_at is not None and at - s.choose_armed_at < limits.choose_armed_s
+
+
+def panel_fresh(s: Session, at: float, limits: Limits) -> bool:
+    """Whether the panel's person (accepted by a tap in this session) is still logged in at `at`."""
+    return s.panel_user is not None and at - s.panel_since < limits.panel_return_s
+
+
+def _choose_next(state, event, limits):
+    s = replace(state.s, choose_armed_at=event.at, panel_user=None)
+    return Ready(s), [_show("choose-tap"), Audit("choose-next", {"session": s.number})]
+
+
+def _panel_jobs(state, event, limits) -> tuple[str, tuple[int, ...]] | None:
+    """(the panel's person, those of `event.job_ids` that are their own held jobs), or None when
+    nobody is logged in at the panel. Ids of anyone else's jobs are dropped here, whatever the
+    panel sent."""
+    s = state.s
+    if not panel_fresh(s, event.at, limits):
+        return None
+    own = _jobs_of(s, s.panel_user)
+    ids = event.job_ids
+    return s.panel_user, (own if ids is None else tuple(j for j in own if j in set(ids)))
+
+
+def _jobs_chosen(state, event, limits):
+    chosen = _panel_jobs(state, event, limits)
+    if chosen is None:
+        return state, [_show("not-authorized"), Audit("choose-refused", {"session": state.session,
+                                                                          "why": "nobody logged in"})]
+    user, jobs = chosen
+    s = replace(state.s, panel_since=event.at, last_activity=event.at)
+    if not jobs:
+        return Ready(s), [_show("no-jobs", user=user), Audit("choose-refused", {
+            "session": s.number, "user": user, "why": "none of the person's held jobs"})]
+    return _release(s, user, jobs, event.at)
+
+
+def _jobs_deleted(state, event, limits):
+    chosen = _panel_jobs(state, event, limits)
+    if chosen is None:
+        return state, [_show("not-authorized"), Audit("delete-refused", {"session": state.session,
+                                                                          "why": "nobody logged in"})]
+    user, jobs = chosen
+    s = replace(state.s, panel_since=event.at, last_activity=event.at,
+                held=tuple(j for j in state.s.held if j.job_id not in jobs))
+    if not jobs:
+        return Ready(s), [Audit("delete-refused", {"session": s.number, "user": user,
+                                                   "why": "none of the person's held jobs"})]
+    # the desk drops its copy (deleted by its owner: never delivered again); then it goes here
+    return Ready(s), [ReportJobs(s.number, "deleted", jobs),
+                      *[PurgeJob(s.number, j, "deleted by its owner") for j in jobs],
+                      _show("jobs-deleted", count=len(jobs), user=user),
+                      Audit("jobs-deleted", {"session": s.number, "user": user, "jobs": list(jobs)})]
+
+
+def _logged_out(state, event, limits):
+    s = replace(state.s, panel_user=None, choose_armed_at=None)
+    return Ready(s), [_show(_ready_key(s), org=s.org), Audit("logged-out", {"session": s.number})]
 
 
 def _accepted(state, event, limits):
@@ -604,11 +688,16 @@ def _accepted(state, event, limits):
         who = event.as_user
     elif event.as_user and event.as_user != event.user:  # a badge is its own user's: no one else's
         return _back_to_ready(state.s, "not-authorized", "auth-mismatch", user=state.user)
-    s = replace(state.s, authed_user=who, last_activity=event.at)
+    armed = s_armed(state.s, event.at, limits)
+    s = replace(state.s, authed_user=who, last_activity=event.at, panel_user=who, panel_since=event.at,
+                choose_armed_at=None)
     noted = [Audit("auth-accepted", {"session": s.number, "user": who,
                                      **({"card": state.user} if who != state.user else {})}),
              *([PinAccepted(s.org, state.user)] if state.with_pin else [])]
     jobs = _jobs_of(s, who)
+    if armed:  # "Choose my jobs" was touched before this tap: the panel lists them, nothing prints yet
+        return Ready(s), [_show("your-jobs" if jobs else "no-jobs", user=who), *noted,
+                          Audit("jobs-listed", {"session": s.number, "user": who, "jobs": len(jobs)})]
     if jobs:
         nxt, effects = _release(s, who, jobs, event.at)
         return nxt, [*noted, *effects]

@@ -12,6 +12,8 @@ harness tracks what it fed, independently of the machine's internals, and checks
     owner proof that verified) from inside the negotiated remote TS;
 (d) the transition function never raises, in any state, on any event;
 (e) after Fault, no FetchProfile until FaultCleared;
+(f) a job deleted from the panel (ReportJobs "deleted", PurgeJob "deleted by its owner") is one
+    of the jobs of the user the last effective AuthAccepted accepted, as (c);
 and also: Idle is reached from a loaded session only through a purge; no PIN or full card UID
 appears in any state or effect repr.
 """
@@ -24,10 +26,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from firmware import machine as m
-from firmware.effects import Audit, Authenticate, BringUpTunnel, FetchProfile, Purge, ReleaseJobs, ShowPanel
+from firmware.effects import (Audit, Authenticate, BringUpTunnel, FetchProfile, Purge, PurgeJob, ReleaseJobs,
+                              ReportJobs, ShowPanel)
 from firmware.events import (AuthAccepted, AuthPinRequired, AuthRejected, AuthUnavailable, Boot,
-                             CardTapped, CardUnreadable, FaultCleared, JobArrived, JobGone,
-                             JobPrinted, LookupFailed, Pin, PinCancelled, PinEntered, Policy,
+                             CardTapped, CardUnreadable, ChooseNext, FaultCleared, JobArrived,
+                             JobGone, JobPrinted, JobsChosen, JobsDeleted, LoggedOut, LookupFailed, Pin, PinCancelled, PinEntered, Policy,
                              PrintServiceFailed, PrintServiceUp, ProfileFetched, PurgeDone,
                              ReleaseFailed, Released, Shutdown, Tick, TunnelDown, TunnelFailed,
                              TunnelUp)
@@ -45,13 +48,15 @@ KINDS = ["next", "boot", "tick", "tap", "tap", "tap", "unreadable", "fault_clear
          "profile", "lookup_failed", "tunnel_up", "tunnel_up", "tunnel_failed", "tunnel_down",
          "ps_up", "ps_up", "ps_failed", "accepted", "accepted", "rejected", "pin_required",
          "unavailable", "pin", "pin_cancelled", "released", "release_failed", "job", "job", "job",
-         "printed", "gone", "purge_ok", "shutdown", "purge_failed", "junk", *["next"] * 100]
+         "printed", "gone", "purge_ok", "shutdown", "purge_failed", "junk", "choose_next", "chosen",
+         "chosen_all", "deleted", "logged_out", *["next"] * 100]
 
 # "next": the answer the state is waiting for (so that sequences get deep into sessions)
 EXPECTED = {"Starting": ["boot"], "Purging": ["purge_ok", "purge_ok", "purge_ok", "purge_failed"],
             "Idle": ["tap"], "LookingUp": ["profile"],
             "Connecting": ["tunnel_up"], "StartingPrintService": ["ps_up"],
-            "Ready": ["job_in", "job_in", "tap_same", "tick", "tap"],
+            "Ready": ["job_in", "job_in", "tap_same", "tick", "tap", "choose_next", "chosen", "chosen_all",
+                      "deleted", "logged_out"],
             "Switching": ["profile_next", "lookup_failed_next", "job_in"],
             "Authenticating": ["accepted", "accepted", "pin_required"],
             "AwaitingPin": ["pin"], "Releasing": ["released"], "Fault": ["tap", "fault_cleared"],
@@ -107,6 +112,11 @@ def concrete(state, at, kind, ds, da, o, u, ip, job, ts, pol):
         "purge_ok": lambda: PurgeDone(at, n, True),
         "purge_failed": lambda: PurgeDone(at, n, False, ("tmpfs",)),
         "junk": lambda: ProfileFetched(at, n, org, None, "not a policy"),  # type: ignore[arg-type]
+        "choose_next": lambda: ChooseNext(at, n),
+        "chosen": lambda: JobsChosen(at, n, (job, job % 3 + 1)),   # anyone's ids: the machine picks
+        "chosen_all": lambda: JobsChosen(at, n, None),
+        "deleted": lambda: JobsDeleted(at, n, (job, 1, 2)),
+        "logged_out": lambda: LoggedOut(at, n),
     }[kind]()
 
 
@@ -189,6 +199,13 @@ class Harness:
                 assert e.job_ids and self.accepted.get(e.session) == e.user, self.trace
                 for job in e.job_ids:
                     assert e.user in self.arrivals.get((e.session, job), ()), self.trace
+            deleted = ((isinstance(e, ReportJobs) and e.state == "deleted")
+                       or (isinstance(e, PurgeJob) and e.reason == "deleted by its owner"))
+            if deleted:                                                    # (f)
+                user = self.accepted.get(e.session)
+                assert user is not None and e.session == pre.session, self.trace
+                for job in getattr(e, "job_ids", None) or (e.job_id,):
+                    assert user in self.arrivals.get((e.session, job), ()), self.trace
 
         if isinstance(post, m.Fault):
             self.latched = True
@@ -232,7 +249,7 @@ def test_seeded_walks_reach_every_state_and_release():
     walks visit every state class and release jobs many times, under the same checks."""
     import random
     rng = random.Random(7)
-    seen, releases = set(), 0
+    seen, releases, deletions, chosen = set(), 0, 0, 0
     for _ in range(400):
         h = Harness()
         for _ in range(80):
@@ -244,5 +261,56 @@ def test_seeded_walks_reach_every_state_and_release():
             h.feed(concrete(h.state, h.at, kind, *rest))
             seen.add(type(h.state).__name__)
         releases += sum(isinstance(e, ReleaseJobs) for _, _, effects in h.trace for e in effects)
+        deletions += sum(isinstance(e, ReportJobs) and e.state == "deleted"
+                         for _, _, effects in h.trace for e in effects)
+        chosen += sum(isinstance(ev, JobsChosen) and any(isinstance(e, ReleaseJobs) for e in effects)
+                      for _, ev, effects in h.trace)
     assert seen == {cls.__name__ for cls in m.State.__args__}
     assert releases >= 100
+    assert chosen >= 1, chosen  # the panel's paths are walked too (deletions: the test below)
+
+
+PANEL_KINDS = ["chosen", "chosen_all", "deleted", "logged_out", "choose_next", "tap_same", "job_in",
+               "tick", "released", "accepted", "next"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(PANEL_KINDS), st.sampled_from([0.0, 1.0, 5.0, 40.0]),
+                          st.sampled_from([0, 0, 0, 1]), st.integers(0, len(USERS) - 1),
+                          st.integers(1, 6)), max_size=40))
+def test_the_panel_acts_only_on_the_logged_in_persons_jobs(steps):
+    """A person logged in at the panel (ChooseNext, then their accepted tap) with jobs of several
+    users held: whatever the panel sends (anyone's job ids, stale sessions, after the log-in
+    expired), releases and deletions stay within (c) and (f)."""
+    h = Harness()
+    for ev in [Boot(0.0), PurgeDone(0.1, 0, True), CardTapped(1.0, "alice", "acme", UID),
+               ProfileFetched(1.1, 1, "acme", ("10.20.0.0/24",), Policy()),
+               TunnelUp(1.2, 1, "10.20.0.200", ("10.20.0.0/24",)), PrintServiceUp(1.3, 1),
+               JobArrived(1.4, 1, 1, "alice", "10.20.0.50", "ok"), JobArrived(1.5, 1, 2, "alice", "10.20.0.50", "ok"),
+               JobArrived(1.6, 1, 3, "bob", "10.20.0.50", "ok"), ChooseNext(2.0, 1),
+               CardTapped(2.1, "alice", "acme", UID)]:
+        h.feed(ev)
+    h.feed(AuthAccepted(2.2, 1, h.state.s.attempt, "alice"))
+    assert isinstance(h.state, m.Ready) and h.state.s.panel_user == "alice" and len(h.state.s.held) == 3
+    h.at = 3.0
+    for kind, dt, ds, u, job in steps:
+        h.at += dt
+        h.feed(concrete(h.state, h.at, kind, ds, 0, 0, u, 0, job, 0, 0))
+
+
+def test_a_deletion_from_the_panel_reports_and_cancels_the_persons_own_jobs_only():
+    h = Harness()
+    for ev in [Boot(0.0), PurgeDone(0.1, 0, True), CardTapped(1.0, "alice", "acme", UID),
+               ProfileFetched(1.1, 1, "acme", ("10.20.0.0/24",), Policy()),
+               TunnelUp(1.2, 1, "10.20.0.200", ("10.20.0.0/24",)), PrintServiceUp(1.3, 1),
+               JobArrived(1.4, 1, 1, "alice", "10.20.0.50", "ok"), JobArrived(1.5, 1, 3, "bob", "10.20.0.50", "ok"),
+               ChooseNext(2.0, 1), CardTapped(2.1, "alice", "acme", UID)]:
+        h.feed(ev)
+    h.feed(AuthAccepted(2.2, 1, h.state.s.attempt, "alice"))
+    h.feed(JobsDeleted(3.0, 1, (1, 3)))
+    effects = h.trace[-1][2]
+    assert ReportJobs(1, "deleted", (1,)) in effects and PurgeJob(1, 1, "deleted by its owner") in effects
+    assert not any(getattr(e, "job_id", None) == 3 or 3 in getattr(e, "job_ids", ()) for e in effects)
+    assert [j.job_id for j in h.state.s.held] == [3]
+    h.feed(JobsDeleted(3.0 + m.LIMITS.panel_return_s + 1, 1, (3,)))  # logged out by time: nothing
+    assert [j.job_id for j in h.state.s.held] == [3] and not h.trace[-1][2]
