@@ -128,6 +128,38 @@ class RuntimeSection:
     pin_timeout_s: float = _opt(_range(5, 600), default=30.0)
 
 
+def _panel_kinds(v: str) -> str:
+    kinds = v.split(",")
+    if v == "none":
+        return v
+    if any(k not in ("web", "keypad") for k in kinds) or len(set(kinds)) != len(kinds):
+        raise ValueError("must be web, keypad, both separated by a comma, or none")
+    return v
+
+
+def _loopback_listen(v: str) -> str:
+    import ipaddress
+    host, _, port = v.rpartition(":")
+    try:
+        if not ipaddress.ip_address(host.strip("[]")).is_loopback or not 0 < int(port) < 65536:
+            raise ValueError
+    except ValueError:
+        raise ValueError("must be a loopback address and port, e.g. 127.0.0.1:8631") from None
+    return v
+
+
+@dataclass
+class PanelSection:
+    """The operation panel (hal/panel): what a person at the MFP sees and touches."""
+    kind: str = _opt(_panel_kinds, default="web")
+    socket: str = _opt(_abs_path, default="/run/tenantprint/panel.sock")   # the panel API (firmware/panel_api.py)
+    socket_group: str = _opt(default="")     # the panel service's group (device: tenantprint-panel); "": root only
+    listen: str = _opt(_loopback_listen, default="127.0.0.1:8631")          # the web panel (loopback only)
+    language: str = _opt(_choice("en", "ja"), default="en")
+    return_s: float = _opt(_range(5, 600), default=30.0)    # a screen goes back to idle after this
+    keypad_device: str = _opt(default="")    # a USB keypad: an event device path, or part of its name
+
+
 def _cidrs(v: list) -> list:
     from hal.net.firewall import management_networks
 
@@ -150,6 +182,7 @@ class FirmwareConfig:
     session: SessionSection = field(default_factory=SessionSection)
     printer: PrinterSection = field(default_factory=PrinterSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    panel: PanelSection = field(default_factory=PanelSection)
     firewall: FirewallSection = field(default_factory=FirewallSection)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:

@@ -45,6 +45,7 @@ class ProfileFacts:
     device_networks: tuple[str, ...]  # the device's own networks when the profile arrived ("unknown")
     desk_keys: tuple[bytes, ...]     # the org's desk public keys (job owner proofs)
     outcomes_url: str | None = None  # the org's gateway agent: what became of delivered jobs
+    local_id: str = ""               # the MFP's IKE identity (the desks name their queue after it)
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def encode(reply: FetchReply | TunnelReply | AuthOutcome) -> str:
                               "combined_mode": p.combined_mode, "end_after_print": p.end_after_print},
                    "device_networks": list(reply.device_networks),
                    "desk_keys": [base64.b64encode(k).decode() for k in reply.desk_keys],
-                   "outcomes_url": reply.outcomes_url}
+                   "outcomes_url": reply.outcomes_url, "local_id": reply.local_id}
         case LookupRefused(kind=kind):
             obj = {"error": kind}
         case TunnelFacts():
@@ -144,8 +145,12 @@ def decode_fetch(line: bytes | str) -> FetchReply:
     url = obj.get("outcomes_url")
     if url is not None and not isinstance(url, str):
         raise ProtocolError("outcomes_url: not a string")
+    local_id = obj.get("local_id", "")
+    if not isinstance(local_id, str):
+        raise ProtocolError("local_id: not a string")
     return ProfileFacts(_text(obj, "org"), _strings(obj.get("remote_ts"), "remote_ts"), _text(obj, "gateway"),
-                        policy, _strings(obj.get("device_networks", ["unknown"]), "device_networks"), keys, url)
+                        policy, _strings(obj.get("device_networks", ["unknown"]), "device_networks"), keys, url,
+                        local_id[:128])
 
 
 def decode_tunnel(line: bytes | str) -> TunnelReply:

@@ -58,6 +58,11 @@ class PinGuard:
             self._table.move_to_end(key)
         return entry
 
+    def attempts_left(self, org: str, user: str, now: float) -> int:
+        """Wrong PINs the user may still type before the lockout (the panel shows it)."""
+        entry = self._entry(org, user, now, create=False)
+        return self.max_failures - (entry.failures if entry is not None else 0)
+
     def locked_for(self, org: str, user: str, now: float) -> float:
         """Seconds this user stays locked (0 when not locked)."""
         entry = self._entry(org, user, now, create=False)

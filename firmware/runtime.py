@@ -19,7 +19,7 @@ from collections import deque
 
 from firmware import effects as fx
 from firmware import events as ev
-from firmware import journal, machine, outcomes, owner_proof, panel, sdnotify, status
+from firmware import journal, machine, outcomes, owner_proof, panel, panel_api, screen, sdnotify, status
 from firmware.config import FirmwareConfig
 from firmware.devices import Devices, build, build_directory
 from firmware.diagnostics import MemoryDiagnostics
@@ -71,6 +71,7 @@ def _card_kind(error: Exception) -> str:
     return "read-error"
 
 
+MAX_PANEL_WAIT_S = 25.0
 CARD_LOOKUP_FRESH_S = 3.0  # a card's directory answer later than this is not taken as its tap
 
 
@@ -79,9 +80,11 @@ class Runtime:
         self.cfg = cfg
         self.devices = devices
         self.state = machine.initial()
-        self.limits = machine.Limits(pin_timeout_s=cfg.runtime.pin_timeout_s)
+        self.limits = machine.Limits(pin_timeout_s=cfg.runtime.pin_timeout_s, panel_return_s=cfg.panel.return_s)
         self.session: SessionRuntime | None = None
         self.panel = ""
+        self.shown = screen.Shown()       # the machine's last panel key (the panel renders the screen from it)
+        self.screen = panel_api.ScreenFeed()
         self.pin_guard = PinGuard()
         self.proof_nonces = owner_proof.NonceRecord(time.time)  # the device's, across sessions
         self.released = outcomes.ReleasedRecord(time.monotonic)  # delivery ids released here (no reprint)
@@ -130,6 +133,25 @@ class Runtime:
             self.execute(effect)
         if isinstance(event, (ev.CardTapped, ev.CardUnreadable)):
             self.taps += 1
+        self.refresh_screen()
+
+    def refresh_screen(self) -> None:
+        """Make the panel's screen from the state now (after every step; the Tick moves timers)."""
+        state, now = self.state, self.now()
+        sr = self.session
+        s = sr.s if sr is not None and sr.number == getattr(state, "session", None) else None
+        attempts = None
+        if isinstance(state, machine.AwaitingPin):
+            attempts = self.pin_guard.attempts_left(state.s.org, state.user, now)
+        printing = [(j.session, j.job_id, j.user, j.title, "printing" if i == 0 else "waiting")
+                    for i, j in enumerate(self.devices.engine.pending())]
+        facts = screen.Facts(jobs=s.jobs if s else {}, printing=printing, condition=self.devices.engine.condition,
+                             attempts_left=attempts, local_id=s.local_id if s else "", lang=self.cfg.panel.language,
+                             return_s=self.cfg.panel.return_s, pin_timeout_s=self.limits.pin_timeout_s)
+        try:
+            self.screen.update(screen.screen_of(state, self.shown, now, facts))
+        except Exception as exc:  # the panel must not take a step down with it
+            journal.record("screen failed", level=40, error=type(exc).__name__)
 
     def _in(self, pool, fn, *args) -> None:
         """Run fn(*args) on `pool`; an unexpected exception becomes a journal line, not a hang."""
@@ -144,8 +166,9 @@ class Runtime:
 
     def execute(self, effect) -> None:
         match effect:
-            case fx.ShowPanel(message=message):
+            case fx.ShowPanel(message=message, key=key, fields=fields):
                 self.panel = message
+                self.shown = screen.Shown(key, fields, self.now())
                 journal.record("panel", message=message)
             case fx.Audit(event=name, fields=fields):
                 # a card known by its UID goes by `card-<uid>`: never in full in the journal or status
@@ -386,6 +409,7 @@ class Runtime:
         while not self.done.is_set():
             await asyncio.sleep(TICK_S)
             self.post(ev.Tick(self.now()))
+            self.loop.call_soon_threadsafe(self.refresh_screen)  # timers, the printer's condition
             if interval is not None and self.now() - last_ping >= interval:
                 sdnotify.notify("WATCHDOG=1")
                 last_ping = self.now()
@@ -405,6 +429,21 @@ class Runtime:
             return await asyncio.to_thread(self.diagnostics.report, baseline=bool(request.get("baseline")),
                                            compare=bool(request.get("compare")))
         return {"error": f"unknown command {cmd!r}"}
+
+    async def _panel(self, request: dict) -> dict:
+        """A request on the panel socket (firmware/panel_api.py)."""
+        cmd = request.get("cmd", "screen")
+        try:
+            if cmd == "screen":
+                return self.screen.current()
+            if cmd == "wait":
+                return await self.screen.wait(request.get("after"), request.get("timeout", MAX_PANEL_WAIT_S))
+            event = panel_api.event_for(request, self.now(), self.state)
+        except panel_api.PanelRequestError as exc:
+            return {"error": str(exc)}
+        if event is not None:
+            self.post(event)
+        return {"ok": True}
 
     def _pin(self, pin: ev.Pin) -> dict:
         """A PIN from the panel (`status` hands it over as bytes): to the authentication that waits
@@ -447,6 +486,8 @@ class Runtime:
             "printing": printing,
             "authenticated_user": view.get("authenticated_user"),
             "sessions": sessions,
+            "panel_url": f"http://{self.cfg.panel.listen}/" if "web" in self.cfg.panel.kind.split(",") else None,
+            "screen": self.screen.doc.get("screen"),
             "engine": self.devices.engine.view(),
             "leftovers": view.get("leftovers", []),
             "audit": list(self.audit)[-30:],
@@ -467,6 +508,9 @@ class Runtime:
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
         server = await status.serve(self.cfg.runtime.status_socket, self._control, self._pin)
+        panel_server = await status.serve(self.cfg.panel.socket, self._panel, self._pin,
+                                          group=self.cfg.panel.socket_group)
+        self.refresh_screen()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, lambda: self.post(ev.Shutdown(self.now())))
         tasks = [asyncio.create_task(self._read_cards()), asyncio.create_task(self._tick())]
@@ -502,6 +546,7 @@ class Runtime:
                 t.cancel()
             await self.devices.card.close()
             server.close()
+            panel_server.close()
             self.session_worker.shutdown(wait=True)
             self.preparer.shutdown(wait=True)
             if self.spare_keeper is not None:

@@ -196,7 +196,8 @@ class _Keeper:
         p = self.profile.policy
         return kp.ProfileFacts(self.profile.org_id, tuple(self.profile.vpn.remote_ts), self.profile.vpn.gateway,
                                kp.PolicyFacts(p.idle_timeout_s, p.max_hold_s, p.combined_mode, p.end_after_print),
-                               tuple(self.device_networks), tuple(self.profile.desk_keys), self.profile.outcomes_url)
+                               tuple(self.device_networks), tuple(self.profile.desk_keys), self.profile.outcomes_url,
+                               self.profile.vpn.local_id)
 
     def tunnel_up(self, req: dict) -> kp.TunnelReply:
         from hal.auth import AuthConfigError, open_authenticator

@@ -32,6 +32,7 @@ class Session:
     gateway: str | None = None  # the org's VPN gateway address (not secret), admitted by the firewall
     desk_keys: tuple[bytes, ...] = ()  # the org's desk public keys (not secret): job owner proofs
     outcomes_url: str | None = None  # the org's gateway agent: what became of delivered jobs
+    local_id: str = ""               # the MFP's IKE identity (names the desks' queue on the panel)
     print_service: object | None = None  # hal.printer's session print service, once started
     print_service_ready: object | None = None  # the Future of its start (it starts beside IKE)
     jobs: dict[int, dict] = field(default_factory=dict)  # job id -> title, size, format, delivery id

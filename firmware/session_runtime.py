@@ -49,6 +49,7 @@ class SessionRuntime:
         s.gateway = reply.gateway  # the device firewall admits IKE/ESP with it alone
         s.desk_keys = reply.desk_keys
         s.outcomes_url = reply.outcomes_url
+        s.local_id = reply.local_id
         pol = reply.policy
         self.rt.post(ev.ProfileFetched(self.rt.now(), e.session, reply.org, reply.remote_ts,
                                     ev.Policy(pol.idle_timeout_s, pol.max_hold_s, pol.combined_mode, pol.end_after_print),
@@ -117,7 +118,8 @@ class SessionRuntime:
                                                   desk_keys=s.desk_keys, nonces=self.rt.proof_nonces, now=time.time(),
                                                   released=self.rt.released)
                         s.jobs[job.id] = {"title": job.title, "bytes": job.size_bytes, "format": job.document_format,
-                                          "delivery": proof.delivery}
+                                          "delivery": proof.delivery, "pages": getattr(job, "pages", None),
+                                          "at": time.time()}
                         self.rt.post(ev.JobArrived(self.rt.now(), s.number, job.id, job.user, job.origin_host, proof.verdict))
                     case JobGone(job_id=job_id, reason=reason):
                         self.rt.post(ev.JobGone(self.rt.now(), s.number, job_id, reason))

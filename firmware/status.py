@@ -70,8 +70,9 @@ def decode(buf: bytearray, end: int, on_pin: PinHandler) -> dict:
     return {"request": request}
 
 
-async def serve(path: str | Path, handle: Handler, on_pin: PinHandler) -> asyncio.AbstractServer:
-    """Serve requests on `path`, answering each with `await handle(request)` (PINs: `on_pin`)."""
+async def serve(path: str | Path, handle: Handler, on_pin: PinHandler, *, group: str = "") -> asyncio.AbstractServer:
+    """Serve requests on `path`, answering each with `await handle(request)` (PINs: `on_pin`).
+    The socket is root's alone (0600), or also `group`'s (0660) when one is named."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
@@ -83,6 +84,10 @@ async def serve(path: str | Path, handle: Handler, on_pin: PinHandler) -> asynci
         listener.bind(str(path))
     finally:
         os.umask(old)
+    if group:
+        import grp
+        os.chown(path, -1, grp.getgrnam(group).gr_gid)
+        os.chmod(path, 0o660)
     listener.listen(16)
     listener.setblocking(False)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lab.host import LabError
 from lab.poll import wait_for
-from lab.services.firmware import firmware_request, firmware_status
+from lab.services.firmware import firmware_request, firmware_status, panel_request
 
 
 def _firmware(lab):
@@ -60,20 +60,25 @@ CARD_KINDS = ("type4", "type2", "uid-only", "type3", "wedge")
 
 
 def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = None,
-        ndef_hex: str | None = None, settle_s: float = 60, card_kind: str = "type4") -> dict:
+        ndef_hex: str | None = None, settle_s: float = 60, card_kind: str = "type4", choose: bool = False) -> dict:
     """Present the card, wait until the firmware has taken the tap, remove it, wait until it settles
     (and type `pin` on the panel if it asks for one). Returns the firmware's status.
 
     `card_kind`: `type4` (an ISO 14443-4 card with the badge), `type2` (an NTAG with the badge), or
     `uid-only` (the user's registered staff card: no badge, known by its UID, `lab.cards`), each
     behind the PC/SC reader; `type3` (a FeliCa Lite-S with the badge) on the nfcpy reader; `wedge`
-    (the user's registered proximity badge number, typed by the keyboard-wedge reader)."""
+    (the user's registered proximity badge number, typed by the keyboard-wedge reader).
+
+    `choose`: touch "Choose my jobs" on the panel first: the tap then lists the person's held jobs
+    on the panel instead of printing them all (`lab panel print|delete|logout` go on from there)."""
     from lab.vcard import VirtualCard
 
     if card_kind not in CARD_KINDS:
         raise LabError(f"--card must be one of {', '.join(CARD_KINDS)}")
     fw = _firmware(lab)
     before = firmware_status(lab)["taps"]
+    if choose:
+        panel(lab, "choose-next")
     if card_kind in ("type3", "wedge"):
         _tap_other_reader(lab, card_kind, org, user, uid, before)
         return _after_tap(lab, fw, pin, settle_s)
@@ -117,13 +122,48 @@ def _registered_number(org: str, user: str) -> str:
 def _after_tap(lab, fw, pin: str | None, settle_s: float) -> dict:
     st = fw.wait_settled(lab, timeout=settle_s)
     if st["state"] == "awaiting_pin" and pin is not None:
-        reply = firmware_request(lab, {"cmd": "pin", "pin": pin})
+        # typed on the panel: through the panel socket, as the web panel and the keypad hand it over
+        if not pin.isdigit() or not 1 <= len(pin) <= 16:
+            raise LabError("--pin: 1 to 16 digits")
+        reply = panel_request(lab, {"cmd": "pin", "pin": pin})
         if "error" in reply:
             raise LabError(f"PIN not taken: {reply['error']}")
         wait_for(lambda: not firmware_status(lab)["pin_requested"] or None, 5, "the PIN to be taken")
         wait_for(lambda: firmware_status(lab)["state"] != "awaiting_pin", 15, "the PIN check")
         st = fw.wait_settled(lab, timeout=settle_s)
     return st
+
+
+PANEL_ACTIONS = ("screen", "choose-next", "print", "delete", "logout", "pin-cancel")
+
+
+def panel(lab, action: str, jobs: list[int] | None = None, settle_s: float = 30) -> dict:
+    """Touch the MFP's panel as the person in front of it: `screen` (what it shows now),
+    `choose-next`, `print` (the chosen `jobs`, or all), `delete` (`jobs`), `logout`, `pin-cancel`.
+    Actions go through the firmware's panel socket with the session number the screen shows (as the
+    web panel sends them); returns the screen afterwards."""
+    if action not in PANEL_ACTIONS:
+        raise LabError(f"panel action must be one of {', '.join(PANEL_ACTIONS)}")
+    before = panel_request(lab, {"cmd": "screen"})
+    if action == "screen":
+        return before
+    request: dict = {"cmd": action}
+    if action in ("print", "delete", "logout"):
+        if before.get("session") is None:
+            raise LabError("the panel shows no session")
+        request["session"] = before["session"]
+    if jobs:
+        request["jobs"] = [int(j) for j in jobs]
+    elif action == "delete":
+        raise LabError("delete: name the jobs (--jobs)")
+    reply = panel_request(lab, request)
+    if "error" in reply:
+        raise LabError(f"panel: {reply['error']}")
+    # the machine takes the event on its loop: the screen changes (or, for an action that changes
+    # nothing, stays as it was)
+    panel_request(lab, {"cmd": "wait", "after": before["version"], "timeout": 2}, timeout=5)
+    _firmware(lab).wait_settled(lab, timeout=settle_s)
+    return panel_request(lab, {"cmd": "screen"})
 
 
 def _registered_uid(org: str, user: str) -> str:

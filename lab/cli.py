@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="the card: a Type 4 or Type 2 (NTAG) badge, or the user's registered UID-only "
                           "staff card (always asks for the PIN), on the PC/SC reader; a Type 3 (FeliCa "
                           "Lite-S) badge on the nfcpy reader; the user's proximity badge on the wedge reader")
+    tap.add_argument("--choose", action="store_true",
+                     help='touch "Choose my jobs" first: the tap lists the jobs on the panel, prints none')
+    pan = sub.add_parser("panel", help="what the MFP's panel shows, or touch it as the person in front of it")
+    pan.add_argument("action", choices=actions.PANEL_ACTIONS)
+    pan.add_argument("--jobs", type=int, nargs="+", help="job ids (print: the chosen ones, else all; delete)")
     pr = sub.add_parser("print", help="print a file as a user of an org")
     pr.add_argument("--org", required=True)
     pr.add_argument("--user", required=True)
@@ -81,7 +86,9 @@ def _run(args) -> dict:
         return actions.status(lab)
     if args.cmd == "tap":
         return actions.tap(lab, args.org, args.user, uid=args.uid, pin=args.pin, ndef_hex=args.ndef_hex,
-                           card_kind=args.card)
+                           card_kind=args.card, choose=args.choose)
+    if args.cmd == "panel":
+        return actions.panel(lab, args.action, args.jobs)
     if args.cmd == "print":
         return actions.print_file(lab, args.org, args.user, args.file, origin=args.origin)
     if args.cmd == "fault":

@@ -60,6 +60,7 @@ def default_services(options: "LabOptions") -> list[Service]:
     from lab.services.engine import EngineService
     from lab.services.ldap import LdapService
     from lab.services.firmware import FirmwareService
+    from lab.services.panel import PanelService
     from lab.services.org_agents import DeskService, GatewayAgentService
     from lab.services.card_readers import NfcReaderService
     from lab.services.pcscd import PcscdService, VcardService
@@ -76,5 +77,5 @@ def default_services(options: "LabOptions") -> list[Service]:
             services.append(LdapService(org))
         services += [GatewayAgentService(org), DeskService(org)]
     services += [PcscdService(), VcardService(), NfcReaderService(), EngineService(), MfpCharonService(),
-                 FirmwareService(options.tunnel_backend)]
+                 FirmwareService(options.tunnel_backend), PanelService()]
     return services

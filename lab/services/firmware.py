@@ -22,6 +22,9 @@ from lab.orgs import DEVICE_ID
 
 HOST = "office"
 SOCKET = "/run/tenantprint/firmware.sock"
+PANEL_SOCKET = "/run/tenantprint/panel.sock"
+PANEL_LISTEN = "127.0.0.1:8631"  # the web panel, on the MFP host's loopback only
+PANEL_GROUP = "nogroup"          # the unprivileged panel service runs as nobody:nogroup
 SESSION_DIR = "/run/tenantprint/session"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,6 +50,15 @@ def firmware_status(lab, timeout: float = 5.0) -> dict:
 
 def firmware_request(lab, request: dict) -> dict:
     return fw_status.request(control_socket(lab), request)
+
+
+def panel_socket(lab) -> Path:
+    return lab.host(HOST).path(PANEL_SOCKET)
+
+
+def panel_request(lab, request: dict, timeout: float = 5.0) -> dict:
+    """One request on the firmware's panel socket (firmware/panel_api.py), as the panel makes it."""
+    return fw_status.request(panel_socket(lab), request, timeout=timeout)
 
 
 class FirmwareService:
@@ -80,6 +92,7 @@ class FirmwareService:
             "session": {"tmpfs_dir": SESSION_DIR, "tmpfs_size_mb": 64, "ipp_port": 631},
             "printer": {"engine_uri": engine.engine_uri(lab)},
             "runtime": {"status_socket": SOCKET},
+            "panel": {"kind": "web", "socket": PANEL_SOCKET, "socket_group": PANEL_GROUP, "listen": PANEL_LISTEN},
         }
         path = self.config_path(lab)
         path.write_text(_toml(conf))
