@@ -35,7 +35,8 @@ def status(lab) -> dict:
         # queue still being checked is disabled and rejecting).
         registered = any(q["accepting"] and trusted_model(q["model"]) for q in queues.values())
         held, released = org_agents.desk_copies(lab, org)
-        out["desks"][org] = {"queue": registered, "queues": queues, "held": held, "released": released}
+        out["desks"][org] = {"queue": registered, "queues": queues, "held": held, "released": released,
+                             "canceled": org_agents.desk_canceled(lab, org)}
     # The engine's own word (state, reasons, formats, its job list); the service status when the lab
     # runs the engine service, so the engine is asked once.
     eng = out["services"].get("engine")

@@ -34,6 +34,7 @@ MAX_JOBS = 5000  # jobs one Get-Jobs asks for
 _CHUNK = 64 * 1024
 _JOB_GROUP = 0x02
 _HELD = 4  # job-state
+_CANCELED = 7
 
 
 class DeskCupsError(Exception):
@@ -167,6 +168,18 @@ class DeskCups:
                 continue
             out.append(_copy(a))
         return out
+
+    def canceled_copies(self, queue: str = HELD_QUEUE) -> list[HeldCopy]:
+        """The holding queue's jobs that ended cancelled (deleted by their owner at the printer,
+        expired there, or too old), as CUPS keeps them in its history."""
+        body = _header(GET_JOBS, self.printer_uri(queue), "root") + _int("limit", MAX_JOBS)
+        body += encode_attribute(0x44, "which-jobs", b"completed")
+        for i, name in enumerate(["job-id", "job-state", "job-originating-user-name", "job-name"]):
+            body += encode_attribute(0x44, "" if i else "requested-attributes", name.encode())
+        answer = self._request(body + b"\x03")
+        return [_copy(a) for tag, a in answer.groups
+                if tag == _JOB_GROUP and isinstance(a.get("job-id", [None])[0], int)
+                and a.get("job-state", [None])[0] == _CANCELED]
 
     def queue_jobs(self, queue: str) -> list[int]:
         """The ids of `queue`'s unfinished jobs."""

@@ -67,6 +67,7 @@ MAX_AGE_S = 24 * 3600.0
 OUTCOME_STATES = ("released", "printed", "failed", "deleted", "expired")  # what an MFP reports (org/gateway_agent.py)
 REDELIVERED = "redelivered"  # the desk's own: a `failed` report it acted on
 EXPIRED_REASON = "expired at the printer: the organization's hold time ended before its owner released it"
+DELETED_REASON = "deleted by its owner at the printer"
 TOO_OLD_REASON = "not printed within 24 hours of its delivery: cancelled by the desk"
 KEPT_MESSAGE = "kept by this desk until the shared printer reports what became of it"
 
@@ -219,8 +220,10 @@ def plan(copies: list[HeldCopy], listing: dict[str, str], ready: dict[str, str],
         target = ready[min(ready)]
     for c in copies:
         state = outcomes.get(c.note.delivery) if c.note else None
-        if state in ("printed", "deleted"):
+        if state == "printed":
             out.drop.append(c.job_id)
+        elif state == "deleted":  # cancelled, not dropped: the desk's user sees what became of it
+            out.cancel.append((c.job_id, DELETED_REASON))
         elif state == "failed" and target is not None:
             out.redeliver.append((c.job_id, ready.get(c.note.mfp, target)))
         elif state == "expired":

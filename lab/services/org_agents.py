@@ -349,6 +349,19 @@ def desk_released(lab, org: str) -> list[dict]:
     return desk_copies(lab, org)[1]
 
 
+def desk_canceled(lab, org: str) -> list[dict]:
+    """`lab status`'s `desks.<org>.canceled`: [{id, user, title}] of the desk's copies that ended
+    cancelled (deleted by their owner at the MFP's panel, or expired there); [] when the desk's CUPS
+    does not answer."""
+    from org.desk_cups import DeskCups, DeskCupsError
+
+    try:
+        copies = DeskCups(str(desk_socket(lab, org))).canceled_copies()
+    except DeskCupsError:
+        return []
+    return [{"id": c.job_id, "user": c.user, "title": c.title} for c in copies]
+
+
 def desk_copies(lab, org: str) -> tuple[list[dict], list[dict]]:
     """`lab status`'s `desks.<org>.held` and `.released`: [{id, user, title}] of the desk's holding
     queue, split by what the org heard of each (the gateway agent's outcomes, as the desk agent reads

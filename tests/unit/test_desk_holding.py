@@ -94,11 +94,11 @@ def copy(job, delivery=D1, mfp="mfp-1", session="s1", first=NOW - 60, processed=
     return HeldCopy(job, "alice", "t", note, session, first, processed)
 
 
-def test_outcomes_drop_printed_and_deleted_copies_and_cancel_expired_ones_with_the_reason():
+def test_outcomes_drop_printed_copies_and_cancel_deleted_and_expired_ones_with_the_reason():
     copies = [copy(1, D1), copy(2, D2), copy(3, D3), copy(4, "4" * 32)]
     outcomes = {D1: "printed", D2: "deleted", D3: "expired"}
     p = plan(copies, {"mfp-1": "s1"}, {"mfp-1": "tenantprint-mfp-1"}, outcomes, NOW)
-    assert p.drop == [1, 2] and p.cancel == [(3, h.EXPIRED_REASON)] and p.redeliver == []
+    assert p.drop == [1] and p.cancel == [(2, h.DELETED_REASON), (3, h.EXPIRED_REASON)] and p.redeliver == []
     assert "expired at the printer" in h.EXPIRED_REASON
 
 
@@ -178,8 +178,10 @@ def test_plan_invariants(specs, listing, ready, outcomes):
             assert state in (None, "released", "failed")  # never a job printed, deleted or expired
             assert state == "failed" or c.note is None or c.note.mfp not in listing or (
                 c.session is not None and listing[c.note.mfp] != c.session)  # into its own session: only to retry
-        if c.note and outcomes.get(c.note.delivery) in ("printed", "deleted"):
+        if c.note and outcomes.get(c.note.delivery) == "printed":
             assert c.job_id in p.drop
+        if c.note and outcomes.get(c.note.delivery) == "deleted":
+            assert (c.job_id, h.DELETED_REASON) in p.cancel
 
 
 def test_the_agents_memory_of_outcomes_is_bounded_and_checked():
