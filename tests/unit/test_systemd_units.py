@@ -301,3 +301,237 @@ def test_reader_setup_fails_on_a_bad_config_without_touching_anything(tmp_path):
     assert proc.returncode != 0
     assert not (run / "modprobe.d").exists() and not (tmp / "systemctl.log").exists()
     assert (tmp / "sys/bus/usb/drivers/pn533_usb/unbind").read_text() == ""
+
+
+# -- the operation panel: the web panel service and the kiosk (issue 15) ---------------------
+
+PANEL_UNITS = ("tenantprint-panel.service", "tenantprint-kiosk.service")
+PANEL_URL = "http://127.0.0.1:8631/"
+# measured with systemd 252 (`systemd-analyze security --offline`): panel 1.3, kiosk 2.2 (a browser
+# needs the GPU, user namespaces for its own sandbox and a JIT)
+PANEL_MAX_EXPOSURE = {"tenantprint-panel.service": 1.5, "tenantprint-kiosk.service": 2.5}
+# What the panel units run that build_root() does not hold: stand-ins, as for `tenantprint`.
+PANEL_BINARIES = ("opt/tenantprint/venv/bin/python", "usr/bin/bash", "usr/bin/cage", "usr/bin/chromium")
+
+
+def _panel_root(root: Path, units_dir: Path = UNITS_DIR) -> Path:
+    """build_root() plus the panel units' binaries (empty executables: verify checks they exist)."""
+    build_root(root, units_dir)
+    (root / "bin").symlink_to("usr/bin")
+    for rel in PANEL_BINARIES:
+        stand_in = root / rel
+        stand_in.parent.mkdir(parents=True, exist_ok=True)
+        stand_in.write_text("#!/bin/sh\nexit 0\n")
+        stand_in.chmod(0o755)
+    return root
+
+
+@pytest.fixture(scope="module")
+def panel_root(tmp_path_factory) -> Path:
+    need_binary("systemd-analyze")
+    return _panel_root(tmp_path_factory.mktemp("panel-root"))
+
+
+@pytest.mark.parametrize("unit", PANEL_UNITS)
+def test_panel_unit_verifies(panel_root, unit):
+    proc = verify(panel_root, unit)
+    assert proc.returncode == 0 and not complaints(proc), proc.stdout + proc.stderr
+
+
+def test_panel_unit_verify_fails_without_cage(tmp_path):
+    need_binary("systemd-analyze")
+    root = _panel_root(tmp_path / "root")
+    (root / "usr/bin/cage").unlink()
+    proc = verify(root, "tenantprint-kiosk.service")
+    assert proc.returncode != 0 and "/usr/bin/cage" in proc.stderr
+
+
+@pytest.mark.parametrize("unit", PANEL_UNITS)
+def test_panel_unit_security_exposure(panel_root, unit):
+    score = _exposure(panel_root, unit)
+    assert score <= PANEL_MAX_EXPOSURE[unit], f"{unit}: exposure {score}"
+
+
+def test_panel_service_contract_and_hardening():
+    u = parse_unit(UNITS_DIR / "tenantprint-panel.service")
+    svc = u["Service"]
+    assert svc["ExecStart"] == ["/opt/tenantprint/venv/bin/python -m hal.panel --socket /run/tenantprint/panel.sock "
+                                "--listen 127.0.0.1:8631"]
+    assert svc["DynamicUser"] == ["yes"] and svc["SupplementaryGroups"] == ["tenantprint-panel"]
+    assert "PrivateUsers" not in svc  # it would unmap the socket's group (systemd #41994)
+    assert "User" not in svc and svc["CapabilityBoundingSet"] == [""] and svc["AmbientCapabilities"] == [""]
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices", "PrivateIPC", "ProtectKernelTunables",
+                "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups", "ProtectClock",
+                "ProtectHostname", "RestrictNamespaces", "RestrictRealtime", "RestrictSUIDSGID", "LockPersonality",
+                "MemoryDenyWriteExecute", "RemoveIPC"):
+        assert svc[key] == ["yes"], key
+    assert svc["ProtectSystem"] == ["strict"] and svc["PrivateNetwork"] == ["no"]
+    assert set(svc["RestrictAddressFamilies"][0].split()) == {"AF_UNIX", "AF_INET", "AF_INET6"}
+    assert svc["IPAddressAllow"] == ["localhost"] and svc["IPAddressDeny"] == ["any"]
+    assert svc["MemoryMax"] and svc["MemorySwapMax"] == ["0"] and svc["LimitCORE"] == ["0"]
+    assert svc["SystemCallFilter"] == ["@system-service", "~@privileged @resources"]
+    assert svc["Restart"] == ["on-failure"]
+    assert "tenantprint-firmware.service" in u["Unit"]["After"][0].split()
+    assert u["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_panel_service_options_exist_in_its_cli():
+    argv = shlex.split(parse_unit(UNITS_DIR / "tenantprint-panel.service")["Service"]["ExecStart"][0])
+    assert argv[1:3] == ["-m", "hal.panel"]
+    proc = subprocess.run([sys.executable, "-m", "hal.panel", "--help"], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    for opt in (a for a in argv[3:] if a.startswith("--")):
+        assert re.search(rf"(^|[\s\[,]){re.escape(opt)}\b", proc.stdout), f"python -m hal.panel has no {opt}"
+
+
+def _readiness_check(port: int, tries: int | None = None) -> list[str]:
+    """The panel unit's ExecStartPost, aimed at `port` (and fewer tries)."""
+    svc = parse_unit(UNITS_DIR / "tenantprint-panel.service")["Service"]
+    [post] = svc["ExecStartPost"]
+    argv = shlex.split(post.replace("8631", str(port)))
+    assert argv[0] == "/bin/bash" and "$" not in post  # a "$" would be a systemd specifier to escape
+    if tries is not None:
+        argv[-1] = argv[-1].replace("{1..300}", f"{{1..{tries}}}")
+    return argv
+
+
+def test_panel_service_counts_as_started_once_it_listens():
+    import socket
+
+    need_binary("/bin/bash")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        closed = subprocess.run(_readiness_check(port, tries=3), capture_output=True, text=True, timeout=30)
+        assert closed.returncode == 1 and "not listening" in closed.stderr
+        listener.listen()
+        started = subprocess.run(_readiness_check(port), capture_output=True, text=True, timeout=30)
+        assert started.returncode == 0, started.stderr
+
+
+def _kiosk_argv() -> list[str]:
+    return shlex.split(parse_unit(UNITS_DIR / "tenantprint-kiosk.service")["Service"]["ExecStart"][0])
+
+
+def test_kiosk_unit_runs_chromium_in_cage_on_the_panel_url_with_a_tmpfs_profile():
+    u = parse_unit(UNITS_DIR / "tenantprint-kiosk.service")
+    svc, unit = u["Service"], u["Unit"]
+    argv = _kiosk_argv()
+    assert argv[:3] == ["/usr/bin/cage", "--", "/usr/bin/chromium"]
+    flags = argv[3:]
+    for flag in ("--kiosk", f"--app={PANEL_URL}", "--incognito", "--disk-cache-size=1", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--noerrdialogs", "--disable-translate", "--disable-features=Translate",
+                 "--ozone-platform=wayland"):
+        assert flag in flags, flag
+    assert "--no-sandbox" not in flags
+    listen = shlex.split(parse_unit(UNITS_DIR / "tenantprint-panel.service")["Service"]["ExecStart"][0])
+    assert f"http://{listen[listen.index('--listen') + 1]}/" == PANEL_URL
+    # the profile and every XDG directory on the unit's RuntimeDirectory (/run is a tmpfs)
+    runtime = "/run/" + svc["RuntimeDirectory"][0]
+    [profile] = [f.split("=", 1)[1] for f in flags if f.startswith("--user-data-dir=")]
+    assert profile.startswith(runtime + "/")
+    env = dict(pair.split("=", 1) for line in svc["Environment"] for pair in shlex.split(line))
+    for var in ("HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME"):
+        assert env[var] == runtime or env[var].startswith(runtime + "/"), var
+    assert svc["RuntimeDirectoryMode"] == ["0700"] and "RuntimeDirectoryPreserve" not in svc
+    assert svc["User"] == ["tenantprint-kiosk"] and svc["PAMName"] == ["tenantprint-kiosk"]
+    assert svc["TTYPath"] == ["/dev/tty1"] and svc["StandardInput"] == ["tty-fail"]
+    assert svc["Restart"] == ["always"] and unit["StartLimitIntervalSec"] == ["0"]
+    after = " ".join(unit["After"]).split()
+    assert "tenantprint-panel.service" in after and "getty@tty1.service" in after
+    assert unit["Wants"] == ["tenantprint-panel.service"] and unit["Conflicts"] == ["getty@tty1.service"]
+    assert u["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_kiosk_unit_hardening():
+    svc = parse_unit(UNITS_DIR / "tenantprint-kiosk.service")["Service"]
+    assert svc["IPAddressAllow"] == ["localhost"] and svc["IPAddressDeny"] == ["any"]
+    assert svc["CapabilityBoundingSet"] == [""] and svc["NoNewPrivileges"] == ["yes"]
+    assert svc["ProtectSystem"] == ["strict"] and svc["ProtectHome"] == ["yes"] and svc["PrivateTmp"] == ["yes"]
+    assert svc["ReadWritePaths"] == ["-/run/user"]  # logind's XDG_RUNTIME_DIR: cage's Wayland socket
+    # Chromium's own sandbox: user, pid and net namespaces and nothing more; V8 needs W+X memory
+    assert set(svc["RestrictNamespaces"][0].split()) == {"user", "pid", "net"}
+    assert "MemoryDenyWriteExecute" not in svc
+    assert svc["DevicePolicy"] == ["closed"]
+    assert svc["DeviceAllow"] == ["/dev/tty1 rw", "char-drm rw", "char-input r"]
+    assert "SupplementaryGroups" not in svc  # no video/render/input group: devices come from logind
+    assert "AF_PACKET" not in svc["RestrictAddressFamilies"][0]
+    assert int(svc["OOMScoreAdjust"][0]) > 0 and svc["MemoryMax"] and svc["LimitCORE"] == ["0"]
+    for key in ("PrivateIPC", "PrivateMounts", "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+                "ProtectControlGroups", "ProtectClock", "ProtectHostname", "RestrictRealtime", "RestrictSUIDSGID",
+                "LockPersonality", "RemoveIPC"):
+        assert svc[key] == ["yes"], key
+
+
+def test_panel_accounts_are_made_by_sysusers(tmp_path):
+    need_binary("systemd-sysusers")
+    conf = tmp_path / "etc/sysusers.d/tenantprint.conf"
+    conf.parent.mkdir(parents=True)
+    shutil.copy2(UNITS_DIR / "sysusers.d/tenantprint.conf", conf)
+    proc = subprocess.run(["systemd-sysusers", f"--root={tmp_path}"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    users = {f[0]: f for f in (line.split(":") for line in (tmp_path / "etc/passwd").read_text().splitlines())}
+    groups = {f[0]: f for f in (line.split(":") for line in (tmp_path / "etc/group").read_text().splitlines())}
+    kiosk = users["tenantprint-kiosk"]
+    assert int(kiosk[2]) < 1000 and kiosk[6] == "/usr/sbin/nologin"
+    runtime = parse_unit(UNITS_DIR / "tenantprint-kiosk.service")["Service"]["RuntimeDirectory"][0]
+    assert kiosk[5] == f"/run/{runtime}"
+    assert "tenantprint-panel" in groups and groups["tenantprint-panel"][3] == ""  # no member: only the unit's
+    assert set(users) == {"tenantprint-kiosk"}
+    shadow = (tmp_path / "etc/shadow").read_text()
+    assert re.search(r"^tenantprint-kiosk:!", shadow, re.M)  # no password
+
+
+def test_kiosk_pam_session_only_registers_with_logind():
+    lines = [line.split() for line in (UNITS_DIR / "pam.d/tenantprint-kiosk").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert ["auth", "required", "pam_deny.so"] in lines and ["password", "required", "pam_deny.so"] in lines
+    assert ["session", "required", "pam_systemd.so"] in lines
+    assert not [line for line in lines if line[0] == "auth" and line[2] != "pam_deny.so"]
+
+
+def test_kiosk_browser_policy_allows_only_the_panel():
+    import json
+
+    policy = json.loads((UNITS_DIR / "chromium/tenantprint-kiosk.json").read_text())
+    assert policy["URLBlocklist"] == ["*"] and policy["URLAllowlist"] == [PANEL_URL.rstrip("/")]
+    assert policy["DeveloperToolsAvailability"] == 2 and policy["IncognitoModeAvailability"] == 2
+    assert policy["DownloadRestrictions"] == 3 and policy["AllowFileSelectionDialogs"] is False
+
+
+def test_image_installs_and_enables_the_panel_units(tmp_path):
+    """The stage puts the panel's files where the units expect them, makes the accounts and enables
+    both units (replayed here with `systemctl --root`, as test_provisioning does for the stage)."""
+    need_binary("systemctl")
+    stage = REPO / "provisioning/pi-gen/stage-tenantprint"
+    host = (stage / "01-tenantprint/00-run.sh").read_text()
+    for src, dst in (("sysusers.d/tenantprint.conf", "/etc/sysusers.d/tenantprint.conf"),
+                     ("pam.d/tenantprint-kiosk", "/etc/pam.d/tenantprint-kiosk"),
+                     ("chromium/tenantprint-kiosk.json", "/etc/chromium/policies/managed/tenantprint-kiosk.json")):
+        assert re.search(rf'"\$\{{F\}}/systemd/{re.escape(src)}"\s*(\\\n\s*)?"\$\{{ROOTFS_DIR\}}{re.escape(dst)}"', host), src
+    chroot = (stage / "01-tenantprint/01-run-chroot.sh").read_text()
+    assert "systemd-sysusers /etc/sysusers.d/tenantprint.conf" in chroot.splitlines()
+    [enable] = [line for line in chroot.splitlines() if "tenantprint-panel.service" in line]
+    assert enable.split()[:2] == ["systemctl", "enable"] and "tenantprint-kiosk.service" in enable.split()
+    packages = {line.strip() for f in stage.glob("*/*-packages*") for line in f.read_text().splitlines()
+                if line.strip() and not line.startswith("#")}
+    assert {"cage", "chromium", "fonts-noto-cjk", "libgl1-mesa-dri", "libpam-systemd"} <= packages
+    assert "chromium-sandbox" not in packages
+    nr = {line.strip() for line in (stage / "00-packages/00-packages-nr").read_text().splitlines()
+          if line.strip() and not line.startswith("#")}
+    assert "chromium" in nr  # without its Recommends (printer tools, desktop helpers)
+
+    root = tmp_path / "root"
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "lib").symlink_to("usr/lib")
+    (root / "etc/systemd/system").mkdir(parents=True)
+    for unit in PANEL_UNITS:
+        shutil.copy2(UNITS_DIR / unit, root / "etc/systemd/system" / unit)
+    proc = subprocess.run(["systemctl", f"--root={root}", *enable.split()[1:]], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for unit in PANEL_UNITS:
+        assert (root / "etc/systemd/system/multi-user.target.wants" / unit).is_symlink(), unit

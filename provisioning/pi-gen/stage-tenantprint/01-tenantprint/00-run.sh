@@ -25,6 +25,14 @@ install -m 0644 "${F}/systemd/strongswan.service.d/tenantprint.conf" \
 # interface is up, and again by the firmware's unit before each start (ExecStartPre).
 install -m 0644 "${F}/systemd/sysctl.d/90-tenantprint.conf" "${ROOTFS_DIR}/etc/sysctl.d/90-tenantprint.conf"
 
+# The operation panel: its accounts (01-run-chroot.sh creates them), the kiosk's PAM session and
+# the kiosk browser's managed policy (only the panel's URL, no devtools).
+install -d -m 0755 "${ROOTFS_DIR}/etc/sysusers.d" "${ROOTFS_DIR}/etc/pam.d" "${ROOTFS_DIR}/etc/chromium/policies/managed"
+install -m 0644 "${F}/systemd/sysusers.d/tenantprint.conf" "${ROOTFS_DIR}/etc/sysusers.d/tenantprint.conf"
+install -m 0644 "${F}/systemd/pam.d/tenantprint-kiosk" "${ROOTFS_DIR}/etc/pam.d/tenantprint-kiosk"
+install -m 0644 "${F}/systemd/chromium/tenantprint-kiosk.json" \
+	"${ROOTFS_DIR}/etc/chromium/policies/managed/tenantprint-kiosk.json"
+
 install -d -m 0755 "${ROOTFS_DIR}/etc/tenantprint" "${ROOTFS_DIR}/opt/tenantprint/share/doc"
 install -m 0644 "${F}/firmware.toml" "${ROOTFS_DIR}/etc/tenantprint/firmware.toml"
 install -m 0644 "${F}/doc/RASPBERRY-PI.md" "${ROOTFS_DIR}/opt/tenantprint/share/doc/"

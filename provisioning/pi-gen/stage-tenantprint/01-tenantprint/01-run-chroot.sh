@@ -25,4 +25,8 @@ systemctl enable systemd-time-wait-sync.service
 systemctl enable tenantprint-enrol.service tenantprint-firmware.service
 # At boot, before udev's coldplug and pcscd.socket: keeps the kernel NFC drivers / pcscd off the reader.
 systemctl enable tenantprint-reader-setup.service
+# The operation panel: the panel socket's group and the kiosk's user (00-run.sh put the file there),
+# the web panel on loopback and the kiosk on tty1 (it replaces the login prompt there).
+systemd-sysusers /etc/sysusers.d/tenantprint.conf
+systemctl enable tenantprint-panel.service tenantprint-kiosk.service
 # The system cupsd stays masked: 03-printer.
