@@ -144,7 +144,7 @@ def _loopback_listen(v: str) -> str:
         if not ipaddress.ip_address(host.strip("[]")).is_loopback or not 0 < int(port) < 65536:
             raise ValueError
     except ValueError:
-        raise ValueError("must be a loopback address and port, e.g. 127.0.0.1:8631") from None
+        raise ValueError("must be a loopback address and port, e.g. 127.0.0.1:8650") from None
     return v
 
 
@@ -154,7 +154,7 @@ class PanelSection:
     kind: str = _opt(_panel_kinds, default="web")
     socket: str = _opt(_abs_path, default="/run/tenantprint/panel.sock")   # the panel API (firmware/panel_api.py)
     socket_group: str = _opt(default="")     # the panel service's group (device: tenantprint-panel); "": root only
-    listen: str = _opt(_loopback_listen, default="127.0.0.1:8631")          # the web panel (loopback only)
+    listen: str = _opt(_loopback_listen, default="127.0.0.1:8650")          # the web panel (loopback only)
     language: str = _opt(_choice("en", "ja"), default="en")
     return_s: float = _opt(_range(5, 600), default=30.0)    # a screen goes back to idle after this
     keypad_device: str = _opt(default="")    # a USB keypad: an event device path, or part of its name

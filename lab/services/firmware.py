@@ -23,7 +23,7 @@ from lab.orgs import DEVICE_ID
 HOST = "office"
 SOCKET = "/run/tenantprint/firmware.sock"
 PANEL_SOCKET = "/run/tenantprint/panel.sock"
-PANEL_LISTEN = "127.0.0.1:8631"  # the web panel, on the MFP host's loopback only
+PANEL_LISTEN = "127.0.0.1:8650"  # the web panel, on the MFP host's loopback only
 PANEL_GROUP = "nogroup"          # the unprivileged panel service runs as nobody:nogroup
 SESSION_DIR = "/run/tenantprint/session"
 REPO = Path(__file__).resolve().parents[2]
