@@ -85,6 +85,8 @@ class Runtime:
         self.panel = ""
         self.shown = screen.Shown()       # the machine's last panel key (the panel renders the screen from it)
         self.screen = panel_api.ScreenFeed()
+        self.keypad = None                # a USB keypad (hal/panel/keypad.py), when configured
+        self.keypad_typed = 0             # digits typed on it for the PIN asked now (the screen's dots)
         self.pin_guard = PinGuard()
         self.proof_nonces = owner_proof.NonceRecord(time.time)  # the device's, across sessions
         self.released = outcomes.ReleasedRecord(time.monotonic)  # delivery ids released here (no reprint)
@@ -126,6 +128,9 @@ class Runtime:
                                                         for e in effects):
             event.pin.wipe()  # a PIN nobody asked for any more
         after = type(self.state).__name__
+        if self.keypad is not None and before != after and "AwaitingPin" in (before, after):
+            self.keypad.clear()  # keys typed before the PIN was asked are not part of it
+            self.keypad_typed = 0
         if before != after:
             journal.record("transition", state=after, previous=before, event=type(event).__name__,
                            org=org_of(self.state))
@@ -141,12 +146,15 @@ class Runtime:
         sr = self.session
         s = sr.s if sr is not None and sr.number == getattr(state, "session", None) else None
         attempts = None
+        typed = 0
         if isinstance(state, machine.AwaitingPin):
             attempts = self.pin_guard.attempts_left(state.s.org, state.user, now)
+            typed = self.keypad_typed
         printing = [(j.session, j.job_id, j.user, j.title, "printing" if i == 0 else "waiting")
                     for i, j in enumerate(self.devices.engine.pending())]
         facts = screen.Facts(jobs=s.jobs if s else {}, printing=printing, condition=self.devices.engine.condition,
-                             attempts_left=attempts, local_id=s.local_id if s else "", lang=self.cfg.panel.language,
+                             attempts_left=attempts, typed=typed, local_id=s.local_id if s else "",
+                             lang=self.cfg.panel.language,
                              return_s=self.cfg.panel.return_s, pin_timeout_s=self.limits.pin_timeout_s)
         try:
             self.screen.update(screen.screen_of(state, self.shown, now, facts))
@@ -445,6 +453,45 @@ class Runtime:
             self.post(event)
         return {"ok": True}
 
+    def _start_keypad(self) -> None:
+        """The USB keypad, when `panel.kind` names it: its thread calls back onto the loop."""
+        if "keypad" not in self.cfg.panel.kind.split(","):
+            return
+        from hal.panel.keypad import KeypadError, KeypadReader
+
+        where = self.cfg.panel.keypad_device
+        loop = self.loop
+
+        def on_pin(pin: ev.Pin) -> None:
+            loop.call_soon_threadsafe(self._keypad_pin, pin)
+
+        def on_cancel() -> None:
+            loop.call_soon_threadsafe(self._keypad_cancel)
+
+        def on_activity(digits: int) -> None:
+            loop.call_soon_threadsafe(self._keypad_typed, digits)
+        try:
+            self.keypad = KeypadReader(where if where.startswith("/") else "", on_pin, on_cancel, on_activity,
+                                       name="" if where.startswith("/") else where).start()
+        except (KeypadError, OSError) as exc:
+            journal.record("keypad not started", level=40, error=f"{type(exc).__name__}: {exc}")
+
+    def _keypad_pin(self, pin: ev.Pin) -> None:
+        self.keypad_typed = 0
+        reply = self._pin(pin)
+        if "error" in reply:
+            journal.record("keypad PIN dropped", reason=reply["error"])
+        self.refresh_screen()
+
+    def _keypad_cancel(self) -> None:
+        self.keypad_typed = 0
+        if isinstance(self.state, machine.AwaitingPin):
+            self.post(ev.PinCancelled(self.now(), self.state.session))
+
+    def _keypad_typed(self, digits: int) -> None:
+        self.keypad_typed = digits
+        self.refresh_screen()
+
     def _pin(self, pin: ev.Pin) -> dict:
         """A PIN from the panel (`status` hands it over as bytes): to the authentication that waits
         for it, or wiped."""
@@ -510,6 +557,7 @@ class Runtime:
         server = await status.serve(self.cfg.runtime.status_socket, self._control, self._pin)
         panel_server = await status.serve(self.cfg.panel.socket, self._panel, self._pin,
                                           group=self.cfg.panel.socket_group)
+        self._start_keypad()
         self.refresh_screen()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, lambda: self.post(ev.Shutdown(self.now())))
@@ -547,6 +595,8 @@ class Runtime:
             await self.devices.card.close()
             server.close()
             panel_server.close()
+            if self.keypad is not None:
+                self.keypad.stop()
             self.session_worker.shutdown(wait=True)
             self.preparer.shutdown(wait=True)
             if self.spare_keeper is not None:

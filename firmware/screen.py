@@ -42,6 +42,7 @@ class Facts:
     printing: list = field(default_factory=list)    # [(session, job_id, user, title, state)] released, not ended
     condition: str = ""                             # the engine's condition key ("" when all is well)
     attempts_left: int | None = None                # wrong PINs the person may still type
+    typed: int = 0                                  # digits typed on the keypad for this PIN (dots)
     local_id: str = ""                              # the MFP's IKE identity in the session's org
     others: int = 0                                 # other organizations' sessions
     lang: str = "en"
@@ -88,7 +89,8 @@ def screen_of(state: m.State, shown: Shown, now: float, facts: Facts) -> dict:
     if isinstance(state, m.AwaitingPin):
         remaining = max(0.0, facts.pin_timeout_s - (now - state.asked_at))
         return {**doc, "screen": "pin", "line": _line("enter-pin", (), keep=False),
-                "pin": {"attempts_left": facts.attempts_left, "remaining_s": round(remaining)}}
+                "pin": {"attempts_left": facts.attempts_left, "remaining_s": round(remaining),
+                        "typed": facts.typed}}
     if not isinstance(state, m.Ready):
         return {**doc, "screen": "progress"}
     s = state.s

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lab.host import LabError
 from lab.poll import wait_for
-from lab.services.firmware import firmware_request, firmware_status, panel_request
+from lab.services.firmware import firmware_request, firmware_status, panel_request, type_on_keypad
 
 
 def _firmware(lab):
@@ -61,7 +61,8 @@ CARD_KINDS = ("type4", "type2", "uid-only", "type3", "wedge")
 
 
 def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = None,
-        ndef_hex: str | None = None, settle_s: float = 60, card_kind: str = "type4", choose: bool = False) -> dict:
+        ndef_hex: str | None = None, settle_s: float = 60, card_kind: str = "type4", choose: bool = False,
+        keypad: bool = False) -> dict:
     """Present the card, wait until the firmware has taken the tap, remove it, wait until it settles
     (and type `pin` on the panel if it asks for one). Returns the firmware's status.
 
@@ -70,6 +71,7 @@ def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = N
     behind the PC/SC reader; `type3` (a FeliCa Lite-S with the badge) on the nfcpy reader; `wedge`
     (the user's registered proximity badge number, typed by the keyboard-wedge reader).
 
+    `keypad`: the PIN is typed on the MFP's USB keypad (and ENTER) instead of the panel's screen.
     `choose`: touch "Choose my jobs" on the panel first: the tap then lists the person's held jobs
     on the panel instead of printing them all (`lab panel print|delete|logout` go on from there)."""
     from lab.vcard import VirtualCard
@@ -82,7 +84,7 @@ def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = N
         panel(lab, "choose-next")
     if card_kind in ("type3", "wedge"):
         _tap_other_reader(lab, card_kind, org, user, uid, before)
-        return _after_tap(lab, fw, pin, settle_s)
+        return _after_tap(lab, fw, pin, settle_s, keypad)
     card = VirtualCard(lab)
     if card_kind == "uid-only":
         card.insert(uid or _registered_uid(org, user), no_app=True)
@@ -96,7 +98,7 @@ def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = N
         wait_for(lambda: firmware_status(lab)["taps"] > before, 10, "the firmware to read the card")
     finally:
         card.remove()
-    return _after_tap(lab, fw, pin, settle_s)
+    return _after_tap(lab, fw, pin, settle_s, keypad)
 
 
 def _tap_other_reader(lab, kind: str, org: str, user: str, uid: str | None, before: int) -> None:
@@ -120,13 +122,17 @@ def _registered_number(org: str, user: str) -> str:
         int(hashlib.sha256(f"wedge {user}@{org}".encode()).hexdigest()[:8], 16) % 10**8).zfill(8)
 
 
-def _after_tap(lab, fw, pin: str | None, settle_s: float) -> dict:
+def _after_tap(lab, fw, pin: str | None, settle_s: float, keypad: bool = False) -> dict:
     st = fw.wait_settled(lab, timeout=settle_s)
     if st["state"] == "awaiting_pin" and pin is not None:
         # typed on the panel: through the panel socket, as the web panel and the keypad hand it over
         if not pin.isdigit() or not 1 <= len(pin) <= 16:
             raise LabError("--pin: 1 to 16 digits")
-        reply = panel_request(lab, {"cmd": "pin", "pin": pin})
+        if keypad:
+            type_on_keypad(lab, pin.encode() + b"\n")
+            reply = {}
+        else:
+            reply = panel_request(lab, {"cmd": "pin", "pin": pin})
         if "error" in reply:
             raise LabError(f"PIN not taken: {reply['error']}")
         wait_for(lambda: not firmware_status(lab)["pin_requested"] or None, 5, "the PIN to be taken")

@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="the card: a Type 4 or Type 2 (NTAG) badge, or the user's registered UID-only "
                           "staff card (always asks for the PIN), on the PC/SC reader; a Type 3 (FeliCa "
                           "Lite-S) badge on the nfcpy reader; the user's proximity badge on the wedge reader")
+    tap.add_argument("--keypad", action="store_true", help="type the PIN on the MFP's USB keypad, not its screen")
     tap.add_argument("--choose", action="store_true",
                      help='touch "Choose my jobs" first: the tap lists the jobs on the panel, prints none')
     pan = sub.add_parser("panel", help="what the MFP's panel shows, or touch it as the person in front of it")
@@ -86,7 +87,7 @@ def _run(args) -> dict:
         return actions.status(lab)
     if args.cmd == "tap":
         return actions.tap(lab, args.org, args.user, uid=args.uid, pin=args.pin, ndef_hex=args.ndef_hex,
-                           card_kind=args.card, choose=args.choose)
+                           card_kind=args.card, choose=args.choose, keypad=args.keypad)
     if args.cmd == "panel":
         return actions.panel(lab, args.action, args.jobs)
     if args.cmd == "print":

@@ -11,6 +11,8 @@ socket is reached from the root namespace through the office host's /run.
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -25,6 +27,7 @@ SOCKET = "/run/tenantprint/firmware.sock"
 PANEL_SOCKET = "/run/tenantprint/panel.sock"
 PANEL_LISTEN = "127.0.0.1:8650"  # the web panel, on the MFP host's loopback only
 PANEL_GROUP = "nogroup"          # the unprivileged panel service runs as nobody:nogroup
+KEYPAD_FIFO = "/run/tenantprint-keypad.fifo"  # the USB keypad's stand-in: recorded input_events
 SESSION_DIR = "/run/tenantprint/session"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,6 +53,18 @@ def firmware_status(lab, timeout: float = 5.0) -> dict:
 
 def firmware_request(lab, request: dict) -> dict:
     return fw_status.request(control_socket(lab), request)
+
+
+def type_on_keypad(lab, keys: bytes) -> None:
+    """The key events of the MFP's USB keypad typing `keys` (digits, b"\\n" ENTER, b"\\x1b" Esc),
+    written to its FIFO (hal/panel/keypad.py reads them as from /dev/input)."""
+    from hal.panel.keypad import keypad_events
+
+    fd = os.open(lab.host(HOST).path(KEYPAD_FIFO), os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        os.write(fd, keypad_events(keys, time.time(), gap_s=0.01))
+    finally:
+        os.close(fd)
 
 
 def panel_socket(lab) -> Path:
@@ -92,7 +107,8 @@ class FirmwareService:
             "session": {"tmpfs_dir": SESSION_DIR, "tmpfs_size_mb": 64, "ipp_port": 631},
             "printer": {"engine_uri": engine.engine_uri(lab)},
             "runtime": {"status_socket": SOCKET},
-            "panel": {"kind": "web", "socket": PANEL_SOCKET, "socket_group": PANEL_GROUP, "listen": PANEL_LISTEN},
+            "panel": {"kind": "web,keypad", "socket": PANEL_SOCKET, "socket_group": PANEL_GROUP,
+                      "listen": PANEL_LISTEN, "keypad_device": KEYPAD_FIFO},
         }
         path = self.config_path(lab)
         path.write_text(_toml(conf))
@@ -123,6 +139,10 @@ class FirmwareService:
         if self.running(lab):
             return
         config = self.write_config(lab)
+        fifo = lab.host(HOST).path(KEYPAD_FIFO)  # made before the daemon opens it (as the wedge's)
+        if not (fifo.exists() and stat.S_ISFIFO(fifo.stat().st_mode)):
+            fifo.unlink(missing_ok=True)
+            os.mkfifo(fifo, 0o600)
         # What the device's unit does before the daemon starts (ExecStartPre, systemd/sysctl.d)
         sysctls.apply(lab.host(HOST).ns)
         lab.spawn(self.name, HOST, [sys.executable, "-m", "tenantprint", "firmware", "--config", str(config), "run"],

@@ -68,3 +68,17 @@ def test_nobody_logged_in_acts_on_nothing_and_the_purged_screen_names_nothing(cl
     screen = lab_cli("panel", "screen")
     assert screen["org"] is None and screen["session"] is None and "acme" not in repr(screen)
     lab_cli("fault", "gateway-start", "--org", "acme")
+
+
+def test_bob_types_his_pin_on_the_usb_keypad(clean_system):
+    lab_cli("tap", "--org", "acme", "--user", "alice")
+    wait_for(lambda: _status()["desks"]["acme"]["queue"], 20, "acme's desk queue")
+    lab_cli("print", "--org", "acme", "--user", "bob", "--from", "desk", DOC)
+    wait_for(lambda: len(_held("bob")) == 1, 20, "bob's job held")
+    before = len(_status()["printed"])
+    st = lab_cli("tap", "--org", "acme", "--user", "bob")
+    assert st["state"] == "awaiting_pin" and lab_cli("panel", "screen")["screen"] == "pin"
+    st = lab_cli("tap", "--org", "acme", "--user", "bob", "--pin", "1111", "--keypad")  # a wrong one
+    assert "Not authorized" in st["panel"] and _held("bob")
+    lab_cli("tap", "--org", "acme", "--user", "bob", "--pin", "2468", "--keypad")
+    wait_for(lambda: [p["user"] for p in _status()["printed"][before:]] == ["bob"], 20, "bob's document")

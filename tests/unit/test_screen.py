@@ -60,7 +60,7 @@ def test_the_logged_in_person_sees_only_their_own_jobs():
 def test_pin_screen():
     state = m.AwaitingPin(READY.s, "bob", 100.0)
     doc = screen_of(state, Shown("enter-pin", (), 100.0), 110.0, replace(FACTS, attempts_left=4, pin_timeout_s=30))
-    assert doc["screen"] == "pin" and doc["pin"] == {"attempts_left": 4, "remaining_s": 20}
+    assert doc["screen"] == "pin" and doc["pin"] == {"attempts_left": 4, "remaining_s": 20, "typed": 0}
 
 
 def test_card_ids_are_masked_on_the_screen():
