@@ -10,6 +10,7 @@ import sys
 BENCHES = [
     ("card", ["--runs", "20"], ["--runs", "5"]),
     ("printer", ["--runs", "20"], ["--runs", "5"]),
+    ("panel", ["--runs", "20"], ["--runs", "5"]),
     ("convert", ["--runs", "10"], ["--runs", "2"]),
     ("tunnel", [], ["--runs", "5", "--kill-runs", "1"]),
     ("session", ["--runs", "20"], ["--runs", "3", "--primitive-runs", "3"]),
