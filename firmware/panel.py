@@ -75,6 +75,10 @@ MESSAGES: dict[str, str] = {
     "auth-unavailable": "Authentication server unavailable — jobs stay held",
     "pin-cancelled": "PIN entry cancelled",
     "pin-timeout": "PIN entry timed out",
+    # the person logged in at the panel
+    "choose-tap": "Tap your card to see your jobs",
+    "your-jobs": "{user}: choose jobs to print or delete",
+    "jobs-deleted": "Deleted {count} job(s) for {user}",
     "in-use": "Printer in use by {org} — try again later",
     "busy": "Busy — please wait",
     "out-of-service": "Out of service — call the operator",
@@ -121,6 +125,15 @@ WITHOUT_NAMES: dict[str, str] = {
     "printed-end": "Printed — session ended",
     "max-hold": "Held jobs expired — session ended",
     "switching-org": "Ending the session…",
+    "your-jobs": "Choose jobs to print or delete",
+    "jobs-deleted": "Deleted {count} job(s)",
+}
+
+# ... and when even the count is gone (an outcome shown once the session was purged).
+WITHOUT_FIELDS: dict[str, str] = {
+    "releasing": "Releasing your jobs…",
+    "released": "Your jobs were released",
+    "jobs-deleted": "Jobs deleted",
 }
 
 # The panel's own words: buttons, headings, hints. Never picked by the machine.
@@ -186,10 +199,10 @@ def text(key: str, lang: str = "en", **fields: object) -> str:
 
 def screen_text(key: str, lang: str, **fields: object) -> str:
     """The panel's line for `key` in `lang`: like `text`, but a template naming a field that is
-    missing or empty (None, "") gives way to the key's name-less variant, and when that cannot be
-    filled either, to the generic line. Never shows a bare `{placeholder}`."""
+    missing or empty (None, "") gives way to the key's name-less variant (`WITHOUT_NAMES`), then
+    to its field-less one (`WITHOUT_FIELDS`), and when none can be filled, to the generic line. Never shows a bare `{placeholder}`."""
     present = {k: v for k, v in fields.items() if v is not None and v != ""}
-    for template in (MESSAGES.get(key), WITHOUT_NAMES.get(key)):
+    for template in (MESSAGES.get(key), WITHOUT_NAMES.get(key), WITHOUT_FIELDS.get(key)):
         if template is not None:
             line = _fill(translate(template, lang), present)
             if line is not None:

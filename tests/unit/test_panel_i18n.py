@@ -92,8 +92,8 @@ def load_mo(data: bytes) -> dict[str, str]:
 def templates() -> set[str]:
     """Every English text the panel can show: the machine's lines, their name-less variants, the
     generic line and the panel's labels."""
-    return {*panel.MESSAGES.values(), *panel.WITHOUT_NAMES.values(), *panel.LABELS.values(),
-            panel.GENERIC}
+    return {*panel.MESSAGES.values(), *panel.WITHOUT_NAMES.values(), *panel.WITHOUT_FIELDS.values(),
+            *panel.LABELS.values(), panel.GENERIC}
 
 
 # -- the catalogs --------------------------------------------------------------------------------
@@ -130,8 +130,8 @@ def test_every_machine_key_and_label_renders_in_japanese():
         assert japanese != panel.text(key, **FIELDS) and "{" not in japanese, key
     assert panel.text("tunnel-down", lang="ja", org="acme") == "acme との接続が切れました — セッションを終了しました"
     assert panel.label("print-all", "ja") == "すべて印刷"
-    assert panel.label("attempts-left", "ja", n=4) == "残り 4 回"
-    assert panel.labels("ja")["remaining"] == "残り {s} 秒"
+    assert panel.label("attempts-left", "ja", n=4) == "あと 4 回入力できます"
+    assert panel.labels("ja")["remaining"] == "残り時間 {s} 秒"
     assert set(panel.labels("ja")) == set(panel.LABELS)
 
 
@@ -171,6 +171,10 @@ def test_every_named_line_has_a_nameless_variant():
             assert key in panel.WITHOUT_NAMES, key
             assert panel.placeholders(panel.WITHOUT_NAMES[key]) <= {"count"}, key
     assert panel.WITHOUT_NAMES.keys() <= panel.MESSAGES.keys()
+    for key, template in panel.WITHOUT_NAMES.items():
+        if panel.placeholders(template):
+            assert not panel.placeholders(panel.WITHOUT_FIELDS[key]), key
+    assert panel.WITHOUT_FIELDS.keys() <= panel.WITHOUT_NAMES.keys()
 
 
 @pytest.mark.parametrize("lang", panel.LANGUAGES)
@@ -183,7 +187,8 @@ def test_screen_text_never_shows_a_placeholder_or_a_missing_name(lang):
         assert full == panel.text(key, lang=lang, **FIELDS)
     assert panel.screen_text("tunnel-down", "en") == "Connection lost — session ended"
     assert panel.screen_text("releasing", "en", count=2, user=None) == "Releasing 2 job(s)…"
-    assert panel.screen_text("released", "en") == "Please wait"  # nothing can be said of it
+    assert panel.screen_text("released", "en") == "Your jobs were released"
+    assert panel.screen_text("no-such-key", "ja") == "しばらくお待ちください"
 
 
 def test_screen_text_masks_card_ids():
