@@ -174,6 +174,15 @@ class PanelRequestHandler(BaseHTTPRequestHandler):
         except Refused as refused:
             self._refuse(refused)
 
+    def _other_method(self) -> None:
+        try:
+            self._admit(post=False)
+            raise Refused(405, "GET or POST only")
+        except Refused as refused:
+            self._refuse(refused)
+
+    do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other_method  # no CORS preflight is ever answered
+
     def _pin(self) -> None:
         size = self._content_length("application/octet-stream", MAX_PIN)
         digits = bytearray(size)

@@ -199,6 +199,9 @@ def test_page_and_assets_carry_the_security_headers(panel):
         assert headers["X-Frame-Options"] == "DENY" and headers["Referrer-Policy"] == "no-referrer"
     status, headers, _ = call(panel, "GET", "/nothing")
     assert status == 404 and headers["Cache-Control"] == "no-store"
+    for method in ("OPTIONS", "PUT", "DELETE"):
+        assert call(panel, method, "/pin", headers={"Origin": "http://evil.example",
+                                                    "Access-Control-Request-Method": "POST"})[0] == 405
     _, _, page = call(panel, "GET", "/")
     assert b"<script>" not in page and b"style=" not in page and b"http" not in page.replace(b"http-equiv", b"")
     for ident in (b'id="screen"', b'id="lang-en"', b'id="lang-ja"'):
@@ -322,3 +325,72 @@ def test_the_module_entry_refuses_a_public_address(tmp_path):
                            "--listen", "0.0.0.0:8650"], capture_output=True, text=True, timeout=30,
                           cwd=Path(__file__).resolve().parents[2])
     assert done.returncode == 2 and "not a loopback address" in done.stderr
+
+
+# -- the page in Debian's chromium (selenium + chromedriver) ---------------------------------------
+
+def test_the_page_in_a_real_browser(panel, firmware):
+    """The page's own behaviour against the scripted firmware: PIN keys, dots and the bytes that
+    arrive, Escape, ticking jobs and printing them, the language switch, the purge on idle, the
+    not-connected screen, and no console error (a CSP violation would be one)."""
+    from prereq import need_binary
+    need_binary("chromium", "chromedriver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.keys import Keys
+
+    def settled(predicate):  # an element found just before the page re-rendered is stale: look again
+        def look():
+            try:
+                return predicate()
+            except (NoSuchElementException, StaleElementReferenceException):
+                return False
+        return look
+
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=800,480"):
+        options.add_argument(arg)
+    options.binary_location = "/usr/bin/chromium"
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    by_id = lambda ident: browser.find_element(By.ID, ident)  # noqa: E731
+    shown = lambda name: lambda: by_id("screen").get_attribute("data-screen") == name  # noqa: E731
+    try:
+        browser.get(panel.url)
+        wait_for(settled(shown("idle")), 10)
+        firmware.show(PIN)
+        wait_for(settled(shown("pin")))
+        for key in "2461":
+            by_id(f"pin-key-{key}").click()
+        by_id("pin-back").click()
+        browser.find_element(By.TAG_NAME, "body").send_keys("8")  # the keyboard types too
+        assert by_id("pin-dots").get_attribute("data-count") == "4"
+        by_id("pin-ok").click()
+        wait_for(lambda: firmware.requests[-1] == b'{"cmd": "pin", "pin": "2468"}\n')
+        assert by_id("pin-dots").get_attribute("data-count") == "0"
+        browser.find_element(By.TAG_NAME, "body").send_keys("13", Keys.ESCAPE)
+        wait_for(lambda: {"cmd": "pin-cancel"} in firmware.commands())
+
+        firmware.show(JOBS)
+        wait_for(settled(shown("jobs")))
+        assert by_id("job-row-12").text.startswith("<img src=x onerror=alert(1)> Q3 report")
+        assert by_id("print-selected").get_attribute("disabled")
+        by_id("job-12").click()
+        by_id("print-selected").click()
+        wait_for(lambda: {"cmd": "print", "session": 3, "jobs": [12]} in firmware.commands())
+        by_id("lang-ja").click()
+        wait_for(settled(lambda: by_id("print-all").text == "すべて印刷"))
+        assert by_id("job-12").is_selected()  # a new language keeps what was ticked
+
+        firmware.show(IDLE)
+        wait_for(settled(shown("idle")))
+        page = browser.execute_script("return document.documentElement.outerHTML")
+        assert not [word for word in ("alice", "acme", "Q3", "Budget") if word in page]
+        assert browser.execute_script("return document.documentElement.lang") == "en"
+        firmware.stop()
+        wait_for(settled(shown("not-connected")), 8)
+        assert not [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    finally:
+        browser.quit()
