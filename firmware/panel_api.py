@@ -67,6 +67,14 @@ def event_for(request: dict, at: float, state) -> object | None:
     raise PanelRequestError(f"unknown command {str(cmd)[:20]!r}")
 
 
+def _steady(doc: dict) -> dict:
+    """The screen without its countdowns (`idle_in_s`, `pin.remaining_s`)."""
+    out = {k: v for k, v in doc.items() if k != "idle_in_s"}
+    if isinstance(out.get("pin"), dict):
+        out["pin"] = {k: v for k, v in out["pin"].items() if k != "remaining_s"}
+    return out
+
+
 class ScreenFeed:
     """The current screen document, numbered, and the waiters for its next change (on the loop)."""
 
@@ -76,10 +84,14 @@ class ScreenFeed:
         self._changed = asyncio.Event()
 
     def update(self, doc: dict) -> bool:
-        """Take `doc` as the screen; True when it differs from the one shown (a new version)."""
-        if doc == self.doc:
+        """Take `doc` as the screen; True when it differs from the one shown in more than its
+        countdowns (a new version: the panel redraws, and a touch in the middle of a redraw is lost,
+        so seconds ticking away do not make one; the panel counts down by itself)."""
+        changed = _steady(doc) != _steady(self.doc)
+        self.doc = doc
+        if not changed:
             return False
-        self.doc, self.version = doc, self.version + 1
+        self.version += 1
         self._changed.set()
         self._changed = asyncio.Event()
         return True

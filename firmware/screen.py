@@ -81,7 +81,7 @@ def screen_of(state: m.State, shown: Shown, now: float, facts: Facts) -> dict:
     if isinstance(state, m.Idle):
         if recent and shown.key not in ("idle", "starting", "purging", ""):
             return {**doc, "screen": "message", "line": _line(shown.key, (), keep=False),
-                    "idle_in_s": round(facts.return_s - (now - shown.at), 1)}
+                    "idle_in_s": round(facts.return_s - (now - shown.at))}
         return doc
     # a session: its org is on the screen
     org = state.org if isinstance(state, m.LookingUp) else state.s.org
@@ -103,11 +103,11 @@ def screen_of(state: m.State, shown: Shown, now: float, facts: Facts) -> dict:
                     if number == s.number and who == user][:MAX_JOBS]
         screen = "jobs" if own else ("printing" if printing else "message")
         return {**doc, "screen": screen, "user": panel.mask_card(user), "jobs": own, "printing": printing,
-                "idle_in_s": round(max(0.0, facts.return_s - (now - s.panel_since)), 1)}
+                "idle_in_s": round(max(0.0, facts.return_s - (now - s.panel_since)))}
     ready = "ready-combined" if s.policy.combined_mode else "ready"
     if shown.key in ("ready", "ready-combined", "choose-tap") or not recent:
         key = shown.key if shown.key == "choose-tap" and recent else ready
         return {**doc, "screen": "ready", "line": _line(key, (("org", org),), keep=True),
                 "queue": queue_name(facts.local_id)}
-    return {**doc, "screen": "message", "idle_in_s": round(facts.return_s - (now - shown.at), 1)}
+    return {**doc, "screen": "message", "idle_in_s": round(facts.return_s - (now - shown.at))}
 

@@ -117,3 +117,16 @@ def test_the_feed_numbers_changes_and_wakes_waiters():
         with pytest.raises(panel_api.PanelRequestError):
             await feed.wait("1", 1)
     asyncio.run(run())
+
+
+def test_countdowns_alone_make_no_new_version():
+    async def run():
+        feed = panel_api.ScreenFeed()
+        feed.update({"screen": "pin", "pin": {"attempts_left": 5, "remaining_s": 30, "typed": 0}, "idle_in_s": None})
+        assert not feed.update({"screen": "pin", "pin": {"attempts_left": 5, "remaining_s": 29, "typed": 0},
+                                "idle_in_s": None})
+        assert feed.current()["pin"]["remaining_s"] == 29 and feed.current()["version"] == 1  # fresh, not new
+        assert feed.update({"screen": "pin", "pin": {"attempts_left": 5, "remaining_s": 29, "typed": 1},
+                            "idle_in_s": None})
+        assert not feed.update({**feed.doc, "idle_in_s": 12})
+    asyncio.run(run())
