@@ -33,6 +33,11 @@ def run(lab, out) -> dict:
     doc = Path(tempfile.mkdtemp()) / "quarterly-report.pdf"
     shutil.copy("/usr/share/cups/data/default-testpage.pdf", doc)  # a real one-page PDF
 
+    url = actions.status(lab)["firmware"].get("panel_url")
+    _say(out, "The MFP's panel, live (on the MFP host's loopback only): open it in a browser there with")
+    _show(out, "panel", f"ip netns exec {lab.host('office').ns} chromium --no-sandbox --app={url}")
+    _show(out, "or read it", "tenantprint lab panel screen")
+
     _say(out, "alice (acme) taps her card: the MFP fetches acme's profile and tunnels into acme's LAN")
     st = actions.tap(lab, "acme", "alice")
     _show(out, "firmware", {k: st[k] for k in ("state", "org", "panel", "tunnel")})
