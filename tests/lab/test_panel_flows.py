@@ -20,7 +20,7 @@ def _held(user: str):
 
 def test_alice_chooses_one_job_and_deletes_the_other(clean_system):
     st = lab_cli("tap", "--org", "acme", "--user", "alice")
-    assert st["state"] == "ready"
+    assert st["state"] == "ready" and st["panel_url"] == "http://127.0.0.1:8650/" and st["screen"] == "ready"
     wait_for(lambda: _status()["desks"]["acme"]["queue"], 20, "acme's desk queue")
     before = len(_status()["printed"])
     for user in ("alice", "alice", "carol"):
