@@ -12,13 +12,15 @@ import secrets
 import time
 from pathlib import Path
 
-from sqlalchemy import Engine, and_, delete, insert, select, update
+from sqlalchemy import Engine, and_, delete, func, insert, select, update
 
 from cloud import profiles
 from cloud.cards import T_CARD, T_CARD_KEY, CardKeys, card_hash, card_key_aad, card_ref, valid_card
-from cloud.crypto import Keyring, Sealed, kek_id, new_kek, read_kek_file, write_kek_file
-from cloud.lookup import T_AUDIT, T_CONTRACT, T_DEVICE, T_PROFILE, T_TOKEN, aad, audit, token_hash
+from cloud import refusals
+from cloud.crypto import DecryptError, Keyring, Sealed, kek_id, new_kek, read_kek_file, write_kek_file
+from cloud.lookup import T_AUDIT, T_CONTRACT, T_DEVICE, T_PROFILE, T_TOKEN, audit, token_hash
 from cloud.models import ACTIVE, ENDED, REVOKED, Org, Space
+from cloud.sealing import SEAL_BOUND, SEAL_LEGACY, legacy_aad, row_aad, seal_profile
 from cloud.storage import read_txn, write_txn
 from hal.directory import CARD_ID_RE
 from hal.directory.profile import _ID
@@ -131,7 +133,8 @@ class Admin:
             return _rows(conn.execute(q))
 
     def set_profile(self, org_id: str, wire: dict) -> dict:
-        """Validate and store `wire` as the org's profile (secrets sealed)."""
+        """Validate and store `wire` as the org's profile (secrets sealed, bound to the public part:
+        cloud/sealing.py)."""
         try:
             norm = profiles.normalize(wire)
         except profiles.ProfileError as exc:
@@ -139,9 +142,7 @@ class Admin:
         if norm["org_id"] != org_id:
             raise AdminError(f"profile org_id {norm['org_id']!r} is not {org_id!r}")
         public, secret = profiles.split(norm)
-        sealed = self.keyring.seal(secret, aad(org_id))
-        values = dict(public_json=json.dumps(public), kek_id=sealed.kek_id, wrapped_dek=sealed.wrapped_dek,
-                      secrets_ct=sealed.ciphertext, updated_at=time.time())
+        values = dict(seal_profile(self.keyring, org_id, public, secret).columns(), updated_at=time.time())
         with write_txn(self.engine) as conn:
             if not self._exists(conn, T_ORG, org_id):
                 raise AdminError(f"no org {org_id}")
@@ -159,7 +160,8 @@ class Admin:
             if org is None:
                 raise AdminError(f"no org {org_id}")
             prof = conn.execute(select(T_PROFILE.c.public_json, T_PROFILE.c.version, T_PROFILE.c.kek_id,
-                                       T_PROFILE.c.updated_at).where(T_PROFILE.c.org_id == org_id)).first()
+                                       T_PROFILE.c.updated_at, T_PROFILE.c.seal_version)
+                                .where(T_PROFILE.c.org_id == org_id)).first()
             contracts = _rows(conn.execute(select(T_CONTRACT).where(T_CONTRACT.c.org_id == org_id)))
         out = dict(org._mapping)
         out["contracts"] = contracts
@@ -168,7 +170,8 @@ class Admin:
         else:
             public = json.loads(prof.public_json)
             out["profile"] = {"version": prof.version, "kek_id": prof.kek_id, "updated_at": prof.updated_at,
-                              "public": public, "secrets_set": profiles.secret_names(public)}
+                              "public": public, "secrets_set": profiles.secret_names(public),
+                              "sealing": "bound" if prof.seal_version == SEAL_BOUND else "legacy"}
         return out
 
     # -- contracts -------------------------------------------------------------------------
@@ -292,6 +295,39 @@ class Admin:
         with read_txn(self.engine) as conn:
             return list(reversed(_rows(conn.execute(q))))
 
+    def refusal_counts(self, since: float | None = None, until: float | None = None) -> list[dict]:
+        """Counted refusals (cloud/refusals.py), one summary per minute: total, by action/reason,
+        by source prefix. Never a device or org: none of these requests proved one."""
+        return refusals.summarize(refusals.counted(self.engine, since, until))
+
+    def legacy_profiles(self) -> int:
+        """How many profiles are sealed without their public part (refused until re-sealed)."""
+        with read_txn(self.engine) as conn:
+            return conn.execute(select(func.count()).select_from(T_PROFILE)
+                                .where(T_PROFILE.c.seal_version == SEAL_LEGACY)).scalar()
+
+    def reseal_profiles(self, batch: int = 500) -> dict:
+        """Re-seal every profile sealed before its public part was bound (seal_version 1), binding
+        the public part as stored now (cloud/sealing.py: run right after the upgrade). Each row
+        under a fresh data key and the active KEK; one transaction per batch; audited per org."""
+        done = 0
+        while True:
+            with write_txn(self.engine) as conn:
+                rows = conn.execute(select(T_PROFILE.c.org_id, T_PROFILE.c.public_json, T_PROFILE.c.kek_id,
+                                           T_PROFILE.c.wrapped_dek, T_PROFILE.c.secrets_ct)
+                                    .where(T_PROFILE.c.seal_version == SEAL_LEGACY).limit(batch)).all()
+                for r in rows:
+                    try:
+                        secret = self.keyring.open(Sealed(r.kek_id, r.wrapped_dek, r.secrets_ct), legacy_aad(r.org_id))
+                    except DecryptError as exc:
+                        raise AdminError(f"profile of org {r.org_id} does not open ({exc}): set it again") from None
+                    sealed = seal_profile(self.keyring, r.org_id, json.loads(r.public_json), secret)
+                    conn.execute(update(T_PROFILE).where(T_PROFILE.c.org_id == r.org_id).values(**sealed.columns()))
+                    audit(conn, "reseal-profile", "done", org_id=r.org_id)
+            done += len(rows)
+            if len(rows) < batch:
+                return {"resealed": done}
+
     def rotate_key(self, kek_file: Path, batch: int = 500) -> dict:
         """Make a new KEK and re-wrap every record's data key under it, in place:
         1. the KEK file becomes [new, old...] (running servers re-read it when they meet the new id),
@@ -305,9 +341,10 @@ class Admin:
         write_kek_file(kek_file, [fresh] + old)
         ring = Keyring(kek_file)
         new_id = kek_id(fresh)
-        done = self._rewrap(ring, new_id, batch, T_PROFILE, T_PROFILE.c.org_id, T_PROFILE.c.secrets_ct, aad)
+        done = self._rewrap(ring, new_id, batch, T_PROFILE, T_PROFILE.c.org_id, T_PROFILE.c.secrets_ct,
+                            lambda r: row_aad(r[0], r[4], r[5]), T_PROFILE.c.public_json, T_PROFILE.c.seal_version)
         card_keys = self._rewrap(ring, new_id, batch, T_CARD_KEY, T_CARD_KEY.c.space_id, T_CARD_KEY.c.key_ct,
-                                 card_key_aad)
+                                 lambda r: card_key_aad(r[0]))
         write_kek_file(kek_file, [fresh])
         with write_txn(self.engine) as conn:
             audit(conn, "rotate-key", "done")
@@ -315,15 +352,20 @@ class Admin:
         return {"kek_id": new_id, "retired": [kek_id(k) for k in old], "rewrapped": done,
                 "card_keys_rewrapped": card_keys}
 
-    def _rewrap(self, ring: Keyring, new_id: str, batch: int, table, key_col, ct_col, aad_of) -> int:
-        """Re-wrap the data key of every row of `table` not yet under KEK `new_id`."""
+    def _rewrap(self, ring: Keyring, new_id: str, batch: int, table, key_col, ct_col, aad_of, *extra) -> int:
+        """Re-wrap the data key of every row of `table` not yet under KEK `new_id`; `aad_of` makes
+        a row's associated data from (key, kek_id, wrapped_dek, ciphertext, *extra)."""
         done = 0
         while True:
             with write_txn(self.engine) as conn:
-                rows = conn.execute(select(key_col, table.c.kek_id, table.c.wrapped_dek, ct_col)
+                rows = conn.execute(select(key_col, table.c.kek_id, table.c.wrapped_dek, ct_col, *extra)
                                     .where(table.c.kek_id != new_id).limit(batch)).all()
                 for r in rows:
-                    s = ring.rewrap(Sealed(r[1], r[2], r[3]), aad_of(r[0]), new_id)
+                    try:
+                        s = ring.rewrap(Sealed(r[1], r[2], r[3]), aad_of(r), new_id)
+                    except DecryptError as exc:  # the KEK file now lists [new, old]: rotate again once fixed
+                        raise AdminError(f"{table.name} {r[0]} does not open ({exc}): set it again, then "
+                                         "rotate-key") from None
                     conn.execute(update(table).where(key_col == r[0]).values(kek_id=s.kek_id, wrapped_dek=s.wrapped_dek))
             done += len(rows)
             if len(rows) < batch:

@@ -4,12 +4,13 @@
     GET  /v1/orgs/{org_id}/profile     signed (hal/directory/signing.py) -> 200 wire profile | 401 | 403
     POST /v1/cards/lookup              signed, {"card": "card-<hex>"} -> 200 {"org_id"} | 401 | 403 | 422
     GET  /v1/health                    -> 200 {"status": "ok"}
-    GET  /openapi.json, /docs
+    GET  /openapi.json, /docs, /redoc  only with `[server] api_docs = true` (cloud/config.py), else 404
 
 Answers to devices are fixed: 401 `{"error": "unauthenticated"}`, 403 `{"error": "refused"}`,
 413 `{"error": "too-large"}`, 422 `{"error": "malformed"}` (the request is never echoed back),
-503 `{"error": "unavailable"}` when the database is. The application is stateless: any number of
-processes can serve one database.
+429 `{"error": "rate-limited"}` with `Retry-After` (cloud/ratelimit.py), 503 `{"error":
+"unavailable"}` when the database is (or a profile's sealed part does not open). The application is
+stateless but for its rate limits' buckets: any number of processes can serve one database.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from anyio import CapacityLimiter, to_thread
@@ -28,8 +30,11 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cloud import config as cloud_config
+from cloud.config import CloudConfig
 from cloud.crypto import CryptoError, Keyring
 from cloud.lookup import DeviceDirectory, Refused, Unauthenticated
+from cloud.ratelimit import RateLimited, RateLimits, retry_after, source_key
 from cloud.storage import open_engine
 from hal.directory import CARD_ID_RE
 from hal.directory.signing import H_DEVICE, H_NONCE, H_SIGNATURE, H_TIMESTAMP
@@ -84,8 +89,47 @@ def _signed_path(request: Request) -> str:
     return path
 
 
-def _err(status: int, error: str) -> JSONResponse:
-    return JSONResponse({"error": error}, status_code=status, headers={"Cache-Control": "no-store"})
+def _err(status: int, error: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": error}, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})})
+
+
+def _too_many(wait_s: float) -> JSONResponse:
+    return _err(429, "rate-limited", {"Retry-After": retry_after(wait_s)})
+
+
+def _log_refusal(what: str, exc: Unauthenticated) -> None:
+    # A refusal that proved no device is counted in the database (cloud/refusals.py); a line each
+    # in the journal would be the flood the counters avoid.
+    if exc.device_id is not None:
+        log.warning("%s of device %s unauthenticated (%s)", what, exc.device_id, exc.reason)
+    else:
+        log.debug("%s unauthenticated (%s)", what, exc.reason)
+
+
+def _host(scope_or_request) -> str | None:
+    client = scope_or_request.get("client") if isinstance(scope_or_request, dict) else scope_or_request.client
+    return client[0] if client else None
+
+
+class SourceLimit:
+    """Turns requests away by source address before anything else is done with them (the body is
+    not read): lookups and card lookups in one bucket per address, enrolment in another. Each
+    refusal is counted (cloud/refusals.py), never audited."""
+
+    def __init__(self, app, limits: RateLimits, directory: DeviceDirectory):
+        self.app, self.limits, self.directory = app, limits, directory
+
+    async def __call__(self, scope, receive, send):
+        limited = self.limits.for_path(scope.get("path", "")) if scope["type"] == "http" else None
+        if limited is not None:
+            action, buckets = limited
+            host = _host(scope)
+            wait = buckets.take(source_key(host))
+            if wait > 0:
+                if self.directory.refusals.note(action, "rate-limited", host):
+                    await to_thread.run_sync(self.directory.refusals.flush)
+                return await _too_many(wait)(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 class BodyLimit:
@@ -125,8 +169,12 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
-def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60) -> FastAPI:
-    directory = DeviceDirectory(engine, keyring, window_s=window_s)
+def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60, config: CloudConfig | None = None) -> FastAPI:
+    """The API on `engine`; `config` (cloud/config.py; default: the defaults) sets the rate limits
+    and whether the API docs are served."""
+    config = config or CloudConfig()
+    limits = RateLimits(config.limits)
+    directory = DeviceDirectory(engine, keyring, window_s=window_s, device_limit=limits.device)
     limiter: list[CapacityLimiter] = []
 
     def db_threads() -> CapacityLimiter:
@@ -136,8 +184,17 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60) -> FastA
             limiter.append(CapacityLimiter(1 if engine.dialect.name == "sqlite" else engine.pool.size()))
         return limiter[0]
 
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        await to_thread.run_sync(directory.refusals.flush)  # the last second's counts
+
+    docs = config.server.api_docs
     app = FastAPI(title="tenantprint org directory", version="1",
-                  description="Session profiles for enrolled MFPs of spaces with a contract.")
+                  description="Session profiles for enrolled MFPs of spaces with a contract.",
+                  openapi_url="/openapi.json" if docs else None, docs_url="/docs" if docs else None,
+                  redoc_url="/redoc" if docs else None, lifespan=lifespan)
+    app.state.directory, app.state.limits = directory, limits
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(request, exc):
@@ -162,12 +219,13 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60) -> FastA
         return {"status": "ok"}
 
     @app.post("/v1/enrol", status_code=201, response_model=EnrolResponse,
-              responses={403: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}})
-    async def enrol(req: EnrolRequest):
+              responses={403: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+                         429: {"model": ErrorResponse}})
+    async def enrol(req: EnrolRequest, request: Request):
         try:
-            done = await to_thread.run_sync(directory.enrol, req.token, req.public_key)
+            done = await to_thread.run_sync(directory.enrol, req.token, req.public_key, _host(request))
         except Refused as exc:
-            log.warning("enrolment refused (%s)", exc.reason)
+            (log.warning if exc.reason == "token" else log.debug)("enrolment refused (%s)", exc.reason)
             return _err(403, "refused")
         log.info("device %s enrolled into space %s", done.device_id, done.space_id)
         return EnrolResponse(device_id=done.device_id, space_id=done.space_id)
@@ -175,35 +233,38 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60) -> FastA
     @app.get("/v1/orgs/{org_id}/profile",
              responses={200: {"description": "the org's session profile (hal/directory/profile.py wire format)",
                               "content": {"application/json": {}}},
-                        401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}},
+                        401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
              openapi_extra={"parameters": SIGNATURE_HEADERS})
     async def profile(org_id: str, request: Request):
         # The signature headers are read by `authenticate` from the request itself (documented
         # through `openapi_extra`): FastAPI's per-parameter header handling cost more than the lookup.
         body = await request.body()
-        path = _signed_path(request)
+        path, host = _signed_path(request), _host(request)
 
         def work() -> dict:
             try:
                 device_id, nonce, key = directory.authenticate(request.headers, request.method, path, body)
-                return directory.lookup(device_id, nonce, org_id, key)
+                directory.throttle(device_id, "lookup", host)
+                return directory.lookup(device_id, nonce, org_id, key, host)
             except Unauthenticated as exc:
-                directory.record_refusal("lookup", exc, None, org_id)
+                directory.record_refusal("lookup", exc, host, org_id=org_id)
                 raise
 
         try:
             wire = await to_thread.run_sync(work, limiter=db_threads())
         except Unauthenticated as exc:
-            log.warning("lookup unauthenticated (%s)", exc.reason)
+            _log_refusal("lookup", exc)
             return _err(401, "unauthenticated")
         except Refused:
             return _err(403, "refused")
+        except RateLimited as exc:
+            return _too_many(exc.retry_after_s)
         return Response(json.dumps(wire).encode(), media_type="application/json",
                         headers={"Cache-Control": "no-store"})
 
     @app.post("/v1/cards/lookup", response_model=CardLookupResponse,
               responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
-                         413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+                         413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
               openapi_extra={"parameters": SIGNATURE_HEADERS, "requestBody": {"required": True, "content": {
                   "application/json": {"schema": CardLookupRequest.model_json_schema()}}}})
     async def card_lookup(request: Request):
@@ -211,32 +272,36 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60) -> FastA
         parsed only once the signature (which covers it) is verified; an unknown card and a card of
         an org without a contract with the space get the same 403."""
         body = await request.body()
-        path = _signed_path(request)
+        path, host = _signed_path(request), _host(request)
 
         def work() -> str | None:
             try:
                 device_id, nonce, key = directory.authenticate(request.headers, request.method, path, body)
             except Unauthenticated as exc:
-                directory.record_refusal("card-lookup", exc)
+                directory.record_refusal("card-lookup", exc, host)
                 raise
+            directory.throttle(device_id, "card-lookup", host)
             card = _parse_card(body)
             if card is None:
-                directory.record_refusal("card-lookup", Refused("malformed"), device_id)
+                directory.record_refusal("card-lookup", Refused("malformed"), host, device_id)
                 return None
-            return directory.card_org(device_id, nonce, card, key)
+            return directory.card_org(device_id, nonce, card, key, host)
 
         try:
             org_id = await to_thread.run_sync(work, limiter=db_threads())
         except Unauthenticated as exc:
-            log.warning("card lookup unauthenticated (%s)", exc.reason)
+            _log_refusal("card lookup", exc)
             return _err(401, "unauthenticated")
         except Refused:
             return _err(403, "refused")
+        except RateLimited as exc:
+            return _too_many(exc.retry_after_s)
         if org_id is None:
             return _err(422, "malformed")
         return JSONResponse({"org_id": org_id}, headers={"Cache-Control": "no-store"})
 
     app.add_middleware(BodyLimit)
+    app.add_middleware(SourceLimit, limits=limits, directory=directory)  # added last: runs first
     return app
 
 
@@ -248,4 +313,6 @@ def app_from_env():
     kek = os.environ.get("TP_CLOUD_KEK_FILE")
     if not kek:
         raise SystemExit("TP_CLOUD_KEK_FILE is not set")
-    return create_app(engine, Keyring(Path(kek)), window_s=int(os.environ.get("TP_CLOUD_WINDOW_S", "60")))
+    config = cloud_config.load(cloud_config.config_path())  # `serve` checked it before the workers start
+    return create_app(engine, Keyring(Path(kek)), window_s=int(os.environ.get("TP_CLOUD_WINDOW_S", "60")),
+                      config=config)

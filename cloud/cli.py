@@ -2,7 +2,9 @@
 
 Human output by default, `--json` for scripts. The database comes from `--db` or `TP_CLOUD_DB`
 (a PostgreSQL password belongs in the environment, not on a command line that `ps` shows), the
-KEK file from `--kek-file` or `TP_CLOUD_KEK_FILE`. No command ever prints a secret.
+KEK file from `--kek-file` or `TP_CLOUD_KEK_FILE`, the server's settings (API docs, rate limits,
+trusted proxies) from `serve --config` or `TP_CLOUD_CONFIG` (cloud/config.py). No command ever
+prints a secret.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cloud import config as cloud_config
 from cloud.admin import Admin, AdminError
 from cloud.crypto import CryptoError, Keyring, new_kek, write_kek_file
 from cloud.storage import StorageError, db_url, migrate, open_engine
@@ -40,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-cert")
     s.add_argument("--tls-key")
     s.add_argument("--window-s", type=int, default=60, help="accepted clock difference of signed requests")
+    s.add_argument("--config", help=f"settings file (TOML; default: ${cloud_config.ENV_PATH}, else "
+                                    f"{cloud_config.DEFAULT_PATH} if it exists)")
+    s.add_argument("--dump-config", action="store_true", help="print the merged settings and exit")
 
     k = sub.add_parser("init-kek", parents=[c], help="create a new KEK file (mode 0600)")
     k.add_argument("path", nargs="?")
@@ -76,12 +82,17 @@ def _parser() -> argparse.ArgumentParser:
     a = cd.add_parser("list", parents=[c], help="registered cards (by hash prefix; card ids are never stored)")
     a.add_argument("--space"); a.add_argument("--org")
 
-    a = sub.add_parser("audit", parents=[c], help="audit events, oldest first")
+    a = sub.add_parser("audit", parents=[c], help="audit events, oldest first; then the counted refusals "
+                                                  "(one line per minute; without --org/--device)")
     a.add_argument("--org"); a.add_argument("--device")
     a.add_argument("--since", help="ISO 8601 time or unix seconds"); a.add_argument("--until")
     a.add_argument("--limit", type=int, default=100)
 
+    a.add_argument("--refusals", action="store_true", help="only the counted refusals (with --json: their summaries)")
+
     sub.add_parser("rotate-key", parents=[c], help="re-wrap every record under a new KEK (in place)")
+    sub.add_parser("reseal-profiles", parents=[c],
+                   help="bind the public part of profiles sealed before 0003 into their sealed part")
     return p
 
 
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         kek = _kek_path(args)
         admin = Admin(engine, Keyring(kek) if kek else None)
         return _run(args, admin)
-    except (AdminError, StorageError, CryptoError) as exc:
+    except (AdminError, StorageError, CryptoError, cloud_config.ConfigError) as exc:
         print(f"tenantprint cloud: {exc}", file=sys.stderr)
         return 1
 
@@ -157,18 +168,35 @@ def _init_kek(args) -> int:
 def _serve(args) -> int:
     import uvicorn
 
+    path = cloud_config.config_path(args.config)
+    config = cloud_config.load(path)  # fail now, not in a worker
+    if args.dump_config:
+        print(json.dumps(config.as_dict(), indent=2))
+        return 0
     url = db_url(getattr(args, "db", None))
     kek = _kek_path(args)
     if kek is None:
         raise AdminError("serve needs --kek-file or TP_CLOUD_KEK_FILE")
     Keyring(kek)  # fail now, not in a worker, if the file is missing or too open
-    migrate(open_engine(url))
+    engine = open_engine(url)
+    migrate(engine)
+    legacy = Admin(engine).legacy_profiles()
+    engine.dispose()
+    if legacy:
+        print(f"tenantprint cloud: {legacy} profiles are sealed without their public part and are refused "
+              "until `tenantprint cloud reseal-profiles`", file=sys.stderr)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise AdminError("--tls-cert and --tls-key go together")
     os.environ.update(TP_CLOUD_DB=url, TP_CLOUD_KEK_FILE=str(kek), TP_CLOUD_WINDOW_S=str(args.window_s))
+    if path is not None:
+        os.environ[cloud_config.ENV_PATH] = str(path.resolve())
+    proxies = config.server.trusted_proxies
+    # The client's address (rate limits, refusal counts, anomalies) is the TCP peer's, or what a
+    # trusted load balancer says in X-Forwarded-For; nobody else's X-Forwarded-For is read.
     uvicorn.run("cloud.api:app_from_env", factory=True, host=args.host, port=args.port, workers=args.workers,
                 ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key, access_log=False, log_level="warning",
-                h11_max_incomplete_event_size=16 * 1024, timeout_keep_alive=30, server_header=False)
+                h11_max_incomplete_event_size=16 * 1024, timeout_keep_alive=30, server_header=False,
+                proxy_headers=bool(proxies), forwarded_allow_ips=",".join(proxies) or None)
     return 0
 
 
@@ -222,8 +250,18 @@ def _run(args, admin: Admin) -> int:
         _print(args, admin.list_cards(args.space, args.org),
                lambda rows: _table(rows, ["space_id", "org_id", "card_ref", "added_at"]))
     elif cmd == "audit":
-        rows = admin.audit(args.org, args.device, _when(args.since), _when(args.until), args.limit)
-        _print(args, rows, lambda r: _table(r, ["at", "device_id", "org_id", "action", "outcome", "card_ref"]))
+        since, until = _when(args.since), _when(args.until)
+        counted = [] if args.org or args.device else admin.refusal_counts(since, until)
+        if args.refusals:
+            _print(args, counted, _refusal_lines)
+            return 0
+        rows = admin.audit(args.org, args.device, since, until, args.limit)
+
+        def human(events: list[dict]) -> None:
+            _table(events, ["at", "device_id", "org_id", "action", "outcome", "card_ref", "source"])
+            _refusal_lines(counted)
+        # --json keeps its shape (a list of events): the counters are `audit --refusals --json`
+        _print(args, rows, human)
     elif cmd == "rotate-key":
         kek = _kek_path(args)
         if kek is None:
@@ -231,7 +269,22 @@ def _run(args, admin: Admin) -> int:
         _print(args, admin.rotate_key(kek),
                lambda d: print(f"{d['rewrapped']} profiles and {d['card_keys_rewrapped']} card keys re-wrapped "
                                f"under KEK {d['kek_id']}"))
+    elif cmd == "reseal-profiles":
+        _print(args, admin.reseal_profiles(),
+               lambda d: print(f"{d['resealed']} profiles re-sealed with their public part bound"))
     return 0
+
+
+def _refusal_lines(summaries: list[dict]) -> None:
+    """One line per minute of counted refusals: requests that proved no device (never attributed)."""
+    if not summaries:
+        return
+    print("\nrefused without a verified device (counted per minute, source /24 or /48):")
+    for s in summaries:
+        reasons = ", ".join(f"{k} {n}" for k, n in sorted(s["reasons"].items(), key=lambda kv: -kv[1]))
+        top = sorted(s["sources"].items(), key=lambda kv: -kv[1])
+        sources = ", ".join(f"{k} {n}" for k, n in top[:3]) + (f", +{len(top) - 3} more" if len(top) > 3 else "")
+        print(f"{_iso(s['bucket'])}  {s['total']:>7}  {reasons}  from {sources}")
 
 
 def _show_org(d: dict) -> None:
@@ -242,6 +295,7 @@ def _show_org(d: dict) -> None:
     if p is None:
         print("  no profile")
         return
-    print(f"  profile version {p['version']}, updated {_iso(p['updated_at'])}, KEK {p['kek_id']}")
+    print(f"  profile version {p['version']}, updated {_iso(p['updated_at'])}, KEK {p['kek_id']}, "
+          f"sealing {p['sealing']}" + (" (refused until reseal-profiles)" if p["sealing"] == "legacy" else ""))
     print(f"  secrets set: {', '.join(p['secrets_set'])} (never shown)")
     print("  " + json.dumps(p["public"], indent=2).replace("\n", "\n  "))

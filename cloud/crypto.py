@@ -4,8 +4,10 @@ Each record gets a fresh 256-bit data key (DEK) that encrypts its secrets; the D
 wrapped (encrypted) by a key-encryption key (KEK) whose id is stored beside it. KEKs come from a
 file (`--kek-file` / `TP_CLOUD_KEK_FILE`): one base64 key per line, the first is the active one
 (used for new records), the others are retired keys still accepted for reading while a rotation
-runs. The file must not be readable by group or others. A record's org id is bound into both
-ciphertexts as associated data, so a ciphertext moved to another org does not decrypt.
+runs. The file must not be readable by group or others. Each record's associated data (a profile:
+its org id and public part, cloud/sealing.py; a card key: its space id) is bound into both
+ciphertexts, so a ciphertext moved to another record, or a record whose clear part was edited,
+does not decrypt.
 
 Errors name key ids and org ids, never key material or plaintext.
 """
@@ -37,6 +39,11 @@ class KekFileError(CryptoError):
 
 class DecryptError(CryptoError):
     """A record does not decrypt: unknown KEK id, or tampered/moved ciphertext."""
+
+
+class Tampered(DecryptError):
+    """A record's authentication failed: its ciphertext, wrapped key or associated data (org, a
+    profile's public part) is not what was sealed."""
 
 
 def kek_id(kek: bytes) -> str:
@@ -127,7 +134,7 @@ class Keyring:
         try:
             return AESGCM(self._kek(kid)).decrypt(wrapped[:_NONCE], wrapped[_NONCE:], b"dek\0" + aad)
         except InvalidTag:
-            raise DecryptError(f"data key under KEK {kid} does not unwrap (tampered or moved)") from None
+            raise Tampered(f"data key under KEK {kid} does not unwrap (tampered or moved)") from None
 
     def open(self, sealed: Sealed, aad: bytes) -> bytes:
         dek = self._dek(sealed.kek_id, sealed.wrapped_dek, aad)
@@ -135,7 +142,7 @@ class Keyring:
         try:
             return AESGCM(dek).decrypt(ct[:_NONCE], ct[_NONCE:], aad)
         except InvalidTag:
-            raise DecryptError("ciphertext does not decrypt (tampered or moved)") from None
+            raise Tampered("ciphertext does not decrypt (tampered or moved)") from None
 
     def rewrap(self, sealed: Sealed, aad: bytes, to_kid: str) -> Sealed:
         """The same ciphertext with its data key wrapped by KEK `to_kid`."""

@@ -5,8 +5,10 @@ Every refusal a device can see is one of two fixed answers: `Unauthenticated` (w
 `Refused` (no). An unknown org, an org without an active contract with the device's space, and an
 org without a profile are the same `Refused`, so a device cannot probe which orgs exist. Likewise
 a card not registered in the device's space and a card whose org has no active contract with it.
-Every lookup and enrolment, granted or not, is an audit event (never with a card id: a card
-appears as its `card_ref`, see `cloud/cards.py`).
+Every decision about a request whose signature verified (or an enrolment with a real token) is an
+audit event (never with a card id: a card appears as its `card_ref`, see `cloud/cards.py`). A
+request whose signature did not verify, or an enrolment with an unknown token, is only counted
+(cloud/refusals.py): its ids are whatever the sender wrote, so it is never attributed to a device.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import random
 import time
 from dataclasses import dataclass
@@ -24,23 +25,32 @@ from cryptography.exceptions import InvalidSignature
 from sqlalchemy import Engine, and_, bindparam, delete, insert, select, update
 
 from cloud import profiles
+from cloud.anomalies import SourceWatch
+from cloud.audit_log import T_AUDIT, audit
 from cloud.cards import T_CARD, T_CARD_KEY, CardKeys, card_hash, card_ref
-from cloud.crypto import Keyring, Sealed
+from cloud.crypto import DecryptError, Keyring, Sealed, Tampered
 from cloud.lookup_pg import LookupRow, run_lookup
-from cloud.models import ACTIVE, AuditEvent, Contract, Device, EnrolmentToken, OrgProfile, RequestNonce
+from cloud.models import ACTIVE, Contract, Device, EnrolmentToken, OrgProfile, RequestNonce
 from cloud.prepared import Prepared
+from cloud.ratelimit import DeviceThrottle, TokenBuckets
+from cloud.refusals import RefusalCounter
+from cloud.sealing import LegacySeal, open_profile
 from cloud.storage import read_txn, write_txn
 from hal.directory.profile import _ID
 from hal.directory.signing import (DEVICE_ID_RE, H_DEVICE, H_NONCE, H_SIGNATURE, H_TIMESTAMP, NONCE_RE,
                                    load_public_key, signed_message)
 
 T_DEVICE, T_CONTRACT, T_PROFILE = Device.__table__, Contract.__table__, OrgProfile.__table__
-T_AUDIT, T_NONCE, T_TOKEN = AuditEvent.__table__, RequestNonce.__table__, EnrolmentToken.__table__
+T_NONCE, T_TOKEN = RequestNonce.__table__, EnrolmentToken.__table__
 KEY_CACHE_SIZE = 100_000  # raw 32-byte public keys of enrolled devices, per process
+VERIFIED_OUTCOMES = ("granted", "refused", "unknown-card", "no-contract")  # the device passed every check
 
 
 class Unauthenticated(Exception):
-    """The request does not prove a live, enrolled device. `reason` is for the audit log only."""
+    """The request does not prove a live, enrolled device. `reason` is for the audit log or the
+    refusal counters only. `device_id` is set only when the request's signature verified with that
+    device's key (a stale or replayed copy of its request, a revoked device): only then may the
+    refusal name a device."""
 
     def __init__(self, reason: str, device_id: str | None = None):
         super().__init__("unauthenticated")
@@ -67,30 +77,44 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def audit(conn, action: str, outcome: str, device_id: str | None = None, org_id: str | None = None,
-          at: float | None = None, card_ref: str | None = None) -> None:
-    conn.execute(insert(T_AUDIT).values(at=time.time() if at is None else at, device_id=device_id,
-                                        org_id=org_id, action=action, outcome=outcome, card_ref=card_ref))
-
-
 def _safe_id(value: str | None) -> str | None:
     """An id from a request, fit for the audit log (malformed ids are not stored)."""
     return value if value and _ID.match(value) else None
 
 
 class DeviceDirectory:
-    def __init__(self, engine: Engine, keyring: Keyring, *, window_s: int = 60):
+    """`device_limit`: the per-device token buckets (cloud/ratelimit.py), None for no limit."""
+
+    def __init__(self, engine: Engine, keyring: Keyring, *, window_s: int = 60,
+                 device_limit: TokenBuckets | None = None):
         self.engine, self.keyring, self.window_s = engine, keyring, window_s
         self._keys: dict[str, bytes] = {}
         self.card_keys = CardKeys(keyring)
+        self.refusals = RefusalCounter(engine)
+        self.sources = SourceWatch(engine)
+        self._throttle = DeviceThrottle(engine, device_limit, self.count_refusal)
+
+    # -- refusals that prove nothing, and rate limits ----------------------------------------
+
+    def count_refusal(self, action: str, reason: str, host: str | None) -> None:
+        """Count a refusal of a request that proved no device (cloud/refusals.py); in a worker thread."""
+        if self.refusals.note(action, reason, host):
+            self.refusals.flush()
+
+    def throttle(self, device_id: str, action: str, host: str | None) -> None:
+        """Spend a token of `device_id` (whose request's signature verified), or `RateLimited`."""
+        self._throttle.take(device_id, action, host)
 
     # -- enrolment -------------------------------------------------------------------------
 
-    def enrol(self, token: str, public_key_b64: str) -> Enrolled:
+    def enrol(self, token: str, public_key_b64: str, host: str | None = None) -> Enrolled:
+        """Enrol with a one-time token. An unknown token (or a bad key) is counted, not audited;
+        a real token used again or expired is audited, naming the device it was issued for."""
         try:
             raw = base64.b64decode(public_key_b64, validate=True)
             load_public_key(raw)
         except (ValueError, binascii.Error):
+            self.count_refusal("enrol", "bad-public-key", host)
             raise Refused("bad-public-key") from None
         now = time.time()
         with write_txn(self.engine) as conn:
@@ -102,8 +126,11 @@ class DeviceDirectory:
                 .returning(T_TOKEN.c.space_id, T_TOKEN.c.device_id)
             ).first()
             if row is None:
-                audit(conn, "enrol", "refused", at=now)
-                outcome = None
+                issued = conn.execute(select(T_TOKEN.c.device_id)
+                                      .where(T_TOKEN.c.token_hash == token_hash(token))).scalar()
+                if issued is not None:
+                    audit(conn, "enrol", "refused", device_id=issued, at=now)
+                outcome = None if issued is not None else "unknown-token"
             else:
                 existing = conn.execute(select(T_DEVICE.c.id).where(T_DEVICE.c.id == row.device_id)).first()
                 if existing is not None:
@@ -114,8 +141,11 @@ class DeviceDirectory:
                                                          status=ACTIVE, enrolled_at=now))
                     audit(conn, "enrol", "granted", device_id=row.device_id, at=now)
                     outcome = Enrolled(row.device_id, row.space_id)
+        if outcome == "unknown-token":
+            self.count_refusal("enrol", "unknown-token", host)
+            raise Refused("unknown-token")
         if outcome is None:
-            raise Refused("token")
+            raise Refused("token")  # used, expired, or its device enrolled already: audited
         return outcome
 
     # -- request authentication -----------------------------------------------------------
@@ -138,35 +168,42 @@ class DeviceDirectory:
     def authenticate(self, headers, method: str, path: str, body: bytes) -> tuple[str, str, bytes]:
         """Check the signature headers; returns (device_id, nonce, public key it verified with).
         `lookup` consumes the nonce and re-checks the device (status, key) in the transaction of
-        the answer."""
+        the answer. The timestamp's window is checked after the signature, so a stale request
+        names its device only when the device signed it."""
         device_id, ts_s, nonce, sig_b64 = (headers.get(h) for h in (H_DEVICE, H_TIMESTAMP, H_NONCE, H_SIGNATURE))
         if not (device_id and ts_s and nonce and sig_b64):
             raise Unauthenticated("missing-headers")
         if not DEVICE_ID_RE.match(device_id) or not NONCE_RE.match(nonce) or not ts_s.isdigit() or len(ts_s) > 12:
-            raise Unauthenticated("malformed-headers", _safe_id(device_id))
+            raise Unauthenticated("malformed-headers")
         ts = int(ts_s)
-        if abs(time.time() - ts) > self.window_s:
-            raise Unauthenticated("stale", device_id)
         try:
             sig = base64.b64decode(sig_b64, validate=True)
         except (ValueError, binascii.Error):
-            raise Unauthenticated("malformed-signature", device_id) from None
+            raise Unauthenticated("malformed-signature") from None
         raw = self.public_key(device_id)
         if raw is None:
-            raise Unauthenticated("unknown-device", device_id)
+            raise Unauthenticated("unknown-device")
         try:
             load_public_key(raw).verify(sig, signed_message(method, path, body, ts, nonce, device_id))
         except InvalidSignature:
-            raise Unauthenticated("bad-signature", device_id) from None
+            raise Unauthenticated("bad-signature") from None
+        if abs(time.time() - ts) > self.window_s:
+            raise Unauthenticated("stale", device_id)
         return device_id, nonce, raw
 
-    def record_refusal(self, action: str, exc: Exception, device_id: str | None = None, org_id: str | None = None) -> None:
+    def record_refusal(self, action: str, exc: Exception, host: str | None, device_id: str | None = None,
+                       org_id: str | None = None) -> None:
+        """Record a refusal not yet recorded: an audit event when a verified device is named (by
+        `exc` or `device_id`), else a count."""
         if getattr(exc, "audited", False):
             return
         reason = getattr(exc, "reason", "refused")
         dev = getattr(exc, "device_id", None) or device_id
+        if dev is None:
+            self.count_refusal(action, reason, host)
+            return
         with write_txn(self.engine) as conn:
-            audit(conn, action, reason[:32], device_id=_safe_id(dev), org_id=_safe_id(org_id))
+            audit(conn, action, reason[:32], device_id=dev, org_id=_safe_id(org_id))
 
     # -- lookup ----------------------------------------------------------------------------
 
@@ -179,12 +216,17 @@ class DeviceDirectory:
             with write_txn(self.engine) as conn:
                 self.purge_nonces(conn, now)
 
-    def lookup(self, device_id: str, nonce: str, org_id: str, public_key: bytes | None = None) -> dict:
+    def lookup(self, device_id: str, nonce: str, org_id: str, public_key: bytes | None = None,
+               host: str | None = None) -> dict:
         """The org's wire profile for this device, or `Refused`/`Unauthenticated` (revoked device,
         replay, or a device whose key is not `public_key`, the key the request was verified with).
 
         One write transaction: the device and profile read, the nonce insert and the audit record
-        commit together, so a granted answer always has its audit record and its spent nonce."""
+        commit together, so a granted answer always has its audit record and its spent nonce. A
+        granted profile whose sealed part does not open (its public part or ciphertext edited,
+        or sealed before the public part was bound) is not served: a second audit event says
+        why (`tampered`, `legacy-seal`, `undecryptable`) and the `CryptoError` goes up (503).
+        A verified request from a new source address is an anomaly (cloud/anomalies.py)."""
         now = time.time()
         org = _safe_id(org_id)
         if self.engine.dialect.name == "postgresql":
@@ -193,14 +235,26 @@ class DeviceDirectory:
         else:
             row = self._lookup_local(device_id, nonce, org, public_key, now)
         self._maybe_purge(now)
+        if host is not None and row.outcome in VERIFIED_OUTCOMES:
+            self.sources.seen(device_id, host, org)
+        if row.outcome == "replay":
+            self._throttle.give_back(device_id)
         if row.outcome != "granted":
             if row.outcome in ("unknown-device", "key-changed"):
                 self._keys.pop(device_id, None)
             denied = Refused("no-contract") if row.outcome == "refused" else Unauthenticated(row.outcome, device_id)
             denied.audited = True
             raise denied
-        secret = self.keyring.open(Sealed(row.kek_id, row.wrapped_dek, row.secrets_ct), aad(org))
-        return profiles.join(json.loads(row.public_json), secret)
+        try:
+            public, secret = open_profile(self.keyring, org, row.public_json, row.seal_version,
+                                          Sealed(row.kek_id, row.wrapped_dek, row.secrets_ct))
+        except (LegacySeal, DecryptError) as exc:
+            why = "legacy-seal" if isinstance(exc, LegacySeal) else "tampered" if isinstance(exc, Tampered) \
+                else "undecryptable"
+            with write_txn(self.engine) as conn:
+                audit(conn, "lookup", why, device_id=device_id, org_id=org)
+            raise
+        return profiles.join(public, secret)
 
     def _lookup_local(self, device_id: str, nonce: str, org: str | None, public_key: bytes | None,
                       now: float) -> LookupRow:
@@ -213,12 +267,13 @@ class DeviceDirectory:
                 outcome = "granted" if dev.secrets_ct is not None else "refused"
             INSERT_AUDIT.run(conn, at=now, device_id=device_id, org_id=org, action="lookup", outcome=outcome).close()
         if outcome != "granted":
-            return LookupRow(outcome, None, None, None, None)
-        return LookupRow(outcome, dev.public_json, dev.kek_id, dev.wrapped_dek, dev.secrets_ct)
+            return LookupRow(outcome, None, None, None, None, None)
+        return LookupRow(outcome, dev.public_json, dev.kek_id, dev.wrapped_dek, dev.secrets_ct, dev.seal_version)
 
     # -- cards known by their UID only -----------------------------------------------------
 
-    def card_org(self, device_id: str, nonce: str, card: str, public_key: bytes | None = None) -> str:
+    def card_org(self, device_id: str, nonce: str, card: str, public_key: bytes | None = None,
+                 host: str | None = None) -> str:
         """The org `card` (a valid card id) is registered to in the device's space while that org
         has an active contract with the space; else `Refused` (the same for an unknown card and an
         org without a contract) or `Unauthenticated` (as `lookup`).
@@ -244,6 +299,10 @@ class DeviceDirectory:
                     outcome = "granted" if found.contract_id is not None else "no-contract"
             audit(conn, "card-lookup", outcome, device_id=device_id, org_id=org, at=now, card_ref=ref)
         self._maybe_purge(now)
+        if host is not None and outcome in VERIFIED_OUTCOMES:
+            self.sources.seen(device_id, host, org)
+        if outcome == "replay":
+            self._throttle.give_back(device_id)
         if outcome == "granted":
             return org
         if outcome in ("unknown-device", "key-changed"):
@@ -290,7 +349,7 @@ def _device_and_profile():
     contract = and_(T_CONTRACT.c.space_id == T_DEVICE.c.space_id, T_CONTRACT.c.org_id == bindparam("org_id"),
                     T_CONTRACT.c.status == ACTIVE)
     return (select(T_DEVICE.c.public_key, T_DEVICE.c.status, T_PROFILE.c.public_json, T_PROFILE.c.kek_id,
-                   T_PROFILE.c.wrapped_dek, T_PROFILE.c.secrets_ct)
+                   T_PROFILE.c.wrapped_dek, T_PROFILE.c.secrets_ct, T_PROFILE.c.seal_version)
             .select_from(T_DEVICE.outerjoin(T_CONTRACT, contract)
                          .outerjoin(T_PROFILE, T_PROFILE.c.org_id == T_CONTRACT.c.org_id))
             .where(T_DEVICE.c.id == bindparam("device_id"))
@@ -304,6 +363,7 @@ class _DeviceRow(NamedTuple):
     kek_id: str | None
     wrapped_dek: bytes | None
     secrets_ct: bytes | None
+    seal_version: int | None
 
 
 DEVICE_AND_PROFILE = Prepared(_device_and_profile())
@@ -323,7 +383,3 @@ def _insert_nonce(dialect: str):
     else:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     return dialect_insert(T_NONCE).on_conflict_do_nothing(index_elements=["device_id", "nonce"])
-
-
-def aad(org_id: str) -> bytes:
-    return b"tenantprint-profile\0" + org_id.encode()

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 LOOKUP_SQL = """
 WITH d AS (
     SELECT device.public_key, device.status, org_profile.public_json, org_profile.kek_id,
-           org_profile.wrapped_dek, org_profile.secrets_ct
+           org_profile.wrapped_dek, org_profile.secrets_ct, org_profile.seal_version
     FROM device
     LEFT JOIN contract ON contract.space_id = device.space_id AND contract.org_id = %(org_id)s
                           AND contract.status = 'active'
@@ -45,7 +45,7 @@ WITH d AS (
     SELECT %(now)s, %(device_id)s, %(audit_org_id)s, 'lookup', o.outcome FROM o
     RETURNING outcome
 )
-SELECT a.outcome, d.public_json, d.kek_id, d.wrapped_dek, d.secrets_ct
+SELECT a.outcome, d.public_json, d.kek_id, d.wrapped_dek, d.secrets_ct, d.seal_version
 FROM a LEFT JOIN d ON a.outcome = 'granted'
 """
 
@@ -56,6 +56,7 @@ class LookupRow(NamedTuple):
     kek_id: str | None
     wrapped_dek: bytes | None
     secrets_ct: bytes | None
+    seal_version: int | None  # cloud/sealing.py
 
 
 def run_lookup(engine: Engine, *, device_id: str, nonce: str, org_id: str | None, public_key: bytes | None,

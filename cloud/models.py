@@ -65,6 +65,9 @@ class OrgProfile(Base):
     secrets_ct: Mapped[bytes] = mapped_column(LargeBinary)
     version: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[float] = mapped_column(Float)
+    # 2: the sealed part's associated data binds the public part (cloud/sealing.py); 1: rows sealed
+    # before that, refused by lookups until `tenantprint cloud reseal-profiles` re-seals them.
+    seal_version: Mapped[int] = mapped_column(Integer, server_default="1")
 
 
 class EnrolmentToken(Base):
@@ -88,6 +91,7 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(32))
     outcome: Mapped[str] = mapped_column(String(32))
     card_ref: Mapped[str | None] = mapped_column(String(16), nullable=True)  # card events: hash prefix
+    source: Mapped[str | None] = mapped_column(String(64), nullable=True)  # anomalies: the request's address
 
 
 class CardKey(Base):
@@ -119,3 +123,22 @@ class RequestNonce(Base):
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
     seen_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class RefusalCount(Base):
+    """Refused requests whose signature did not verify (or that never got that far: rate limited),
+    counted per minute, action, reason and source prefix; never a device or org id (cloud/refusals.py)."""
+    __tablename__ = "refusal_count"
+    bucket: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    action: Mapped[str] = mapped_column(String(32), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    source_prefix: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+
+
+class DeviceSource(Base):
+    """The source addresses a device's verified, fresh requests came from (cloud/anomalies.py)."""
+    __tablename__ = "device_source"
+    device_id: Mapped[str] = mapped_column(ForeignKey("device.id"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    first_seen: Mapped[float] = mapped_column(Float)

@@ -137,6 +137,17 @@ class Cloud:
         self.admin.add_contract("initech", "space-2")  # a contract, but with another space
         self.key_dir = key_dir
 
+    def reconfigure(self, config: dict) -> None:
+        """Serve the same database with `config` (cloud/config.py sections, e.g. `{"server":
+        {"api_docs": True}}`) in place of the defaults: a new app and test client."""
+        from fastapi.testclient import TestClient
+
+        from cloud.api import create_app
+        from cloud.config import from_dict
+        self.http.close()
+        self.app = create_app(self.engine, self.keyring, config=from_dict(config))
+        self.http = TestClient(self.app, base_url="http://testserver", raise_server_exceptions=False)
+
     def enrol(self, device_id: str = "mfp-1.space-1", space: str = "space-1", key_dir: Path | None = None):
         from hal.directory.client import enrol
         token = self.admin.enrol_token(space, device_id)["token"]

@@ -25,7 +25,11 @@ def served(db_url, kek_file, tmp_path):
     seeded = Cloud(db_url, kek_file, tmp_path / "unused")  # schema + orgs + contracts
     tls = make_tls(tmp_path / "tls", ["127.0.0.1"])
     port = free_port()
-    env = {"PATH": os.environ["PATH"], "TP_CLOUD_DB": db_url, "TP_CLOUD_KEK_FILE": str(kek_file)}
+    config = tmp_path / "cloud.toml"  # 120 concurrent lookups of one device: over its default limits
+    config.write_text("[limits]\ndevice_per_min = 60000\ndevice_burst = 1000\n"
+                      "source_per_min = 60000\nsource_burst = 1000\n")
+    env = {"PATH": os.environ["PATH"], "TP_CLOUD_DB": db_url, "TP_CLOUD_KEK_FILE": str(kek_file),
+           "TP_CLOUD_CONFIG": str(config)}
     log = open(tmp_path / "serve.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "tenantprint", "cloud", "serve", "--host", "127.0.0.1",
                              "--port", str(port), "--workers", "2", "--tls-cert", str(tls["server"]),
