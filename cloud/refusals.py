@@ -7,11 +7,14 @@ audit events (which name devices and are append-only) but counters in `refusal_c
 (minute, action, reason, source prefix), holding a count. The claimed device and org ids are not
 stored at all.
 
-The bound: each API process counts at most `MAX_PREFIXES` distinct source prefixes (IPv4 /24, IPv6
-/48) per minute, the rest as `other`, and reasons come from the closed set `REASONS`. So a minute
-adds at most len(REASONS) x (MAX_PREFIXES x processes + 1) rows, however many requests arrive;
-400 junk lookups from one address add one row per reason they hit per minute they span. Rows older
-than `RETENTION_S` are deleted.
+The bound: each API process counts at most `MAX_PREFIXES` (16) distinct source prefixes (IPv4 /24,
+IPv6 /48) per minute, the rest as `other`; actions and reasons come from closed sets, and only 17
+(action, reason) pairs occur (lookup and card lookup: missing-headers, malformed-headers,
+malformed-signature, unknown-device, bad-signature, rate-limited, device-rate-limited; enrol:
+unknown-token, bad-public-key, rate-limited). So a minute adds at most 17 x (16 x processes + 1)
+rows (289 with one process), however many requests arrive; 400 junk lookups from one address add
+one row per reason they hit per minute they span. Rows older than `RETENTION_S` (30 days) are
+deleted.
 
 Counts are gathered in memory and written at most once a second per process (one upsert per key),
 so a flood costs no database write per request; a process that dies loses at most its last second
