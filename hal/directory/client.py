@@ -81,7 +81,7 @@ def enrol(url: str, token: str, key_dir: str | Path, ca_file: str | Path | None 
     if resp.status_code in (401, 403):
         pending.unlink(missing_ok=True)
         raise DirectoryRefused("enrolment refused (token unknown, used or expired)", resp.status_code)
-    if resp.status_code >= 500:
+    if resp.status_code >= 500 or resp.status_code == 429:  # down, or rate limited: try again later
         pending.unlink(missing_ok=True)
         raise DirectoryUnreachable(f"enrolment: directory answered {resp.status_code}")
     try:
