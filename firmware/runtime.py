@@ -555,8 +555,12 @@ class Runtime:
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
         server = await status.serve(self.cfg.runtime.status_socket, self._control, self._pin)
-        panel_server = await status.serve(self.cfg.panel.socket, self._panel, self._pin,
-                                          group=self.cfg.panel.socket_group)
+        try:
+            panel_server = await status.serve(self.cfg.panel.socket, self._panel, self._pin,
+                                              group=self.cfg.panel.socket_group)
+        except (OSError, KeyError) as exc:  # no panel (a group that does not exist): the daemon serves on
+            journal.record("panel socket not served", level=50, error=f"{type(exc).__name__}: {exc}")
+            panel_server = None
         self._start_keypad()
         self.refresh_screen()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -594,7 +598,8 @@ class Runtime:
                 t.cancel()
             await self.devices.card.close()
             server.close()
-            panel_server.close()
+            if panel_server is not None:
+                panel_server.close()
             if self.keypad is not None:
                 self.keypad.stop()
             self.session_worker.shutdown(wait=True)
