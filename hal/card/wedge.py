@@ -17,37 +17,32 @@ zeros and are the same for decimal and hex numbers.
 
 The device is chosen by config: `device` (a path, best a stable `/dev/input/by-id/...-event-kbd`)
 or `name` (a substring of the evdev device name). A device that is absent or goes away is retried
-with a backoff; `reader_state()` says why it is not connected. The firmware's unit allows
-`char-input` read access for this (DeviceAllow=char-input r); evdev then opens it read-only.
+with a backoff; `reader_state()` says why it is not connected (the opening, grabbing and retrying is
+`hal.input_device.InputDeviceReader`'s). The firmware's unit allows `char-input` read access for
+this (DeviceAllow=char-input r); evdev then opens it read-only.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import select
-import stat
-import struct
 import time
 from dataclasses import dataclass
-from typing import Iterator, Union
+from typing import Union
 
 from hal.card import CardRemoved, CardUid, ReaderUnavailable, mask_uid
 from hal.card.threaded import ThreadedReader
+from hal.input_device import (EV_KEY, INPUT_EVENT, KEY_DOWN, KEY_REPEAT, KEY_UP, NOT_OPENED, InputDeviceReader,
+                              input_events, require_evdev)
 
 log = logging.getLogger("tenantprint.card.wedge")
 
 KIND_WEDGE = "wedge"
 
-# linux/input-event-codes.h
-EV_KEY = 0x01
+# linux/input-event-codes.h (EV_KEY, KEY_UP/DOWN/REPEAT and the input_event format: hal.input_device)
 KEY_ENTER, KEY_KPENTER, KEY_LEFTSHIFT, KEY_RIGHTSHIFT = 28, 96, 42, 54
 DIGIT_KEYS = {2: "1", 3: "2", 4: "3", 5: "4", 6: "5", 7: "6", 8: "7", 9: "8", 10: "9", 11: "0",
               79: "1", 80: "2", 81: "3", 75: "4", 76: "5", 77: "6", 71: "7", 72: "8", 73: "9", 82: "0"}
 HEX_KEYS = {30: "A", 48: "B", 46: "C", 32: "D", 18: "E", 33: "F"}
-KEY_UP, KEY_DOWN, KEY_REPEAT = 0, 1, 2
-
-INPUT_EVENT = struct.Struct("llHHi")  # struct input_event: struct timeval, __u16 type, code, __s32 value
 
 
 @dataclass(frozen=True)
@@ -146,14 +141,6 @@ class WedgeDecoder:
         return WedgeNumber(chars)
 
 
-def input_events(data: bytes) -> Iterator[tuple[float, int, int, int]]:
-    """(time, type, code, value) of each `struct input_event` in a byte stream read from evdev."""
-    if len(data) % INPUT_EVENT.size:
-        raise ValueError(f"{len(data)} bytes is not a whole number of {INPUT_EVENT.size}-byte input events")
-    for sec, usec, ev_type, code, value in INPUT_EVENT.iter_unpack(data):
-        yield sec + usec / 1e6, ev_type, code, value
-
-
 def wedge_events(number: str, start: float, gap_s: float = 0.002) -> bytes:
     """Pure: the `struct input_event` records a wedge reader makes typing `number` (digits, A-F) and
     ENTER, a key every `gap_s` from `start` (each a key down and up, as a keyboard sends them)."""
@@ -164,42 +151,6 @@ def wedge_events(number: str, start: float, gap_s: float = 0.002) -> bytes:
         out += INPUT_EVENT.pack(sec, usec, EV_KEY, key, KEY_DOWN) + INPUT_EVENT.pack(sec, usec, EV_KEY, key, KEY_UP)
         t += gap_s
     return bytes(out)
-
-
-class _StreamDevice:
-    """A FIFO of recorded `struct input_event` records standing in for an evdev device (the lab: the
-    kernel's input layer is what is simulated). Nothing to grab: no console reads a FIFO."""
-
-    def __init__(self, path: str):
-        # read-write: the FIFO never shows end-of-file while no writer has it open
-        self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
-        self.name, self._buf = f"recorded input ({path})", b""
-
-    def grab(self) -> None:
-        pass
-
-    def ungrab(self) -> None:
-        pass
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    def read(self):
-        self._buf += os.read(self.fd, 4096)
-        whole = len(self._buf) - len(self._buf) % INPUT_EVENT.size
-        data, self._buf = self._buf[:whole], self._buf[whole:]
-        return [_StreamEvent(*e) for e in input_events(data)]
-
-
-@dataclass(frozen=True)
-class _StreamEvent:
-    t: float
-    type: int
-    code: int
-    value: int
-
-    def timestamp(self) -> float:
-        return self.t
 
 
 def decode_stream(data: bytes, config: WedgeConfig = WedgeConfig(), *, end: float | None = None) -> list[WedgeResult]:
@@ -216,111 +167,32 @@ def decode_stream(data: bytes, config: WedgeConfig = WedgeConfig(), *, end: floa
 
 # -- the reader -------------------------------------------------------------------------------
 
-class WedgeReader(ThreadedReader):
+class WedgeReader(InputDeviceReader, ThreadedReader):
     """Options: `device` (input device path) or `name` (substring of its evdev name), `hex_digits`,
     `min_len`, `max_len`, `max_gap_ms`, `idle_reset_ms`, `retry_s` / `retry_max_s` (backoff while the
     device is absent)."""
 
+    _log = log
+
     def __init__(self, device: str = "", name: str = "", hex_digits: bool = False, min_len: int = 4,
                  max_len: int = 20, max_gap_ms: float = 50, idle_reset_ms: float = 1000,
                  retry_s: float = 0.2, retry_max_s: float = 2.0):
-        super().__init__()
-        try:
-            import evdev  # noqa: F401
-        except ImportError as exc:
-            raise ReaderUnavailable(f"python-evdev is not usable: {exc}") from None
+        require_evdev(ReaderUnavailable)
         if not device and not name:
             raise ValueError("a wedge reader needs `device` (a path) or `name` (part of its name)")
-        self.device, self.name = device, name
         self.config = WedgeConfig(min_len, max_len, max_gap_ms / 1000, idle_reset_ms / 1000, hex_digits)
-        self.retry_s, self.retry_max_s = retry_s, max(retry_max_s, retry_s)
-        self.label = f"wedge:{device or name}"
-        self._wake_r, self._wake_w = os.pipe()
-        self._set_state(False, "not opened yet")
-
-    def _wake(self) -> None:
-        os.write(self._wake_w, b"x")
+        super().__init__(device, name, label=f"wedge:{device or name}", retry_s=retry_s, retry_max_s=retry_max_s)
+        self._set_state(False, NOT_OPENED)
 
     async def close(self) -> None:
         await super().close()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def _find(self):
-        import evdev
-        if self.device and stat.S_ISFIFO(os.stat(self.device).st_mode):
-            return _StreamDevice(self.device)
-        if self.device:
-            return evdev.InputDevice(self.device)
-        for path in evdev.list_devices():
-            try:
-                dev = evdev.InputDevice(path)
-            except OSError:
-                continue
-            if self.name in dev.name and evdev.ecodes.EV_KEY in dev.capabilities():
-                return dev
-            dev.close()
-        raise FileNotFoundError(f"no input device named like {self.name!r}")
-
-    def _open(self):
-        """The grabbed device, or None (the state says why)."""
-        try:
-            dev = self._find()
-        except OSError as exc:
-            cause = "input device not found" if isinstance(exc, FileNotFoundError) else f"cannot open input device: {exc}"
-            self._note_problem(cause)
-            return None
-        try:
-            dev.grab()
-        except OSError as exc:
-            dev.close()
-            self._note_problem(f"input device held by another program ({exc.strerror})")
-            return None
-        log.info("wedge reader %s open and grabbed: %s", self.label, dev.name)
-        self._set_state(True, "")
-        return dev
-
-    def _note_problem(self, cause: str) -> None:
-        if self.reader_state()["problem"] != cause:
-            log.warning("wedge reader %s: %s; retrying", self.label, cause)
-        self._set_state(False, cause)
-
-    def _run(self) -> None:
-        delay = self.retry_s
-        while not self._stop.is_set():
-            dev = self._open()
-            if dev is None:
-                if self._stop.wait(delay):
-                    return
-                delay = min(delay * 2, self.retry_max_s)
-                continue
-            delay = self.retry_s
-            try:
-                self._serve(dev)
-            except OSError as exc:  # unplugged: ENODEV
-                self._note_problem(f"input device gone ({exc.strerror})")
-            finally:
-                try:
-                    dev.ungrab()
-                except OSError:
-                    pass
-                dev.close()
+        self._close_wake()
 
     def _serve(self, dev) -> None:
         decoder = WedgeDecoder(self.config)
         while not self._stop.is_set():
-            ready, _, _ = select.select([dev.fd, self._wake_r], [], [], self.config.idle_reset_s / 2)
-            if self._wake_r in ready:
-                os.read(self._wake_r, 64)
-            if dev.fd in ready:
-                try:
-                    events = list(dev.read())
-                except BlockingIOError:
-                    events = []
-                for ev in events:
+            if self._wait(dev, self.config.idle_reset_s / 2):
+                for ev in self._read(dev):
                     self._handle(decoder.feed(ev.timestamp(), ev.type, ev.code, ev.value))
             self._handle(decoder.expire(time.time()))  # evdev stamps events with CLOCK_REALTIME
 
@@ -332,4 +204,3 @@ class WedgeReader(ThreadedReader):
             log.info("card on %s: wedge number %s", self.label, mask_uid(uid))
             self._emit(CardUid(uid, KIND_WEDGE, self.label, detected_at=time.monotonic()))
             self._emit(CardRemoved(self.label))
-

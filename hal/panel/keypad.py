@@ -31,33 +31,32 @@ keys), `clear()`, an idle entry and a lost device. Submit copies the digits into
 the Pin owns it and wipes it once handed to the secret keeper. No digit is ever logged; nor is the
 number of digits.
 
-Devices are chosen as for the wedge reader: `device` (a path, best the stable
-`/dev/input/by-id/usb-...-event-kbd`) or `name` (a substring of the evdev device name). A FIFO as
-`device` is read as recorded `struct input_event` records (the lab, and the tests: see
-`keypad_events`). An absent or lost device is retried with a backoff; `reader_state()` says why it
-is not connected. It runs inside the firmware (its unit allows `char-input r`).
+Devices are chosen, grabbed and retried as for the wedge reader (both are `hal.input_device`'s):
+`device` (a path, best the stable `/dev/input/by-id/usb-...-event-kbd`) or `name` (a substring of
+the evdev device name). A FIFO as `device` is read as recorded `struct input_event` records (the
+lab, and the tests: see `keypad_events`). An absent or lost device is retried with a backoff;
+`reader_state()` says why it is not connected. It runs inside the firmware (its unit allows
+`char-input r`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import select
-import stat
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Union
 
 from firmware.events import Pin
-from hal.card.wedge import INPUT_EVENT, KEY_DOWN, KEY_UP, _StreamDevice
+from hal import input_device
+from hal.input_device import (EV_KEY, EV_SYN, INPUT_EVENT, KEY_DOWN, KEY_UP, NOT_OPENED, InputDeviceReader,
+                              require_evdev)
 
 log = logging.getLogger("tenantprint.panel.keypad")
 
 MAX_DIGITS = 16  # the panel API's and the control socket's longest PIN (firmware.status.MAX_PIN)
 
-# linux/input-event-codes.h
-EV_SYN, EV_KEY = 0x00, 0x01
+# linux/input-event-codes.h (EV_SYN, EV_KEY and the input_event format: hal.input_device)
 KEY_ESC, KEY_BACKSPACE, KEY_ENTER, KEY_KPMINUS, KEY_KPENTER, KEY_DELETE = 1, 14, 28, 74, 96, 111
 # key code -> the ASCII digit's byte value (an int: no str of a digit is ever made)
 DIGIT_KEYS = {2: 0x31, 3: 0x32, 4: 0x33, 5: 0x34, 6: 0x35, 7: 0x36, 8: 0x37, 9: 0x38, 10: 0x39, 11: 0x30,
@@ -182,23 +181,10 @@ PinCallback = Callable[[Pin], None]
 def open_input_device(device: str, name: str):
     """The input device at `device` (a FIFO: recorded events), or the first whose evdev name
     contains `name` and that has digit keys. OSError (FileNotFoundError: none) when there is none."""
-    import evdev
-    if device and stat.S_ISFIFO(os.stat(device).st_mode):
-        return _StreamDevice(device)
-    if device:
-        return evdev.InputDevice(device)
-    for path in evdev.list_devices():
-        try:
-            dev = evdev.InputDevice(path)
-        except OSError:
-            continue
-        if name in dev.name and set(dev.capabilities().get(EV_KEY, ())) & DIGIT_KEYS.keys():
-            return dev
-        dev.close()
-    raise FileNotFoundError(f"no input device named like {name!r}")
+    return input_device.open_input_device(device, name, DIGIT_KEYS.keys())
 
 
-class KeypadReader:
+class KeypadReader(InputDeviceReader):
     """Reads a keypad in a thread of its own and calls back, from that thread:
 
     - `on_pin(pin)`: ENTER after 1..16 digits. The callee owns the `Pin` and wipes it once handed
@@ -215,29 +201,26 @@ class KeypadReader:
     `retry_s` / `retry_max_s` (backoff while the device is absent). `start()`, `stop()`."""
 
     join_timeout_s = 3.0
+    _log = log
+    wanted_keys = DIGIT_KEYS.keys()
 
     def __init__(self, device: str, on_pin: PinCallback, on_cancel: Callable[[], None],
                  on_activity: Callable[[int], None], *, name: str = "", idle_clear_s: float = 30.0,
                  retry_s: float = 0.2, retry_max_s: float = 2.0):
-        try:
-            import evdev  # noqa: F401
-        except ImportError as exc:
-            raise KeypadUnavailable(f"python-evdev is not usable: {exc}") from None
+        require_evdev(KeypadUnavailable)
         if not device and not name:
             raise KeypadConfigError("a keypad needs `device` (a path) or `name` (part of its name)")
         if not (idle_clear_s > 0 and 0 < retry_s):
             raise KeypadConfigError("keypad timings must be positive")
-        self.device, self.name = device, name
-        self.label = f"keypad:{device or name}"
-        self.idle_clear_s, self.retry_s, self.retry_max_s = idle_clear_s, retry_s, max(retry_max_s, retry_s)
+        self.idle_clear_s = idle_clear_s
         self._on_pin, self._on_cancel, self._on_activity = on_pin, on_cancel, on_activity
         self._decoder = KeypadDecoder()  # touched by the reader thread only
         self._stop = threading.Event()
         self._clear = threading.Event()
-        self._wake_r, self._wake_w = os.pipe()
         self._thread: threading.Thread | None = None
         self._state_lock = threading.Lock()
-        self._state = {"connected": False, "problem": "not opened yet"}
+        self._state = {"connected": False, "problem": NOT_OPENED}
+        super().__init__(device, name, label=f"keypad:{device or name}", retry_s=retry_s, retry_max_s=retry_max_s)
 
     # -- the firmware's side --
 
@@ -258,8 +241,7 @@ class KeypadReader:
             self._thread.join(self.join_timeout_s)
         if self._thread is None or not self._thread.is_alive():
             self._decoder.clear()
-            for fd in (self._wake_r, self._wake_w):
-                os.close(fd)
+            self._close_wake()
 
     def clear(self) -> None:
         """Wipe the digits typed so far (thread-safe; no callback)."""
@@ -277,17 +259,6 @@ class KeypadReader:
         with self._state_lock:
             self._state = {"connected": connected, "problem": problem}
 
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
-
-    def _note_problem(self, cause: str) -> None:
-        if self.reader_state()["problem"] != cause:
-            log.warning("%s: %s; retrying", self.label, cause)
-        self._set_state(False, cause)
-
     def _guarded_run(self) -> None:
         try:
             self._run()
@@ -297,63 +268,20 @@ class KeypadReader:
         finally:
             self._decoder.clear()
 
-    def _open(self):
-        """The grabbed device, or None (the state says why)."""
-        try:
-            dev = open_input_device(self.device, self.name)
-        except OSError as exc:
-            cause = "input device not found" if isinstance(exc, FileNotFoundError) else f"cannot open input device: {exc.strerror}"
-            self._note_problem(cause)
-            return None
-        try:
-            dev.grab()
-        except OSError as exc:
-            dev.close()
-            self._note_problem(f"input device held by another program ({exc.strerror})")
-            return None
-        log.info("%s open and grabbed: %s", self.label, dev.name)
-        self._set_state(True, "")
-        return dev
-
-    def _run(self) -> None:
-        delay = self.retry_s
-        while not self._stop.is_set():
-            dev = self._open()
-            if dev is None:
-                if self._stop.wait(delay):
-                    return
-                delay = min(delay * 2, self.retry_max_s)
-                continue
-            delay = self.retry_s
-            try:
-                self._serve(dev)
-            except OSError as exc:  # unplugged: ENODEV
-                self._note_problem(f"input device gone ({exc.strerror})")
-            finally:
-                try:
-                    dev.ungrab()
-                except OSError:
-                    pass
-                dev.close()
-                if self._decoder.clear():
-                    self._call(self._on_activity, 0)
+    def _after_close(self) -> None:
+        if self._decoder.clear():
+            self._call(self._on_activity, 0)
 
     def _serve(self, dev) -> None:
         last_key = time.monotonic()
         tick = min(0.5, self.idle_clear_s / 2)
         while not self._stop.is_set():
-            ready, _, _ = select.select([dev.fd, self._wake_r], [], [], tick)
-            if self._wake_r in ready:
-                os.read(self._wake_r, 64)
+            readable = self._wait(dev, tick)
             if self._clear.is_set():
                 self._clear.clear()
                 self._decoder.clear()
-            if dev.fd in ready:
-                try:
-                    events = list(dev.read())
-                except BlockingIOError:
-                    events = []
-                for ev in events:
+            if readable:
+                for ev in self._read(dev):
                     action = self._decoder.feed(ev.type, ev.code, ev.value)
                     if action is not None:
                         last_key = time.monotonic()
