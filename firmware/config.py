@@ -1,4 +1,5 @@
-"""The firmware's configuration: one validated schema, unknown keys are errors.
+"""The firmware's configuration: one validated schema, unknown keys are errors
+(`tenantprint.config_schema`).
 
 Layers, later wins: built-in defaults -> the config file (`/etc/tenantprint/firmware.toml`, TOML) ->
 the enrolment record written at first boot (`<device.state_dir>/enrolment.json`: device id, cloud URL,
@@ -10,18 +11,19 @@ from __future__ import annotations
 
 import json
 import re
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hal.printer.driver_engine import check_driver
 from hal.printer.engine_finder import check_uri
+from tenantprint import config_schema
+from tenantprint.config_schema import Config, between, one_of, option
 
 DEFAULT_PATH = Path("/etc/tenantprint/firmware.toml")
 
 
-class ConfigError(ValueError):
+class ConfigError(config_schema.ConfigError):
     """The configuration is invalid; the message names the key."""
 
 
@@ -30,22 +32,6 @@ def _kinds(v: str) -> str:
     if not kinds or any(k not in ("pcsc", "nfcpy", "wedge") for k in kinds) or len(set(kinds)) != len(kinds):
         raise ValueError("must be pcsc, nfcpy or wedge, or several of them separated by commas")
     return v
-
-
-def _choice(*values: str):
-    def check(v: str) -> str:
-        if v not in values:
-            raise ValueError(f"must be one of {', '.join(values)}")
-        return v
-    return check
-
-
-def _range(lo: float, hi: float):
-    def check(v: float) -> float:
-        if not lo <= v <= hi:
-            raise ValueError(f"must be between {lo} and {hi}")
-        return v
-    return check
 
 
 def _abs_path(v: str) -> str:
@@ -62,70 +48,66 @@ def _url(v: str) -> str:
     return v
 
 
-def _opt(check=None, **kw):
-    return field(metadata={"check": check}, **kw)
-
-
 @dataclass
 class DeviceSection:
-    state_dir: str = _opt(_abs_path, default="/var/lib/tenantprint")
-    device_id: str = _opt(default="")
+    state_dir: str = option(_abs_path, default="/var/lib/tenantprint")
+    device_id: str = option(default="")
 
 
 @dataclass
 class CloudSection:
-    url: str = _opt(_url, default="")
-    ca_file: str = _opt(default="")
-    timeout_s: float = _opt(_range(0.5, 60), default=5.0)
+    url: str = option(_url, default="")
+    ca_file: str = option(default="")
+    timeout_s: float = option(between(0.5, 60), default=5.0)
     # The idle spare keeper keeps its connection to the directory open with a health check this
     # often (under the directory's keep-alive, 30 s), so a tap's lookup is one round trip; 0: none.
-    keep_warm_s: float = _opt(_range(0, 600), default=20.0)
+    keep_warm_s: float = option(between(0, 600), default=20.0)
 
 
 @dataclass
 class CardSection:
     # one reader kind or several, comma-separated (each read at once): pcsc, nfcpy, wedge
-    kind: str = _opt(_kinds, default="pcsc")
-    reader: str = _opt(default="")  # pcsc: substring of the reader name; empty = any
-    nfc_path: str = _opt(default="usb")  # nfcpy device path
+    kind: str = option(_kinds, default="pcsc")
+    reader: str = option(default="")  # pcsc: substring of the reader name; empty = any
+    nfc_path: str = option(default="usb")  # nfcpy device path
     # wedge: the keyboard-wedge reader's input device (a /dev/input/by-id path), or part of its name
-    wedge_device: str = _opt(default="")
-    wedge_name: str = _opt(default="")
+    wedge_device: str = option(default="")
+    wedge_name: str = option(default="")
 
 
 @dataclass
 class TunnelSection:
-    backend: str = _opt(_choice("auto", "kernel", "libipsec"), default="auto")
-    vici_socket: str = _opt(_abs_path, default="/run/charon.vici")
-    up_timeout_s: float = _opt(_range(1, 120), default=15.0)
+    backend: str = option(one_of("auto", "kernel", "libipsec"), default="auto")
+    vici_socket: str = option(_abs_path, default="/run/charon.vici")
+    up_timeout_s: float = option(between(1, 120), default=15.0)
     # TCP initial congestion window (segments) on the tunnel's routes; 0 leaves the kernel's 10.
-    initcwnd: int = _opt(_range(0, 256), default=32)
+    initcwnd: int = option(between(0, 256), default=32)
 
 
 @dataclass
 class SessionSection:
-    tmpfs_dir: str = _opt(_abs_path, default="/run/tenantprint/session")
-    tmpfs_size_mb: int = _opt(_range(4, 4096), default=64)
-    ipp_port: int = _opt(_range(1, 65535), default=631)
+    tmpfs_dir: str = option(_abs_path, default="/run/tenantprint/session")
+    tmpfs_size_mb: int = option(between(4, 4096), default=64)
+    ipp_port: int = option(between(1, 65535), default=631)
 
 
 @dataclass
 class PrinterSection:
     # "auto": a USB printer through ipp-usb; or ipp://host[:port]/path (hal/printer/engine_finder.py);
     # with `driver`, the printer's CUPS device URI (usb://...): checked with `driver` by `_check_printer`
-    engine_uri: str = _opt(default="auto")
+    engine_uri: str = option(default="auto")
     # a printer that needs a driver: its CUPS model (drv:///..., `lpinfo -m`), "" for a driverless one
-    driver: str = _opt(check_driver, default="")
+    driver: str = option(check_driver, default="")
     # released documents on their way to the engine (root only; on /run: gone at power-off)
-    spool_dir: str = _opt(_abs_path, default="/run/tenantprint/engine")
+    spool_dir: str = option(_abs_path, default="/run/tenantprint/engine")
     # how long a released job waits for an engine that cannot be reached before it is given up
-    engine_give_up_s: float = _opt(_range(10, 86400), default=3600.0)
+    engine_give_up_s: float = option(between(10, 86400), default=3600.0)
 
 
 @dataclass
 class RuntimeSection:
-    status_socket: str = _opt(_abs_path, default="/run/tenantprint/firmware.sock")
-    pin_timeout_s: float = _opt(_range(5, 600), default=30.0)
+    status_socket: str = option(_abs_path, default="/run/tenantprint/firmware.sock")
+    pin_timeout_s: float = option(between(5, 600), default=30.0)
 
 
 def _panel_kinds(v: str) -> str:
@@ -151,13 +133,13 @@ def _loopback_listen(v: str) -> str:
 @dataclass
 class PanelSection:
     """The operation panel (hal/panel): what a person at the MFP sees and touches."""
-    kind: str = _opt(_panel_kinds, default="web")
-    socket: str = _opt(_abs_path, default="/run/tenantprint/panel.sock")   # the panel API (firmware/panel_api.py)
-    socket_group: str = _opt(default="")     # the panel service's group (device: tenantprint-panel); "": root only
-    listen: str = _opt(_loopback_listen, default="127.0.0.1:8650")          # the web panel (loopback only)
-    language: str = _opt(_choice("en", "ja"), default="en")
-    return_s: float = _opt(_range(5, 600), default=30.0)    # a screen goes back to idle after this
-    keypad_device: str = _opt(default="")    # a USB keypad: an event device path, or part of its name
+    kind: str = option(_panel_kinds, default="web")
+    socket: str = option(_abs_path, default="/run/tenantprint/panel.sock")  # the panel API (firmware/panel_api.py)
+    socket_group: str = option(default="")   # the panel service's group (device: tenantprint-panel); "": root only
+    listen: str = option(_loopback_listen, default="127.0.0.1:8650")        # the web panel (loopback only)
+    language: str = option(one_of("en", "ja"), default="en")
+    return_s: float = option(between(5, 600), default=30.0)  # a screen goes back to idle after this
+    keypad_device: str = option(default="")  # a USB keypad: an event device path, or part of its name
 
 
 def _cidrs(v: list) -> list:
@@ -170,11 +152,11 @@ def _cidrs(v: list) -> list:
 @dataclass
 class FirewallSection:
     # Addresses (CIDR) that may reach ssh (tcp 22) on the device; empty: no ssh at all.
-    management: list[str] = _opt(_cidrs, default_factory=list)
+    management: list[str] = option(_cidrs, default_factory=list)
 
 
 @dataclass
-class FirmwareConfig:
+class FirmwareConfig(Config):
     device: DeviceSection = field(default_factory=DeviceSection)
     cloud: CloudSection = field(default_factory=CloudSection)
     card: CardSection = field(default_factory=CardSection)
@@ -185,51 +167,12 @@ class FirmwareConfig:
     panel: PanelSection = field(default_factory=PanelSection)
     firewall: FirewallSection = field(default_factory=FirewallSection)
 
-    def as_dict(self) -> dict[str, dict[str, Any]]:
-        return {f.name: {k: list(v) if isinstance(v, list) else v
-                          for k, v in getattr(self, f.name).__dict__.items()} for f in fields(self)}
-
-
-def _apply(cfg: FirmwareConfig, data: Any, origin: str) -> None:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{origin}: expected a table of sections")
-    sections = {f.name: f for f in fields(cfg)}
-    for name, values in data.items():
-        if name not in sections:
-            raise ConfigError(f"{origin}: unknown section [{name}]")
-        if not isinstance(values, dict):
-            raise ConfigError(f"{origin}: [{name}] must be a table")
-        section = getattr(cfg, name)
-        known = {f.name: f for f in fields(section)}
-        for key, value in values.items():
-            if key not in known:
-                raise ConfigError(f"{origin}: unknown key {name}.{key}")
-            f = known[key]
-            want = f.type if isinstance(f.type, type) else {"str": str, "int": int, "float": float, "list[str]": list}[f.type]
-            if want is float and isinstance(value, int) and not isinstance(value, bool):
-                value = float(value)
-            if not isinstance(value, want) or isinstance(value, bool):
-                raise ConfigError(f"{origin}: {name}.{key} must be {want.__name__}")
-            check = f.metadata.get("check")
-            if check is not None:
-                try:
-                    value = check(value)
-                except ValueError as exc:
-                    raise ConfigError(f"{origin}: {name}.{key} {exc}") from None
-            setattr(section, key, value)
-
 
 def load(path: Path | None = DEFAULT_PATH, *, required: bool = False) -> FirmwareConfig:
     """Defaults, then the file at `path` (if it exists, or error if `required`), then enrolment."""
     cfg = FirmwareConfig()
     if path is not None and (required or path.exists()):
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-        _apply(cfg, data, str(path))
+        _apply(cfg, config_schema.read_toml(path, ConfigError), str(path))
     enrolment = Path(cfg.device.state_dir) / "enrolment.json"
     if enrolment.exists():
         try:
@@ -239,6 +182,10 @@ def load(path: Path | None = DEFAULT_PATH, *, required: bool = False) -> Firmwar
         _apply(cfg, _enrolment_layer(record, enrolment), str(enrolment))
     _check_printer(cfg, str(path))
     return cfg
+
+
+def _apply(cfg: FirmwareConfig, data: Any, origin: str) -> None:
+    config_schema.apply(cfg, data, origin, ConfigError)
 
 
 def _check_printer(cfg: FirmwareConfig, origin: str) -> None:
