@@ -21,6 +21,7 @@ import os
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -186,7 +187,18 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60, config: 
 
     @asynccontextmanager
     async def lifespan(_app):
-        yield
+        async def flush_now_and_then() -> None:
+            # the last refusals of a burst are written within a second too, not at the next refusal
+            while True:
+                await anyio.sleep(directory.refusals.flush_s)
+                if directory.refusals.pending():
+                    await to_thread.run_sync(directory.refusals.flush)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(flush_now_and_then)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
         await to_thread.run_sync(directory.refusals.flush)  # the last second's counts
 
     docs = config.server.api_docs

@@ -89,6 +89,11 @@ class RefusalCounter:
                 self._pending[key] = self._pending.get(key, 0) + 1
             return now - self._flushed_at >= self.flush_s
 
+    def pending(self) -> bool:
+        """Whether counts wait to be written."""
+        with self._lock:
+            return bool(self._pending)
+
     def flush(self) -> int:
         """Write the pending counts (one upsert per key); returns how many keys were written."""
         with self._lock:
