@@ -135,6 +135,11 @@ def test_through_the_tunnel_only_ipp_is_open(clean_system):
     assert st["state"] == "ready" and st["tunnel"]["up"], st
     vip = st["tunnel"]["virtual_ip"]
     through = scan(system, "lan-acme", vip, batch=2000, wait=0.5)
+    if through["open"] == []:
+        # Seen once in CI: every port unanswered, 631 too, the session up. kernel-libipsec's
+        # userspace ESP queue drops SYNs under a 2000-port burst; scan once more in smaller bursts
+        # (an open port other than 631 still fails the test, either scan).
+        through = scan(system, "lan-acme", vip, batch=500, wait=0.5)
     after = lab_cli("status")["firmware"]  # a tunnel that went during the scan answers nothing
     assert through["open"] == [631], (through, after["state"], after["tunnel"], after["audit"][-6:])
 
