@@ -603,7 +603,7 @@ def _ready_tick(state, event, limits):
     if ended:
         return _end(state, event.at, ended)
     s = state.s
-    if s.choose_armed_at is not None and not s_armed(s, event.at, limits):
+    if s.choose_armed_at is not None and not choose_armed(s, event.at, limits):
         s = replace(s, choose_armed_at=None)
     if s.panel_user is not None and not panel_fresh(s, event.at, limits):
         nxt, effects = _logged_out(replace(state, s=s), event, limits)
@@ -611,7 +611,7 @@ def _ready_tick(state, event, limits):
     return (replace(state, s=s), []) if s is not state.s else (state, [])
 
 
-def s_armed(s: Session, at: float, limits: Limits) -> bool:
+def choose_armed(s: Session, at: float, limits: Limits) -> bool:
     """Whether "Choose my jobs" was touched recently enough to apply to a tap answered at `at`."""
     return s.choose_armed_at is not None and at - s.choose_armed_at < limits.choose_armed_s
 
@@ -634,15 +634,20 @@ def _panel_jobs(state, event, limits) -> tuple[str, tuple[int, ...]] | None:
     if not panel_fresh(s, event.at, limits):
         return None
     own = _jobs_of(s, s.panel_user)
-    ids = event.job_ids
-    return s.panel_user, (own if ids is None else tuple(j for j in own if j in set(ids)))
+    if event.job_ids is None:
+        return s.panel_user, own
+    wanted = set(event.job_ids)
+    return s.panel_user, tuple(j for j in own if j in wanted)
+
+
+def _nobody_logged_in(state, refused: str) -> tuple[State, list]:
+    return state, [_show("not-authorized"), Audit(refused, {"session": state.session, "why": "nobody logged in"})]
 
 
 def _jobs_chosen(state, event, limits):
     chosen = _panel_jobs(state, event, limits)
     if chosen is None:
-        return state, [_show("not-authorized"), Audit("choose-refused", {"session": state.session,
-                                                                          "why": "nobody logged in"})]
+        return _nobody_logged_in(state, "choose-refused")
     user, jobs = chosen
     s = replace(state.s, panel_since=event.at, last_activity=event.at)
     if not jobs:
@@ -654,15 +659,14 @@ def _jobs_chosen(state, event, limits):
 def _jobs_deleted(state, event, limits):
     chosen = _panel_jobs(state, event, limits)
     if chosen is None:
-        return state, [_show("not-authorized"), Audit("delete-refused", {"session": state.session,
-                                                                          "why": "nobody logged in"})]
+        return _nobody_logged_in(state, "delete-refused")
     user, jobs = chosen
     s = replace(state.s, panel_since=event.at, last_activity=event.at,
                 held=tuple(j for j in state.s.held if j.job_id not in jobs))
     if not jobs:
         return Ready(s), [Audit("delete-refused", {"session": s.number, "user": user,
                                                    "why": "none of the person's held jobs"})]
-    # the desk drops its copy (deleted by its owner: never delivered again); then it goes here
+    # the desk cancels its copy (deleted by its owner: never delivered again); then it goes here
     return Ready(s), [ReportJobs(s.number, "deleted", jobs),
                       *[PurgeJob(s.number, j, "deleted by its owner") for j in jobs],
                       _show("jobs-deleted", count=len(jobs), user=user),
@@ -688,7 +692,7 @@ def _accepted(state, event, limits):
         who = event.as_user
     elif event.as_user and event.as_user != event.user:  # a badge is its own user's: no one else's
         return _back_to_ready(state.s, "not-authorized", "auth-mismatch", user=state.user)
-    armed = s_armed(state.s, event.at, limits)
+    armed = choose_armed(state.s, event.at, limits)
     s = replace(state.s, authed_user=who, last_activity=event.at, panel_user=who, panel_since=event.at,
                 choose_armed_at=None)
     noted = [Audit("auth-accepted", {"session": s.number, "user": who,

@@ -71,7 +71,6 @@ def _card_kind(error: Exception) -> str:
     return "read-error"
 
 
-MAX_PANEL_WAIT_S = 25.0
 CARD_LOOKUP_FRESH_S = 3.0  # a card's directory answer later than this is not taken as its tap
 
 
@@ -154,8 +153,7 @@ class Runtime:
                     for i, j in enumerate(self.devices.engine.pending())]
         facts = screen.Facts(jobs=s.jobs if s else {}, printing=printing, condition=self.devices.engine.condition,
                              attempts_left=attempts, typed=typed, local_id=s.local_id if s else "",
-                             lang=self.cfg.panel.language,
-                             return_s=self.cfg.panel.return_s, pin_timeout_s=self.limits.pin_timeout_s)
+                             lang=self.cfg.panel.language, limits=self.limits)
         try:
             self.screen.update(screen.screen_of(state, self.shown, now, facts))
         except Exception as exc:  # the panel must not take a step down with it
@@ -416,8 +414,7 @@ class Runtime:
         last_ping = 0.0
         while not self.done.is_set():
             await asyncio.sleep(TICK_S)
-            self.post(ev.Tick(self.now()))
-            self.loop.call_soon_threadsafe(self.refresh_screen)  # timers, the printer's condition
+            self.post(ev.Tick(self.now()))  # its step refreshes the screen: timers, the printer's condition
             if interval is not None and self.now() - last_ping >= interval:
                 sdnotify.notify("WATCHDOG=1")
                 last_ping = self.now()
@@ -445,7 +442,7 @@ class Runtime:
             if cmd == "screen":
                 return self.screen.current()
             if cmd == "wait":
-                return await self.screen.wait(request.get("after"), request.get("timeout", MAX_PANEL_WAIT_S))
+                return await self.screen.wait(request.get("after"), request.get("timeout", panel_api.MAX_WAIT_S))
             event = panel_api.event_for(request, self.now(), self.state)
         except panel_api.PanelRequestError as exc:
             return {"error": str(exc)}

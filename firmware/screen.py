@@ -46,8 +46,7 @@ class Facts:
     local_id: str = ""                              # the MFP's IKE identity in the session's org
     others: int = 0                                 # other organizations' sessions
     lang: str = "en"
-    return_s: float = 30.0
-    pin_timeout_s: float = 30.0
+    limits: m.Limits = m.LIMITS                     # the PIN's and the panel's timeouts
 
 
 def queue_name(local_id: str) -> str | None:
@@ -55,9 +54,8 @@ def queue_name(local_id: str) -> str | None:
     return QUEUE_PREFIX + re.sub(r"[^A-Za-z0-9_-]", "_", local_id)[:100] if local_id else None
 
 
-def _line(key: str, fields: tuple, *, keep: bool) -> dict:
-    values = {k: panel.mask_card(v) for k, v in fields if isinstance(v, (str, int, float))} if keep else {}
-    return {"key": key, "fields": values}
+def _line(key: str, fields: tuple = ()) -> dict:
+    return {"key": key, "fields": {k: panel.mask_card(v) for k, v in fields if isinstance(v, (str, int, float))}}
 
 
 def _job(job_id: int, info: dict) -> dict:
@@ -71,30 +69,31 @@ def screen_of(state: m.State, shown: Shown, now: float, facts: Facts) -> dict:
     doc = {"screen": "idle", "session": None, "line": {"key": "idle", "fields": {}},
            "printer": facts.condition or None, "org": None, "queue": None, "pin": None, "user": None,
            "jobs": [], "printing": [], "others": facts.others, "idle_in_s": None, "lang": facts.lang}
-    recent = now - shown.at < facts.return_s
+    return_s = facts.limits.panel_return_s
+    recent = now - shown.at < return_s
     if isinstance(state, (m.Fault, m.Stopped)):
-        return {**doc, "screen": "out-of-service", "line": _line("out-of-service", (), keep=False)}
+        return {**doc, "screen": "out-of-service", "line": _line("out-of-service")}
     if isinstance(state, m.Starting):
-        return {**doc, "screen": "progress", "line": _line("starting", (), keep=False)}
+        return {**doc, "screen": "progress", "line": _line("starting")}
     if isinstance(state, m.Purging):
-        return {**doc, "screen": "progress", "line": _line("purging", (), keep=False)}
+        return {**doc, "screen": "progress", "line": _line("purging")}
     if isinstance(state, m.Idle):
-        if recent and shown.key not in ("idle", "starting", "purging", ""):
-            return {**doc, "screen": "message", "line": _line(shown.key, (), keep=False),
-                    "idle_in_s": round(facts.return_s - (now - shown.at))}
+        if recent and shown.key not in ("idle", "starting", "purging", ""):  # its fields named the org
+            return {**doc, "screen": "message", "line": _line(shown.key),
+                    "idle_in_s": round(return_s - (now - shown.at))}
         return doc
     # a session: its org is on the screen
     org = state.org if isinstance(state, m.LookingUp) else state.s.org
-    doc = {**doc, "session": state.session, "org": org, "line": _line(shown.key, shown.fields, keep=True)}
+    doc = {**doc, "session": state.session, "org": org, "line": _line(shown.key, shown.fields)}
     if isinstance(state, m.AwaitingPin):
-        remaining = max(0.0, facts.pin_timeout_s - (now - state.asked_at))
-        return {**doc, "screen": "pin", "line": _line("enter-pin", (), keep=False),
+        remaining = max(0.0, facts.limits.pin_timeout_s - (now - state.asked_at))
+        return {**doc, "screen": "pin", "line": _line("enter-pin"),
                 "pin": {"attempts_left": facts.attempts_left, "remaining_s": round(remaining),
                         "typed": facts.typed}}
     if not isinstance(state, m.Ready):
         return {**doc, "screen": "progress"}
     s = state.s
-    if m.panel_fresh(s, now, m.Limits(pin_timeout_s=facts.pin_timeout_s, panel_return_s=facts.return_s)):
+    if m.panel_fresh(s, now, facts.limits):
         user = s.panel_user
         own = [_job(j.job_id, facts.jobs.get(j.job_id, {})) for j in
                sorted((j for j in s.held if j.user == user), key=lambda j: (j.arrived_at, j.job_id))][:MAX_JOBS]
@@ -103,11 +102,11 @@ def screen_of(state: m.State, shown: Shown, now: float, facts: Facts) -> dict:
                     if number == s.number and who == user][:MAX_JOBS]
         screen = "jobs" if own else ("printing" if printing else "message")
         return {**doc, "screen": screen, "user": panel.mask_card(user), "jobs": own, "printing": printing,
-                "idle_in_s": round(max(0.0, facts.return_s - (now - s.panel_since)))}
+                "idle_in_s": round(max(0.0, return_s - (now - s.panel_since)))}
     ready = "ready-combined" if s.policy.combined_mode else "ready"
     if shown.key in ("ready", "ready-combined", "choose-tap") or not recent:
         key = shown.key if shown.key == "choose-tap" and recent else ready
-        return {**doc, "screen": "ready", "line": _line(key, (("org", org),), keep=True),
+        return {**doc, "screen": "ready", "line": _line(key, (("org", org),)),
                 "queue": queue_name(facts.local_id)}
-    return {**doc, "screen": "message", "idle_in_s": round(facts.return_s - (now - shown.at))}
+    return {**doc, "screen": "message", "idle_in_s": round(return_s - (now - shown.at))}
 

@@ -24,8 +24,7 @@ The view (JSON to the page):
 from __future__ import annotations
 
 from firmware import panel
-
-SCREENS = ("idle", "progress", "ready", "pin", "jobs", "printing", "message", "out-of-service")
+from firmware.screen import SCREENS
 NOT_CONNECTED = "not-connected"
 MAX_TITLE = 120
 MAX_ITEMS = 200

@@ -18,7 +18,7 @@ READY = m.Ready(replace(HELD, attempt=1))
 LOGGED_IN = m.Ready(replace(HELD, attempt=1, authed_user="alice", panel_user="alice", panel_since=200.0))
 JOBS = {7: {"title": "Q3 report", "bytes": 2048, "at": 0.0}, 5: {"title": "Minutes", "bytes": 10},
         3: {"title": "Slides", "bytes": 1}, 8: {"title": "Bob's secret plan", "bytes": 5}}
-FACTS = Facts(jobs=JOBS, local_id="mfp-1.space-1", return_s=30.0)
+FACTS = Facts(jobs=JOBS, local_id="mfp-1.space-1", limits=m.Limits(pin_timeout_s=30.0, panel_return_s=30.0))
 
 
 def text_of(doc) -> str:
@@ -59,7 +59,7 @@ def test_the_logged_in_person_sees_only_their_own_jobs():
 
 def test_pin_screen():
     state = m.AwaitingPin(READY.s, "bob", 100.0)
-    doc = screen_of(state, Shown("enter-pin", (), 100.0), 110.0, replace(FACTS, attempts_left=4, pin_timeout_s=30))
+    doc = screen_of(state, Shown("enter-pin", (), 100.0), 110.0, replace(FACTS, attempts_left=4))
     assert doc["screen"] == "pin" and doc["pin"] == {"attempts_left": 4, "remaining_s": 20, "typed": 0}
 
 
