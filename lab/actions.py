@@ -10,8 +10,9 @@ import hashlib
 from pathlib import Path
 
 from lab.host import LabError
+from lab.options import PANEL_ACTIONS
 from lab.poll import wait_for
-from lab.services.firmware import firmware_request, firmware_status, panel_request, type_on_keypad
+from lab.services.firmware import firmware_status, panel_request, type_on_keypad
 
 
 def _firmware(lab):
@@ -139,9 +140,6 @@ def _after_tap(lab, fw, pin: str | None, settle_s: float, keypad: bool = False) 
         wait_for(lambda: firmware_status(lab)["state"] != "awaiting_pin", 15, "the PIN check")
         st = fw.wait_settled(lab, timeout=settle_s)
     return st
-
-
-PANEL_ACTIONS = ("screen", "choose-next", "print", "delete", "logout", "pin-cancel")
 
 
 def panel(lab, action: str, jobs: list[int] | None = None, settle_s: float = 30) -> dict:

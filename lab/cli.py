@@ -9,7 +9,7 @@ import sys
 
 from lab.host import LabError
 from lab.lab import Lab
-from lab.options import BACKENDS, ENGINES, LabOptions
+from lab.options import BACKENDS, ENGINES, PANEL_ACTIONS, LabOptions
 
 FAULTS = ("gateway-kill", "gateway-start", "cloud-stop", "cloud-start", "radius-stop", "radius-start",
           "firmware-kill", "firmware-start", "engine-stop", "engine-start",
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     tap.add_argument("--choose", action="store_true",
                      help='touch "Choose my jobs" first: the tap lists the jobs on the panel, prints none')
     pan = sub.add_parser("panel", help="what the MFP's panel shows, or touch it as the person in front of it")
-    pan.add_argument("action", choices=("screen", "choose-next", "print", "delete", "logout", "pin-cancel"))
+    pan.add_argument("action", choices=PANEL_ACTIONS)
     pan.add_argument("--jobs", type=int, nargs="+", help="job ids (print: the chosen ones, else all; delete)")
     pr = sub.add_parser("print", help="print a file as a user of an org")
     pr.add_argument("--org", required=True)

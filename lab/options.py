@@ -9,6 +9,7 @@ from pathlib import Path
 
 BACKENDS = ("auto", "kernel", "libipsec")
 ENGINES = ("pdf", "pwg-only", "urf-only")  # what the lab's print engine takes (lab/services/engine.py)
+PANEL_ACTIONS = ("screen", "choose-next", "print", "delete", "logout", "pin-cancel")  # `lab panel` (lab/actions.py)
 
 
 @dataclass(frozen=True)

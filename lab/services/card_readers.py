@@ -54,6 +54,14 @@ def remove(lab) -> None:
     _call(lab, {"cmd": "remove"})
 
 
+def make_fifo(path) -> None:
+    """A FIFO at `path` (root's), standing in for an input device: what the lab's wedge reader and
+    keypad read recorded `input_event`s from. Kept if it is one already."""
+    if not (path.exists() and stat.S_ISFIFO(path.stat().st_mode)):
+        path.unlink(missing_ok=True)
+        os.mkfifo(path, 0o600)
+
+
 class NfcReaderService:
     name = "nfc-sim"
 
@@ -62,10 +70,7 @@ class NfcReaderService:
         return bool(rec and rec.alive())
 
     def start(self, lab) -> None:
-        fifo = lab.host(HOST).path(WEDGE_FIFO)  # the wedge reader's stand-in, made before the firmware
-        if not (fifo.exists() and stat.S_ISFIFO(fifo.stat().st_mode)):
-            fifo.unlink(missing_ok=True)
-            os.mkfifo(fifo, 0o600)
+        make_fifo(lab.host(HOST).path(WEDGE_FIFO))  # the wedge reader's stand-in, made before the firmware
         if self.running(lab):
             return
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}

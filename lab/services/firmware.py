@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import sys
 import time
 from pathlib import Path
@@ -139,10 +138,9 @@ class FirmwareService:
         if self.running(lab):
             return
         config = self.write_config(lab)
-        fifo = lab.host(HOST).path(KEYPAD_FIFO)  # made before the daemon opens it (as the wedge's)
-        if not (fifo.exists() and stat.S_ISFIFO(fifo.stat().st_mode)):
-            fifo.unlink(missing_ok=True)
-            os.mkfifo(fifo, 0o600)
+        from lab.services.card_readers import make_fifo
+
+        make_fifo(lab.host(HOST).path(KEYPAD_FIFO))  # made before the daemon opens it (as the wedge's)
         # What the device's unit does before the daemon starts (ExecStartPre, systemd/sysctl.d)
         sysctls.apply(lab.host(HOST).ns)
         lab.spawn(self.name, HOST, [sys.executable, "-m", "tenantprint", "firmware", "--config", str(config), "run"],
