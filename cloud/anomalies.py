@@ -20,7 +20,7 @@ from sqlalchemy import Engine, bindparam, select
 
 from cloud.audit_log import audit
 from cloud.models import DeviceSource
-from cloud.storage import write_txn
+from cloud.storage import upsert, write_txn
 
 T_SOURCE = DeviceSource.__table__
 CACHE_SIZE = 100_000
@@ -69,9 +69,5 @@ OTHER_SOURCE = (select(T_SOURCE.c.source)
 
 
 def _insert(dialect: str):
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return (insert(T_SOURCE).on_conflict_do_nothing(index_elements=["device_id", "source"])
+    return (upsert(dialect, T_SOURCE).on_conflict_do_nothing(index_elements=["device_id", "source"])
             .returning(T_SOURCE.c.source))

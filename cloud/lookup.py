@@ -35,7 +35,7 @@ from cloud.prepared import Prepared
 from cloud.ratelimit import DeviceThrottle, TokenBuckets
 from cloud.refusals import RefusalCounter
 from cloud.sealing import LegacySeal, open_profile
-from cloud.storage import read_txn, write_txn
+from cloud.storage import read_txn, upsert, write_txn
 from hal.directory.profile import _ID
 from hal.directory.signing import (DEVICE_ID_RE, H_DEVICE, H_NONCE, H_SIGNATURE, H_TIMESTAMP, NONCE_RE,
                                    load_public_key, signed_message)
@@ -376,10 +376,5 @@ INSERT_AUDIT = Prepared(insert(T_AUDIT).values(
 
 
 def _insert_nonce(dialect: str):
-    # INSERT ... ON CONFLICT DO NOTHING: a nonce already seen inserts no row (a replay), without
-    # a savepoint round trip; the primary key makes this atomic across API processes.
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert(T_NONCE).on_conflict_do_nothing(index_elements=["device_id", "nonce"])
+    # a nonce already seen inserts no row (a replay); the primary key makes it atomic
+    return upsert(dialect, T_NONCE).on_conflict_do_nothing(index_elements=["device_id", "nonce"])

@@ -32,7 +32,7 @@ from typing import Callable
 from sqlalchemy import Engine, delete, select
 
 from cloud.models import RefusalCount
-from cloud.storage import read_txn, write_txn
+from cloud.storage import read_txn, upsert, write_txn
 
 log = logging.getLogger("tenantprint.cloud")
 T_REFUSAL = RefusalCount.__table__
@@ -122,11 +122,7 @@ class RefusalCounter:
 
 
 def _upsert(dialect: str):
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(T_REFUSAL)
+    stmt = upsert(dialect, T_REFUSAL)
     return stmt.on_conflict_do_update(index_elements=["bucket", "action", "reason", "source_prefix"],
                                       set_={"count": T_REFUSAL.c.count + stmt.excluded.count})
 

@@ -58,6 +58,16 @@ def open_engine(url: str | None = None, *, pool_size: int = 5) -> Engine:
     return engine
 
 
+def upsert(dialect: str, table):
+    """`INSERT` with `ON CONFLICT` for `table` in the engine's dialect (SQLite or PostgreSQL): one
+    statement, atomic across API processes, no savepoint round trip."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
 def sqlite_sync() -> str:
     """SQLite's `synchronous` setting: FULL (default) syncs the WAL at every commit, so a granted
     lookup's audit record is on disk before its answer leaves, even across a power cut. NORMAL
