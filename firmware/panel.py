@@ -91,6 +91,7 @@ MESSAGES: dict[str, str] = {
     "printed-end": "Printed — session for {org} ended",
     "max-hold": "Held jobs expired — session for {org} ended",
     "switching-org": "Ending {org}'s session…",
+    "sessions-full": "All sessions are busy — the first frees in {count} min",
     # card
     "card-unreadable": "Card could not be read — try again",
     "card-unsupported": "This card is not supported",
@@ -125,6 +126,7 @@ WITHOUT_NAMES: dict[str, str] = {
     "printed-end": "Printed — session ended",
     "max-hold": "Held jobs expired — session ended",
     "switching-org": "Ending the session…",
+    "sessions-full": "All sessions are busy — try again later",
     "your-jobs": "Choose jobs to print or delete",
     "jobs-deleted": "Deleted {count} job(s)",
 }
