@@ -12,12 +12,27 @@
         ESP from @gateways                         -> accept   (kernel backend only: libipsec is UDP)
         IPP (tcp/udp 631) through IPsec            -> accept   "ipp-via-ipsec" (kernel: `meta ipsec
                                                                exists`; libipsec: iifname "ipsec0")
-        ssh (tcp 22) from @management              -> accept
-        DHCP / DHCPv6 answers to the client port   -> accept
+        ssh (tcp 22) from @management              -> accept   (no rule at all without management)
+        DHCP / DHCPv6 answers to the client port   -> accept   (not inside a sandbox)
         everything else                            -> drop     "drop-ipp", "drop-ssh", "drop-ike",
                                                                "drop-esp", "drop-other"
-      chain forward (policy drop)                  -> drop     "drop-forward"
-      chain output (policy accept): IKE / NAT-T and ESP only to @gateways ("drop-ike-out", "drop-esp-out")
+      chain forward (policy drop):
+        meta mark DOOR_MARK, in by a sandbox link (tpv*), out by another interface -> accept "door-out"
+        meta mark DOOR_MARK, in by another interface, out by a sandbox link        -> accept "door-back"
+        everything else                                                           -> drop "drop-forward"
+      chain output (policy accept): IKE / NAT-T and ESP only to @gateways ("drop-ike-out", "drop-esp-out");
+        ICMP errors only about flows conntrack has confirmed ("drop-router-icmp")
+
+The device forwards only the sandboxes' doors (`hal.sandbox.forwarding`, table `inet
+tenantprint_sandboxes`): that table's forward chain runs first (priority -20), drops everything that
+is not a door's packet and sets DOOR_MARK on each packet it accepts, both directions, every packet.
+This table accepts only packets carrying the mark, and only between a sandbox link and another
+interface: with the sandboxes' table absent or not marking, nothing is forwarded (fail closed); the
+mark alone never forwards LAN to LAN or sandbox to sandbox. The kernel routes (net.ipv4.ip_forward=1,
+`hal.net.sysctls`) only because the sandboxes need it; what a router does before the forward hook
+(ICMP time-exceeded and unreachable for a LAN host that uses the device as its next hop) is stopped
+in output: such an error is about a packet whose conntrack entry was never confirmed, a door's flow's
+is. Inside a sandbox (`Firewall.for_sandbox`) the same table runs with no ssh, no DHCP and no doors.
 
 Only this table is touched; other tables (the OS's own) are left alone, and since ours drops, an
 accept elsewhere cannot open what it closes. `install` writes the table in one `nft -f -`
@@ -25,6 +40,8 @@ transaction (`create table` when absent, else the `table` + `delete table` idiom
 replaces it atomically, carrying the gateway set over so the boot purge can still say goodbye to
 the old gateway), then `verify`s that the kernel holds exactly that; the gateway sets' elements
 are read separately (`gateways()`). `remove` exists for tests and tools: the firmware never calls it.
+`boot_guard()` is the table the image loads before any interface is up (forwarding dropped until
+the firmware installs this one: `install` replaces it).
 """
 
 from __future__ import annotations
@@ -35,6 +52,7 @@ import re
 import subprocess
 
 from hal.net import IPP_PORT, FirewallError, ns_argv
+from hal.sandbox import VETH_PREFIX
 
 TABLE_FAMILY = "inet"
 TABLE_NAME = "tenantprint"
@@ -45,6 +63,10 @@ _COUNTER = re.compile(r"counter packets \d+ bytes \d+")
 # Declares the table (a no-op when it exists), then deletes it: removal that never fails for absence.
 _DROP_TABLE = f"table {_TABLE}\ndelete table {_TABLE}\n"
 _GATEWAY_SETS = ("gateways", "gateways6")
+# The sandboxes' table marks each packet of a door with this (`hal.sandbox.forwarding`); "tp" high.
+DOOR_MARK = 0x74700001
+_SANDBOX_LINKS = f'"{VETH_PREFIX}*"'
+_ICMP_ERRORS = "icmp type { destination-unreachable, redirect, time-exceeded, parameter-problem }"
 _ND = "icmpv6 type { mld-listener-query, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert }"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -70,9 +92,24 @@ def _element(net: Network) -> str:
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
+def boot_guard() -> str:
+    """Pure: nft source of the table the image loads at boot, before any interface is up (the
+    kernel forwards from the moment the sysctl file is applied): forwarding dropped, nothing else
+    changed. The firmware's `install` replaces it with the whole table."""
+    return (f"table {_TABLE} {{\n\tchain forward {{\n"
+            f"\t\ttype filter hook forward priority filter - 10; policy drop;\n"
+            f'\t\tcounter drop comment "drop-forward"\n\t}}\n}}\n')
+
+
 class Firewall:
+    """The table in network namespace `netns` (None: the caller's own).
+
+    `management`: CIDRs ssh is admitted from (none: no ssh rule at all). `dhcp`: admit DHCP answers
+    (the device's uplink). `doors`: forward the sandboxes' door-marked packets (the device's domain;
+    without, the forward chain drops everything). `for_sandbox` is the one inside a session's sandbox."""
+
     def __init__(self, backend: str, *, netns: str | None = None, port: int = IPP_PORT, tun: str = "ipsec0",
-                 management=()):
+                 management=(), dhcp: bool = True, doors: bool = True):
         if backend not in ("kernel", "libipsec"):
             raise FirewallError(f"unknown tunnel backend {backend!r}")
         if not re.match(r"^[A-Za-z0-9_.-]{1,15}$", tun):
@@ -82,6 +119,15 @@ class Firewall:
         except ValueError as exc:
             raise FirewallError(f"invalid management address: {exc}") from None
         self.backend, self.netns, self.port, self.tun = backend, netns, int(port), tun
+        self.dhcp, self.doors = bool(dhcp), bool(doors)
+
+    @classmethod
+    def for_sandbox(cls, backend: str, netns: str, *, port: int = IPP_PORT, tun: str = "ipsec0") -> Firewall:
+        """The firewall inside a session's sandbox (`lo`, `eth0` to the device, the tunnel): IPP only
+        through IPsec, IKE/NAT-T (and ESP with the kernel backend) only with the gateway in its set
+        (it arrives by eth0 with the gateway's own address once the device's masquerade is undone),
+        nothing else from eth0: no ssh, no DHCP, nothing forwarded."""
+        return cls(backend, netns=netns, port=port, tun=tun, management=(), dhcp=False, doors=False)
 
     # -- the ruleset ---------------------------------------------------------------------------
 
@@ -115,11 +161,14 @@ class Firewall:
                       'meta l4proto esp ip6 saddr @gateways6 accept comment "esp6"']
         rules += [
             f'{ipp} {via} counter accept comment "ipp-via-ipsec"',
-            f'tcp dport {SSH_PORT} ip saddr @management accept comment "ssh-management"',
-            f'tcp dport {SSH_PORT} ip6 saddr @management6 accept comment "ssh-management6"',
-            # a DHCP client's renewals are tracked; a broadcast offer is not
-            'udp sport 67 udp dport 68 accept comment "dhcp"',
-            'udp sport 547 udp dport 546 ip6 saddr fe80::/10 accept comment "dhcp6"',
+        ]
+        if self.management:  # an empty set would admit nobody; no rule at all is plainer still
+            rules += [f'tcp dport {SSH_PORT} ip saddr @management accept comment "ssh-management"',
+                      f'tcp dport {SSH_PORT} ip6 saddr @management6 accept comment "ssh-management6"']
+        if self.dhcp:  # a DHCP client's renewals are tracked; a broadcast offer is not
+            rules += ['udp sport 67 udp dport 68 accept comment "dhcp"',
+                      'udp sport 547 udp dport 546 ip6 saddr fe80::/10 accept comment "dhcp6"']
+        rules += [
             f'{ipp} counter drop comment "drop-ipp"',
             f'tcp dport {SSH_PORT} counter drop comment "drop-ssh"',
             f'udp dport {IKE_PORTS} counter drop comment "drop-ike"',
@@ -136,13 +185,22 @@ class Firewall:
             "meta l4proto esp ip6 daddr @gateways6 accept",
             f'udp dport {IKE_PORTS} counter drop comment "drop-ike-out"',
             'meta l4proto esp counter drop comment "drop-esp-out"',
+            # a router's errors about packets it never let through (TTL, unreachable): a host sends none
+            f"{_ICMP_ERRORS} ct status confirmed accept",
+            f'{_ICMP_ERRORS} counter drop comment "drop-router-icmp"',
         ]
+
+    def _forward(self) -> list[str]:
+        mark = f"meta mark {DOOR_MARK:#x}"
+        rules = [f'{mark} iifname {_SANDBOX_LINKS} oifname != {_SANDBOX_LINKS} counter accept comment "door-out"',
+                 f'{mark} iifname != {_SANDBOX_LINKS} oifname {_SANDBOX_LINKS} counter accept comment "door-back"']
+        return (rules if self.doors else []) + ['counter drop comment "drop-forward"']
 
     def ruleset(self) -> str:
         """The table as nft source, in nft's own canonical spelling (so `verify` can compare)."""
         lines = [f"table {_TABLE} {{", *self._sets()]
         for name, policy, rules in (("input", "drop", self._input()),
-                                    ("forward", "drop", ['counter drop comment "drop-forward"']),
+                                    ("forward", "drop", self._forward()),
                                     ("output", "accept", self._output())):
             lines += [f"\tchain {name} {{",
                       f"\t\ttype filter hook {name} priority filter - 10; policy {policy};",
@@ -234,7 +292,7 @@ class Firewall:
         return listing[1]
 
     def counters(self) -> dict[str, int]:
-        """Packets counted per rule comment: ipp-via-ipsec and each drop reason (drop-*)."""
+        """Packets counted per rule comment: ipp-via-ipsec, door-out, door-back and each drop reason (drop-*)."""
         proc = self._nft(["-j", "list", "table", TABLE_FAMILY, TABLE_NAME])
         if proc.returncode != 0:
             raise FirewallError("table inet tenantprint is not installed")

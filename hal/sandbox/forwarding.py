@@ -5,11 +5,11 @@
       set doors   { type ifname . ipv4_addr . ipv4_addr . ifname }
                   sandbox link . sandbox address . its gateway . the uplink it leaves by
       chain input  (policy accept):  from a sandbox link               -> drop "drop-sandbox-to-device"
-      chain forward (policy drop):
+      chain forward (priority -20, before the device firewall's; policy drop):
         ct state invalid                                              -> drop "drop-invalid"
-        udp 500/4500 matching a door (in by the link, out by the uplink) -> accept "ike-out"
-        ESP matching a door                                           -> accept "esp-out"
-        replies (ct direction reply, established/related) of a door's flow -> accept "replies"
+        udp 500/4500 matching a door (in by the link, out by the uplink) -> mark, accept "ike-out"
+        ESP matching a door                                           -> mark, accept "esp-out"
+        replies (ct direction reply, established/related) of a door's flow -> mark, accept "replies"
         everything else (another sandbox, the LAN, other ports)      -> drop "drop-forward"
       chain output (policy accept):  to a sandbox link                 -> drop "drop-device-to-sandbox"
       chain postrouting (nat): a door's packets are masqueraded to the uplink's address
@@ -23,8 +23,14 @@ so a closed door stops its flows at once, whatever conntrack still remembers.
 
 `install` is idempotent and verified: absent -> created in one transaction; present and equal ->
 nothing; present and different -> replaced in one transaction with the elements carried over.
-This table does not make the device forward: that needs net.ipv4.ip_forward=1, and an accept for
-the same packets in every other forward chain that drops (the device firewall's `inet tenantprint`).
+
+This table alone does not make the device forward. The kernel routes (net.ipv4.ip_forward=1,
+`hal.net.sysctls`), and the device firewall's forward chain (`inet tenantprint`, priority
+filter - 10, policy drop) accepts only packets carrying `DOOR_MARK` between a sandbox link and
+another interface. Every packet this chain accepts, out through a door or a reply back, gets the
+mark here (a mark is per packet: each reply is marked again as it passes); nothing else does. So
+the device forwards exactly what both tables accept, and without this table (or with one that does
+not mark) it forwards nothing: `verify` belongs in the device's network check beside the firewall's.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import re
 import subprocess
 
 from hal.net import ns_argv
+from hal.net.firewall import DOOR_MARK
 from hal.sandbox import ForwardingError
 
 TABLE_FAMILY = "inet"
@@ -44,6 +51,7 @@ _COUNTER = re.compile(r"counter packets \d+ bytes \d+")
 _DOOR_OUT = "iifname . ip saddr . ip daddr . oifname @doors"
 _DOOR_BACK = "oifname . ct original ip saddr . ct original ip daddr . iifname @doors"
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_PASS = f"meta mark set {DOOR_MARK:#x} accept"  # the device firewall forwards marked packets only
 
 Door = tuple[str, str, str, str]  # (link, sandbox address, gateway, uplink)
 
@@ -65,11 +73,11 @@ def ruleset() -> str:
 \t}}
 
 \tchain forward {{
-\t\ttype filter hook forward priority filter; policy drop;
+\t\ttype filter hook forward priority -20; policy drop;
 \t\tct state invalid counter drop comment "drop-invalid"
-\t\tudp dport {{ 500, 4500 }} {_DOOR_OUT} accept comment "ike-out"
-\t\tmeta l4proto esp {_DOOR_OUT} accept comment "esp-out"
-\t\tct state established,related ct direction reply {_DOOR_BACK} accept comment "replies"
+\t\tudp dport {{ 500, 4500 }} {_DOOR_OUT} {_PASS} comment "ike-out"
+\t\tmeta l4proto esp {_DOOR_OUT} {_PASS} comment "esp-out"
+\t\tct state established,related ct direction reply {_DOOR_BACK} {_PASS} comment "replies"
 \t\tcounter drop comment "drop-forward"
 \t}}
 

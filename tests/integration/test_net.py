@@ -19,7 +19,7 @@ from prereq import need_binary
 
 from hal.net import FirewallError, sysctls
 from hal.net.addresses import flush_stale_ipsec, interface_of, ipsec_leftovers
-from hal.net.firewall import Firewall
+from hal.net.firewall import DOOR_MARK, Firewall, boot_guard
 from hal.net.route_window import RouteWindow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -226,15 +226,48 @@ def test_ipp_through_the_tunnel_interface_only(lab, office_listeners, tun_link, 
     assert connect(lab, "cowork", TUN_OFFICE, 631, source=TUN_PEER) is None
 
 
+TTL_PROBE = """
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR: ICMP errors about our datagrams come to us
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
+s.connect((sys.argv[1], 33434)); s.send(b"ttl")
+time.sleep(float(sys.argv[2]))
+try:
+    _, anc, _, _ = s.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+    print("icmp type", struct.unpack("IBBB", anc[0][2][:7])[2])
+except BlockingIOError:
+    print("none")
+"""
+
+
+def _icmp_for_ttl_1(lab, address: str) -> str:
+    """What cowork learns sending a TTL-1 datagram to `address` by way of office: "icmp type 11"
+    (time exceeded: a router answered) or "none"."""
+    return lab.host("cowork").run([sys.executable, "-c", TTL_PROBE, address, "0.3"]).stdout.decode().strip()
+
+
 def _tx_packets(host, dev: str) -> int:
     return int(host.run(["cat", f"/sys/class/net/{dev}/statistics/tx_packets"]).stdout)
 
 
+MARK_ALL = """table inet tpn_mark_all {
+\tchain forward {
+\t\ttype filter hook forward priority -20; policy accept;
+\t\tmeta mark set %#x
+\t}
+}
+""" % DOOR_MARK
+
+
 def test_forward_is_dropped(lab, tun_link, fw):
-    """cowork -> office -> the org side (ipsec0): not forwarded, even with ip_forward switched on
-    by mistake; without the table the same packets do go out of ipsec0 (the control)."""
+    """cowork -> office -> the org side (ipsec0), with ip_forward=1 as the device runs: not
+    forwarded, not even with every packet carrying the door mark (neither interface is a sandbox
+    link); and office does not answer as a router would (no ICMP time exceeded for TTL 1). Without
+    the table the same packets do go out of ipsec0 and TTL 1 is answered (the controls)."""
     office, cowork = lab.host("office"), lab.host("cowork")
     cowork.run(["ip", "route", "replace", "10.20.0.60/32", "via", OFFICE, "dev", "eth0"])
+    was = office.run(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.decode().strip()
     office.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
     try:
         f = fw("libipsec")
@@ -243,12 +276,33 @@ def test_forward_is_dropped(lab, tun_link, fw):
         assert connect(lab, "cowork", "10.20.0.60", 9100, source=COWORK, timeout=0.5) is None
         assert f.counters()["drop-forward"] > before
         assert _tx_packets(office, "ipsec0") == sent
+        office.run(["nft", "-f", "-"], input=MARK_ALL.encode())
+        assert connect(lab, "cowork", "10.20.0.60", 9100, source=COWORK, timeout=0.5) is None
+        assert _tx_packets(office, "ipsec0") == sent
+        office.run(["nft", "delete", "table", "inet", "tpn_mark_all"])
+        router_icmp = f.counters()["drop-router-icmp"]
+        assert _icmp_for_ttl_1(lab, "10.20.0.60") == "none"
+        assert f.counters()["drop-router-icmp"] > router_icmp
         f.remove()
+        assert _icmp_for_ttl_1(lab, "10.20.0.60") == "icmp type 11"
         connect(lab, "cowork", "10.20.0.60", 9100, source=COWORK, timeout=0.5)
         assert _tx_packets(office, "ipsec0") > sent
     finally:
-        office.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])
+        office.run(["nft", "-f", "-"], input=b"table inet tpn_mark_all\ndelete table inet tpn_mark_all\n")
+        office.run(["sysctl", "-q", "-w", f"net.ipv4.ip_forward={was}"])
         cowork.run(["ip", "route", "del", "10.20.0.60/32"], check=False)
+
+
+def test_install_replaces_the_boot_guard(lab, fw):
+    """The image loads `boot_guard()` before any interface is up; the firmware's install replaces
+    it with the whole table in one transaction."""
+    office = lab.host("office")
+    office.run(["nft", "-f", "-"], input=boot_guard().encode())
+    guard = office.run(["nft", "list", "table", "inet", "tenantprint"]).stdout.decode()
+    assert "policy drop;" in guard and "chain input" not in guard
+    f = fw("kernel")
+    f.install()
+    assert f.verify() == set()
 
 
 def test_image_sysctl_file_sets_what_the_firmware_checks():
@@ -268,14 +322,21 @@ def test_image_sysctl_file_sets_what_the_firmware_checks():
 
 def test_sysctl_mismatch_names_the_setting(lab):
     h = lab.host("cowork")
+    was = h.run(["sysctl", "-n", "net.ipv4.ip_forward"]).stdout.decode().strip()  # cowork's lab role
     sysctls.apply(h.ns)
     assert sysctls.mismatches(h.ns) == []
+    h.run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=0"])  # the kernel turns all's accept_redirects on
     h.run(["sysctl", "-q", "-w", "net.ipv4.conf.all.arp_ignore=0"])
     h.run(["sysctl", "-q", "-w", "net.ipv4.conf.eth0.rp_filter=2"])
-    assert sysctls.mismatches(h.ns) == ["net.ipv4.conf.all.arp_ignore=0 (want 1)",
-                                        "net.ipv4.conf.eth0.rp_filter=2 (want 1)"]
+    h.run(["sysctl", "-q", "-w", "net.ipv4.conf.eth0.send_redirects=1"])
+    assert sysctls.mismatches(h.ns) == ["net.ipv4.ip_forward=0 (want 1)",
+                                        "net.ipv4.conf.all.accept_redirects=1 (want 0)",
+                                        "net.ipv4.conf.all.arp_ignore=0 (want 1)",
+                                        "net.ipv4.conf.eth0.rp_filter=2 (want 1)",
+                                        "net.ipv4.conf.eth0.send_redirects=1 (want 0)"]
     sysctls.apply(h.ns)
     assert sysctls.mismatches(h.ns) == []
+    h.run(["sysctl", "-q", "-w", f"net.ipv4.ip_forward={was}"])
 
 
 def test_firewall_rejects_bad_input():

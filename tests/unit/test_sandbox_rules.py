@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from hal.net.firewall import DOOR_MARK
 from hal.sandbox import (ForwardingError, SandboxConfigError, SandboxSetupError, check_gateway, check_name,
                          link_for, veth_name)
 from hal.sandbox.forwarding import add_elements, delete_elements, door_element, parse_listing, ruleset
@@ -34,11 +35,11 @@ LISTED = """table inet tenantprint_sandboxes {
 \t}
 
 \tchain forward {
-\t\ttype filter hook forward priority filter; policy drop;
+\t\ttype filter hook forward priority -20; policy drop;
 \t\tct state invalid counter packets 0 bytes 0 drop comment "drop-invalid"
-\t\tudp dport { 500, 4500 } iifname . ip saddr . ip daddr . oifname @doors accept comment "ike-out"
-\t\tmeta l4proto esp iifname . ip saddr . ip daddr . oifname @doors accept comment "esp-out"
-\t\tct state established,related ct direction reply oifname . ct original ip saddr . ct original ip daddr . iifname @doors accept comment "replies"
+\t\tudp dport { 500, 4500 } iifname . ip saddr . ip daddr . oifname @doors meta mark set 0x74700001 accept comment "ike-out"
+\t\tmeta l4proto esp iifname . ip saddr . ip daddr . oifname @doors meta mark set 0x74700001 accept comment "esp-out"
+\t\tct state established,related ct direction reply oifname . ct original ip saddr . ct original ip daddr . iifname @doors meta mark set 0x74700001 accept comment "replies"
 \t\tcounter packets 12 bytes 900 drop comment "drop-forward"
 \t}
 
@@ -121,6 +122,9 @@ def test_the_ruleset_forwards_only_through_a_door():
     text = ruleset()
     forward = text[text.index("chain forward"):text.index("chain output")]
     assert "policy drop;" in forward
+    # it runs before the device firewall's forward chain (filter - 10), which forwards what it marked
+    assert "hook forward priority -20;" in forward
+    assert all(f"meta mark set {DOOR_MARK:#x} accept" in line for line in forward.splitlines() if "accept" in line)
     accepts = [line for line in forward.splitlines() if line.strip().endswith(('accept comment "ike-out"',
                                                                                 'accept comment "esp-out"',
                                                                                 'accept comment "replies"'))]

@@ -152,7 +152,9 @@ def test_firmware_unit_applies_the_network_sysctls_the_firmware_checks():
 
     shipped = UNITS_DIR / "sysctl.d/90-tenantprint.conf"
     assert shipped.read_text() == sysctl_d()
-    assert REQUIRED["net.ipv4.ip_forward"] == "0" and REQUIRED["net.ipv4.conf.all.rp_filter"] == "1"
+    # the sandboxes' doors need forwarding; the device firewall's forward chain decides what goes
+    assert REQUIRED["net.ipv4.ip_forward"] == "1" and REQUIRED["net.ipv4.conf.all.rp_filter"] == "1"
+    assert REQUIRED["net.ipv4.conf.all.send_redirects"] == "0" and REQUIRED["net.ipv6.conf.all.forwarding"] == "0"
     assert REQUIRED["net.ipv4.conf.all.arp_ignore"] == "1" and REQUIRED["net.ipv4.conf.all.arp_announce"] == "2"
     svc = parse_unit(UNITS_DIR / "tenantprint-firmware.service")["Service"]
     assert svc["ExecStartPre"] == ["+/usr/lib/systemd/systemd-sysctl /etc/sysctl.d/90-tenantprint.conf"]
