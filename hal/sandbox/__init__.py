@@ -9,8 +9,9 @@ A sandbox is (`hal.sandbox.namespaces.Sandbox`):
   device side `tpv<index>`, sandbox side `eth0`, one /30 of `link_net` each (`link_for`); the
   sandbox's default route goes to the device side; the sandbox neither forwards nor answers ARP
   for other interfaces' addresses; no IPv6 on the link;
-- a persistent mount namespace (a handle file `<run_root>/<name>.mnt`, as `lab/host.py` keeps a
-  lab host's) made from the device's (`hal.sandbox.mounts`), where `/run` is `run_dir` =
+- a mount namespace made from the device's (`hal.sandbox.mounts`) and kept alive by a holder
+  process (the sandbox's setup shell, our child, waiting on a pipe we keep open: it ends when we
+  close it in `destroy`, or when the daemon dies), where `/run` is `run_dir` =
   `<run_root>/<name>`, a tmpfs the device sees too (so the daemon reaches
   `<run_dir>/charon.vici` without entering), `/tmp` and
   `/dev/shm` are private tmpfs, `/sys` shows the sandbox's interfaces, and nothing the device had
@@ -26,18 +27,16 @@ Not isolated (yet): the sandbox shares the device's PID namespace, its filesyste
 other processes (and reach another sandbox's files through /proc/<pid>/root).
 
 Use: `Sandbox(name, index, ...)` from `hal.sandbox.namespaces`; `create()`, then start programs with
-`argv(cmd)` and reach them through `run_dir`, open sockets inside with `socket_in()`, open the door
-with `allow_gateway(ip)`; `destroy()` and `leftovers()` at the end. Errors form one tree below
-`SandboxError`.
+`argv(cmd)` (`nsenter --net=/run/netns/<name> --mount=/proc/<holder pid>/ns/mnt -- cmd`, the
+holder's identity checked first; valid until `destroy`) and reach them through `run_dir`, open
+sockets inside with `socket_in()`, open the door with `allow_gateway(ip)`; `destroy()` and
+`leftovers()` at the end. A record `<run_root>/<name>.json` (index, link, namespaces, holder) lives
+from the first step of `create` to the last of `destroy`: after a daemon crash (the holders gone
+with it), `stale_sandboxes(run_root)` names what is left and `destroy_stale(name, run_root)` tears
+each down. Errors form one tree below `SandboxError`.
 
-KNOWN DEFECT (not used by the firmware yet): `Sandbox.create()` inside a lab host fails with EINVAL
-binding the mount-namespace handle (`bind mount namespace handle ...: Invalid argument`) when other
-mount namespaces with namespace handles exist — reproduced by `pytest tests/integration/test_printer.py
-tests/integration/test_sandbox.py` with the test that built a sandbox with the production defaults
-inside a lab host (removed until fixed; it passed alone). Suspected: the bind (or its propagation to a
-peer/slave mount in another namespace) meets the kernel's mount-namespace loop check. A device whose
-/run has slave copies in service namespaces (systemd PrivateTmp & co.) may meet it too: fix before
-the firmware creates sandboxes.
+No namespace handle of a sandbox's mount namespace is bound anywhere (`hal.sandbox.mounts` says why:
+kernel 6.18 refused such binds at random inside a lab host).
 """
 
 from __future__ import annotations

@@ -22,7 +22,9 @@ _CLONE_NEWNET = 0x40000000
 _SIOCGSKNS = 0x894C  # a socket's network namespace, as a new fd (linux/sockios.h)
 
 
-def _start_time(pid: int) -> int | None:
+def start_time(pid: int) -> int | None:
+    """Process `pid`'s kernel start time (clock ticks since boot), None when there is none: with
+    the pid, a process's identity (a pid alone may be recycled)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return int(f.read().rsplit(")", 1)[1].split()[19])
@@ -30,7 +32,8 @@ def _start_time(pid: int) -> int | None:
         return None
 
 
-def _ns_inode(pid: int, kind: str) -> int | None:
+def ns_inode(pid: int, kind: str) -> int | None:
+    """The inode of process `pid`'s namespace of `kind` ('net', 'mnt'); None when it has none."""
     try:
         return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
     except OSError:  # gone, or a zombie (its namespaces are released at exit)
@@ -44,17 +47,29 @@ def processes_in(net_inode: int | None, mnt_inode: int | None) -> list[tuple[int
         if not entry.isdigit() or int(entry) == me:
             continue
         pid = int(entry)
-        inside = (net_inode is not None and _ns_inode(pid, "net") == net_inode) or (
-            mnt_inode is not None and _ns_inode(pid, "mnt") == mnt_inode)
+        inside = (net_inode is not None and ns_inode(pid, "net") == net_inode) or (
+            mnt_inode is not None and ns_inode(pid, "mnt") == mnt_inode)
         if inside:
-            start = _start_time(pid)
+            start = start_time(pid)
             if start is not None:
                 out.append((pid, start))
     return out
 
 
+def holds(pid: int, start: int | None, mnt_inode: int | None) -> bool:
+    """Whether process (`pid`, `start`) is alive and in the mount namespace `mnt_inode` (a sandbox's
+    holder, checked before its /proc/<pid>/ns/mnt is used)."""
+    return (start is not None and mnt_inode is not None and start_time(pid) == start
+            and ns_inode(pid, "mnt") == mnt_inode)
+
+
+def running(pid: int, start: int | None) -> bool:
+    """Whether process (`pid`, `start`) is alive (not a zombie)."""
+    return start is not None and _alive((pid, start))
+
+
 def _alive(proc: tuple[int, int]) -> bool:
-    if _start_time(proc[0]) != proc[1]:
+    if start_time(proc[0]) != proc[1]:
         return False
     try:
         with open(f"/proc/{proc[0]}/stat") as f:

@@ -3,15 +3,21 @@
 `run_root` (default /run/tenantprint/sandboxes) is a private bind mount of itself, mode 0700: no
 mount below it propagates anywhere, and it holds each sandbox's `run_dir` (`<run_root>/<name>`, a
 tmpfs, mode 0711 so that a sandbox's unprivileged daemons, cupsd's filters as lp, can traverse
-their /run; only root reaches it from the device) and its mount-namespace handle
-(`<run_root>/<name>.mnt`, an nsfs bind mount: the kernel never copies one into a new mount
-namespace). `release_run_root` undoes the bind once no sandbox is left (tests, tools).
+their /run; only root reaches it from the device) and its record (`<run_root>/<name>.json`, see
+`hal.sandbox.namespaces`). `release_run_root` undoes the bind once no sandbox is left (tests, tools).
+
+No mount-namespace handle is bound anywhere: binding a mount namespace's nsfs file is refused
+(EINVAL, the kernel's namespace-loop check) unless the binder's mount namespace has a lower id than
+the bound one, and on kernel 6.18 ids are not handed out in creation order (measured inside a lab
+host: the host's namespace 37357, a sandbox's made after it 33936). A holder process keeps a
+sandbox's mount namespace instead (`hal.sandbox.namespaces`).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import os
 import re
 import sys
@@ -36,7 +42,7 @@ _run_root_lock = threading.Lock()
 # the way on the fresh /dev/shm. `inherited` lists the outermost mounts (a lazy unmount takes its
 # children along); `clear` repeats until none is left, for what those covered: a mount shadowed by
 # a later one on a parent path (a lab host's /run/netns under its /run) or stacked on one path.
-# `-n`: /run/mount/utab is not ours to write. The device checks the result (`foreign_mounts`) before it keeps the namespace.
+# `-n`: /run/mount/utab is not ours to write. The device checks the result (`foreign_mounts`).
 SANDBOX_MOUNTS = r"""
 run_dir=$1 run_root=$2 tmp_size=$3
 shift 3
@@ -137,10 +143,28 @@ def code_paths_under_tmp() -> list[str]:
     return sorted(str(p) for p in paths if p.is_relative_to("/tmp"))
 
 
-def bind_handle(pid: int, handle: Path) -> None:
-    """Keep process `pid`'s mount namespace alive at `handle` (an existing file)."""
-    if _libc.mount(os.fsencode(f"/proc/{pid}/ns/mnt"), os.fsencode(handle), None, _MS_BIND, None) != 0:
-        raise SandboxError(f"bind mount namespace handle {handle}: {os.strerror(ctypes.get_errno())}")
+def record_path(run_root: str | Path, name: str) -> Path:
+    """Pure: where sandbox `name`'s record lives (beside its run_dir, out of the sandbox's sight)."""
+    return Path(run_root) / f"{name}.json"
+
+
+def write_record(run_root: str | Path, name: str, record: dict) -> None:
+    """Replace sandbox `name`'s record with `record` (atomically, mode 0600)."""
+    path = record_path(run_root, name)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)
+
+
+def read_record(run_root: str | Path, name: str) -> dict | None:
+    """Sandbox `name`'s record, None when there is none (or it cannot be read)."""
+    try:
+        record = json.loads(record_path(run_root, name).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def unmount(path: Path) -> list[str]:

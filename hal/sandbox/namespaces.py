@@ -1,10 +1,20 @@
-"""The sandbox itself: a named network namespace and a persistent mount namespace (see the package
-docstring for what they hold), built with `ip`, `unshare`, `nsenter` and `mount` (three process
-chains), torn down with syscalls and verified from the device's side (`hal.sandbox.mounts` for
-the mounts, `hal.sandbox.inside` for processes and sockets, `hal.sandbox.forwarding` for the door).
+"""The sandbox itself: a named network namespace and a mount namespace kept by a holder process
+(see the package docstring for what they hold), built with `ip`, `unshare`, `nsenter` and `mount`
+(two process chains, the second of which stays as the holder), torn down with syscalls and verified
+from the device's side (`hal.sandbox.mounts` for the mounts, `hal.sandbox.inside` for processes and
+sockets, `hal.sandbox.forwarding` for the door).
 
-Measured here (tests/integration/test_sandbox.py, `-s`): create 50-100 ms (about 25 process starts
-are most of it: off a tap's path when a spare sandbox is made ahead), destroy ~35 ms.
+The holder is the sandbox's setup shell, our child: it waits on its stdin, a pipe this process
+keeps open, so it ends with its owner (closed in `destroy`, or when the daemon dies). Programs enter
+through `/proc/<holder pid>/ns/mnt` (`argv`), after the holder's identity (its pid's start time and
+mount-namespace inode, as recorded) is checked. The record `<run_root>/<name>.json` (written before
+anything is built, removed last) names the sandbox's index, link network, namespaces, owner (the
+creating process) and holder: after a crash, `stale_sandboxes` finds the sandboxes whose owner and
+holder are gone and `destroy_stale` tears one down by name.
+
+Measured here (tests/integration/test_sandbox.py and test_sandbox_in_lab.py, `-s`): create 65-130 ms,
+median ~75 ms (about 25 process starts are most of it: off a tap's path when a spare sandbox is made
+ahead; 120-170 ms inside lab hosts while two hosts build at once), destroy ~40 ms.
 """
 
 from __future__ import annotations
@@ -23,10 +33,10 @@ from hal.net import ns_argv
 from hal.sandbox import (DEFAULT_LINK_NET, DEFAULT_RUN_ROOT, SandboxConfigError, SandboxError, SandboxExists,
                          SandboxSetupError, SandboxUnavailable, check_gateway, check_name, link_for, veth_name)
 from hal.sandbox.forwarding import Forwarding, check_ifname
-from hal.sandbox.inside import (call_in_netns, holders, interface_exists, own_sockets_in, processes_in,
-                                socket_in_netns, stop_processes)
-from hal.sandbox.mounts import (SANDBOX_MOUNTS, bind_handle, code_paths_under_tmp, detach, foreign_mounts,
-                               mountpoints, prepare_run_root, unmount)
+from hal.sandbox.inside import (call_in_netns, holders, holds, interface_exists, ns_inode, own_sockets_in,
+                                processes_in, running, socket_in_netns, start_time, stop_processes)
+from hal.sandbox.mounts import (SANDBOX_MOUNTS, code_paths_under_tmp, detach, foreign_mounts, mountpoints,
+                               prepare_run_root, read_record, record_path, unmount, write_record)
 
 _ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 NETNS_DIR = Path("/run/netns")
@@ -47,10 +57,8 @@ ip link set "$veth" up
 """
 
 # Then, in the sandbox's network namespace, its kernel settings and its side of the link
-# (`sandbox_batch` in TP_LINK_BATCH); then it holds the new mount namespace until the device has
-# bound its handle (stdin closes). The bind is the device's, made once the namespace is complete:
-# unshare(1)'s own `--mount=<file>`, which binds right after unshare(2), failed with EINVAL inside
-# a lab host (a non-initial mount namespace) once a netns handle existed there (kernel 6.18).
+# (`sandbox_batch` in TP_LINK_BATCH); then it holds the new mount namespace until its stdin closes
+# (no handle is bound: see `hal.sandbox.mounts`).
 _SANDBOX_SIDE = SANDBOX_MOUNTS + r"""
 for key in ipv4/ip_forward ipv6/conf/all/forwarding ipv6/conf/default/forwarding; do
   echo 0 > "/proc/sys/net/$key"
@@ -128,7 +136,7 @@ class Sandbox:
         if not _RUN_ROOT.match(str(self.run_root)):
             raise SandboxConfigError(f"run_root {run_root!r} must be an absolute path of [A-Za-z0-9._/-]")
         self.run_dir = self.run_root / self.name
-        self.mnt_handle = self.run_root / f"{self.name}.mnt"
+        self.record = record_path(self.run_root, self.name)
         self.netns_path = NETNS_DIR / self.name
         self.device_netns = device_netns
         self.stop_timeout_s = stop_timeout_s
@@ -136,6 +144,8 @@ class Sandbox:
         self.gateway: ipaddress.IPv4Address | None = None
         self._net_inode: int | None = None
         self._mnt_inode: int | None = None
+        self._holder: subprocess.Popen | None = None  # our child; reaped in destroy
+        self._holder_start: int | None = None
 
     def __repr__(self) -> str:
         return f"Sandbox({self.name!r}, {self.index}, link={self.link.network})"
@@ -148,7 +158,7 @@ class Sandbox:
     def _present(self) -> list[str]:
         """The parts of this sandbox (or of another one with this index) that exist now."""
         mounts = mountpoints()
-        out = [str(p) for p in (self.netns_path, self.mnt_handle, self.run_dir) if p.exists() or str(p) in mounts]
+        out = [str(p) for p in (self.netns_path, self.record, self.run_dir) if p.exists() or str(p) in mounts]
         try:
             if interface_exists(self._device_ns_path(), self.veth):
                 out.append(f"interface {self.veth}")
@@ -158,63 +168,103 @@ class Sandbox:
 
     def create(self) -> None:
         """Build the sandbox (see the package docstring). Raises SandboxExists when any part of it is
-        already there, SandboxSetupError (after tearing down what it built) when a step fails."""
+        already there (a stale one: `destroy_stale`), SandboxSetupError (after tearing down what it
+        built) when a step fails."""
         present = self._present()
         if present:
             raise SandboxExists(f"sandbox {self.name}: already present: {', '.join(present)}")
-        step = "forwarding table"
+        step = "run root"
         try:
+            prepare_run_root(self.run_root)
+            step = "record"
+            self._write_record()  # first: whatever a crash leaves from here on is found by name
+            step = "forwarding table"
             self.forwarding.install()
             self.forwarding.add_link(self.veth)  # before the link exists: it is born closed
-            step = "run root"
-            prepare_run_root(self.run_root)
             step = "network namespace, run_dir, link"
             _run(ns_argv(self.device_netns, ["sh", "-ec", _DEVICE_SIDE, "sh", self.name, self.veth,
                                              str(self.run_dir), str(self.run_size_mb),
                                              f"{self.link.device_ip}/{self.link.prefixlen}"]), step)
             self._net_inode = os.stat(self.netns_path).st_ino
             step = "mount namespace"
-            self._build_mount_ns()
-            self._mnt_inode = os.stat(self.mnt_handle).st_ino
+            self._start_holder()
+            self._write_record()
         except (SandboxError, OSError) as exc:
             problems = self.destroy()
             raise SandboxSetupError(f"sandbox {self.name}: {step}: {exc}", problems) from None
 
-    def _build_mount_ns(self, timeout: float = 15) -> None:
+    def _start_holder(self, timeout: float = 15) -> None:
         argv = ["unshare", "--mount", "--propagation", "private", "nsenter", f"--net={self.netns_path}", "--",
                 "sh", "-ec", _SANDBOX_SIDE, "sh", str(self.run_dir), str(self.run_root), str(self.tmp_size_mb),
                 *code_paths_under_tmp()]
         env = dict(_ENV, TP_LINK_BATCH=sandbox_batch(self.link))
-        with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=env) as proc:  # unshare execs nsenter execs sh: one pid throughout
+        # unshare execs nsenter execs sh: one pid throughout, our child
+        proc = self._holder = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE, env=env, cwd="/")
+        ready = bool(select.select([proc.stdout], [], [], timeout)[0]) and proc.stdout.readline() == b"ready\n"
+        if not ready:
+            self._release_holder()
+            said = select.select([proc.stderr], [], [], 1.0)[0]  # (a child of it may hold the pipe)
+            err = (proc.stderr.read1(65536) if said else b"").decode(errors="replace").strip()[-300:]
+            raise SandboxError(f"exit {proc.returncode}: {err or 'no answer'}")
+        proc.stdout.close()
+        proc.stderr.close()
+        self._holder_start, self._mnt_inode = start_time(proc.pid), ns_inode(proc.pid, "mnt")
+        if self._mnt_inode is None or self._mnt_inode == ns_inode(os.getpid(), "mnt"):
+            raise SandboxError("the holder has no mount namespace of its own")
+        with open(f"/proc/{proc.pid}/mountinfo") as f:
+            foreign = foreign_mounts(f.read(), self.run_root, code_paths_under_tmp())
+        if foreign:
+            raise SandboxError(f"inherited mounts left inside: {', '.join(foreign)}")
+
+    def _release_holder(self) -> list[str]:
+        """End our holder (closing its stdin ends it; SIGKILL by its pid if not) and reap it."""
+        proc = self._holder
+        if proc is None:
+            return []
+        proc.stdin.close()
+        try:
+            proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # our own child, by its pid (not yet reaped: the pid is still ours)
             try:
-                ready = bool(select.select([proc.stdout], [], [], timeout)[0]) and proc.stdout.readline() == b"ready\n"
-                if ready:
-                    with open(f"/proc/{proc.pid}/mountinfo") as f:
-                        foreign = foreign_mounts(f.read(), self.run_root, code_paths_under_tmp())
-                    if foreign:
-                        raise SandboxError(f"inherited mounts left inside: {', '.join(foreign)}")
-                    self.mnt_handle.touch(mode=0o600)
-                    bind_handle(proc.pid, self.mnt_handle)
-            finally:
-                proc.stdin.close()
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()  # our own child, by its pid
-                    proc.wait()
-            if not ready or proc.returncode != 0:
-                err = proc.stderr.read().decode(errors="replace").strip()[-300:]
-                raise SandboxError(f"exit {proc.returncode}: {err or 'no answer'}")
+                proc.wait(2.0)
+            except subprocess.TimeoutExpired:
+                return [f"holder pid {proc.pid} survived SIGKILL"]
+        self._holder = None
+        return []
+
+    # -- the record ------------------------------------------------------------------------
+
+    def _write_record(self) -> None:
+        write_record(self.run_root, self.name, {
+            "name": self.name, "index": self.index, "link_net": str(self.link_net), "device_netns": self.device_netns,
+            "net_inode": self._net_inode, "mnt_inode": self._mnt_inode,
+            "owner_pid": os.getpid(), "owner_start": start_time(os.getpid()),
+            "holder_pid": self._holder.pid if self._holder else None, "holder_start": self._holder_start})
+
+    def _holder_pid(self) -> int | None:
+        """The pid of this sandbox's live holder (ours, else the record's), after its identity check."""
+        if self._holder is not None:
+            pid, start, mnt = self._holder.pid, self._holder_start, self._mnt_inode
+        else:
+            record = read_record(self.run_root, self.name) or {}
+            pid, start, mnt = record.get("holder_pid"), record.get("holder_start"), record.get("mnt_inode")
+        return pid if isinstance(pid, int) and holds(pid, start, mnt) else None
 
     def exists(self) -> bool:
-        return self.netns_path.exists() and str(self.mnt_handle) in mountpoints()
+        """Whether the sandbox is there and usable: its netns and its live holder."""
+        return self.netns_path.exists() and self._holder_pid() is not None
 
     # -- using -------------------------------------------------------------------------------
 
     def argv(self, cmd: list[str]) -> list[str]:
-        """`cmd` wrapped to run inside the sandbox (its network and mount namespaces; cwd /)."""
-        return ["nsenter", f"--net={self.netns_path}", f"--mount={self.mnt_handle}", "--", *cmd]
+        """`cmd` wrapped to run inside the sandbox (its network and mount namespaces; cwd /). Valid
+        until `destroy`: the mount namespace is named by its holder's pid (checked here)."""
+        pid = self._holder_pid()
+        if pid is None:
+            raise SandboxUnavailable(f"sandbox {self.name} does not exist (no live holder)")
+        return ["nsenter", f"--net={self.netns_path}", f"--mount=/proc/{pid}/ns/mnt", "--", *cmd]
 
     def call_in(self, fn, *args):
         """`fn(*args)` on a short-lived thread inside the sandbox's network namespace (not its mount
@@ -276,14 +326,17 @@ class Sandbox:
     # -- tearing down ------------------------------------------------------------------------
 
     def _inodes(self) -> tuple[int | None, int | None]:
-        """The namespaces' inodes: read from their handles while mounted, else remembered."""
-        mounts = mountpoints()
-        for attr, path in (("_net_inode", self.netns_path), ("_mnt_inode", self.mnt_handle)):
-            try:
-                if str(path) in mounts:
-                    setattr(self, attr, os.stat(path).st_ino)
-            except OSError:
-                pass
+        """The namespaces' inodes: the netns's from its handle while mounted, else remembered or
+        recorded (a Sandbox made after a restart knows them from the record)."""
+        record = read_record(self.run_root, self.name) or {}
+        try:
+            if str(self.netns_path) in mountpoints():
+                self._net_inode = os.stat(self.netns_path).st_ino
+        except OSError:
+            pass
+        for attr, key in (("_net_inode", "net_inode"), ("_mnt_inode", "mnt_inode")):
+            if getattr(self, attr) is None and isinstance(record.get(key), int):
+                setattr(self, attr, record[key])
         return self._net_inode, self._mnt_inode
 
     def destroy(self) -> list[str]:
@@ -301,18 +354,13 @@ class Sandbox:
         step("close the door", self.forget_gateway)
         step("stop processes", lambda: [f"still running: {p}" for p in
                                         stop_processes(net_inode, mnt_inode, self.stop_timeout_s)])
-        step("mount namespace", self._drop_mount_ns)
+        step("mount namespace", self._release_holder)  # (stopped with the rest; reaped here)
         step("run_dir", self._drop_run_dir)
         step("network namespace", self._drop_netns)
         step("link", self._drop_link)
         step("links element", lambda: self.forwarding.remove_link(self.veth))
+        step("record", lambda: _remove(self.record.unlink))
         return problems
-
-    def _drop_mount_ns(self) -> list[str]:
-        out = unmount(self.mnt_handle)
-        if not out:
-            _remove(self.mnt_handle.unlink)
-        return out
 
     def _drop_run_dir(self) -> list[str]:
         out = unmount(self.run_dir)
@@ -342,13 +390,15 @@ class Sandbox:
         return ", ".join(holders(self._net_inode)) if self._net_inode is not None else ""
 
     def leftovers(self) -> list[str]:
-        """What remains of the sandbox (empty when nothing does): namespace handles, mounts,
-        processes, our own sockets in its network namespace, the link, its nftables elements."""
-        out = []
+        """What remains of the sandbox (empty when nothing does): its netns handle, its record, its
+        mounts, any process in either namespace (the mount namespace lives only while one does: no
+        handle of it exists), our own sockets in its network namespace, the link, its nftables
+        elements."""
+        out = [f"holder pid {self._holder.pid} not reaped"] if self._holder is not None else []
         mounts = mountpoints()
         if self.netns_path.exists() or str(self.netns_path) in mounts:
             out.append(f"netns {self.name}")
-        for path in (self.mnt_handle, self.run_dir):
+        for path in (self.record, self.run_dir):
             if str(path) in mounts:
                 out.append(f"mount {path}")
             elif path.exists():
@@ -364,3 +414,53 @@ class Sandbox:
             out.append(f"nft links element {self.veth}")
         out += [f"nft door {' . '.join(d)}" for d in elements["doors"] if d[0] == self.veth]
         return out
+
+
+# -- after a crash ----------------------------------------------------------------------------
+
+def _owned(record: dict) -> bool:
+    """Whether the process that created the sandbox, or its holder, still lives."""
+    owner, holder = record.get("owner_pid"), record.get("holder_pid")
+    return (isinstance(owner, int) and running(owner, record.get("owner_start"))) or (
+        isinstance(holder, int) and holds(holder, record.get("holder_start"), record.get("mnt_inode")))
+
+
+def stale_sandboxes(run_root: str | Path = DEFAULT_RUN_ROOT, device_netns: str | None = None) -> list[str]:
+    """The names of the sandboxes under `run_root` that nobody owns any more (a crashed daemon's):
+    each has a run_dir or a record, and neither the process that created it (recorded by pid and
+    start time) nor its holder lives. A sandbox recorded for another device netns is not listed; one
+    of a live process (this one's too, even mid-create) never is."""
+    try:
+        entries = os.listdir(run_root)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = set()
+    for entry in entries:
+        name = entry.removesuffix(".json")
+        try:
+            check_name(name)
+        except SandboxConfigError:
+            continue
+        if not (entry.endswith(".json") or os.path.isdir(os.path.join(run_root, entry))):
+            continue
+        record = read_record(run_root, name)
+        if record is None or (record.get("device_netns") == device_netns and not _owned(record)):
+            out.add(name)
+    return sorted(out)
+
+
+def destroy_stale(name: str, run_root: str | Path = DEFAULT_RUN_ROOT, device_netns: str | None = None,
+                  stop_timeout_s: float = 3.0) -> list[str]:
+    """Tear down stale sandbox `name` (see `stale_sandboxes`) from its record: what `destroy` does,
+    its processes found by the recorded namespaces. Returns destroy's problems; raises SandboxError
+    when the sandbox is not stale or has no record (its index, so its link, unknown)."""
+    check_name(name)
+    record = read_record(run_root, name)
+    if record is None or not isinstance(record.get("index"), int):
+        raise SandboxError(f"sandbox {name}: no readable record {record_path(run_root, name)}")
+    sandbox = Sandbox(name, record["index"], link_net=record.get("link_net", DEFAULT_LINK_NET), run_root=run_root,
+                      device_netns=device_netns, stop_timeout_s=stop_timeout_s)
+    if _owned(record):
+        raise SandboxError(f"sandbox {name} is not stale: its owner or its holder lives")
+    return sandbox.destroy()
+
