@@ -78,7 +78,6 @@ class CardSection:
 @dataclass
 class TunnelSection:
     backend: str = option(one_of("auto", "kernel", "libipsec"), default="auto")
-    vici_socket: str = option(_abs_path, default="/run/charon.vici")
     up_timeout_s: float = option(between(1, 120), default=15.0)
     # TCP initial congestion window (segments) on the tunnel's routes; 0 leaves the kernel's 10.
     initcwnd: int = option(between(0, 256), default=32)
@@ -89,6 +88,25 @@ class SessionSection:
     tmpfs_dir: str = option(_abs_path, default="/run/tenantprint/session")
     tmpfs_size_mb: int = option(between(4, 4096), default=64)
     ipp_port: int = option(between(1, 65535), default=631)
+
+
+def _link_net(v: str) -> str:
+    from hal.sandbox import SandboxError, link_for
+
+    try:
+        link_for(v, 31)  # room for 32 sandboxes: sessions.max, a spare and the ones still purging
+    except SandboxError as exc:
+        raise ValueError(str(exc)) from None
+    return v
+
+
+@dataclass
+class SessionsSection:
+    """Many organizations at once: each session in its own sandbox (`firmware/sandboxes.py`)."""
+    max: int = option(between(1, 16), default=4)       # open sessions at once
+    link_net: str = option(_link_net, default="100.64.200.0/24")  # one /30 per sandbox link
+    run_root: str = option(_abs_path, default="/run/tenantprint/sandboxes")
+    uplink: str = option(default="")  # the interface the sandboxes' doors leave by; "": the route's
 
 
 @dataclass
@@ -162,6 +180,7 @@ class FirmwareConfig(Config):
     card: CardSection = field(default_factory=CardSection)
     tunnel: TunnelSection = field(default_factory=TunnelSection)
     session: SessionSection = field(default_factory=SessionSection)
+    sessions: SessionsSection = field(default_factory=SessionsSection)
     printer: PrinterSection = field(default_factory=PrinterSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     panel: PanelSection = field(default_factory=PanelSection)

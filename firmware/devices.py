@@ -4,30 +4,34 @@ implementations. The runtime and the purge use these objects and nothing else of
 
 from __future__ import annotations
 
+import shutil
 import time
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from firmware.config import FirmwareConfig
-from firmware.session_fs import SessionFs
+from firmware.sandboxes import SandboxPool
 from hal.card import CardReader, open_reader
 from hal.card.multi import MultiReader
 from hal.directory import Directory, DirectoryRefused
 from hal.net import FirewallError, NetError, sysctls
 from hal.net.firewall import Firewall
-from hal.net.route_window import RouteWindow
 from hal.printer import cupsd as session_cupsd
 from hal.printer import EngineUnavailable
 from hal.printer.driver_engine import DriverQueue
 from hal.printer.engine import PrintEngine
 from hal.printer.engine_finder import AUTO
-from hal.tunnel import Tunnel, TunnelConfig, open_tunnel
+from hal.sandbox import ForwardingError
+from hal.sandbox.forwarding import Forwarding
+from hal.tunnel import detect_backend
 
 
 # The engine's capabilities can change while the daemon runs (a tray or a duplex unit fitted, the
 # printer swapped): a model older than this is built again from the engine.
 ENGINE_MODEL_MAX_AGE_S = 3600.0
-DRIVER_QUEUE_DIR = "/run/tenantprint/driver-cupsd"  # device data: the cupsd of a printer that needs a driver
+DRIVER_QUEUE_DIR = "/run/tenantprint/driver-cupsd"
+MODEL_BUILDER_PORT = 6311  # loopback of the device's own domain, while the engine's model is built  # device data: the cupsd of a printer that needs a driver
 
 
 class NotEnrolled(DirectoryRefused):
@@ -40,32 +44,29 @@ class NotEnrolled(DirectoryRefused):
 @dataclass
 class Devices:
     """What the daemon itself drives. Nothing here holds an org secret: those live in the session's
-    secret keeper process (`firmware/secret_keeper.py`), which builds its own directory client and
-    tunnel loader with `build_directory` / `build_tunnel`."""
+    secret keeper process (`firmware/secret_keeper.py`), which builds its own directory client
+    (`build_directory`) and loads the session sandbox's charon itself."""
 
     config: FirmwareConfig
     card: CardReader
-    tunnel: Tunnel
-    firewall: Firewall
-    session_fs: SessionFs
+    backend: str                     # the tunnel backend: kernel (XFRM) or libipsec
+    firewall: Firewall               # the device's own (its domain: the uplink, ssh, no IPP)
+    sandboxes: SandboxPool           # where sessions run, one sandbox each (firmware/sandboxes.py)
     engine: PrintEngine | None = None  # the device's printer and its spool of released jobs
-    route_window: RouteWindow | None = None  # widens the tunnel routes' initial TCP window
     # The inbound queue's PPD as the last session's cupsd built it from the engine: device data, no
     # org's. Kept in memory only; the next session's cupsd starts with its queues written from it.
     engine_model: bytes | None = None
     engine_model_at: float = 0.0
     driver_queue: DriverQueue | None = None  # the device's cupsd for a printer that needs a driver
+    model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # one model build at a time
 
-    @property
-    def session_dir(self) -> Path:
-        return self.session_fs.path
-
-    def print_service(self):
-        """A session print service in the session tmpfs, on the IPP port of every address.
+    def print_service(self, session_dir: Path, command_prefix: list[str]):
+        """A session print service in the session tmpfs `session_dir`, run by `command_prefix` (the
+        session sandbox's network stack), on the IPP port of every address there.
 
         It starts before the tunnel gives the virtual IP (so that it is ready when IKE is done),
-        hence the wildcard: the device firewall, installed and verified when the daemon started,
-        admits the port from loopback and through IPsec only, and the machine takes a job only from
+        hence the wildcard: the sandbox holds only its link to the device and the tunnel, and the
+        sandbox's firewall admits the port through IPsec only; the machine takes a job only from
         inside the tunnel's remote traffic selectors."""
         fresh = time.monotonic() - self.engine_model_at < ENGINE_MODEL_MAX_AGE_S
         if self.driver_queue is not None:  # the driver's PPD is the model: nothing to ask a printer
@@ -76,8 +77,39 @@ class Devices:
         if self.engine.uri == AUTO:  # no USB printer found yet: the queue has no model to take
             raise EngineUnavailable("printer not connected")
         return session_cupsd.SessionPrintService(
-            self.session_dir, listen=[f"0.0.0.0:{self.config.session.ipp_port}"],
+            session_dir, listen=[f"0.0.0.0:{self.config.session.ipp_port}"], command_prefix=command_prefix,
             engine_uri=self.engine.uri, engine_model=self.engine_model if fresh else None)
+
+    def ensure_engine_model(self) -> None:
+        """Have a fresh model of the engine's queue (the sessions' inbound queue is written from it):
+        built here, in the device's own domain, by a cupsd of the device that asks the engine and
+        goes (a session's cupsd, in its sandbox, cannot reach the engine, and must not). Nothing of
+        any org is involved; off a tap's path (daemon start, the spare's preparation) but for the
+        first tap after an engine that could not be asked."""
+        with self.model_lock:
+            self._build_engine_model()
+
+    def _build_engine_model(self) -> None:
+        if self.driver_queue is not None or time.monotonic() - self.engine_model_at < ENGINE_MODEL_MAX_AGE_S:
+            return
+        if self.engine.uri == AUTO:
+            raise EngineUnavailable("printer not connected")
+        work = Path(self.config.session.tmpfs_dir).parent / "engine-model"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, mode=0o700)
+        builder = session_cupsd.SessionPrintService(work, listen=[f"127.0.0.1:{MODEL_BUILDER_PORT}"],
+                                                   engine_uri=self.engine.uri)
+        try:
+            builder.start()
+            model = builder.engine_model()
+        finally:
+            try:
+                builder.stop()
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        if model is None:
+            raise EngineUnavailable("the engine's model was not built")
+        self.engine_model, self.engine_model_at = model, time.monotonic()
 
     def remember_engine_model(self, service) -> None:
         """After a start that built the model from the engine, keep it for the next sessions."""
@@ -90,26 +122,24 @@ class Devices:
 
     def network_leftovers(self, *, gateways: bool = True) -> list[str]:
         """How the device's network differs from its policy (empty when it holds): the firewall
-        table missing or changed, a gateway still in its set (unless `gateways` is False: at start,
-        before the boot purge ends a crashed daemon's tunnel), a kernel setting (sysctl) off."""
+        table missing or changed, a gateway in its set (the device's own domain talks IKE with
+        nobody: each sandbox has its own), a kernel setting (sysctl) off. `gateways` False: at
+        start, before the boot purge."""
         left: list[str] = []
         try:
             kept = self.firewall.verify()
             left += [f"firewall gateway {g}" for g in sorted(kept)] if gateways else []
         except FirewallError as exc:
             left.append(f"device firewall: {exc}")
+        try:  # the sandboxes' doors: what the device forwards (a changed table could forward anything)
+            Forwarding(self.firewall.netns).verify()
+        except ForwardingError as exc:
+            left.append(f"sandbox doors: {exc}")
         try:
             left += [f"sysctl {m}" for m in sysctls.mismatches(self.firewall.netns)]
         except NetError as exc:
             left.append(f"sysctls unknown: {exc}")
         return left
-
-    def stop_stale_print_service(self) -> None:
-        """Stop a session cupsd a crashed firmware left running (found by its pid file)."""
-        session_cupsd.stop_stale(self.session_dir)
-
-    def stale_print_service_leftovers(self) -> list[str]:
-        return session_cupsd.stale_leftovers(self.session_dir)
 
 
 class _Unenrolled:
@@ -130,11 +160,6 @@ def build_directory(cfg: FirmwareConfig) -> Directory:
                            keepalive_s=max(5.0, cfg.cloud.keep_warm_s + 10), max_connections=1)
 
 
-def build_tunnel(cfg: FirmwareConfig) -> Tunnel:
-    backend = None if cfg.tunnel.backend == "auto" else cfg.tunnel.backend
-    return open_tunnel(TunnelConfig(backend=backend, vici_socket=cfg.tunnel.vici_socket))
-
-
 def build_card_reader(cfg: FirmwareConfig) -> CardReader:
     """The configured reader, or every configured reader as one (`hal.card.multi`). Cards without a
     badge are reported by their UID (`CardUid`): the firmware looks them up."""
@@ -151,7 +176,7 @@ def build_card_reader(cfg: FirmwareConfig) -> CardReader:
 
 
 def build(cfg: FirmwareConfig) -> Devices:
-    tunnel = build_tunnel(cfg)
+    backend = detect_backend() if cfg.tunnel.backend == "auto" else cfg.tunnel.backend
     driver_queue = None
     if cfg.printer.driver:  # the device's own cupsd drives the printer; the engine is its queue
         driver_queue = DriverQueue(DRIVER_QUEUE_DIR, cfg.printer.engine_uri, cfg.printer.driver)
@@ -162,10 +187,9 @@ def build(cfg: FirmwareConfig) -> Devices:
     return Devices(
         config=cfg,
         card=build_card_reader(cfg),
-        tunnel=tunnel,
-        firewall=Firewall(tunnel.backend, port=cfg.session.ipp_port, management=cfg.firewall.management),
-        session_fs=SessionFs(cfg.session.tmpfs_dir, cfg.session.tmpfs_size_mb),
+        backend=backend,
+        firewall=Firewall(backend, port=cfg.session.ipp_port, management=cfg.firewall.management),
+        sandboxes=SandboxPool(cfg, backend),
         engine=engine,
         driver_queue=driver_queue,
-        route_window=RouteWindow(cfg.tunnel.initcwnd) if cfg.tunnel.initcwnd else None,
     )

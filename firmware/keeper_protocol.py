@@ -6,7 +6,9 @@ in as bytes (`SecretKeeper.authenticate`).
 JSON lines; the first line to the keeper is the firmware configuration, then one request, one reply:
 
     {"op": "fetch", "org": O}          -> ProfileFacts | LookupRefused
-    {"op": "tunnel_up", "timeout_s": s} -> TunnelFacts | TunnelRefused
+    {"op": "tunnel_up", "timeout_s": s, "vici_socket": path, "netns": name} -> TunnelFacts | TunnelRefused
+        (the session's sandbox: its charon's VICI socket, and its network stack, which the keeper
+        enters for good before it talks to charon: authentication then goes through the tunnel)
     {"op": "auth", "user", "org", "pin", "state"} -> an `hal.auth` outcome (Accepted, Rejected,
                                           PinRequired, Unavailable, BadInput)
     {"op": "exit"}                      -> (the keeper wipes what it holds and exits)

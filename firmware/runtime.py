@@ -1,11 +1,14 @@
-"""The firmware's asyncio runtime: feeds events to the pure machine and executes its effects.
+"""The firmware's asyncio runtime: feeds events to the pure device machine and executes its effects.
 
-One loop. Everything that blocks (the directory, VICI, pycups, RADIUS) runs in worker threads and
-comes back as an event: session work (lookup, tunnel, print service, release, purge) on one
-single-thread executor so that it happens in the order the machine asked for it; authentication on
-its own thread so a slow RADIUS server never delays a purge. Watcher threads (tunnel events, job
-events) post events while their session lives. The runtime never holds an org secret: the session's
-secret keeper process does (`firmware/secret_keeper.py`), and the purge ends it first.
+One loop. The device machine (`firmware/device_machine.py`) keeps one session machine per open
+session, each org's in its own sandbox; effects carry their session's number and go to that
+session's `SessionRuntime`. Everything that blocks (the directory, VICI, pycups, RADIUS) runs in
+worker threads and comes back as an event: each session's work (lookup, tunnel, release, purge) on
+its own single-thread executor, in the order its machine asked for it; authentication on a small
+pool so a slow RADIUS server never delays a purge; the print services start on a pool of their own
+beside the lookups. Watcher threads (tunnel events, job events) post events while their session
+lives. The runtime never holds an org secret: each session's secret keeper process does
+(`firmware/secret_keeper.py`), and the purge ends it first.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections import deque
 
 from firmware import effects as fx
 from firmware import events as ev
-from firmware import journal, machine, outcomes, owner_proof, panel, panel_api, screen, sdnotify, status
+from firmware import device_machine, journal, machine, outcomes, owner_proof, panel, panel_api, screen, sdnotify, status
 from firmware.config import FirmwareConfig
 from firmware.devices import Devices, build, build_directory
 from firmware.diagnostics import MemoryDiagnostics
@@ -30,6 +33,8 @@ from firmware.session_runtime import PRINT_SERVICE_START_S, SessionRuntime
 from hal.card import CardTap, CardUid, CardUnreadable, card_id, mask_uid
 from hal.directory import DirectoryRefused
 from hal.net import NetError
+from hal.sandbox import ForwardingError
+from hal.sandbox.forwarding import Forwarding
 from hal.printer.engine import EngineOutcome
 from hal.printer.engine_state import BLOCKING
 
@@ -51,7 +56,7 @@ def org_of(state) -> str | None:
 
 
 def describe(state) -> dict:
-    """The non-secret view of a state for the status document."""
+    """The non-secret view of a session machine's state for the status document."""
     view = {"state": _state_name(state), "org": org_of(state)}
     session = getattr(state, "s", None)
     if session is not None:
@@ -78,9 +83,10 @@ class Runtime:
     def __init__(self, cfg: FirmwareConfig, devices: Devices):
         self.cfg = cfg
         self.devices = devices
-        self.state = machine.initial()
-        self.limits = machine.Limits(pin_timeout_s=cfg.runtime.pin_timeout_s, panel_return_s=cfg.panel.return_s)
-        self.session: SessionRuntime | None = None
+        self.device = device_machine.initial()
+        self.limits = device_machine.DeviceLimits(pin_timeout_s=cfg.runtime.pin_timeout_s,
+                                                  panel_return_s=cfg.panel.return_s, max_sessions=cfg.sessions.max)
+        self.sessions: dict[int, SessionRuntime] = {}  # by session number: the open sessions' work
         self.panel = ""
         self.shown = screen.Shown()       # the machine's last panel key (the panel renders the screen from it)
         self.screen = panel_api.ScreenFeed()
@@ -89,16 +95,18 @@ class Runtime:
         self.pin_guard = PinGuard()
         self.proof_nonces = owner_proof.NonceRecord(time.time)  # the device's, across sessions
         self.released = outcomes.ReleasedRecord(time.monotonic)  # delivery ids released here (no reprint)
-        self.incoming: SessionRuntime | None = None  # another org's lookup, made while `session` serves
         self.audit: deque[dict] = deque(maxlen=100)
         self.diagnostics = MemoryDiagnostics()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.session_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="session")
-        self.auth_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="auth")
-        self.watchers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="watch")
-        # The print service (tmpfs, cupsd) starts at the card event: its own thread.
-        self.preparer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prepare")
+        most = cfg.sessions.max
+        # device-wide work: the boot purge's sweep, the spare keeper and the spare sandbox
+        self.device_worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="device")
+        self.auth_worker = concurrent.futures.ThreadPoolExecutor(most, thread_name_prefix="auth")
+        self.watchers = concurrent.futures.ThreadPoolExecutor(2 * most + 2, thread_name_prefix="watch")
+        # A session's sandbox is taken and its print service (tmpfs, cupsd) started at the card event,
+        # beside the lookup: threads of their own.
+        self.preparer = concurrent.futures.ThreadPoolExecutor(2 * most, thread_name_prefix="prepare")
         # a card known by its UID is looked up in the cloud's card directory here (one at a time)
         self.card_lookups = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="card-lookup")
         # engine outcomes of jobs whose Released is not posted yet (SessionRuntime.release)
@@ -113,6 +121,11 @@ class Runtime:
 
     # -- plumbing ------------------------------------------------------------------------------
 
+    @property
+    def state(self):
+        """The session machine state the panel shows (the last tapped session; session-less when none)."""
+        return device_machine.focused(self.device)
+
     def now(self) -> float:
         return time.monotonic()
 
@@ -122,7 +135,7 @@ class Runtime:
 
     def dispatch(self, event) -> None:
         before = type(self.state).__name__
-        self.state, effects = machine.step(self.state, event, self.limits)
+        self.device, effects = device_machine.step(self.device, event, self.limits)
         if isinstance(event, ev.PinEntered) and not any(isinstance(e, fx.Authenticate) and e.pin is event.pin
                                                         for e in effects):
             event.pin.wipe()  # a PIN nobody asked for any more
@@ -142,8 +155,8 @@ class Runtime:
     def refresh_screen(self) -> None:
         """Make the panel's screen from the state now (after every step; the Tick moves timers)."""
         state, now = self.state, self.now()
-        sr = self.session
-        s = sr.s if sr is not None and sr.number == getattr(state, "session", None) else None
+        sr = self.sessions.get(getattr(state, "session", None))
+        s = sr.s if sr is not None else None
         attempts = None
         typed = 0
         if isinstance(state, machine.AwaitingPin):
@@ -190,11 +203,12 @@ class Runtime:
             case fx.PreparePrintService():
                 if (sr := self._current(effect.session)) is not None:
                     # needs nothing of the org: starts now, beside the lookup and IKE, on its own thread
-                    sr.s.print_service_ready = self.preparer.submit(sr.prepare_print_service)
+                    sr.s.print_service_ready = self.preparer.submit(self._prepare, sr)
             case fx.StartSpareKeeper():
-                self._in(self.session_worker, self._spawn_spare_keeper)
+                self._in(self.device_worker, self._spawn_spares)
             case fx.EndLookup():
-                self._in(self.session_worker, self._end_lookup, effect)
+                if (sr := self._current(effect.session)) is not None:
+                    self._in(sr.worker, self._end_keeper, sr.s)
             case fx.PinFailed(org=org, user=user):
                 locked = self.pin_guard.failed(org, user, self.now())
                 if locked:
@@ -214,8 +228,14 @@ class Runtime:
                 self._on_session(effect, "purge_job")
             case fx.PinAccepted(org=org, user=user):
                 self.pin_guard.succeeded(org, user, self.now())
+            case device_machine.Renumber(old=old, new=new):
+                # a faulted session purged again under a new number: its work follows the number
+                if (sr := self.sessions.pop(old, None)) is not None:
+                    sr.s.number = new
+                    self.sessions[new] = sr
             case fx.Purge():
-                self._in(self.session_worker, self._purge, effect)
+                sr = self._current(effect.session)
+                self._in(sr.worker if sr is not None else self.device_worker, self._purge, effect)
             case fx.Authenticate():
                 self._on_session(effect, "authenticate", pool=self.auth_worker,
                                  failed=ev.AuthUnavailable(self.now(), effect.session, effect.attempt, "no session"))
@@ -223,17 +243,14 @@ class Runtime:
                 journal.record("unknown effect", level=40, effect=type(effect).__name__)
 
     def _current(self, number: int) -> SessionRuntime | None:
-        for sr in (self.session, self.incoming):
-            if sr is not None and sr.number == number:
-                return sr
-        return None
+        return self.sessions.get(number)
 
     def _on_session(self, effect, method: str, *, pool=None, failed=None) -> None:
-        """Run `method` of the effect's session on `pool` (the session worker); looked up there, in
-        order with the work queued before (a lookup's session exists once its effect ran). A session
-        that is gone answers `failed` (or nothing)."""
+        """Run `method` of the effect's session on `pool` (default: that session's worker, in order
+        with the work queued before). A session that is gone answers `failed` (or nothing)."""
+        sr = self._current(effect.session)
+
         def run() -> None:
-            sr = self._current(effect.session)
             if sr is None:
                 if isinstance(effect, fx.Authenticate) and effect.pin is not None:
                     effect.pin.wipe()
@@ -243,41 +260,52 @@ class Runtime:
             getattr(sr, method)(effect)
 
         run.__name__ = method
-        self._in(pool or self.session_worker, run)
+        self._in(pool or (sr.worker if sr is not None else self.device_worker), run)
 
     def _open_session(self, e: fx.FetchProfile) -> None:
-        """The Session object of a lookup (on the loop, so that effects after it find it): the
-        session itself when none serves, else the incoming one (another org's tap)."""
+        """The SessionRuntime of a lookup (on the loop, so that effects after it find it), and its
+        sandbox slot taken at once (the spare, built ahead) on a preparer thread."""
         sr = SessionRuntime(Session(number=e.session, org=e.org), self)
-        if self.session is None:
-            self.session = sr
-        else:
-            if self.incoming is not None:  # an abandoned lookup: its keeper ends on the worker
-                self._in(self.session_worker, self._end_keeper, self.incoming.s)
-            self.incoming = sr
+        self.sessions[e.session] = sr
+        sr.slot_ready = self.preparer.submit(self._take_slot, sr)
 
-    def _end_lookup(self, e: fx.EndLookup) -> None:
-        sr = self.incoming
-        if sr is not None and sr.number == e.session:
-            self.incoming = None
-            self._end_keeper(sr.s)
+    def _take_slot(self, sr: SessionRuntime) -> None:
+        sr.s.slot = self.devices.sandboxes.take()  # raises SlotError: the session's steps fail cleanly
+        journal.record("sandbox taken", session=sr.number, sandbox=sr.s.slot.name)
 
-    def _spawn_spare_keeper(self) -> None:
-        """Start the next session's keeper now (it holds nothing yet), so that a tap does not wait
-        for a Python interpreter to start and import the hal. On the session worker: after the work
-        queued before it (a lookup that takes the spare first)."""
-        if self.spare_keeper is not None or self.done.is_set():
+    def _prepare(self, sr: SessionRuntime) -> None:
+        self.devices.ensure_engine_model()  # built ahead; here only when the engine could not be asked
+        sr.slot_ready.result(timeout=PRINT_SERVICE_START_S)
+        sr.prepare_print_service()
+
+    def _spawn_spares(self) -> None:
+        """Start the next session's keeper and build its sandbox now (they hold nothing yet), so that
+        a tap does not wait for a Python interpreter, a network namespace or a charon. On the device
+        worker: after the work queued before it."""
+        if self.done.is_set():
             return
         try:
-            self.spare_keeper = SecretKeeper(self.cfg.as_dict())
-        except (KeeperError, OSError) as exc:
-            journal.record("keeper start failed", level=40, error=type(exc).__name__)
-            self.spare_keeper = None
+            self.devices.ensure_engine_model()
+        except Exception as exc:  # said; a tap tries again (and says "printer not connected")
+            journal.record("engine model not built", level=30, error=f"{type(exc).__name__}: {exc}")
+        if self.spare_keeper is None:
+            try:
+                self.spare_keeper = SecretKeeper(self.keeper_config())
+            except (KeeperError, OSError) as exc:
+                journal.record("keeper start failed", level=40, error=type(exc).__name__)
+                self.spare_keeper = None
+        self.devices.sandboxes.prepare_spare()
+
+    def keeper_config(self) -> dict:
+        """The config a keeper starts with: the daemon's, the tunnel backend as detected."""
+        cfg = self.cfg.as_dict()
+        cfg["tunnel"]["backend"] = self.devices.backend
+        return cfg
 
     def take_spare_keeper(self) -> SecretKeeper:
         keeper, self.spare_keeper = self.spare_keeper, None
         if keeper is None or not keeper.alive():
-            keeper = SecretKeeper(self.cfg.as_dict())
+            keeper = SecretKeeper(self.keeper_config())
         return keeper
 
     def _end_keeper(self, s: Session) -> None:
@@ -317,19 +345,26 @@ class Runtime:
             self.post(event)
 
     def _purge(self, e: fx.Purge) -> None:
-        incoming, self.incoming = self.incoming, None
-        if incoming is not None and not e.keep_next:
-            self._end_keeper(incoming.s)  # a lookup the purge makes moot
-            incoming = None
-        s = self.session.s if self.session is not None else None
+        """End session `e.session` (on its worker, after its queued work) or, for a number of no open
+        session (the boot purge, a cleared fault), sweep what no live session owns."""
+        sr = self.sessions.get(e.session)
+        s = sr.s if sr is not None else None
         if s is not None:
             self._end_keeper(s)  # first: every secret of the session dies with it
-            if s.print_service_ready is not None:
-                # a print service still starting would come up after the purge stopped it
-                concurrent.futures.wait([s.print_service_ready], timeout=PRINT_SERVICE_START_S)
+            slot_ready = getattr(sr, "slot_ready", None)
+            waits = [f for f in (slot_ready, s.print_service_ready) if f is not None]
+            # a sandbox still being taken, a print service still starting would outlive the purge
+            concurrent.futures.wait(waits, timeout=PRINT_SERVICE_START_S)
         report = purge(self.devices, s, e.reason)
-        self.session = incoming  # the org the machine switches to, when it decided so
+        if sr is not None:
+            self.loop.call_soon_threadsafe(self._closed, sr)
         self.post(ev.PurgeDone(self.now(), e.session, report.ok, report.leftovers))
+
+    def _closed(self, sr: SessionRuntime) -> None:
+        """On the loop: the purged session's runtime goes (its worker ends after this purge)."""
+        if self.sessions.get(sr.number) is sr:
+            del self.sessions[sr.number]
+        sr.worker.shutdown(wait=False)
 
     def _serve_engine(self) -> None:
         """The engine's thread: first what a previous daemon released and left in the spool."""
@@ -499,24 +534,30 @@ class Runtime:
         self.post(ev.PinEntered(self.now(), state.session, pin))
         return {"ok": True}
 
-    def snapshot(self) -> dict:
-        view = describe(self.state)
-        s = self.session.s if self.session is not None else None
+    def _session_view(self, state) -> dict:
+        """One session's part of the status: its machine state, tunnel, held and printing jobs."""
+        view = describe(state)
+        sr = self.sessions.get(getattr(state, "session", None))
+        s = sr.s if sr is not None else None
         jobs = s.jobs if s else {}
-        held = [dict(j, **{k: v for k, v in jobs.get(j["id"], {}).items() if k in ("title", "bytes")})
-                for j in view.get("held_jobs", [])]
-        tunnel = {"up": bool(s and s.virtual_ip and view.get("org")), "virtual_ip": s.virtual_ip if s else None}
-        number = getattr(self.state, "session", None)
-        printing = [{"id": j.job_id, "user": j.user, "title": j.title}
-                    for j in self.devices.engine.pending() if j.session == number]
+        view["held_jobs"] = [dict(j, **{k: v for k, v in jobs.get(j["id"], {}).items() if k in ("title", "bytes")})
+                             for j in view.get("held_jobs", [])]
+        view["tunnel"] = {"up": bool(s and s.virtual_ip and view.get("org")),
+                          "virtual_ip": s.virtual_ip if s else None,
+                          "sandbox": s.slot.name if s is not None and s.slot is not None else None}
+        number = getattr(state, "session", None)
+        view["printing"] = [{"id": j.job_id, "user": j.user, "title": j.title}
+                            for j in self.devices.engine.pending() if j.session == number]
+        return view
+
+    def snapshot(self) -> dict:
+        view = self._session_view(self.state)
+        sessions = {org: {k: v for k, v in self._session_view(st).items() if k != "org"}
+                    for org, st in device_machine.by_org(self.device).items()}
         condition = self.devices.engine.condition
         reader = self.devices.card.reader_state()
         reader_usable = reader["connected"] or any(r["connected"] for r in reader.get("readers", []))
         line = self.panel if reader_usable else panel.text_join(panel.text("reader-not-connected"), self.panel)
-        sessions = {}
-        if isinstance(self.state, machine.ORG_BEARING):
-            sessions[view["org"]] = {"state": view["state"], "tunnel": tunnel, "held_jobs": held,
-                                     "printing": printing, "authenticated_user": view.get("authenticated_user")}
         return {
             "state": view["state"],
             "org": view.get("org"),
@@ -525,11 +566,13 @@ class Runtime:
             "printer": panel.text(condition) if condition else "",
             "pin_requested": machine.pin_open(self.state, self.now(), self.limits),
             "taps": self.taps,
-            "tunnel": tunnel,
-            "held_jobs": held,
-            "printing": printing,
+            "tunnel": view["tunnel"],
+            "held_jobs": view["held_jobs"],
+            "printing": view["printing"],
             "authenticated_user": view.get("authenticated_user"),
             "sessions": sessions,
+            "sessions_max": self.cfg.sessions.max,
+            "spare": self.devices.sandboxes.spare_view(),
             "panel_url": f"http://{self.cfg.panel.listen}/" if "web" in self.cfg.panel.kind.split(",") else None,
             "screen": self.screen.doc.get("screen"),
             "engine": self.devices.engine.view(),
@@ -538,16 +581,6 @@ class Runtime:
         }
 
     # -- main ----------------------------------------------------------------------------------
-
-    def _start_route_window(self) -> None:
-        """Widen the tunnel routes' initial TCP window (one round trip less for a desk's first
-        exchange). Only speed depends on it: a failure is journalled and the daemon goes on."""
-        if self.devices.route_window is None:
-            return
-        try:
-            self.devices.route_window.start()
-        except (NetError, ValueError) as exc:
-            journal.record("route window not set", level=30, error=str(exc))
 
     async def run(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -565,12 +598,12 @@ class Runtime:
         tasks = [asyncio.create_task(self._read_cards()), asyncio.create_task(self._tick())]
         engine_thread = threading.Thread(target=self._serve_engine, name="engine", daemon=True)
         engine_thread.start()
-        self._start_route_window()
         # The device firewall and the kernel's network settings hold before anything else: if not,
         # the boot purge's check finds it and latches Fault (no session), the daemon stays up.
         try:
             self.devices.firewall.install()
-        except NetError as exc:
+            Forwarding(self.devices.firewall.netns).install()  # the sandboxes' doors, closed until a session opens one
+        except (NetError, ForwardingError) as exc:
             journal.record("device firewall not installed: no sessions", level=50, error=str(exc))
         if wrong := self.devices.network_leftovers(gateways=False):
             journal.record("device network not as required: no sessions", level=50, found="; ".join(wrong))
@@ -599,12 +632,13 @@ class Runtime:
                 panel_server.close()
             if self.keypad is not None:
                 self.keypad.stop()
-            self.session_worker.shutdown(wait=True)
+            for sr in list(self.sessions.values()):
+                sr.worker.shutdown(wait=True)
+            self.device_worker.shutdown(wait=True)
             self.preparer.shutdown(wait=True)
             if self.spare_keeper is not None:
                 self.spare_keeper.stop()
-            if self.devices.route_window is not None:
-                self.devices.route_window.stop()
+            self.devices.sandboxes.close()
             if self.devices.driver_queue is not None:
                 self.devices.driver_queue.stop()
             self.auth_worker.shutdown(wait=False, cancel_futures=True)

@@ -15,8 +15,11 @@ The protocol, typed, is `firmware/keeper_protocol.py`: one method here per reque
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
+import re
 import select
 import subprocess
 import sys
@@ -74,9 +77,12 @@ class SecretKeeper:
         """Look the org's profile up in the directory; the keeper keeps it."""
         return self._exchange("fetch", timeout, kp.request("fetch", org=org), kp.decode_fetch)
 
-    def tunnel_up(self, timeout_s: float, timeout: float) -> kp.TunnelReply:
-        """Load the fetched profile into charon and bring the tunnel up within `timeout_s`."""
-        return self._exchange("tunnel_up", timeout, kp.request("tunnel_up", timeout_s=timeout_s), kp.decode_tunnel)
+    def tunnel_up(self, timeout_s: float, timeout: float, *, vici_socket: str, netns: str) -> kp.TunnelReply:
+        """Load the fetched profile into the session sandbox's charon (`vici_socket`) and bring the
+        tunnel up within `timeout_s`. The keeper moves into the sandbox's network stack (`netns`, a
+        name under /run/netns) first, for good: the org's auth server is reached through the tunnel."""
+        return self._exchange("tunnel_up", timeout, kp.request("tunnel_up", timeout_s=timeout_s, vici_socket=vici_socket,
+                                                               netns=netns), kp.decode_tunnel)
 
     def authenticate(self, timeout: float, *, user: str, org: str, pin=None, state: bytes | None = None) -> AuthOutcome:
         """Ask the org's auth server about `user`. The PIN (a `firmware.events.Pin`) is spliced into
@@ -139,6 +145,21 @@ class SecretKeeper:
 
 # -- the keeper process ---------------------------------------------------------------------------
 
+_NETNS = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
+_CLONE_NEWNET = 0x40000000
+
+
+def _enter_netns(name: str) -> None:
+    """Move this thread (the keeper's only serving thread) into network namespace `name` for good."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns {name}")
+    finally:
+        os.close(fd)
+
+
 def _keep_warm(directory, every_s: float, stop: threading.Event, networks: list) -> None:
     """While the keeper waits for its session, keep a connection to the directory open, and know
     the device's own networks (read now, not on the tap's path)."""
@@ -165,11 +186,11 @@ class _Keeper:
     copy of the org's secrets) and the authenticator. One method per request (`OPS`)."""
 
     def __init__(self, cfg):
-        from firmware.devices import build_directory, build_tunnel
+        from firmware.devices import build_directory
 
         self.cfg = cfg
         self.directory = build_directory(cfg)
-        self.tunnel = build_tunnel(cfg)
+        self.tunnel = None  # the session sandbox's charon, named by tunnel_up
         self.profile = None
         self.authenticator = None
         self.first_request = threading.Event()
@@ -203,9 +224,17 @@ class _Keeper:
         from hal.auth import AuthConfigError, open_authenticator
         from hal.tunnel import TunnelError, TunnelSetupFailed
 
+        from hal.tunnel import TunnelConfig, open_tunnel
+
         if self.profile is None:
             return kp.TunnelRefused("config")
+        netns = req.get("netns")
+        if not isinstance(netns, str) or not _NETNS.match(netns) or not isinstance(req.get("vici_socket"), str):
+            return kp.TunnelRefused("config")
         try:
+            _enter_netns(netns)  # the directory is not needed any more: from here on, only the org's side
+            backend = None if self.cfg.tunnel.backend == "auto" else self.cfg.tunnel.backend
+            self.tunnel = open_tunnel(TunnelConfig(backend=backend, vici_socket=req["vici_socket"], netns=netns))
             up = self.tunnel.up(self.profile, timeout=float(req["timeout_s"]))
         except TunnelSetupFailed as exc:
             return kp.TunnelRefused(exc.cause)

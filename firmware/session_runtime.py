@@ -3,13 +3,18 @@
 `SessionRuntime` holds the session's resources (`firmware.session.Session`) and does its effects:
 the lookup through its secret keeper, the tunnel, the print service, releases, reports to the org,
 authentication. Each method runs on one of the runtime's workers, blocks, and answers with an event
-(`rt.post`); watcher threads follow the tunnel and the jobs while the session lives. Device-wide
-things (the engine, the nonce and release records, the spare keeper, the configuration) belong to
-the `Runtime` (`rt`); the purge is the runtime's (`firmware.session.purge`).
+(`rt.post`); watcher threads follow the tunnel and the jobs while the session lives. The session
+runs in its sandbox slot (`firmware/sandboxes.py`, `s.slot`, taken when the lookup starts): its
+charon, its session cupsd and the keeper's traffic to the org live in the sandbox's network stack;
+the daemon reaches them through files (VICI, the cupsd socket) and `slot.call_in`. Each session has
+its own worker thread (`worker`), so one session's slow step never delays another's. Device-wide
+things (the engine, the nonce and release records, the spare keeper and sandbox, the configuration)
+belong to the `Runtime` (`rt`); the purge is `firmware.session.purge`.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 
 from firmware import effects as fx
@@ -20,6 +25,7 @@ from firmware.secret_keeper import KeeperError
 from firmware.session import Session
 from hal.auth import Accepted, BadInput, PinRequired, Rejected, Unavailable
 from hal.net import NetError
+from hal.sandbox import SandboxError
 from hal.printer import JobGone, JobHeld
 from hal.tunnel import TunnelError
 
@@ -30,6 +36,9 @@ class SessionRuntime:
     def __init__(self, session: Session, rt):
         self.s = session
         self.rt = rt  # the Runtime: post, now, cfg, devices, watchers, device-wide records
+        # this session's effects, in the order the machine asked for them (the purge last)
+        self.worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"session-{session.number}")
+        self.slot_ready: concurrent.futures.Future | None = None  # its sandbox slot being taken (s.slot)
 
     @property
     def number(self) -> int:
@@ -61,15 +70,22 @@ class SessionRuntime:
             self.rt.post(ev.TunnelFailed(self.rt.now(), e.session, "no profile"))
             return
         try:
-            self.rt.devices.firewall.allow_gateway(s.gateway)  # before IKE's first packet; the purge forgets it
-            reply = s.keeper.tunnel_up(self.rt.cfg.tunnel.up_timeout_s, timeout=self.rt.cfg.tunnel.up_timeout_s + 10)
-        except (KeeperError, OSError, NetError) as exc:
+            self.slot_ready.result(timeout=PRINT_SERVICE_START_S)
+        except Exception as exc:  # no sandbox could be built: said, nothing of the org went anywhere
+            journal.record("no sandbox for the session", level=40, session=s.number, error=f"{type(exc).__name__}: {exc}")
+            self.rt.post(ev.TunnelFailed(self.rt.now(), e.session, "no sandbox"))
+            return
+        try:
+            s.slot.open_door(s.gateway)  # before IKE's first packet; the purge closes it
+            reply = s.keeper.tunnel_up(self.rt.cfg.tunnel.up_timeout_s, timeout=self.rt.cfg.tunnel.up_timeout_s + 10,
+                                       vici_socket=str(s.slot.charon.vici_socket), netns=s.slot.name)
+        except (KeeperError, OSError, NetError, SandboxError) as exc:
             self.rt.post(ev.TunnelFailed(self.rt.now(), e.session, type(exc).__name__))
             return
         if isinstance(reply, TunnelRefused):
             self.rt.post(ev.TunnelFailed(self.rt.now(), e.session, reply.cause))
             return
-        self.rt.devices.tunnel.follow(s.org)
+        s.slot.tunnel.follow(s.org)
         s.virtual_ip = reply.virtual_ip
         self.rt.watchers.submit(self._watch_tunnel)
         self.rt.post(ev.TunnelUp(self.rt.now(), e.session, reply.virtual_ip, reply.remote_ts))
@@ -77,7 +93,7 @@ class SessionRuntime:
     def _watch_tunnel(self) -> None:
         s = self.s
         try:
-            for down in self.rt.devices.tunnel.events(s.stop):
+            for down in s.slot.tunnel.events(s.stop):
                 if not s.stop.is_set():
                     self.rt.post(ev.TunnelDown(self.rt.now(), s.number, down.reason))
                 return
@@ -86,12 +102,14 @@ class SessionRuntime:
                 self.rt.post(ev.TunnelDown(self.rt.now(), s.number, f"watch failed: {type(exc).__name__}"))
 
     def prepare_print_service(self) -> None:
-        """Mount the session tmpfs and start the session cupsd in it (on the preparer thread). The
-        device firewall, installed at daemon start, lets its port in through IPsec only."""
+        """Mount the session tmpfs and start the session cupsd in it, in the session's sandbox (on
+        the preparer thread). The sandbox's firewall lets its port in through IPsec only."""
         s = self.s
         t0 = time.monotonic()
-        self.rt.devices.session_fs.mount()
-        s.print_service = self.rt.devices.print_service()
+        if s.slot is None:
+            raise RuntimeError("no sandbox")
+        s.slot.session_fs.mount()
+        s.print_service = self.rt.devices.print_service(s.slot.session_fs.path, s.slot.command_prefix)
         s.print_service.start()
         self.rt.devices.remember_engine_model(s.print_service)
         journal.record("print service started", session=s.number, ms=round((time.monotonic() - t0) * 1000, 1),
@@ -102,6 +120,7 @@ class SessionRuntime:
         try:
             s.print_service_ready.result(timeout=PRINT_SERVICE_START_S)  # started at the card event (PreparePrintService)
         except Exception as exc:
+            journal.record("print service failed", level=40, session=s.number, error=f"{type(exc).__name__}: {exc}"[:300])
             self.rt.devices.forget_engine_model()
             self.rt.post(ev.PrintServiceFailed(self.rt.now(), e.session, type(exc).__name__))
             return
@@ -163,11 +182,11 @@ class SessionRuntime:
         record of them is kept by `release` (released) and the engine's outcome (printed, failed)."""
         s = self.s
         deliveries = [d for j in e.job_ids if (d := s.jobs.get(j, {}).get("delivery"))]
-        if not deliveries or not s.outcomes_url:
+        if not deliveries or not s.outcomes_url or s.slot is None:
             return
-        try:
-            outcomes.report(s.outcomes_url, [(d, e.state) for d in deliveries])
-        except (outcomes.OutcomeError, ValueError) as exc:
+        try:  # through the tunnel: from inside the session's sandbox
+            s.slot.call_in(outcomes.report, s.outcomes_url, [(d, e.state) for d in deliveries])
+        except (outcomes.OutcomeError, ValueError, SandboxError) as exc:
             journal.record("outcomes not reported", level=30, org=s.org, state=e.state, jobs=len(deliveries),
                            error=str(exc))
             return

@@ -72,6 +72,44 @@ def host_pids(ns_name: str) -> list[int]:
     return pids
 
 
+def descendants(root: int) -> list[int]:
+    """Pids of `root`'s descendants (the firmware's sandboxes' charons, session cupsds and keepers run
+    in network namespaces of their own, so `host_pids` does not find them)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def sandbox_netns_pids(pids: list[int]) -> list[int]:
+    """Pids of every process that shares a network namespace with one of `pids`."""
+    inodes = set()
+    for pid in pids:
+        try:
+            inodes.add(os.stat(f"/proc/{pid}/ns/net").st_ino)
+        except OSError:
+            continue
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
+                    out.append(int(entry))
+            except OSError:
+                continue
+    return out
+
+
 def scan_memory(pid: int) -> set[bytes]:
     found: set[bytes] = set()
     try:
@@ -138,6 +176,9 @@ def scan(lab, host: str = "office") -> dict:
         for path, found in scan_tree(root).items():
             add(path, "file", found)
     pids = host_pids(h.ns)
+    rec = lab.procs.get("firmware")
+    if rec is not None and rec.alive():  # and whatever runs in its sessions' sandboxes
+        pids = sorted(set(pids) | set(sandbox_netns_pids(descendants(rec.pid))))
     seen_mounts: set[str] = set()
     # The host's own /run and /tmp are scanned above; the project's code, bound in when it lives
     # under /tmp (a CI checkout), is not the MFP's data.
@@ -158,7 +199,9 @@ def scan(lab, host: str = "office") -> dict:
             continue
         add(f"pid {pid} ({comm}) argv", "cmdline", _secrets_in(cmdline))
         add(f"pid {pid} ({comm}) memory", "memory", scan_memory(pid))
-    vici = h.run(["swanctl", "--list-conns", "--uri", "unix:///run/charon.vici"], check=False)
+    # every session sandbox's charon (firmware/sandboxes.py: /run/tenantprint/sandboxes/<name>/charon.vici)
+    vici = h.run(["sh", "-c", "for s in /run/tenantprint/sandboxes/*/charon.vici; do [ -S \"$s\" ] && "
+                  "swanctl --list-conns --uri \"unix://$s\"; done; true"], check=False)
     add("charon VICI inventory", "vici", set(CANARY.findall(vici.stdout)))
     return {"clean": not findings, "host": host, "processes_scanned": len(pids),
             "mounts_scanned": sorted(seen_mounts), "findings": findings}

@@ -63,6 +63,10 @@ _SANDBOX_SIDE = SANDBOX_MOUNTS + r"""
 for key in ipv4/ip_forward ipv6/conf/all/forwarding ipv6/conf/default/forwarding; do
   echo 0 > "/proc/sys/net/$key"
 done
+for conf in all default; do  # (after ip_forward: writing it turns accept_redirects back on)
+  echo 0 > "/proc/sys/net/ipv4/conf/$conf/accept_redirects"
+  echo 0 > "/proc/sys/net/ipv4/conf/$conf/send_redirects"
+done
 for conf in all default; do
   echo 1 > "/proc/sys/net/ipv4/conf/$conf/rp_filter"
   echo 1 > "/proc/sys/net/ipv4/conf/$conf/arp_ignore"

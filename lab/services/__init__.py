@@ -55,7 +55,7 @@ class CloudSeed:
 def default_services(options: "LabOptions") -> list[Service]:
     """The services `lab up` starts, in order (stopped in reverse): the whole system."""
     from lab.orgs import CONTRACTED
-    from lab.services.charon import GatewayService, MfpCharonService
+    from lab.services.charon import GatewayService
     from lab.services.cloud import CloudService
     from lab.services.engine import EngineService
     from lab.services.ldap import LdapService
@@ -76,6 +76,6 @@ def default_services(options: "LabOptions") -> list[Service]:
         if org in options.ldap:
             services.append(LdapService(org))
         services += [GatewayAgentService(org), DeskService(org)]
-    services += [PcscdService(), VcardService(), NfcReaderService(), EngineService(), MfpCharonService(),
+    services += [PcscdService(), VcardService(), NfcReaderService(), EngineService(),
                  FirmwareService(options.tunnel_backend), PanelService()]
     return services

@@ -102,8 +102,9 @@ class FirmwareService:
             # the PC/SC reader (vpcd), an nfcpy reader (the udp simulator) and a wedge reader (a FIFO)
             "card": {"kind": "pcsc,nfcpy,wedge", "nfc_path": f"udp:127.0.0.1:{card_readers.NFC_PORT}",
                      "wedge_device": card_readers.WEDGE_FIFO},
-            "tunnel": {"backend": self.backend, "vici_socket": "/run/charon.vici"},
+            "tunnel": {"backend": self.backend},
             "session": {"tmpfs_dir": SESSION_DIR, "tmpfs_size_mb": 64, "ipp_port": 631},
+            "sessions": {"max": 4},
             "printer": {"engine_uri": engine.engine_uri(lab)},
             "runtime": {"status_socket": SOCKET},
             "panel": {"kind": "web,keypad", "socket": PANEL_SOCKET, "socket_group": PANEL_GROUP,

@@ -45,11 +45,35 @@ def office_leftovers(system) -> list[str]:
     """Every trace of a session on the MFP host, as a list of findings (empty when clean)."""
     from lab.scan import host_mounts, host_pids, scan
 
+    from lab.scan import descendants
+
     office = system.host("office")
     left = []
     pids = host_pids(office.ns)
-    if any(m.startswith("/run/tenantprint/session") for pid in pids[:1] for m in host_mounts(pid)):
-        left.append("session tmpfs mounted")  # one mount namespace per host: one pid tells
+    rec = system.procs.get("firmware")
+    if rec is not None and rec.alive():
+        pids = sorted(set(pids) | set(descendants(rec.pid)))
+    from lab.services.firmware import firmware_status
+
+    # The next session's sandbox, built ahead, holds nothing of any org: its charon must be empty.
+    spare = firmware_status(system).get("spare") or {}
+    if spare:
+        vici = f"unix:///run/tenantprint/sandboxes/{spare['sandbox']}/charon.vici"
+        for what in ("--list-conns", "--list-sas", "--list-certs"):
+            out = office.run(["swanctl", what, "--uri", vici], check=False).stdout.decode()
+            if out.strip():
+                left.append(f"spare charon {what}: {out.strip()[:200]}")
+    mounts = {m for pid in pids[:1] for m in host_mounts(pid)}  # one mount namespace per host: one pid tells
+    name = spare.get("sandbox", "-")
+    left += [f"session tmpfs mounted: {m}" for m in sorted(mounts) if m.startswith("/run/tenantprint/session")]
+    left += [f"sandbox mount: {m}" for m in sorted(mounts)
+             if m.startswith(("/run/tenantprint/sandboxes/", "/run/netns/")) and not m.split("/")[-1].startswith(name)]
+    netns = office.run(["sh", "-c", "ls /run/netns 2>/dev/null; ls /run/tenantprint/sandboxes 2>/dev/null; true"],
+                       check=False).stdout.decode().split()
+    left += [f"sandbox left: {n}" for n in netns if not n.startswith(name)]
+    links = office.run(["ip", "-br", "link"], check=False).stdout.decode()
+    left += [f"sandbox link: {line.split()[0]}" for line in links.splitlines()
+             if line.startswith("tpv") and line.split()[0].split("@")[0] != spare.get("link")]
     for pid in pids:
         try:
             if os.readlink(f"/proc/{pid}/exe") == "/usr/sbin/cupsd":
@@ -59,10 +83,12 @@ def office_leftovers(system) -> list[str]:
     spool = office.path("/run/tenantprint/engine")  # released documents wait here only until printed
     if spool.is_dir() and (files := sorted(p.name for p in spool.iterdir())):
         left.append(f"engine spool: {files}")
-    for what in ("--list-conns", "--list-sas", "--list-certs"):
-        out = office.run(["swanctl", what, "--uri", "unix:///run/charon.vici"], check=False).stdout.decode()
-        if out.strip():
-            left.append(f"charon {what}: {out.strip()[:200]}")
+    for pid in pids:  # no charon outlives its session's sandbox
+        try:
+            if os.readlink(f"/proc/{pid}/exe") == "/usr/lib/ipsec/charon" and pid != spare.get("charon_pid"):
+                left.append(f"charon pid {pid}")
+        except OSError:
+            pass
     # The device firewall stays installed between sessions; only the session's gateway goes.
     from hal.net import FirewallError
     from hal.net.firewall import Firewall
@@ -123,11 +149,12 @@ def _to_rest(system) -> None:
     if st["state"] == "fault":
         from lab.services.firmware import firmware_request
         firmware_request(system, {"cmd": "clear-fault"})
-    if st["state"] not in ("idle",):
+    if st["state"] not in ("idle",) or st.get("sessions"):
         # End whatever session is open the way an operator would: restart the daemon (SIGTERM purges).
         fw.stop(system)
         fw.start(system)
-    wait_for(lambda: firmware_status(system)["state"] == "idle", 30, "the firmware at rest")
+    wait_for(lambda: (st := firmware_status(system))["state"] == "idle" and not st.get("sessions"), 30,
+             "the firmware at rest")
     # No job is lost: a job the last scenario left held went back to its desk's holding queue, and
     # would be delivered to the next scenario's session. At rest, no desk keeps one.
     from lab.services.org_agents import clear_desk_held, desk_queues

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from hal.net.firewall import DOOR_MARK
-from hal.sandbox import (ForwardingError, SandboxConfigError, SandboxSetupError, check_gateway, check_name,
+from hal.sandbox import (ForwardingError, SandboxUnavailable, SandboxConfigError, SandboxSetupError, check_gateway, check_name,
                          link_for, veth_name)
 from hal.sandbox.forwarding import add_elements, delete_elements, door_element, parse_listing, ruleset
 from hal.sandbox.mounts import SANDBOX_MOUNTS, foreign_mounts
@@ -160,11 +160,11 @@ def test_elements_are_spelled_as_nft_lists_them_and_deleted_idempotently():
 
 def test_a_sandbox_object_plans_its_paths_link_and_commands():
     sb = Sandbox("tps-3", 3, run_root="/run/tenantprint/sandboxes")
-    assert (str(sb.run_dir), str(sb.mnt_handle), str(sb.netns_path), sb.veth) == (
-        "/run/tenantprint/sandboxes/tps-3", "/run/tenantprint/sandboxes/tps-3.mnt", "/run/netns/tps-3", "tpv3")
+    assert (str(sb.run_dir), str(sb.record), str(sb.netns_path), sb.veth) == (
+        "/run/tenantprint/sandboxes/tps-3", "/run/tenantprint/sandboxes/tps-3.json", "/run/netns/tps-3", "tpv3")
     assert str(sb.link.network) == "100.64.200.12/30"
-    assert sb.argv(["charon"]) == ["nsenter", "--net=/run/netns/tps-3",
-                                   "--mount=/run/tenantprint/sandboxes/tps-3.mnt", "--", "charon"]
+    with pytest.raises(SandboxUnavailable):  # not created: no holder keeps its mount namespace
+        sb.argv(["charon"])
     assert sandbox_batch(sb.link) == ("link set lo up\naddr add 100.64.200.14/30 dev eth0\nlink set eth0 up\n"
                                       "route add default via 100.64.200.13 dev eth0\n")
 

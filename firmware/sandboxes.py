@@ -1,0 +1,246 @@
+"""Where an organization's session runs on the device: a sandbox of its own, built before the tap.
+
+A `SandboxSlot` is one session's place: a `hal.sandbox` sandbox (its own network stack and /run,
+linked to the device by one veth whose only door out is IKE/NAT-T/ESP to the org's gateway), a
+charon of its own inside it (`hal.tunnel.sandbox_charon`), the device firewall's ruleset inside it
+too (IPP only through IPsec, IKE only with the org's gateway), the session tmpfs beside it
+(`<session.tmpfs_dir>/<name>`) and the route window on its tunnel routes. Two orgs using the same
+address range are two separate stacks: the kernel keeps them apart, not this code.
+
+`SandboxPool` hands slots out (`take`), keeps one built ahead (`prepare_spare`: creating a sandbox
+and starting its charon costs far more than a tap may wait), and tears a slot down after its
+session (`SandboxSlot.teardown`, then `leftovers` as the verification). After a crash, `sweep`
+removes every sandbox under the run root that no live slot owns.
+
+Thread-safety: the pool's bookkeeping is locked; a slot is driven by one session's worker at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from firmware import journal
+from firmware.session_fs import SessionFs
+from hal.net import NetError
+from hal.net.firewall import Firewall
+from hal.net.route_window import RouteWindow
+from hal.printer import cupsd as session_cupsd
+from hal.sandbox import SandboxError
+from hal.sandbox.namespaces import Sandbox, destroy_stale, stale_sandboxes
+from hal.tunnel import Tunnel, TunnelConfig, TunnelError, open_tunnel
+from hal.tunnel.sandbox_charon import SandboxCharon
+
+NAME_PREFIX = "tps"  # sandbox <index> is `tps<index>` (its netns, its run_dir, its session tmpfs)
+
+
+class SlotError(Exception):
+    """A slot could not be built (what was built is torn down again); the message names the step."""
+
+
+class SandboxSlot:
+    """One session's sandbox and what runs in it (see the module docstring)."""
+
+    def __init__(self, cfg, index: int, backend: str):
+        self.index = index
+        self.name = f"{NAME_PREFIX}{index}"
+        self.backend = backend
+        self.sandbox = Sandbox(self.name, index, link_net=cfg.sessions.link_net, run_root=cfg.sessions.run_root,
+                               uplink=cfg.sessions.uplink or None)
+        self.charon = SandboxCharon(self.sandbox, backend)
+        self.firewall = Firewall.for_sandbox(backend, self.name, port=cfg.session.ipp_port)
+        self.tunnel: Tunnel = open_tunnel(TunnelConfig(backend=backend, vici_socket=str(self.charon.vici_socket),
+                                                       netns=self.name))
+        self.session_fs = SessionFs(Path(cfg.session.tmpfs_dir) / self.name, cfg.session.tmpfs_size_mb)
+        self.route_window = RouteWindow(cfg.tunnel.initcwnd, netns=self.name) if cfg.tunnel.initcwnd else None
+
+    def __repr__(self) -> str:
+        return f"SandboxSlot({self.name})"
+
+    @property
+    def command_prefix(self) -> list[str]:
+        """What runs a program in the sandbox's network stack (the session cupsd: its files stay in
+        the session tmpfs, which the device sees)."""
+        return ["nsenter", f"--net={self.sandbox.netns_path}", "--"]
+
+    def build(self) -> None:
+        """Create the sandbox, install its firewall, start its charon and route window."""
+        step = "sandbox"
+        try:
+            self.sandbox.create()
+            step = "firewall"
+            self.firewall.install()
+            step = "charon"
+            self.charon.start()
+            if self.route_window is not None:
+                step = "route window"
+                self.route_window.start()
+        except (SandboxError, NetError, TunnelError, OSError, ValueError) as exc:
+            problems = self.teardown()
+            raise SlotError(f"{self.name}: {step}: {exc}" + (f" (teardown: {'; '.join(problems)})" if problems else "")) \
+                from None
+
+    def open_door(self, gateway: str) -> None:
+        """Let the sandbox's charon reach the org's gateway (IKE, NAT-T, ESP), and nothing else."""
+        self.firewall.allow_gateway(gateway)
+        self.sandbox.allow_gateway(gateway)
+
+    def call_in(self, fn, *args):
+        """`fn(*args)` on a thread inside the sandbox's network stack (a report to the org's LAN)."""
+        return self.sandbox.call_in(fn, *args)
+
+    def teardown(self) -> list[str]:
+        """Take everything of the slot away; every step runs. Returns what went wrong (names only)."""
+        problems: list[str] = []
+
+        def step(what: str, fn) -> None:
+            try:
+                problems.extend(f"{what}: {p}" for p in (fn() or []))
+            except Exception as exc:  # every step runs; each failure is said
+                problems.append(f"{what}: {type(exc).__name__}: {exc}")
+
+        if self.route_window is not None:
+            step("route window", self.route_window.stop)
+        if self.charon.alive():
+            step("tunnel down", self.tunnel.down)
+            step("tunnel credentials", self.tunnel.purge)
+        step("door", self.sandbox.forget_gateway)
+        step("charon", self.charon.stop)
+        step("session tmpfs", self.session_fs.unmount)
+        step("sandbox", self.sandbox.destroy)
+        return problems
+
+    def leftovers(self) -> list[str]:
+        """What remains of the slot (empty when nothing does)."""
+        out = [f"{self.name}: {x}" for x in self.sandbox.leftovers()]
+        out += [f"{self.name}: {x}" for x in self.session_fs.leftovers()]
+        if self.charon.alive():
+            out.append(f"{self.name}: charon pid {self.charon.pid}")
+        return out
+
+
+class SandboxPool:
+    """Hands out slots, one built ahead. Indexes are reused once a slot is torn down and verified."""
+
+    def __init__(self, cfg, backend: str):
+        self.cfg = cfg
+        self.backend = backend
+        self._lock = threading.Lock()
+        self._used: set[int] = set()
+        self._spare: SandboxSlot | None = None
+        self._failed: list[SandboxSlot] = []  # released but not gone: the next sweep tries again
+        self._limit = 2 * cfg.sessions.max + 2  # open sessions, ones still purging, and the spare
+
+    def _index(self) -> int:
+        with self._lock:
+            for i in range(self._limit):
+                if i not in self._used:
+                    self._used.add(i)
+                    return i
+        raise SlotError("no free sandbox index (too many sessions purging)")
+
+    def _build(self) -> SandboxSlot:
+        index = self._index()
+        try:
+            slot = SandboxSlot(self.cfg, index, self.backend)
+            slot.build()
+        except Exception:
+            with self._lock:
+                self._used.discard(index)
+            raise
+        return slot
+
+    def prepare_spare(self) -> None:
+        """Build the next session's slot now (off the tap's path). Idempotent."""
+        with self._lock:
+            if self._spare is not None:
+                return
+        try:
+            slot = self._build()
+        except SlotError as exc:
+            journal.record("spare sandbox not built", level=40, error=str(exc))
+            return
+        with self._lock:
+            if self._spare is None:
+                self._spare, slot = slot, None
+        if slot is not None:  # built twice at once: the second goes
+            self.release(slot)
+
+    def take(self) -> SandboxSlot:
+        """The spare slot, else one built now."""
+        with self._lock:
+            slot, self._spare = self._spare, None
+        if slot is not None and slot.charon.alive():
+            return slot
+        if slot is not None:
+            self.release(slot)
+        return self._build()
+
+    def release(self, slot: SandboxSlot) -> list[str]:
+        """Tear a slot down and verify; its index is free again only when nothing of it remains."""
+        problems = slot.teardown()
+        left = slot.leftovers()
+        with self._lock:
+            if left:
+                if slot not in self._failed:
+                    self._failed.append(slot)
+            else:
+                self._used.discard(slot.index)
+                if slot in self._failed:
+                    self._failed.remove(slot)
+        return [*problems, *left] if left else []
+
+    def close(self) -> None:
+        """At daemon exit: the spare goes too."""
+        with self._lock:
+            slot, self._spare = self._spare, None
+        if slot is not None:
+            self.release(slot)
+
+    def spare_view(self) -> dict | None:
+        """The spare slot as the status shows it (it holds nothing of any org): name, link, charon pid."""
+        with self._lock:
+            slot = self._spare
+        if slot is None:
+            return None
+        return {"sandbox": slot.name, "link": slot.sandbox.veth, "charon_pid": slot.charon.pid}
+
+    def live(self) -> set[str]:
+        with self._lock:
+            return {f"{NAME_PREFIX}{i}" for i in self._used}
+
+    def sweep(self) -> list[str]:
+        """Remove every sandbox under the run root that no slot of this pool owns (a crashed daemon's),
+        with its session tmpfs. Returns what could not be removed."""
+        with self._lock:
+            failed = list(self._failed)
+        out: list[str] = []
+        for slot in failed:  # a purge that did not verify: its slot is tried again
+            out += self.release(slot)
+        live = self.live()
+        try:
+            stale = [n for n in stale_sandboxes(self.cfg.sessions.run_root) if n not in live]
+        except (SandboxError, OSError) as exc:
+            return [f"sandboxes unknown: {exc}"]
+        for name in stale:
+            try:
+                out += [f"{name}: {p}" for p in destroy_stale(name, self.cfg.sessions.run_root)]
+            except (SandboxError, OSError) as exc:
+                out.append(f"{name}: {exc}")
+        root = Path(self.cfg.session.tmpfs_dir)
+        if SessionFs(root).is_mounted():  # one session's tmpfs as a daemon before sandboxes left it
+            session_cupsd.stop_stale(root)
+            try:
+                SessionFs(root).unmount()
+            except Exception as exc:
+                out.append(f"{root}: {exc}")
+        if root.is_dir():
+            for d in sorted(root.iterdir()):
+                if d.name not in live:
+                    fs = SessionFs(d)
+                    session_cupsd.stop_stale(d)
+                    try:
+                        fs.unmount()
+                    except Exception as exc:  # said, the sweep goes on
+                        out.append(f"{d}: {exc}")
+        return out
