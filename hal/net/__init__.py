@@ -3,10 +3,14 @@
 - `addresses`: where the virtual IP sits (which interface), waiting for it, and cleaning up what a
   killed IKE daemon leaves behind (`flush_stale_ipsec`).
 - `firewall`: the device's nftables table of our own (`inet tenantprint`), default deny: installed
-  once at firmware start, atomically, and verified; IKE/ESP only with the current session's gateway
-  (a set the session fills and the purge empties), the IPP port only through IPsec, ssh only from
-  configured management addresses, nothing forwarded.
-- `sysctls`: the kernel settings of a host that never routes (ip_forward, arp_ignore, arp_announce,
+  once at firmware start, atomically, and verified; IKE/ESP only with the gateway in its set (a set
+  the session fills and the purge empties), the IPP port only through IPsec, ssh only from
+  configured management addresses; forwarded: exactly the sandboxes' doors (IKE, NAT-T and ESP
+  between a session's sandbox and its org's gateway, packets `hal.sandbox.forwarding` marked), and
+  nothing else. Inside each sandbox the same table, without ssh, DHCP or doors. `boot_guard()`: what
+  the image loads at boot, before forwarding is on, until the firmware installs the whole table.
+- `sysctls`: the kernel settings of a host that forwards for the sandboxes' doors only and has none
+  of a router's habits (ip_forward on, no redirects, no source routing; arp_ignore, arp_announce,
   rp_filter) and their check.
 
 Every function takes `netns`: the network namespace to act in (the lab runs the MFP in one);

@@ -44,9 +44,16 @@ ENGINE_PATH = {
     "printer-driver-brlaser",
     "printer-driver-gutenprint",
 }
-DEVICE = {"charon-systemd", "strongswan-swanctl", "libcharon-extra-plugins", "pcscd", "libccid",
-          "nftables", "iproute2", "python3-venv"}
-NEVER = {"vsmartcard-vpcd", "cups-browsed", "strongswan-starter",
+# strongswan-charon: /usr/lib/ipsec/charon, started by the firmware in each sandbox, with its plugins
+# (vici in strongswan-swanctl, kernel-libipsec in libcharon-extra-plugins, openssl in the standard
+# ones, curve25519 in the extra ones, kernel-netlink and socket-default in libstrongswan and
+# strongswan-libcharon). strongswan-starter stays too: strongswan-charon depends on it (it is masked).
+DEVICE = {"strongswan-charon", "strongswan-libcharon", "libstrongswan", "strongswan-swanctl", "libcharon-extra-plugins",
+          "libstrongswan-standard-plugins", "libstrongswan-extra-plugins", "pcscd", "libccid", "nftables",
+          "iproute2", "python3-venv"}
+NEVER = {"vsmartcard-vpcd", "cups-browsed",
+         # nothing runs strongswan.service on the device
+         "charon-systemd",
          # 01-tenantprint's build dependencies: installed to compile pyscard/pycups, then purged
          "build-essential", "python3-dev", "swig", "libpcsclite-dev", "libcups2-dev"}
 # Fields of an `apt-cache show` stanza that a dpkg status entry carries and apt's solver reads.
@@ -217,8 +224,9 @@ def test_the_stage_lists_and_purges_what_the_replay_follows():
     installs = {p for s in steps if s.command == "install" and s.origin.endswith("packages") for p in s.packages}
     assert ENGINE_PATH <= installs, "the engine path belongs in the image's own package list"
     purges = {p for s in steps if s.command == "purge" for p in s.packages}
-    assert {"vsmartcard-vpcd", "cups-browsed", "strongswan-starter"} <= purges
+    assert {"vsmartcard-vpcd", "cups-browsed"} <= purges
     assert "avahi-daemon" not in purges, "purging avahi-daemon purges ipp-usb, which depends on it"
+    assert "strongswan-starter" not in purges, "purging strongswan-starter purges strongswan-charon"
     assert any(s.command == "autoremove" for s in steps)
 
 

@@ -54,14 +54,18 @@ def _package_lists() -> list[str]:
 
 def test_packages_have_what_the_device_needs_and_no_vpcd():
     pkgs = set(" ".join(_package_lists()).split())
-    assert {"charon-systemd", "libcharon-extra-plugins", "libstrongswan-extra-plugins", "cups-daemon",
-            "pcscd", "libccid", "nftables", "python3-venv"} <= pkgs
+    # strongswan-charon: /usr/lib/ipsec/charon, which the firmware starts in each sandbox; swanctl's
+    # package has the vici plugin, the plugin packages kernel-libipsec, openssl and curve25519.
+    assert {"strongswan-charon", "strongswan-swanctl", "libcharon-extra-plugins", "libstrongswan-standard-plugins",
+            "libstrongswan-extra-plugins", "cups-daemon", "pcscd", "libccid", "nftables", "python3-venv"} <= pkgs
+    assert "charon-systemd" not in pkgs  # nothing runs strongswan.service on the device
     # The engine path (replayed with apt in tests/integration/test_image_packages.py).
     assert {"cups", "cups-filters", "ghostscript", "ipp-usb", "avahi-daemon"} <= pkgs
     assert not {p for p in pkgs if "vpcd" in p or "vsmartcard" in p or "swap" in p or "zram" in p}
     purges = " ".join(CHROOT_SCRIPTS[0].read_text().split("\n"))
     assert re.search(r"apt-get purge -y [^\n]*vsmartcard-vpcd", purges)
     assert not re.search(r"apt-get purge[^\n]*avahi-daemon", purges), "it would purge ipp-usb too"
+    assert not re.search(r"apt-get purge[^\n]*strongswan-starter", purges), "it would purge strongswan-charon too"
 
 
 def test_chroot_scripts_turn_swap_off():
@@ -74,7 +78,6 @@ def test_chroot_scripts_turn_swap_off():
 def rootfs(tmp_path_factory) -> Path:
     """The stage applied to a stand-in for stage2's rootfs, as pi-gen would."""
     need_binary("systemctl")
-    need(Path("/lib/systemd/system/strongswan.service").exists(), "strongswan's systemd unit")
     tmp = tmp_path_factory.mktemp("pigen")
     stage = tmp / "stage-tenantprint"
     shutil.copytree(STAGE, stage)
@@ -118,10 +121,14 @@ def test_build_wheel_refuses_without_a_wheel(tmp_path):
 def test_units_installed_and_enabled(rootfs):
     system = rootfs / "etc/systemd/system"
     wants = system / "multi-user.target.wants"
-    for unit in ("tenantprint-firmware.service", "tenantprint-enrol.service", "strongswan.service"):
+    for unit in ("tenantprint-firmware.service", "tenantprint-enrol.service"):
         assert (wants / unit).is_symlink(), unit
-    assert (system / "strongswan.service.d/tenantprint.conf").exists()
-    assert (system / "sysinit.target.wants/tenantprint-reader-setup.service").is_symlink()
+    # Each session's charon is the firmware's own, in its sandbox: no charon in the device's domain.
+    for unit in ("strongswan.service", "strongswan-starter.service", "ipsec.service"):
+        assert os.readlink(system / unit) == "/dev/null", f"{unit} not masked"
+    assert not (system / "strongswan.service.d").exists()
+    for unit in ("tenantprint-reader-setup.service", "tenantprint-boot-guard.service"):
+        assert (system / "sysinit.target.wants" / unit).is_symlink(), unit
     assert (rootfs / "etc/sysctl.d/90-tenantprint.conf").read_text() == (REPO / "systemd/sysctl.d/90-tenantprint.conf").read_text()
     assert os.readlink(system / "swap.target") == "/dev/null"
     assert not (wants / "cups.service").exists() and not (system / "sockets.target.wants/cups.socket").exists()
@@ -135,17 +142,17 @@ def test_units_installed_and_enabled(rootfs):
 
 
 def test_units_verify_in_the_image(rootfs):
-    need_binary("systemd-analyze", "/usr/sbin/charon-systemd")
+    need_binary("systemd-analyze", "/usr/sbin/nft")
     venv = rootfs / "opt/tenantprint/venv/bin"
     venv.mkdir(parents=True)
     shutil.copy2(TENANTPRINT, venv / "tenantprint")  # stands in for the venv the chroot script makes
     (rootfs / "usr/sbin").mkdir(parents=True, exist_ok=True)
-    for tool in ("charon-systemd", "swanctl"):
-        shutil.copy2(f"/usr/sbin/{tool}", rootfs / "usr/sbin" / tool)
+    shutil.copy2("/usr/sbin/nft", rootfs / "usr/sbin/nft")  # the boot guard, the firmware's ExecStopPost
     (rootfs / "usr/lib/systemd").mkdir(parents=True, exist_ok=True)  # the firmware's ExecStartPre
     shutil.copy2("/lib/systemd/systemd-sysctl", rootfs / "usr/lib/systemd/systemd-sysctl")
     proc = subprocess.run(["systemd-analyze", "verify", f"--root={rootfs}", "tenantprint-firmware.service",
-                           "tenantprint-enrol.service", "strongswan.service"], capture_output=True, text=True)
+                           "tenantprint-enrol.service", "tenantprint-boot-guard.service"],
+                          capture_output=True, text=True)
     assert proc.returncode == 0 and "tenantprint" not in proc.stderr, proc.stderr
 
 

@@ -2,8 +2,8 @@
 
 `systemd-analyze verify --root=<tree>` runs against a tree that holds the units where the image
 puts them, the real `tenantprint` entry point at /opt/tenantprint/venv/bin, and this machine's
-systemd/strongSwan units standing in for the device's packages. It checks that every ExecStart
-binary exists in that tree, so a wrong path fails (a negative control proves it can).
+systemd/strongSwan units and nft standing in for the device's packages. It checks that every
+ExecStart binary exists in that tree, so a wrong path fails (a negative control proves it can).
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 UNITS_DIR = REPO / "systemd"
 UNITS = sorted(p.name for p in UNITS_DIR.glob("*.service"))
 VENV_TENANTPRINT = Path(sys.executable).parent / "tenantprint"
-OUR_NAMES = re.compile(r"tenantprint|strongswan\.service\.d")
-# systemd-analyze security exposure (0 = locked down, 10 = unprotected); measured 3.6 for the firmware.
+OUR_NAMES = re.compile(r"tenantprint")
+# systemd-analyze security exposure (0 = locked down, 10 = unprotected); measured 3.9 for the firmware
+# (3.5 before its sandboxes: mount namespaces, CAP_SYS_CHROOT and CAP_SYS_PTRACE cost 0.4), 1.6 for
+# the boot guard.
 MAX_EXPOSURE = {"tenantprint-firmware.service": 4.0}
 MAX_EXPOSURE_OTHERS = 2.5
 
@@ -48,13 +50,14 @@ def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
 
 def build_root(root: Path, units_dir: Path = UNITS_DIR) -> Path:
     """A root tree laid out as on the device (see provisioning/pi-gen/stage-tenantprint)."""
+    # the org gateway's agent (tenantprint-gateway-agent.service) binds to charon-systemd's unit
     need(Path("/lib/systemd/system/strongswan.service").exists(), "strongswan's systemd unit (charon-systemd)")
-    need_binary("/usr/sbin/charon-systemd", "/usr/sbin/swanctl")
+    need_binary("/usr/sbin/charon-systemd", "/usr/sbin/swanctl", "/usr/sbin/nft")
     (root / "usr/lib/systemd").mkdir(parents=True)
     shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     (root / "lib").symlink_to("usr/lib")
     (root / "usr/sbin").mkdir(parents=True)
-    for tool in ("charon-systemd", "swanctl"):
+    for tool in ("charon-systemd", "swanctl", "nft"):  # nft: the boot guard, the firmware's ExecStopPost
         shutil.copy2(f"/usr/sbin/{tool}", root / "usr/sbin" / tool)
     shutil.copy2("/lib/systemd/systemd-sysctl", root / "usr/lib/systemd/systemd-sysctl")
     (root / "etc/sysctl.d").mkdir(parents=True)
@@ -63,7 +66,6 @@ def build_root(root: Path, units_dir: Path = UNITS_DIR) -> Path:
     system.mkdir(parents=True)
     for unit in units_dir.glob("*.service"):
         shutil.copy2(unit, system / unit.name)
-    shutil.copytree(units_dir / "strongswan.service.d", system / "strongswan.service.d")
     (root / "opt/tenantprint/venv/bin").mkdir(parents=True)
     shutil.copy2(VENV_TENANTPRINT, root / "opt/tenantprint/venv/bin/tenantprint")
     (root / "opt/tenantprint/libexec").mkdir(parents=True)
@@ -92,10 +94,21 @@ def test_every_process_has_a_unit():
     assert set(UNITS) == {"tenantprint-firmware.service", "tenantprint-enrol.service",
                           "tenantprint-cloud.service", "tenantprint-gateway-agent.service",
                           "tenantprint-desk-agent.service", "tenantprint-reader-setup.service",
-                          "tenantprint-panel.service", "tenantprint-kiosk.service"}
+                          "tenantprint-panel.service", "tenantprint-kiosk.service",
+                          "tenantprint-boot-guard.service"}
 
 
-@pytest.mark.parametrize("unit", UNITS + ["strongswan.service"])
+def test_no_strongswan_unit_on_the_device():
+    """Each session's charon is the firmware's own, in the session's sandbox: nothing of the MFP's
+    waits for, wants or configures charon-systemd's strongswan.service (the org gateway's agent,
+    not the MFP's, binds to it)."""
+    assert not (UNITS_DIR / "strongswan.service.d").exists()
+    for unit in (u for u in UNITS if u != "tenantprint-gateway-agent.service"):
+        for values in parse_unit(UNITS_DIR / unit).get("Unit", {}).values():
+            assert "strongswan" not in " ".join(values), unit
+
+
+@pytest.mark.parametrize("unit", UNITS)
 def test_unit_verifies(device_root, unit):
     proc = verify(device_root, unit)
     assert proc.returncode == 0 and not complaints(proc), proc.stdout + proc.stderr
@@ -130,19 +143,53 @@ def test_firmware_unit_contract_and_hardening():
                 "PrivateMounts", "ProtectKernelModules", "ProtectKernelTunables",
                 "RestrictSUIDSGID", "ProtectControlGroups"):
         assert svc[key] == ["yes"], key
-    assert svc["RestrictNamespaces"] == ["net"]  # the converter's empty network namespace, no other kind
+    # the sandboxes' network and mount namespaces, the converter's empty network namespace: no other kind
+    assert set(svc["RestrictNamespaces"][0].split()) == {"net", "mnt"}
     assert svc["ProtectSystem"] == ["strict"]
-    assert svc["RuntimeDirectory"] == ["tenantprint"] and svc["StateDirectory"] == ["tenantprint"]
+    # /run/netns: `ip netns add`'s handles, gone with the directory when the service stops
+    assert svc["RuntimeDirectory"] == ["tenantprint netns"] and svc["StateDirectory"] == ["tenantprint"]
+    # each sandbox's own net sysctls; the rest of /proc/sys stays read-only
+    assert svc["ReadWritePaths"] == ["/proc/sys/net"]
     assert svc["LimitCORE"] == ["0"]  # a core dump would put org secrets on the SD card
     assert set(svc["RestrictAddressFamilies"][0].split()) == {"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"}
     caps = set(svc["CapabilityBoundingSet"][0].split())
-    assert caps == {"CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_KILL", "CAP_SETUID",
-                    "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"}
+    assert caps == {"CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_NET_BIND_SERVICE",
+                    "CAP_KILL", "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"}
+    assert "CAP_NET_RAW" not in caps  # charon's plugins need none (no raw ESP, farp, dhcp)
     assert "@system-service" in svc["SystemCallFilter"][0] and "@mount" in svc["SystemCallFilter"][0]
+    assert "@debug" in svc["SystemCallFilter"][1].split()  # CAP_SYS_PTRACE for /proc's checks, never ptrace(2)
     after = " ".join(unit["After"]).split()
-    for dep in ("network-online.target", "strongswan.service", "pcscd.socket", "tenantprint-enrol.service"):
+    for dep in ("network-online.target", "pcscd.socket", "tenantprint-enrol.service",
+                "tenantprint-boot-guard.service"):
         assert dep in after
+    assert "tenantprint-boot-guard.service" not in " ".join(unit["Wants"]).split()  # once per boot, not per start
     assert u["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_firmware_unit_drops_the_sandboxes_table_after_it_stops():
+    """Its ExecStopPost deletes exactly `hal.sandbox.forwarding`'s table, absent or not (run in a
+    network namespace by tests/integration/test_boot_guard.py)."""
+    from hal.sandbox.forwarding import TABLE_FAMILY, TABLE_NAME
+
+    svc = parse_unit(UNITS_DIR / "tenantprint-firmware.service")["Service"]
+    table = f"{TABLE_FAMILY} {TABLE_NAME}"
+    assert [shlex.split(v) for v in svc["ExecStopPost"]] == [["/usr/sbin/nft", f"table {table}; delete table {table}"]]
+
+
+def test_boot_guard_unit_runs_before_the_network_and_the_sysctls():
+    u = parse_unit(UNITS_DIR / "tenantprint-boot-guard.service")
+    unit, svc = u["Unit"], u["Service"]
+    assert unit["DefaultDependencies"] == ["no"]
+    before = " ".join(unit["Before"]).split()
+    assert {"network-pre.target", "systemd-sysctl.service", "shutdown.target"} <= set(before)
+    assert unit["Wants"] == ["network-pre.target"] and unit["Conflicts"] == ["shutdown.target"]
+    assert "After" not in unit  # nothing to wait for: nft and its file are on the root filesystem
+    assert unit["RefuseManualStart"] == ["yes"]  # once per boot: later it would add to the firmware's table
+    assert svc["Type"] == ["oneshot"] and svc["RemainAfterExit"] == ["yes"]
+    assert svc["ExecStart"] == ["/usr/sbin/nft -f /usr/lib/tenantprint/boot-guard.nft"]
+    assert svc["CapabilityBoundingSet"] == ["CAP_NET_ADMIN"] and svc["RestrictAddressFamilies"] == ["AF_NETLINK"]
+    assert "PrivateNetwork" not in svc  # it guards the device's own network namespace
+    assert u["Install"]["WantedBy"] == ["sysinit.target"]
 
 
 def test_firmware_unit_applies_the_network_sysctls_the_firmware_checks():
@@ -190,6 +237,7 @@ def _help(*words: str) -> str:
 
 @pytest.mark.parametrize("unit", [u for u in UNITS if u not in ("tenantprint-enrol.service",
                                                                   "tenantprint-reader-setup.service",
+                                                                  "tenantprint-boot-guard.service",
                                                                   # not the tenantprint CLI: see test_panel_service_options_exist_in_its_cli
                                                                   "tenantprint-panel.service",
                                                                   "tenantprint-kiosk.service")])
@@ -248,10 +296,11 @@ def test_reader_setup_unit_runs_early_and_before_the_firmware():
     assert "tenantprint-reader-setup.service" in " ".join(fw["Unit"]["Wants"]).split()
 
 
-def test_firmware_unit_allows_the_usb_devices_and_reading_input_devices_only():
+def test_firmware_unit_allows_the_usb_devices_reading_input_devices_and_the_tun_device_only():
     svc = parse_unit(UNITS_DIR / "tenantprint-firmware.service")["Service"]
     assert svc["DevicePolicy"] == ["closed"]
-    assert svc["DeviceAllow"] == ["char-usb_device rw", "char-input r"]
+    # /dev/net/tun: a sandbox's charon with the libipsec backend makes its ipsec0 there
+    assert svc["DeviceAllow"] == ["char-usb_device rw", "char-input r", "/dev/net/tun rw"]
 
 
 def _reader_setup(tmp_path: Path, kind: str, bound: list[str]) -> tuple[subprocess.CompletedProcess, Path, Path]:

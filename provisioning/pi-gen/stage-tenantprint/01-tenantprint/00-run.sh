@@ -17,12 +17,11 @@ install -m 0755 "${F}/systemd/libexec/tenantprint-first-boot" "${F}/systemd/libe
 for unit in "${F}"/systemd/*.service; do
 	install -m 0644 "${unit}" "${ROOTFS_DIR}/etc/systemd/system/"
 done
-install -d -m 0755 "${ROOTFS_DIR}/etc/systemd/system/strongswan.service.d"
-install -m 0644 "${F}/systemd/strongswan.service.d/tenantprint.conf" \
-	"${ROOTFS_DIR}/etc/systemd/system/strongswan.service.d/"
 
-# A host, never a router (no forwarding, strict ARP and reverse path): applied at boot before any
-# interface is up, and again by the firmware's unit before each start (ExecStartPre).
+# Forwarding for the sandboxes' doors only, without a router's habits (no redirects, no source
+# routing), strict ARP and reverse path: applied at boot (after tenantprint-boot-guard.service has
+# made the kernel drop everything it would forward), and again by the firmware's unit before each
+# start (ExecStartPre).
 install -m 0644 "${F}/systemd/sysctl.d/90-tenantprint.conf" "${ROOTFS_DIR}/etc/sysctl.d/90-tenantprint.conf"
 
 # The operation panel: its accounts (01-run-chroot.sh creates them), the kiosk's PAM session and

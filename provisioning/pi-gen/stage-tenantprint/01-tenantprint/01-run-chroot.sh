@@ -12,14 +12,21 @@ rm -rf /opt/tenantprint/wheels
 apt-get purge -y ${BUILD_DEPS}
 apt-get autoremove -y
 
-# charon's own strongswan.conf (no secrets): kernel XFRM on the Pi, no resolve/updown/stroke.
+# The boot guard's table (tenantprint-boot-guard.service loads it with nft before systemd-sysctl
+# turns forwarding on): rendered here, so that no Python runs on the early-boot path.
+install -d -m 0755 /usr/lib/tenantprint
 /opt/tenantprint/venv/bin/python -c \
-	'from hal.tunnel.charon_conf import strongswan_conf; print(strongswan_conf("kernel"), end="")' \
-	> /etc/tenantprint/strongswan.conf
-chmod 0644 /etc/tenantprint/strongswan.conf
+	'from hal.net.firewall import boot_guard; print(boot_guard(), end="")' \
+	> /usr/lib/tenantprint/boot-guard.nft
+chmod 0644 /usr/lib/tenantprint/boot-guard.nft
 /opt/tenantprint/venv/bin/tenantprint firmware --config /etc/tenantprint/firmware.toml --dump-config > /dev/null
 
-systemctl enable strongswan.service pcscd.socket
+# Each session's charon is the firmware's own, in the session's sandbox (with a strongswan.conf it
+# writes there): no charon in the device's domain, neither charon-systemd's nor the legacy
+# starter's (strongswan-charon needs its package; ipsec.service is its other name).
+systemctl mask strongswan.service strongswan-starter.service ipsec.service
+systemctl enable tenantprint-boot-guard.service
+systemctl enable pcscd.socket
 # No RTC on a Pi: TLS to the cloud needs the clock set, so time-sync.target must wait for NTP.
 systemctl enable systemd-time-wait-sync.service
 systemctl enable tenantprint-enrol.service tenantprint-firmware.service
