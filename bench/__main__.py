@@ -19,6 +19,7 @@ BENCHES = [
     ("session", ["--runs", "10", "--primitive-runs", "10", "--wan-rtt-ms", "150"],
      ["--runs", "2", "--primitive-runs", "2", "--wan-rtt-ms", "150"]),
     ("firmware_footprint", ["--sessions", "100", "--idle-s", "20"], ["--sessions", "5", "--idle-s", "3"]),
+    ("sessions_many", ["--runs", "10", "--sessions", "100"], ["--runs", "2", "--sessions", "10"]),
     ("cloud_lookup", [], ["--orgs", "2000", "--seconds", "3", "--workers", "1", "--backends", "sqlite"]),
     ("cloud_lookup", ["--devices", "200", "--clients", "4", "--orgs", "20000", "--workers", "1,2", "--backends", "sqlite",
                       "--out", "bench/results/cloud_lookup_200_devices.json"],

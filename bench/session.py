@@ -267,11 +267,14 @@ def _primitives(lab, n: int) -> dict[str, list[float]]:
 
     out["lookup"] = child(_LOOKUP, repo, str(fw.config_path(lab)), ORG, str(n))
 
-    # swanctl --initiate of the session's own profile, loaded into the MFP's charon over VICI
+    # swanctl --initiate of the session's own profile, loaded over VICI into a bare charon on the MFP
+    # host (the lab runs none there: each session's charon is in its sandbox; this one is the
+    # benchmark's, started here and stopped after)
     wire = lab_profile(lab, ORG)
     profile = SessionProfile.from_wire(wire)
     name = conn_name(ORG)
     mfp = MfpCharonService()
+    mfp.start(lab)
     tun = open_tunnel(TunnelConfig(backend=mfp.backend(), vici_socket=str(mfp.vici_socket(lab)), netns=office.ns))
     # the device firewall admits IKE with the session's gateway only: as the firmware does before IKE
     from hal.net.firewall import Firewall
@@ -293,6 +296,7 @@ def _primitives(lab, n: int) -> dict[str, list[float]]:
         tun.down()
         tun.purge()
         firewall.forget_gateways()
+        mfp.stop(lab)
 
     # a bare CUPS release on a standalone session cupsd (the firmware is idle: port 631 is free)
     d = lab.layout.data_dir("bench-release")

@@ -26,7 +26,7 @@ def status(lab) -> dict:
     out = lab.status()
     out["firmware"] = _firmware(lab).status(lab)
     out["desks"] = {}
-    for org in _contracted():
+    for org in _contracted(lab):
         try:
             queues = org_agents.desk_queues(lab, org)
         except Exception as exc:  # a desk that is down is reported, not fatal
@@ -47,10 +47,10 @@ def status(lab) -> dict:
     return out
 
 
-def _contracted() -> tuple[str, ...]:
-    from lab.orgs import CONTRACTED
+def _contracted(lab) -> tuple[str, ...]:
+    from lab.orgs import contracted
 
-    return CONTRACTED
+    return contracted(lab.options.extra_orgs)
 
 
 def default_uid(org: str, user: str) -> str:

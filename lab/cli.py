@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="ORG's users are checked by its LDAP server (slapd) instead of FreeRADIUS (repeatable)")
     up.add_argument("--engine", choices=ENGINES, default="pdf",
                     help="the print engine's formats: pdf (PDF, PWG raster, JPEG, text), pwg-only, urf-only")
+    up.add_argument("--extra-orgs", type=int, default=0, metavar="N",
+                    help="N more contracted orgs (umbrella), each with its gateway, RADIUS, gateway agent and desk")
     sub.add_parser("down", help="stop everything and remove every trace of the lab")
     sub.add_parser("status", help="hosts, services, firmware, desks, printed documents, as JSON")
     tap = sub.add_parser("tap", help="present the virtual card, remove it, wait until the MFP settles")
@@ -75,7 +77,8 @@ def _run(args) -> dict:
     from lab import actions
 
     if args.cmd == "up":
-        opts = LabOptions(args.wan_rtt_ms, args.tunnel_backend, args.combined, tuple(args.ldap), args.engine)
+        opts = LabOptions(args.wan_rtt_ms, args.tunnel_backend, args.combined, tuple(args.ldap), args.engine,
+                          args.extra_orgs)
         lab = Lab(options=opts)
         if lab.layout.root.exists() and LabOptions.load(lab.layout.root) != opts:
             raise LabError("the lab is up with other options: `tenantprint lab down` first")

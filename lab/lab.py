@@ -22,10 +22,12 @@ from lab.topology import Topology, build
 class Lab:
     def __init__(self, layout: LabLayout | None = None, topology: Topology | None = None,
                  services: list[Service] | None = None, options: LabOptions | None = None):
+        from lab.orgs import contracted
+
         self.layout = layout or LabLayout.from_env()
-        self.topology = topology or build()
         self.procs = Supervisor(self.layout.procs_dir)
         self.options = options or LabOptions.load(self.layout.root)
+        self.topology = topology or build(contracted(self.options.extra_orgs))
         self.services = default_services(self.options) if services is None else services
 
     def service(self, name: str) -> Service:

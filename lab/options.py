@@ -19,10 +19,12 @@ class LabOptions:
     combined: bool = False  # acme's profile uses combined mode (one tap connects and authenticates)
     ldap: tuple[str, ...] = ()  # orgs whose users their slapd checks instead of their FreeRADIUS
     engine: str = "pdf"  # the print engine's formats: one of ENGINES
+    extra_orgs: int = 0  # contracted orgs beyond acme and globex, each with its gateway (lab/orgs.py EXTRA_ORGS)
 
     def __post_init__(self):
-        from lab.orgs import CONTRACTED
+        from lab.orgs import CONTRACTED, contracted
 
+        contracted(self.extra_orgs)  # raises ValueError out of range
         object.__setattr__(self, "ldap", tuple(sorted(set(self.ldap))))  # as saved and loaded
         for org in self.ldap:
             if org not in CONTRACTED:

@@ -4,6 +4,9 @@
   both LANs are 10.20.0.0/24, so only the session tells them apart.
 - `initech` has no contract (the cloud must refuse it) and no gateway host: its profile points at
   an unused WAN address, which makes it the lab's unreachable gateway too.
+- `umbrella` (EXTRA_ORGS) is in the lab only when asked for (`lab up --extra-orgs 1`, a benchmark of
+  many orgs at once): then it is contracted and has its gateway, RADIUS server, gateway agent and
+  desk like acme and globex, its LAN 10.20.0.0/24 too. The default lab has the two contracted orgs.
 
 Every secret contains a CANARY (`TPCANARY-<org>-<kind>-<hex>`), generated once per lab and kept in
 `<lab>/data/orgs/secrets.json` (mode 0600), so a scanner can prove that no org secret is left on
@@ -53,13 +56,30 @@ ORGS = {
     "initech": OrgSpec("initech", False, None, "10.78.0.13"),
 }
 CONTRACTED = tuple(o for o, s in ORGS.items() if s.contracted)
+# Contracted orgs the lab runs only on request (`LabOptions.extra_orgs`), in this order.
+EXTRA_ORGS = {
+    "umbrella": OrgSpec("umbrella", True, "gw-umbrella", "10.78.0.14"),
+}
+_KNOWN = {**ORGS, **EXTRA_ORGS}  # secrets and desk keys are made for these
 
 
 def spec(org: str) -> OrgSpec:
     try:
-        return ORGS[org]
+        return _KNOWN[org]
     except KeyError:
-        raise KeyError(f"no org {org!r} in the lab (orgs: {', '.join(ORGS)})") from None
+        raise KeyError(f"no org {org!r} in the lab (orgs: {', '.join(_KNOWN)})") from None
+
+
+def lab_orgs(extra_orgs: int = 0) -> tuple[str, ...]:
+    """The orgs of a lab with `extra_orgs` extra orgs: every org of ORGS, then the extra ones."""
+    return (*ORGS, *contracted(extra_orgs)[len(CONTRACTED):])
+
+
+def contracted(extra_orgs: int = 0) -> tuple[str, ...]:
+    """The contracted orgs (each with a gateway) of a lab with `extra_orgs` extra orgs."""
+    if not 0 <= extra_orgs <= len(EXTRA_ORGS):
+        raise ValueError(f"extra orgs must be between 0 and {len(EXTRA_ORGS)}")
+    return CONTRACTED + tuple(EXTRA_ORGS)[:extra_orgs]
 
 
 def _secrets_path(lab) -> Path:
@@ -73,7 +93,7 @@ def all_secrets(lab) -> dict[str, dict[str, str]]:
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)
         fresh = {org: {kind: f"{CANARY_MARK}{org}-{kind}-{_random.token_hex(16)}" for kind in SECRET_KINDS}
-                 for org in ORGS}
+                 for org in _KNOWN}
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -120,7 +140,7 @@ def desk_key(lab, org: str):
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o700)
-        fresh = {o: json.loads(dk.to_json(dk.generate(o))) for o in ORGS}
+        fresh = {o: json.loads(dk.to_json(dk.generate(o))) for o in _KNOWN}
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -8,6 +8,8 @@
     each org's LAN 10.20.0.0/24 (the same range for every org: only the session tells them apart)
       gw-<org> eth1 10.20.0.1    lan-<org> eth0 10.20.0.50 (auth server, desk PC)
 
+    a lab with an extra org (`lab up --extra-orgs 1`) has gw-umbrella 10.78.0.14 and lan-umbrella too
+
 Every address lives inside a namespace the lab created; nothing is routed to the outside.
 """
 
@@ -64,6 +66,10 @@ class Topology:
 
 
 def build(orgs: tuple[str, ...] = ORGS) -> Topology:
+    """The lab's network with a gateway host and a LAN host for each org of `orgs` (contracted orgs;
+    each gateway at its org's WAN address, lab/orgs.py)."""
+    from lab.orgs import spec
+
     hosts = ["inet", "office", "cowork", "cloud"]
     bridges = [Iface("inet", "br-lan", "10.77.0.1/24"), Iface("inet", "br-wan", "10.78.0.1/24")]
     links = [
@@ -74,10 +80,10 @@ def build(orgs: tuple[str, ...] = ORGS) -> Topology:
     routes = [Route(h, "default", "10.77.0.1") for h in ("office", "cowork")]
     routes.append(Route("cloud", "default", "10.78.0.1"))
     routers = ["inet"]
-    for i, org in enumerate(orgs):
+    for org in orgs:
         gw, lan = f"gw-{org}", f"lan-{org}"
         hosts += [gw, lan]
-        links.append(Link(Iface(gw, "eth0", f"10.78.0.{11 + i}/24"), Iface("inet", f"v-{gw}", bridge="br-wan")))
+        links.append(Link(Iface(gw, "eth0", f"{spec(org).wan_address}/24"), Iface("inet", f"v-{gw}", bridge="br-wan")))
         links.append(Link(Iface(gw, "eth1", "10.20.0.1/24"), Iface(lan, "eth0", "10.20.0.50/24")))
         routes.append(Route(gw, "default", "10.78.0.1"))
         routes.append(Route(lan, "default", "10.20.0.1"))

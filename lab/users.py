@@ -37,6 +37,7 @@ USERS = (
     LabUser("heidi", "globex", "pin", "1357"),
     LabUser("ivan", "globex", "disabled"),
     LabUser("ivy", "initech", "card"),
+    LabUser("uma", "umbrella", "card"),  # the extra org's (`lab up --extra-orgs 1`)
     # bob's staff card, known by its UID only (lab/cards.py): his PIN, then his jobs
     LabUser("card-04c0ffee5a1e01", "acme", "pin", "2468", owner="bob"),
     LabUser("card-20260042", "acme", "pin", "2468", owner="bob"),  # his proximity badge (wedge reader)

@@ -29,32 +29,33 @@ class CloudSeed:
 
     name = "cloud-seed"
 
-    def __init__(self, combined: bool, ldap: tuple[str, ...] = ()):
+    def __init__(self, combined: bool, ldap: tuple[str, ...] = (), extra_orgs: int = 0):
         self.combined = combined
         self.ldap = ldap
+        self.extra_orgs = extra_orgs
 
     def start(self, lab: "Lab") -> None:
         from lab import orgs
         from lab.services import cloud
 
         profiles = {}
-        for org in orgs.ORGS:
+        for org in orgs.lab_orgs(self.extra_orgs):
             wire = orgs.lab_profile(lab, org, auth_kind="ldap" if org in self.ldap else "radius")
             if org == "acme" and self.combined:
                 wire["policy"]["combined_mode"] = True
             profiles[org] = wire
-        cloud.seed(lab, orgs=profiles, contracts=list(orgs.CONTRACTED))
+        cloud.seed(lab, orgs=profiles, contracts=list(orgs.contracted(self.extra_orgs)))
 
     def stop(self, lab: "Lab") -> None:
         pass
 
     def status(self, lab: "Lab") -> dict:
-        return {"combined": self.combined, "ldap": list(self.ldap)}
+        return {"combined": self.combined, "ldap": list(self.ldap), "extra_orgs": self.extra_orgs}
 
 
 def default_services(options: "LabOptions") -> list[Service]:
     """The services `lab up` starts, in order (stopped in reverse): the whole system."""
-    from lab.orgs import CONTRACTED
+    from lab.orgs import contracted
     from lab.services.charon import GatewayService
     from lab.services.cloud import CloudService
     from lab.services.engine import EngineService
@@ -70,8 +71,8 @@ def default_services(options: "LabOptions") -> list[Service]:
     services: list[Service] = []
     if options.wan_rtt_ms > 0:
         services.append(WanDelayService(options.wan_rtt_ms))
-    services += [CloudService(), CloudSeed(options.combined, options.ldap)]
-    for org in CONTRACTED:
+    services += [CloudService(), CloudSeed(options.combined, options.ldap, options.extra_orgs)]
+    for org in contracted(options.extra_orgs):
         services += [GatewayService(org), RadiusService(org)]
         if org in options.ldap:
             services.append(LdapService(org))
