@@ -57,6 +57,7 @@ class Device:
     """The whole device. `sessions` never holds an `Idle` (a verified purge removes the session)."""
     sessions: tuple = ()                     # machine states, one per open session, in opening order
     focus: int | None = None                 # the session the panel shows (the last tap's), None: none
+    taps: tuple[int, ...] = ()               # sessions in the order taps last went to them (last: latest)
     issued: int = 0                          # the highest session number handed out so far
     startup: object = machine.Starting()     # the startup purge's machine (session 0); None once verified
     stopping: bool = False                   # Shutdown came: every session purges, then stops
@@ -180,9 +181,13 @@ def _feed(device: Device, number: int, event: object, limits: machine.Limits) ->
     if not shown:
         effects = [e for e in effects if not isinstance(e, ShowPanel)]
     ended = isinstance(nxt, machine.Idle)
-    focus = device.focus
+    focus, taps = device.focus, tuple(n for n in device.taps if n != before.session)
     if focus == before.session and before is not device.startup:
-        focus = None if ended else nxt.session
+        # an ended focus session hands the panel back to the open session tapped last before it
+        alive = {s.session for s in device.sessions if s is not before}
+        focus = next((n for n in reversed(taps) if n in alive), None) if ended else nxt.session
+    if not ended and before is not device.startup and before.session in device.taps:
+        taps = (*taps, nxt.session) if nxt.session != before.session else device.taps
     issued = device.issued if ended else max(device.issued, nxt.session)
     if before is device.startup:
         return replace(device, startup=None if ended else nxt, issued=issued, focus=focus), effects
@@ -193,7 +198,12 @@ def _feed(device: Device, number: int, event: object, limits: machine.Limits) ->
         sessions = others
     else:
         sessions = tuple(nxt if s is before else s for s in device.sessions)
-    return replace(device, sessions=sessions, issued=issued, focus=focus), effects
+    return replace(device, sessions=sessions, issued=issued, focus=focus, taps=taps), effects
+
+
+def _focus(device: Device, number: int) -> Device:
+    """`number` has the panel: the session the last tap went to."""
+    return replace(device, focus=number, taps=(*(n for n in device.taps if n != number), number))
 
 
 def _each(device: Device, event: object, limits: machine.Limits, numbers: list[int]) -> tuple[Device, list]:
@@ -241,7 +251,7 @@ def _tap(device, event, limits):
         return _feed(device, device.startup.session, event, limits)
     number = _number_for_org(device, event.org)
     if number is not None:
-        device = replace(device, focus=number)
+        device = _focus(device, number)
         state = session_of(device, number)
         if isinstance(state, machine.Purging) and state.then is None and not state.stop:
             # the org's session is ending: its next one serves this tap once the purge verified
@@ -268,7 +278,7 @@ def _open(device, event, limits):
     state, effects = machine.step(machine.Idle(device.issued), event, limits)
     if not isinstance(state, machine.LookingUp):  # the machine refused the tap: nothing opens
         return device, effects
-    device = replace(device, sessions=(*device.sessions, state), issued=state.session, focus=state.session)
+    device = _focus(replace(device, sessions=(*device.sessions, state), issued=state.session), state.session)
     return device, [*effects, StartSpareKeeper()]  # the lookup took the spare sandbox: prepare the next
 
 
@@ -284,7 +294,7 @@ def _evict(device, event, limits):
     # the person tapping is told a session ends, not whose
     effects = [ShowPanel(panel.screen_text("switching-org", "en"), "switching-org")
                if isinstance(e, ShowPanel) else e for e in effects]
-    device = replace(_replace_session(device, victim, nxt), focus=nxt.session)
+    device = _focus(_replace_session(device, victim, nxt), nxt.session)
     return device, [Audit("session-evicted", {"session": victim.session, "org": victim.s.org,
                                               "for": event.org}), *effects]
 

@@ -72,42 +72,22 @@ def host_pids(ns_name: str) -> list[int]:
     return pids
 
 
-def descendants(root: int) -> list[int]:
-    """Pids of `root`'s descendants (the firmware's sandboxes' charons, session cupsds and keepers run
-    in network namespaces of their own, so `host_pids` does not find them)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
-def sandbox_netns_pids(pids: list[int]) -> list[int]:
-    """Pids of every process that shares a network namespace with one of `pids`."""
-    inodes = set()
-    for pid in pids:
-        try:
-            inodes.add(os.stat(f"/proc/{pid}/ns/net").st_ino)
-        except OSError:
-            continue
-    out = []
+def sandbox_pids(host) -> list[int]:
+    """Pids of the processes in the network namespaces made on `host` (the firmware's session
+    sandboxes, handles under the host's /run/netns): their charons, session cupsds and keepers,
+    found even when the firmware that made them is dead."""
+    out = host.run(["sh", "-c", 'for f in /run/netns/*; do [ -e "$f" ] && stat -L -c %i "$f"; done; true'],
+                   check=False).stdout.decode().split()
+    inodes = {int(x) for x in out if x.isdigit()}
+    pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
-                    out.append(int(entry))
+                    pids.append(int(entry))
             except OSError:
                 continue
-    return out
+    return pids
 
 
 def scan_memory(pid: int) -> set[bytes]:
@@ -175,10 +155,7 @@ def scan(lab, host: str = "office") -> dict:
     for root in roots:
         for path, found in scan_tree(root).items():
             add(path, "file", found)
-    pids = host_pids(h.ns)
-    rec = lab.procs.get("firmware")
-    if rec is not None and rec.alive():  # and whatever runs in its sessions' sandboxes
-        pids = sorted(set(pids) | set(sandbox_netns_pids(descendants(rec.pid))))
+    pids = sorted(set(host_pids(h.ns)) | set(sandbox_pids(h)))  # and whatever runs in its sessions' sandboxes
     seen_mounts: set[str] = set()
     # The host's own /run and /tmp are scanned above; the project's code, bound in when it lives
     # under /tmp (a CI checkout), is not the MFP's data.

@@ -63,12 +63,15 @@ print("connected", s.recv(200)[:12])
 
 
 def _mfp_drops(system) -> int:
-    """Packets the MFP refused before any socket saw them: the device firewall's drop counters and
-    the kernel's reverse-path filter (a source that only the tunnel may carry, arriving on eth0)."""
+    """Packets the MFP refused before any socket saw them: the device firewall's and the sandboxes'
+    table's drop counters (a packet to an address behind the MFP meets the sandboxes' forward chain
+    first) and the kernel's reverse-path filter (a source that only the tunnel may carry, arriving on eth0)."""
     from hal.net.firewall import Firewall
+    from hal.sandbox.forwarding import Forwarding
 
     office = system.host("office")
     fw = sum(n for name, n in Firewall("libipsec", netns=office.ns).counters().items() if name.startswith("drop-"))
+    fw += sum(n for name, n in Forwarding(office.ns).counters().items() if name.startswith("drop-"))
     netstat = office.run(["cat", "/proc/net/netstat"]).stdout.decode().splitlines()
     names, values = [line.split() for line in netstat if line.startswith("TcpExt:")][:2]
     return fw + int(values[names.index("IPReversePathFilter")])

@@ -26,7 +26,7 @@ from system import clean_system, lab_cli, system, wait_for  # noqa: E402,F401 (f
 from hal.printer.job_proof import ATTRIBUTE  # noqa: E402
 
 TESTPAGE = "/usr/share/cups/data/default-testpage.pdf"
-SESSION_SOCKET = "/run/tenantprint/session/cups.sock"  # the session cupsd's, on office
+SESSION_SOCKET = "/run/tenantprint/session/{sandbox}/cups.sock"  # the session cupsd's, on office
 
 
 def _status():
@@ -52,7 +52,9 @@ print(json.dumps(out))
 def _held_jobs(system) -> dict:
     """The session cupsd's jobs with owner, title and proof, read over its local socket on office
     (root; the session tmpfs is mounted in office's mount namespace only)."""
-    proc = system.host("office").run([sys.executable, "-c", _HELD, SESSION_SOCKET, ATTRIBUTE], check=False)
+    sandbox = _status()["firmware"]["sessions"]["acme"]["tunnel"]["sandbox"]  # the session's tmpfs is its sandbox's
+    proc = system.host("office").run([sys.executable, "-c", _HELD, SESSION_SOCKET.format(sandbox=sandbox), ATTRIBUTE],
+                                     check=False)
     return json.loads(proc.stdout) if proc.returncode == 0 else {}
 
 

@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -45,18 +44,17 @@ def office_leftovers(system) -> list[str]:
     """Every trace of a session on the MFP host, as a list of findings (empty when clean)."""
     from lab.scan import host_mounts, host_pids, scan
 
-    from lab.scan import descendants
+    from lab.scan import sandbox_pids
+    from lab.services.firmware import firmware_status
 
     office = system.host("office")
     left = []
-    pids = host_pids(office.ns)
-    rec = system.procs.get("firmware")
-    if rec is not None and rec.alive():
-        pids = sorted(set(pids) | set(descendants(rec.pid)))
-    from lab.services.firmware import firmware_status
-
+    pids = sorted(set(host_pids(office.ns)) | set(sandbox_pids(office)))
     # The next session's sandbox, built ahead, holds nothing of any org: its charon must be empty.
-    spare = firmware_status(system).get("spare") or {}
+    try:
+        spare = firmware_status(system).get("spare") or {}
+    except OSError:  # the firmware is down (a crash): whatever it left counts
+        spare = {}
     if spare:
         vici = f"unix:///run/tenantprint/sandboxes/{spare['sandbox']}/charon.vici"
         for what in ("--list-conns", "--list-sas", "--list-certs"):
@@ -76,7 +74,10 @@ def office_leftovers(system) -> list[str]:
              if line.startswith("tpv") and line.split()[0].split("@")[0] != spare.get("link")]
     for pid in pids:
         try:
-            if os.readlink(f"/proc/{pid}/exe") == "/usr/sbin/cupsd":
+            # a session's cupsd runs from its session tmpfs (the device's own, building the engine's
+            # model or driving a printer, hold nothing of any org)
+            if os.readlink(f"/proc/{pid}/exe") == "/usr/sbin/cupsd" and \
+                    b"/run/tenantprint/session" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 left.append(f"session cupsd pid {pid}")
         except OSError:
             pass

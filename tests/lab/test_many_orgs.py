@@ -41,9 +41,13 @@ def _held(org):
     return sorted(j["user"] for j in _sessions().get(org, {}).get("held_jobs", []))
 
 
-def _probe(system, org, address):
-    out = system.host(f"lan-{org}").run(["python3", "-c", PROBE, address], check=False).stdout.decode()
+def _probe_from(host, address):
+    out = host.run(["python3", "-c", PROBE, address], check=False).stdout.decode()
     return {int(k): v for k, v in json.loads(out).items()}
+
+
+def _probe(system, org, address):
+    return _probe_from(system.host(f"lan-{org}"), address)
 
 
 def test_two_orgs_at_once_each_in_its_own_sandbox(clean_system):
@@ -85,6 +89,19 @@ def test_two_orgs_at_once_each_in_its_own_sandbox(clean_system):
     st = _status()
     assert sorted(p["user"] for p in st["printed"][before:]) == ["alice", "grace"]
     assert _held("acme") == ["dave"] and _held("globex") == []
+
+    # a coworker on the office LAN uses the MFP as a router (it forwards the sandboxes' doors, nothing else):
+    # neither an org's LAN nor a sandbox's link is reachable through it
+    cowork = system.host("cowork")
+    routes = ("10.20.0.0/24", "100.64.200.0/24")
+    for net in routes:
+        cowork.run(["ip", "route", "replace", net, "via", "10.77.0.10"])
+    try:
+        for address in ("10.20.0.200", "10.20.0.50", "100.64.200.2", "100.64.200.6"):
+            assert "open" not in _probe_from(cowork, address).values(), address
+    finally:
+        for net in routes:
+            cowork.run(["ip", "route", "del", net], check=False)
 
     # globex's gateway dies: only globex is purged; acme's session and dave's job are untouched
     acme_before = _sessions()["acme"]

@@ -172,15 +172,18 @@ def test_one_orgs_tunnel_drop_purges_only_that_org():
     assert device.sessions == (globex,) and core(effects) == [StartSpareKeeper()]
 
 
-def test_the_focus_sessions_end_shows_its_notice_and_leaves_no_focus():
+def test_the_focus_sessions_end_shows_its_notice_and_hands_the_panel_back():
     device, a, g = two_orgs()
     device, effects = run(device, TunnelDown(40.0, g))
     assert keys(effects) == ["tunnel-down"]
     device, effects = run(device, PurgeDone(41.0, g, True))
-    assert keys(effects) == ["tunnel-down"] and device.focus is None
-    assert dm.focused(device) == m.Idle(2)
-    device, effects = run(device, TunnelDown(42.0, a))  # no focus: any session's line is shown
+    # the notice shows; the panel goes back to the open session tapped before (acme's)
+    assert keys(effects) == ["tunnel-down"] and device.focus == a
+    assert dm.focused(device) is dm.session_of(device, a)
+    device, effects = run(device, TunnelDown(42.0, a))
     assert keys(effects) == ["tunnel-down"]
+    device, effects = run(device, PurgeDone(43.0, a, True))
+    assert device.focus is None and dm.focused(device) == m.Idle(2)
 
 
 def test_stale_session_numbers_are_dropped():
