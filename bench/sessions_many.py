@@ -28,19 +28,17 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
 
 from bench import proc_memory
+from bench.lab_driver import DOC, POLL_S, LabDriver
 from bench.stats import summary, table, write
 from lab.poll import wait_for
 
-DOC = "/usr/share/cups/data/default-testpage.pdf"
 ORG_A, OWNER_A = "acme", "alice"
 OTHERS = (("globex", "grace"), ("umbrella", "uma"))
-POLL_S = 0.002
 RATIO_OF = ("card_event_to_desk_queue", "card_event_to_document", "tap_to_desk_queue", "owner_tap_to_document",
             "queue.lookup", "queue.ike", "doc.auth", "doc.release")
 
@@ -53,128 +51,6 @@ def _load() -> dict:
             "other_labs": sorted({n.split("-")[0] for n in names} - {mine})}
 
 
-class _Lab:
-    """The lab as the bench drives it: cards, desks, the firmware's status, gateways' SAs."""
-
-    def __init__(self, lab):
-        from lab.vcard import VirtualCard
-
-        self.lab = lab
-        self.card = VirtualCard(lab)
-        self.pid = lab.procs.get("firmware").pid
-        self.numbers: dict[str, int] = {}  # each open session's number (its tap may leave the audit window)
-
-    def status(self) -> dict:
-        from lab.services.firmware import firmware_status
-
-        return firmware_status(self.lab)
-
-    def sessions(self) -> dict:
-        return self.status()["sessions"]
-
-    def desk_queue(self, org: str) -> bool:
-        from lab.services import org_agents
-        from org.desk_agent import trusted_model
-        import cups
-
-        last: Exception | None = None
-        for _ in range(50):
-            try:
-                queues = org_agents.desk_queues(self.lab, org)
-                return any(q["accepting"] and trusted_model(q["model"]) for q in queues.values())
-            except (cups.IPPError, RuntimeError) as exc:  # a desk cupsd polled mid-change now and then fails
-                last = exc
-                time.sleep(0.002)
-        raise RuntimeError(f"the desk's CUPS keeps failing CUPS-Get-Printers: {last!r}")
-
-    def present(self, org: str, user: str, until, random_phase: bool = True, poll_s: float = POLL_S
-                ) -> tuple[float, float]:
-        """Present `user`'s card (at a random phase of the reader's poll) until `until()` holds;
-        returns when it was presented and when `until()` first held."""
-        import random
-
-        from lab import actions
-
-        time.sleep(0.45)  # pcscd notices the last removal only at its next poll of vpcd
-        if random_phase:
-            time.sleep(random.uniform(0, 0.4))
-        t0 = time.time()
-        self.card.insert(actions.default_uid(org, user), user=user, org=org)
-        try:
-            wait_for(until, 30, f"{org}'s tap to take effect", poll_s)
-            t1 = time.time()
-        finally:
-            self.card.remove()
-        wait_for(lambda: not self.card.status().get("connected"), 5, "the card removed", 0.005)
-        return t0, t1
-
-    def ready(self, org: str) -> bool:
-        s = self.sessions().get(org)
-        return bool(s and s["state"] == "ready")
-
-    def open_with_job(self, org: str, user: str) -> None:
-        """Open `org`'s session and leave one job of `user` held in it."""
-        from lab.services import org_agents
-
-        self.present(org, user, lambda: self.ready(org), random_phase=False, poll_s=0.01)
-        self.session_number(org)
-        wait_for(lambda: self.desk_queue(org), 30, f"{org}'s desk queue", 0.01)
-        org_agents.print_file(self.lab, org, user, DOC)
-        wait_for(lambda: self.sessions()[org]["held_jobs"], 30, f"{org}'s held job", 0.01)
-
-    def drop(self, org: str) -> float:
-        """The org's gateway deletes the MFP's IKE SA; returns when it was asked to."""
-        from lab.orgs import DEVICE_ID
-        from org.gateway_config import conn_name
-        from vici import Session as ViciSession
-
-        sock = socket.socket(socket.AF_UNIX)
-        sock.connect(str(self.lab.host(f"gw-{org}").path("/run/charon.vici")))
-        t = time.time()
-        try:
-            for _ in ViciSession(sock).terminate({"ike": conn_name(DEVICE_ID), "timeout": "-1"}):
-                pass
-        finally:
-            sock.close()
-        return t
-
-    def close(self, org: str) -> tuple[float, dict]:
-        """Drop `org`'s session, wait for its verified purge, and empty its desk's holding queue (the
-        desk would deliver the held job to the next session again). Returns when the gateway was
-        asked to drop it and the purge's audit entry."""
-        from lab.services import org_agents
-
-        number = self.numbers.get(org) or self.session_number(org)
-        self.numbers.pop(org, None)
-        t_drop = self.drop(org)
-        st = wait_for(lambda: org not in (s := self.status())["sessions"] and s, 30, f"{org}'s purge", 0.005)
-        purged = [a for a in st["audit"] if a.get("event") == "purged" and a.get("session") == number]
-        if purged and not purged[-1].get("ok"):
-            raise RuntimeError(f"{org}'s session {number} was not purged cleanly: {purged[-1]}")
-        wait_for(lambda: not self.desk_queue(org), 30, f"{org}'s desk queue to go", 0.01)
-        org_agents.clear_desk_held(self.lab, org)
-        return t_drop, (purged[-1] if purged else {})
-
-    def session_number(self, org: str) -> int:
-        taps = [a["session"] for a in self.status()["audit"] if a.get("event") == "tap" and a.get("org") == org
-                and "session" in a]
-        if not taps:
-            raise RuntimeError(f"no tap audit entry for {org}")
-        self.numbers[org] = max(taps)
-        return self.numbers[org]
-
-    def at_rest(self, pause_s: float = 0.5) -> None:
-        """The spare sandbox built and a spare keeper in the device's domain (what follows a purge),
-        then `pause_s` more."""
-        def rested() -> bool:
-            if self.status()["spare"] is None:
-                return False
-            t = proc_memory.tree(self.pid)
-            return any(p["kind"] == "keeper" and p["netns"] == t["daemon"]["netns"] for p in t["processes"])
-        wait_for(rested, 30, "the spare sandbox and keeper", 0.02)
-        time.sleep(pause_s)
-
-
 def _audit(st: dict, event: str, session: int) -> float:
     hits = [a["t"] for a in st["audit"] if a.get("event") == event and a.get("session") == session]
     if not hits:
@@ -182,12 +58,12 @@ def _audit(st: dict, event: str, session: int) -> float:
     return hits[-1]
 
 
-def _measure_a(b: _Lab, add) -> None:
+def _measure_a(b: LabDriver, add) -> None:
     """One of acme's sessions: tap -> desk queue, a held job, owner's tap -> document, then dropped."""
     from lab.services import org_agents
     from lab.services.engine import printed_documents
 
-    t_in, t_queue = b.present(ORG_A, OWNER_A, lambda: b.desk_queue(ORG_A))
+    t_in, t_queue = b.tap_open(ORG_A, OWNER_A, lambda: b.desk_queue(ORG_A), random_phase=True, poll_s=POLL_S)
     wait_for(lambda: b.ready(ORG_A), 10, "ready", 0.005)
     st = b.status()
     number = b.session_number(ORG_A)
@@ -221,7 +97,7 @@ def _measure_a(b: _Lab, add) -> None:
         add("drop_to_purge_verified", purged["t"] - t_drop)
 
 
-def _paths(b: _Lab, runs: int) -> dict[str, dict[str, list[float]]]:
+def _paths(b: LabDriver, runs: int) -> dict[str, dict[str, list[float]]]:
     out: dict[str, dict[str, list[float]]] = {"one_open": {}, "three_open": {}}
     others_open = False
     for i in range(runs):
@@ -246,7 +122,7 @@ def _paths(b: _Lab, runs: int) -> dict[str, dict[str, list[float]]]:
     return out
 
 
-def _memory(b: _Lab) -> dict:
+def _memory(b: LabDriver) -> dict:
     """Daemon + descendants with 0, 1, 2, 3 sessions open (each with a held job)."""
     orgs = ((ORG_A, OWNER_A), *OTHERS)
     steps = []
@@ -284,7 +160,7 @@ def _memory(b: _Lab) -> dict:
     }
 
 
-def _footprint(b: _Lab, sessions: int, every: int = 10) -> dict:
+def _footprint(b: LabDriver, sessions: int, every: int = 10) -> dict:
     """`sessions` sessions opened and closed in turn; daemon and descendants sampled every `every`."""
     orgs = ((ORG_A, OWNER_A), *OTHERS)
     samples = []
@@ -300,7 +176,7 @@ def _footprint(b: _Lab, sessions: int, every: int = 10) -> dict:
     t0 = time.monotonic()
     for i in range(sessions):
         org, user = orgs[i % len(orgs)]
-        b.present(org, user, lambda: b.ready(org), random_phase=False, poll_s=0.01)
+        b.tap_open(org, user)
         b.drop(org)
         wait_for(lambda: org not in b.sessions(), 30, f"{org}'s purge", 0.01)
         sampled = (i + 1) % every == 0 or i + 1 == sessions
@@ -340,8 +216,9 @@ def run(runs: int, sessions: int, keep_logs: bool = False) -> dict:
     Lab(options=opts).down()
     lab = Lab(options=opts)
     lab.up()
+    b = None
     try:
-        b = _Lab(lab)
+        b = LabDriver(lab)
         memory = _memory(b)
         paths = _paths(b, runs)
         footprint = _footprint(b, sessions) if sessions else None
@@ -361,6 +238,8 @@ def run(runs: int, sessions: int, keep_logs: bool = False) -> dict:
             "p90": round(res["paths"]["three_open"][k]["p90_ms"] / res["paths"]["one_open"][k]["p90_ms"], 2)}
         for k in RATIO_OF if k in res["paths"]["one_open"] and res["paths"]["one_open"][k]["median_ms"] > 0}
     res["memory"] = memory
+    res["failed_taps"] = b.failures  # sessions that did not open at a tap (tapped again)
+    res["spare_not_back_in_10_s"] = b.unrested
     res["footprint"] = footprint
     return res
 
@@ -387,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     if fp:
         print(f"footprint over {fp['sessions']} sessions ({fp['wall_s']} s): slope per session "
               f"{fp['slope_per_session']}; flat={fp['flat']}")
+    if res["failed_taps"] or res["spare_not_back_in_10_s"]:
+        print(f"taps whose session did not open: {res['failed_taps']}; spare not back in 10 s: "
+              f"{res['spare_not_back_in_10_s']} times")
     print(f"load before {res['load_before']}, after {res['load_after']}")
     print(f"-> {write('sessions_many', res)}")
     return 0
