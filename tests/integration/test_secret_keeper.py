@@ -24,7 +24,7 @@ def keeper():
 def test_requests_are_answered_in_order(keeper):
     assert keeper.fetch("acme", timeout=30) == LookupRefused("device-rejected")
     assert keeper.authenticate(30, user="alice", org="acme") == Unavailable("no session")
-    assert keeper.tunnel_up(1, timeout=30) == TunnelRefused("config")
+    assert keeper.tunnel_up(1, timeout=30, vici_socket="/run/tpnone.vici", netns="tpnone") == TunnelRefused("config")
     assert keeper.alive()
 
 
