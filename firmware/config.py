@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hal.printer.driver_engine import check_driver
-from hal.printer.engine_finder import check_uri
 from tenantprint import config_schema
 from tenantprint.config_schema import Config, between, one_of, option
 
@@ -88,6 +86,18 @@ class SessionSection:
     tmpfs_dir: str = option(_abs_path, default="/run/tenantprint/session")
     tmpfs_size_mb: int = option(between(4, 4096), default=64)
     ipp_port: int = option(between(1, 65535), default=631)
+
+
+def check_driver(v: str) -> str:
+    from hal.printer.driver_engine import check_driver as check  # (not in every keeper's memory)
+
+    return check(v)
+
+
+def check_uri(uri: str, driver: str) -> None:
+    from hal.printer.engine_finder import check_uri as check
+
+    check(uri, driver)
 
 
 def _link_net(v: str) -> str:

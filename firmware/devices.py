@@ -14,7 +14,7 @@ from firmware.config import FirmwareConfig
 from firmware.sandboxes import SandboxPool
 from hal.card import CardReader, open_reader
 from hal.card.multi import MultiReader
-from hal.directory import Directory, DirectoryRefused
+from firmware.directory import NotEnrolled, build_directory  # noqa: F401 (re-exported: runtime, bench)
 from hal.net import FirewallError, NetError, sysctls
 from hal.net.firewall import Firewall
 from hal.printer import cupsd as session_cupsd
@@ -32,13 +32,6 @@ from hal.tunnel import detect_backend
 ENGINE_MODEL_MAX_AGE_S = 3600.0
 DRIVER_QUEUE_DIR = "/run/tenantprint/driver-cupsd"
 MODEL_BUILDER_PORT = 6311  # loopback of the device's own domain, while the engine's model is built  # device data: the cupsd of a printer that needs a driver
-
-
-class NotEnrolled(DirectoryRefused):
-    """The device has no enrolment record: nothing can be looked up until it is enrolled."""
-
-    def __init__(self):
-        super().__init__("this device is not enrolled", 401)
 
 
 @dataclass
@@ -140,24 +133,6 @@ class Devices:
         except NetError as exc:
             left.append(f"sysctls unknown: {exc}")
         return left
-
-
-class _Unenrolled:
-    def fetch_profile(self, org_id: str):
-        raise NotEnrolled()
-
-    def card_org(self, card: str):
-        raise NotEnrolled()
-
-
-def build_directory(cfg: FirmwareConfig) -> Directory:
-    if not (cfg.device.device_id and cfg.cloud.url):
-        return _Unenrolled()
-    from hal.directory.client import KEY_FILE, DirectoryClient
-
-    return DirectoryClient(cfg.cloud.url, cfg.device.device_id, Path(cfg.device.state_dir) / KEY_FILE,
-                           cfg.cloud.ca_file or None, timeout=cfg.cloud.timeout_s,
-                           keepalive_s=max(5.0, cfg.cloud.keep_warm_s + 10), max_connections=1)
 
 
 def build_card_reader(cfg: FirmwareConfig) -> CardReader:

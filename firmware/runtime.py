@@ -39,6 +39,7 @@ from hal.printer.engine import EngineOutcome
 from hal.printer.engine_state import BLOCKING
 
 TICK_S = 1.0
+SPARE_DELAY_S = 2.0  # the next session's keeper and sandbox are prepared this long after the effect
 
 
 def _state_name(state) -> str:
@@ -205,7 +206,9 @@ class Runtime:
                     # needs nothing of the org: starts now, beside the lookup and IKE, on its own thread
                     sr.s.print_service_ready = self.preparer.submit(self._prepare, sr)
             case fx.StartSpareKeeper():
-                self._in(self.device_worker, self._spawn_spares)
+                # Not beside a tap's lookup and IKE: a keeper's interpreter and a sandbox with its
+                # charon cost far more CPU than the tap's own work, and would slow it down.
+                self.loop.call_later(SPARE_DELAY_S, self._in, self.device_worker, self._spawn_spares)
             case fx.EndLookup():
                 if (sr := self._current(effect.session)) is not None:
                     self._in(sr.worker, self._end_keeper, sr.s)

@@ -82,8 +82,23 @@ class SandboxSlot:
 
     def open_door(self, gateway: str) -> None:
         """Let the sandbox's charon reach the org's gateway (IKE, NAT-T, ESP), and nothing else."""
-        self.firewall.allow_gateway(gateway)
-        self.sandbox.allow_gateway(gateway)
+        # two nft runs, one in the sandbox and one in the device: side by side (a tap waits for both)
+        errors: list[BaseException] = []
+
+        def inside() -> None:
+            try:
+                self.firewall.allow_gateway(gateway)
+            except BaseException as exc:  # raised below, on the caller's thread
+                errors.append(exc)
+
+        t = threading.Thread(target=inside, name=f"{self.name}-door")
+        t.start()
+        try:
+            self.sandbox.allow_gateway(gateway)
+        finally:
+            t.join()
+        if errors:
+            raise errors[0]
 
     def call_in(self, fn, *args):
         """`fn(*args)` on a thread inside the sandbox's network stack (a report to the org's LAN)."""

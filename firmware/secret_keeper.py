@@ -16,7 +16,6 @@ The protocol, typed, is `firmware/keeper_protocol.py`: one method here per reque
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import json
 import os
 import re
@@ -151,7 +150,7 @@ _CLONE_NEWNET = 0x40000000
 
 def _enter_netns(name: str) -> None:
     """Move this thread (the keeper's only serving thread) into network namespace `name` for good."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)  # (find_library runs ldconfig: ms on the tap's path)
     fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
     try:
         if libc.setns(fd, _CLONE_NEWNET) != 0:
@@ -186,13 +185,14 @@ class _Keeper:
     copy of the org's secrets) and the authenticator. One method per request (`OPS`)."""
 
     def __init__(self, cfg):
-        from firmware.devices import build_directory
+        from firmware.directory import build_directory
 
         self.cfg = cfg
         self.directory = build_directory(cfg)
         self.tunnel = None  # the session sandbox's charon, named by tunnel_up
         self.profile = None
         self.authenticator = None
+        self.after_reply = None  # work a request leaves for after its reply was written
         self.first_request = threading.Event()
         self.device_networks: list = []
         self.warm = threading.Thread(target=_keep_warm, args=(self.directory, cfg.cloud.keep_warm_s,
@@ -221,7 +221,6 @@ class _Keeper:
                                self.profile.vpn.local_id)
 
     def tunnel_up(self, req: dict) -> kp.TunnelReply:
-        from hal.auth import AuthConfigError, open_authenticator
         from hal.tunnel import TunnelError, TunnelSetupFailed
 
         from hal.tunnel import TunnelConfig, open_tunnel
@@ -234,19 +233,26 @@ class _Keeper:
         try:
             _enter_netns(netns)  # the directory is not needed any more: from here on, only the org's side
             backend = None if self.cfg.tunnel.backend == "auto" else self.cfg.tunnel.backend
-            self.tunnel = open_tunnel(TunnelConfig(backend=backend, vici_socket=req["vici_socket"], netns=netns))
+            # this thread is in the sandbox now: its own netlink sockets see the sandbox's addresses
+            self.tunnel = open_tunnel(TunnelConfig(backend=backend, vici_socket=req["vici_socket"]))
             up = self.tunnel.up(self.profile, timeout=float(req["timeout_s"]))
         except TunnelSetupFailed as exc:
             return kp.TunnelRefused(exc.cause)
         except (TunnelError, OSError) as exc:
             return kp.TunnelRefused(type(exc).__name__)
-        if self.authenticator is None:
-            # Now, while the person walks to their desk, not at their next tap (imports, dictionary).
+        self.after_reply = self._open_authenticator
+        return kp.TunnelFacts(up.virtual_ip, up.interface, tuple(up.remote_ts))
+
+    def _open_authenticator(self) -> None:
+        """After the tunnel's reply went out (the desk's queue waits for it, not for this), while the
+        person walks to their desk, not at their next tap: imports, the RADIUS dictionary."""
+        from hal.auth import AuthConfigError, open_authenticator
+
+        if self.authenticator is None and self.profile is not None:
             try:
                 self.authenticator = open_authenticator(self.profile.auth)
             except AuthConfigError:
                 pass  # answered when authentication is asked for
-        return kp.TunnelFacts(up.virtual_ip, up.interface, tuple(up.remote_ts))
 
     def auth(self, req: dict) -> AuthOutcome:
         from hal.auth import AuthConfigError, Unavailable, open_authenticator
@@ -277,6 +283,9 @@ def _serve(stdin, stdout) -> None:
         out = kp.encode(handler(keeper, req)) if handler else json.dumps({"error": f"unknown op {op!r}"})
         stdout.write(out + "\n")
         stdout.flush()
+        if keeper.after_reply is not None:
+            after, keeper.after_reply = keeper.after_reply, None
+            after()
     if keeper.profile is not None:
         keeper.profile.wipe()
 

@@ -38,6 +38,7 @@ class Session:
     print_service_ready: object | None = None  # the Future of its start (it starts beside IKE)
     jobs: dict[int, dict] = field(default_factory=dict)  # job id -> title, size, format, delivery id
     stop: threading.Event = field(default_factory=threading.Event)  # ends the watcher threads
+    tunnel_lost: threading.Event = field(default_factory=threading.Event)  # its tunnel went down
 
 
 @dataclass(frozen=True)

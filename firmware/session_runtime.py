@@ -94,6 +94,7 @@ class SessionRuntime:
         s = self.s
         try:
             for down in s.slot.tunnel.events(s.stop):
+                s.tunnel_lost.set()  # what is queued for the org (a report) must not hold up the purge
                 if not s.stop.is_set():
                     self.rt.post(ev.TunnelDown(self.rt.now(), s.number, down.reason))
                 return
@@ -183,6 +184,9 @@ class SessionRuntime:
         s = self.s
         deliveries = [d for j in e.job_ids if (d := s.jobs.get(j, {}).get("delivery"))]
         if not deliveries or not s.outcomes_url or s.slot is None:
+            return
+        if s.tunnel_lost.is_set():  # nobody to tell: the desk hears it from the org's next session
+            journal.record("outcomes not reported: tunnel down", level=30, org=s.org, state=e.state, jobs=len(deliveries))
             return
         try:  # through the tunnel: from inside the session's sandbox
             s.slot.call_in(outcomes.report, s.outcomes_url, [(d, e.state) for d in deliveries])

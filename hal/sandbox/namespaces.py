@@ -29,7 +29,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from hal.net import ns_argv
+from pyroute2.netlink.exceptions import NetlinkError
+
+from hal.net import NetError, ns_argv
+from hal.net.addresses import _ipr
 from hal.sandbox import (DEFAULT_LINK_NET, DEFAULT_RUN_ROOT, SandboxConfigError, SandboxError, SandboxExists,
                          SandboxSetupError, SandboxUnavailable, check_gateway, check_name, link_for, veth_name)
 from hal.sandbox.forwarding import Forwarding, check_ifname
@@ -317,12 +320,23 @@ class Sandbox:
         self.gateway = None
 
     def _route_uplink(self, gateway) -> str:
-        try:
-            proc = subprocess.run(ns_argv(self.device_netns, ["ip", "-j", "route", "get", str(gateway)]),
-                                  capture_output=True, text=True, timeout=5, env=_ENV)
-            dev = json.loads(proc.stdout)[0]["dev"] if proc.returncode == 0 else None
-        except (OSError, subprocess.TimeoutExpired, ValueError, LookupError):
-            dev = None
+        dev = None
+        if self.device_netns is None:  # the daemon's own stack: asked in-process (on a tap's path)
+            try:
+                with _ipr(None) as ipr:
+                    route = ipr.route("get", dst=str(gateway))[0]
+                    oif = route.get_attr("RTA_OIF")
+                    links = ipr.get_links(oif) if oif else []
+                    dev = links[0].get_attr("IFLA_IFNAME") if links else None
+            except (NetError, OSError, NetlinkError, LookupError):
+                dev = None
+        else:
+            try:
+                proc = subprocess.run(ns_argv(self.device_netns, ["ip", "-j", "route", "get", str(gateway)]),
+                                      capture_output=True, text=True, timeout=5, env=_ENV)
+                dev = json.loads(proc.stdout)[0]["dev"] if proc.returncode == 0 else None
+            except (OSError, subprocess.TimeoutExpired, ValueError, LookupError):
+                dev = None
         if not dev or dev == "lo" or dev.startswith("tpv"):
             raise SandboxError(f"the device has no uplink route to {gateway}")
         return dev

@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,12 +50,22 @@ def office_leftovers(system) -> list[str]:
 
     office = system.host("office")
     left = []
+
+    def spare_now() -> dict:
+        try:
+            return firmware_status(system).get("spare") or {}
+        except OSError:  # the firmware is down (a crash): whatever it left counts
+            return {}
+
+    # The next session's sandbox is built a moment after a purge (firmware.runtime.SPARE_DELAY_S):
+    # wait for it, so that its making is not mistaken for a leftover.
+    deadline = time.monotonic() + 8
+    while not spare_now() and time.monotonic() < deadline and system.procs.get("firmware") and \
+            system.procs.get("firmware").alive():
+        time.sleep(0.2)
     pids = sorted(set(host_pids(office.ns)) | set(sandbox_pids(office)))
-    # The next session's sandbox, built ahead, holds nothing of any org: its charon must be empty.
-    try:
-        spare = firmware_status(system).get("spare") or {}
-    except OSError:  # the firmware is down (a crash): whatever it left counts
-        spare = {}
+    # The spare holds nothing of any org: its charon must be empty.
+    spare = spare_now()
     if spare:
         vici = f"unix:///run/tenantprint/sandboxes/{spare['sandbox']}/charon.vici"
         for what in ("--list-conns", "--list-sas", "--list-certs"):
