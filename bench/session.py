@@ -236,7 +236,9 @@ def _paths(lab, runs: int) -> dict[str, list[float]]:
             raise RuntimeError(f"session {session} was not purged cleanly: {purged}")
         add("drop_to_purge_verified", purged[-1]["t"] - t_drop)
         # The next person taps seconds after a session ended, not at once: by then the spare keeper
-        # has started and opened its connection to the cloud (interpreter start + 3 round trips).
+        # has started and opened its connection to the cloud (interpreter start + 3 round trips), and
+        # the spare sandbox with its charon is built (firmware.runtime.SPARE_DELAY_S after the purge).
+        wait_for(lambda: status().get("spare"), 15, "the spare sandbox", POLL_S)
         time.sleep(1.0)
     return out
 

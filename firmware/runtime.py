@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import signal
 import threading
 import time
@@ -27,6 +28,7 @@ from firmware.config import FirmwareConfig
 from firmware.devices import Devices, build, build_directory
 from firmware.diagnostics import MemoryDiagnostics
 from firmware.pin_guard import PinGuard
+from firmware.sandboxes import renice
 from firmware.secret_keeper import KeeperError, SecretKeeper
 from firmware.session import Session, purge
 from firmware.session_runtime import PRINT_SERVICE_START_S, SessionRuntime
@@ -39,7 +41,8 @@ from hal.printer.engine import EngineOutcome
 from hal.printer.engine_state import BLOCKING
 
 TICK_S = 1.0
-SPARE_DELAY_S = 2.0  # the next session's keeper and sandbox are prepared this long after the effect
+SPARE_DELAY_S = 1.0  # the next session's keeper and sandbox are prepared this long after the effect
+SPARE_NICE = 10      # ... at this priority (a tap's own work goes first)
 
 
 def _state_name(state) -> str:
@@ -287,6 +290,9 @@ class Runtime:
         worker: after the work queued before it."""
         if self.done.is_set():
             return
+        # This thread's processes (keeper, sandbox tools, charon) inherit its low priority: a tap's
+        # own work beside them gets the CPU first. Raised again when a session takes them (renice).
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SPARE_NICE)
         try:
             self.devices.ensure_engine_model()
         except Exception as exc:  # said; a tap tries again (and says "printer not connected")
@@ -309,6 +315,7 @@ class Runtime:
         keeper, self.spare_keeper = self.spare_keeper, None
         if keeper is None or not keeper.alive():
             keeper = SecretKeeper(self.keeper_config())
+        renice(keeper.pid, 0)  # prepared at low priority; a session's work is not
         return keeper
 
     def _end_keeper(self, s: Session) -> None:

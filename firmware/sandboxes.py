@@ -17,6 +17,7 @@ Thread-safety: the pool's bookkeeping is locked; a slot is driven by one session
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -32,6 +33,22 @@ from hal.tunnel import Tunnel, TunnelConfig, TunnelError, open_tunnel
 from hal.tunnel.sandbox_charon import SandboxCharon
 
 NAME_PREFIX = "tps"  # sandbox <index> is `tps<index>` (its netns, its run_dir, its session tmpfs)
+
+
+def renice(pid: int | None, nice: int) -> None:
+    """Set every thread of process `pid` to `nice` (a spare was prepared at low priority; the
+    threads a process made inherit the nice of the thread that made them). A process gone: nothing."""
+    if pid is None:
+        return
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return
+    for tid in tasks:
+        try:
+            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
+        except (OSError, ValueError):
+            pass
 
 
 class SlotError(Exception):
@@ -186,6 +203,13 @@ class SandboxPool:
         with self._lock:
             slot, self._spare = self._spare, None
         if slot is not None and slot.charon.alive():
+            renice(slot.charon.pid, 0)  # built at low priority; the session's IKE is not
+            thread = getattr(slot.route_window, "_thread", None)
+            if thread is not None and thread.native_id is not None:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, thread.native_id, 0)
+                except OSError:
+                    pass
             return slot
         if slot is not None:
             self.release(slot)

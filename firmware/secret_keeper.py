@@ -123,6 +123,10 @@ class SecretKeeper:
             self.stop()
             raise KeeperError(f"keeper's answer to {op}: {exc}") from None
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def alive(self) -> bool:
         return self._proc.poll() is None
 
