@@ -361,8 +361,7 @@ class Runtime:
         s = sr.s if sr is not None else None
         if s is not None:
             self._end_keeper(s)  # first: every secret of the session dies with it
-            slot_ready = getattr(sr, "slot_ready", None)
-            waits = [f for f in (slot_ready, s.print_service_ready) if f is not None]
+            waits = [f for f in (sr.slot_ready, s.print_service_ready) if f is not None]
             # a sandbox still being taken, a print service still starting would outlive the purge
             concurrent.futures.wait(waits, timeout=PRINT_SERVICE_START_S)
         report = purge(self.devices, s, e.reason)

@@ -117,6 +117,17 @@ class SandboxSlot:
         if errors:
             raise errors[0]
 
+    def to_foreground(self) -> None:
+        """A spare built at low priority is a session's now: its charon and route window run at
+        normal priority again."""
+        renice(self.charon.pid, 0)
+        thread = self.route_window.thread if self.route_window is not None else None
+        if thread is not None and thread.native_id is not None:
+            try:
+                os.setpriority(os.PRIO_PROCESS, thread.native_id, 0)
+            except OSError:
+                pass
+
     def call_in(self, fn, *args):
         """`fn(*args)` on a thread inside the sandbox's network stack (a report to the org's LAN)."""
         return self.sandbox.call_in(fn, *args)
@@ -203,13 +214,7 @@ class SandboxPool:
         with self._lock:
             slot, self._spare = self._spare, None
         if slot is not None and slot.charon.alive():
-            renice(slot.charon.pid, 0)  # built at low priority; the session's IKE is not
-            thread = getattr(slot.route_window, "_thread", None)
-            if thread is not None and thread.native_id is not None:
-                try:
-                    os.setpriority(os.PRIO_PROCESS, thread.native_id, 0)
-                except OSError:
-                    pass
+            slot.to_foreground()  # built at low priority; the session's IKE is not
             return slot
         if slot is not None:
             self.release(slot)
@@ -267,10 +272,10 @@ class SandboxPool:
             except (SandboxError, OSError) as exc:
                 out.append(f"{name}: {exc}")
         root = Path(self.cfg.session.tmpfs_dir)
-        if SessionFs(root).is_mounted():  # one session's tmpfs as a daemon before sandboxes left it
+        if (old := SessionFs(root)).is_mounted():  # one session's tmpfs as a daemon before sandboxes left it
             session_cupsd.stop_stale(root)
             try:
-                SessionFs(root).unmount()
+                old.unmount()
             except Exception as exc:
                 out.append(f"{root}: {exc}")
         if root.is_dir():

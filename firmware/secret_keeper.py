@@ -15,7 +15,6 @@ The protocol, typed, is `firmware/keeper_protocol.py`: one method here per reque
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -149,18 +148,6 @@ class SecretKeeper:
 # -- the keeper process ---------------------------------------------------------------------------
 
 _NETNS = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
-_CLONE_NEWNET = 0x40000000
-
-
-def _enter_netns(name: str) -> None:
-    """Move this thread (the keeper's only serving thread) into network namespace `name` for good."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)  # (find_library runs ldconfig: ms on the tap's path)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, _CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns {name}")
-    finally:
-        os.close(fd)
 
 
 def _keep_warm(directory, every_s: float, stop: threading.Event, networks: list) -> None:
@@ -227,6 +214,7 @@ class _Keeper:
     def tunnel_up(self, req: dict) -> kp.TunnelReply:
         from hal.tunnel import TunnelError, TunnelSetupFailed
 
+        from hal.sandbox.inside import enter_netns
         from hal.tunnel import TunnelConfig, open_tunnel
 
         if self.profile is None:
@@ -235,7 +223,7 @@ class _Keeper:
         if not isinstance(netns, str) or not _NETNS.match(netns) or not isinstance(req.get("vici_socket"), str):
             return kp.TunnelRefused("config")
         try:
-            _enter_netns(netns)  # the directory is not needed any more: from here on, only the org's side
+            enter_netns(f"/run/netns/{netns}")  # the directory is not needed any more: from here on, only the org's side
             backend = None if self.cfg.tunnel.backend == "auto" else self.cfg.tunnel.backend
             # this thread is in the sandbox now: its own netlink sockets see the sandbox's addresses
             self.tunnel = open_tunnel(TunnelConfig(backend=backend, vici_socket=req["vici_socket"]))

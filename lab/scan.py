@@ -58,27 +58,8 @@ def _netns_inode(path: str) -> int | None:
         return None
 
 
-def host_pids(ns_name: str) -> list[int]:
-    """Pids of the processes in network namespace `ns_name`."""
-    want = _netns_inode(f"/run/netns/{ns_name}")
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.stat(f"/proc/{entry}/ns/net").st_ino == want:
-                    pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
-
-
-def sandbox_pids(host) -> list[int]:
-    """Pids of the processes in the network namespaces made on `host` (the firmware's session
-    sandboxes, handles under the host's /run/netns): their charons, session cupsds and keepers,
-    found even when the firmware that made them is dead."""
-    out = host.run(["sh", "-c", 'for f in /run/netns/*; do [ -e "$f" ] && stat -L -c %i "$f"; done; true'],
-                   check=False).stdout.decode().split()
-    inodes = {int(x) for x in out if x.isdigit()}
+def pids_in_netns(inodes: set) -> list[int]:
+    """Pids of the processes whose network namespace is one of `inodes`."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -88,6 +69,20 @@ def sandbox_pids(host) -> list[int]:
             except OSError:
                 continue
     return pids
+
+
+def host_pids(ns_name: str) -> list[int]:
+    """Pids of the processes in network namespace `ns_name`."""
+    return pids_in_netns({_netns_inode(f"/run/netns/{ns_name}")})
+
+
+def sandbox_pids(host) -> list[int]:
+    """Pids of the processes in the network namespaces made on `host` (the firmware's session
+    sandboxes, handles under the host's /run/netns): their charons, session cupsds and keepers,
+    found even when the firmware that made them is dead."""
+    out = host.run(["sh", "-c", 'for f in /run/netns/*; do [ -e "$f" ] && stat -L -c %i "$f"; done; true'],
+                   check=False).stdout.decode().split()
+    return pids_in_netns({int(x) for x in out if x.isdigit()})
 
 
 def scan_memory(pid: int) -> set[bytes]:

@@ -120,6 +120,11 @@ class RouteWindow:
         self._thread: threading.Thread | None = None
         self._wake: tuple[int, int] | None = None  # a pipe that cuts the follower's wait short on stop
 
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The thread that follows the routes, while started."""
+        return self._thread
+
     def start(self) -> None:
         """Subscribe to route changes, widen the routes already there, and follow from then on.
         Returns once subscribed; raises NetError when rtnetlink cannot be followed."""

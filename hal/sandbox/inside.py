@@ -152,6 +152,18 @@ def holders(net_inode: int) -> list[str]:
     return out
 
 
+def enter_netns(netns_path: str) -> None:
+    """Move the calling thread into the network namespace at `netns_path` (for good; the mount
+    namespace stays the caller's)."""
+    fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {netns_path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
 def call_in_netns(netns_path: str, fn, *args):
     """`fn(*args)` on a short-lived thread that entered the network namespace at `netns_path`
     (setns moves only the calling thread; the mount namespace stays the caller's). Returns its
@@ -160,13 +172,7 @@ def call_in_netns(netns_path: str, fn, *args):
 
     def run() -> None:
         try:
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if _libc.setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns {netns_path}: {os.strerror(err)}")
-            finally:
-                os.close(fd)
+            enter_netns(netns_path)
             result.append((True, fn(*args)))
         except BaseException as exc:  # handed to the caller
             result.append((False, exc))
