@@ -75,6 +75,7 @@ class Authenticate:
     org: str
     pin: Pin | None = None
     state: bytes | None = field(default=None, repr=False)  # the server's challenge, when answering it
+    proof: str = field(default="", repr=False)  # the tap's card proof, forwarded unchanged (first request only)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,8 @@ class CardTapped:
     org: str
     uid_tag: str = field(default="", repr=False)
     pin_locked: bool = False  # the device's PIN lockout holds this user now (see firmware/pin_guard.py)
+    # the card's one-time proof for the org's server (a SUN message, hal.card.badge); "" if none
+    proof: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ JSON lines; the first line to the keeper is the firmware configuration, then one
     {"op": "tunnel_up", "timeout_s": s} -> TunnelFacts | TunnelRefused
         (IKE on what tunnel_load loaded; with "vici_socket" and "netns" and no load before, it
         loads first)
-    {"op": "auth", "user", "org", "pin", "state"} -> an `hal.auth` outcome (Accepted, Rejected,
-                                          PinRequired, Unavailable, BadInput)
+    {"op": "auth", "user", "org", "pin", "state", "proof"} -> an `hal.auth` outcome (Accepted,
+                                          Rejected, PinRequired, Unavailable, BadInput)
+        ("proof": the tap's card proof, forwarded to the org's server unchanged, or absent)
     {"op": "exit"}                      -> (the keeper wipes what it holds and exits)
 
 A reply that does not decode is a `ProtocolError`: the daemon treats the keeper as failed.

@@ -118,6 +118,7 @@ class Session:
     policy: Policy
     remote_ts: tuple                 # ipaddress networks
     opener_locked: bool = False      # the device's PIN lockout held the opener at that tap
+    opener_proof: str = field(default="", repr=False)  # the opening tap's card proof, until used once
     device_networks: tuple = ()      # the device's own networks when the profile arrived
     issued: int = 0                  # the highest session number a lookup made while serving had
     virtual_ip: str = ""
@@ -148,6 +149,7 @@ class LookingUp:
     user: str
     since: float
     opener_locked: bool = False  # the opener's PIN is locked (combined mode must not authenticate them)
+    proof: str = field(default="", repr=False)  # the tap's card proof (one-time: forwarded once)
 
 
 class _InSession:
@@ -369,11 +371,12 @@ def _end(state: State, at: float, ended: tuple[str, str]) -> tuple[State, list]:
     return nxt, effects
 
 
-def _authenticate(s: Session, user: str, at: float, *, pin=None, challenge=None) -> tuple[State, list]:
+def _authenticate(s: Session, user: str, at: float, *, pin=None, challenge=None,
+                  proof: str = "") -> tuple[State, list]:
     # whoever taps now is the person at the panel: the one before is logged out
     s = replace(s, attempt=s.attempt + 1, authed_user=None, last_activity=at, panel_user=None)
     return Authenticating(s, user, at, with_pin=pin is not None), [
-        Authenticate(s.number, s.attempt, user, s.org, pin=pin, state=challenge),
+        Authenticate(s.number, s.attempt, user, s.org, pin=pin, state=challenge, proof=proof),
         _show("authenticating", user=user),
         Audit("authenticate", {"session": s.number, "user": user, "attempt": s.attempt,
                                "pin": pin is not None})]
@@ -443,14 +446,14 @@ def _shutdown(state, event, limits):
 
 def _lookup(state, event, limits):
     number = state.session + 1
-    return LookingUp(number, event.org, event.user, event.at, event.pin_locked), [
+    return LookingUp(number, event.org, event.user, event.at, event.pin_locked, event.proof), [
         FetchProfile(number, event.org), PreparePrintService(number), _show("looking-up", org=event.org),
         Audit("tap", {"session": number, "org": event.org, "user": event.user,
                       "card": panel.mask_tag(event.uid_tag)})]
 
 
 def _remembered_tap(to: LookingUp) -> CardTapped:
-    return CardTapped(to.since, to.user, to.org, pin_locked=to.opener_locked)
+    return CardTapped(to.since, to.user, to.org, pin_locked=to.opener_locked, proof=to.proof)
 
 
 def _lookup_failed(state, event, limits):
@@ -483,7 +486,8 @@ def _connect(state, event, limits, *, prepare: bool = False):
         return nxt, [Audit("profile-refused", {"session": state.session, "org": state.org, "why": fault}),
                      *effects]
     s = Session(state.session, state.org, state.user, event.policy, _networks(event.remote_ts),
-                opener_locked=state.opener_locked, device_networks=_networks(event.device_networks),
+                opener_locked=state.opener_locked, opener_proof=state.proof,
+                device_networks=_networks(event.device_networks),
                 last_activity=event.at)
     first = [PreparePrintService(s.number)] if prepare else []
     return Connecting(s, event.at), [
@@ -541,13 +545,14 @@ def _print_service_failed(state, event, limits):
 
 
 def _serve(state, event, limits):
-    s = replace(state.s, last_activity=event.at)
+    # the opener's card proof is good for one request: the combined-mode one below, or none
+    proof, s = state.s.opener_proof, replace(state.s, last_activity=event.at, opener_proof="")
     audit = Audit("ready", {"session": s.number, "org": s.org, "combined": s.policy.combined_mode})
     if s.policy.combined_mode and s.opener_locked:
         return Ready(s), [_show("pin-locked"), audit,
                           Audit("pin-locked", {"session": s.number, "user": s.opener})]
     if s.policy.combined_mode:  # the opening tap also authenticates
-        nxt, effects = _authenticate(s, s.opener, event.at)
+        nxt, effects = _authenticate(s, s.opener, event.at, proof=proof)
         return nxt, [audit, *effects]
     return Ready(s), [_show(_ready_key(s), org=s.org), audit]
 
@@ -560,14 +565,14 @@ def _tap_ready(state, event, limits):
         if event.pin_locked:
             return state, [tap, _show("pin-locked"),
                            Audit("pin-locked", {"session": s.number, "user": event.user})]
-        nxt, effects = _authenticate(s, event.user, event.at)
+        nxt, effects = _authenticate(s, event.user, event.at, proof=event.proof)
         return nxt, [tap, *effects]
     if s.held:
         return state, [_show("in-use", org=s.org),
                        Audit("tap-refused", {"session": s.number, "org": event.org, "held": len(s.held)})]
     # Look the other org up first; this session goes only once that org's profile is in hand.
     number = max(s.number, s.issued) + 1  # never a number an earlier, abandoned lookup had
-    to = LookingUp(number, event.org, event.user, event.at, event.pin_locked)
+    to = LookingUp(number, event.org, event.user, event.at, event.pin_locked, event.proof)
     return Switching(replace(s, issued=number), to), [FetchProfile(number, event.org),
                                                       _show("looking-up", org=event.org), tap]
 

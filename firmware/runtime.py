@@ -425,7 +425,8 @@ class Runtime:
                             locked = self.pin_guard.locked_for(card_event.org_id, card_event.user_id,
                                                                self.now()) > 0
                             self.post(ev.CardTapped(self.now(), card_event.user_id, card_event.org_id,
-                                                    mask_uid(card_event.uid), pin_locked=locked))
+                                                    mask_uid(card_event.uid), pin_locked=locked,
+                                                    proof=card_event.proof))
                         case CardUid():
                             self._card_by_uid(card_event)
                         case CardUnreadable(error=error):

@@ -94,11 +94,13 @@ class SecretKeeper:
         return self._exchange("tunnel_up", timeout, kp.request("tunnel_up", timeout_s=timeout_s, **fields),
                               kp.decode_tunnel)
 
-    def authenticate(self, timeout: float, *, user: str, org: str, pin=None, state: bytes | None = None) -> AuthOutcome:
-        """Ask the org's auth server about `user`. The PIN (a `firmware.events.Pin`) is spliced into
-        the request line as bytes, never made a `str` in this process, and the line is wiped once
-        written."""
-        fields = {"user": user, "org": org, "state": state.hex() if state else None}
+    def authenticate(self, timeout: float, *, user: str, org: str, pin=None, state: bytes | None = None,
+                     proof: str = "") -> AuthOutcome:
+        """Ask the org's auth server about `user` (with the tap's card `proof`, if any). The PIN (a
+        `firmware.events.Pin`) is spliced into the request line as bytes, never made a `str` in this
+        process, and the line is wiped once written."""
+        fields = {"user": user, "org": org, "state": state.hex() if state else None,
+                  **({"proof": proof} if proof else {})}
         if pin is None:
             return self._exchange("auth", timeout, kp.request("auth", pin=None, **fields), kp.decode_auth)
         digits = pin.reveal()
@@ -291,7 +293,9 @@ class _Keeper:
         except AuthConfigError as exc:  # a profile we cannot use: not yes, and the keeper lives on
             return Unavailable(f"auth server profile unusable: {exc}")
         state = bytes.fromhex(req["state"]) if req.get("state") else None
-        return self.authenticator.authenticate(req["user"], req["org"], pin=req.get("pin"), state=state)
+        proof = req.get("proof")
+        return self.authenticator.authenticate(req["user"], req["org"], pin=req.get("pin"), state=state,
+                                               proof=proof if isinstance(proof, str) else None)
 
     OPS = {"fetch": fetch, "tunnel_load": tunnel_load, "tunnel_up": tunnel_up, "auth": auth}
 

@@ -232,7 +232,7 @@ class SessionRuntime:
             self.rt.post(ev.AuthUnavailable(at(), e.session, e.attempt, "no session"))
             return
         try:
-            r = s.keeper.authenticate(60, user=e.user, org=e.org, pin=e.pin, state=e.state)
+            r = s.keeper.authenticate(60, user=e.user, org=e.org, pin=e.pin, state=e.state, proof=e.proof)
         except KeeperError as exc:
             self.rt.post(ev.AuthUnavailable(at(), e.session, e.attempt, str(exc)))
             return

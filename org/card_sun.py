@@ -24,7 +24,7 @@ from __future__ import annotations
 import hmac
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
@@ -48,6 +48,39 @@ class SunMessage:
 
     enc_picc_data: str
     mac: str
+
+
+@dataclass(frozen=True)
+class Card:
+    """One issued card as its org's server knows it: its 7-byte UID and the two AES-128 keys
+    `tenantprint org card issue` wrote into it (org secrets: never shown)."""
+
+    uid: bytes
+    k_meta_read: bytes = field(repr=False)
+    k_file_read: bytes = field(repr=False)
+
+    def __post_init__(self):
+        if not isinstance(self.uid, bytes) or len(self.uid) != UID_LEN:
+            raise ValueError("a card's UID is 7 bytes")
+        _key(self.k_meta_read)
+        _key(self.k_file_read)
+
+    @classmethod
+    def new(cls, uid: bytes) -> "Card":
+        """A card with fresh random keys."""
+        return cls(uid, os.urandom(16), os.urandom(16))
+
+    def to_json(self) -> dict:
+        return {"uid": self.uid.hex(), "k_meta": self.k_meta_read.hex(), "k_file": self.k_file_read.hex()}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Card":
+        if not isinstance(obj, dict) or set(obj) != {"uid", "k_meta", "k_file"}:
+            raise ValueError("a card is exactly uid, k_meta, k_file")
+        try:
+            return cls(bytes.fromhex(obj["uid"]), bytes.fromhex(obj["k_meta"]), bytes.fromhex(obj["k_file"]))
+        except (TypeError, ValueError):
+            raise ValueError("a card's uid and keys are hex") from None
 
 
 @dataclass(frozen=True)

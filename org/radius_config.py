@@ -11,7 +11,15 @@ What the server does with a request for `User-Name = <user>@<realm>`:
 
 - the name must be `<id>@<id>` and the realm must be this org: otherwise Access-Reject,
   Reply-Message "User is not a member of this organization";
-- card-only users: Access-Accept (`Auth-Type := Accept`), whatever else the request holds;
+- card-only users (issue 18): Access-Accept only with a card that proves itself: the request's
+  `TP-Card-SUN` (the badge's SUN message, forwarded by the MFP unchanged) verifies under the keys of
+  the card registered for the user, from that card's UID, with a read counter above every one
+  accepted before (org/radius_sun.py, loaded as the `rlm_python3` module `card_sun`; the counters
+  are kept in `card-counters.json` across restarts). Without a proof: a card-only user with a
+  fallback PIN is asked for it (as a PIN user); one without is rejected, "Card not verified";
+- any request with a `TP-Card-SUN` that does not verify (no card registered for the user, a bad MAC,
+  another card's message, a replay): Access-Reject, "Card not verified". A PIN user's card proof,
+  when sent, is checked the same way before the PIN is asked for;
 - PIN users: a request without User-Password gets an Access-Challenge with a fresh random `State`
   and Reply-Message "Enter PIN"; a request with User-Password is checked against the PIN (PAP):
   Access-Accept, or Access-Reject with "Wrong PIN";
@@ -34,17 +42,22 @@ concurrent requests for one user can each pass the check (the firmware sends one
 Every reject waits `reject_delay_s` (FreeRADIUS's default 1 s). Clients must send a
 Message-Authenticator (`require_message_authenticator = yes`; requests without one are dropped).
 
-The output holds the shared secret and the PINs: write it only into the auth server's own
-config directory.
+The output holds the shared secret, the PINs and the cards' keys (`cards.json`): write it only into
+the auth server's own config directory. Needs Debian's `freeradius-python3` and
+`python3-cryptography` on the org's server.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import org as _org_package
+from org.card_sun import Card
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _PIN = re.compile(r"^[0-9]{4,16}$")
@@ -59,7 +72,14 @@ MSG_PIN_PROMPT = "Enter PIN"
 MSG_WRONG_PIN = "Wrong PIN"
 MSG_DISABLED = "Account disabled"
 MSG_UNKNOWN = "Unknown user"
+MSG_CARD_NOT_VERIFIED = "Card not verified"
 ATTR_PIN_FAILURES = "TP-PIN-Failures"
+ATTR_CARD_ONLY = "TP-Card-Only"
+ATTR_CARD_VERIFIED = "TP-Card-Verified"
+CARDS_FILE = "cards.json"
+COUNTERS_FILE = "card-counters.json"  # state: never rewritten by write_config_dir
+# the directory holding the `org` package: rlm_python3 imports org.radius_sun from there
+_PYTHON_PATH = str(Path(_org_package.__file__).resolve().parent.parent)
 
 
 class RadiusConfigError(ValueError):
@@ -74,6 +94,8 @@ class RadiusUser:
     # a card known by its UID only (`card-<uid>`): the user it belongs to, named in the Access-Accept
     # (User-Name); such a card is always `pin` (a UID is no secret)
     owner: str | None = None
+    # the user's NTAG 424 DNA card (`tenantprint org card issue`): its SUN messages prove the tap
+    card: Card | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -140,14 +162,21 @@ def validate(cfg: OrgRadius) -> None:
             raise RadiusConfigError(f"users: {u.user_id}: kind must be one of {', '.join(USER_KINDS)}")
         if u.kind == "pin" and (u.pin is None or not _PIN.match(u.pin)):
             raise RadiusConfigError(f"users: {u.user_id}: a PIN of 4-16 digits is required")
-        if u.kind != "pin" and u.pin is not None:
-            raise RadiusConfigError(f"users: {u.user_id}: only PIN users have a PIN")
+        if u.kind == "card" and u.pin is not None and not _PIN.match(u.pin):
+            raise RadiusConfigError(f"users: {u.user_id}: a fallback PIN is 4-16 digits")
+        if u.kind == "disabled" and u.pin is not None:
+            raise RadiusConfigError(f"users: {u.user_id}: a disabled user has no PIN")
+        if u.card is not None and (not isinstance(u.card, Card) or u.user_id.startswith("card-")):
+            raise RadiusConfigError(f"users: {u.user_id}: only a user id has an issued card")
         if u.user_id.startswith("card-") and u.kind != "disabled" and (u.kind != "pin" or not u.owner):
             # a UID can be read and copied by anyone: a card known by it only always needs the PIN
             raise RadiusConfigError(f"users: {u.user_id}: a card known by its UID is a PIN user with an owner")
         if u.owner is not None and (not _ID.match(u.owner) or u.owner.startswith("card-")
                                     or not u.user_id.startswith("card-")):
             raise RadiusConfigError(f"users: {u.user_id}: only a card id has an owner, a user id")
+    uids = [u.card.uid for u in cfg.users if u.card is not None]
+    if len(set(uids)) != len(uids):
+        raise RadiusConfigError("users: one card is issued to two users")
 
 
 def render(cfg: OrgRadius, config_dir: Path | str) -> dict[str, str]:
@@ -160,6 +189,7 @@ def render(cfg: OrgRadius, config_dir: Path | str) -> dict[str, str]:
         "clients.conf": _clients_conf(cfg),
         "users": _users(cfg),
         "dictionary": _dictionary(),
+        CARDS_FILE: json.dumps({u.user_id: u.card.to_json() for u in cfg.users if u.card is not None}),
     }
 
 
@@ -183,8 +213,15 @@ def write_config_dir(cfg: OrgRadius, path: Path | str) -> Path:
 def _dictionary() -> str:
     # 3000-3999 is FreeRADIUS's range for server-side attributes of one site (never on the wire).
     return ("# FreeRADIUS's own dictionary is read from /usr/share/freeradius; this adds the\n"
-            "# server-side attribute that carries a PIN user's count of wrong PINs.\n"
-            f"ATTRIBUTE\t{ATTR_PIN_FAILURES}\t3000\tinteger\n")
+            "# server-side attributes (a PIN user's count of wrong PINs, a card-only user, a card\n"
+            "# proof that verified) and the card proof the MFP sends (as hal/auth/dictionary).\n"
+            f"ATTRIBUTE\t{ATTR_PIN_FAILURES}\t3000\tinteger\n"
+            f"ATTRIBUTE\t{ATTR_CARD_ONLY}\t3001\tinteger\n"
+            f"ATTRIBUTE\t{ATTR_CARD_VERIFIED}\t3002\tinteger\n"
+            "VENDOR\tTenantprint\t62031\n"
+            "BEGIN-VENDOR\tTenantprint\n"
+            "ATTRIBUTE\tTP-Card-SUN\t1\tstring\n"
+            "END-VENDOR\tTenantprint\n")
 
 
 def _clients_conf(cfg: OrgRadius) -> str:
@@ -206,8 +243,10 @@ def _users(cfg: OrgRadius) -> str:
     # realm check). The first matching entry wins (no Fall-Through); DEFAULT catches the rest.
     out = [f"# users of {cfg.org_id}\n"]
     for u in cfg.users:
-        if u.kind == "card":
-            out.append(f"{u.user_id}\tAuth-Type := Accept\n\n")
+        if u.kind == "card" and u.pin:
+            out.append(f'{u.user_id}\t{ATTR_CARD_ONLY} := 1, Cleartext-Password := "{u.pin}"\n\n')
+        elif u.kind == "card":
+            out.append(f"{u.user_id}\t{ATTR_CARD_ONLY} := 1\n\n")
         elif u.kind == "pin" and u.owner:
             out.append(f'{u.user_id}\tCleartext-Password := "{u.pin}"\n\tUser-Name := "{u.owner}"\n\n')
         elif u.kind == "pin":
@@ -222,6 +261,7 @@ def _radiusd_conf(cfg: OrgRadius, d: Path) -> str:
     listen_ip = "*" if cfg.listen_address == "*" else cfg.listen_address
     realm = re.escape(cfg.org_id)
     fails = ATTR_PIN_FAILURES
+    ATTR_PROOF = "TP-Card-SUN"
     return f"""# FreeRADIUS for {cfg.org_id} (generated by org/radius_config.py)
 prefix = /usr
 exec_prefix = /usr
@@ -302,6 +342,19 @@ modules {{
 \t\t\t&control:{fails} := "%{{expr:%{{control:{fails}}} + 1}}"
 \t\t}}
 \t}}
+\t# A card's SUN message, checked with the org's card keys (org/radius_sun.py).
+\tpython3 card_sun {{
+\t\tpython_path = "{_PYTHON_PATH}"
+\t\tmodule = "org.radius_sun"
+\t\tmod_instantiate = ${{.module}}
+\t\tfunc_instantiate = instantiate
+\t\tmod_authorize = ${{.module}}
+\t\tfunc_authorize = authorize
+\t\tconfig {{
+\t\t\tcards = "{d}/{CARDS_FILE}"
+\t\t\tcounters = "{d}/{COUNTERS_FILE}"
+\t\t}}
+\t}}
 }}
 
 server default {{
@@ -325,6 +378,25 @@ server default {{
 \t\t\treject
 \t\t}}
 \t\tfiles
+\t\t# A card's proof, when the MFP forwards one: it must verify (else card_sun rejects).
+\t\tif (&{ATTR_PROOF}) {{
+\t\t\tcard_sun
+\t\t}}
+\t\tif (&control:{ATTR_CARD_ONLY}) {{
+\t\t\tif (&control:{ATTR_CARD_VERIFIED}) {{
+\t\t\t\tupdate control {{
+\t\t\t\t\t&Auth-Type := Accept
+\t\t\t\t}}
+\t\t\t\treturn
+\t\t\t}}
+\t\t\t# no proof: the fallback PIN if the user has one (below), else no
+\t\t\tif (!&control:Cleartext-Password) {{
+\t\t\t\tupdate reply {{
+\t\t\t\t\t&Reply-Message := "{MSG_CARD_NOT_VERIFIED}"
+\t\t\t\t}}
+\t\t\t\treject
+\t\t\t}}
+\t\t}}
 \t\tif (&control:Cleartext-Password && !&User-Password) {{
 \t\t\tupdate reply {{
 \t\t\t\t&Reply-Message := "{MSG_PIN_PROMPT}"

@@ -1,6 +1,6 @@
 """hal/auth: ask an organization's authentication server whether a user may release their jobs.
 
-Contract: `Authenticator.authenticate(user_id, org_id, pin=None, state=None) -> AuthOutcome`.
+Contract: `Authenticator.authenticate(user_id, org_id, pin=None, state=None, proof=None) -> AuthOutcome`.
 It blocks (the firmware calls it from a thread), never for longer than `deadline_s`, and does not
 raise for anything the network or the server does: every such failure is an outcome. Exactly one
 outcome means yes, `Accepted`; everything else (a reject, a challenge, a timeout, a reply that
@@ -14,6 +14,11 @@ does not verify, a reply we do not understand) is not yes. Fail closed.
 - `Unavailable(reason)`: no verified answer (server down, wrong shared secret, unreachable,
   timeout). A wrong shared secret looks exactly like a dead server.
 - `BadInput(reason)`: the request cannot be made (an id or PIN that cannot be encoded).
+
+`proof` is the tap's card proof (a version 2 badge's SUN message, 48 uppercase hex digits,
+`hal.card.badge`): the MFP cannot check it, so it forwards it unchanged, in the first request of an
+exchange only (it is good for one tap); the org's server checks it. RADIUS sends it as the
+`TP-Card-SUN` attribute; LDAP has nowhere to send it (a directory cannot check a card).
 
 No outcome, log line or error message holds a secret or a PIN.
 
@@ -34,6 +39,7 @@ if TYPE_CHECKING:
 
 USER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 PIN = re.compile(r"^[0-9]{4,16}$")
+PROOF = re.compile(r"^[0-9A-F]{48}$")
 
 
 # -- outcomes -------------------------------------------------------------------------------------
@@ -104,14 +110,15 @@ class Authenticator(ABC):
 
     @abstractmethod
     def authenticate(self, user_id: str, org_id: str, pin: Secret | str | None = None,
-                     state: bytes | None = None) -> AuthOutcome:
+                     state: bytes | None = None, proof: str | None = None) -> AuthOutcome:
         """Ask the server about `user_id` of `org_id`; see the module docstring for the outcomes."""
 
     def close(self) -> None:
         """Drop what the authenticator holds (it holds no secret of its own: the profile does)."""
 
 
-def check_input(user_id: object, org_id: object, pin: object, state: object) -> BadInput | None:
+def check_input(user_id: object, org_id: object, pin: object, state: object,
+                proof: object = None) -> BadInput | None:
     """The common input checks; a BadInput naming the problem (never the PIN), or None."""
     if not isinstance(user_id, str) or not USER_ID.match(user_id):
         return BadInput("user id is not a valid id")
@@ -123,6 +130,8 @@ def check_input(user_id: object, org_id: object, pin: object, state: object) -> 
             return BadInput("PIN must be 4-16 digits")
     if state is not None and (not isinstance(state, (bytes, bytearray)) or not 1 <= len(state) <= 253):
         return BadInput("challenge state must be 1-253 bytes")
+    if proof not in (None, "") and (not isinstance(proof, str) or not PROOF.match(proof)):
+        return BadInput("card proof must be 48 hex digits")
     return None
 
 

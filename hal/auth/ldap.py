@@ -172,8 +172,9 @@ class LdapAuthenticator(Authenticator):
         return float(self._timeout)
 
     def authenticate(self, user_id: str, org_id: str, pin: Secret | str | None = None,
-                     state: bytes | None = None) -> AuthOutcome:
-        bad = check_input(user_id, org_id, pin, state)
+                     state: bytes | None = None, proof: str | None = None) -> AuthOutcome:
+        # a directory cannot check a card's proof: it is not sent (module docstring of hal.auth)
+        bad = check_input(user_id, org_id, pin, state, proof)
         if bad is not None:
             return bad
         if self._auth.bind_password is None or self._auth.bind_password.wiped:

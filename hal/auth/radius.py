@@ -4,6 +4,8 @@ One Access-Request per `authenticate` call, with:
 - `User-Name` from the profile's `user_format` (`{user}@{org}` by default; the server checks the
   realm), `NAS-Identifier`, and `User-Password` (the PIN, hidden with the shared secret as
   RFC 2865 5.2 says) and `State` when answering a challenge;
+- `TP-Card-SUN` (vendor-specific, see the `dictionary`), the tap's card proof when there is one:
+  the org's server checks it (org/radius_config.py); the MFP only forwards it;
 - always a Message-Authenticator (BlastRADIUS, CVE-2024-3596). Replies are only taken when their
   Response Authenticator (and Message-Authenticator, if present) verifies against our request and
   secret: pyrad drops anything else and keeps waiting, so a forged or mis-keyed reply ends as
@@ -71,8 +73,8 @@ class RadiusAuthenticator(Authenticator):
         return self._timeout * self._auth.retries
 
     def authenticate(self, user_id: str, org_id: str, pin: Secret | str | None = None,
-                     state: bytes | None = None) -> AuthOutcome:
-        bad = check_input(user_id, org_id, pin, state)
+                     state: bytes | None = None, proof: str | None = None) -> AuthOutcome:
+        bad = check_input(user_id, org_id, pin, state, proof)
         if bad is not None:
             return bad
         name = self._auth.user_format.format(user=user_id, org=org_id)
@@ -81,12 +83,12 @@ class RadiusAuthenticator(Authenticator):
         secret = self._auth.secret
         if secret is None or secret.wiped:
             return Unavailable("the session's auth credentials were purged")
-        outcome = self._exchange(user_id, name, secret, pin, state)
+        outcome = self._exchange(user_id, name, secret, pin, state, proof or None)
         log.info("radius %s: %s", type(outcome).__name__, user_id,
                  extra={"org_id": org_id, "auth_outcome": type(outcome).__name__})
         return outcome
 
-    def _exchange(self, user_id: str, name: str, secret: Secret, pin, state) -> AuthOutcome:
+    def _exchange(self, user_id: str, name: str, secret: Secret, pin, state, proof) -> AuthOutcome:
         client = Client(server=self._auth.host, authport=self._auth.port, secret=secret.reveal(),
                         dict=self._dict, retries=self._auth.retries, timeout=self._timeout)
         try:
@@ -101,6 +103,8 @@ class RadiusAuthenticator(Authenticator):
                     raw[:] = b"\0" * len(raw)
             if state is not None:
                 req["State"] = bytes(state)
+            if proof is not None:
+                req["TP-Card-SUN"] = proof
             reply = client.SendPacket(req)
         except Timeout:
             return Unavailable(f"no verified reply from {self._where()} after "

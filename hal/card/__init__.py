@@ -105,7 +105,7 @@ class BadgeUnsupportedVersion(CardDataError):
 
 
 class BadgeBadFields(CardDataError):
-    """The badge JSON does not have exactly the keys v, u, o."""
+    """The badge JSON does not have exactly the keys of its version (v, u, o; v2 adds e, c)."""
 
 
 class BadgeInvalidId(CardDataError):
@@ -133,6 +133,9 @@ class CardTap:
     reader: str
     detected_at: float = field(default=0.0, compare=False)
     kind: str = field(default="", compare=False)
+    # the card's proof for its org's server (a version 2 badge's SUN message, `hal.card.badge`);
+    # "" when the card has none
+    proof: str = field(default="", compare=False)
 
     def __repr__(self) -> str:
         return (f"CardTap(uid={mask_uid(self.uid)}, user_id={self.user_id!r}, "

@@ -4,6 +4,11 @@ A badge is an NDEF message of exactly one MIME record of type `application/vnd.t
 whose payload is the UTF-8 JSON object `{"v":1,"u":"<user>","o":"<org>"}` (exactly these keys, no
 duplicates, nothing after the object). Ids match `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`.
 
+Version 2 adds the card's proof, `{"v":2,"u":..,"o":..,"e":"<32 hex>","c":"<16 hex>"}`: an NTAG 424
+DNA mirrors a fresh "Secure Unique NFC" message into `e` (its UID and read counter, encrypted) and `c`
+(its MAC) on every read (org/card_sun.py). The MFP cannot check it (the keys are the org's): it
+forwards it unchanged as `Badge.proof` (`e` then `c`, 48 uppercase hex digits) to the org's server.
+
 On an NFC Forum Type 4 tag the message sits in the NDEF file (E104 by default) behind a 2-byte
 length (NLEN); the capability container (CC, file E103) says where and how big. `parse_cc` and
 `check_nlen` bound the read before anything is read; `cc_file` / `ndef_file` build the file images
@@ -15,13 +20,14 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hal.card import (BadCapabilityContainer, BadgeBadFields, BadgeInvalidId, BadgeMalformed,
                       BadgeTooLong, BadgeUnsupportedVersion, BadgeWrongType, CardDataError, NoBadge)
 
 MIME_TYPE = b"application/vnd.tenantprint.badge+json"
 VERSION = 1
+VERSION_SUN = 2
 MAX_NDEF = 512
 """The longest NDEF message a badge may be (a valid one is < 200 bytes)."""
 NDEF_AID = bytes.fromhex("D2760000850101")
@@ -30,6 +36,8 @@ NDEF_FILE_ID = 0xE104
 CC_LEN = 15
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", re.ASCII)
+_HEX32 = re.compile(r"[0-9A-Fa-f]{32}", re.ASCII)
+_HEX16 = re.compile(r"[0-9A-Fa-f]{16}", re.ASCII)
 _TNF_MIME = 0x02
 _RESERVED_FILE_IDS = {0x0000, 0xE102, 0xE103, 0x3F00, 0x3FFF, 0xFFFF}
 
@@ -38,6 +46,9 @@ _RESERVED_FILE_IDS = {0x0000, 0xE102, 0xE103, 0x3F00, 0x3FFF, 0xFFFF}
 class Badge:
     user_id: str
     org_id: str
+    # a version 2 badge's SUN message, `e` then `c` (48 uppercase hex digits); "" for version 1.
+    # Not a secret (it is good for one tap only), but not logged either.
+    proof: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -61,11 +72,18 @@ def valid_id(value: object) -> bool:
 
 # -- encode -----------------------------------------------------------------------------------
 
-def badge_payload(user: str, org: str) -> bytes:
+def badge_payload(user: str, org: str, sun: tuple[str, str] | None = None) -> bytes:
+    """The JSON payload; with `sun` = (e, c), a version 2 badge carrying that SUN message."""
     for what, value in (("user", user), ("org", org)):
         if not valid_id(value):
             raise BadgeInvalidId(f"{what} id is not a valid id")
-    return json.dumps({"v": VERSION, "u": user, "o": org}, separators=(",", ":")).encode()
+    if sun is None:
+        return json.dumps({"v": VERSION, "u": user, "o": org}, separators=(",", ":")).encode()
+    e, c = sun
+    if not (isinstance(e, str) and _HEX32.fullmatch(e) and isinstance(c, str) and _HEX16.fullmatch(c)):
+        raise BadgeBadFields("a SUN message is 32 + 16 hex digits")
+    return json.dumps({"v": VERSION_SUN, "u": user, "o": org, "e": e.upper(), "c": c.upper()},
+                      separators=(",", ":")).encode()
 
 
 def mime_record(mime_type: bytes, payload: bytes, *, mb: bool = True, me: bool = True) -> bytes:
@@ -76,9 +94,9 @@ def mime_record(mime_type: bytes, payload: bytes, *, mb: bool = True, me: bool =
     return bytes([header, len(mime_type)]) + length + mime_type + payload
 
 
-def encode_badge(user: str, org: str) -> bytes:
-    """The NDEF message of a badge for `user` of `org`."""
-    return mime_record(MIME_TYPE, badge_payload(user, org))
+def encode_badge(user: str, org: str, sun: tuple[str, str] | None = None) -> bytes:
+    """The NDEF message of a badge for `user` of `org` (version 2 with `sun` = (e, c))."""
+    return mime_record(MIME_TYPE, badge_payload(user, org, sun))
 
 
 def cc_file(*, max_ndef_file_size: int = 2 + MAX_NDEF, max_le: int = 0x00FF, max_lc: int = 0x00FF,
@@ -186,17 +204,24 @@ def decode_payload(payload: bytes) -> Badge:
         raise BadgeMalformed("badge payload is not valid JSON") from None
     if not isinstance(obj, dict):
         raise BadgeMalformed("badge JSON is not an object")
-    if set(obj) != {"v", "u", "o"}:
-        raise BadgeBadFields(f"badge keys must be exactly v, u, o (got {len(obj)} keys)")
-    v = obj["v"]
-    if type(v) is not int or v != VERSION:
+    v = obj.get("v")
+    if type(v) is not int or v not in (VERSION, VERSION_SUN):
         raise BadgeUnsupportedVersion(f"badge version {v!r} is not supported" if type(v) in (int, str)
                                       and len(str(v)) < 16 else "badge version is not supported")
+    keys = {"v", "u", "o"} if v == VERSION else {"v", "u", "o", "e", "c"}
+    if set(obj) != keys:
+        raise BadgeBadFields(f"badge keys must be exactly {', '.join(sorted(keys))} (got {len(obj)} keys)")
+    proof = ""
+    if v == VERSION_SUN:
+        e, c = obj["e"], obj["c"]
+        if not (isinstance(e, str) and _HEX32.fullmatch(e) and isinstance(c, str) and _HEX16.fullmatch(c)):
+            raise BadgeBadFields("the badge's SUN message is not 32 + 16 hex digits")
+        proof = (e + c).upper()
     if not valid_id(obj["u"]):
         raise BadgeInvalidId("user id is not a valid id")
     if not valid_id(obj["o"]):
         raise BadgeInvalidId("org id is not a valid id")
-    return Badge(user_id=obj["u"], org_id=obj["o"])
+    return Badge(user_id=obj["u"], org_id=obj["o"], proof=proof)
 
 
 def decode_badge(ndef: bytes) -> Badge:

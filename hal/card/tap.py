@@ -57,4 +57,5 @@ def card_event(uid: bytes, kind: str, reader: str, read: Callable[[], Badge],
         log.warning("%s card %s on %s: %s (tap again)", kind, mask_uid(uid), reader, exc)
         return None
     log.info("tap on %s: %s uid %s org %s", reader, kind, mask_uid(uid), badge.org_id)
-    return CardTap(uid, badge.user_id, badge.org_id, reader, detected_at=detected_at, kind=kind)
+    return CardTap(uid, badge.user_id, badge.org_id, reader, detected_at=detected_at, kind=kind,
+                   proof=badge.proof)

@@ -47,7 +47,8 @@ def test_pool_range_is_summarized_exactly():
     (dict(port=0), "port"),
     (dict(users=(RadiusUser("bob", "pin", None),)), "users"),
     (dict(users=(RadiusUser("bob", "pin", '12"34'),)), "users"),
-    (dict(users=(RadiusUser("alice", "card", "1234"),)), "users"),
+    (dict(users=(RadiusUser("alice", "card", "12a4"),)), "users"),  # a card user's fallback PIN: digits
+    (dict(users=(RadiusUser("dave", "disabled", "1234"),)), "users"),
     (dict(users=(RadiusUser("al ice"),)), "users"),
     (dict(users=(RadiusUser("alice"), RadiusUser("alice"))), "users"),
     (dict(users=(RadiusUser("alice", "admin"),)), "users"),
@@ -70,7 +71,7 @@ def test_repr_hides_secret_and_pins():
 
 def test_rendered_files(tmp_path):
     files = render(cfg(), tmp_path)
-    assert set(files) == {"radiusd.conf", "clients.conf", "users", "dictionary"}
+    assert set(files) == {"radiusd.conf", "clients.conf", "users", "dictionary", "cards.json"}
     clients = files["clients.conf"]
     assert clients.count("client mfp-pool-") == 3
     assert clients.count(f"secret = '{SECRET.decode()}'") == 3

@@ -1,0 +1,130 @@
+"""The org's FreeRADIUS checks a card's SUN message (issue 18): the `rlm_python3` module that
+org/radius_config.py loads as `card_sun`, run inside the org's own server, never on the MFP.
+
+FreeRADIUS calls `instantiate` once and `authorize` for a request carrying `TP-Card-SUN`
+(48 hex digits: the badge's `e` then `c`, forwarded by the MFP unchanged). The module's `config`
+section names two files in the server's config directory:
+
+- `cards`: the org's registered cards, JSON `{"<user>": {"uid": hex, "k_meta": hex, "k_file": hex}}`
+  (mode 0600, written by `write_config_dir`: the keys are org secrets and stay on the org's server);
+- `counters`: the highest read counter accepted per card UID, JSON `{"<uid hex>": n}`, kept across
+  restarts and re-renders of the config (replaced atomically, fsynced, before the answer).
+
+`authorize` answers:
+- ok, with `control:TP-Card-Verified := 1`: the message verifies under the org's keys, is from the
+  card registered for the user of the request's `Stripped-User-Name`, and its counter is above
+  every counter accepted from that card before (stored before the answer goes out);
+- reject, `Reply-Message := "Card not verified"`: anything else (no card registered for the user,
+  a MAC that does not verify, another card's message, a replay, junk). The reason goes to the
+  server's log by kind only (no UID, no key, no message).
+
+Requests are checked one at a time (a lock): two copies of one message sent at once cannot both
+pass. The cards file is read once at start: a card issued later needs the server reloaded (the
+generator rewrites the config; the lab restarts the server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+from org import card_sun
+
+MSG_NOT_VERIFIED = "Card not verified"
+ATTR_PROOF = "TP-Card-SUN"
+ATTR_VERIFIED = "TP-Card-Verified"
+
+# rlm_python3's return codes (radiusd.RLM_MODULE_*; the module is importable without FreeRADIUS
+# for the unit tests)
+RLM_MODULE_REJECT, RLM_MODULE_FAIL, RLM_MODULE_OK = 0, 1, 2
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+class CardStore:
+    """The registered cards and their counters (the org server's side of org/card_sun.py)."""
+
+    def __init__(self, cards_path: str, counters_path: str):
+        with open(cards_path) as f:
+            raw = json.load(f)
+        self.cards = {user: (bytes.fromhex(c["uid"]), bytes.fromhex(c["k_meta"]), bytes.fromhex(c["k_file"]))
+                      for user, c in raw.items()}
+        self.counters_path = counters_path
+        try:
+            with open(counters_path) as f:
+                self.counters = {k: int(v) for k, v in json.load(f).items()}
+        except FileNotFoundError:
+            self.counters = {}
+
+    def check(self, user: str, proof: str) -> str | None:
+        """None when `proof` is a good, fresh message of `user`'s card (its counter then stored),
+        else why not (a kind, for the log)."""
+        card = self.cards.get(user)
+        if card is None:
+            return "no card registered for the user"
+        if not isinstance(proof, str) or len(proof) != 48:
+            return "not a SUN message"
+        uid, k_meta, k_file = card
+        msg = card_sun.SunMessage(proof[:32], proof[32:])
+        try:
+            reading = card_sun.check(msg, k_meta, k_file, uid, self.counters.get(uid.hex()))
+        except card_sun.SunError as exc:
+            return str(exc)
+        self.counters[uid.hex()] = reading.counter
+        self._save()
+        return None
+
+    def _save(self) -> None:
+        tmp = f"{self.counters_path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.counters, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.counters_path)
+
+
+def _radiusd():
+    import radiusd  # provided by rlm_python3 inside the server
+
+    return radiusd
+
+
+def instantiate(_p) -> int:
+    r = _radiusd()
+    cfg = r.config
+    _state["store"] = CardStore(cfg["cards"], cfg["counters"])
+    return r.RLM_MODULE_OK
+
+
+def _attr(pairs, name: str) -> str | None:
+    for pair in pairs or ():
+        if pair[0] == name:
+            return pair[-1]
+    return None
+
+
+def decide(store: CardStore, request) -> tuple[int, tuple, tuple, str | None]:
+    """The module's answer for a request (pairs of attribute name and value): rcode, reply pairs,
+    control pairs, and why a proof was refused (None when it verified)."""
+    user = _attr(request, "Stripped-User-Name")
+    proof = _attr(request, ATTR_PROOF)
+    with _lock:
+        why = "no user or no proof" if user is None or proof is None else store.check(user, proof.strip('"'))
+    if why is None:
+        return RLM_MODULE_OK, (), ((ATTR_VERIFIED, ":=", "1"),), None
+    return RLM_MODULE_REJECT, (("Reply-Message", ":=", MSG_NOT_VERIFIED),), (), why
+
+
+def authorize(p):
+    r = _radiusd()
+    try:
+        rcode, reply, config, why = decide(_state["store"], p)
+    except Exception as exc:  # fail closed; the log names the kind only
+        r.radlog(r.L_ERR, f"card_sun: {type(exc).__name__}")
+        return r.RLM_MODULE_FAIL
+    if why is not None:
+        r.radlog(r.L_INFO, f"card_sun: card not verified: {why}")
+    return (r.RLM_MODULE_OK if rcode == RLM_MODULE_OK else r.RLM_MODULE_REJECT), reply, config
