@@ -77,7 +77,7 @@ def test_rendered_files(tmp_path):
     assert clients.count(f"secret = '{SECRET.decode()}'") == 3
     assert clients.count("require_message_authenticator = yes") == 3
     users = files["users"]
-    assert "alice\tAuth-Type := Accept" in users
+    assert "alice\tTP-Card-Only := 1\n" in users  # accepted only with a verified card (radius_sun)
     assert 'bob\tCleartext-Password := "2468"' in users
     assert f'dave\tAuth-Type := Reject\n\tReply-Message := "{MSG_DISABLED}"' in users
     assert users.rstrip().endswith(f'DEFAULT\tAuth-Type := Reject\n\tReply-Message := "{MSG_UNKNOWN}"')
