@@ -8,6 +8,11 @@
     tenantprint org desk-key       --org-id ORG --out FILE            (on a desk PC, as root: the org's
                                    desk signing key; prints the public key for `desks.keys`)
     tenantprint org desk-backend install [--backend-dir DIR] [--key FILE]   (on a desk PC, as root)
+    tenantprint org card issue  --org FILE --secrets FILE --user U --uid HEX --keys-out FILE
+                                   (a user's NTAG 424 DNA card: new keys into the secrets file, the
+                                   card's keys into FILE, an org secret to delete once the card
+                                   is written; prints what to write into the card)
+    tenantprint org card revoke --org FILE --secrets FILE --user U
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+from pathlib import Path
 
 AGENTS = {"gateway-agent": "org.gateway_agent", "desk-agent": "org.desk_agent",
           "desk-backend": "org.desk_backend"}
@@ -39,11 +46,76 @@ def desk_key_main(argv: list[str]) -> int:
     return 0
 
 
+def card_main(argv: list[str]) -> int:
+    """`tenantprint org card issue|revoke` (org/card_issue.py): one JSON line on stdout, never a key;
+    an error is one line on stderr, exit 1."""
+    p = argparse.ArgumentParser(prog="tenantprint org card")
+    sub = p.add_subparsers(dest="action", required=True)
+    issue = sub.add_parser("issue", help="issue a user's NTAG 424 DNA card (replaces the user's card)")
+    revoke = sub.add_parser("revoke", help="remove a user's card from the secrets file")
+    for q in (issue, revoke):
+        q.add_argument("--org", required=True, help="the org's description (JSON), see org/onboarding.py")
+        q.add_argument("--secrets", required=True, help="the org's secrets file (JSON, mode 0600): rewritten")
+        q.add_argument("--user", required=True)
+    issue.add_argument("--uid", required=True, help="the card's UID: 7 bytes, 14 hex digits")
+    issue.add_argument("--keys-out", required=True, metavar="FILE",
+                       help="a new file (mode 0600) for the card's two keys, JSON {k_meta, k_file}, for "
+                            "the tool that writes the card: an org secret, delete it once the card is written")
+    args = p.parse_args(argv)
+    from org import card_issue
+
+    try:
+        out = (_card_issue if args.action == "issue" else _card_revoke)(args, card_issue)
+    except (OSError, ValueError, KeyError) as exc:
+        # the messages name files and users, never a key (a file that is not UTF-8: not its bytes)
+        why = "a file is not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        print(f"tenantprint org card {args.action}: {type(exc).__name__}: {why}", file=sys.stderr)
+        return 1
+    print(json.dumps(out))
+    return 0
+
+
+def _card_issue(args, card_issue) -> dict:
+    # the keys file is made first (never over an existing file), so a card is not issued whose keys
+    # could not be handed on
+    fd = os.open(args.keys_out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        card = card_issue.issue(args.org, args.secrets, args.user, args.uid)
+    except BaseException:
+        os.close(fd)
+        os.unlink(args.keys_out)
+        raise
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        json.dump({"k_meta": card.k_meta_read.hex(), "k_file": card.k_file_read.hex()}, f)
+        f.write("\n")
+    org_id = json.loads(Path(args.org).read_text())["org_id"]
+    e, c = card_issue.mirror_offsets(args.user, org_id)
+    return {"user": args.user, "org": org_id, "uid": card.uid.hex(),
+            "badge_ndef_hex": card_issue.badge_template(args.user, org_id).hex(),
+            "picc_data_offset": e, "sdm_mac_offset": c, "written": False,
+            "next": (f"write the card (not done here): its keys from {args.keys_out} (K_SDMMetaRead, "
+                     "K_SDMFileRead) into two application keys, badge_ndef_hex into its NDEF file, and SDM "
+                     "file settings with PICCDataOffset = picc_data_offset and SDMMACInputOffset = "
+                     "SDMMACOffset = sdm_mac_offset (counted from the NDEF file's start, its 2-byte NLEN "
+                     f"included); then delete {args.keys_out}; regenerate the radius config (tenantprint "
+                     "org radius-config --org ... --secrets ... --out DIR) and reload the org's FreeRADIUS")}
+
+
+def _card_revoke(args, card_issue) -> dict:
+    card_issue.revoke(args.org, args.secrets, args.user)
+    return {"user": args.user, "org": json.loads(Path(args.org).read_text())["org_id"], "revoked": True,
+            "next": "regenerate the radius config (tenantprint org radius-config --org ... --secrets ... "
+                    "--out DIR) and reload the org's FreeRADIUS: until then the server still takes the card"}
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] in AGENTS:
         return importlib.import_module(AGENTS[argv[0]]).main(argv[1:])
     if argv and argv[0] == "desk-key":
         return desk_key_main(argv[1:])
+    if argv and argv[0] == "card":
+        return card_main(argv[1:])
     p = argparse.ArgumentParser(prog="tenantprint org")
     p.add_argument("cmd", choices=[*AGENTS, *GENERATORS])
     p.add_argument("--org", required=True, help="the org's description (JSON), see org/onboarding.py")

@@ -22,7 +22,15 @@ carries as `print.desk_keys`. Without `desks` (descriptions written before it ex
 are taken to be on the RADIUS host and the profile has no desk key: it fails closed, no job of the
 org can be proven and none prints; `missing_desks(org)` says so, and the CLI prints it.
 
-Secrets (JSON, mode 0600, made by `provisioning/onboard-org.sh`): {"psk": "...", "radius": "..."}.
+A "card" user may carry a `pin`: the fallback PIN, asked for only when the tap brings no card proof
+(a card-only user without one is rejected then).
+
+Secrets (JSON, mode 0600, made by `provisioning/onboard-org.sh`): {"psk": "...", "radius": "..."},
+and once a card is issued (`tenantprint org card issue`, org/card_issue.py) `"cards": {"<user>":
+{"uid": hex, "k_meta": hex, "k_file": hex}}`: each user's NTAG 424 DNA card and its two keys, which
+`radius()` attaches to the user (a card for a user who is not in `radius.users`, or who is disabled,
+is an error that names the user).
+
 Today every device an org accepts shares the org's PSK, and the profile names the first device's
 IKE identity; per-device credentials (pubkey) are the next step.
 """
@@ -32,6 +40,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hal.card.badge import valid_id
+from org.card_sun import Card
 from org.gateway_config import DeviceGrant, OrgGateway, strongswan_conf, swanctl_conf, validate
 from org.radius_config import OrgRadius, RadiusUser, write_config_dir
 
@@ -67,7 +77,9 @@ def load(org_file: Path | str, secrets_file: Path | str) -> tuple[dict, dict]:
     if not isinstance(org["radius"].get("require_message_authenticator", False), bool):
         raise OnboardingError("radius.require_message_authenticator: expected true or false")
     secrets = json.loads(Path(secrets_file).read_text())
-    _take(secrets, "secrets", {"psk", "radius"})
+    _take(secrets, "secrets", {"psk", "radius"}, {"cards"})
+    if not isinstance(secrets.get("cards", {}), dict):
+        raise OnboardingError("secrets.cards: expected an object")
     return org, secrets
 
 
@@ -100,10 +112,31 @@ def _lan_address(g: dict) -> str:
 
 def radius(org: dict, secrets: dict) -> OrgRadius:
     r = org["radius"]
-    users = tuple(RadiusUser(_take(u, "radius.users[]", {"id", "kind"}, {"pin"})["id"], u["kind"], u.get("pin"))
+    cards = _cards(r["users"], secrets.get("cards", {}))
+    users = tuple(RadiusUser(_take(u, "radius.users[]", {"id", "kind"}, {"pin"})["id"], u["kind"], u.get("pin"),
+                             card=cards.get(u["id"]))
                   for u in r["users"])
     return OrgRadius(org_id=org["org_id"], secret=secrets["radius"].encode(), clients=(org["gateway"]["pool"],),
                      users=users, port=r.get("port", 1812))
+
+
+def _cards(users: list, cards: dict) -> dict[str, Card]:
+    """The issued cards by user id; an error names the user (a valid id only), never a key or UID."""
+    if not isinstance(users, list):
+        raise OnboardingError("radius.users: expected a list")
+    kinds = {u.get("id"): u.get("kind") for u in users if isinstance(u, dict)}
+    out = {}
+    for user, obj in cards.items():
+        who = user if valid_id(user) else "(not a valid user id)"
+        if user not in kinds:
+            raise OnboardingError(f"secrets.cards: {who}: not in radius.users (revoke the card)")
+        if kinds[user] == "disabled":
+            raise OnboardingError(f"secrets.cards: {who}: a disabled user has no card (revoke it)")
+        try:
+            out[user] = Card.from_json(obj)
+        except ValueError as exc:  # its message names no key
+            raise OnboardingError(f"secrets.cards: {who}: {exc}") from None
+    return out
 
 
 GATEWAY_AGENT_PORT = 8631  # `tenantprint org gateway-agent --listen` (its default port)
