@@ -13,6 +13,7 @@ from lab.host import LabError
 from lab.options import PANEL_ACTIONS
 from lab.poll import wait_for
 from lab.services.firmware import firmware_status, panel_request, type_on_keypad
+from lab.sun_cards import default_uid  # noqa: F401  (the benches present cards by it)
 
 
 def _firmware(lab):
@@ -53,9 +54,6 @@ def _contracted(lab) -> tuple[str, ...]:
     return contracted(lab.options.extra_orgs)
 
 
-def default_uid(org: str, user: str) -> str:
-    """A stable 7-byte card UID per user, so repeated taps present the same card."""
-    return "04" + hashlib.sha256(f"{user}@{org}".encode()).hexdigest()[:12]
 
 
 CARD_KINDS = ("type4", "type2", "uid-only", "type3", "wedge")
@@ -67,7 +65,9 @@ def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = N
     """Present the card, wait until the firmware has taken the tap, remove it, wait until it settles
     (and type `pin` on the panel if it asks for one). Returns the firmware's status.
 
-    `card_kind`: `type4` (an ISO 14443-4 card with the badge), `type2` (an NTAG with the badge), or
+    `card_kind`: `type4` (the NTAG 424 DNA the lab issued the user, `lab.sun_cards`: a fresh SUN
+    proof on every read; with another `uid`, a card someone wrote the badge on, without proof),
+    `type2` (an NTAG with the badge, no proof), or
     `uid-only` (the user's registered staff card: no badge, known by its UID, `lab.cards`), each
     behind the PC/SC reader; `type3` (a FeliCa Lite-S with the badge) on the nfcpy reader; `wedge`
     (the user's registered proximity badge number, typed by the keyboard-wedge reader).

@@ -55,7 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     fault = sub.add_parser("fault", help="inject a fault")
     fault.add_argument("kind", choices=FAULTS)
     fault.add_argument("--org", default="acme")
+    card = sub.add_parser("card", help="the virtual card: `last`, the NDEF message (hex) it gave at its "
+                                       "last read, as a skimmer would keep it (replay with tap --ndef-hex)")
+    card.add_argument("action", choices=("last",))
     sub.add_parser("scan-secrets", help="look for every org's canary secrets on the MFP host")
+
     cl = sub.add_parser("cloud", help="run the cloud admin CLI against the lab's directory (after --)")
     cl.add_argument("args", nargs=argparse.REMAINDER)
     sub.add_parser("demo", help="the whole story, narrated")
@@ -97,6 +101,11 @@ def _run(args) -> dict:
         return actions.print_file(lab, args.org, args.user, args.file, origin=args.origin)
     if args.cmd == "fault":
         return actions.fault(lab, args.kind, args.org)
+    if args.cmd == "card":
+        from lab.vcard import VirtualCard
+
+        reply = VirtualCard(lab).last_read()
+        return {"uid_hex": reply.get("uid_hex"), "ndef_hex": reply.get("ndef_hex")}
     if args.cmd == "scan-secrets":
         return actions.scan_secrets(lab)
     if args.cmd == "cloud":

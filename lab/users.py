@@ -1,6 +1,8 @@
 """The lab's seeded users: who exists in which org's auth server, and how they authenticate.
 
-- `card`: a tap is enough (`Auth-Type := Accept`);
+- `card`: a tap of the card the org issued them is enough: the org's server checks the card's SUN
+  proof (lab/sun_cards.py). A card without proof (an NTAG, a FeliCa, a badge written on any card)
+  is refused, or asks for the user's fallback PIN if they have one (carol);
 - `pin`: the server challenges for a PIN, then checks it;
 - `disabled`: the server rejects with "Account disabled".
 
@@ -31,7 +33,7 @@ class LabUser:
 USERS = (
     LabUser("alice", "acme", "card"),
     LabUser("bob", "acme", "pin", "2468"),
-    LabUser("carol", "acme", "card"),
+    LabUser("carol", "acme", "card", "739146"),  # her fallback PIN, for a card without proof
     LabUser("dave", "acme", "disabled"),
     LabUser("grace", "globex", "card"),
     LabUser("heidi", "globex", "pin", "1357"),

@@ -14,7 +14,17 @@ control socket for one-line JSON commands and answers one JSON line:
                                                                      behind the reader instead
                                                                      (`lab.vcard_type2`; no user:
                                                                      a blank tag, known by its UID)
+    {"cmd": "insert", "uid_hex": "<7 bytes>", "user", "org", "sun": {"k_meta", "k_file", "counter"}}
+                                                                     an NTAG 424 DNA issued to the
+                                                                     user: every read of its NDEF
+                                                                     file mirrors a fresh SUN message
+                                                                     (a version 2 badge, counter + 1)
     {"cmd": "remove"}    {"cmd": "status"}
+    {"cmd": "last"}      the NDEF message the card gave at its last read (what a skimmer or the
+                         reader saw: the lab's replay attacks take it from here)
+
+The server keeps each SUN card's counter by UID for its life (a card never counts down, whatever
+counter an insert names); `remove` answers with the card's counter.
 
 "Inserted" means connected to vpcd (TCP 127.0.0.1:35963 on the host); "removed" means the
 connection is closed. If vpcd goes away (pcscd restart) while a card is inserted, the card
@@ -37,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hal.card import mask_uid
+from org import card_sun
 from hal.card.badge import CC_FILE_ID, NDEF_AID, NDEF_FILE_ID, cc_file, encode_badge, ndef_file
 from lab import vpcd_protocol as vpcd
 
@@ -52,6 +63,7 @@ class CardImage:
     files: dict[int, bytes] = field(default_factory=dict)
     empty_reads: bool = False
     type2_memory: bytes | None = None  # an NTAG's memory instead of a Type 4 card's files
+    sun: "SunBadge | None" = None  # an NTAG 424 DNA: the NDEF file is made afresh on every read
 
     @classmethod
     def from_command(cls, cmd: dict) -> "CardImage":
@@ -65,6 +77,11 @@ class CardImage:
             return cls(uid, has_app=False, type2_memory=type2_image(message, uid))
         if cmd.get("no_app"):
             return cls(uid, has_app=False)
+        if "sun" in cmd:
+            sun = SunBadge(cmd["user"], cmd["org"], card_sun.Card(uid, bytes.fromhex(cmd["sun"]["k_meta"]),
+                                                                  bytes.fromhex(cmd["sun"]["k_file"])),
+                           int(cmd["sun"]["counter"]))
+            return cls(uid, files={CC_FILE_ID: cc_file(), NDEF_FILE_ID: sun.ndef_file()}, sun=sun)
         if "ndef_file_hex" in cmd:
             ndef = bytes.fromhex(cmd["ndef_file_hex"])
         elif "ndef_hex" in cmd:
@@ -74,6 +91,24 @@ class CardImage:
         cc = bytes.fromhex(cmd["cc_hex"]) if "cc_hex" in cmd else cc_file()
         return cls(uid, files={CC_FILE_ID: cc, NDEF_FILE_ID: ndef},
                    empty_reads=bool(cmd.get("empty_reads")))
+
+
+@dataclass
+class SunBadge:
+    """What an issued NTAG 424 DNA mirrors: a version 2 badge with its SUN message, counter + 1 per
+    read of the NDEF file (AN12196: the counter counts reads after a file selection)."""
+    user: str
+    org: str
+    card: card_sun.Card
+    counter: int
+
+    def ndef_file(self) -> bytes:
+        m = card_sun.message(self.card.uid, self.counter, self.card.k_meta_read, self.card.k_file_read)
+        return ndef_file(encode_badge(self.user, self.org, sun=(m.enc_picc_data, m.mac)))
+
+    def next_read(self) -> bytes:
+        self.counter += 1
+        return self.ndef_file()
 
 
 class Type4Applet:
@@ -102,6 +137,8 @@ class Type4Applet:
             fid = struct.unpack(">H", apdu[5:7])[0] if len(apdu) >= 7 else -1
             if self.app_selected and fid in self.card.files:
                 self.file = fid
+                if fid == NDEF_FILE_ID and self.card.sun is not None:
+                    self.card.files[fid] = self.card.sun.next_read()
                 return SW_OK
             return SW_NOT_FOUND
         if ins == 0xB0:
@@ -188,21 +225,33 @@ class VcardServer:
         self.control, self.port = control, port
         self.presence: Presence | None = None
         self.lock = threading.Lock()
+        self.counters: dict[bytes, int] = {}  # each SUN card's read counter, by UID
+        self.last: Presence | None = None  # the card removed last
 
     def handle(self, cmd: dict) -> dict:
         op = cmd.get("cmd")
         with self.lock:
             if op == "insert":
-                card = CardImage.from_command(cmd)
                 self._remove()
+                card = CardImage.from_command(cmd)
+                if card.sun is not None:  # a card never counts down
+                    card.sun.counter = max(card.sun.counter, self.counters.get(card.uid, 0))
                 self.presence = Presence(card, self.port)
                 connected = self.presence.connected.wait(float(cmd.get("wait_s", 3.0)))
                 log(f"inserted card {mask_uid(card.uid)} (connected={connected})")
                 return {"ok": True, "connected": connected}
             if op == "remove":
+                p = self.presence
                 was = self._remove()
                 log("removed card" if was else "remove: no card")
-                return {"ok": True, "removed": was}
+                counter = p.card.sun.counter if was and p.card.sun is not None else None
+                return {"ok": True, "removed": was, "counter": counter}
+            if op == "last":
+                p = self.presence or self.last
+                if p is None or NDEF_FILE_ID not in p.card.files:
+                    return {"ok": True, "ndef_hex": None}
+                data = p.card.files[NDEF_FILE_ID]
+                return {"ok": True, "uid_hex": p.card.uid.hex(), "ndef_hex": data[2:2 + struct.unpack(">H", data[:2])[0]].hex()}
             if op == "status":
                 p = self.presence
                 return {"ok": True, "inserted": p is not None,
@@ -215,6 +264,9 @@ class VcardServer:
         if p is None:
             return False
         p.stop()
+        self.last = p
+        if p.card.sun is not None:
+            self.counters[p.card.uid] = p.card.sun.counter
         return True
 
     def serve_forever(self) -> None:
@@ -253,7 +305,9 @@ class VirtualCard:
     """Drive the lab's virtual card from the root namespace (the vcard service must be running)."""
 
     def __init__(self, lab, host: str = "office"):
+        self.lab = lab
         self.path = lab.host(host).path(CONTROL_PATH)
+        self._sun_holder: tuple[str, str] | None = None
 
     def _call(self, cmd: dict, timeout: float = 10.0) -> dict:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -274,10 +328,21 @@ class VirtualCard:
                cc: bytes | None = None, no_app: bool = False, empty_reads: bool = False,
                type2: bool = False) -> dict:
         """Present a card: a badge for user/org, or raw NDEF/CC images, or no NDEF app; `type2`: an
-        NTAG with the badge (or blank, without user/org) instead of a Type 4 card."""
+        NTAG with the badge (or blank, without user/org) instead of a Type 4 card. A badge for
+        user/org on the UID of the card the lab issued them (lab/sun_cards.py) is that card, with a
+        fresh SUN message on every read; on any other UID it is a written card (version 1, no proof)."""
+        from lab import sun_cards
+
         cmd: dict = {"cmd": "insert", "uid_hex": uid.hex() if isinstance(uid, bytes) else uid}
+        self._sun_holder = None
         if user is not None or org is not None:
             cmd.update(user=user, org=org)
+            issued = sun_cards.card_of(self.lab, org, user) if user and org and not type2 else None
+            if (issued is not None and ndef is None and ndef_file is None and cc is None and not no_app
+                    and issued[0].uid.hex() == cmd["uid_hex"].lower()):
+                card, counter = issued
+                cmd["sun"] = {"k_meta": card.k_meta_read.hex(), "k_file": card.k_file_read.hex(), "counter": counter}
+                self._sun_holder = (org, user)
         if ndef is not None:
             cmd["ndef_hex"] = ndef.hex()
         if ndef_file is not None:
@@ -296,7 +361,17 @@ class VirtualCard:
         return reply
 
     def remove(self) -> dict:
-        return self._call({"cmd": "remove"})
+        from lab import sun_cards
+
+        reply = self._call({"cmd": "remove"})
+        if self._sun_holder is not None and reply.get("counter") is not None:
+            sun_cards.counted(self.lab, *self._sun_holder, reply["counter"])
+        self._sun_holder = None
+        return reply
+
+    def last_read(self) -> dict:
+        """The NDEF message (hex) the card gave at its last read, and its UID."""
+        return self._call({"cmd": "last"})
 
     def status(self) -> dict:
         return self._call({"cmd": "status"}, timeout=2.0)

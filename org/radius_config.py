@@ -39,6 +39,10 @@ in the FreeRADIUS process's memory only, so a restart (or a second server behind
 starts from zero; the read and the write of one count are separate cache operations, so
 concurrent requests for one user can each pass the check (the firmware sends one at a time).
 
+A client's resend of a request (the same packet, after its timeout) is answered from the server's
+reply cache for `cleanup_delay` (10 s, above the longest wait between two sends of a profile): a
+card proof accepted once is not refused as a replay when only the Accept was lost.
+
 Every reject waits `reject_delay_s` (FreeRADIUS's default 1 s). Clients must send a
 Message-Authenticator (`require_message_authenticator = yes`; requests without one are dropped).
 
@@ -279,7 +283,7 @@ db_dir = {d}
 libdir = /usr/lib/freeradius
 pidfile = {d}/run/freeradius.pid
 max_request_time = 10
-cleanup_delay = 2
+cleanup_delay = 10
 max_requests = 1024
 hostname_lookups = no
 

@@ -7,8 +7,11 @@ section names two files in the server's config directory:
 
 - `cards`: the org's registered cards, JSON `{"<user>": {"uid": hex, "k_meta": hex, "k_file": hex}}`
   (mode 0600, written by `write_config_dir`: the keys are org secrets and stay on the org's server);
-- `counters`: the highest read counter accepted per card UID, JSON `{"<uid hex>": n}`, kept across
-  restarts and re-renders of the config (replaced atomically, fsynced, before the answer).
+- `counters`: the highest read counter accepted per card, JSON `{"<uid hex>:<key id>": n}`, kept
+  across restarts and re-renders of the config (replaced atomically, fsynced, before the answer).
+  The key id (`counter_key`: 8 bytes of SHA-256 over the card's two keys) makes a card issued again
+  with new keys (its counter starts over when its SDM settings are written) a new entry, while its
+  old keys' messages no longer verify at all.
 
 `authorize` answers:
 - ok, with `control:TP-Card-Verified := 1`: the message verifies under the org's keys, is from the
@@ -25,6 +28,7 @@ generator rewrites the config; the lab restarts the server).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -41,6 +45,11 @@ RLM_MODULE_REJECT, RLM_MODULE_FAIL, RLM_MODULE_OK = 0, 1, 2
 
 _lock = threading.Lock()
 _state: dict = {}
+
+
+def counter_key(uid: bytes, k_meta: bytes, k_file: bytes) -> str:
+    """The counters file's key for a card: its UID and an id of its keys."""
+    return f"{uid.hex()}:{hashlib.sha256(k_meta + k_file).hexdigest()[:16]}"
 
 
 class CardStore:
@@ -69,10 +78,10 @@ class CardStore:
         uid, k_meta, k_file = card
         msg = card_sun.SunMessage(proof[:32], proof[32:])
         try:
-            reading = card_sun.check(msg, k_meta, k_file, uid, self.counters.get(uid.hex()))
+            reading = card_sun.check(msg, k_meta, k_file, uid, self.counters.get(counter_key(*card)))
         except card_sun.SunError as exc:
             return str(exc)
-        self.counters[uid.hex()] = reading.counter
+        self.counters[counter_key(*card)] = reading.counter
         self._save()
         return None
 

@@ -48,13 +48,18 @@ class RadiusService:
         return lab.layout.logs_dir / f"{self.name}.log"
 
     def org_radius(self, lab) -> OrgRadius:
+        from dataclasses import replace
+
         from lab.orgs import POOL, org_secrets
+        from lab.sun_cards import cards_of
         from lab.users import users_of
 
         secret = self._secret if self._secret is not None else org_secrets(lab, self.org)["radius"].encode()
+        cards = cards_of(lab, self.org)
         return OrgRadius(
             org_id=self.org, secret=secret, clients=(POOL, *self.extra_clients),
-            users=tuple(u.radius_user() for u in users_of(self.org)),
+            # each user's issued card (lab/sun_cards.py), as `tenantprint org card issue` registers it
+            users=tuple(replace(u.radius_user(), card=cards.get(u.user_id)) for u in users_of(self.org)),
             listen_address=self.address(lab), port=self.port, reject_delay_s=self.reject_delay_s,
         )
 

@@ -21,9 +21,11 @@ import pytest
 
 from prereq import need_binary
 
+from lab import sun_cards
 from lab.orgs import lab_profile, org_secrets
 from lab.services.radius import RadiusService
 from lab.users import USERS
+from org import card_sun
 from org.radius_config import RadiusUser
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -32,7 +34,8 @@ REJECT_DELAY_S = 1.0
 
 # Runs on a lab host: reads {"auth": <wire auth>, "org": ..., "steps": [...]} on stdin, runs each
 # step through hal.auth, prints one JSON result per step. A step {"user", "org"?, "pin"?,
-# "use_state": bool} answers the previous step's challenge when use_state is set.
+# "use_state": bool, "proof"?} answers the previous step's challenge when use_state is set; "proof":
+# true is replaced (in run_steps) by a fresh SUN message of the user's issued card (lab/sun_cards.py).
 RUNNER = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
@@ -44,7 +47,7 @@ out, state = [], None
 for step in req["steps"]:
     t0 = time.monotonic()
     o = auth.authenticate(step["user"], step.get("org", req["profile"]["org_id"]), step.get("pin"),
-                          state if step.get("use_state") else None)
+                          state if step.get("use_state") else None, proof=step.get("proof"))
     state = o.challenge if isinstance(o, PinRequired) else None
     d = {k: v for k, v in o.__dict__.items() if k != "challenge"}
     d.update(kind=type(o).__name__, elapsed=time.monotonic() - t0, deadline=auth.deadline_s)
@@ -73,7 +76,17 @@ def profile(lab, org="acme", **auth) -> dict:
     return wire
 
 
+def fresh_proof(lab, org: str, user: str) -> str:
+    """The next SUN message of user@org's issued card, as the card would mirror it on a read."""
+    card, counter = sun_cards.card_of(lab, org, user)
+    m = card_sun.message(card.uid, counter + 1, card.k_meta_read, card.k_file_read)
+    sun_cards.counted(lab, org, user, counter + 1)
+    return m.enc_picc_data + m.mac
+
+
 def run_steps(lab, host: str, wire: dict, steps: list[dict]) -> list[dict]:
+    steps = [{**st, "proof": fresh_proof(lab, wire["org_id"], st["user"])} if st.get("proof") is True else st
+             for st in steps]
     proc = lab.host(host).run([sys.executable, "-c", RUNNER, ROOT],
                               input=json.dumps({"profile": wire, "steps": steps}).encode(), check=False,
                               timeout=60)
@@ -104,6 +117,7 @@ def assert_no_secret_leak(lab, outputs: list) -> None:
 def test_outcomes_of_the_lab_users(lab, radius):
     assert radius.startup_s < 5
     steps = [
+        {"user": "alice", "proof": True}, {"user": "carol", "proof": True},
         {"user": "alice"}, {"user": "carol"},
         {"user": "bob"}, {"user": "bob", "pin": "2468", "use_state": True},
         {"user": "bob"}, {"user": "bob", "pin": "1111", "use_state": True},
@@ -115,6 +129,8 @@ def test_outcomes_of_the_lab_users(lab, radius):
     kinds = [(x["kind"], x.get("message") or x.get("prompt") or x.get("reason")) for x in r]
     assert kinds == [
         ("Accepted", None), ("Accepted", None),
+        # without the card's proof: card-only alice is refused, carol is asked her fallback PIN
+        ("Rejected", "Card not verified"), ("PinRequired", "Enter PIN"),
         ("PinRequired", "Enter PIN"), ("Accepted", None),
         ("PinRequired", "Enter PIN"), ("Rejected", "Wrong PIN"),
         ("Rejected", "Account disabled"), ("Rejected", "Unknown user"),
@@ -122,7 +138,7 @@ def test_outcomes_of_the_lab_users(lab, radius):
         ("Rejected", "Unknown user"),  # grace is globex's: acme's server does not know her
         ("BadInput", "user id is not a valid id"), ("BadInput", "PIN must be 4-16 digits"),
     ]
-    assert r[2]["state_len"] == 16 and r[4]["state_len"] == 16
+    assert r[4]["state_len"] == 16 and r[6]["state_len"] == 16
     for x in r:
         if x["kind"] == "Rejected":  # the server's reject delay, and not much more
             assert REJECT_DELAY_S - 0.05 < x["elapsed"] < REJECT_DELAY_S + 0.5, x
@@ -166,7 +182,7 @@ def test_wrong_pins_lock_the_user_at_the_server(lab, radius):
                  + [{**bob, "pin": wrong}, {**bob, "pin": right}]           # accepted: the count was reset
                  + [{**bob, "pin": wrong}] * 5                              # the 5th wrong one locks
                  + [bob, {**bob, "pin": right, "use_state": True}]         # challenge as usual, then no
-                 + [{"user": "erin", "pin": svc.OTHER.pin}, {"user": "alice"}])
+                 + [{"user": "erin", "pin": svc.OTHER.pin}, {"user": "alice", "proof": True}])
         r = run_steps(lab, "gw-acme", profile(lab, port=svc.PORT), steps)
         kinds = [(x["kind"], x.get("message") or x.get("prompt")) for x in r]
         rejected, accepted = ("Rejected", "Wrong PIN"), ("Accepted", None)
@@ -212,7 +228,7 @@ def test_radius_stopped_is_unavailable_within_bound_then_recovers(lab, radius):
         radius.start(lab)
         restart_s = time.monotonic() - t0
     assert restart_s < 5
-    r = run_steps(lab, "gw-acme", wire, [{"user": "alice"}])
+    r = run_steps(lab, "gw-acme", wire, [{"user": "alice", "proof": True}])
     assert r[0]["kind"] == "Accepted"
 
 
@@ -248,7 +264,7 @@ def test_through_the_tunnel_from_the_mfp_virtual_ip(lab, radius):
     try:
         up = tun.up(SessionProfile.from_wire(profile(lab)), timeout=10)
         r = run_steps(lab, "office", profile(lab), [
-            {"user": "alice"}, {"user": "bob"}, {"user": "bob", "pin": "2468", "use_state": True},
+            {"user": "alice", "proof": True}, {"user": "bob"}, {"user": "bob", "pin": "2468", "use_state": True},
             {"user": "dave"}])
         assert [x["kind"] for x in r] == ["Accepted", "PinRequired", "Accepted", "Rejected"]
         assert up.virtual_ip.startswith("10.20.0.2")

@@ -29,6 +29,7 @@ from hal.card.badge import decode_badge, encode_badge
 from hal.directory.profile import AuthServerProfile, Secret
 from org import card_sun
 from org.card_sun import Card
+from org.radius_sun import counter_key
 from org.radius_config import COUNTERS_FILE, OrgRadius, RadiusUser, write_config_dir
 
 FREERADIUS = "/usr/sbin/freeradius"
@@ -188,7 +189,7 @@ def test_counters_survive_a_restart_and_a_rewritten_config(server, auth):
     used = ALICE.read()
     assert auth.authenticate("alice", "acme", proof=used) == Accepted("alice")
     before = counters(server)
-    assert before[ALICE.card.uid.hex()] >= 1
+    assert before[counter_key(ALICE.card.uid, ALICE.card.k_meta_read, ALICE.card.k_file_read)] >= 1
     server.restart(rewrite=False)
     assert auth.authenticate("alice", "acme", proof=used) == Rejected("alice", NOT_VERIFIED)
     server.restart(rewrite=True)  # write_config_dir again: the counters file is state, not config

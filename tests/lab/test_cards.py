@@ -30,14 +30,20 @@ def _print(user: str):
     wait_for(lambda: user in _held_users(), 20, f"{user}'s job held")
 
 
-def test_a_badge_on_an_ntag_opens_the_session_and_releases(clean_system):
+def test_a_badge_on_an_ntag_opens_the_session_and_releases_with_the_fallback_pin(clean_system):
+    """An NTAG cannot prove itself (issue 18): card-only alice's badge on one opens the session but
+    releases nothing; carol's asks for her fallback PIN, then releases her job only."""
     st = lab_cli("tap", "--org", "acme", "--user", "alice", "--card", "type2")
     assert st["state"] == "ready" and st["org"] == "acme"
     wait_for(lambda: _status()["desks"]["acme"]["queue"], 20, "acme's desk queue")
     before = len(_status()["printed"])
     _print("alice")
-    lab_cli("tap", "--org", "acme", "--user", "alice", "--card", "type2")
-    wait_for(lambda: _printed_users(before) == ["alice"], 15, "alice's document")
+    _print("carol")
+    st = lab_cli("tap", "--org", "acme", "--user", "alice", "--card", "type2")
+    assert (st["state"], st["panel"]) == ("ready", "Not authorized")
+    lab_cli("tap", "--org", "acme", "--user", "carol", "--card", "type2", "--pin", "739146")
+    wait_for(lambda: _printed_users(before) == ["carol"], 15, "carol's document")
+    assert _held_users() == ["alice"]
 
 
 def test_a_staff_card_known_by_its_uid_asks_the_pin_and_releases_its_owners_jobs(clean_system):
@@ -73,9 +79,10 @@ def test_a_felica_lite_s_badge_on_the_nfc_reader_opens_and_releases(clean_system
     assert st["state"] == "ready" and st["org"] == "acme"
     wait_for(lambda: _status()["desks"]["acme"]["queue"], 20, "acme's desk queue")
     before = len(_status()["printed"])
-    _print("alice")
-    lab_cli("tap", "--org", "acme", "--user", "alice", "--card", "type3")
-    wait_for(lambda: _printed_users(before) == ["alice"], 15, "alice's document")
+    _print("carol")
+    # a FeliCa Lite-S cannot prove itself: carol's fallback PIN (issue 18)
+    lab_cli("tap", "--org", "acme", "--user", "carol", "--card", "type3", "--pin", "739146")
+    wait_for(lambda: _printed_users(before) == ["carol"], 15, "carol's document")
     readers = _status()["firmware"]["card_reader"]
     assert readers["connected"] is True and len(readers["readers"]) == 3
 

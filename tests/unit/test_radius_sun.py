@@ -14,7 +14,7 @@ import pytest
 
 from org import card_sun
 from org.card_sun import Card
-from org.radius_sun import (ATTR_PROOF, ATTR_VERIFIED, MSG_NOT_VERIFIED, RLM_MODULE_OK, RLM_MODULE_REJECT,
+from org.radius_sun import (ATTR_PROOF, counter_key, ATTR_VERIFIED, MSG_NOT_VERIFIED, RLM_MODULE_OK, RLM_MODULE_REJECT,
                             CardStore, decide)
 
 ALICE = Card.new(bytes.fromhex("04A1A1A1A1A1A1"))
@@ -55,6 +55,10 @@ def answer(store: CardStore, user: str | None, sun: str | None) -> tuple:
     return rcode, reply, control
 
 
+def _ck(card: Card) -> str:
+    return counter_key(card.uid, card.k_meta_read, card.k_file_read)
+
+
 def test_a_good_fresh_message_is_accepted(paths):
     assert answer(store_of(paths), "alice", proof(ALICE, 1)) == OK
 
@@ -78,7 +82,7 @@ def test_an_older_counter_is_refused_a_newer_one_taken(paths):
     assert answer(store, "alice", proof(ALICE, 3)) == REJECT
     assert answer(store, "alice", proof(ALICE, 5)) == REJECT  # a fresh encryption of a used counter
     assert answer(store, "alice", proof(ALICE, 6)) == OK
-    assert store.counters == {ALICE.uid.hex(): 6}
+    assert store.counters == {_ck(ALICE): 6}
 
 
 def test_another_cards_message_under_the_same_keys_is_refused(paths):
@@ -139,15 +143,15 @@ def test_counters_are_persisted_and_honoured_after_a_restart(paths):
     counters_path = paths[1]
     old = proof(ALICE, 10)
     assert answer(store_of(paths), "alice", old) == OK
-    assert json.loads(counters_path.read_text()) == {ALICE.uid.hex(): 10}
+    assert json.loads(counters_path.read_text()) == {_ck(ALICE): 10}
     assert not (counters_path.parent / f"{counters_path.name}.tmp").exists()
     restarted = store_of(paths)  # the server restarted: a fresh store reads the file
-    assert restarted.counters == {ALICE.uid.hex(): 10}
+    assert restarted.counters == {_ck(ALICE): 10}
     assert answer(restarted, "alice", old) == REJECT
     assert answer(restarted, "alice", proof(ALICE, 9)) == REJECT
     assert answer(restarted, "alice", proof(ALICE, 11)) == OK
     assert answer(restarted, "bob", proof(BOB, 1)) == OK
-    assert json.loads(counters_path.read_text()) == {ALICE.uid.hex(): 11, BOB.uid.hex(): 1}
+    assert json.loads(counters_path.read_text()) == {_ck(ALICE): 11, _ck(BOB): 1}
 
 
 def test_no_counter_file_until_a_message_is_accepted(paths):
@@ -159,3 +163,16 @@ def test_no_counter_file_until_a_message_is_accepted(paths):
 def test_the_counter_file_is_private(paths):
     answer(store_of(paths), "alice", proof(ALICE, 1))
     assert stat.S_IMODE(paths[1].stat().st_mode) == 0o600
+
+
+def test_a_card_issued_again_with_new_keys_starts_its_counter_over(paths):
+    """Writing a card's SDM settings again (a re-issue, new keys, same UID) resets its counter on
+    the card: the new keys' messages start from 1, the old keys' messages no longer verify."""
+    store = store_of(paths)
+    assert answer(store, "alice", proof(ALICE, 40))[0] == RLM_MODULE_OK
+    again = Card.new(ALICE.uid)
+    paths[0].write_text(json.dumps({"alice": again.to_json(), "bob": BOB.to_json()}))
+    store = store_of(paths)  # the server reloaded with the new cards file
+    assert answer(store, "alice", proof(again, 1))[0] == RLM_MODULE_OK
+    assert answer(store, "alice", proof(ALICE, 41))[0] == RLM_MODULE_REJECT
+    assert answer(store, "alice", proof(again, 1))[0] == RLM_MODULE_REJECT  # and no replay of the new
