@@ -46,9 +46,26 @@ card proof accepted once is not refused as a replay when only the Accept was los
 Every reject waits `reject_delay_s` (FreeRADIUS's default 1 s). Clients must send a
 Message-Authenticator (`require_message_authenticator = yes`; requests without one are dropped).
 
-The output holds the shared secret, the PINs and the cards' keys (`cards.json`): write it only into
-the auth server's own config directory. Needs Debian's `freeradius-python3` and
-`python3-cryptography` on the org's server.
+RADIUS over TLS (RadSec, RFC 6614; issue 18), with `OrgRadius.radsec` set: a second listener (TCP,
+port 2083 by default) where MFPs authenticate with their own device certificates, issued by the
+coworking space's device CA (`RadsecListener.ca_file`), so no shared secret ever reaches a device:
+RFC 6614 fixes the RADIUS secret of such clients to the public "radsec" (`clients radsec`, one
+`proto = tls` client per pool network). The server presents `certificate_file`, which the MFP checks
+against the CA in its profile (hal/auth/radsec.py). A connection without a client certificate, with
+one that does not chain to the space CA or has expired (or is on the CRL in `ca_file`, with
+`check_crl`) ends in the handshake. With `allowed_clients` (device ids), a request over a connection
+whose certificate's CN and first dNSName SAN are none of them gets no answer (the device sees a
+dead server; the server's log says why). That check is per request (`%{listen:TLS-Client-Cert-...}`),
+not per connection: FreeRADIUS 3.2.1's `check_client_connections` (`Autz-Type New-TLS-Connection`)
+holds a request that arrives with the handshake's last flight until the client sends more, so a
+client that sends one request and waits never gets its answer. Requests over TLS go through the
+same policy as over UDP. With `radsec_only` there is no UDP listener and no shared secret in the
+output at all (`secret` is ignored); without it the UDP listener stays beside RadSec (the lab's
+MFPs still use it).
+
+The output holds the shared secret (unless `radsec_only`), the PINs and the cards' keys
+(`cards.json`): write it only into the auth server's own config directory. Needs Debian's
+`freeradius-python3` and `python3-cryptography` on the org's server.
 """
 
 from __future__ import annotations
@@ -69,6 +86,12 @@ _PIN = re.compile(r"^[0-9]{4,16}$")
 # string (quotes, backslash, `$` of ${...} expansion): the secret goes in a single-quoted string.
 _SECRET = re.compile(rb"^[\x21-\x7e]{8,128}$")
 _SECRET_FORBIDDEN = (b"'", b'"', b"\\", b"$")
+_PATH = re.compile(r"^/[A-Za-z0-9._+/-]{1,4095}$")  # written unquoted into the config
+RADSEC_SECRET = "radsec"  # RFC 6614 2.3: the shared secret of every RADIUS/TLS client
+# TCP connections one pool network may hold. The MFP opens one per exchange, and FreeRADIUS counts
+# a closed one until its last request is cleaned up (cleanup_delay, 10 s): its default of 16 per
+# client refused the 17th exchange within 10 s (measured), and one client entry is a whole pool.
+RADSEC_MAX_CONNECTIONS = 512
 
 USER_KINDS = ("card", "pin", "disabled")
 MSG_NOT_MEMBER = "User is not a member of this organization"
@@ -103,6 +126,20 @@ class RadiusUser:
 
 
 @dataclass(frozen=True)
+class RadsecListener:
+    """RADIUS over TLS (RFC 6614). Files are absolute paths on the org's server, readable by it."""
+
+    certificate_file: str  # the server's certificate (PEM; its chain after it)
+    private_key_file: str  # its key (PEM, not encrypted)
+    ca_file: str  # the coworking space's device CA: client certificates must chain to it
+    port: int = 2083
+    # device ids that may connect (matched to the client certificate's CN or dNSName SAN);
+    # empty: any device certificate of the space CA
+    allowed_clients: tuple[str, ...] = ()
+    check_crl: bool = False  # `ca_file` also holds the CA's CRL; a revoked device is refused
+
+
+@dataclass(frozen=True)
 class OrgRadius:
     org_id: str
     secret: bytes = field(repr=False)
@@ -113,6 +150,8 @@ class OrgRadius:
     reject_delay_s: int = 1
     pin_max_failures: int = 5  # wrong PINs in a row that lock the user ...
     pin_lockout_s: int = 900  # ... for this long (also the window between two wrong PINs)
+    radsec: RadsecListener | None = None  # RADIUS over TLS beside (or instead of) UDP
+    radsec_only: bool = False  # no UDP listener, no shared secret (needs `radsec`)
 
 
 def client_networks(clients: tuple[str, ...]) -> list[ipaddress.IPv4Network]:
@@ -135,8 +174,12 @@ def client_networks(clients: tuple[str, ...]) -> list[ipaddress.IPv4Network]:
 def validate(cfg: OrgRadius) -> None:
     if not _ID.match(cfg.org_id):
         raise RadiusConfigError("org_id: invalid")
+    if cfg.radsec_only and cfg.radsec is None:
+        raise RadiusConfigError("radsec_only: needs a radsec listener")
+    if cfg.radsec is not None:
+        _validate_radsec(cfg.radsec)
     secret = bytes(cfg.secret)
-    if not _SECRET.match(secret) or any(c in secret for c in _SECRET_FORBIDDEN):
+    if not cfg.radsec_only and (not _SECRET.match(secret) or any(c in secret for c in _SECRET_FORBIDDEN)):
         raise RadiusConfigError("secret: must be 8-128 printable ASCII characters without quotes, backslash or $")
     if not cfg.clients:
         raise RadiusConfigError("clients: at least one is needed")
@@ -181,6 +224,17 @@ def validate(cfg: OrgRadius) -> None:
     uids = [u.card.uid for u in cfg.users if u.card is not None]
     if len(set(uids)) != len(uids):
         raise RadiusConfigError("users: one card is issued to two users")
+
+
+def _validate_radsec(r: RadsecListener) -> None:
+    for name in ("certificate_file", "private_key_file", "ca_file"):
+        if not isinstance(getattr(r, name), str) or not _PATH.match(getattr(r, name)):
+            raise RadiusConfigError(f"radsec.{name}: must be an absolute path of letters, digits and ._+/-")
+    if not 1 <= r.port <= 65535:
+        raise RadiusConfigError("radsec.port: out of range")
+    if isinstance(r.allowed_clients, str) or len(set(r.allowed_clients)) != len(r.allowed_clients) \
+            or not all(isinstance(c, str) and _ID.match(c) for c in r.allowed_clients):
+        raise RadiusConfigError("radsec.allowed_clients: device ids, each once")
 
 
 def render(cfg: OrgRadius, config_dir: Path | str) -> dict[str, str]:
@@ -229,7 +283,12 @@ def _dictionary() -> str:
 
 
 def _clients_conf(cfg: OrgRadius) -> str:
-    out = [f"# RADIUS clients of {cfg.org_id}: the MFP virtual-IP pool (holds the shared secret)\n"]
+    what = "over TLS only" if cfg.radsec_only else "(holds the shared secret)"
+    out = [f"# RADIUS clients of {cfg.org_id}: the MFP virtual-IP pool {what}\n"]
+    if cfg.radsec is not None:
+        out.append(_radsec_clients(cfg))
+    if cfg.radsec_only:
+        return "".join(out)
     for i, net in enumerate(client_networks(cfg.clients)):
         out.append(
             f"client mfp-pool-{i} {{\n"
@@ -240,6 +299,83 @@ def _clients_conf(cfg: OrgRadius) -> str:
             f"}}\n"
         )
     return "".join(out)
+
+
+def _radsec_clients(cfg: OrgRadius) -> str:
+    out = [("# RadSec clients (RFC 6614): a device certificate of the space CA proves the client; the\n"
+            "# secret is the public \"radsec\" of RFC 6614 2.3\n"), "clients radsec {\n"]
+    for i, net in enumerate(client_networks(cfg.clients)):
+        out.append(f"\tclient mfp-tls-{i} {{\n"
+                   f"\t\tipaddr = {net}\n"
+                   f"\t\tproto = tls\n"
+                   f"\t\tsecret = {RADSEC_SECRET}\n"
+                   f"\t\trequire_message_authenticator = yes\n"
+                   f"\t\tnas_type = other\n"
+                   f"\t\tlimit {{\n"
+                   f"\t\t\tmax_connections = {RADSEC_MAX_CONNECTIONS}\n"
+                   f"\t\t\tlifetime = 0\n"
+                   f"\t\t\tidle_timeout = 30\n"
+                   f"\t\t}}\n"
+                   f"\t}}\n")
+    out.append("}\n")
+    return "".join(out)
+
+
+def _listeners(cfg: OrgRadius, listen_ip: str) -> str:
+    out = []
+    if not cfg.radsec_only:
+        out.append(f"\tlisten {{\n\t\ttype = auth\n\t\tipaddr = {listen_ip}\n\t\tport = {cfg.port}\n"
+                   f"\t\tproto = udp\n\t}}\n")
+    r = cfg.radsec
+    if r is not None:
+        # The handshake refuses a client without a valid certificate of the space CA (expired,
+        # or on its CRL with check_crl); whose it is, is checked per request (_allowed_devices).
+        out.append(f"""\tlisten {{
+\t\ttype = auth
+\t\tipaddr = {listen_ip}
+\t\tport = {r.port}
+\t\tproto = tcp
+\t\tclients = radsec
+\t\tlimit {{
+\t\t\tmax_connections = {RADSEC_MAX_CONNECTIONS}
+\t\t\tlifetime = 0
+\t\t\tidle_timeout = 30
+\t\t}}
+\t\ttls {{
+\t\t\tcertificate_file = {r.certificate_file}
+\t\t\tprivate_key_file = {r.private_key_file}
+\t\t\tca_file = {r.ca_file}
+\t\t\trequire_client_cert = yes
+\t\t\tcheck_crl = {'yes' if r.check_crl else 'no'}
+\t\t\ttls_min_version = "1.2"
+\t\t\ttls_max_version = "1.3"
+\t\t\tcipher_list = "DEFAULT"
+\t\t\tfragment_size = 8192
+\t\t\tcache {{
+\t\t\t\tenable = no
+\t\t\t}}
+\t\t}}
+\t}}
+""")
+    return "".join(out)
+
+
+def _allowed_devices(cfg: OrgRadius) -> str:
+    """Requests over RadSec from a device not in `allowed_clients`: no answer. The certificate's
+    CN or dNSName SAN must be an allowed device id."""
+    if cfg.radsec is None or not cfg.radsec.allowed_clients:
+        return ""
+    # ids are [A-Za-z0-9._-]: only the dot means something in a regex
+    ids = "|".join(c.replace(".", "[.]") for c in cfg.radsec.allowed_clients)
+    return f"""\t\tif ("%{{client:shortname}}" =~ /^mfp-tls-/) {{
+\t\t\tif (!("%{{listen:TLS-Client-Cert-Common-Name}}" =~ /^({ids})$/ || "%{{listen:TLS-Client-Cert-Subject-Alt-Name-Dns}}" =~ /^({ids})$/)) {{
+\t\t\t\tupdate control {{
+\t\t\t\t\t&Response-Packet-Type := Do-Not-Respond
+\t\t\t\t}}
+\t\t\t\thandled
+\t\t\t}}
+\t\t}}
+"""
 
 
 def _users(cfg: OrgRadius) -> str:
@@ -362,15 +498,9 @@ modules {{
 }}
 
 server default {{
-\tlisten {{
-\t\ttype = auth
-\t\tipaddr = {listen_ip}
-\t\tport = {cfg.port}
-\t\tproto = udp
-\t}}
-
+{_listeners(cfg, listen_ip)}
 \tauthorize {{
-\t\tif (&User-Name =~ /^([A-Za-z0-9][A-Za-z0-9._-]{{0,63}})@{realm}$/) {{
+{_allowed_devices(cfg)}\t\tif (&User-Name =~ /^([A-Za-z0-9][A-Za-z0-9._-]{{0,63}})@{realm}$/) {{
 \t\t\tupdate request {{
 \t\t\t\t&Stripped-User-Name := "%{{1}}"
 \t\t\t}}

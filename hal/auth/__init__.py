@@ -17,12 +17,15 @@ does not verify, a reply we do not understand) is not yes. Fail closed.
 
 `proof` is the tap's card proof (a version 2 badge's SUN message, 48 uppercase hex digits,
 `hal.card.badge`): the MFP cannot check it, so it forwards it unchanged, in the first request of an
-exchange only (it is good for one tap); the org's server checks it. RADIUS sends it as the
+exchange only (it is good for one tap); the org's server checks it. RADIUS (and RadSec) sends it as the
 `TP-Card-SUN` attribute; LDAP has nowhere to send it (a directory cannot check a card).
 
 No outcome, log line or error message holds a secret or a PIN.
 
-`open_authenticator(profile.auth)` picks the implementation by the profile's `kind`.
+`open_authenticator(profile.auth, **options)` picks the implementation by the profile's `kind`:
+`radius` (hal/auth/radius.py, UDP with the org's shared secret), `radsec` (hal/auth/radsec.py, RADIUS
+over TLS with the device's certificate: needs `client_cert=` and `client_key=`, the device's files),
+`ldap` (hal/auth/ldap.py).
 """
 
 from __future__ import annotations
@@ -136,11 +139,16 @@ def check_input(user_id: object, org_id: object, pin: object, state: object,
 
 
 def open_authenticator(auth: "AuthServerProfile", **options) -> Authenticator:
-    """The authenticator for `auth.kind` (`radius`, `ldap`). Options go to the implementation."""
+    """The authenticator for `auth.kind` (`radius`, `radsec`, `ldap`). Options go to the
+    implementation (`radsec` needs `client_cert` and `client_key`: the device certificate's files)."""
     if auth.kind == "radius":
         from hal.auth.radius import RadiusAuthenticator
 
         return RadiusAuthenticator(auth, **options)
+    if auth.kind == "radsec":
+        from hal.auth.radsec import RadsecAuthenticator
+
+        return RadsecAuthenticator(auth, **options)
     if auth.kind == "ldap":
         try:
             from hal.auth.ldap import LdapAuthenticator

@@ -19,6 +19,9 @@ Wire format (JSON object):
      "auth": {"kind": "radius", "host": "10.20.0.50", "port": 1812, "secret": "...",
               "user_format": "{user}@{org}", "timeout_s": 3.0, "retries": 2,
               "require_message_authenticator": false}   # optional: true when the server signs replies
+           | {"kind": "radsec", "host": "10.20.0.50", "port": 2083, "ca_pem": "...",   # port: optional (2083)
+              "server_name": "radius.acme",                  # optional: else host is checked as an IP SAN
+              "user_format": "{user}@{org}", "timeout_s": 3.0, "retries": 2}
            | {"kind": "ldap", "host": "...", "port": 389, "base_dn": "...", "bind_dn": "...",
               "bind_password": "...", "user_attr": "uid", "timeout_s": 3,
               "ca_pem": "..."},                              # StartTLS: verifies the server
@@ -37,6 +40,11 @@ from all of it through the tunnel.
 (hal/printer/job_proof.py); a job is the user's only with a proof that verifies under one of them.
 Parsed as `SessionProfile.desk_keys` (raw 32-byte keys). Absent (profiles registered before it
 existed) means an empty tuple: then no job of this org can be proven, and none may print.
+
+`auth.kind == "radsec"`: RADIUS over TLS (RFC 6614, hal/auth/radsec.py). The device presents its
+own certificate as the TLS client certificate, so the profile carries no secret at all: `ca_pem`
+verifies the org's server, whose certificate must name `server_name` (a DNS name) or, without it,
+`host` (an IP SAN). A `secret` key is refused (unknown key) like any other.
 
 `print.outcomes_url`: where the MFP tells the org's desks, through the tunnel, what became of the
 jobs they delivered (released, deleted by their owner, expired): the org's gateway agent
@@ -193,7 +201,9 @@ class AuthServerProfile:
     user_attr: str = "uid"  # ldap
     # ldap: the attribute holding a person's cards known by their UID (`card-<uid>`), "" for none
     card_attr: str = ""
-    ca_pem: str | None = None  # ldap: the CA of the server's certificate (StartTLS, required)
+    ca_pem: str | None = None  # ldap, radsec: the CA of the server's certificate (required)
+    # radsec: the name the server's certificate must carry (DNS SAN); None: `host` as an IP SAN
+    server_name: str | None = None
 
     def secrets(self) -> list[Secret]:
         return [s for s in (self.secret, self.bind_password) if s is not None]
@@ -254,6 +264,9 @@ class SessionProfile:
         if self.auth.kind == "radius":
             keys = ("kind", "host", "port", "secret", "user_format", "timeout_s", "retries",
                     *(("require_message_authenticator",) if self.auth.require_message_authenticator else ()))
+        elif self.auth.kind == "radsec":
+            keys = ("kind", "host", "port", "ca_pem", "user_format", "timeout_s", "retries",
+                    *(("server_name",) if self.auth.server_name else ()))
         else:
             keys = ("kind", "host", "port", "base_dn", "bind_dn", "bind_password", "user_attr", "timeout_s", "ca_pem",
                     *(("card_attr",) if self.auth.card_attr else ()))
@@ -283,6 +296,8 @@ def _cidr(value: str, where: str) -> None:
     except ValueError:
         raise ProfileError(f"{where}: {value!r} is not a network") from None
 
+
+RADSEC_PORT = 2083  # RFC 6614's port for RADIUS over TLS
 
 # The widest selector one organization's LAN may be (see the module docstring).
 MIN_PREFIX = {4: 8, 6: 32}
@@ -407,12 +422,19 @@ def _auth(obj: Any) -> AuthServerProfile:
             retries=r.number("retries", 1, 10),
             require_message_authenticator=r.get("require_message_authenticator", bool, optional=True, default=False),
         )
-        if "{user}" not in a.user_format:
-            raise ProfileError("auth.user_format: must contain {user}")
-        try:
-            a.user_format.format(user="u", org="o")
-        except (KeyError, IndexError, ValueError):
-            raise ProfileError("auth.user_format: only {user} and {org} may be used") from None
+        _user_format(a.user_format)
+    elif kind == "radsec":
+        # no secret: the device's certificate is the client's credential (RFC 6614's "radsec" is public)
+        a = AuthServerProfile(
+            kind=kind, host=r.text("host", _HOST),
+            port=r.number("port", 1, 65535, optional=True, default=RADSEC_PORT),
+            ca_pem=_pem(r, "ca_pem", "CERTIFICATE", optional=False),
+            server_name=r.text("server_name", _HOST, optional=True),
+            user_format=r.text("user_format", max_len=128),
+            timeout_s=r.number("timeout_s", 0.1, 60, integer=False),
+            retries=r.number("retries", 1, 10),
+        )
+        _user_format(a.user_format)
     elif kind == "ldap":
         a = AuthServerProfile(
             kind=kind, host=r.text("host", _HOST), port=r.number("port", 1, 65535),
@@ -424,6 +446,15 @@ def _auth(obj: Any) -> AuthServerProfile:
             ca_pem=_pem(r, "ca_pem", "CERTIFICATE", optional=False),
         )
     else:
-        raise ProfileError("auth.kind: must be radius or ldap")
+        raise ProfileError("auth.kind: must be radius, radsec or ldap")
     r.done()
     return a
+
+
+def _user_format(value: str) -> None:
+    if "{user}" not in value:
+        raise ProfileError("auth.user_format: must contain {user}")
+    try:
+        value.format(user="u", org="o")
+    except (KeyError, IndexError, ValueError):
+        raise ProfileError("auth.user_format: only {user} and {org} may be used") from None

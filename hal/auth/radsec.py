@@ -1,0 +1,284 @@
+"""RADIUS over TLS (RadSec, RFC 6614) authenticator (blocking: call it from a thread).
+
+The same contract and the same Access-Request as hal/auth/radius.py (User-Name from the profile's
+`user_format`, NAS-Identifier, the PIN in User-Password, State when answering a challenge, the tap's
+card proof as `TP-Card-SUN`, always a Message-Authenticator), and the same reply mapping
+(`map_reply`), but carried in a TLS connection instead of UDP:
+
+- the server is verified against the profile's `ca_pem`, and its certificate must name the
+  profile's `server_name` (a DNS SAN) or, without one, its `host` (an IP SAN);
+- the device proves itself with its own certificate and key (`client_cert`, `client_key`: files of
+  the device, never of the org), so the profile holds no secret: RFC 6614 2.3 fixes the RADIUS
+  shared secret to the public string "radsec", and TLS protects the exchange (the PIN is still
+  hidden in User-Password as RFC 2865 5.2 says, with that public secret: TLS is what protects it);
+- TLS 1.2 or 1.3 only.
+
+One TLS connection per `authenticate` call: opened, one request, one reply, closed. (A connection
+per session would save a handshake per tap, a few ms over the tunnel; it is not worth a socket that
+can go stale between taps.) The device's files are read at every call, so a certificate renewed
+during a session is used at the next tap.
+
+Timing: each try (connect, handshake, request, reply) has `max(profile.timeout_s, MIN_TIMEOUT_S)`
+(FreeRADIUS delays every reject by 1 s). A try is repeated, up to `profile.retries` tries in all,
+only when the request never reached the server (no connection, the handshake timed out): once it
+was written, a lost reply ends as `Unavailable` (sent again on a new connection, a card proof would
+be refused as a replay). So the call blocks at most `deadline_s = timeout * retries`.
+
+Every failure is an outcome, never an exception: a server certificate that does not verify, a TLS
+alert (the server refusing this device's certificate), a timeout, a closed connection, a reply that
+does not verify against the request are all `Unavailable`, with a reason naming the server and the
+kind of failure, never a secret or a PIN.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import struct
+import time
+
+from pyrad import packet
+
+from hal.auth import (
+    AuthConfigError,
+    Authenticator,
+    AuthOutcome,
+    BadInput,
+    Unavailable,
+    check_input,
+)
+from hal.auth.radius import (
+    MAX_NAME,
+    MIN_TIMEOUT_S,
+    _reply_message,
+    _state,
+    _user_name,
+    dictionary,
+    map_reply,
+)
+from hal.directory.profile import AuthServerProfile, Secret
+
+log = logging.getLogger(__name__)
+
+RADSEC_SECRET = b"radsec"  # RFC 6614 2.3: the shared secret of every RADIUS/TLS exchange
+HEADER = struct.Struct("!BBH")  # code, identifier, length
+MIN_PACKET, MAX_PACKET = 20, 4096  # RFC 2865 3
+
+
+class _NotSent(Exception):
+    """The request did not reach the server (no connection, no handshake): it may be tried again."""
+
+
+class _Failed(Exception):
+    """The try failed for good; the message is the `Unavailable` reason (no secret in it)."""
+
+
+def load_device_identity(ctx: ssl.SSLContext, client_cert: str, client_key: str) -> None:
+    """Make `ctx` present the device's certificate, signing with its key. The one place that
+    touches the device key: a key held in a TPM would be loaded here (an OpenSSL provider or
+    engine; Python's ssl module cannot name one, see the report)."""
+    ctx.load_cert_chain(certfile=client_cert, keyfile=client_key)
+
+
+def client_context(ca_pem: str, client_cert: str, client_key: str) -> ssl.SSLContext:
+    """A TLS 1.2/1.3 client context that verifies the server against `ca_pem` (with its name:
+    `check_hostname`) and presents the device's certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # the name must be a SAN: a certificate with only an IP SAN would otherwise match its CN
+    ctx.hostname_checks_common_name = False
+    ctx.load_verify_locations(cadata=ca_pem)
+    load_device_identity(ctx, client_cert, client_key)
+    return ctx
+
+
+class RadsecAuthenticator(Authenticator):
+    def __init__(self, auth: AuthServerProfile, *, client_cert: str | None = None, client_key: str | None = None,
+                 nas_identifier: str = "tenantprint", min_timeout_s: float = MIN_TIMEOUT_S):
+        if auth.kind != "radsec":
+            raise AuthConfigError(f"not a radsec profile (kind {auth.kind!r})")
+        if not auth.ca_pem:
+            raise AuthConfigError("radsec profile has no CA to verify the server")
+        if not 1 <= auth.retries <= 10:
+            raise AuthConfigError("radsec retries must be 1-10")
+        if not client_cert or not client_key:
+            raise AuthConfigError("radsec needs the device's certificate and key files")
+        self._auth = auth
+        self._cert, self._key = str(client_cert), str(client_key)
+        self._nas_identifier = nas_identifier
+        self._timeout = max(float(auth.timeout_s), min_timeout_s)
+        self._dict = dictionary()
+        self._context()  # a CA, certificate or key that cannot be used is a config error, now
+
+    @property
+    def timeout_s(self) -> float:
+        return self._timeout
+
+    @property
+    def deadline_s(self) -> float:
+        return self._timeout * self._auth.retries
+
+    def authenticate(self, user_id: str, org_id: str, pin: Secret | str | None = None,
+                     state: bytes | None = None, proof: str | None = None) -> AuthOutcome:
+        bad = check_input(user_id, org_id, pin, state, proof)
+        if bad is not None:
+            return bad
+        name = self._auth.user_format.format(user=user_id, org=org_id)
+        if len(name.encode()) > MAX_NAME:
+            return BadInput("user name too long for RADIUS")
+        outcome = self._exchange(user_id, name, pin, state, proof or None)
+        log.info("radsec %s: %s", type(outcome).__name__, user_id,
+                 extra={"org_id": org_id, "auth_outcome": type(outcome).__name__})
+        return outcome
+
+    def _context(self) -> ssl.SSLContext:
+        try:
+            return client_context(self._auth.ca_pem or "", self._cert, self._key)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            # names the files (device paths, not secrets) and the kind of failure only
+            raise AuthConfigError(f"radsec TLS setup failed ({_why(exc)}): check the CA and "
+                                  f"the device's files {self._cert}, {self._key}") from None
+
+    def _exchange(self, user_id: str, name: str, pin, state, proof) -> AuthOutcome:
+        try:
+            req = access_request(self._dict, name, self._nas_identifier, pin, state, proof)
+            raw = req.RequestPacket()
+        except (packet.PacketError, ValueError, KeyError, TypeError) as exc:
+            return Unavailable(f"cannot build the RADIUS request ({type(exc).__name__})")
+        try:
+            ctx = self._context()
+        except AuthConfigError as exc:
+            return Unavailable(str(exc))
+        deadline = time.monotonic() + self.deadline_s
+        reason = ""
+        for _ in range(self._auth.retries):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                answer = self._try(ctx, raw, min(self._timeout, remaining))
+            except _NotSent as exc:
+                reason = str(exc)
+                continue
+            except _Failed as exc:
+                return Unavailable(str(exc))
+            return self._outcome(user_id, req, answer)
+        return Unavailable(reason or f"no reply from {self._where()} in {self.deadline_s:g} s")
+
+    def _try(self, ctx: ssl.SSLContext, raw: bytes, budget: float) -> bytes:
+        """One connection: handshake, the request, its reply (raw). Raises _NotSent or _Failed."""
+        end = time.monotonic() + budget
+        hostname = self._auth.server_name or self._auth.host
+        try:
+            plain = socket.create_connection((self._auth.host, self._auth.port), timeout=budget)
+        except TimeoutError:
+            raise _NotSent(f"cannot reach {self._where()}: no connection in {budget:g} s") from None
+        except OSError as exc:
+            raise _NotSent(f"cannot reach {self._where()}: {exc.strerror or type(exc).__name__}") from None
+        try:
+            try:
+                # the request follows the handshake's last flight at once: no Nagle wait for its ACK
+                plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                plain.settimeout(_left(end))
+                tls = ctx.wrap_socket(plain, server_hostname=hostname)
+            except ssl.SSLCertVerificationError as exc:
+                raise _Failed(f"{self._where()}'s certificate does not verify "
+                              f"({exc.verify_message or _why(exc)})") from None
+            except TimeoutError:
+                raise _NotSent(f"TLS handshake with {self._where()} timed out") from None
+            except ssl.SSLError as exc:
+                raise _Failed(f"TLS handshake with {self._where()} failed ({_why(exc)})") from None
+            except OSError as exc:
+                raise _NotSent(f"TLS handshake with {self._where()} broke off "
+                               f"({exc.strerror or type(exc).__name__})") from None
+            with tls:
+                try:
+                    tls.settimeout(_left(end))
+                    tls.sendall(raw)
+                    return read_packet(tls, end)
+                except TimeoutError:
+                    raise _Failed(f"no reply from {self._where()} in {budget:g} s") from None
+                except ssl.SSLError as exc:
+                    # TLS 1.3: the server judges our certificate after our handshake ended,
+                    # so its refusal (an alert) arrives here
+                    raise _Failed(f"{self._where()} ended TLS ({_why(exc)}): "
+                                  "it may not accept this device's certificate") from None
+                except (ConnectionError, EOFError) as exc:
+                    raise _Failed(f"{self._where()} closed the connection without a reply "
+                                  f"({type(exc).__name__}): it may not accept this device") from None
+                except OSError as exc:
+                    raise _Failed(f"connection to {self._where()} failed "
+                                  f"({exc.strerror or type(exc).__name__})") from None
+                except ValueError as exc:
+                    raise _Failed(f"{self._where()} sent no RADIUS packet ({exc})") from None
+        finally:
+            plain.close()
+
+    def _outcome(self, user_id: str, req: packet.AuthPacket, raw: bytes) -> AuthOutcome:
+        try:
+            reply = req.CreateReply(packet=raw)
+            valid = req.VerifyReply(reply, raw)
+        except (packet.PacketError, ValueError, KeyError, TypeError) as exc:
+            return Unavailable(f"cannot read the reply of {self._where()} ({type(exc).__name__})")
+        if not valid:
+            # over TLS nobody else can answer: the server is broken or not speaking RFC 6614
+            return Unavailable(f"the reply of {self._where()} does not verify against the request")
+        return map_reply(user_id, reply.code, _reply_message(reply), _state(reply), _user_name(reply))
+
+    def _where(self) -> str:
+        return f"RadSec server {self._auth.host}:{self._auth.port}"
+
+
+def access_request(dictionary, name: str, nas_identifier: str, pin: Secret | str | None,
+                   state: bytes | None, proof: str | None) -> packet.AuthPacket:
+    """The Access-Request of one exchange (shared secret "radsec"), with a Message-Authenticator."""
+    req = packet.AuthPacket(code=packet.AccessRequest, secret=RADSEC_SECRET, dict=dictionary,
+                            message_authenticator=True)
+    req["User-Name"] = name
+    req["NAS-Identifier"] = nas_identifier
+    if pin is not None:
+        raw = bytearray(pin.reveal() if isinstance(pin, Secret) else pin.encode())
+        try:
+            req["User-Password"] = req.PwCrypt(bytes(raw))
+        finally:
+            raw[:] = b"\0" * len(raw)
+    if state is not None:
+        req["State"] = bytes(state)
+    if proof is not None:
+        req["TP-Card-SUN"] = proof
+    return req
+
+
+def read_packet(sock, end: float) -> bytes:
+    """One RADIUS packet from a stream (RFC 6614 2.4: packets follow each other, each as long as its
+    Length field says). Raises EOFError when the stream ends first, ValueError for a bad length,
+    TimeoutError past `end` (a `time.monotonic()` instant)."""
+    head = _read_exactly(sock, HEADER.size, end)
+    _, _, length = HEADER.unpack(head)
+    if not MIN_PACKET <= length <= MAX_PACKET:
+        raise ValueError(f"a RADIUS packet's length is {MIN_PACKET}-{MAX_PACKET}, not {length}")
+    return head + _read_exactly(sock, length - HEADER.size, end)
+
+
+def _read_exactly(sock, n: int, end: float) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        sock.settimeout(_left(end))
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("stream ended inside a packet" if buf else "stream ended")
+        buf += chunk
+    return bytes(buf)
+
+
+def _left(end: float) -> float:
+    left = end - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    return left
+
+
+def _why(exc: BaseException) -> str:
+    """An OpenSSL error's reason code (e.g. TLSV1_ALERT_UNKNOWN_CA), else the exception's type."""
+    return getattr(exc, "reason", None) or type(exc).__name__
