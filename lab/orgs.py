@@ -117,18 +117,62 @@ def canaries(lab) -> list[str]:
     return [v for per_org in all_secrets(lab).values() for v in per_org.values()]
 
 
-def org_gateway(lab, org: str, backend: str = "libipsec") -> OrgGateway:
-    """The description `org/gateway_config.py` turns into the org gateway's strongSwan config."""
+def org_gateway(lab, org: str, backend: str = "libipsec", *, device_ca_pem: str = "") -> OrgGateway:
+    """The description `org/gateway_config.py` turns into the org gateway's strongSwan config. With
+    `device_ca_pem` (the space's device CA) the MFP is in certificate mode (issue 18): it shows its
+    device certificate, the gateway its own (`gateway_identity`), and no PSK exists."""
     s = spec(org)
     if s.gateway_host is None:
         raise KeyError(f"org {org!r} has no gateway in the lab")
+    if device_ca_pem:
+        ident = gateway_identity(lab, org)
+        certs = dict(device_ca_pem=device_ca_pem, gateway_cert_pem=ident.cert_pem(), gateway_key_pem=ident.key_pem())
+        grant = DeviceGrant(DEVICE_ID, "cert")
+    else:
+        certs, grant = {}, DeviceGrant(DEVICE_ID, "psk", org_secrets(lab, org)["psk"].encode())
     return OrgGateway(
-        org_id=org, gateway_id=s.gateway_id, wan_address=s.wan_address, lan=ORG_LAN, pool=POOL,
-        devices=(DeviceGrant(DEVICE_ID, "psk", org_secrets(lab, org)["psk"].encode()),),
+        org_id=org, gateway_id=s.gateway_id, wan_address=s.wan_address, lan=ORG_LAN, pool=POOL, **certs,
+        devices=(grant,),
         ike_proposals=IKE_PROPOSALS, esp_proposals=ESP_PROPOSALS, dpd_delay_s=1, backend=backend,
         lan_reserved=("10.20.0.1", RADIUS_HOST), auth_host=RADIUS_HOST, lan_address="10.20.0.1",
         desk_networks=DESK_NETWORKS,
     )
+
+
+def gateway_ca(lab, org: str):
+    """Org `org`'s gateway CA (org/gateway_certs.py), the same for the lab's life."""
+    return _gateway_certs(lab, org)[0]
+
+
+def gateway_identity(lab, org: str):
+    """Org `org`'s gateway certificate and key, issued by its gateway CA to its IKE identity."""
+    return _gateway_certs(lab, org)[1]
+
+
+def _gateway_certs(lab, org: str):
+    from org import gateway_certs
+
+    s = spec(org)
+    d = lab.layout.data_dir("orgs")
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    path = d / f"gateway-certs-{org}.json"
+    if not path.exists():
+        ca = gateway_certs.make_ca(org)
+        gw = gateway_certs.issue_gateway_cert(ca, s.gateway_id)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"ca": [ca.cert_pem(), ca.key_pem().decode()], "gw": [gw.cert_pem(), gw.key_pem().decode()]}, f)
+        try:
+            os.link(tmp, path)  # the first writer wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    entry = json.loads(path.read_text())
+    return (gateway_certs.CertAndKey.load(entry["ca"][0], entry["ca"][1].encode()),
+            gateway_certs.CertAndKey.load(entry["gw"][0], entry["gw"][1].encode()))
 
 
 def desk_key(lab, org: str):

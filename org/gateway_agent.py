@@ -89,6 +89,31 @@ def connected_mfps(sas: list[dict], conn_prefix: str = "", going: frozenset[str]
     return out
 
 
+def duplicates(sas: list[dict], conn_prefix: str = "") -> list[tuple[str, str, str]]:
+    """Pure: the IKE SAs to end because an earlier one with the same MFP identity is up: (unique
+    id, identity, remote host) of each but the first (lowest unique id) per identity, ESTABLISHED
+    or still connecting. In certificate mode one device identity is one MFP: a second SA with it
+    is a copied key (issue 18), and strongSwan's `unique = keep` cannot stop it (a peer's
+    INITIAL_CONTACT makes charon 5.9 replace the SA that is up; org/gateway_config.py uses
+    `unique = never` for such connections and leaves the decision here)."""
+    by_id: dict[str, list[tuple[int, str, str]]] = {}
+    for entry in sas:
+        for name, sa in entry.items():
+            if conn_prefix and not _text(name).startswith(conn_prefix):
+                continue
+            if _text(sa.get("state", b"")) not in ("ESTABLISHED", "CONNECTING"):
+                continue
+            uid, ident = _text(sa.get("uniqueid", b"")), _text(sa.get("remote-id", b""))
+            if not uid.isdigit() or not ident or ident == "%any":
+                continue
+            by_id.setdefault(ident, []).append((int(uid), uid, _text(sa.get("remote-host", b""))))
+    out = []
+    for ident, found in by_id.items():
+        for _, uid, host in sorted(found)[1:]:
+            out.append((uid, ident, host))
+    return out
+
+
 def going_down(label, event) -> frozenset[str]:
     """Pure: the unique ids of the IKE SAs an `ike-updown` event reports down (none for other events)."""
     if _text(label or b"") != "ike-updown" or not event:
@@ -334,6 +359,7 @@ class GatewayAgent:
         self.conn_prefix = conn_prefix
         self.reconcile_s = reconcile_s
         self.charon_started = ""  # charon's start time, read once per VICI connection
+        self.duplicates_ended: list[dict] = []  # the duplicate SAs ended (the last 100), for the log and status
         handler = type("Handler", (_Handler,), {"registry": self.registry, "outcomes": self.outcomes})
         self.http = ThreadingHTTPServer(listen, handler)
         self.http.daemon_threads = True
@@ -346,8 +372,23 @@ class GatewayAgent:
 
     def reconcile(self, session: vici.Session, going: frozenset[str] = frozenset()) -> None:
         sas = list(session.list_sas())
+        dups = duplicates(sas, self.conn_prefix)
+        if dups:
+            going = going | {uid for uid, _, _ in dups}
+            for uid, ident, host in dups:
+                self._end_duplicate(session, uid, ident, host)
         if self.registry.replace(connected_mfps(sas, self.conn_prefix, going, self.charon_started)):
             log.info("mfps %s", json.dumps(self.registry.snapshot()["mfps"]))
+
+    def _end_duplicate(self, session: vici.Session, uid: str, ident: str, host: str) -> None:
+        log.warning("duplicate IKE SA for MFP %s from %s: ended, the first one stays (a copied device key?)",
+                    ident, host)
+        self.duplicates_ended = [*self.duplicates_ended[-99:], {"id": ident, "remote_host": host, "at": time.time()}]
+        try:
+            for _ in session.terminate({"ike-id": uid, "force": "yes", "timeout": "-1"}):
+                pass
+        except Exception as exc:  # noqa: BLE001 (gone already, or charon busy: the next reconcile retries)
+            log.warning("ending duplicate IKE SA %s failed: %s", uid, type(exc).__name__)
 
     def _follow(self) -> None:
         """Reconcile on every IKE event and every `reconcile_s`; on a lost charon, report no MFPs

@@ -10,6 +10,16 @@ their auth) it accepts. From it:
   out through `ipsec0`).
 - `swanctl_conf(gw)`: connections, the pool and the secrets, for `swanctl --load-all --file`. It
   holds the PSKs: write it mode 0600 on the gateway only.
+- `credential_files(gw)`: for MFPs in certificate mode (`DeviceGrant(auth="cert")`, issue 18), the
+  files beside swanctl.conf that swanctl loads: `x509/gateway.pem` and `private/gateway.key` (the
+  gateway's own certificate, `org/gateway_certs.py`; the key 0600) and `x509ca/space-device-ca.pem`
+  (the coworking space's device CA, from the cloud: it vouches for the MFP's identity for a day at a
+  time; its CRLs go in `x509crl/`). Such a connection authenticates both sides with certificates and
+  names exactly the device's identity. A second IKE SA with the device's identity (a copied key)
+  must not take over the one that is up: strongSwan's `unique = keep` cannot promise that (the
+  newcomer's INITIAL_CONTACT replaces the SA that is up), so the connection is `unique = never` and
+  the gateway agent ends every SA but the first per device identity. No secret of the org is in
+  it, and none goes to the device.
 
 Connections are named `mfp-<device>` so the gateway agent can follow them (`--conn-prefix mfp-`).
 
@@ -50,7 +60,7 @@ class DeviceGrant:
     """One shared-office MFP the org accepts: its IKE identity and how it authenticates."""
 
     device_id: str
-    auth: str = "psk"
+    auth: str = "psk"  # psk | cert (its device certificate from the space's CA)
     psk: bytes = field(default=b"", repr=False)
 
 
@@ -70,6 +80,11 @@ class OrgGateway:
     auth_host: str = ""  # the org's RADIUS/LDAP server the MFP asks through the tunnel (required)
     lan_address: str = ""  # the gateway's own address on the LAN (required)
     desk_networks: tuple[str, ...] = ()  # where the desk PCs that print to the MFP are (required)
+    # certificate mode (devices with auth "cert"): the space's device CA and the gateway's own
+    # certificate and key (org/gateway_certs.py)
+    device_ca_pem: str = ""
+    gateway_cert_pem: str = ""
+    gateway_key_pem: bytes = field(default=b"", repr=False)
 
 
 def local_ts(gw: OrgGateway) -> list[str]:
@@ -142,16 +157,54 @@ def validate(gw: OrgGateway) -> None:
         if d.device_id in seen:
             raise GatewayConfigError(f"devices: {d.device_id} listed twice")
         seen.add(d.device_id)
-        if d.auth != "psk":
-            raise GatewayConfigError(f"devices: auth {d.auth!r} is not supported yet (psk)")
-        if len(d.psk) < 20:
+        if d.auth not in ("psk", "cert"):
+            raise GatewayConfigError(f"devices: auth {d.auth!r} is not supported (psk, cert)")
+        if d.auth == "psk" and len(d.psk) < 20:
             raise GatewayConfigError(f"devices: the PSK of {d.device_id} is shorter than 20 bytes")
+        if d.auth == "cert" and d.psk:
+            raise GatewayConfigError(f"devices: {d.device_id} authenticates with its certificate: no PSK")
+    if any(d.auth == "cert" for d in gw.devices):
+        for what in ("device_ca_pem", "gateway_cert_pem"):
+            if "-----BEGIN CERTIFICATE-----" not in getattr(gw, what):
+                raise GatewayConfigError(f"{what}: a PEM certificate is needed for devices in certificate mode")
+        if b"PRIVATE KEY-----" not in gw.gateway_key_pem:
+            raise GatewayConfigError("gateway_key_pem: the gateway's private key is needed in certificate mode")
     for p in gw.ike_proposals + gw.esp_proposals:
         if not _PROPOSAL.match(p):
             raise GatewayConfigError("proposals: invalid proposal")
     if not 1 <= gw.dpd_delay_s <= 300:
         raise GatewayConfigError("dpd_delay_s: out of range")
     local_ts(gw)
+
+
+GATEWAY_CERT, GATEWAY_KEY, DEVICE_CA = "gateway.pem", "gateway.key", "space-device-ca.pem"
+
+
+def credential_files(gw: OrgGateway) -> dict[str, tuple[bytes, int]]:
+    """The certificate mode's files beside swanctl.conf (relative path -> (content, mode)); empty
+    when no device is in certificate mode."""
+    validate(gw)
+    if not any(d.auth == "cert" for d in gw.devices):
+        return {}
+    return {f"x509/{GATEWAY_CERT}": (gw.gateway_cert_pem.encode(), 0o644),
+            f"x509ca/{DEVICE_CA}": (gw.device_ca_pem.encode(), 0o644),
+            f"private/{GATEWAY_KEY}": (bytes(gw.gateway_key_pem), 0o600)}
+
+
+def write_credential_files(gw: OrgGateway, swanctl_dir) -> None:
+    """Write `credential_files(gw)` under `swanctl_dir` (directories 0700, atomic replace)."""
+    import os
+    from pathlib import Path
+
+    for rel, (data, mode) in credential_files(gw).items():
+        path = Path(swanctl_dir) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
 
 
 def conn_name(device_id: str) -> str:
@@ -175,6 +228,19 @@ def swanctl_conf(gw: OrgGateway) -> str:
     narrowed = ", ".join(local_ts(gw))
     out = ["# generated by tenantprint for org " + gw.org_id + "; holds secrets: mode 0600", "connections {"]
     for d in gw.devices:
+        if d.auth == "cert":
+            # a copied device key must not take over the real MFP's SA. `keep` would not hold: a
+            # peer's INITIAL_CONTACT makes charon 5.9 replace the SA that is up (measured,
+            # tests/integration/test_tunnel_device_cert.py); `never` ignores it, and the gateway
+            # agent ends every SA but the first for one device identity (org/gateway_agent.py)
+            unique = "never"
+            local = f"    local {{\n      auth = pubkey\n      certs = {GATEWAY_CERT}\n      id = {_q(gw.gateway_id)}\n    }}"
+            remote = (f"    remote {{\n      auth = pubkey\n      cacerts = {DEVICE_CA}\n"
+                      f"      id = {_q(d.device_id)}\n      revocation = relaxed\n    }}")
+        else:
+            unique = "replace"
+            local = f"    local {{\n      auth = psk\n      id = {_q(gw.gateway_id)}\n    }}"
+            remote = f"    remote {{\n      auth = psk\n      id = {_q(d.device_id)}\n    }}"
         out += [
             f"  {conn_name(d.device_id)} {{",
             "    version = 2",
@@ -182,9 +248,9 @@ def swanctl_conf(gw: OrgGateway) -> str:
             f"    proposals = {ike}",
             f"    pools = {pool}",
             f"    dpd_delay = {gw.dpd_delay_s}s",
-            "    unique = replace",
-            f"    local {{\n      auth = psk\n      id = {_q(gw.gateway_id)}\n    }}",
-            f"    remote {{\n      auth = psk\n      id = {_q(d.device_id)}\n    }}",
+            f"    unique = {unique}",
+            local,
+            remote,
             "    children {",
             "      lan {",
             f"        local_ts = {narrowed}",
@@ -196,6 +262,8 @@ def swanctl_conf(gw: OrgGateway) -> str:
         ]
     out += ["}", "pools {", f"  {pool} {{", f"    addrs = {gw.pool}", "  }", "}", "secrets {"]
     for i, d in enumerate(gw.devices):
+        if d.auth != "psk":
+            continue
         out += [
             f"  ike-{i} {{",
             f"    id-gw = {_q(gw.gateway_id)}",

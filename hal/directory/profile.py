@@ -9,11 +9,11 @@ Wire format (JSON object):
 
     {"org_id": "acme", "ttl_s": 300,
      "vpn": {"gateway": "10.78.0.11", "port": 500, "local_id": "mfp-1.space-1", "remote_id": "gw.acme",
-             "auth": "psk" | "pubkey" | "eap-mschapv2",
+             "auth": "psk" | "pubkey" | "eap-mschapv2" | "device",  # device: the device's own certificate
              "psk": "...",                                   # auth == psk
              "client_cert_pem": "...", "client_key_pem": "...",  # auth == pubkey
              "eap_identity": "...", "eap_secret": "...",     # auth == eap-mschapv2
-             "ca_cert_pem": "..." | null,                    # verifies the gateway (pubkey/eap)
+             "ca_cert_pem": "..." | null,                    # verifies the gateway (pubkey/eap/device)
              "ike_proposals": ["aes256gcm16-prfsha384-ecp384"], "esp_proposals": ["aes256gcm16"],
              "remote_ts": ["10.20.0.0/24"], "dpd_delay_s": 1},
      "auth": {"kind": "radius", "host": "10.20.0.50", "port": 1812, "secret": "...",
@@ -383,11 +383,16 @@ def _gateway(r: _Reader) -> str:
     return str(addr)
 
 
+# "device": the MFP authenticates with its own certificate from the space's device CA (issue 18);
+# the profile then holds no secret at all (`ca_cert_pem` verifies the gateway)
+VPN_AUTHS = ("psk", "pubkey", "eap-mschapv2", "device")
+
+
 def _vpn(obj: Any) -> VpnProfile:
     r = _Reader(obj, "vpn")
     auth = r.text("auth")
-    if auth not in ("psk", "pubkey", "eap-mschapv2"):
-        raise ProfileError("vpn.auth: must be psk, pubkey or eap-mschapv2")
+    if auth not in VPN_AUTHS:
+        raise ProfileError(f"vpn.auth: must be {', '.join(VPN_AUTHS)}")
     vpn = VpnProfile(
         gateway=_gateway(r),
         port=r.number("port", 1, 65535),

@@ -83,6 +83,10 @@ class TunnelConfig:
     vici_socket: str = "/run/charon.vici"
     netns: str | None = None  # the network namespace charon runs in (lab/tests); None: our own
     extra: dict = field(default_factory=dict)
+    # the device's own certificate and key (PEM files): what a profile in device-certificate mode
+    # (vpn.auth "device", issue 18) authenticates the MFP with; no org hands the device a secret
+    device_cert: str = ""
+    device_key: str = ""
 
 
 class Tunnel(ABC):
@@ -137,4 +141,5 @@ def open_tunnel(config: TunnelConfig) -> Tunnel:
     backend = config.backend or detect_backend()
     if backend not in BACKENDS:
         raise TunnelError(f"unknown tunnel backend {backend!r} (known: {', '.join(BACKENDS)})")
-    return ViciTunnel(backend=backend, vici_socket=config.vici_socket, netns=config.netns)
+    return ViciTunnel(backend=backend, vici_socket=config.vici_socket, netns=config.netns,
+                      device_cert=config.device_cert, device_key=config.device_key)

@@ -35,13 +35,20 @@ def conn_name(org_id: str) -> str:
     return f"{CONN_PREFIX}{org_id}"
 
 
-def build_conn(profile: SessionProfile, name: str) -> dict:
-    """Pure: the `load-conn` message for a profile (certificates inline; no secret inside)."""
+def build_conn(profile: SessionProfile, name: str, device_cert_pem: str = "") -> dict:
+    """Pure: the `load-conn` message for a profile (certificates inline; no secret inside). In
+    device-certificate mode (`vpn.auth == "device"`) the MFP shows `device_cert_pem`, its own
+    certificate from the space's CA, and checks the gateway against the profile's CA."""
     v = profile.vpn
     local: dict = {"id": v.local_id}
     remote: dict = {"id": v.remote_id}
     if v.auth == "psk":
         local["auth"] = remote["auth"] = "psk"
+    elif v.auth == "device":
+        if not device_cert_pem:
+            raise TunnelSetupFailed("config", "the device has no certificate for this profile's device mode")
+        local.update(auth="pubkey", certs=[device_cert_pem.encode()])
+        remote.update(auth="pubkey", cacerts=[v.ca_cert_pem.encode()])
     elif v.auth == "pubkey":
         local.update(auth="pubkey", certs=[v.client_cert_pem.encode()])
         remote.update(auth="pubkey", cacerts=[v.ca_cert_pem.encode()])
@@ -89,10 +96,12 @@ def classify_failure(messages: list[str], timed_out: bool) -> str:
 class ViciTunnel(Tunnel):
     purge_verify_s = 3.0  # how long purge waits for charon to drop a terminated SA
 
-    def __init__(self, backend: str, vici_socket: str = "/run/charon.vici", netns: str | None = None):
+    def __init__(self, backend: str, vici_socket: str = "/run/charon.vici", netns: str | None = None,
+                 *, device_cert: str = "", device_key: str = ""):
         self.backend = backend
         self.vici_socket = vici_socket
         self.netns = netns
+        self.device_cert, self.device_key = device_cert, device_key
         self._name: str | None = None
         self._shared_ids: list[str] = []
         self._key_ids: list[str] = []
@@ -133,7 +142,12 @@ class ViciTunnel(Tunnel):
         self._terminating.clear()
         try:
             self._load_credentials(sess, profile, name)
-            sess.load_conn(build_conn(profile, name))
+            cert = self._device_file(self.device_cert).decode() if profile.vpn.auth == "device" else ""
+            sess.load_conn(build_conn(profile, name, cert))
+        except TunnelSetupFailed:
+            s.close()
+            self._quiet_cleanup()
+            raise
         except CommandException as exc:
             s.close()
             self._quiet_cleanup()
@@ -206,11 +220,26 @@ class ViciTunnel(Tunnel):
         elif v.auth == "pubkey":
             res = sess.load_key({"type": "any", "data": v.client_key_pem.reveal()})
             self._key_ids.append(_text(res.get("id", b"")))
+        elif v.auth == "device":
+            # the device's own key (not the org's): charon holds it for this session's sandbox only
+            res = sess.load_key({"type": "any", "data": self._device_file(self.device_key)})
+            self._key_ids.append(_text(res.get("id", b"")))
         else:
             sid = f"{name}-eap"
             sess.load_shared({"id": sid, "type": "EAP", "data": v.eap_secret.reveal(),
                               "owners": [v.eap_identity]})
             self._shared_ids.append(sid)
+
+    @staticmethod
+    def _device_file(path: str) -> bytes:
+        """The device's certificate or key file, for a profile in device-certificate mode."""
+        if not path:
+            raise TunnelSetupFailed("config", "the device has no certificate and key for this profile's device mode")
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise TunnelSetupFailed("config", f"the device's certificate or key cannot be read ({exc.strerror})") from None
 
     def _virtual_ip(self, sess: vici.Session, name: str) -> str | None:
         for entry in sess.list_sas({"ike": name}):

@@ -130,11 +130,12 @@ class GatewayService(_CharonService):
     loaded with `swanctl --load-all --file` (the file, holding the PSKs, is mode 0600 in the
     service's data dir; nothing secret is on a command line)."""
 
-    def __init__(self, org: str, backend: str | None = None):
+    def __init__(self, org: str, backend: str | None = None, *, device_ca_pem: str = ""):
         self.org = org
         self.name = f"gateway-{org}"
         self.host_name = f"gw-{org}"
         self._backend = backend
+        self.device_ca_pem = device_ca_pem  # set: the MFP in certificate mode (lab.orgs.org_gateway)
 
     def backend(self) -> str:
         if self._backend is None:
@@ -144,7 +145,7 @@ class GatewayService(_CharonService):
     def _gateway(self, lab):
         from lab.orgs import org_gateway
 
-        return org_gateway(lab, self.org, self.backend())
+        return org_gateway(lab, self.org, self.backend(), device_ca_pem=self.device_ca_pem)
 
     def conf_text(self, lab) -> str:
         from org.gateway_config import strongswan_conf as gw_conf
@@ -152,9 +153,11 @@ class GatewayService(_CharonService):
         return gw_conf(self._gateway(lab), vici_socket=VICI)
 
     def after_start(self, lab, host) -> None:
-        from org.gateway_config import swanctl_conf
+        from org.gateway_config import swanctl_conf, write_credential_files
 
         path = self.conf_dir(lab) / "swanctl.conf"
+        # certificate mode: swanctl loads them from beside the file given with --file
+        write_credential_files(self._gateway(lab), self.conf_dir(lab))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(swanctl_conf(self._gateway(lab)))

@@ -94,3 +94,19 @@ def test_desk_probe_timeout_follows_the_measured_round_trips():
     assert connect_timeout(0.003, 0.5) == 0.05  # a LAN-like path: the floor
     assert abs(connect_timeout(0.085, 0.5) - 0.17) < 1e-9  # 40 ms RTT: about four round trips
     assert connect_timeout(0.31, 0.5) == 0.5  # 150 ms RTT: capped
+
+
+def test_duplicates_are_every_sa_but_the_first_per_device_identity():
+    """Certificate mode (issue 18): one identity is one MFP; a copied key's SA is ended, whichever
+    order the listing has, and another device's or a down SA is not touched."""
+    from org.gateway_agent import duplicates
+
+    def sa(uid, ident, host, state="ESTABLISHED"):
+        return {f"mfp-{ident}": {"uniqueid": str(uid).encode(), "remote-id": ident.encode(),
+                                 "remote-host": host.encode(), "state": state.encode()}}
+
+    sas = [sa(7, "mfp-1", "10.77.0.20"), sa(3, "mfp-1", "10.77.0.10"), sa(5, "mfp-2", "10.77.0.30"),
+           sa(9, "mfp-1", "10.77.0.40", "CONNECTING"), sa(11, "mfp-2", "10.77.0.50", "DELETING")]
+    assert duplicates(sas) == [("7", "mfp-1", "10.77.0.20"), ("9", "mfp-1", "10.77.0.40")]
+    assert duplicates(sas, conn_prefix="other-") == []
+    assert duplicates([sa(3, "mfp-1", "10.77.0.10")]) == []

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from org.gateway_config import (DeviceGrant, GatewayConfigError, OrgGateway, conn_name, strongswan_conf,
+from org.gateway_config import (DeviceGrant, GatewayConfigError, OrgGateway, conn_name, credential_files, strongswan_conf,
                                 swanctl_conf, validate)
 
 PSK = b"TPCANARY-acme-psk-0123456789abcdef"
@@ -83,3 +83,32 @@ def test_local_ts_is_one_range_from_the_gateways_address_to_the_farthest_need():
 
 def test_repr_hides_psk():
     assert PSK.decode() not in repr(gw())
+
+
+def _cert_mode(**kw) -> OrgGateway:
+    from org.gateway_certs import issue_gateway_cert, make_ca
+
+    ca = make_ca("acme")
+    ident = issue_gateway_cert(ca, "gw.acme")
+    space = make_ca("space-1")
+    return gw(devices=(DeviceGrant("mfp-1.space-1", "cert"),), device_ca_pem=space.cert_pem(),
+              gateway_cert_pem=ident.cert_pem(), gateway_key_pem=ident.key_pem(), **kw)
+
+
+def test_certificate_mode_holds_no_secret_and_never_lets_a_copy_replace_the_sa():
+    g = _cert_mode()
+    conf = swanctl_conf(g)
+    assert "auth = pubkey" in conf and "cacerts = space-device-ca.pem" in conf and "certs = gateway.pem" in conf
+    assert "unique = never" in conf and "unique = replace" not in conf  # the agent keeps the first SA
+    assert "secret =" not in conf and "psk" not in conf
+    files = credential_files(g)
+    assert set(files) == {"x509/gateway.pem", "x509ca/space-device-ca.pem", "private/gateway.key"}
+    assert files["private/gateway.key"][1] == 0o600 and b"PRIVATE KEY" in files["private/gateway.key"][0]
+    assert credential_files(gw()) == {}  # PSK mode: none
+
+
+def test_certificate_mode_needs_its_certificates_and_no_psk():
+    with pytest.raises(GatewayConfigError, match="device_ca_pem"):
+        validate(_cert_mode().__class__(**{**_cert_mode().__dict__, "device_ca_pem": ""}))
+    with pytest.raises(GatewayConfigError, match="no PSK"):
+        validate(gw(devices=(DeviceGrant("mfp-1.space-1", "cert", b"x" * 32),)))

@@ -1,0 +1,96 @@
+"""The org gateway's own certificate, for the certificate mode of its IKE (issue 18).
+
+In that mode the MFP proves itself with its device certificate (issued for a day by the coworking
+space's device CA in the cloud) and the gateway with a certificate of the org's own gateway CA. The
+MFP's profile then carries only public facts: the gateway CA certificate to verify the gateway
+with, the gateway's identity, the selectors.
+
+- `make_ca(org_id)`: the org's gateway CA (ECDSA P-256, self-signed, 10 years, path length 0);
+- `issue_gateway_cert(ca, gateway_id, days)`: the gateway's certificate, its IKE identity as a
+  dNSName (or an IP address SAN when the identity is one: strongSwan matches the identity against
+  the SANs), serverAuth;
+- `CertAndKey.key_pem()`: the private key as PEM (write it 0600 on the gateway only).
+
+The CA's key belongs offline with the org's admin: `tenantprint org gateway-config` uses it only to
+issue the gateway's certificate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+@dataclass(frozen=True)
+class CertAndKey:
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey = field(repr=False)
+
+    def cert_pem(self) -> str:
+        return self.cert.public_bytes(serialization.Encoding.PEM).decode()
+
+    def key_pem(self) -> bytes:
+        return self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+
+    @classmethod
+    def load(cls, cert_pem: str | bytes, key_pem: bytes) -> "CertAndKey":
+        cert = x509.load_pem_x509_certificate(cert_pem.encode() if isinstance(cert_pem, str) else cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError("the key is not an EC key")
+        return cls(cert, key)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def make_ca(org_id: str, *, years: int = 10) -> CertAndKey:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org_id),
+                      x509.NameAttribute(NameOID.COMMON_NAME, f"{org_id} gateway CA")])
+    now = _now()
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365 * years))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+    return CertAndKey(cert, key)
+
+
+def _san(identity: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(identity))
+    except ValueError:
+        return x509.DNSName(identity)
+
+
+def issue_gateway_cert(ca: CertAndKey, gateway_id: str, *, days: int = 825) -> CertAndKey:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gateway_id)]))
+            .issuer_name(ca.cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([_san(gateway_id)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(ca.key, hashes.SHA256()))
+    return CertAndKey(cert, key)
