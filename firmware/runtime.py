@@ -43,6 +43,7 @@ from hal.printer.engine_state import BLOCKING
 TICK_S = 1.0
 RELEASED_REPORT_AFTER_S = 0.15  # a "released" report waits this long (how a job ended is told at once)
 SPARE_DELAY_S = 1.0  # the next session's keeper and sandbox are prepared this long after the effect
+DEVICE_CERT_EVERY_S = 3600.0  # how often the device certificate is checked (renewed 8 h before its end)
 SPARE_NICE = 10      # ... at this priority (a tap's own work goes first)
 
 
@@ -119,6 +120,7 @@ class Runtime:
         self._releasing: set[tuple[int, int]] = set()
         self._deferred: list = []
         self._card_directory = None
+        self.device_cert: dict = {}  # how the device certificate stands (firmware/device_cert.py)
         self.done = asyncio.Event()
         self.taps = 0  # card events handled (lets a client tell that its tap was seen)
         self.spare_keeper: SecretKeeper | None = None  # the next session's keeper, holding nothing yet
@@ -481,6 +483,28 @@ class Runtime:
             self._card_directory = build_directory(self.cfg)
         return self._card_directory
 
+    def _keep_device_cert(self) -> None:
+        """The device's certificate from its space's CA (firmware/device_cert.py), at start and then
+        every hour (every minute while the cloud does not give one): what the device shows orgs in
+        certificate mode. Never raises; the journal and `status.device_cert` say how it stands."""
+        from firmware import device_cert
+
+        if not self.cfg.device.device_id:
+            return
+        client = None
+        while not self.done.is_set():
+            try:
+                client = client or build_directory(self.cfg)
+                state = device_cert.ensure(self.cfg, client, time.time())
+            except Exception as exc:  # noqa: BLE001 (a bug or a config fault: said, retried)
+                state = None
+                journal.record("device certificate not renewed", level=40, error=type(exc).__name__)
+            if state is not None:
+                self.device_cert = {"status": state.status, "usable": state.usable}
+                journal.record("device certificate", level=20 if state.usable else 30, status=state.status,
+                               reason=getattr(state, "reason", ""))
+            self.done.wait(DEVICE_CERT_EVERY_S if state is not None and state.usable else 60)
+
     async def _tick(self) -> None:
         interval = sdnotify.watchdog_interval()
         last_ping = 0.0
@@ -610,6 +634,7 @@ class Runtime:
             "sessions": sessions,
             "sessions_max": self.cfg.sessions.max,
             "spare": self.devices.sandboxes.spare_view(),
+            "device_cert": self.device_cert,
             "panel_url": f"http://{self.cfg.panel.listen}/" if "web" in self.cfg.panel.kind.split(",") else None,
             "screen": self.screen.doc.get("screen"),
             "engine": self.devices.engine.view(),
@@ -635,6 +660,7 @@ class Runtime:
         tasks = [asyncio.create_task(self._read_cards()), asyncio.create_task(self._tick())]
         engine_thread = threading.Thread(target=self._serve_engine, name="engine", daemon=True)
         engine_thread.start()
+        threading.Thread(target=self._keep_device_cert, name="device-cert", daemon=True).start()
         # The device firewall and the kernel's network settings hold before anything else: if not,
         # the boot purge's check finds it and latches Fault (no session), the daemon stays up.
         try:

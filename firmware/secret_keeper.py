@@ -243,7 +243,9 @@ class _Keeper:
             enter_netns(f"/run/netns/{netns}")  # the directory is not needed any more: from here on, only the org's side
             backend = None if self.cfg.tunnel.backend == "auto" else self.cfg.tunnel.backend
             # this thread is in the sandbox now: its own netlink sockets see the sandbox's addresses
-            self.tunnel = open_tunnel(TunnelConfig(backend=backend, vici_socket=vici_socket))
+            cert, key = self._device_identity()
+            self.tunnel = open_tunnel(TunnelConfig(backend=backend, vici_socket=vici_socket,
+                                                   device_cert=cert, device_key=key))
             self.tunnel.load(self.profile, timeout=float(req["timeout_s"]), known_empty=req.get("known_empty") is True)
         except TunnelSetupFailed as exc:
             return kp.TunnelRefused(exc.cause)
@@ -272,6 +274,24 @@ class _Keeper:
         self.after_reply = self._open_authenticator
         return kp.TunnelFacts(up.virtual_ip, up.interface, tuple(up.remote_ts))
 
+    def _device_identity(self) -> tuple[str, str]:
+        """The device's own certificate and key files (firmware/device_cert.py keeps them fresh),
+        for profiles in device-certificate mode (issue 18); ("", "") before the device has them."""
+        from pathlib import Path
+
+        from firmware.device_cert import CERT_NAME, KEY_NAME
+
+        d = Path(self.cfg.device.state_dir)
+        cert, key = d / CERT_NAME, d / KEY_NAME
+        return (str(cert), str(key)) if cert.is_file() and key.is_file() else ("", "")
+
+    def _authenticator_options(self) -> dict:
+        """RadSec shows the device's certificate as its TLS client certificate."""
+        if self.profile is None or self.profile.auth.kind != "radsec":
+            return {}
+        cert, key = self._device_identity()
+        return {"client_cert": cert, "client_key": key}
+
     def _open_authenticator(self) -> None:
         """After the tunnel's reply went out (the desk's queue waits for it, not for this), while the
         person walks to their desk, not at their next tap: imports, the RADIUS dictionary."""
@@ -279,7 +299,7 @@ class _Keeper:
 
         if self.authenticator is None and self.profile is not None:
             try:
-                self.authenticator = open_authenticator(self.profile.auth)
+                self.authenticator = open_authenticator(self.profile.auth, **self._authenticator_options())
             except AuthConfigError:
                 pass  # answered when authentication is asked for
 
@@ -289,7 +309,8 @@ class _Keeper:
         if self.profile is None:
             return Unavailable("no session")
         try:
-            self.authenticator = self.authenticator or open_authenticator(self.profile.auth)
+            self.authenticator = self.authenticator or open_authenticator(self.profile.auth,
+                                                                          **self._authenticator_options())
         except AuthConfigError as exc:  # a profile we cannot use: not yes, and the keeper lives on
             return Unavailable(f"auth server profile unusable: {exc}")
         state = bytes.fromhex(req["state"]) if req.get("state") else None

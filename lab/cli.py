@@ -9,7 +9,7 @@ import sys
 
 from lab.host import LabError
 from lab.lab import Lab
-from lab.options import BACKENDS, ENGINES, PANEL_ACTIONS, LabOptions
+from lab.options import BACKENDS, ENGINES, PANEL_ACTIONS, TRUSTS, LabOptions
 
 FAULTS = ("gateway-kill", "gateway-start", "cloud-stop", "cloud-start", "radius-stop", "radius-start",
           "firmware-kill", "firmware-start", "engine-stop", "engine-start",
@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--wan-rtt-ms", type=float, default=0.0, help="round trip added between office and WAN")
     up.add_argument("--tunnel-backend", choices=BACKENDS, default="auto")
     up.add_argument("--combined", action="store_true", help="acme's profile uses combined mode")
+    up.add_argument("--trust", choices=TRUSTS, default="psk",
+                    help="cert: the MFP shows its own certificate from the space's CA (IKE, RadSec); "
+                         "no org secret in any profile")
     up.add_argument("--ldap", action="append", default=[], metavar="ORG",
                     help="ORG's users are checked by its LDAP server (slapd) instead of FreeRADIUS (repeatable)")
     up.add_argument("--engine", choices=ENGINES, default="pdf",
@@ -82,7 +85,7 @@ def _run(args) -> dict:
 
     if args.cmd == "up":
         opts = LabOptions(args.wan_rtt_ms, args.tunnel_backend, args.combined, tuple(args.ldap), args.engine,
-                          args.extra_orgs)
+                          args.extra_orgs, args.trust)
         lab = Lab(options=opts)
         if lab.layout.root.exists() and LabOptions.load(lab.layout.root) != opts:
             raise LabError("the lab is up with other options: `tenantprint lab down` first")

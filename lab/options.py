@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 BACKENDS = ("auto", "kernel", "libipsec")
+TRUSTS = ("psk", "cert")  # how the MFP proves itself to the orgs (`lab up --trust`, issue 18)
 ENGINES = ("pdf", "pwg-only", "urf-only")  # what the lab's print engine takes (lab/services/engine.py)
 PANEL_ACTIONS = ("screen", "choose-next", "print", "delete", "logout", "pin-cancel")  # `lab panel` (lab/actions.py)
 
@@ -20,6 +21,9 @@ class LabOptions:
     ldap: tuple[str, ...] = ()  # orgs whose users their slapd checks instead of their FreeRADIUS
     engine: str = "pdf"  # the print engine's formats: one of ENGINES
     extra_orgs: int = 0  # contracted orgs beyond acme and globex, each with its gateway (lab/orgs.py EXTRA_ORGS)
+    # cert: the MFP's own certificate from the space's CA opens the orgs' tunnels and RadSec; the
+    # profiles hold no org secret (RADIUS orgs; an LDAP org's bind password stays a secret)
+    trust: str = "psk"
 
     def __post_init__(self):
         from lab.orgs import CONTRACTED, contracted
@@ -31,6 +35,8 @@ class LabOptions:
                 raise ValueError(f"--ldap {org}: not one of the lab's organizations ({', '.join(CONTRACTED)})")
         if self.tunnel_backend not in BACKENDS:
             raise ValueError(f"tunnel backend must be one of {', '.join(BACKENDS)}")
+        if self.trust not in TRUSTS:
+            raise ValueError(f"trust must be one of {', '.join(TRUSTS)}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if not 0 <= self.wan_rtt_ms <= 2000:

@@ -144,6 +144,27 @@ def gateway_ca(lab, org: str):
     return _gateway_certs(lab, org)[0]
 
 
+def radius_server_identity(lab, org: str):
+    """Org `org`'s RADIUS server certificate (RadSec), from its gateway CA, for its address."""
+    from org import gateway_certs
+
+    path = lab.layout.data_dir("orgs") / f"radius-cert-{org}.json"
+    if not path.exists():
+        ident = gateway_certs.issue_gateway_cert(gateway_ca(lab, org), RADIUS_HOST)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump([ident.cert_pem(), ident.key_pem().decode()], f)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    cert, key = json.loads(path.read_text())
+    return gateway_certs.CertAndKey.load(cert, key.encode())
+
+
 def gateway_identity(lab, org: str):
     """Org `org`'s gateway certificate and key, issued by its gateway CA to its IKE identity."""
     return _gateway_certs(lab, org)[1]
@@ -175,6 +196,24 @@ def _gateway_certs(lab, org: str):
             gateway_certs.CertAndKey.load(entry["gw"][0], entry["gw"][1].encode()))
 
 
+def _cert_profile(lab, org: str, wire: dict) -> dict:
+    ca = gateway_ca(lab, org).cert_pem()  # the org's CA: its gateway's and its RADIUS server's certificates
+    vpn = {k: v for k, v in wire["vpn"].items() if k != "psk"}
+    vpn.update(auth="device", ca_cert_pem=ca)
+    auth = wire["auth"]
+    if auth["kind"] == "radius":
+        auth = {"kind": "radsec", "host": RADIUS_HOST, "port": 2083, "ca_pem": ca,
+                "user_format": auth["user_format"], "timeout_s": auth["timeout_s"], "retries": auth["retries"]}
+    return {**wire, "vpn": vpn, "auth": auth}
+
+
+def space_device_ca(lab, space: str = "space-1") -> str:
+    """The space's device CA certificate (PEM), from the lab's cloud (cloud/device_ca.py)."""
+    from lab.services import cloud
+
+    return cloud.space_ca_pem(lab, space)
+
+
 def desk_key(lab, org: str):
     """Org `org`'s desk signing key (org/desk_key.DeskKey), the same for the lab's life."""
     from org import desk_key as dk
@@ -203,9 +242,13 @@ def desk_key(lab, org: str):
     return dk.DeskKey(entry["org_id"], Ed25519PrivateKey.from_private_bytes(base64.b64decode(entry["private_key"])))
 
 
-def lab_profile(lab, org: str, auth_kind: str = "radius") -> dict:
+def lab_profile(lab, org: str, auth_kind: str = "radius", trust: str = "psk") -> dict:
     """The wire profile (see hal/directory/profile.py) the cloud serves the MFP for `org`; its auth
-    server is the org's FreeRADIUS, or its slapd with `auth_kind="ldap"` (lab/services/ldap.py)."""
+    server is the org's FreeRADIUS, or its slapd with `auth_kind="ldap"` (lab/services/ldap.py).
+    `trust="cert"` (issue 18): the MFP shows its device certificate to the gateway and, over
+    RadSec, to the RADIUS server; the profile then holds only public facts."""
+    if trust == "cert":
+        return _cert_profile(lab, org, lab_profile(lab, org, auth_kind))
     s = spec(org)
     sec = org_secrets(lab, org)
     if auth_kind == "ldap":

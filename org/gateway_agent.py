@@ -352,7 +352,11 @@ def _charon_started(session: vici.Session) -> str:
 
 
 class GatewayAgent:
-    def __init__(self, vici_socket: str, listen: tuple[str, int], conn_prefix: str = "", reconcile_s: float = 2.0):
+    def __init__(self, vici_socket: str, listen: tuple[str, int], conn_prefix: str = "", reconcile_s: float = 2.0,
+                 *, one_sa_per_device: bool = False):
+        # certificate mode: end every IKE SA but the first per device identity (`duplicates`); off
+        # for PSK connections, whose `unique = replace` lets a rebooted MFP take its place at once
+        self.one_sa_per_device = one_sa_per_device
         self.vici_socket = vici_socket
         self.registry = MfpRegistry()
         self.outcomes = OutcomeStore()
@@ -372,7 +376,7 @@ class GatewayAgent:
 
     def reconcile(self, session: vici.Session, going: frozenset[str] = frozenset()) -> None:
         sas = list(session.list_sas())
-        dups = duplicates(sas, self.conn_prefix)
+        dups = duplicates(sas, self.conn_prefix) if self.one_sa_per_device else []
         if dups:
             going = going | {uid for uid, _, _ in dups}
             for uid, ident, host in dups:
@@ -427,10 +431,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--vici", default="/run/charon.vici", help="charon's VICI socket")
     p.add_argument("--listen", default="0.0.0.0:8631", help="address:port the desk agents poll")
     p.add_argument("--conn-prefix", default="", help="only IKE SAs of connections with this name prefix")
+    p.add_argument("--one-sa-per-device", action="store_true",
+                   help="certificate mode: end every IKE SA but the first with one device identity (a copied key)")
     args = p.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    agent = GatewayAgent(args.vici, (host, int(port)), args.conn_prefix)
+    agent = GatewayAgent(args.vici, (host, int(port)), args.conn_prefix, one_sa_per_device=args.one_sa_per_device)
     log.info("gateway agent on %s following %s", args.listen, args.vici)
     try:
         agent.serve_forever()

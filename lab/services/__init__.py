@@ -29,7 +29,8 @@ class CloudSeed:
 
     name = "cloud-seed"
 
-    def __init__(self, combined: bool, ldap: tuple[str, ...] = (), extra_orgs: int = 0):
+    def __init__(self, combined: bool, ldap: tuple[str, ...] = (), extra_orgs: int = 0, trust: str = "psk"):
+        self.trust = trust
         self.combined = combined
         self.ldap = ldap
         self.extra_orgs = extra_orgs
@@ -40,7 +41,7 @@ class CloudSeed:
 
         profiles = {}
         for org in orgs.lab_orgs(self.extra_orgs):
-            wire = orgs.lab_profile(lab, org, auth_kind="ldap" if org in self.ldap else "radius")
+            wire = orgs.lab_profile(lab, org, auth_kind="ldap" if org in self.ldap else "radius", trust=self.trust)
             if org == "acme" and self.combined:
                 wire["policy"]["combined_mode"] = True
             profiles[org] = wire
@@ -50,7 +51,8 @@ class CloudSeed:
         pass
 
     def status(self, lab: "Lab") -> dict:
-        return {"combined": self.combined, "ldap": list(self.ldap), "extra_orgs": self.extra_orgs}
+        return {"combined": self.combined, "ldap": list(self.ldap), "extra_orgs": self.extra_orgs,
+                "trust": self.trust}
 
 
 def default_services(options: "LabOptions") -> list[Service]:
@@ -71,12 +73,13 @@ def default_services(options: "LabOptions") -> list[Service]:
     services: list[Service] = []
     if options.wan_rtt_ms > 0:
         services.append(WanDelayService(options.wan_rtt_ms))
-    services += [CloudService(), CloudSeed(options.combined, options.ldap, options.extra_orgs)]
+    cert = options.trust == "cert"
+    services += [CloudService(), CloudSeed(options.combined, options.ldap, options.extra_orgs, options.trust)]
     for org in contracted(options.extra_orgs):
-        services += [GatewayService(org), RadiusService(org)]
+        services += [GatewayService(org, cert_mode=cert), RadiusService(org, radsec=cert)]
         if org in options.ldap:
             services.append(LdapService(org))
-        services += [GatewayAgentService(org), DeskService(org)]
+        services += [GatewayAgentService(org, cert_mode=cert), DeskService(org)]
     services += [PcscdService(), VcardService(), NfcReaderService(), EngineService(),
                  FirmwareService(options.tunnel_backend), PanelService()]
     return services

@@ -130,12 +130,13 @@ class GatewayService(_CharonService):
     loaded with `swanctl --load-all --file` (the file, holding the PSKs, is mode 0600 in the
     service's data dir; nothing secret is on a command line)."""
 
-    def __init__(self, org: str, backend: str | None = None, *, device_ca_pem: str = ""):
+    def __init__(self, org: str, backend: str | None = None, *, device_ca_pem: str = "", cert_mode: bool = False):
         self.org = org
         self.name = f"gateway-{org}"
         self.host_name = f"gw-{org}"
         self._backend = backend
         self.device_ca_pem = device_ca_pem  # set: the MFP in certificate mode (lab.orgs.org_gateway)
+        self.cert_mode = cert_mode  # certificate mode with the lab cloud's space CA
 
     def backend(self) -> str:
         if self._backend is None:
@@ -145,7 +146,10 @@ class GatewayService(_CharonService):
     def _gateway(self, lab):
         from lab.orgs import org_gateway
 
-        return org_gateway(lab, self.org, self.backend(), device_ca_pem=self.device_ca_pem)
+        from lab.orgs import space_device_ca
+
+        ca = self.device_ca_pem or (space_device_ca(lab) if self.cert_mode else "")
+        return org_gateway(lab, self.org, self.backend(), device_ca_pem=ca)
 
     def conf_text(self, lab) -> str:
         from org.gateway_config import strongswan_conf as gw_conf

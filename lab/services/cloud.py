@@ -211,3 +211,15 @@ def enrol_token(lab, device_id: str, space: str = "space-1", ttl_s: int = 3600) 
         return admin.enrol_token(space, device_id, ttl_s)["token"]
     finally:
         admin.engine.dispose()
+
+
+def space_ca_pem(lab, space: str = "space-1") -> str:
+    """The space's device CA certificate (cloud/device_ca.py; made on first use), what orgs'
+    gateways and RADIUS servers trust for the space's devices in certificate mode."""
+    from cloud.device_ca import DeviceCA
+
+    admin = _admin(lab)
+    try:
+        return DeviceCA(admin.engine, admin.keyring).ca_pem(space)
+    finally:
+        admin.engine.dispose()

@@ -82,7 +82,8 @@ def gateway_mfps(lab, org: str, host: str | None = None, timeout: float = 3.0) -
 class GatewayAgentService:
     """`tenantprint org gateway-agent` on gw-<org>, following that host's charon."""
 
-    def __init__(self, org: str):
+    def __init__(self, org: str, cert_mode: bool = False):
+        self.cert_mode = cert_mode  # one IKE SA per device identity (org/gateway_agent.py duplicates)
         self.org = org
         self.name = f"gateway-agent-{org}"
         self.host_name = f"gw-{org}"
@@ -91,7 +92,8 @@ class GatewayAgentService:
         if _alive(lab, self.name):
             return
         cmd = _tenantprint("org", "gateway-agent", "--vici", "/run/charon.vici",
-                           "--listen", f"{GATEWAY_LAN_ADDRESS}:{GATEWAY_AGENT_PORT}", "--conn-prefix", "mfp-")
+                           "--listen", f"{GATEWAY_LAN_ADDRESS}:{GATEWAY_AGENT_PORT}", "--conn-prefix", "mfp-",
+                           *(["--one-sa-per-device"] if self.cert_mode else []))
         lab.spawn(self.name, self.host_name, cmd, env=_ENV, cwd=REPO)
         deadline = time.monotonic() + 15
         while not self._listening(lab):

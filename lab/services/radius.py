@@ -12,6 +12,7 @@ requests"); `stop` stops it by its recorded PID. Stop then start is the lab's "r
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -26,7 +27,8 @@ START_TIMEOUT_S = 10.0
 
 class RadiusService:
     def __init__(self, org: str, secret: str | bytes | None = None, *, port: int = 1812,
-                 extra_clients: tuple[str, ...] = (), reject_delay_s: int = 1):
+                 extra_clients: tuple[str, ...] = (), reject_delay_s: int = 1, radsec: bool = False):
+        self.radsec = radsec  # certificate mode (issue 18): RadSec only, the MFP's device certificate
         self.org = org
         self.name = f"radius-{org}"
         self.host_name = f"lan-{org}"
@@ -56,12 +58,33 @@ class RadiusService:
 
         secret = self._secret if self._secret is not None else org_secrets(lab, self.org)["radius"].encode()
         cards = cards_of(lab, self.org)
-        return OrgRadius(
+        tls = dict(radsec=self._radsec_listener(lab), radsec_only=True) if self.radsec else {}
+        return OrgRadius(**tls,
             org_id=self.org, secret=secret, clients=(POOL, *self.extra_clients),
             # each user's issued card (lab/sun_cards.py), as `tenantprint org card issue` registers it
             users=tuple(replace(u.radius_user(), card=cards.get(u.user_id)) for u in users_of(self.org)),
             listen_address=self.address(lab), port=self.port, reject_delay_s=self.reject_delay_s,
         )
+
+    def _radsec_listener(self, lab):
+        """The RadSec listener: the server's certificate from the org's CA (lab.orgs.org_ca) for
+        its address, the space's device CA for the clients, the lab's one MFP allowed."""
+        from lab.orgs import DEVICE_ID, RADIUS_HOST, radius_server_identity, space_device_ca
+        from org.radius_config import RadsecListener
+
+        d = self.conf_dir(lab) / "radsec"
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+        ident = radius_server_identity(lab, self.org)
+        for name, data, mode in (("server.pem", ident.cert_pem().encode(), 0o644),
+                                 ("server.key", ident.key_pem(), 0o600),
+                                 ("space-device-ca.pem", space_device_ca(lab).encode(), 0o644)):
+            fd = os.open(d / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        assert RADIUS_HOST == self.address(lab)
+        return RadsecListener(str(d / "server.pem"), str(d / "server.key"), str(d / "space-device-ca.pem"),
+                              allowed_clients=(DEVICE_ID,))
 
     def running(self, lab) -> bool:
         rec = lab.procs.get(self.name)

@@ -135,7 +135,8 @@ def test_the_device_certificate_opens_acme_and_a_copy_does_not_take_over(lab, ch
         assert up.virtual_ip.startswith("10.20.0.2")
         # the device's key and certificate, copied to the coworking host: a second IKE SA with the
         # device's identity does not take over: the gateway agent ends it, the first stays
-        agent = GatewayAgent(str(gw.vici_socket(lab)), ("127.0.0.1", 0), conn_prefix="mfp-", reconcile_s=0.5)
+        agent = GatewayAgent(str(gw.vici_socket(lab)), ("127.0.0.1", 0), conn_prefix="mfp-", reconcile_s=0.5,
+                             one_sa_per_device=True)
         threading.Thread(target=agent._follow, daemon=True).start()
         try:
             thief = tunnel_on(lab, cowork, "cowork", cert, key)
