@@ -18,8 +18,9 @@ from cloud import profiles
 from cloud.cards import T_CARD, T_CARD_KEY, CardKeys, card_hash, card_key_aad, card_ref, valid_card
 from cloud import refusals
 from cloud.crypto import DecryptError, Keyring, Sealed, kek_id, new_kek, read_kek_file, write_kek_file
+from cloud.device_ca import T_SPACE_CA, ca_key_aad, revoke_device_in
 from cloud.lookup import T_AUDIT, T_CONTRACT, T_DEVICE, T_PROFILE, T_TOKEN, audit, token_hash
-from cloud.models import ACTIVE, ENDED, REVOKED, Org, Space
+from cloud.models import ACTIVE, ENDED, Org, Space
 from cloud.sealing import SEAL_BOUND, SEAL_LEGACY, legacy_aad, row_aad, seal_profile
 from cloud.storage import read_txn, write_txn
 from hal.directory import CARD_ID_RE
@@ -108,13 +109,16 @@ class Admin:
         with read_txn(self.engine) as conn:
             return _rows(conn.execute(q))
 
-    def revoke_device(self, device_id: str) -> None:
+    def revoke_device(self, device_id: str) -> int:
+        """Revoke an active device: no lookup and no certificate for it any more, and its unexpired
+        certificates on its space's CRL (cloud/device_ca.py). Returns how many certificates."""
+        now = time.time()
         with write_txn(self.engine) as conn:
-            n = conn.execute(update(T_DEVICE).where(T_DEVICE.c.id == device_id, T_DEVICE.c.status == ACTIVE)
-                             .values(status=REVOKED, revoked_at=time.time())).rowcount
-            if n != 1:
+            n = revoke_device_in(conn, device_id, now)
+            if n is None:
                 raise AdminError(f"no active device {device_id}")
-            audit(conn, "revoke", "done", device_id=device_id)
+            audit(conn, "revoke", "done", device_id=device_id, at=now)
+        return n
 
     # -- orgs and profiles -----------------------------------------------------------------
 
@@ -331,8 +335,8 @@ class Admin:
     def rotate_key(self, kek_file: Path, batch: int = 500) -> dict:
         """Make a new KEK and re-wrap every record's data key under it, in place:
         1. the KEK file becomes [new, old...] (running servers re-read it when they meet the new id),
-        2. every record (profiles, the spaces' card keys) is re-wrapped under the new KEK (batches,
-           each its own transaction),
+        2. every record (profiles, the spaces' card keys and device CA keys) is re-wrapped under
+           the new KEK (batches, each its own transaction),
         3. the file becomes [new].
         Card hashes do not change: their key is re-wrapped, not replaced."""
         kek_file = Path(kek_file)
@@ -345,12 +349,14 @@ class Admin:
                             lambda r: row_aad(r[0], r[4], r[5]), T_PROFILE.c.public_json, T_PROFILE.c.seal_version)
         card_keys = self._rewrap(ring, new_id, batch, T_CARD_KEY, T_CARD_KEY.c.space_id, T_CARD_KEY.c.key_ct,
                                  lambda r: card_key_aad(r[0]))
+        ca_keys = self._rewrap(ring, new_id, batch, T_SPACE_CA, T_SPACE_CA.c.space_id, T_SPACE_CA.c.key_ct,
+                               lambda r: ca_key_aad(r[0], r[4]), T_SPACE_CA.c.cert_pem)
         write_kek_file(kek_file, [fresh])
         with write_txn(self.engine) as conn:
             audit(conn, "rotate-key", "done")
         self._keyring = Keyring(kek_file)
         return {"kek_id": new_id, "retired": [kek_id(k) for k in old], "rewrapped": done,
-                "card_keys_rewrapped": card_keys}
+                "card_keys_rewrapped": card_keys, "ca_keys_rewrapped": ca_keys}
 
     def _rewrap(self, ring: Keyring, new_id: str, batch: int, table, key_col, ct_col, aad_of, *extra) -> int:
         """Re-wrap the data key of every row of `table` not yet under KEK `new_id`; `aad_of` makes

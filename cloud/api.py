@@ -3,6 +3,10 @@
     POST /v1/enrol                     {token, public_key} -> 201 {device_id, space_id} | 403
     GET  /v1/orgs/{org_id}/profile     signed (hal/directory/signing.py) -> 200 wire profile | 401 | 403
     POST /v1/cards/lookup              signed, {"card": "card-<hex>"} -> 200 {"org_id"} | 401 | 403 | 422
+    POST /v1/device/certificate        signed, {"csr_pem"} -> 200 {"certificate_pem", "ca_pem", "not_after"}
+                                       | 401 | 403 (CSR not P-256 or its signature bad) | 422 | 429
+    GET  /v1/spaces/{space_id}/ca.pem  public: the space's device CA (PEM) | 404
+    GET  /v1/spaces/{space_id}/crl     public: its CRL (DER, nextUpdate within the hour) | 404
     GET  /v1/health                    -> 200 {"status": "ok"}
     GET  /openapi.json, /docs, /redoc  only with `[server] api_docs = true` (cloud/config.py), else 404
 
@@ -11,6 +15,7 @@ Answers to devices are fixed: 401 `{"error": "unauthenticated"}`, 403 `{"error":
 429 `{"error": "rate-limited"}` with `Retry-After` (cloud/ratelimit.py), 503 `{"error":
 "unavailable"}` when the database is (or a profile's sealed part does not open). The application is
 stateless but for its rate limits' buckets: any number of processes can serve one database.
+Certificates: cloud/device_ca.py (per device at most `CERT_PER_HOUR` an hour, burst `CERT_BURST`).
 """
 
 from __future__ import annotations
@@ -34,14 +39,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cloud import config as cloud_config
 from cloud.config import CloudConfig
 from cloud.crypto import CryptoError, Keyring
+from cloud.device_ca import CERT_BURST, CERT_PER_HOUR, DeviceCA, UnknownSpace
 from cloud.lookup import DeviceDirectory, Refused, Unauthenticated
-from cloud.ratelimit import RateLimited, RateLimits, retry_after, source_key
+from cloud.ratelimit import DeviceThrottle, RateLimited, RateLimits, TokenBuckets, retry_after, source_key
 from cloud.storage import open_engine
 from hal.directory import CARD_ID_RE
 from hal.directory.signing import H_DEVICE, H_NONCE, H_SIGNATURE, H_TIMESTAMP
 
 log = logging.getLogger("tenantprint.cloud")
 MAX_BODY = 16 * 1024
+CERT_PATH, SPACES_PATH = "/v1/device/certificate", "/v1/spaces/"
 
 
 class EnrolRequest(BaseModel):
@@ -120,8 +127,16 @@ class SourceLimit:
     def __init__(self, app, limits: RateLimits, directory: DeviceDirectory):
         self.app, self.limits, self.directory = app, limits, directory
 
+    def _for_path(self, path: str):
+        # certificate requests and the public CA/CRL share the lookups' bucket per address
+        if path == CERT_PATH:
+            return "certificate", self.limits.source
+        if path.startswith(SPACES_PATH):
+            return "device-ca", self.limits.source
+        return self.limits.for_path(path)
+
     async def __call__(self, scope, receive, send):
-        limited = self.limits.for_path(scope.get("path", "")) if scope["type"] == "http" else None
+        limited = self._for_path(scope.get("path", "")) if scope["type"] == "http" else None
         if limited is not None:
             action, buckets = limited
             host = _host(scope)
@@ -170,12 +185,17 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
 
-def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60, config: CloudConfig | None = None) -> FastAPI:
+def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60, config: CloudConfig | None = None,
+               cert_limit: TokenBuckets | None = None) -> FastAPI:
     """The API on `engine`; `config` (cloud/config.py; default: the defaults) sets the rate limits
-    and whether the API docs are served."""
+    and whether the API docs are served; `cert_limit`: each device's certificate requests
+    (default `CERT_PER_HOUR` an hour, burst `CERT_BURST`)."""
     config = config or CloudConfig()
     limits = RateLimits(config.limits)
     directory = DeviceDirectory(engine, keyring, window_s=window_s, device_limit=limits.device)
+    cas = DeviceCA(engine, keyring)
+    cert_limit = cert_limit or TokenBuckets(CERT_PER_HOUR / 60.0, CERT_BURST)
+    cert_throttle = DeviceThrottle(engine, cert_limit, directory.count_refusal)
     limiter: list[CapacityLimiter] = []
 
     def db_threads() -> CapacityLimiter:
@@ -207,6 +227,7 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60, config: 
                   openapi_url="/openapi.json" if docs else None, docs_url="/docs" if docs else None,
                   redoc_url="/redoc" if docs else None, lifespan=lifespan)
     app.state.directory, app.state.limits = directory, limits
+    app.state.device_ca, app.state.cert_limit = cas, cert_limit
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(request, exc):
@@ -311,6 +332,63 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60, config: 
         if org_id is None:
             return _err(422, "malformed")
         return JSONResponse({"org_id": org_id}, headers={"Cache-Control": "no-store"})
+
+    @app.post(CERT_PATH, responses={200: {"content": {"application/json": {}}}, 401: {"model": ErrorResponse},
+                                    403: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                                    422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+              openapi_extra={"parameters": SIGNATURE_HEADERS})
+    async def device_certificate(request: Request):
+        """A certificate of this device's space CA on the key of `csr_pem` (P-256, its signature
+        valid; its subject ignored: the certificate names the signing device), valid 24 h."""
+        body = await request.body()
+        path, host = _signed_path(request), _host(request)
+
+        def work():
+            try:
+                device_id, nonce, key = directory.authenticate(request.headers, request.method, path, body)
+            except Unauthenticated as exc:
+                directory.record_refusal("certificate", exc, host)
+                raise
+            cert_throttle.take(device_id, "certificate", host)
+            try:
+                issued = cas.request(device_id, nonce, key, body)
+            except Unauthenticated as exc:
+                if exc.reason == "replay":
+                    cert_throttle.give_back(device_id)
+                raise
+            directory.sources.seen(device_id, host)
+            return device_id, issued
+
+        try:
+            device_id, issued = await to_thread.run_sync(work, limiter=db_threads())
+        except Unauthenticated as exc:
+            _log_refusal("certificate request", exc)
+            return _err(401, "unauthenticated")
+        except Refused as exc:
+            return _err(422, "malformed") if exc.reason == "malformed" else _err(403, "refused")
+        except RateLimited as exc:
+            return _too_many(exc.retry_after_s)
+        log.info("certificate for device %s, valid until %d", device_id, issued.not_after)
+        return JSONResponse(issued.answer(), headers={"Cache-Control": "no-store"})
+
+    async def _space_object(space_id: str, make, media_type: str, max_age: int) -> Response:
+        try:
+            content = await to_thread.run_sync(make, space_id, limiter=db_threads())
+        except UnknownSpace:
+            return _err(404, "not-found")
+        return Response(content, media_type=media_type, headers={"Cache-Control": f"public, max-age={max_age}"})
+
+    @app.get(SPACES_PATH + "{space_id}/ca.pem", responses={200: {"content": {"application/x-pem-file": {}}},
+                                                          404: {"model": ErrorResponse}})
+    async def space_ca(space_id: str):
+        """The space's device CA certificate (public: orgs' gateways trust it for this space's devices)."""
+        return await _space_object(space_id, lambda s: cas.ca_pem(s).encode(), "application/x-pem-file", 3600)
+
+    @app.get(SPACES_PATH + "{space_id}/crl", responses={200: {"content": {"application/pkix-crl": {}}},
+                                                       404: {"model": ErrorResponse}})
+    async def space_crl(space_id: str):
+        """The space's CRL (DER; public, cacheable for 5 minutes, nextUpdate within the hour)."""
+        return await _space_object(space_id, cas.crl, "application/pkix-crl", 300)
 
     app.add_middleware(BodyLimit)
     app.add_middleware(SourceLimit, limits=limits, directory=directory)  # added last: runs first

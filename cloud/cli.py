@@ -59,7 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--space", required=True); a.add_argument("--device", required=True)
     a.add_argument("--ttl-s", type=int, default=3600)
     a = dv.add_parser("list", parents=[c]); a.add_argument("--space")
-    a = dv.add_parser("revoke", parents=[c]); a.add_argument("device_id")
+    a = dv.add_parser("revoke", parents=[c], help="revoke a device: no lookups, no certificates, its unexpired "
+                                                   "certificates on its space's CRL (re-enrol it under a new id)")
+    a.add_argument("device_id", nargs="?"); a.add_argument("--device", dest="device_opt", metavar="ID")
 
     og = sub.add_parser("org", parents=[c]).add_subparsers(dest="action", required=True)
     a = og.add_parser("add", parents=[c]); a.add_argument("org_id"); a.add_argument("--name")
@@ -214,8 +216,13 @@ def _run(args, admin: Admin) -> int:
         _print(args, admin.list_devices(args.space),
                lambda rows: _table(rows, ["id", "space_id", "status", "enrolled_at", "revoked_at"]))
     elif cmd == "device":
-        admin.revoke_device(args.device_id)
-        _print(args, {"revoked": args.device_id}, lambda d: print(f"device {d['revoked']} revoked"))
+        if bool(args.device_id) == bool(args.device_opt):
+            raise AdminError("device revoke: name the device once (--device ID)")
+        device_id = args.device_id or args.device_opt
+        n = admin.revoke_device(device_id)
+        _print(args, {"revoked": device_id, "certificates_revoked": n},
+               lambda d: print(f"device {d['revoked']} revoked ({d['certificates_revoked']} certificates on its "
+                               "space's CRL)"))
     elif cmd == "org" and action == "add":
         _print(args, admin.add_org(args.org_id, args.name), lambda d: print(f"org {d['id']} added"))
     elif cmd == "org" and action == "list":
@@ -267,8 +274,8 @@ def _run(args, admin: Admin) -> int:
         if kek is None:
             raise AdminError("rotate-key needs --kek-file or TP_CLOUD_KEK_FILE")
         _print(args, admin.rotate_key(kek),
-               lambda d: print(f"{d['rewrapped']} profiles and {d['card_keys_rewrapped']} card keys re-wrapped "
-                               f"under KEK {d['kek_id']}"))
+               lambda d: print(f"{d['rewrapped']} profiles, {d['card_keys_rewrapped']} card keys and "
+                               f"{d['ca_keys_rewrapped']} device CA keys re-wrapped under KEK {d['kek_id']}"))
     elif cmd == "reseal-profiles":
         _print(args, admin.reseal_profiles(),
                lambda d: print(f"{d['resealed']} profiles re-sealed with their public part bound"))

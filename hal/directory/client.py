@@ -4,6 +4,8 @@
     client = DirectoryClient(url, device.device_id, device.key_path, ca_file, timeout=5)
     profile = client.fetch_profile("acme")                             # SessionProfile
     org_id = client.card_org("card-04c0ffee5a1e01")                    # a UID-only card's org
+    issued = client.device_certificate(csr_pem)                        # IssuedCertificate (unchecked:
+                                                                       # hal/directory/device_cert.py)
 
 The private key is generated here, on the device, and written to `key_dir/device.key` with mode
 0600 (the directory is made 0700); only the public key leaves the device. `key_dir/device.json`
@@ -32,6 +34,8 @@ _ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 KEY_FILE, DEVICE_FILE = "device.key", "device.json"
 CARD_LOOKUP_PATH = "/v1/cards/lookup"
 MAX_CARD_RESPONSE = 4096
+CERTIFICATE_PATH = "/v1/device/certificate"
+MAX_CERTIFICATE_RESPONSE = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,14 @@ class EnrolledDevice:
     device_id: str
     space_id: str
     key_path: Path
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """What the space's device CA answered: PEM texts as received, not yet checked."""
+    certificate_pem: str
+    ca_pem: str
+    not_after: int  # unix seconds, as the cloud says
 
 
 def _verify(ca_file: str | Path | None):
@@ -225,3 +237,25 @@ class DirectoryClient:
         if not isinstance(org_id, str) or not _ORG_ID.fullmatch(org_id):
             raise DirectoryMalformed("card lookup: answer is not an org id")
         return org_id
+
+    # -- the device's certificate from its space's CA ----------------------------------------
+
+    def device_certificate(self, csr_pem: str) -> IssuedCertificate:
+        """Ask the space's device CA to certify the key of `csr_pem` (a P-256 CSR) for this
+        device. The answer is only parsed here: check it (`device_cert.verify_issued`) before
+        use. `DirectoryRefused` 403: the CSR was not accepted; 401 as `fetch_profile` (a revoked
+        device gets no certificate); `DirectoryUnreachable` also for 429 (too many requests)."""
+        if not isinstance(csr_pem, str) or not csr_pem:
+            raise DirectoryRefused("no certificate request", 403)
+        body = json.dumps({"csr_pem": csr_pem}, separators=(",", ":")).encode()
+        answer = self._exchange("POST", CERTIFICATE_PATH, body, MAX_CERTIFICATE_RESPONSE, "certificate",
+                                "certificate request refused (CSR not accepted)")
+        try:
+            data = json.loads(answer)
+        except ValueError:
+            raise DirectoryMalformed("certificate: not JSON") from None
+        if not (isinstance(data, dict) and data.keys() == {"certificate_pem", "ca_pem", "not_after"}
+                and isinstance(data["certificate_pem"], str) and isinstance(data["ca_pem"], str)
+                and isinstance(data["not_after"], int) and not isinstance(data["not_after"], bool)):
+            raise DirectoryMalformed("certificate: unexpected answer")
+        return IssuedCertificate(data["certificate_pem"], data["ca_pem"], data["not_after"])

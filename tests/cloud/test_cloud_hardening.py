@@ -377,7 +377,7 @@ def test_a_0002_database_upgrades_with_its_profiles_waiting_for_reseal(db_url, k
                        "updated_at) VALUES ('acme', :p, :k, :w, :s, 1, 0)"),
                   {"p": json.dumps(public), "k": old.kek_id, "w": old.wrapped_dek, "s": old.ciphertext})
     migrate(engine)
-    assert current_revision(engine) == HEAD == "0003"
+    assert current_revision(engine) == HEAD == "0004"
     admin = Admin(engine, ring)
     assert admin.legacy_profiles() == 1 and admin.show_org("acme")["profile"]["sealing"] == "legacy"
     assert admin.reseal_profiles() == {"resealed": 1}
