@@ -37,7 +37,7 @@ from cloud.storage import read_txn, upsert, write_txn
 log = logging.getLogger("tenantprint.cloud")
 T_REFUSAL = RefusalCount.__table__
 
-ACTIONS = ("lookup", "card-lookup", "enrol")
+ACTIONS = ("lookup", "card-lookup", "enrol", "certificate")
 REASONS = ("missing-headers", "malformed-headers", "malformed-signature", "unknown-device", "bad-signature",
            "unknown-token", "bad-public-key", "rate-limited", "device-rate-limited")
 MAX_PREFIXES = 16

@@ -23,9 +23,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--wan-rtt-ms", type=float, default=0.0, help="round trip added between office and WAN")
     up.add_argument("--tunnel-backend", choices=BACKENDS, default="auto")
     up.add_argument("--combined", action="store_true", help="acme's profile uses combined mode")
-    up.add_argument("--trust", choices=TRUSTS, default="psk",
-                    help="cert: the MFP shows its own certificate from the space's CA (IKE, RadSec); "
-                         "no org secret in any profile")
+    up.add_argument("--trust", choices=TRUSTS, default="cert",
+                    help="cert (default): the MFP shows its own certificate from the space's CA (IKE, RadSec); "
+                         "no org secret in any profile; psk: the weaker mode, the org's PSK and RADIUS secret in the profile")
     up.add_argument("--ldap", action="append", default=[], metavar="ORG",
                     help="ORG's users are checked by its LDAP server (slapd) instead of FreeRADIUS (repeatable)")
     up.add_argument("--engine", choices=ENGINES, default="pdf",

@@ -23,7 +23,7 @@ class LabOptions:
     extra_orgs: int = 0  # contracted orgs beyond acme and globex, each with its gateway (lab/orgs.py EXTRA_ORGS)
     # cert: the MFP's own certificate from the space's CA opens the orgs' tunnels and RadSec; the
     # profiles hold no org secret (RADIUS orgs; an LDAP org's bind password stays a secret)
-    trust: str = "psk"
+    trust: str = "cert"
 
     def __post_init__(self):
         from lab.orgs import CONTRACTED, contracted

@@ -167,7 +167,7 @@ def validate(gw: OrgGateway) -> None:
         for what in ("device_ca_pem", "gateway_cert_pem"):
             if "-----BEGIN CERTIFICATE-----" not in getattr(gw, what):
                 raise GatewayConfigError(f"{what}: a PEM certificate is needed for devices in certificate mode")
-        if b"PRIVATE KEY-----" not in gw.gateway_key_pem:
+        if not bytes(gw.gateway_key_pem).lstrip().startswith(b"-----BEGIN ") or b" KEY" not in gw.gateway_key_pem:
             raise GatewayConfigError("gateway_key_pem: the gateway's private key is needed in certificate mode")
     for p in gw.ike_proposals + gw.esp_proposals:
         if not _PROPOSAL.match(p):

@@ -93,7 +93,7 @@ class GatewayAgentService:
             return
         cmd = _tenantprint("org", "gateway-agent", "--vici", "/run/charon.vici",
                            "--listen", f"{GATEWAY_LAN_ADDRESS}:{GATEWAY_AGENT_PORT}", "--conn-prefix", "mfp-",
-                           *(["--one-sa-per-device"] if self.cert_mode else []))
+                           *(self._cert_args(lab) if self.cert_mode else []))
         lab.spawn(self.name, self.host_name, cmd, env=_ENV, cwd=REPO)
         deadline = time.monotonic() + 15
         while not self._listening(lab):
@@ -104,6 +104,15 @@ class GatewayAgentService:
                 raise LabError(f"{self.name} not listening after 15 s: {_log_tail(lab, self.name)}")
             time.sleep(0.05)
         gateway_mfps(lab, self.org, host=self.host_name)  # it answers, not only listens
+
+    def _cert_args(self, lab) -> list[str]:
+        """Certificate mode: one SA per device identity, and the space's CRL from the cloud."""
+        from lab.services import cloud
+        from lab.services.charon import GatewayService
+
+        ca = GatewayService(self.org).conf_dir(lab) / "x509ca" / "space-device-ca.pem"
+        return ["--one-sa-per-device", "--crl-url", f"{cloud.url(lab)}/v1/spaces/space-1/crl",
+                "--crl-ca", str(ca), "--cloud-ca", str(cloud.ca_file(lab))]
 
     def _listening(self, lab) -> bool:
         out = lab.host(self.host_name).run(

@@ -150,7 +150,8 @@ HOSTILE_NDEF = {
     "non-utf-8 bytes": (_rec(b'{"v":1,"u":"al\xffice","o":"acme"}'), UNREADABLE),
     "overlong utf-8": (_rec(b'{"v":1,"u":"\xc1\xa1lice","o":"acme"}'), UNREADABLE),
     "NaN constant": (_rec(b'{"v":NaN,"u":"alice","o":"acme"}'), UNREADABLE),
-    "version 2": (_rec(b'{"v":2,"u":"alice","o":"acme"}'), UNSUPPORTED),
+    "version 3": (_rec(b'{"v":3,"u":"alice","o":"acme"}'), UNSUPPORTED),
+    "version 2 without its proof": (_rec(b'{"v":2,"u":"alice","o":"acme"}'), UNREADABLE),
     "version true": (_rec(b'{"v":true,"u":"alice","o":"acme"}'), UNSUPPORTED),
 }
 

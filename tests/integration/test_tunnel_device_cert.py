@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import socket
 import threading
 
 import pytest
@@ -27,7 +28,10 @@ from hal.directory.profile import SessionProfile
 from hal.tunnel import TunnelConfig, TunnelSetupFailed, open_tunnel
 from lab.orgs import CANARY_MARK, DEVICE_ID, gateway_ca, lab_profile
 from lab.poll import wait_for
+import vici
+
 from org.gateway_agent import GatewayAgent
+from org.gateway_crl import check_crl, load_crl
 from lab.services.charon import VICI, GatewayService, MfpCharonService
 
 
@@ -194,13 +198,15 @@ def test_a_revoked_device_certificate_opens_nothing(lab, charons, space_ca, tmp_
            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
            .add_extension(x509.CRLNumber(1), critical=False)
            .sign(ca_key, hashes.SHA256()))
-    crl_dir = gw.conf_dir(lab) / "x509crl"
-    crl_dir.mkdir(exist_ok=True)
-    (crl_dir / "space.crl").write_bytes(crl.public_bytes(serialization.Encoding.DER))
-    host = lab.host("gw-acme")
-    loaded = host.run(["swanctl", "--load-creds", "--noprompt", "--uri", f"unix://{VICI}",
-                       "--file", str(gw.conf_dir(lab) / "swanctl.conf")]).stdout.decode()
-    assert "loaded x509crl" in loaded.lower() or "crl" in loaded.lower(), loaded
+    # as the gateway agent loads it (org/gateway_crl.py): checked against the space CA, then VICI
+    der = crl.public_bytes(serialization.Encoding.DER)
+    check_crl(der, ca_cert.public_bytes(serialization.Encoding.PEM))
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(gw.vici_socket(lab)))
+    try:
+        load_crl(vici.Session(sock), der)
+    finally:
+        sock.close()
     cert, key = write_identity(tmp_path, "device", dev_cert, dev_key)
     tun = tunnel_on(lab, mfp, "office", cert, key)
     try:
@@ -208,4 +214,10 @@ def test_a_revoked_device_certificate_opens_nothing(lab, charons, space_ca, tmp_
             tun.up(device_profile(lab), timeout=10)
     finally:
         tun.purge()
-        (crl_dir / "space.crl").unlink()
+    # another certificate of the same device, not on the CRL, still opens the tunnel
+    cert, key = write_identity(tmp_path, "device2", *device_cert(space_ca, DEVICE_ID))
+    tun = tunnel_on(lab, mfp, "office", cert, key)
+    try:
+        tun.up(device_profile(lab), timeout=15)
+    finally:
+        tun.purge()
