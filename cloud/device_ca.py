@@ -87,6 +87,7 @@ class DeviceCertificate(Base):
     not_after: Mapped[float] = mapped_column(Float)
     issued_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    key_sha256: Mapped[str] = mapped_column(String(64))  # of the certified key's SubjectPublicKeyInfo
     __table_args__ = (Index("ix_device_cert_space_revoked", "space_id", "revoked_at"),)
 
 
@@ -123,6 +124,12 @@ class IssuedCertificate:
 def ca_key_aad(space_id: str, cert_pem: str) -> bytes:
     der = x509.load_pem_x509_certificate(cert_pem.encode()).public_bytes(serialization.Encoding.DER)
     return b"tenantprint-space-ca\0" + space_id.encode() + b"\0" + hashlib.sha256(der).digest()
+
+
+def key_sha256(key: ec.EllipticCurvePublicKey) -> str:
+    """The SHA-256 (hex) of a key's SubjectPublicKeyInfo: what a device's certificates pin."""
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).hexdigest()
 
 
 def _utc(t: float) -> datetime:
@@ -268,7 +275,8 @@ class DeviceCA:
                 .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
                 .sign(ca_key, hashes.SHA256()))
         conn.execute(T_CERT.insert().values(serial=f"{serial:032x}", space_id=space_id, device_id=device_id,
-                                            not_before=not_before, not_after=not_after, issued_at=now))
+                                            not_before=not_before, not_after=not_after, issued_at=now,
+                                            key_sha256=key_sha256(key)))
         return IssuedCertificate(cert.public_bytes(serialization.Encoding.PEM).decode(),
                                  ca_cert.public_bytes(serialization.Encoding.PEM).decode(), not_after)
 
@@ -301,6 +309,14 @@ class DeviceCA:
                     outcome = "malformed" if key is None else None
                 except CsrRefused as exc:
                     outcome = exc.reason
+            if outcome is None:
+                # the device's first certificate pins its key (`ike.key`, never replaced on the
+                # device): a copied device.key alone gets no certificate for a key of its own
+                pinned = conn.execute(select(T_CERT.c.key_sha256).where(T_CERT.c.device_id == device_id)
+                                      .order_by(T_CERT.c.issued_at).limit(1)).scalar()
+                if pinned is not None and pinned != key_sha256(key):
+                    outcome = "ike-key-changed"
+                    audit(conn, "anomaly", "ike-key-changed", device_id=device_id, at=now)
             if outcome is None:
                 early = conn.execute(select(T_CERT.c.serial).where(
                     T_CERT.c.device_id == device_id, T_CERT.c.revoked_at.is_(None),

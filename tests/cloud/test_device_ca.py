@@ -145,6 +145,22 @@ def test_a_csr_naming_another_device_yields_a_certificate_for_the_signer_only(cl
     assert cloud.app.state.device_ca.certificates("mfp-2.space-1") == []
 
 
+def test_the_first_certificate_pins_the_devices_key(cloud, tmp_path):
+    """A copied device.key alone gets no certificate: the device's later certificates must be for
+    the key of its first (ike.key, never replaced on the device); another key is refused (403) and
+    audited as an anomaly."""
+    dev = cloud.enrol()
+    key = load_key(dev.key_path)
+    ike = ec.generate_private_key(ec.SECP256R1())
+    assert request_cert(cloud.http, dev.device_id, key, csr_of(ike, dev.device_id)).status_code == 200
+    thief = ec.generate_private_key(ec.SECP256R1())
+    r = request_cert(cloud.http, dev.device_id, key, csr_of(thief, dev.device_id))
+    assert r.status_code == 403
+    assert ("anomaly", "ike-key-changed") in cert_events(cloud, dev.device_id)
+    assert ("certificate", "ike-key-changed") in cert_events(cloud, dev.device_id)
+    assert request_cert(cloud.http, dev.device_id, key, csr_of(ike, dev.device_id)).status_code == 200
+
+
 def test_csrs_that_are_not_p256_or_not_signed_are_refused(cloud):
     dev = cloud.enrol()
     cloud.app.state.cert_limit.burst = 20.0  # refused requests spend the device's allowance too: not tested here

@@ -5,7 +5,8 @@ Revises: 0003
 
 `space_ca`: each space's device CA (cloud/device_ca.py), its certificate in clear and its P-256
 key sealed under the KEK like a profile's secrets. `device_cert`: every certificate a space's CA
-issued (serial, device, validity, when revoked): the CRL is read from it.
+issued (serial, device, validity, when revoked, the SHA-256 of its public key): the CRL is read
+from it, and a device's first certificate pins the key of all its later ones.
 """
 
 import sqlalchemy as sa
@@ -37,6 +38,7 @@ def upgrade() -> None:
         sa.Column("not_after", sa.Float, nullable=False),
         sa.Column("issued_at", sa.Float, nullable=False),
         sa.Column("revoked_at", sa.Float, nullable=True),
+        sa.Column("key_sha256", sa.String(64), nullable=False),
     )
     op.create_index("ix_device_cert_device_id", "device_cert", ["device_id"])
     op.create_index("ix_device_cert_space_revoked", "device_cert", ["space_id", "revoked_at"])
