@@ -88,18 +88,19 @@ print(json.dumps(out))
 """
 
 # Runs on the office host (through the tunnel the initiate phase left up): N RADIUS requests for a
-# card-only user; the profile (with the secret) arrives on stdin.
+# card-only user, each with a fresh proof of their card; the profile (with the secret in PSK mode;
+# with the device's certificate files for RadSec in certificate mode) arrives on stdin.
 _RADIUS = r"""
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from hal.auth import open_authenticator
 from hal.directory.profile import SessionProfile
 req = json.load(sys.stdin)
-auth = open_authenticator(SessionProfile.from_wire(req["profile"]).auth)
+auth = open_authenticator(SessionProfile.from_wire(req["profile"]).auth, **req["options"])
 out = []
-for _ in range(req["n"]):
+for proof in req["proofs"]:
     t0 = time.perf_counter()
-    o = auth.authenticate(req["user"], req["profile"]["org_id"])
+    o = auth.authenticate(req["user"], req["profile"]["org_id"], proof=proof)
     out.append(time.perf_counter() - t0)
     if not o.accepted:
         raise SystemExit(f"not accepted: {type(o).__name__}")
@@ -114,14 +115,14 @@ def _audit(status: dict, event: str, session: int, last: bool = True) -> float:
     return hits[-1] if last else hits[0]
 
 
-def run(runs: int, wan_rtt_ms: float, primitive_runs: int) -> dict:
+def run(runs: int, wan_rtt_ms: float, primitive_runs: int, trust: str = "cert") -> dict:
     os.environ.setdefault("TP_LAB_PREFIX", "tpbs")
     from lab.lab import Lab
     from lab.options import LabOptions
 
-    lab = Lab(options=LabOptions(wan_rtt_ms=wan_rtt_ms))
+    lab = Lab(options=LabOptions(wan_rtt_ms=wan_rtt_ms, trust=trust))
     lab.down()
-    lab = Lab(options=LabOptions(wan_rtt_ms=wan_rtt_ms))
+    lab = Lab(options=LabOptions(wan_rtt_ms=wan_rtt_ms, trust=trust))
     lab.up()
     try:
         paths = _paths(lab, runs)
@@ -247,6 +248,20 @@ def _paths(lab, runs: int) -> dict[str, list[float]]:
     return out
 
 
+def _fresh_proofs(lab, n: int) -> list[str]:
+    """The next `n` SUN messages of OWNER's issued card (lab/sun_cards.py), as it would give them."""
+    from lab import sun_cards
+    from org import card_sun
+
+    card, counter = sun_cards.card_of(lab, ORG, OWNER)
+    out = []
+    for i in range(1, n + 1):
+        m = card_sun.message(card.uid, counter + i, card.k_meta_read, card.k_file_read)
+        out.append(m.enc_picc_data + m.mac)
+    sun_cards.counted(lab, ORG, OWNER, counter + n)
+    return out
+
+
 def _primitives(lab, n: int) -> dict[str, list[float]]:
     from hal.directory.profile import SessionProfile
     from hal.printer.cupsd import SessionPrintService
@@ -276,8 +291,10 @@ def _primitives(lab, n: int) -> dict[str, list[float]]:
     # swanctl --initiate of the session's own profile, loaded over VICI into a bare charon on the MFP
     # host (the lab runs none there: each session's charon is in its sandbox; this one is the
     # benchmark's, started here and stopped after)
-    wire = lab_profile(lab, ORG)
+    wire = lab_profile(lab, ORG, trust=lab.options.trust)
     profile = SessionProfile.from_wire(wire)
+    state = fw.data_dir(lab) / "state"  # the device's own certificate and key (certificate mode)
+    device_cert, device_key = state / "device-cert.pem", state / "ike.key"
     name = conn_name(ORG)
     mfp = MfpCharonService()
     mfp.start(lab)
@@ -291,10 +308,18 @@ def _primitives(lab, n: int) -> dict[str, list[float]]:
     try:
         sess = vici_lib.Session(sock)
         v = profile.vpn
-        sess.load_shared({"id": f"{name}-psk", "type": "IKE", "data": v.psk.reveal(), "owners": [v.local_id, v.remote_id]})
-        sess.load_conn(build_conn(profile, name))
+        if v.auth == "device":
+            sess.load_key({"type": "any", "data": device_key.read_bytes()})
+            sess.load_conn(build_conn(profile, name, device_cert.read_text()))
+        else:
+            sess.load_shared({"id": f"{name}-psk", "type": "IKE", "data": v.psk.reveal(),
+                              "owners": [v.local_id, v.remote_id]})
+            sess.load_conn(build_conn(profile, name))
         out["swanctl_initiate"] = child(_INITIATE, name, str(n))
-        out["radius"] = child(_RADIUS, repo, stdin=json.dumps({"profile": wire, "n": n, "user": OWNER}).encode())
+        options = ({"client_cert": str(device_cert), "client_key": str(device_key)}
+                   if profile.auth.kind == "radsec" else {})
+        out["radius"] = child(_RADIUS, repo, stdin=json.dumps({"profile": wire, "user": OWNER, "options": options,
+                                                               "proofs": _fresh_proofs(lab, n)}).encode())
     finally:
         sock.close()
         profile.wipe()
@@ -358,20 +383,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--primitive-runs", type=int, default=20)
     p.add_argument("--wan-rtt-ms", type=float, default=0.0)
     p.add_argument("--busy-core", action="store_true", help="keep one core busy for the whole run")
+    p.add_argument("--trust", choices=("cert", "psk"), default="cert", help="the lab's trust mode (lab up --trust)")
     args = p.parse_args(argv)
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy_core else None
     try:
-        results = run(args.runs, args.wan_rtt_ms, args.primitive_runs)
+        results = run(args.runs, args.wan_rtt_ms, args.primitive_runs, args.trust)
     finally:
         if busy is not None:  # ours, by pid
             busy.kill()
             busy.wait()
     results["busy_core"] = args.busy_core
+    results["trust"] = args.trust
     print(table(results["paths"]))
     print(table(results["primitives"]))
     for k, v in results["ratios"].items():
         print(f"ratio {k}: {v}")
-    suffix = ("-busy" if args.busy_core else "") + (f"-rtt{int(args.wan_rtt_ms)}" if args.wan_rtt_ms else "")
+    suffix = ("-psk" if args.trust == "psk" else "") + ("-busy" if args.busy_core else "") + (f"-rtt{int(args.wan_rtt_ms)}" if args.wan_rtt_ms else "")
     print(f"-> {write('session' + suffix, results)}")
     return 0
 
