@@ -5,6 +5,9 @@
     tenantprint org gateway-config --org FILE --secrets FILE --out DIR
     tenantprint org radius-config  --org FILE --secrets FILE --out DIR
     tenantprint org profile        --org FILE --secrets FILE          (the wire profile on stdout)
+        (with "trust": "cert" in the description, each of the three also takes --org-ca DIR and
+         --device-ca FILE: the org's CA and the space's device CA; nothing secret goes to a device)
+    tenantprint org ca init        --org-id ORG --out DIR             (the org's CA for certificate mode)
     tenantprint org desk-key       --org-id ORG --out FILE            (on a desk PC, as root: the org's
                                    desk signing key; prints the public key for `desks.keys`)
     tenantprint org desk-backend install [--backend-dir DIR] [--key FILE]   (on a desk PC, as root)
@@ -109,6 +112,25 @@ def _card_revoke(args, card_issue) -> dict:
                     "--out DIR) and reload the org's FreeRADIUS: until then the server still takes the card"}
 
 
+def ca_main(argv: list[str]) -> int:
+    """`tenantprint org ca init --org-id ORG --out DIR`: the org's CA for certificate mode."""
+    p = argparse.ArgumentParser(prog="tenantprint org ca")
+    sub = p.add_subparsers(dest="action", required=True)
+    init = sub.add_parser("init", help="make the org's CA (ca.pem, ca.key 0600): keep it with the org's admin")
+    init.add_argument("--org-id", required=True)
+    init.add_argument("--out", required=True, metavar="DIR")
+    args = p.parse_args(argv)
+    from org import trust
+
+    try:
+        d = trust.init_ca(args.org_id, args.out)
+    except (OSError, ValueError) as exc:
+        print(f"tenantprint org ca init: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"org_id": args.org_id, "ca_cert": str(d / trust.CA_CERT), "ca_key": str(d / trust.CA_KEY)}))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if argv and argv[0] in AGENTS:
         return importlib.import_module(AGENTS[argv[0]]).main(argv[1:])
@@ -116,11 +138,16 @@ def main(argv: list[str]) -> int:
         return desk_key_main(argv[1:])
     if argv and argv[0] == "card":
         return card_main(argv[1:])
+    if argv and argv[0] == "ca":
+        return ca_main(argv[1:])
     p = argparse.ArgumentParser(prog="tenantprint org")
     p.add_argument("cmd", choices=[*AGENTS, *GENERATORS])
     p.add_argument("--org", required=True, help="the org's description (JSON), see org/onboarding.py")
     p.add_argument("--secrets", required=True, help="the org's secrets file (JSON, mode 0600)")
     p.add_argument("--out", help="output directory (gateway-config, radius-config)")
+    p.add_argument("--org-ca", metavar="DIR", help='"trust": "cert": the org\'s CA (tenantprint org ca init)')
+    p.add_argument("--device-ca", metavar="FILE",
+                   help='"trust": "cert": the space\'s device CA (the cloud\'s /v1/spaces/<space>/ca.pem)')
     args = p.parse_args(argv)
     from org import onboarding
 
@@ -129,16 +156,26 @@ def main(argv: list[str]) -> int:
         warning = onboarding.missing_desks(org)
         if warning:
             print(f"tenantprint org {args.cmd}: warning: {warning}", file=sys.stderr)
+        trust = None
+        if onboarding.cert_mode(org):
+            from org import trust as org_trust
+
+            if not (args.org_ca and args.device_ca):
+                p.error('"trust": "cert" needs --org-ca and --device-ca')
+            trust = org_trust.load(args.org_ca, args.device_ca)
+        else:
+            print(f"tenantprint org {args.cmd}: warning: PSK mode, the weaker one: the org's PSK and RADIUS "
+                  'secret go to the shared device in its profile ("trust": "cert" keeps them home)', file=sys.stderr)
         if args.cmd == "profile":
-            json.dump(onboarding.profile(org, secrets), sys.stdout)
+            json.dump(onboarding.profile(org, secrets, trust), sys.stdout)
             print()
             return 0
         if not args.out:
             p.error(f"{args.cmd} needs --out")
         if args.cmd == "gateway-config":
-            onboarding.write_gateway_config(org, secrets, args.out)
+            onboarding.write_gateway_config(org, secrets, args.out, trust)
         else:
-            onboarding.write_radius_config(org, secrets, args.out)
+            onboarding.write_radius_config(org, secrets, args.out, trust)
     except (OSError, ValueError, KeyError) as exc:
         print(f"tenantprint org {args.cmd}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -31,8 +31,14 @@ and once a card is issued (`tenantprint org card issue`, org/card_issue.py) `"ca
 `radius()` attaches to the user (a card for a user who is not in `radius.users`, or who is disabled,
 is an error that names the user).
 
-Today every device an org accepts shares the org's PSK, and the profile names the first device's
-IKE identity; per-device credentials (pubkey) are the next step.
+`"trust"`: `"psk"` (the default, the weaker mode) or `"cert"` (issue 18). In PSK mode every device
+the org accepts shares the org's PSK, and the profile carries it and the RADIUS secret to the
+device. In certificate mode the generators also take the org's CA and the space's device CA
+(`--org-ca DIR --device-ca FILE`, org/trust.py): the gateway shows a certificate of the org's CA and
+takes each listed device by its certificate from the space's CA (no PSK), the RADIUS server serves
+RadSec only (no shared secret on the wire or in the profile; the server's certificate from the
+org's CA, clients only the listed devices), and the profile holds only public facts (the org's CA
+to verify both). The secrets file then needs no `psk` and no `radius`.
 """
 
 from __future__ import annotations
@@ -42,8 +48,9 @@ from pathlib import Path
 
 from hal.card.badge import valid_id
 from org.card_sun import Card
-from org.gateway_config import DeviceGrant, OrgGateway, strongswan_conf, swanctl_conf, validate
-from org.radius_config import OrgRadius, RadiusUser, write_config_dir
+from org.gateway_config import (DeviceGrant, OrgGateway, strongswan_conf, swanctl_conf, validate,
+                                write_credential_files)
+from org.radius_config import OrgRadius, RadiusUser, RadsecListener, write_config_dir
 
 IKE_PROPOSALS = ("aes256gcm16-prfsha384-x25519", "aes256-sha256-x25519")
 ESP_PROPOSALS = ("aes256gcm16", "aes256-sha256")
@@ -65,7 +72,9 @@ def _take(obj: dict, where: str, required: set[str], optional: set[str] = frozen
 
 def load(org_file: Path | str, secrets_file: Path | str) -> tuple[dict, dict]:
     org = json.loads(Path(org_file).read_text())
-    _take(org, "org", {"org_id", "gateway", "radius"}, {"name", "policy", "desks"})
+    _take(org, "org", {"org_id", "gateway", "radius"}, {"name", "policy", "desks", "trust"})
+    if org.get("trust", "psk") not in ("psk", "cert"):
+        raise OnboardingError("trust: expected \"psk\" or \"cert\"")
     if "desks" in org:
         _take(org["desks"], "desks", {"networks", "keys"})
         for key in ("networks", "keys"):
@@ -77,19 +86,43 @@ def load(org_file: Path | str, secrets_file: Path | str) -> tuple[dict, dict]:
     if not isinstance(org["radius"].get("require_message_authenticator", False), bool):
         raise OnboardingError("radius.require_message_authenticator: expected true or false")
     secrets = json.loads(Path(secrets_file).read_text())
-    _take(secrets, "secrets", {"psk", "radius"}, {"cards"})
+    if cert_mode(org):  # nothing of the org's goes to a device: no PSK, no RADIUS secret
+        _take(secrets, "secrets", set(), {"cards"})
+    else:
+        _take(secrets, "secrets", {"psk", "radius"}, {"cards"})
     if not isinstance(secrets.get("cards", {}), dict):
         raise OnboardingError("secrets.cards: expected an object")
     return org, secrets
 
 
-def gateway(org: dict, secrets: dict) -> OrgGateway:
+def cert_mode(org: dict) -> bool:
+    return org.get("trust", "psk") == "cert"
+
+
+def _need_trust(org: dict, trust):
+    if cert_mode(org) and trust is None:
+        raise OnboardingError("trust is cert: give the org's CA and the space's device CA (--org-ca, --device-ca)")
+    return trust if cert_mode(org) else None
+
+
+def gateway(org: dict, secrets: dict, trust=None) -> OrgGateway:
+    """`trust` (org/trust.py `OrgTrust`): needed in certificate mode."""
     g = org["gateway"]
     if not g["devices"]:
         raise OnboardingError("gateway.devices: at least one device")
+    trust = _need_trust(org, trust)
+    if trust is not None:
+        from org.gateway_certs import issue_gateway_cert
+
+        ident = issue_gateway_cert(trust.org_ca, g["id"])
+        grants = tuple(DeviceGrant(d, "cert") for d in g["devices"])
+        certs = dict(device_ca_pem=trust.device_ca_pem, gateway_cert_pem=ident.cert_pem(),
+                     gateway_key_pem=ident.key_pem())
+    else:
+        grants, certs = tuple(DeviceGrant(d, "psk", secrets["psk"].encode()) for d in g["devices"]), {}
     gw = OrgGateway(
         org_id=org["org_id"], gateway_id=g["id"], wan_address=g["wan_address"], lan=g["lan"], pool=g["pool"],
-        devices=tuple(DeviceGrant(d, "psk", secrets["psk"].encode()) for d in g["devices"]),
+        devices=grants, **certs,
         ike_proposals=IKE_PROPOSALS, esp_proposals=ESP_PROPOSALS,
         dpd_delay_s=g.get("dpd_delay_s", 1), backend=g.get("backend", "kernel"),
         lan_reserved=(org["radius"]["host"],), auth_host=org["radius"]["host"], lan_address=_lan_address(g),
@@ -110,12 +143,23 @@ def _lan_address(g: dict) -> str:
         raise OnboardingError("gateway.lan: not an IPv4 network with hosts") from None
 
 
-def radius(org: dict, secrets: dict) -> OrgRadius:
+def radius(org: dict, secrets: dict, trust=None, out: Path | str | None = None) -> OrgRadius:
+    """In certificate mode (`trust`, and `out`: the config directory the RadSec files go in) the
+    server serves RadSec only, to the listed devices."""
     r = org["radius"]
+    trust = _need_trust(org, trust)
     cards = _cards(r["users"], secrets.get("cards", {}))
     users = tuple(RadiusUser(_take(u, "radius.users[]", {"id", "kind"}, {"pin"})["id"], u["kind"], u.get("pin"),
                              card=cards.get(u["id"]))
                   for u in r["users"])
+    if trust is not None:
+        if out is None:
+            raise OnboardingError("certificate mode: the RADIUS config needs its directory")
+        tls = Path(out).resolve() / "radsec"
+        listener = RadsecListener(str(tls / "server.pem"), str(tls / "server.key"), str(tls / "space-device-ca.pem"),
+                                  allowed_clients=tuple(org["gateway"]["devices"]))
+        return OrgRadius(org_id=org["org_id"], secret=b"", clients=(org["gateway"]["pool"],), users=users,
+                         port=r.get("port", 1812), radsec=listener, radsec_only=True)
     return OrgRadius(org_id=org["org_id"], secret=secrets["radius"].encode(), clients=(org["gateway"]["pool"],),
                      users=users, port=r.get("port", 1812))
 
@@ -140,11 +184,22 @@ def _cards(users: list, cards: dict) -> dict[str, Card]:
 
 
 GATEWAY_AGENT_PORT = 8631  # `tenantprint org gateway-agent --listen` (its default port)
+RADSEC_PORT = 2083  # RFC 6614
 
 
-def profile(org: dict, secrets: dict) -> dict:
-    """The wire profile (hal/directory/profile.py) for the cloud."""
+def profile(org: dict, secrets: dict, trust=None) -> dict:
+    """The wire profile (hal/directory/profile.py) for the cloud; in certificate mode (`trust`) it
+    holds no secret: the device shows its certificate, the org's CA verifies the org's servers."""
     g, r = org["gateway"], org["radius"]
+    trust = _need_trust(org, trust)
+    if trust is not None:
+        wire = profile({**org, "trust": "psk"}, {"psk": "-", "radius": "-"})
+        ca = trust.org_ca.cert_pem()
+        vpn = {k: v for k, v in wire["vpn"].items() if k != "psk"}
+        vpn.update(auth="device", ca_cert_pem=ca)
+        auth = {"kind": "radsec", "host": r["host"], "port": RADSEC_PORT, "ca_pem": ca,
+                "user_format": r.get("user_format", "{user}@{org}"), "timeout_s": 3.0, "retries": 2}
+        return {**wire, "vpn": vpn, "auth": auth}
     return {
         "org_id": org["org_id"], "ttl_s": 300,
         "vpn": {"gateway": g["wan_address"], "port": 500, "local_id": g["devices"][0], "remote_id": g["id"],
@@ -170,9 +225,10 @@ def missing_desks(org: dict) -> str | None:
             "registered no job of this org will print (tenantprint org desk-key, then desks.keys)")
 
 
-def write_gateway_config(org: dict, secrets: dict, out: Path | str) -> Path:
-    """strongswan.conf + swanctl.conf for the org's gateway, in `out` (0700, files 0600)."""
-    gw = gateway(org, secrets)
+def write_gateway_config(org: dict, secrets: dict, out: Path | str, trust=None) -> Path:
+    """strongswan.conf + swanctl.conf for the org's gateway, in `out` (0700, files 0600); in
+    certificate mode also its certificate, key and the space's device CA beside them."""
+    gw = gateway(org, secrets, trust)
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
     d.chmod(0o700)
@@ -181,8 +237,25 @@ def write_gateway_config(org: dict, secrets: dict, out: Path | str) -> Path:
         path.touch(mode=0o600)
         path.chmod(0o600)
         path.write_text(text)
+    write_credential_files(gw, d)
     return d
 
 
-def write_radius_config(org: dict, secrets: dict, out: Path | str) -> Path:
-    return write_config_dir(radius(org, secrets), out)
+def write_radius_config(org: dict, secrets: dict, out: Path | str, trust=None) -> Path:
+    cfg = radius(org, secrets, trust, out)
+    if cfg.radsec is not None:  # its certificate from the org's CA, for its address; the space's device CA
+        import os
+
+        from org.gateway_certs import issue_gateway_cert
+
+        ident = issue_gateway_cert(trust.org_ca, org["radius"]["host"])
+        tls = Path(cfg.radsec.certificate_file).parent
+        tls.mkdir(parents=True, exist_ok=True)
+        os.chmod(tls, 0o700)
+        for path, data, mode in ((cfg.radsec.certificate_file, ident.cert_pem().encode(), 0o644),
+                                 (cfg.radsec.private_key_file, ident.key_pem(), 0o600),
+                                 (cfg.radsec.ca_file, trust.device_ca_pem.encode(), 0o644)):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+    return write_config_dir(cfg, out)
