@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("space", parents=[c]).add_subparsers(dest="action", required=True)
     a = sp.add_parser("add", parents=[c]); a.add_argument("space_id"); a.add_argument("--name")
     sp.add_parser("list", parents=[c])
+    a = sp.add_parser("ca", parents=[c], help="the space's device CA certificate (PEM): what orgs' gateways and "
+                                              "RADIUS servers trust for its devices (made on first use)")
+    a.add_argument("space_id")
 
     dv = sub.add_parser("device", parents=[c]).add_subparsers(dest="action", required=True)
     a = dv.add_parser("enrol-token", parents=[c], help="issue a one-time enrolment token")
@@ -206,6 +209,10 @@ def _run(args, admin: Admin) -> int:
     cmd, action = args.cmd, getattr(args, "action", None)
     if cmd == "space" and action == "add":
         _print(args, admin.add_space(args.space_id, args.name), lambda d: print(f"space {d['id']} added"))
+    elif cmd == "space" and action == "ca":
+        from cloud.device_ca import DeviceCA
+
+        print(DeviceCA(admin.engine, admin.keyring).ca_pem(args.space_id), end="")
     elif cmd == "space":
         _print(args, admin.list_spaces(), lambda rows: _table(rows, ["id", "name", "created_at"]))
     elif cmd == "device" and action == "enrol-token":

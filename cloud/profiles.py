@@ -44,13 +44,19 @@ def join(public: dict, secret_json: bytes) -> dict:
 def secret_names(public: dict) -> list[str]:
     """Which secret fields this profile's kind needs (for `org show`: names, never values)."""
     names = []
-    if public["vpn"]["auth"] == "psk":
+    vpn, auth = public["vpn"]["auth"], public["auth"]["kind"]
+    if vpn == "psk":
         names.append("vpn.psk")
-    elif public["vpn"]["auth"] == "pubkey":
+    elif vpn == "pubkey":
         names.append("vpn.client_key_pem")
-    else:
+    elif vpn == "eap-mschapv2":
         names.append("vpn.eap_secret")
-    names.append("auth.secret" if public["auth"]["kind"] == "radius" else "auth.bind_password")
+    # "device" (certificate mode, issue 18): the device's own certificate, no secret of the org's
+    if auth == "radius":
+        names.append("auth.secret")
+    elif auth == "ldap":
+        names.append("auth.bind_password")
+    # "radsec": the device's certificate as TLS client certificate, no shared secret
     return names
 
 

@@ -301,7 +301,10 @@ class _Keeper:
             try:
                 self.authenticator = open_authenticator(self.profile.auth, **self._authenticator_options())
             except AuthConfigError:
-                pass  # answered when authentication is asked for
+                return  # answered when authentication is asked for
+            warm = getattr(self.authenticator, "warm", None)
+            if warm is not None:  # RadSec: its TLS connection now, not at the person's tap
+                warm()
 
     def auth(self, req: dict) -> AuthOutcome:
         from hal.auth import AuthConfigError, Unavailable, open_authenticator

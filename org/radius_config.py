@@ -91,6 +91,9 @@ RADSEC_SECRET = "radsec"  # RFC 6614 2.3: the shared secret of every RADIUS/TLS 
 # TCP connections one pool network may hold. The MFP opens one per exchange, and FreeRADIUS counts
 # a closed one until its last request is cleaned up (cleanup_delay, 10 s): its default of 16 per
 # client refused the 17th exchange within 10 s (measured), and one client entry is a whole pool.
+# an MFP keeps one RadSec connection for its session (hal/auth/radsec.py), opened when its tunnel is
+# up and used at its people's taps: idle for as long as a session may be (its idle timeout, 300 s)
+RADSEC_IDLE_TIMEOUT_S = 900
 RADSEC_MAX_CONNECTIONS = 512
 
 USER_KINDS = ("card", "pin", "disabled")
@@ -314,7 +317,7 @@ def _radsec_clients(cfg: OrgRadius) -> str:
                    f"\t\tlimit {{\n"
                    f"\t\t\tmax_connections = {RADSEC_MAX_CONNECTIONS}\n"
                    f"\t\t\tlifetime = 0\n"
-                   f"\t\t\tidle_timeout = 30\n"
+                   f"\t\t\tidle_timeout = {RADSEC_IDLE_TIMEOUT_S}\n"
                    f"\t\t}}\n"
                    f"\t}}\n")
     out.append("}\n")
@@ -339,7 +342,7 @@ def _listeners(cfg: OrgRadius, listen_ip: str) -> str:
 \t\tlimit {{
 \t\t\tmax_connections = {RADSEC_MAX_CONNECTIONS}
 \t\t\tlifetime = 0
-\t\t\tidle_timeout = 30
+\t\t\tidle_timeout = {RADSEC_IDLE_TIMEOUT_S}
 \t\t}}
 \t\ttls {{
 \t\t\tcertificate_file = {r.certificate_file}

@@ -33,9 +33,11 @@ kind of failure, never a secret or a PIN.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import ssl
 import struct
+import threading
 import time
 
 from pyrad import packet
@@ -110,6 +112,8 @@ class RadsecAuthenticator(Authenticator):
         self._timeout = max(float(auth.timeout_s), min_timeout_s)
         self._dict = dictionary()
         self._context()  # a CA, certificate or key that cannot be used is a config error, now
+        self._kept: ssl.SSLSocket | None = None  # the session's connection, between exchanges
+        self._lock = threading.Lock()
 
     @property
     def timeout_s(self) -> float:
@@ -140,6 +144,54 @@ class RadsecAuthenticator(Authenticator):
             raise AuthConfigError(f"radsec TLS setup failed ({_why(exc)}): check the CA and "
                                   f"the device's files {self._cert}, {self._key}") from None
 
+    def warm(self) -> None:
+        """Open the session's connection ahead (after the tunnel is up, long before a tap): the
+        handshake then costs the person at the printer nothing. Failures are only logged: the
+        exchange connects itself when there is no usable connection."""
+        with self._lock:
+            if self._usable_kept() is not None:
+                return
+            try:
+                self._kept = self._connect(self._context(), self._timeout)
+            except (_NotSent, _Failed, AuthConfigError) as exc:
+                log.info("radsec connection not opened ahead: %s", exc)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_kept()
+
+    def _drop_kept(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            try:
+                kept.close()
+            except OSError:
+                pass
+
+    def _usable_kept(self) -> ssl.SSLSocket | None:
+        """The kept connection if the server has not closed it (a TLS 1.3 session ticket may wait
+        unread: that is no reason to drop it), else None (and it is dropped)."""
+        tls = self._kept
+        if tls is None:
+            return None
+        try:
+            readable, _, _ = select.select([tls], [], [], 0)
+            if readable or tls.pending():
+                tls.setblocking(False)
+                try:
+                    data = tls.recv(1)
+                except ssl.SSLWantReadError:
+                    data = None  # only TLS records without data (tickets): alive
+                finally:
+                    tls.setblocking(True)
+                if data is not None:  # the server closed it (b"") or sent what nobody asked for
+                    self._drop_kept()
+                    return None
+        except (OSError, ValueError):
+            self._drop_kept()
+            return None
+        return tls
+
     def _exchange(self, user_id: str, name: str, pin, state, proof) -> AuthOutcome:
         try:
             req = access_request(self._dict, name, self._nas_identifier, pin, state, proof)
@@ -152,22 +204,60 @@ class RadsecAuthenticator(Authenticator):
             return Unavailable(str(exc))
         deadline = time.monotonic() + self.deadline_s
         reason = ""
-        for _ in range(self._auth.retries):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                answer = self._try(ctx, raw, min(self._timeout, remaining))
-            except _NotSent as exc:
-                reason = str(exc)
-                continue
-            except _Failed as exc:
-                return Unavailable(str(exc))
-            return self._outcome(user_id, req, answer)
+        with self._lock:
+            for _ in range(self._auth.retries):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    answer = self._try(ctx, raw, min(self._timeout, remaining))
+                except _NotSent as exc:
+                    reason = str(exc)
+                    continue
+                except _Failed as exc:
+                    return Unavailable(str(exc))
+                return self._outcome(user_id, req, answer)
         return Unavailable(reason or f"no reply from {self._where()} in {self.deadline_s:g} s")
 
     def _try(self, ctx: ssl.SSLContext, raw: bytes, budget: float) -> bytes:
-        """One connection: handshake, the request, its reply (raw). Raises _NotSent or _Failed."""
+        """The request and its reply (raw), on the kept connection or a new one, which is kept
+        after. Raises _NotSent (nothing reached the server: another try is safe) or _Failed (it
+        may have: never resent, a card proof would read as a replay)."""
+        end = time.monotonic() + budget
+        tls = self._usable_kept()
+        if tls is None:
+            tls = self._kept = self._connect(ctx, budget)
+        try:
+            tls.settimeout(_left(end))
+            tls.sendall(raw)
+        except (OSError, ValueError) as exc:
+            self._drop_kept()  # a connection that broke under the write: the request never arrived
+            raise _NotSent(f"connection to {self._where()} broke ({type(exc).__name__})") from None
+        try:
+            return read_packet(tls, end)
+        except TimeoutError:
+            self._drop_kept()
+            raise _Failed(f"no reply from {self._where()} in {budget:g} s") from None
+        except ssl.SSLError as exc:
+            self._drop_kept()
+            # TLS 1.3: the server judges our certificate after our handshake ended, so its
+            # refusal (an alert) arrives here
+            raise _Failed(f"{self._where()} ended TLS ({_why(exc)}): "
+                          "it may not accept this device's certificate") from None
+        except (ConnectionError, EOFError) as exc:
+            self._drop_kept()
+            raise _Failed(f"{self._where()} closed the connection without a reply "
+                          f"({type(exc).__name__}): it may not accept this device") from None
+        except OSError as exc:
+            self._drop_kept()
+            raise _Failed(f"connection to {self._where()} failed "
+                          f"({exc.strerror or type(exc).__name__})") from None
+        except ValueError as exc:
+            self._drop_kept()
+            raise _Failed(f"{self._where()} sent no RADIUS packet ({exc})") from None
+
+    def _connect(self, ctx: ssl.SSLContext, budget: float) -> ssl.SSLSocket:
+        """A TLS connection to the server, handshake done. Raises _NotSent or _Failed."""
         end = time.monotonic() + budget
         hostname = self._auth.server_name or self._auth.host
         try:
@@ -192,28 +282,10 @@ class RadsecAuthenticator(Authenticator):
             except OSError as exc:
                 raise _NotSent(f"TLS handshake with {self._where()} broke off "
                                f"({exc.strerror or type(exc).__name__})") from None
-            with tls:
-                try:
-                    tls.settimeout(_left(end))
-                    tls.sendall(raw)
-                    return read_packet(tls, end)
-                except TimeoutError:
-                    raise _Failed(f"no reply from {self._where()} in {budget:g} s") from None
-                except ssl.SSLError as exc:
-                    # TLS 1.3: the server judges our certificate after our handshake ended,
-                    # so its refusal (an alert) arrives here
-                    raise _Failed(f"{self._where()} ended TLS ({_why(exc)}): "
-                                  "it may not accept this device's certificate") from None
-                except (ConnectionError, EOFError) as exc:
-                    raise _Failed(f"{self._where()} closed the connection without a reply "
-                                  f"({type(exc).__name__}): it may not accept this device") from None
-                except OSError as exc:
-                    raise _Failed(f"connection to {self._where()} failed "
-                                  f"({exc.strerror or type(exc).__name__})") from None
-                except ValueError as exc:
-                    raise _Failed(f"{self._where()} sent no RADIUS packet ({exc})") from None
-        finally:
+        except BaseException:
             plain.close()
+            raise
+        return tls
 
     def _outcome(self, user_id: str, req: packet.AuthPacket, raw: bytes) -> AuthOutcome:
         try:

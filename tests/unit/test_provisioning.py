@@ -291,3 +291,19 @@ def test_onboard_org_registers_the_org_without_secrets_on_command_lines(tmp_path
     assert (out / "radius" / "users").exists() and (out / "radius" / "clients.conf").exists()
     for value in secrets.values():
         assert value not in argv_log and value not in proc.stdout + proc.stderr
+
+    # certificate mode (issue 18): the org's CA made once, the space's device CA from the cloud, no
+    # secret in the secrets file or the registered profile, RadSec only at the org's RADIUS server
+    (tmp_path / "beta.json").write_text(json.dumps({**ACME, "org_id": "beta", "name": "Beta", "trust": "cert"}))
+    beta = tmp_path / "beta-out"
+    for _ in range(2):
+        proc = subprocess.run([str(REPO / "provisioning/onboard-org.sh"), str(tmp_path / "beta.json"), str(beta),
+                               "space-1"], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    assert json.loads((beta / "secrets.json").read_text()) == {}
+    assert stat.S_IMODE((beta / "org-ca" / "ca.key").stat().st_mode) == 0o600
+    assert (beta / "space-ca.pem").read_text() == tp("space", "ca", "space-1")
+    shown = json.loads(tp("org", "show", "beta", "--json"))
+    assert shown["profile"]["secrets_set"] == [] and shown["profile"]["public"]["vpn"]["auth"] == "device"
+    assert "proto = tls" in (beta / "radius" / "clients.conf").read_text()
+    assert "auth = pubkey" in (beta / "gateway" / "swanctl.conf").read_text()
