@@ -144,24 +144,34 @@ def gateway_ca(lab, org: str):
     return _gateway_certs(lab, org)[0]
 
 
-def radius_server_identity(lab, org: str):
-    """Org `org`'s RADIUS server certificate (RadSec), from its gateway CA, for its address."""
-    from org import gateway_certs
-
-    path = lab.layout.data_dir("orgs") / f"radius-cert-{org}.json"
+def _made_once(path: Path, make) -> object:
+    """The JSON in `path`, made by `make()` the first time (0600 in a 0700 directory; when two
+    make it at once, the first writer wins and both read its file)."""
     if not path.exists():
-        ident = gateway_certs.issue_gateway_cert(gateway_ca(lab, org), RADIUS_HOST)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump([ident.cert_pem(), ident.key_pem().decode()], f)
+            json.dump(make(), f)
         try:
             os.link(tmp, path)
         except FileExistsError:
             pass
         finally:
             tmp.unlink()
-    cert, key = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def radius_server_identity(lab, org: str):
+    """Org `org`'s RADIUS server certificate (RadSec), from its gateway CA, for its address."""
+    from org import gateway_certs
+
+    def make():
+        ident = gateway_certs.issue_gateway_cert(gateway_ca(lab, org), RADIUS_HOST)
+        return [ident.cert_pem(), ident.key_pem().decode()]
+
+    cert, key = _made_once(lab.layout.data_dir("orgs") / f"radius-cert-{org}.json", make)
     return gateway_certs.CertAndKey.load(cert, key.encode())
 
 
@@ -174,24 +184,13 @@ def _gateway_certs(lab, org: str):
     from org import gateway_certs
 
     s = spec(org)
-    d = lab.layout.data_dir("orgs")
-    d.mkdir(parents=True, exist_ok=True)
-    os.chmod(d, 0o700)
-    path = d / f"gateway-certs-{org}.json"
-    if not path.exists():
+
+    def make():
         ca = gateway_certs.make_ca(org)
         gw = gateway_certs.issue_gateway_cert(ca, s.gateway_id)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"ca": [ca.cert_pem(), ca.key_pem().decode()], "gw": [gw.cert_pem(), gw.key_pem().decode()]}, f)
-        try:
-            os.link(tmp, path)  # the first writer wins
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    entry = json.loads(path.read_text())
+        return {"ca": [ca.cert_pem(), ca.key_pem().decode()], "gw": [gw.cert_pem(), gw.key_pem().decode()]}
+
+    entry = _made_once(lab.layout.data_dir("orgs") / f"gateway-certs-{org}.json", make)
     return (gateway_certs.CertAndKey.load(entry["ca"][0], entry["ca"][1].encode()),
             gateway_certs.CertAndKey.load(entry["gw"][0], entry["gw"][1].encode()))
 
@@ -219,22 +218,8 @@ def desk_key(lab, org: str):
     from org import desk_key as dk
 
     spec(org)
-    path = lab.layout.data_dir("orgs") / "desk-keys.json"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(path.parent, 0o700)
-        fresh = {o: json.loads(dk.to_json(dk.generate(o))) for o in _KNOWN}
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(fresh, f)
-        try:
-            os.link(tmp, path)  # the first writer wins
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    entry = json.loads(path.read_text())[org]
+    entry = _made_once(lab.layout.data_dir("orgs") / "desk-keys.json",
+                       lambda: {o: json.loads(dk.to_json(dk.generate(o))) for o in _KNOWN})[org]
     import base64
 
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

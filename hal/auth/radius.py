@@ -50,19 +50,13 @@ def dictionary() -> Dictionary:
         return Dictionary(str(path))
 
 
-class RadiusAuthenticator(Authenticator):
-    def __init__(self, auth: AuthServerProfile, *, nas_identifier: str = "tenantprint",
-                 min_timeout_s: float = MIN_TIMEOUT_S):
-        if auth.kind != "radius":
-            raise AuthConfigError(f"not a radius profile (kind {auth.kind!r})")
-        if auth.secret is None or auth.secret.wiped:
-            raise AuthConfigError("radius profile has no shared secret")
-        if not 1 <= auth.retries <= 10:
-            raise AuthConfigError("radius retries must be 1-10")
-        self._auth = auth
-        self._nas_identifier = nas_identifier
-        self._timeout = max(float(auth.timeout_s), min_timeout_s)
-        self._dict = dictionary()
+class RadiusExchange(Authenticator):
+    """What RADIUS over UDP and over TLS share: the deadline, the input checks, the user name from
+    the profile's `user_format`, the log line. Subclasses do one `_exchange`."""
+
+    _auth: AuthServerProfile
+    _timeout: float
+    _label = "radius"
 
     @property
     def timeout_s(self) -> float:
@@ -80,15 +74,33 @@ class RadiusAuthenticator(Authenticator):
         name = self._auth.user_format.format(user=user_id, org=org_id)
         if len(name.encode()) > MAX_NAME:
             return BadInput("user name too long for RADIUS")
-        secret = self._auth.secret
-        if secret is None or secret.wiped:
-            return Unavailable("the session's auth credentials were purged")
-        outcome = self._exchange(user_id, name, secret, pin, state, proof or None)
-        log.info("radius %s: %s", type(outcome).__name__, user_id,
+        outcome = self._exchange(user_id, name, pin, state, proof or None)
+        log.info("%s %s: %s", self._label, type(outcome).__name__, user_id,
                  extra={"org_id": org_id, "auth_outcome": type(outcome).__name__})
         return outcome
 
-    def _exchange(self, user_id: str, name: str, secret: Secret, pin, state, proof) -> AuthOutcome:
+    def _exchange(self, user_id: str, name: str, pin, state, proof) -> AuthOutcome:
+        raise NotImplementedError
+
+
+class RadiusAuthenticator(RadiusExchange):
+    def __init__(self, auth: AuthServerProfile, *, nas_identifier: str = "tenantprint",
+                 min_timeout_s: float = MIN_TIMEOUT_S):
+        if auth.kind != "radius":
+            raise AuthConfigError(f"not a radius profile (kind {auth.kind!r})")
+        if auth.secret is None or auth.secret.wiped:
+            raise AuthConfigError("radius profile has no shared secret")
+        if not 1 <= auth.retries <= 10:
+            raise AuthConfigError("radius retries must be 1-10")
+        self._auth = auth
+        self._nas_identifier = nas_identifier
+        self._timeout = max(float(auth.timeout_s), min_timeout_s)
+        self._dict = dictionary()
+
+    def _exchange(self, user_id: str, name: str, pin, state, proof) -> AuthOutcome:
+        secret = self._auth.secret
+        if secret is None or secret.wiped:
+            return Unavailable("the session's auth credentials were purged")
         client = Client(server=self._auth.host, authport=self._auth.port, secret=secret.reveal(),
                         dict=self._dict, retries=self._auth.retries, timeout=self._timeout)
         try:

@@ -42,17 +42,10 @@ import time
 
 from pyrad import packet
 
-from hal.auth import (
-    AuthConfigError,
-    Authenticator,
-    AuthOutcome,
-    BadInput,
-    Unavailable,
-    check_input,
-)
+from hal.auth import AuthConfigError, AuthOutcome, Unavailable
 from hal.auth.radius import (
-    MAX_NAME,
     MIN_TIMEOUT_S,
+    RadiusExchange,
     _reply_message,
     _state,
     _user_name,
@@ -95,7 +88,9 @@ def client_context(ca_pem: str, client_cert: str, client_key: str) -> ssl.SSLCon
     return ctx
 
 
-class RadsecAuthenticator(Authenticator):
+class RadsecAuthenticator(RadiusExchange):
+    _label = "radsec"
+
     def __init__(self, auth: AuthServerProfile, *, client_cert: str | None = None, client_key: str | None = None,
                  nas_identifier: str = "tenantprint", min_timeout_s: float = MIN_TIMEOUT_S):
         if auth.kind != "radsec":
@@ -114,27 +109,6 @@ class RadsecAuthenticator(Authenticator):
         self._context()  # a CA, certificate or key that cannot be used is a config error, now
         self._kept: ssl.SSLSocket | None = None  # the session's connection, between exchanges
         self._lock = threading.Lock()
-
-    @property
-    def timeout_s(self) -> float:
-        return self._timeout
-
-    @property
-    def deadline_s(self) -> float:
-        return self._timeout * self._auth.retries
-
-    def authenticate(self, user_id: str, org_id: str, pin: Secret | str | None = None,
-                     state: bytes | None = None, proof: str | None = None) -> AuthOutcome:
-        bad = check_input(user_id, org_id, pin, state, proof)
-        if bad is not None:
-            return bad
-        name = self._auth.user_format.format(user=user_id, org=org_id)
-        if len(name.encode()) > MAX_NAME:
-            return BadInput("user name too long for RADIUS")
-        outcome = self._exchange(user_id, name, pin, state, proof or None)
-        log.info("radsec %s: %s", type(outcome).__name__, user_id,
-                 extra={"org_id": org_id, "auth_outcome": type(outcome).__name__})
-        return outcome
 
     def _context(self) -> ssl.SSLContext:
         try:
