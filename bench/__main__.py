@@ -23,6 +23,10 @@ BENCHES = [
     ("against", ["--ref", "45d3cf3", "--rounds", "6", "--runs", "10"], ["--ref", "45d3cf3", "--rounds", "1", "--runs", "3"]),
     ("against", ["--ref", "45d3cf3", "--rounds", "4", "--runs", "10", "--busy-core"],
      ["--ref", "45d3cf3", "--rounds", "1", "--runs", "3", "--busy-core"]),
+    # issue 18's bar: certificate mode (device certificate, RadSec, SUN card proofs) within 10 % of the
+    # PSK mode of the code before it (4ebd1f1)
+    ("against", ["--ref", "4ebd1f1", "--rounds", "4", "--runs", "10"], ["--ref", "4ebd1f1", "--rounds", "1", "--runs", "3"]),
+    ("session", ["--runs", "10", "--trust", "psk"], ["--runs", "2", "--primitive-runs", "2", "--trust", "psk"]),
     ("firmware_footprint", ["--sessions", "100", "--idle-s", "20"], ["--sessions", "5", "--idle-s", "3"]),
     ("sessions_many", ["--runs", "10", "--sessions", "100"], ["--runs", "2", "--sessions", "10"]),
     ("cloud_lookup", [], ["--orgs", "2000", "--seconds", "3", "--workers", "1", "--backends", "sqlite"]),

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{w:5} median of rounds: " + ", ".join(f"{k} {v}" for k, v in res["median_of_rounds_ms"][w].items()))
     for k, v in res["this_over_base"].items():
         print(f"this / base {k}: {v}")
-    print(f"-> {write('against' + ('-busy' if args.busy_core else ''), res)}")
+    print(f"-> {write('against-' + args.ref[:7] + ('-busy' if args.busy_core else ''), res)}")
     return 0
 
 
