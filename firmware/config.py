@@ -18,6 +18,10 @@ from typing import Any
 from tenantprint import config_schema
 from tenantprint.config_schema import Config, between, one_of, option
 
+# The device's own certificate files in its state dir (firmware/device_cert.py keeps them; the
+# secret keeper hands them to charon and RadSec): names only here, so the keeper imports nothing heavy
+DEVICE_KEY_FILE, DEVICE_CERT_FILE, SPACE_CA_FILE = "ike.key", "device-cert.pem", "space-ca.pem"
+
 DEFAULT_PATH = Path("/etc/tenantprint/firmware.toml")
 
 

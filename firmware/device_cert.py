@@ -26,6 +26,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from firmware.config import DEVICE_CERT_FILE, DEVICE_KEY_FILE, SPACE_CA_FILE
 from hal.directory import DirectoryError, DirectoryRefused
 from hal.directory.device_cert import (
     RENEW_MARGIN_S,
@@ -38,7 +39,7 @@ from hal.directory.device_cert import (
 )
 
 log = logging.getLogger("tenantprint.firmware.device_cert")
-KEY_NAME, CERT_NAME, CA_NAME = "ike.key", "device-cert.pem", "space-ca.pem"
+KEY_NAME, CERT_NAME, CA_NAME = DEVICE_KEY_FILE, DEVICE_CERT_FILE, SPACE_CA_FILE
 
 # statuses
 CURRENT, RENEWED = "current", "renewed"
