@@ -248,25 +248,12 @@ def _paths(lab, runs: int) -> dict[str, list[float]]:
     return out
 
 
-def _fresh_proofs(lab, n: int) -> list[str]:
-    """The next `n` SUN messages of OWNER's issued card (lab/sun_cards.py), as it would give them."""
-    from lab import sun_cards
-    from org import card_sun
-
-    card, counter = sun_cards.card_of(lab, ORG, OWNER)
-    out = []
-    for i in range(1, n + 1):
-        m = card_sun.message(card.uid, counter + i, card.k_meta_read, card.k_file_read)
-        out.append(m.enc_picc_data + m.mac)
-    sun_cards.counted(lab, ORG, OWNER, counter + n)
-    return out
-
-
 def _primitives(lab, n: int) -> dict[str, list[float]]:
     from hal.directory.profile import SessionProfile
     from hal.printer.cupsd import SessionPrintService
     from hal.tunnel import TunnelConfig, open_tunnel
     from hal.tunnel.vici_tunnel import build_conn, conn_name
+    from lab import sun_cards
     from lab.orgs import lab_profile
     from lab.services.charon import MfpCharonService
     from lab.services.engine import engine_uri, printed_documents, serving_engine
@@ -319,7 +306,7 @@ def _primitives(lab, n: int) -> dict[str, list[float]]:
         options = ({"client_cert": str(device_cert), "client_key": str(device_key)}
                    if profile.auth.kind == "radsec" else {})
         out["radius"] = child(_RADIUS, repo, stdin=json.dumps({"profile": wire, "user": OWNER, "options": options,
-                                                               "proofs": _fresh_proofs(lab, n)}).encode())
+                                                               "proofs": sun_cards.next_proofs(lab, ORG, OWNER, n)}).encode())
     finally:
         sock.close()
         profile.wipe()

@@ -502,7 +502,7 @@ class Runtime:
             if state is not None:
                 self.device_cert = {"status": state.status, "usable": state.usable}
                 journal.record("device certificate", level=20 if state.usable else 30, status=state.status,
-                               reason=getattr(state, "reason", ""))
+                               reason=state.reason)
             self.done.wait(DEVICE_CERT_EVERY_S if state is not None and state.usable else 60)
 
     async def _tick(self) -> None:

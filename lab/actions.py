@@ -54,8 +54,6 @@ def _contracted(lab) -> tuple[str, ...]:
     return contracted(lab.options.extra_orgs)
 
 
-
-
 CARD_KINDS = ("type4", "type2", "uid-only", "type3", "wedge")
 
 

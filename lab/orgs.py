@@ -195,17 +195,6 @@ def _gateway_certs(lab, org: str):
             gateway_certs.CertAndKey.load(entry["gw"][0], entry["gw"][1].encode()))
 
 
-def _cert_profile(lab, org: str, wire: dict) -> dict:
-    ca = gateway_ca(lab, org).cert_pem()  # the org's CA: its gateway's and its RADIUS server's certificates
-    vpn = {k: v for k, v in wire["vpn"].items() if k != "psk"}
-    vpn.update(auth="device", ca_cert_pem=ca)
-    auth = wire["auth"]
-    if auth["kind"] == "radius":
-        auth = {"kind": "radsec", "host": RADIUS_HOST, "port": 2083, "ca_pem": ca,
-                "user_format": auth["user_format"], "timeout_s": auth["timeout_s"], "retries": auth["retries"]}
-    return {**wire, "vpn": vpn, "auth": auth}
-
-
 def space_device_ca(lab, space: str = "space-1") -> str:
     """The space's device CA certificate (PEM), from the lab's cloud (cloud/device_ca.py)."""
     from lab.services import cloud
@@ -233,7 +222,10 @@ def lab_profile(lab, org: str, auth_kind: str = "radius", trust: str = "psk") ->
     `trust="cert"` (issue 18): the MFP shows its device certificate to the gateway and, over
     RadSec, to the RADIUS server; the profile then holds only public facts."""
     if trust == "cert":
-        return _cert_profile(lab, org, lab_profile(lab, org, auth_kind))
+        from org.trust import certificate_profile
+
+        # the org's CA: its gateway's and its RADIUS server's certificates
+        return certificate_profile(lab_profile(lab, org, auth_kind), gateway_ca(lab, org).cert_pem())
     s = spec(org)
     sec = org_secrets(lab, org)
     if auth_kind == "ldap":

@@ -69,6 +69,20 @@ def cards_of(lab, org: str) -> dict[str, Card]:
             for key, e in entries.items() if key.split("@", 1)[1] == org}
 
 
+def next_proofs(lab, org: str, user: str, n: int = 1) -> list[str]:
+    """The next `n` SUN messages of user@org's issued card (48 hex digits each, as a badge carries
+    them), as the card would give them on its next reads; its counter moves on past them."""
+    from org.card_sun import message
+
+    card, counter = card_of(lab, org, user)
+    out = []
+    for i in range(1, n + 1):
+        m = message(card.uid, counter + i, card.k_meta_read, card.k_file_read)
+        out.append(m.enc_picc_data + m.mac)
+    counted(lab, org, user, counter + n)
+    return out
+
+
 def counted(lab, org: str, user: str, counter: int) -> None:
     """The card counted up to `counter` (never down)."""
     with _locked(lab) as cards:

@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hal.card import mask_uid
-from org import card_sun
 from hal.card.badge import CC_FILE_ID, NDEF_AID, NDEF_FILE_ID, cc_file, encode_badge, ndef_file
 from lab import vpcd_protocol as vpcd
+from org import card_sun
 
 CONTROL_PATH = "/run/tenantprint-vcard.sock"
 ATR = bytes.fromhex("3B80800101")  # PC/SC contactless ISO 14443-4 card, no historical bytes

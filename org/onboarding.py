@@ -50,7 +50,7 @@ from hal.card.badge import valid_id
 from org.card_sun import Card
 from org.gateway_config import (DeviceGrant, OrgGateway, strongswan_conf, swanctl_conf, validate,
                                 write_credential_files)
-from org.radius_config import OrgRadius, RadiusUser, RadsecListener, write_config_dir
+from org.radius_config import OrgRadius, RadiusUser, RadsecListener, write_config_dir, write_radsec_files
 
 IKE_PROPOSALS = ("aes256gcm16-prfsha384-x25519", "aes256-sha256-x25519")
 ESP_PROPOSALS = ("aes256gcm16", "aes256-sha256")
@@ -184,7 +184,6 @@ def _cards(users: list, cards: dict) -> dict[str, Card]:
 
 
 GATEWAY_AGENT_PORT = 8631  # `tenantprint org gateway-agent --listen` (its default port)
-RADSEC_PORT = 2083  # RFC 6614
 
 
 def profile(org: dict, secrets: dict, trust=None) -> dict:
@@ -192,21 +191,13 @@ def profile(org: dict, secrets: dict, trust=None) -> dict:
     holds no secret: the device shows its certificate, the org's CA verifies the org's servers."""
     g, r = org["gateway"], org["radius"]
     trust = _need_trust(org, trust)
-    if trust is not None:
-        wire = profile({**org, "trust": "psk"}, {"psk": "-", "radius": "-"})
-        ca = trust.org_ca.cert_pem()
-        vpn = {k: v for k, v in wire["vpn"].items() if k != "psk"}
-        vpn.update(auth="device", ca_cert_pem=ca)
-        auth = {"kind": "radsec", "host": r["host"], "port": RADSEC_PORT, "ca_pem": ca,
-                "user_format": r.get("user_format", "{user}@{org}"), "timeout_s": 3.0, "retries": 2}
-        return {**wire, "vpn": vpn, "auth": auth}
-    return {
+    wire = {
         "org_id": org["org_id"], "ttl_s": 300,
         "vpn": {"gateway": g["wan_address"], "port": 500, "local_id": g["devices"][0], "remote_id": g["id"],
-                "auth": "psk", "psk": secrets["psk"], "ca_cert_pem": None,
+                "auth": "psk", "ca_cert_pem": None,
                 "ike_proposals": list(IKE_PROPOSALS), "esp_proposals": list(ESP_PROPOSALS),
                 "remote_ts": [g["lan"]], "dpd_delay_s": g.get("dpd_delay_s", 1)},
-        "auth": {"kind": "radius", "host": r["host"], "port": r.get("port", 1812), "secret": secrets["radius"],
+        "auth": {"kind": "radius", "host": r["host"], "port": r.get("port", 1812),
                  "user_format": r.get("user_format", "{user}@{org}"), "timeout_s": 3.0, "retries": 2,
                  # the org's server signs its replies: the MFP takes no unsigned one (BlastRADIUS)
                  **({"require_message_authenticator": True} if r.get("require_message_authenticator") else {})},
@@ -215,6 +206,12 @@ def profile(org: dict, secrets: dict, trust=None) -> dict:
                   # the gateway agent on the gateway's LAN address: reached through the tunnel only
                   "outcomes_url": f"http://{_lan_address(g)}:{GATEWAY_AGENT_PORT}/v1/outcomes"},
     }
+    if trust is not None:
+        from org.trust import certificate_profile
+
+        return certificate_profile(wire, trust.org_ca.cert_pem())
+    wire["vpn"]["psk"], wire["auth"]["secret"] = secrets["psk"], secrets["radius"]
+    return wire
 
 
 def missing_desks(org: dict) -> str | None:
@@ -244,18 +241,8 @@ def write_gateway_config(org: dict, secrets: dict, out: Path | str, trust=None) 
 def write_radius_config(org: dict, secrets: dict, out: Path | str, trust=None) -> Path:
     cfg = radius(org, secrets, trust, out)
     if cfg.radsec is not None:  # its certificate from the org's CA, for its address; the space's device CA
-        import os
-
         from org.gateway_certs import issue_gateway_cert
 
         ident = issue_gateway_cert(trust.org_ca, org["radius"]["host"])
-        tls = Path(cfg.radsec.certificate_file).parent
-        tls.mkdir(parents=True, exist_ok=True)
-        os.chmod(tls, 0o700)
-        for path, data, mode in ((cfg.radsec.certificate_file, ident.cert_pem().encode(), 0o644),
-                                 (cfg.radsec.private_key_file, ident.key_pem(), 0o600),
-                                 (cfg.radsec.ca_file, trust.device_ca_pem.encode(), 0o644)):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+        write_radsec_files(cfg.radsec, ident.cert_pem(), ident.key_pem(), trust.device_ca_pem)
     return write_config_dir(cfg, out)

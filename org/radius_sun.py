@@ -58,8 +58,7 @@ class CardStore:
     def __init__(self, cards_path: str, counters_path: str):
         with open(cards_path) as f:
             raw = json.load(f)
-        self.cards = {user: (bytes.fromhex(c["uid"]), bytes.fromhex(c["k_meta"]), bytes.fromhex(c["k_file"]))
-                      for user, c in raw.items()}
+        self.cards = {user: card_sun.Card.from_json(c) for user, c in raw.items()}
         self.counters_path = counters_path
         try:
             with open(counters_path) as f:
@@ -75,13 +74,13 @@ class CardStore:
             return "no card registered for the user"
         if not isinstance(proof, str) or len(proof) != 48:
             return "not a SUN message"
-        uid, k_meta, k_file = card
+        key = counter_key(card.uid, card.k_meta_read, card.k_file_read)
         msg = card_sun.SunMessage(proof[:32], proof[32:])
         try:
-            reading = card_sun.check(msg, k_meta, k_file, uid, self.counters.get(counter_key(*card)))
+            reading = card_sun.check(msg, card.k_meta_read, card.k_file_read, card.uid, self.counters.get(key))
         except card_sun.SunError as exc:
             return str(exc)
-        self.counters[counter_key(*card)] = reading.counter
+        self.counters[key] = reading.counter
         self._save()
         return None
 

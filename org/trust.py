@@ -34,6 +34,23 @@ class OrgTrust:
     device_ca_pem: str  # the coworking space's device CA (cloud/device_ca.py)
 
 
+RADSEC_PORT = 2083  # RFC 6614
+
+
+def certificate_profile(wire: dict, org_ca_pem: str) -> dict:
+    """A wire profile in certificate mode from the same profile in PSK mode (with or without its
+    secrets): the device shows its own certificate to the gateway (`vpn.auth` "device") and, over
+    RadSec, to a RADIUS server; `org_ca_pem` verifies both. No secret is left in it (an LDAP
+    server's bind password stays: LDAP with the device certificate is not built)."""
+    vpn = {k: v for k, v in wire["vpn"].items() if k != "psk"}
+    vpn.update(auth="device", ca_cert_pem=org_ca_pem)
+    auth = wire["auth"]
+    if auth["kind"] == "radius":
+        auth = {"kind": "radsec", "host": auth["host"], "port": RADSEC_PORT, "ca_pem": org_ca_pem,
+                "user_format": auth["user_format"], "timeout_s": auth["timeout_s"], "retries": auth["retries"]}
+    return {**wire, "vpn": vpn, "auth": auth}
+
+
 def init_ca(org_id: str, out: Path | str) -> Path:
     """Make the org's CA in `out` (created 0700); never over an existing CA."""
     d = Path(out)

@@ -105,18 +105,7 @@ class RadiusAuthenticator(RadiusExchange):
                         dict=self._dict, retries=self._auth.retries, timeout=self._timeout)
         try:
             req = client.CreateAuthPacket(code=packet.AccessRequest, message_authenticator=True)
-            req["User-Name"] = name
-            req["NAS-Identifier"] = self._nas_identifier
-            if pin is not None:
-                raw = bytearray(pin.reveal() if isinstance(pin, Secret) else pin.encode())
-                try:
-                    req["User-Password"] = req.PwCrypt(bytes(raw))
-                finally:
-                    raw[:] = b"\0" * len(raw)
-            if state is not None:
-                req["State"] = bytes(state)
-            if proof is not None:
-                req["TP-Card-SUN"] = proof
+            fill_request(req, name, self._nas_identifier, pin, state, proof)
             reply = client.SendPacket(req)
         except Timeout:
             return Unavailable(f"no verified reply from {self._where()} after "
@@ -137,6 +126,24 @@ class RadiusAuthenticator(RadiusExchange):
 
     def _where(self) -> str:
         return f"RADIUS server {self._auth.host}:{self._auth.port}"
+
+
+def fill_request(req: packet.AuthPacket, name: str, nas_identifier: str, pin: Secret | str | None,
+                 state: bytes | None, proof: str | None) -> None:
+    """An Access-Request's attributes (UDP and RadSec alike): the user name, the NAS, the PIN hidden
+    with the request's secret (its bytes wiped after), the challenge's State, the card proof."""
+    req["User-Name"] = name
+    req["NAS-Identifier"] = nas_identifier
+    if pin is not None:
+        raw = bytearray(pin.reveal() if isinstance(pin, Secret) else pin.encode())
+        try:
+            req["User-Password"] = req.PwCrypt(bytes(raw))
+        finally:
+            raw[:] = b"\0" * len(raw)
+    if state is not None:
+        req["State"] = bytes(state)
+    if proof is not None:
+        req["TP-Card-SUN"] = proof
 
 
 def map_reply(user_id: str, code: int, message: str | None, state: bytes | None,

@@ -46,6 +46,7 @@ from hal.auth import AuthConfigError, AuthOutcome, Unavailable
 from hal.auth.radius import (
     MIN_TIMEOUT_S,
     RadiusExchange,
+    fill_request,
     _reply_message,
     _state,
     _user_name,
@@ -281,18 +282,7 @@ def access_request(dictionary, name: str, nas_identifier: str, pin: Secret | str
     """The Access-Request of one exchange (shared secret "radsec"), with a Message-Authenticator."""
     req = packet.AuthPacket(code=packet.AccessRequest, secret=RADSEC_SECRET, dict=dictionary,
                             message_authenticator=True)
-    req["User-Name"] = name
-    req["NAS-Identifier"] = nas_identifier
-    if pin is not None:
-        raw = bytearray(pin.reveal() if isinstance(pin, Secret) else pin.encode())
-        try:
-            req["User-Password"] = req.PwCrypt(bytes(raw))
-        finally:
-            raw[:] = b"\0" * len(raw)
-    if state is not None:
-        req["State"] = bytes(state)
-    if proof is not None:
-        req["TP-Card-SUN"] = proof
+    fill_request(req, name, nas_identifier, pin, state, proof)
     return req
 
 

@@ -144,9 +144,7 @@ class GatewayService(_CharonService):
         return self._backend
 
     def _gateway(self, lab):
-        from lab.orgs import org_gateway
-
-        from lab.orgs import space_device_ca
+        from lab.orgs import org_gateway, space_device_ca
 
         ca = self.device_ca_pem or (space_device_ca(lab) if self.cert_mode else "")
         return org_gateway(lab, self.org, self.backend(), device_ca_pem=ca)
@@ -160,11 +158,12 @@ class GatewayService(_CharonService):
         from org.gateway_config import swanctl_conf, write_credential_files
 
         path = self.conf_dir(lab) / "swanctl.conf"
+        gw = self._gateway(lab)
         # certificate mode: swanctl loads them from beside the file given with --file
-        write_credential_files(self._gateway(lab), self.conf_dir(lab))
+        write_credential_files(gw, self.conf_dir(lab))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(swanctl_conf(self._gateway(lab)))
+            f.write(swanctl_conf(gw))
         # Desk PCs on the LAN ARP for MFP virtual IPs in the pool: farp answers for established
         # SAs; rp_filter off because decrypted packets enter through ipsec0 with LAN sources.
         for key in ("all", "default"):

@@ -109,8 +109,9 @@ class GatewayAgentService:
         """Certificate mode: one SA per device identity, and the space's CRL from the cloud."""
         from lab.services import cloud
         from lab.services.charon import GatewayService
+        from org.gateway_config import DEVICE_CA
 
-        ca = GatewayService(self.org).conf_dir(lab) / "x509ca" / "space-device-ca.pem"
+        ca = GatewayService(self.org).conf_dir(lab) / "x509ca" / DEVICE_CA
         return ["--one-sa-per-device", "--crl-url", f"{cloud.url(lab)}/v1/spaces/space-1/crl",
                 "--crl-ca", str(ca), "--cloud-ca", str(cloud.ca_file(lab))]
 

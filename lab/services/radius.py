@@ -12,7 +12,6 @@ requests"); `stop` stops it by its recorded PID. Stop then start is the lab's "r
 
 from __future__ import annotations
 
-import os
 import signal
 import time
 from pathlib import Path
@@ -69,22 +68,15 @@ class RadiusService:
     def _radsec_listener(self, lab):
         """The RadSec listener: the server's certificate from the org's CA (lab.orgs.org_ca) for
         its address, the space's device CA for the clients, the lab's one MFP allowed."""
-        from lab.orgs import DEVICE_ID, RADIUS_HOST, radius_server_identity, space_device_ca
-        from org.radius_config import RadsecListener
+        from lab.orgs import DEVICE_ID, radius_server_identity, space_device_ca
+        from org.radius_config import RadsecListener, write_radsec_files
 
         d = self.conf_dir(lab) / "radsec"
-        d.mkdir(parents=True, exist_ok=True)
-        os.chmod(d, 0o700)
+        listener = RadsecListener(str(d / "server.pem"), str(d / "server.key"), str(d / "space-device-ca.pem"),
+                                  allowed_clients=(DEVICE_ID,))
         ident = radius_server_identity(lab, self.org)
-        for name, data, mode in (("server.pem", ident.cert_pem().encode(), 0o644),
-                                 ("server.key", ident.key_pem(), 0o600),
-                                 ("space-device-ca.pem", space_device_ca(lab).encode(), 0o644)):
-            fd = os.open(d / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-        assert RADIUS_HOST == self.address(lab)
-        return RadsecListener(str(d / "server.pem"), str(d / "server.key"), str(d / "space-device-ca.pem"),
-                              allowed_clients=(DEVICE_ID,))
+        write_radsec_files(listener, ident.cert_pem(), ident.key_pem(), space_device_ca(lab))
+        return listener
 
     def running(self, lab) -> bool:
         rec = lab.procs.get(self.name)

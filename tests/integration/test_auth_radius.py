@@ -25,7 +25,6 @@ from lab import sun_cards
 from lab.orgs import lab_profile, org_secrets
 from lab.services.radius import RadiusService
 from lab.users import USERS
-from org import card_sun
 from org.radius_config import RadiusUser
 
 ROOT = str(Path(__file__).resolve().parents[2])
@@ -76,16 +75,8 @@ def profile(lab, org="acme", **auth) -> dict:
     return wire
 
 
-def fresh_proof(lab, org: str, user: str) -> str:
-    """The next SUN message of user@org's issued card, as the card would mirror it on a read."""
-    card, counter = sun_cards.card_of(lab, org, user)
-    m = card_sun.message(card.uid, counter + 1, card.k_meta_read, card.k_file_read)
-    sun_cards.counted(lab, org, user, counter + 1)
-    return m.enc_picc_data + m.mac
-
-
 def run_steps(lab, host: str, wire: dict, steps: list[dict]) -> list[dict]:
-    steps = [{**st, "proof": fresh_proof(lab, wire["org_id"], st["user"])} if st.get("proof") is True else st
+    steps = [{**st, "proof": sun_cards.next_proofs(lab, wire["org_id"], st["user"])[0]} if st.get("proof") is True else st
              for st in steps]
     proc = lab.host(host).run([sys.executable, "-c", RUNNER, ROOT],
                               input=json.dumps({"profile": wire, "steps": steps}).encode(), check=False,
