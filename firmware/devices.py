@@ -61,7 +61,7 @@ class Devices:
         hence the wildcard: the sandbox holds only its link to the device and the tunnel, and the
         sandbox's firewall admits the port through IPsec only; the machine takes a job only from
         inside the tunnel's remote traffic selectors."""
-        fresh = time.monotonic() - self.engine_model_at < ENGINE_MODEL_MAX_AGE_S
+        fresh = self.model_fresh()
         if self.driver_queue is not None:  # the driver's PPD is the model: nothing to ask a printer
             model = self.driver_queue.model()
             if model is None:
@@ -80,8 +80,13 @@ class Devices:
             return False
         if self.driver_queue is not None:
             return service.model == self.driver_queue.model()
-        return (service.model == self.engine_model
-                and time.monotonic() - self.engine_model_at < ENGINE_MODEL_MAX_AGE_S)
+        return service.model == self.engine_model and self.model_fresh()
+
+    def model_fresh(self) -> bool:
+        """Whether an engine model is at hand and younger than ENGINE_MODEL_MAX_AGE_S. (Not from
+        `engine_model_at` alone: the monotonic clock starts at boot, so on a device up for less than
+        the maximum age "0.0" looked fresh, and no model was ever built.)"""
+        return self.engine_model is not None and time.monotonic() - self.engine_model_at < ENGINE_MODEL_MAX_AGE_S
 
     def ensure_engine_model(self) -> None:
         """Have a fresh model of the engine's queue (the sessions' inbound queue is written from it):
@@ -93,7 +98,7 @@ class Devices:
             self._build_engine_model()
 
     def _build_engine_model(self) -> None:
-        if self.driver_queue is not None or time.monotonic() - self.engine_model_at < ENGINE_MODEL_MAX_AGE_S:
+        if self.driver_queue is not None or self.model_fresh():
             return
         if self.engine.uri == AUTO:
             raise EngineUnavailable("printer not connected")
