@@ -5,6 +5,8 @@
     POST /v1/cards/lookup              signed, {"card": "card-<hex>"} -> 200 {"org_id"} | 401 | 403 | 422
     POST /v1/device/certificate        signed, {"csr_pem"} -> 200 {"certificate_pem", "ca_pem", "not_after"}
                                        | 401 | 403 (CSR not P-256 or its signature bad) | 422 | 429
+    POST /v1/orgs/{org_id}/duplicate-sa  signed by the org's gateway (org/gateway_report.py), {device_id,
+                                       remote_host, at} -> 201 | 401 | 422 | 429 (cloud/gateway_reports.py)
     GET  /v1/spaces/{space_id}/ca.pem  public: the space's device CA (PEM) | 404
     GET  /v1/spaces/{space_id}/crl     public: its CRL (DER, nextUpdate within the hour) | 404
     GET  /v1/health                    -> 200 {"status": "ok"}
@@ -40,11 +42,13 @@ from cloud import config as cloud_config
 from cloud.config import CloudConfig
 from cloud.crypto import CryptoError, Keyring
 from cloud.device_ca import CERT_BURST, CERT_PER_HOUR, DeviceCA, UnknownSpace
+from cloud.gateway_reports import GatewayReports
 from cloud.lookup import DeviceDirectory, Refused, Unauthenticated
 from cloud.ratelimit import DeviceThrottle, RateLimited, RateLimits, TokenBuckets, retry_after, source_key
 from cloud.storage import open_engine
 from hal.directory import CARD_ID_RE
 from hal.directory.signing import H_DEVICE, H_NONCE, H_SIGNATURE, H_TIMESTAMP
+from org.gateway_report import DUPLICATE_PATH
 
 log = logging.getLogger("tenantprint.cloud")
 MAX_BODY = 16 * 1024
@@ -75,6 +79,7 @@ class ErrorResponse(BaseModel):
     error: str
 
 
+DUPLICATE_SUFFIX = DUPLICATE_PATH.removeprefix("/v1/orgs/{org}")  # "/duplicate-sa"
 SIGNATURE_HEADERS = [{"name": h, "in": "header", "required": False, "schema": {"type": "string"}}
                      for h in (H_DEVICE, H_TIMESTAMP, H_NONCE, H_SIGNATURE)]
 
@@ -133,6 +138,8 @@ class SourceLimit:
             return "certificate", self.limits.source
         if path.startswith(SPACES_PATH):
             return "device-ca", self.limits.source
+        if path.startswith("/v1/orgs/") and path.endswith(DUPLICATE_SUFFIX):
+            return "gateway-report", self.limits.source
         return self.limits.for_path(path)
 
     async def __call__(self, scope, receive, send):
@@ -194,6 +201,7 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60, config: 
     limits = RateLimits(config.limits)
     directory = DeviceDirectory(engine, keyring, window_s=window_s, device_limit=limits.device)
     cas = DeviceCA(engine, keyring)
+    reports = GatewayReports(engine, window_s=window_s)
     cert_limit = cert_limit or TokenBuckets(CERT_PER_HOUR / 60.0, CERT_BURST)
     cert_throttle = DeviceThrottle(engine, cert_limit, directory.count_refusal)
     limiter: list[CapacityLimiter] = []
@@ -370,6 +378,32 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60, config: 
             return _too_many(exc.retry_after_s)
         log.info("certificate for device %s, valid until %d", device_id, issued.not_after)
         return JSONResponse(issued.answer(), headers={"Cache-Control": "no-store"})
+
+    @app.post("/v1/orgs/{org_id}" + DUPLICATE_SUFFIX, status_code=201,
+              responses={201: {"content": {"application/json": {}}}, 401: {"model": ErrorResponse},
+                         422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}})
+    async def duplicate_sa(org_id: str, request: Request):
+        """A duplicate IKE SA with a device's identity, reported by the org's gateway (signed with its
+        certificate-mode key, org/gateway_report.py): audited as the device's anomaly."""
+        body = await request.body()
+        path, host = _signed_path(request), _host(request)
+
+        def work() -> str:
+            try:
+                return reports.duplicate(org_id, request.headers, request.method, path, body, host)
+            except Unauthenticated as exc:
+                directory.count_refusal("gateway-report", exc.reason, host)
+                raise
+
+        try:
+            device_id = await to_thread.run_sync(work, limiter=db_threads())
+        except Unauthenticated as exc:
+            _log_refusal("gateway report", exc)
+            return _err(401, "unauthenticated")
+        except Refused:
+            return _err(422, "malformed")
+        log.warning("org %s's gateway reports a duplicate IKE SA of device %s", org_id, device_id)
+        return JSONResponse({"audited": True}, status_code=201, headers={"Cache-Control": "no-store"})
 
     async def _space_object(space_id: str, make, media_type: str, max_age: int) -> Response:
         try:

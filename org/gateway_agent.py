@@ -353,10 +353,11 @@ def _charon_started(session: vici.Session) -> str:
 
 class GatewayAgent:
     def __init__(self, vici_socket: str, listen: tuple[str, int], conn_prefix: str = "", reconcile_s: float = 2.0,
-                 *, one_sa_per_device: bool = False):
+                 *, one_sa_per_device: bool = False, reporter=None):
         # certificate mode: end every IKE SA but the first per device identity (`duplicates`); off
         # for PSK connections, whose `unique = replace` lets a rebooted MFP take its place at once
         self.one_sa_per_device = one_sa_per_device
+        self.reporter = reporter  # org/gateway_report.py Reporter: each duplicate goes to the cloud's audit
         self.vici_socket = vici_socket
         self.registry = MfpRegistry()
         self.outcomes = OutcomeStore()
@@ -388,6 +389,8 @@ class GatewayAgent:
         log.warning("duplicate IKE SA for MFP %s from %s: ended, the first one stays (a copied device key?)",
                     ident, host)
         self.duplicates_ended = [*self.duplicates_ended[-99:], {"id": ident, "remote_host": host, "at": time.time()}]
+        if self.reporter is not None:
+            self.reporter.duplicate(ident, host)
         try:
             for _ in session.terminate({"ike-id": uid, "force": "yes", "timeout": "-1"}):
                 pass
@@ -437,12 +440,30 @@ def main(argv: list[str]) -> int:
                                      "every 5 minutes (org/gateway_crl.py)")
     p.add_argument("--crl-ca", help="the space's device CA certificate (PEM) the CRL must verify with")
     p.add_argument("--cloud-ca", help="the CA of the cloud's TLS certificate (default: the system's)")
+    p.add_argument("--report-to", metavar="URL", help="certificate mode: the cloud (https://host:port) that "
+                                                      "audits each duplicate SA (org/gateway_report.py)")
+    p.add_argument("--org-id", help="with --report-to: this gateway's org")
+    p.add_argument("--gateway-cert", help="with --report-to: the gateway's certificate (PEM), signed by the org CA")
+    p.add_argument("--gateway-key", help="with --report-to: the gateway's key (PEM) that signs the reports")
     args = p.parse_args(argv)
     if bool(args.crl_url) != bool(args.crl_ca):
         p.error("--crl-url and --crl-ca go together")
+    report_args = (args.org_id, args.gateway_cert, args.gateway_key)
+    if args.report_to and not all(report_args) or not args.report_to and any(report_args):
+        p.error("--report-to, --org-id, --gateway-cert and --gateway-key go together")
     host, _, port = args.listen.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    agent = GatewayAgent(args.vici, (host, int(port)), args.conn_prefix, one_sa_per_device=args.one_sa_per_device)
+    reporter = None
+    if args.report_to:
+        from org.gateway_report import Reporter
+
+        try:
+            reporter = Reporter(args.report_to, args.org_id, args.gateway_cert, args.gateway_key,
+                                cloud_ca=args.cloud_ca).start()
+        except (OSError, ValueError) as exc:
+            p.error(f"the reports to the cloud cannot be signed: {type(exc).__name__}: {exc}")
+    agent = GatewayAgent(args.vici, (host, int(port)), args.conn_prefix, one_sa_per_device=args.one_sa_per_device,
+                         reporter=reporter)
     if args.crl_url:
         from org.gateway_crl import CrlKeeper
 

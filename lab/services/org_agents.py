@@ -106,14 +106,17 @@ class GatewayAgentService:
         gateway_mfps(lab, self.org, host=self.host_name)  # it answers, not only listens
 
     def _cert_args(self, lab) -> list[str]:
-        """Certificate mode: one SA per device identity, and the space's CRL from the cloud."""
+        """Certificate mode: one SA per device identity (each duplicate reported to the cloud's audit),
+        and the space's CRL from the cloud."""
         from lab.services import cloud
         from lab.services.charon import GatewayService
-        from org.gateway_config import DEVICE_CA
+        from org.gateway_config import DEVICE_CA, GATEWAY_CERT, GATEWAY_KEY
 
-        ca = GatewayService(self.org).conf_dir(lab) / "x509ca" / DEVICE_CA
+        conf = GatewayService(self.org).conf_dir(lab)
         return ["--one-sa-per-device", "--crl-url", f"{cloud.url(lab)}/v1/spaces/space-1/crl",
-                "--crl-ca", str(ca), "--cloud-ca", str(cloud.ca_file(lab))]
+                "--crl-ca", str(conf / "x509ca" / DEVICE_CA), "--cloud-ca", str(cloud.ca_file(lab)),
+                "--report-to", cloud.url(lab), "--org-id", self.org,
+                "--gateway-cert", str(conf / "x509" / GATEWAY_CERT), "--gateway-key", str(conf / "private" / GATEWAY_KEY)]
 
     def _listening(self, lab) -> bool:
         out = lab.host(self.host_name).run(

@@ -3,15 +3,15 @@ host, in the lab's default certificate mode.
 
 The pen test's finding was that `device.key` alone fetched acme's and globex's PSK and RADIUS secret,
 brought up acme's tunnel from a laptop and took the MFP's place. Now:
-- a signed lookup with the copied key answers profiles that hold no secret of any org (no canary;
-  but an org that checks its users with LDAP still hands over its service account's bind password:
-  SASL EXTERNAL with the device certificate is not built), and the cloud audits the lookups from a
-  new address as an anomaly;
+- a signed lookup with the copied key answers profiles that hold no secret of any org (no canary,
+  not even of globex, whose users are in its LDAP directory: the device certificate binds there),
+  and the cloud audits the lookups from a new address as an anomaly;
 - the copied device key gets no certificate for a key of the thief's own (the device's first
   certificate pinned its key): no tunnel without the device's own IKE key, which a TPM would keep;
 - with the device's IKE key and certificate copied too, a second IKE SA with the device's identity
   does not take over the MFP's: acme's gateway agent ends it, the MFP's session and its desk queue
-  stay, and a document printed at the desk still reaches the MFP.
+  stay, a document printed at the desk still reaches the MFP, and the gateway's report of the
+  duplicate is in the cloud's audit.
 """
 
 from __future__ import annotations
@@ -113,11 +113,10 @@ def test_a_copied_device_key_fetches_no_secret_gets_no_certificate_and_takes_ove
         found = [c for c in canaries(system) if c in got[org][1]]
         wire = json.loads(got[org][1])
         assert wire["vpn"]["auth"] == "device" and "psk" not in wire["vpn"] and "secret" not in wire["auth"]
-        # this lab's globex checks its users with its slapd: its bind password is the one org secret
-        # still in a certificate-mode profile (SASL EXTERNAL with the device certificate: not built)
-        ldap = [f"TPCANARY-{org}-ldap-"] if wire["auth"]["kind"] == "ldap" else []
-        assert [c for c in found if not any(c.startswith(p) for p in ldap)] == [], f"a secret in {org}'s answer"
+        assert "bind_password" not in wire["auth"] and found == [], f"a secret in {org}'s answer"
     assert json.loads(got["acme"][1])["auth"]["kind"] == "radsec"
+    # this lab's globex checks its users with its slapd: the device certificate binds (SASL EXTERNAL)
+    assert json.loads(got["globex"][1])["auth"]["kind"] == "ldap"
     # 2. no certificate for a key of the thief's own
     assert got["certificate"][0] == 403
     new = _audit(system)[before:]
@@ -144,6 +143,12 @@ def test_a_copied_device_key_fetches_no_secret_gets_no_certificate_and_takes_ove
         thief_charon.stop(system)
     log = (system.layout.logs_dir / "gateway-agent-acme.log").read_text()
     assert "duplicate IKE SA for MFP mfp-1.space-1 from 10.77.0.20" in log
+    # ... and the cloud's audit shows it, reported by acme's gateway (signed with its key) with the
+    # thief's address as the source
+    wait_for(lambda: ("anomaly", "duplicate-ike-sa") in _audit(system), 20, "the duplicate in the cloud's audit")
+    out = cloud_svc.run_cli(system, ["audit", "--device", DEVICE_ID, "--json"])
+    dup = [e for e in json.loads(out.stdout) if e["outcome"] == "duplicate-ike-sa"]
+    assert {(e["org_id"], e["source"]) for e in dup} == {("acme", "10.77.0.20")}, dup
     st = lab_cli("status")
     assert st["firmware"]["sessions"]["acme"]["tunnel"]["up"] is True
     # acme's desk still prints to the MFP: the job is held there, alice's real card releases it
