@@ -9,6 +9,12 @@ The lab users' PINs are looked for too, in the same places: a PIN typed at the p
 outlive its check in any office process (the daemon takes it as bytes and wipes them). A PIN is
 short, so it counts only as a whole number outside a path or an address (a pid can look like a
 PIN); a finding names the user whose PIN it is, never the PIN.
+
+`long_term_secrets` says which org long-term secrets (PSK, RADIUS secret, LDAP bind password)
+ever reached the MFP during a session, from the cloud's own record of what it answered the MFP
+(`long_term_secrets_served`): in the default certificate mode none may have, and `clean` says so
+too; in PSK mode (`lab up --trust psk`, the weaker mode) they did by design, and only the purge is
+checked.
 """
 
 from __future__ import annotations
@@ -175,5 +181,41 @@ def scan(lab, host: str = "office") -> dict:
     vici = h.run(["sh", "-c", "for s in /run/tenantprint/sandboxes/*/charon.vici; do [ -S \"$s\" ] && "
                   "swanctl --list-conns --uri \"unix://$s\"; done; true"], check=False)
     add("charon VICI inventory", "vici", set(CANARY.findall(vici.stdout)))
-    return {"clean": not findings, "host": host, "processes_scanned": len(pids),
-            "mounts_scanned": sorted(seen_mounts), "findings": findings}
+    served = long_term_secrets_served(lab)
+    cert_mode = lab.options.trust == "cert"
+    return {"clean": not findings and not (cert_mode and served), "host": host, "processes_scanned": len(pids),
+            "mounts_scanned": sorted(seen_mounts), "findings": findings,
+            "long_term_secrets": {"trust": lab.options.trust, "served": served,
+                                  "clean": not served if cert_mode else None}}
+
+
+def long_term_secrets_served(lab) -> list[dict]:
+    """Which org long-term secrets ever reached the MFP: for every org the cloud ever answered the
+    MFP a profile for (a granted `lookup` in its audit), the secret fields of that org's profile
+    (names, never values: PSK, RADIUS secret, LDAP bind password...). A granted lookup answers the
+    whole profile, so these are exactly what the MFP was handed; in certificate mode (issue 18) the
+    list must be empty. A profile replaced after the MFP's lookups counts as the one it got only
+    when it was set before them (the lab sets profiles at `lab up`, before any session)."""
+    from lab.orgs import DEVICE_ID
+    from lab.services.cloud import _admin
+
+    from sqlalchemy import select
+
+    from cloud.audit_log import T_AUDIT
+    from cloud.storage import read_txn
+
+    admin = _admin(lab)
+    try:
+        with read_txn(admin.engine) as conn:
+            granted = conn.execute(select(T_AUDIT.c.org_id).distinct().where(
+                T_AUDIT.c.device_id == DEVICE_ID, T_AUDIT.c.action == "lookup", T_AUDIT.c.outcome == "granted"))
+            granted = sorted(r.org_id for r in granted if r.org_id)
+        out = []
+        for org in granted:
+            profile = admin.show_org(org)["profile"] or {}
+            names = profile.get("secrets_set") or []
+            if names:
+                out.append({"org": org, "secrets": names})
+        return out
+    finally:
+        admin.engine.dispose()

@@ -112,6 +112,9 @@ def test_two_orgs_at_once_each_in_its_own_sandbox(clean_system):
     assert _held("acme") == ["dave"]
     scan = lab_cli("scan-secrets")
     assert not [f for f in scan["findings"] if any("globex" in c for c in f["canaries"])], scan["findings"]
+    # certificate mode (issue 18): the cloud handed the MFP no long-term secret of either org, not
+    # even globex's, whose users are in its LDAP directory (the device certificate binds, SASL EXTERNAL)
+    assert scan["long_term_secrets"] == {"trust": "cert", "served": [], "clean": True}, scan["long_term_secrets"]
     lab_cli("fault", "gateway-start", "--org", "globex")
     time.sleep(0.5)
     assert _held("acme") == ["dave"]
