@@ -54,9 +54,10 @@ def secret_names(public: dict) -> list[str]:
     # "device" (certificate mode, issue 18): the device's own certificate, no secret of the org's
     if auth == "radius":
         names.append("auth.secret")
-    elif auth == "ldap":
+    elif auth == "ldap" and public["auth"].get("bind") != "device":
         names.append("auth.bind_password")
-    # "radsec": the device's certificate as TLS client certificate, no shared secret
+    # "radsec", and "ldap" with "bind": "device": the device's certificate as TLS client
+    # certificate (RadSec; StartTLS + SASL EXTERNAL), no secret of the org's
     return names
 
 

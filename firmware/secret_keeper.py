@@ -286,8 +286,10 @@ class _Keeper:
         return (str(cert), str(key)) if cert.is_file() and key.is_file() else ("", "")
 
     def _authenticator_options(self) -> dict:
-        """RadSec shows the device's certificate as its TLS client certificate."""
-        if self.profile is None or self.profile.auth.kind != "radsec":
+        """RadSec, and LDAP with `bind` "device", show the device's certificate as their TLS
+        client certificate."""
+        auth = self.profile.auth if self.profile is not None else None
+        if auth is None or not (auth.kind == "radsec" or (auth.kind == "ldap" and auth.bind == "device")):
             return {}
         cert, key = self._device_identity()
         return {"client_cert": cert, "client_key": key}

@@ -8,6 +8,9 @@
         (with "trust": "cert" in the description, each of the three also takes --org-ca DIR and
          --device-ca FILE: the org's CA and the space's device CA; nothing secret goes to a device)
     tenantprint org ca init        --org-id ORG --out DIR             (the org's CA for certificate mode)
+    tenantprint org ldap-config    --device-ca-file PATH --identity DN --device ID [--device ID ...]
+                                   (certificate mode with an LDAP directory: slapd.conf lines that map
+                                   the listed devices' certificates to DN, org/ldap_config.py)
     tenantprint org desk-key       --org-id ORG --out FILE            (on a desk PC, as root: the org's
                                    desk signing key; prints the public key for `desks.keys`)
     tenantprint org desk-backend install [--backend-dir DIR] [--key FILE]   (on a desk PC, as root)
@@ -140,6 +143,10 @@ def main(argv: list[str]) -> int:
         return card_main(argv[1:])
     if argv and argv[0] == "ca":
         return ca_main(argv[1:])
+    if argv and argv[0] == "ldap-config":
+        from org import ldap_config
+
+        return ldap_config.main(argv[1:])
     p = argparse.ArgumentParser(prog="tenantprint org")
     p.add_argument("cmd", choices=[*AGENTS, *GENERATORS])
     p.add_argument("--org", required=True, help="the org's description (JSON), see org/onboarding.py")

@@ -39,15 +39,19 @@ RADSEC_PORT = 2083  # RFC 6614
 
 def certificate_profile(wire: dict, org_ca_pem: str) -> dict:
     """A wire profile in certificate mode from the same profile in PSK mode (with or without its
-    secrets): the device shows its own certificate to the gateway (`vpn.auth` "device") and, over
-    RadSec, to a RADIUS server; `org_ca_pem` verifies both. No secret is left in it (an LDAP
-    server's bind password stays: LDAP with the device certificate is not built)."""
+    secrets): the device shows its own certificate to the gateway (`vpn.auth` "device"), over
+    RadSec to a RADIUS server (`org_ca_pem` verifies both), and in StartTLS to an LDAP server
+    (`"bind": "device"`, SASL EXTERNAL; the LDAP server's own CA, `ca_pem`, stays: the directory
+    maps the certificate to its service account's rights, org/ldap_config.py). No secret is left
+    in it: the service account's `bind_dn` and `bind_password` go."""
     vpn = {k: v for k, v in wire["vpn"].items() if k != "psk"}
     vpn.update(auth="device", ca_cert_pem=org_ca_pem)
     auth = wire["auth"]
     if auth["kind"] == "radius":
         auth = {"kind": "radsec", "host": auth["host"], "port": RADSEC_PORT, "ca_pem": org_ca_pem,
                 "user_format": auth["user_format"], "timeout_s": auth["timeout_s"], "retries": auth["retries"]}
+    elif auth["kind"] == "ldap":
+        auth = {**{k: v for k, v in auth.items() if k not in ("bind_dn", "bind_password")}, "bind": "device"}
     return {**wire, "vpn": vpn, "auth": auth}
 
 

@@ -25,7 +25,8 @@ No outcome, log line or error message holds a secret or a PIN.
 `open_authenticator(profile.auth, **options)` picks the implementation by the profile's `kind`:
 `radius` (hal/auth/radius.py, UDP with the org's shared secret), `radsec` (hal/auth/radsec.py, RADIUS
 over TLS with the device's certificate: needs `client_cert=` and `client_key=`, the device's files),
-`ldap` (hal/auth/ldap.py).
+`ldap` (hal/auth/ldap.py; with the profile's `bind` "device" it needs the same two files: StartTLS
+with the device's certificate, then SASL EXTERNAL).
 """
 
 from __future__ import annotations
@@ -140,7 +141,8 @@ def check_input(user_id: object, org_id: object, pin: object, state: object,
 
 def open_authenticator(auth: "AuthServerProfile", **options) -> Authenticator:
     """The authenticator for `auth.kind` (`radius`, `radsec`, `ldap`). Options go to the
-    implementation (`radsec` needs `client_cert` and `client_key`: the device certificate's files)."""
+    implementation (`radsec`, and `ldap` binding as the device, need `client_cert` and
+    `client_key`: the device certificate's files)."""
     if auth.kind == "radius":
         from hal.auth.radius import RadiusAuthenticator
 

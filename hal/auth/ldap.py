@@ -7,10 +7,22 @@ lab) charon encrypts the packets in its own memory: a plain simple bind left the
 (and a PIN) in charon's heap after the purge (`lab scan-secrets` found it in about one session of
 five). Inside TLS they are never plaintext outside the secret keeper.
 
+The MFP binds in one of two ways, as the profile's `bind` says:
+- "password": a simple bind as the org's service account (`bind_dn`, `bind_password`), inside TLS;
+- "device" (issue 18): the device's own certificate and key (`client_cert`, `client_key`: files of
+  the device, firmware/device_cert.py keeps them fresh; read at every call, so a renewed
+  certificate is used at the next tap) are the TLS client certificate of the StartTLS, then a SASL
+  EXTERNAL bind: the directory verifies the certificate against the coworking space's device CA
+  and maps its subject to an identity with the service account's rights (org/ldap_config.py).
+  The profile then holds no secret, and no bind password exists on the MFP. Missing or unusable
+  files are an `AuthConfigError` when the authenticator is made, `Unavailable` if they go later.
+
 One `authenticate` call is one connection:
-1. StartTLS (a certificate that does not verify is `Unavailable`), then simple bind as the
-   profile's service account (`bind_dn`, `bind_password`); a refused bind is
-   `Unavailable` (a wrong password looks like a broken server, as with RADIUS);
+1. StartTLS (a certificate that does not verify is `Unavailable`), then the bind above; a
+   refused bind, or a TLS handshake the server ends (a device certificate it does not take), is
+   `Unavailable` (a wrong password looks like a broken server, as with RADIUS). A device
+   certificate the directory verifies but does not map gets no access: its searches fail
+   (noSuchObject on the base) or find nothing, never yes;
 2. search `base_dn` (subtree, size limit 2) for `(<user_attr>=<user>)`, the value escaped,
    asking only for `shadowExpire`: no entry is `Rejected("Unknown user")`, two are
    `Rejected("Ambiguous user")` (fail closed);
@@ -23,7 +35,7 @@ One `authenticate` call is one connection:
 4. PIN users are the entries WITH a `userPassword`; the authenticator never reads it. Base
    searches on the entry with presence filters tell: `(!(userPassword=*))` matches a card-only
    user, `(userPassword=*)` a PIN user (the directory grants the service account `search`, not
-   `read`, on the attribute). A filter on an attribute the ACL hides is Undefined and matches
+   `read`, on the attribute; with "device", the identity the certificate maps to). A filter on an attribute the ACL hides is Undefined and matches
    nothing, so if neither matches the directory cannot tell us: `Unavailable`, never "card
    only". The same guard, `(!(shadowExpire=*))`, makes sure an empty `shadowExpire` in step 3
    means absent, not hidden. Card only: `Accepted` (with or without a PIN);
@@ -51,6 +63,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import re
 import secrets
 import socket
@@ -59,7 +72,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ldap3 import BASE, DEREF_NEVER, NONE, SIMPLE, SUBTREE, SYNC, Connection, Server, Tls
+from ldap3 import BASE, DEREF_NEVER, EXTERNAL, NONE, SASL, SIMPLE, SUBTREE, SYNC, Connection, Server, Tls
 from ldap3.core.results import RESULT_CODES
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
@@ -137,10 +150,17 @@ def result_name(code: object) -> str:
 
 
 class LdapAuthenticator(Authenticator):
-    def __init__(self, auth: AuthServerProfile, *, challenge_ttl_s: float = CHALLENGE_TTL_S):
+    """`client_cert`, `client_key`: the device certificate's files, for a profile with `bind`
+    "device" (ignored otherwise)."""
+
+    def __init__(self, auth: AuthServerProfile, *, client_cert: str | None = None, client_key: str | None = None,
+                 challenge_ttl_s: float = CHALLENGE_TTL_S):
         if auth.kind != "ldap":
             raise AuthConfigError(f"not an ldap profile (kind {auth.kind!r})")
-        for name in ("base_dn", "bind_dn"):
+        self._device = auth.bind == "device"
+        if auth.bind not in ("password", "device"):
+            raise AuthConfigError(f"ldap profile's bind {auth.bind!r} is not password or device")
+        for name in ("base_dn",) if self._device else ("base_dn", "bind_dn"):
             value = getattr(auth, name)
             if not value:
                 raise AuthConfigError(f"ldap profile has no {name}")
@@ -148,7 +168,9 @@ class LdapAuthenticator(Authenticator):
                 parse_dn(value)
             except Exception:  # ldap3 raises several types for a bad DN
                 raise AuthConfigError(f"ldap profile's {name} is not a DN") from None
-        if auth.bind_password is None or auth.bind_password.wiped:
+        if self._device:
+            self._cert, self._key = _device_files(client_cert, client_key)
+        elif auth.bind_password is None or auth.bind_password.wiped:
             raise AuthConfigError("ldap profile has no bind_password")
         if not _ATTR.match(auth.user_attr or "") or auth.user_attr.lower() == PIN_ATTR.lower():
             raise AuthConfigError("ldap profile's user_attr is not a usable attribute name")
@@ -159,7 +181,8 @@ class LdapAuthenticator(Authenticator):
         if not auth.ca_pem or "-----BEGIN CERTIFICATE" not in auth.ca_pem:
             raise AuthConfigError("ldap profile has no ca_pem (StartTLS is required)")
         try:
-            tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_data=auth.ca_pem)
+            device = dict(local_certificate_file=self._cert, local_private_key_file=self._key) if self._device else {}
+            tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_data=auth.ca_pem, **device)
             self._server = Server(auth.host, port=auth.port, get_info=NONE, connect_timeout=self._timeout, tls=tls)
         except Exception:  # ldap3 raises several types for a bad host
             raise AuthConfigError("ldap profile's host cannot be used") from None
@@ -177,8 +200,10 @@ class LdapAuthenticator(Authenticator):
         bad = check_input(user_id, org_id, pin, state, proof)
         if bad is not None:
             return bad
-        if self._auth.bind_password is None or self._auth.bind_password.wiped:
+        if not self._device and (self._auth.bind_password is None or self._auth.bind_password.wiped):
             return Unavailable("the session's auth credentials were purged")
+        if self._device and not (os.path.isfile(self._cert) and os.path.isfile(self._key)):
+            return Unavailable("the device certificate's files are missing")
         answers_challenge = self._take_challenge(user_id, state) if pin is not None else False
         outcome = self._exchange(user_id, pin, answers_challenge)
         log.info("ldap %s: %s", type(outcome).__name__, user_id,
@@ -208,9 +233,14 @@ class LdapAuthenticator(Authenticator):
 
     def _exchange(self, user_id: str, pin, answers_challenge: bool) -> AuthOutcome:
         where = f"LDAP server {self._auth.host}:{self._auth.port}"
+        if self._device:  # the identity is the TLS client certificate
+            # an empty initial response (no authzid): without one, slapd's Cyrus SASL answers
+            # saslBindInProgress and waits for it, which ldap3 does not send
+            how = dict(authentication=SASL, sasl_mechanism=EXTERNAL, sasl_credentials="")
+        else:
+            how = dict(user=self._auth.bind_dn, password=self._auth.bind_password.reveal(), authentication=SIMPLE)
         conn = Connection(
-            self._server, user=self._auth.bind_dn, password=self._auth.bind_password.reveal(),
-            authentication=SIMPLE, client_strategy=SYNC, receive_timeout=self._timeout,
+            self._server, **how, client_strategy=SYNC, receive_timeout=self._timeout,
             raise_exceptions=False, auto_referrals=False, read_only=True)
         deadline = time.monotonic() + self._timeout
         watchdog = _Watchdog(conn, self._timeout)
@@ -218,7 +248,8 @@ class LdapAuthenticator(Authenticator):
             return self._decide(_Directory(conn, self._auth, deadline), user_id, pin, answers_challenge)
         except DirectoryRefused as exc:
             if exc.what == "service bind":
-                return Unavailable(f"{where} refused the service account ({result_name(exc.code)})")
+                who = "the device certificate" if self._device else "the service account"
+                return Unavailable(f"{where} refused {who} ({result_name(exc.code)})")
             return Unavailable(f"{where}: {exc}")
         except Exception as exc:  # noqa: BLE001 - whatever the network or the server does is an outcome
             if watchdog.fired or time.monotonic() >= deadline:
@@ -371,6 +402,20 @@ class _Watchdog:
 
     def cancel(self) -> None:
         self._timer.cancel()
+
+
+def _device_files(client_cert: str | None, client_key: str | None) -> tuple[str, str]:
+    """The device certificate's files, checked now: they exist and load as a TLS identity."""
+    if not client_cert or not client_key:
+        raise AuthConfigError("ldap device bind needs the device's certificate and key files "
+                              "(the device has none yet?)")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(certfile=str(client_cert), keyfile=str(client_key))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        # names the files (device paths, not secrets) and the kind of failure only
+        raise AuthConfigError(f"ldap device bind cannot use the device's files {client_cert}, {client_key} "
+                              f"({type(exc).__name__})") from None
+    return str(client_cert), str(client_key)
 
 
 def _values(attributes: dict, name: str) -> list[bytes]:

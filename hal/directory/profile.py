@@ -24,7 +24,9 @@ Wire format (JSON object):
               "user_format": "{user}@{org}", "timeout_s": 3.0, "retries": 2}
            | {"kind": "ldap", "host": "...", "port": 389, "base_dn": "...", "bind_dn": "...",
               "bind_password": "...", "user_attr": "uid", "timeout_s": 3,
+              "card_attr": "...",                            # optional: where a person's card ids are
               "ca_pem": "..."},                              # StartTLS: verifies the server
+           | {"kind": "ldap", ..., "bind": "device", ...}   # no bind_dn, no bind_password (see below)
      "policy": {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": false,
                 "end_after_print": false},                   # optional (false)
      "print": {"desk_keys": ["<base64 of a raw 32-byte Ed25519 public key>", ...],   # optional
@@ -45,6 +47,13 @@ existed) means an empty tuple: then no job of this org can be proven, and none m
 own certificate as the TLS client certificate, so the profile carries no secret at all: `ca_pem`
 verifies the org's server, whose certificate must name `server_name` (a DNS name) or, without it,
 `host` (an IP SAN). A `secret` key is refused (unknown key) like any other.
+
+`auth.kind == "ldap"` binds as a service account (`bind_dn`, `bind_password`: a simple bind inside
+StartTLS), or, with `"bind": "device"`, with the device's own certificate (issue 18): the device
+shows it as the TLS client certificate of the StartTLS and binds with SASL EXTERNAL, and the org's
+directory maps the certificate's subject to an identity with the service account's rights
+(org/ldap_config.py). Such a profile carries no secret: a `bind_dn` or a `bind_password` beside
+`"bind": "device"` is an error. Absent `bind` (profiles before it) is `"password"`, the service account.
 
 `print.outcomes_url`: where the MFP tells the org's desks, through the tunnel, what became of the
 jobs they delivered (released, deleted by their owner, expired): the org's gateway agent
@@ -196,8 +205,11 @@ class AuthServerProfile:
     # not one of its answers (BlastRADIUS, CVE-2024-3596)
     require_message_authenticator: bool = False
     base_dn: str | None = None  # ldap
-    bind_dn: str | None = None  # ldap
-    bind_password: Secret | None = None  # ldap
+    # ldap: how the MFP binds: "password" (the service account, bind_dn + bind_password) or
+    # "device" (SASL EXTERNAL with the device certificate as TLS client certificate; no secret)
+    bind: str = "password"
+    bind_dn: str | None = None  # ldap, bind "password"
+    bind_password: Secret | None = None  # ldap, bind "password"
     user_attr: str = "uid"  # ldap
     # ldap: the attribute holding a person's cards known by their UID (`card-<uid>`), "" for none
     card_attr: str = ""
@@ -268,7 +280,8 @@ class SessionProfile:
             keys = ("kind", "host", "port", "ca_pem", "user_format", "timeout_s", "retries",
                     *(("server_name",) if self.auth.server_name else ()))
         else:
-            keys = ("kind", "host", "port", "base_dn", "bind_dn", "bind_password", "user_attr", "timeout_s", "ca_pem",
+            binding = ("bind",) if self.auth.bind == "device" else ("bind_dn", "bind_password")
+            keys = ("kind", "host", "port", "base_dn", *binding, "user_attr", "timeout_s", "ca_pem",
                     *(("card_attr",) if self.auth.card_attr else ()))
         auth = {k: plain(getattr(self.auth, k)) for k in keys}
         wire = {"org_id": self.org_id, "ttl_s": self.ttl_s, "vpn": vpn, "auth": auth,
@@ -416,6 +429,10 @@ def _vpn(obj: Any) -> VpnProfile:
     return vpn
 
 
+# how an LDAP profile binds: the service account's password, or the device's certificate (issue 18)
+LDAP_BINDS = ("password", "device")
+
+
 def _auth(obj: Any) -> AuthServerProfile:
     r = _Reader(obj, "auth")
     kind = r.text("kind")
@@ -441,10 +458,18 @@ def _auth(obj: Any) -> AuthServerProfile:
         )
         _user_format(a.user_format)
     elif kind == "ldap":
+        bind = r.text("bind", optional=True) or "password"
+        if bind not in LDAP_BINDS:
+            raise ProfileError(f"auth.bind: must be {' or '.join(LDAP_BINDS)}")
+        device = bind == "device"
+        for key in ("bind_dn", "bind_password"):
+            if device and key in r.obj:
+                raise ProfileError(f"auth.{key}: not with bind \"device\" (the device certificate is the credential)")
         a = AuthServerProfile(
             kind=kind, host=r.text("host", _HOST), port=r.number("port", 1, 65535),
-            base_dn=r.text("base_dn", max_len=1024), bind_dn=r.text("bind_dn", max_len=1024),
-            bind_password=r.secret("bind_password"), user_attr=r.text("user_attr", _ID),
+            base_dn=r.text("base_dn", max_len=1024), bind=bind,
+            bind_dn=None if device else r.text("bind_dn", max_len=1024),
+            bind_password=None if device else r.secret("bind_password"), user_attr=r.text("user_attr", _ID),
             card_attr=r.text("card_attr", _ID, optional=True) or "",
             timeout_s=r.number("timeout_s", 1, 60),
             # no plain LDAP: the bind password and PINs would cross charon's memory in the clear

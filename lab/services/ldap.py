@@ -4,7 +4,7 @@ The directory `dc=<org>,dc=lab` is seeded offline (`slapadd`) from the lab's use
 at every start, so it is always the same:
 
 - `cn=mfp,ou=services,<base>`: the MFP's service account; its password is the org's `ldap`
-  canary (lab/orgs.py), stored as an {SSHA} hash;
+  canary (lab/orgs.py), stored as an {SSHA} hash (in PSK mode only: see certificate mode below);
 - `uid=<user>,ou=people,<base>` per user (inetOrgPerson + shadowAccount); PIN users have a
   `userPassword` ({SSHA} of the PIN); disabled users have `shadowExpire: 1` (expired in 1970).
 
@@ -14,6 +14,14 @@ filter tells a PIN user, the value is never readable); anonymous may only bind (
 TLS: a lab CA and a server certificate for the slapd's address (an IP subjectAltName), made once
 per lab in `<data>/ldap-<org>/tls` (`tls_material`); the org's profile carries the CA (`ca_pem`).
 `security simple_bind=64` makes slapd refuse any password bind outside TLS.
+
+Certificate mode (issue 18; `cert_mode`, by default the lab's `--trust cert`): the MFP binds with its
+device certificate (StartTLS, SASL EXTERNAL; profile `"bind": "device"`). slapd gets
+org/ldap_config.py's lines: it verifies client certificates against the space's device CA (from
+the lab's cloud, or `device_ca_pem`; `TLSVerifyClient try`) and maps the lab's MFP
+(`cn=mfp-1.space-1`) to the service account's DN, so the ACL below grants the device exactly the
+service account's rights. The service account then has no password at all: no bind password
+exists, on the MFP or in the directory.
 
 Everything (slapd.conf, the mdb database, the pid file) is in the service's data dir, mode
 0700/0600; no secret or PIN is on a command line or in the config (only hashes, in the database).
@@ -62,8 +70,9 @@ CARD_ATTR = "carLicense"  # where a person's UID-only cards are listed: the stan
 # attribute, and an org picks its own; the lab takes a multi-valued string one of inetOrgPerson
 
 
-def seed_ldif(org: str, service_password: bytes) -> str:
-    """The directory's entries; holds hashes only."""
+def seed_ldif(org: str, service_password: bytes | None) -> str:
+    """The directory's entries; holds hashes only. `service_password` None: the service account
+    has none (certificate mode: the device's certificate maps to it)."""
     from lab.users import users_of
 
     base = base_dn(org)
@@ -71,8 +80,9 @@ def seed_ldif(org: str, service_password: bytes) -> str:
         f"dn: {base}\nobjectClass: dcObject\nobjectClass: organization\ndc: {org}\no: {org}\n",
         f"dn: ou=people,{base}\nobjectClass: organizationalUnit\nou: people\n",
         f"dn: ou=services,{base}\nobjectClass: organizationalUnit\nou: services\n",
-        f"dn: {service_dn(org)}\nobjectClass: organizationalRole\nobjectClass: simpleSecurityObject\n"
-        f"cn: mfp\nuserPassword: {ssha(service_password)}\n",
+        f"dn: {service_dn(org)}\nobjectClass: organizationalRole\n" + (
+            f"objectClass: simpleSecurityObject\ncn: mfp\nuserPassword: {ssha(service_password)}\n"
+            if service_password is not None else "cn: mfp\n"),
     ]
     cards = {}  # owner -> their cards known by UID (listed in the owner's entry, CARD_ATTR)
     for u in users_of(org):
@@ -137,16 +147,24 @@ def ca_pem(lab, org: str, address: str) -> str:
     return (tls_material(lab.layout.data_dir(f"ldap-{org}") / "tls", address) / "ca.pem").read_text()
 
 
-def slapd_conf(org: str, d: Path, pin_access: str = "search", expiry_access: str = "read") -> str:
+def slapd_conf(org: str, d: Path, pin_access: str = "search", expiry_access: str = "read",
+               devices: tuple[str, ...] = ()) -> str:
+    """`devices`: certificate mode, these device ids of the space (its CA in
+    `<d>/tls/space-device-ca.pem`) bind with their certificates as the service account."""
     base, mfp = base_dn(org), service_dn(org)
     schemas = "".join(f"include /etc/ldap/schema/{s}.schema\n" for s in SCHEMAS)
+    if devices:
+        from org.ldap_config import DeviceAccess, slapd_conf_lines
+
+        client_tls = slapd_conf_lines(DeviceAccess(f"{d}/tls/{DEVICE_CA_FILE}", mfp, tuple(devices)))
+    else:
+        client_tls = f"TLSCACertificateFile {d}/tls/ca.pem\n"
     return f"""{schemas}
 pidfile {d}/run/slapd.pid
 argsfile {d}/run/slapd.args
 modulepath /usr/lib/ldap
 moduleload back_mdb
-TLSCACertificateFile {d}/tls/ca.pem
-TLSCertificateFile {d}/tls/server.pem
+{client_tls}TLSCertificateFile {d}/tls/server.pem
 TLSCertificateKeyFile {d}/tls/server.key
 security simple_bind=64
 
@@ -171,11 +189,20 @@ access to dn.subtree="{base}"
 """
 
 
+DEVICE_CA_FILE = "space-device-ca.pem"
+
+
 class LdapService:
     """`pin_access` / `expiry_access`: the service account's access to `userPassword` /
-    `shadowExpire`; other values than the defaults model an org's ACL mistakes (tests)."""
+    `shadowExpire`; other values than the defaults model an org's ACL mistakes (tests).
+    `cert_mode`: the MFP binds with its device certificate (None: the lab's `--trust`), from the
+    space's device CA (`device_ca_pem`, None: the lab cloud's), for `devices` (the lab's MFP)."""
 
-    def __init__(self, org: str, *, port: int = 389, pin_access: str = "search", expiry_access: str = "read"):
+    def __init__(self, org: str, *, port: int = 389, pin_access: str = "search", expiry_access: str = "read",
+                 cert_mode: bool | None = None, device_ca_pem: str | None = None, devices: tuple[str, ...] | None = None):
+        self.cert_mode = cert_mode
+        self.device_ca_pem = device_ca_pem
+        self.devices = devices
         self.org = org
         self.name = f"ldap-{org}"
         self.host_name = f"lan-{org}"
@@ -210,6 +237,17 @@ class LdapService:
         rec = lab.procs.get(self.name)
         return bool(rec and rec.alive())
 
+    def in_cert_mode(self, lab) -> bool:
+        return self.cert_mode if self.cert_mode is not None else lab.options.trust == "cert"
+
+    def _device_clients(self, lab, d: Path) -> tuple[str, ...]:
+        """Certificate mode: writes the space's device CA into `d`; the device ids it may map."""
+        from lab.orgs import DEVICE_ID, space_device_ca
+
+        ca = self.device_ca_pem if self.device_ca_pem is not None else space_device_ca(lab)
+        _write_0600(d / DEVICE_CA_FILE, ca)
+        return tuple(self.devices) if self.devices is not None else (DEVICE_ID,)
+
     def seed(self, lab) -> Path:
         """Write slapd.conf and a fresh database (offline, `slapadd`); the config path."""
         from lab.orgs import org_secrets
@@ -221,8 +259,11 @@ class LdapService:
             (d / sub).mkdir(parents=True, exist_ok=True)
             os.chmod(d / sub, 0o700)
         tls_material(d / "tls", self.address(lab))
-        conf = _write_0600(d / "slapd.conf", slapd_conf(self.org, d, self.pin_access, self.expiry_access))
-        ldif = _write_0600(d / "seed.ldif", seed_ldif(self.org, org_secrets(lab, self.org)["ldap"].encode()))
+        cert = self.in_cert_mode(lab)
+        devices = self._device_clients(lab, d / "tls") if cert else ()
+        conf = _write_0600(d / "slapd.conf", slapd_conf(self.org, d, self.pin_access, self.expiry_access, devices))
+        password = None if cert else org_secrets(lab, self.org)["ldap"].encode()
+        ldif = _write_0600(d / "seed.ldif", seed_ldif(self.org, password))
         try:
             sh([SLAPADD, "-q", "-f", str(conf), "-l", str(ldif)])
         finally:
@@ -266,7 +307,8 @@ class LdapService:
     def status(self, lab) -> dict:
         rec = lab.procs.get(self.name)
         return {"host": self.host_name, "address": f"{self.address(lab)}:{self.port}",
-                "running": self.running(lab), "pid": rec.pid if rec else None}
+                "running": self.running(lab), "pid": rec.pid if rec else None,
+                "bind": "device" if self.in_cert_mode(lab) else "password"}
 
 
 def _write_0600(path: Path, text: str) -> Path:

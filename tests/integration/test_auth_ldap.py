@@ -4,10 +4,17 @@ users by lab/services/ldap.py.
 As in test_auth_radius, the client runs ON a lab host (gw-acme, LAN side 10.20.0.1) as a child
 `python -c`, because the root namespace cannot route into the lab; the profile (with the bind
 password) reaches the child on stdin, never on its command line.
+
+Both binds: the service account's password (PSK mode), and the device certificate (certificate
+mode, issue 18: StartTLS with the device's certificate, SASL EXTERNAL; slapd configured by
+org/ldap_config.py). For the latter the PKI is made here, as cloud/device_ca.py makes it: the
+space's device CA (ECDSA P-256) and device certificates named `CN=<device id>` (SAN dNSName, EKU
+clientAuth), plus a stranger's CA issuing a certificate with the lab MFP's very name.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import re
@@ -20,7 +27,7 @@ import pytest
 
 from prereq import need_binary
 
-from lab.orgs import lab_profile, org_secrets
+from lab.orgs import DEVICE_ID, lab_profile, org_secrets
 from lab.services.ldap import LdapService
 from lab.users import USERS
 
@@ -35,7 +42,7 @@ sys.path.insert(0, sys.argv[1])
 from hal.directory.profile import SessionProfile
 from hal.auth import open_authenticator, PinRequired
 req = json.load(sys.stdin)
-auth = open_authenticator(SessionProfile.from_wire(req["profile"]).auth)
+auth = open_authenticator(SessionProfile.from_wire(req["profile"]).auth, **req.get("options", {}))
 out, last = [], None
 for step in req["steps"]:
     t0 = time.monotonic()
@@ -89,7 +96,7 @@ print(json.dumps(out))
 @pytest.fixture(scope="module")
 def slapd(lab):
     need_binary("/usr/sbin/slapd", "/usr/sbin/slapadd", "/usr/bin/ldapsearch")
-    svc = LdapService("acme")
+    svc = LdapService("acme", cert_mode=False)
     t0 = time.monotonic()
     svc.start(lab)
     svc.startup_s = time.monotonic() - t0
@@ -111,8 +118,8 @@ def child(lab, script: str, args: list[str], payload: dict):
     return json.loads(proc.stdout)
 
 
-def run_steps(lab, wire: dict, steps: list[dict]) -> list[dict]:
-    return child(lab, RUNNER, [ROOT], {"profile": wire, "steps": steps})
+def run_steps(lab, wire: dict, steps: list[dict], **options) -> list[dict]:
+    return child(lab, RUNNER, [ROOT], {"profile": wire, "steps": steps, "options": options})
 
 
 def summary(results: list[dict]) -> list[tuple]:
@@ -198,7 +205,7 @@ def test_a_directory_that_hides_pins_or_expiry_fails_closed(lab, slapd, acl, bob
     presence filters match nothing, and the authenticator must not take that for "card only"
     (or for "not disabled")."""
     slapd.stop(lab)
-    careless = LdapService("acme", **acl)
+    careless = LdapService("acme", cert_mode=False, **acl)
     try:
         careless.start(lab)
         r = run_steps(lab, profile(lab), [{"user": "bob"}, {"user": "dave"}, {"user": "alice"}])
@@ -265,3 +272,161 @@ def test_no_secret_or_pin_on_command_lines_logs_or_disk(lab, slapd):
         assert (f.stat().st_mode & 0o077) == 0, f
         assert canary not in f.read_bytes(), f
     assert os.stat(conf / "db").st_mode & 0o077 == 0
+
+
+# -- certificate mode: the device certificate, SASL EXTERNAL (issue 18) ---------------------------
+
+NOW = datetime.datetime.now(datetime.timezone.utc)
+HOUR = datetime.timedelta(hours=1)
+STRANGER_ID = "mfp-9.space-1"  # a device of the same space the org did not list
+LOOKALIKE_ID = DEVICE_ID.replace(".", "x")  # "mfp-1xspace-1": a regex whose dot is unescaped takes it
+
+
+def _ca(cn: str):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tenantprint"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(NOW - HOUR)
+            .not_valid_after(NOW + 48 * HOUR)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def _device_files(ca, device_id: str, d: Path) -> dict:
+    """A device certificate as cloud/device_ca.py issues it (CN and dNSName = the device id,
+    clientAuth + serverAuth, P-256), written as the device keeps it: the options of the authenticator."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_key, ca_cert = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(NOW - HOUR).not_valid_after(NOW + 24 * HOUR)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(device_id)]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "device-cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(d / "ike.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return {"client_cert": str(d / "device-cert.pem"), "client_key": str(d / "ike.key")}
+
+
+@pytest.fixture(scope="module")
+def devices(lab) -> dict:
+    """In the lab's state dir: a lab host has its own /tmp."""
+    from cryptography.hazmat.primitives import serialization
+
+    d = lab.layout.data_dir("ldap-device-pki")
+    space, stranger = _ca("tenantprint space space-1 device CA"), _ca("not the space's CA")
+    return {
+        "space_ca_pem": space[1].public_bytes(serialization.Encoding.PEM).decode(),
+        "mfp": _device_files(space, DEVICE_ID, d / "mfp"),
+        "unlisted": _device_files(space, STRANGER_ID, d / "unlisted"),
+        "lookalike": _device_files(space, LOOKALIKE_ID, d / "lookalike"),
+        "other_ca": _device_files(stranger, DEVICE_ID, d / "other-ca"),
+    }
+
+
+@pytest.fixture
+def cert_slapd(lab, slapd, devices):
+    """acme's slapd in certificate mode (the lab's MFP listed), instead of the PSK one."""
+    slapd.stop(lab)
+    svc = LdapService("acme", cert_mode=True, device_ca_pem=devices["space_ca_pem"])
+    try:
+        svc.start(lab)
+        yield svc
+    finally:
+        svc.stop(lab)
+        slapd.start(lab)
+
+
+def cert_profile(lab) -> dict:
+    """acme's LDAP profile as the lab's cloud serves it in certificate mode (org/trust.py)."""
+    return lab_profile(lab, "acme", auth_kind="ldap", trust="cert")
+
+
+def test_the_certificate_mode_profile_holds_no_bind_secret(lab):
+    wire = cert_profile(lab)
+    assert wire["auth"]["bind"] == "device" and wire["auth"]["kind"] == "ldap"
+    assert "bind_dn" not in wire["auth"] and "bind_password" not in wire["auth"]
+    text = json.dumps(wire)
+    assert "TPCANARY" not in text and org_secrets(lab, "acme")["ldap"] not in text
+    from cloud.profiles import normalize, secret_names, split
+
+    public, sealed = split(normalize(wire))
+    assert json.loads(sealed) == {} and secret_names(public) == []
+
+
+def test_device_bind_outcomes_are_those_of_the_service_account(lab, cert_slapd, devices):
+    steps = [
+        {"user": "alice"}, {"user": "carol"},
+        {"user": "bob"}, {"user": "bob", "pin": "2468", "state": "last"},
+        {"user": "bob", "pin": "2468", "state": "last"},
+        {"user": "bob"}, {"user": "bob", "pin": "1111", "state": "last"},
+        {"user": "dave"}, {"user": "mallory"},
+        {"user": "card-04c0ffee5a1e01"}, {"user": "card-04c0ffee5a1e01", "pin": "2468", "state": "last"},
+    ]
+    r = run_steps(lab, cert_profile(lab), steps, **devices["mfp"])
+    assert summary(r) == [
+        ("Accepted", None), ("Accepted", None),
+        ("PinRequired", "Enter PIN"), ("Accepted", None),
+        ("Rejected", "PIN request expired"),
+        ("PinRequired", "Enter PIN"), ("Rejected", "Wrong PIN"),
+        ("Rejected", "Account disabled"), ("Rejected", "Unknown user"),
+        ("PinRequired", "Enter PIN"), ("Accepted", None),
+    ]
+    assert r[-1]["as_user"] == "bob"
+    assert all(x["elapsed"] < 0.5 for x in r), r
+    log = cert_slapd.log_path(lab).read_bytes()
+    # slapd took the certificate's subject and acted as the service account (authz-regexp)
+    assert re.search(rb'BIND authcid="cn=mfp-1\.space-1" authzid="cn=mfp-1\.space-1"', log), log[-3000:]
+    assert b'BIND dn="cn=mfp,ou=services,dc=acme,dc=lab" mech=EXTERNAL' in log
+    assert b"TPCANARY" not in log
+
+
+@pytest.mark.parametrize("who", ["other_ca", "unlisted", "lookalike"])
+def test_a_certificate_the_org_did_not_list_gets_nothing(lab, cert_slapd, devices, who):
+    """Another CA's certificate with the MFP's very name (the handshake ends), or a device of the
+    space the org did not list, or one named like it but for the dot (bound under its own DN, which
+    the ACL grants nothing): never a yes, never an entry."""
+    offset = cert_slapd.log_path(lab).stat().st_size
+    r = run_steps(lab, cert_profile(lab), [{"user": "alice"}, {"user": "bob"}, {"user": "mallory"}],
+                  **devices[who])
+    assert [x["kind"] for x in r] == ["Unavailable"] * 3, r
+    assert not any("alice" in x["reason"] or "bob" in x["reason"] for x in r)
+    log = cert_slapd.log_path(lab).read_bytes()[offset:]
+    assert not re.search(rb"nentries=[1-9]", log), log[-3000:]
+    assert b"mech=EXTERNAL" not in log or b'BIND dn="cn=mfp,' not in log
+    if who == "other_ca":  # slapd ended the handshake: not even a bind
+        assert log.count(b"closed (TLS negotiation failure)") == 3 and b"BIND" not in log, log[-3000:]
+    else:  # bound under its own DN, which the ACL grants nothing (the base entry is not disclosed)
+        assert all("noSuchObject" in x["reason"] for x in r), r
+        dn = STRANGER_ID if who == "unlisted" else LOOKALIKE_ID
+        assert log.count(f'BIND dn="cn={dn}" mech=EXTERNAL'.encode()) == 3, log[-3000:]
+
+
+def test_the_directory_has_no_service_password_in_certificate_mode(lab, cert_slapd, devices):
+    # the PSK-mode profile's service account and password: slapd knows no password for it
+    r = run_steps(lab, profile(lab), [{"user": "alice"}])
+    assert r[0]["kind"] == "Unavailable" and "refused the service account" in r[0]["reason"], r
+    canary = org_secrets(lab, "acme")["ldap"].encode()
+    for f in cert_slapd.conf_dir(lab).rglob("*"):
+        if f.is_file():
+            assert canary not in f.read_bytes(), f
