@@ -50,10 +50,31 @@ def _url(v: str) -> str:
     return v
 
 
+def _tcti(v: str) -> str:
+    from hal.tpm import check_tcti
+
+    return check_tcti(v)
+
+
+def _handle(v: str) -> str:
+    from hal.tpm import check_handle
+
+    check_handle(v)
+    return v
+
+
 @dataclass
 class DeviceSection:
     state_dir: str = option(_abs_path, default="/var/lib/tenantprint")
     device_id: str = option(default="")
+    # where the device's certificate key (IKE, RadSec; DEVICE_KEY_FILE) lives: "file", a PEM file in
+    # state_dir; "tpm", made inside the TPM 2.0 and never out of it (hal/tpm: state_dir then holds a
+    # reference that is useless without that TPM). The cloud-signing key stays a file (Ed25519).
+    key_store: str = option(one_of("file", "tpm"), default="file")
+    # tpm: how to reach it (a TSS2 TCTI config; the kernel's resource manager on the Pi) and the
+    # persistent handle of the key in it
+    tpm_tcti: str = option(_tcti, default="device:/dev/tpmrm0")
+    tpm_handle: str = option(_handle, default="0x81010002")
 
 
 @dataclass
@@ -199,6 +220,15 @@ class FirmwareConfig(Config):
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     panel: PanelSection = field(default_factory=PanelSection)
     firewall: FirewallSection = field(default_factory=FirewallSection)
+
+
+def device_tpm(cfg: "FirmwareConfig"):
+    """The device's TPM (`hal.tpm.TpmConfig`) when its key store is the TPM, else None."""
+    if getattr(cfg.device, "key_store", "file") != "tpm":  # (a stand-in config without it: file)
+        return None
+    from hal.tpm import TpmConfig, check_handle
+
+    return TpmConfig(tcti=cfg.device.tpm_tcti, key_handle=check_handle(cfg.device.tpm_handle))
 
 
 def load(path: Path | None = DEFAULT_PATH, *, required: bool = False) -> FirmwareConfig:

@@ -4,7 +4,9 @@
 
 In the device state dir (`cfg.device.state_dir`):
 
-    ike.key          P-256 private key, made here on first call, 0600, never replaced
+    ike.key          P-256 private key, made here on first call, 0600, never replaced; with
+                     `device.key_store = "tpm"` the key is made inside the TPM 2.0 and this file is
+                     its reference (hal/tpm: a TSS2 blob only that TPM can load, and its handle)
     device-cert.pem  the device certificate (24 h, names the device), 0644
     space-ca.pem     the space's device CA that issued it, 0644
 
@@ -14,7 +16,12 @@ outage of up to 8 h costs nothing. It never raises for the cloud: an unreachable
 or an answer that is not a certificate for this device and key, currently valid, chaining to the CA
 it came with, leaves the files as they were and comes back as a `CertState` saying why (`usable`
 tells whether the certificate in place is still good). Only local faults (the state dir cannot be
-written) come back as `failed`, never as an exception either.
+written, the TPM cannot be reached) come back as `failed`, never as an exception either.
+
+The kind of key in place decides how it is used (a TPM reference works whatever the config says);
+the config decides how a missing key is made. A file key in place while the config says `tpm` is
+`failed` (`file-key-in-tpm-mode`): the key would stay on the SD card; an admin moves it away (the
+cloud then refuses a certificate for the new key until the space's admin resets the device's pin).
 """
 
 from __future__ import annotations
@@ -26,7 +33,12 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from firmware.config import DEVICE_CERT_FILE, DEVICE_KEY_FILE, SPACE_CA_FILE
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from firmware.config import DEVICE_CERT_FILE, DEVICE_KEY_FILE, SPACE_CA_FILE, device_tpm
 from hal.directory import DirectoryError, DirectoryRefused
 from hal.directory.device_cert import (
     RENEW_MARGIN_S,
@@ -37,6 +49,7 @@ from hal.directory.device_cert import (
     make_key,
     verify_issued,
 )
+from hal.tpm import TpmError, TpmKeyRef, read_ref
 
 log = logging.getLogger("tenantprint.firmware.device_cert")
 KEY_NAME, CERT_NAME, CA_NAME = DEVICE_KEY_FILE, DEVICE_CERT_FILE, SPACE_CA_FILE
@@ -97,9 +110,96 @@ def _write_public(path: Path, text: str) -> None:
 def _in_place(key: Path, cert: Path, ca: Path, device_id: str, now: float) -> float | None:
     """The notAfter of the stored certificate when it is still good for this key, CA and device."""
     try:
-        return verify_issued(cert.read_text(), ca.read_text(), key, device_id, now)
-    except (OSError, ValueError, DeviceCertError):
+        return _verify(cert.read_text(), ca.read_text(), key, device_id, now)
+    except (OSError, ValueError, DeviceCertError, TpmError):
         return None
+
+
+def _verify(cert_pem: str, ca_pem: str, key: Path, device_id: str, now: float) -> float:
+    """`verify_issued` for the key at `key`, a file key or a TPM key reference."""
+    ref = read_ref(key)
+    if ref is None:
+        return verify_issued(cert_pem, ca_pem, key, device_id, now)
+    return _verify_for_tpm_key(cert_pem, ca_pem, ref, device_id, now)
+
+
+def _verify_for_tpm_key(cert_pem: str, ca_pem: str, ref: TpmKeyRef, device_id: str, now: float) -> float:
+    """The checks of `hal.directory.device_cert.verify_issued`, with "our key" the TPM's public key
+    (that function loads a private key file, which a TPM key has not). Kept in step with it by
+    tests/unit/test_tpm_device_cert.py, which runs both on the same bad certificates."""
+    from hal.tpm.keys import public_key_der
+
+    def load(pem):
+        try:
+            return x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else pem)
+        except (ValueError, TypeError, AttributeError):
+            return None
+
+    def valid(c) -> bool:
+        return c.not_valid_before_utc.timestamp() <= now < c.not_valid_after_utc.timestamp()
+
+    cert, ca = load(cert_pem), load(ca_pem)
+    if cert is None or ca is None:
+        raise CertificateRejected("unparseable")
+    try:
+        ca_basic = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+        ca.verify_directly_issued_by(ca)
+    except (x509.ExtensionNotFound, ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        raise CertificateRejected("not-a-ca") from None
+    if not ca_basic.ca:
+        raise CertificateRejected("not-a-ca")
+    if not valid(ca):
+        raise CertificateRejected("ca-not-valid-now")
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        raise CertificateRejected("not-signed-by-ca") from None
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if spki != public_key_der(ref):
+        raise CertificateRejected("not-our-key")
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = names.get_values_for_type(x509.DNSName)
+        others = len(list(names)) - len(sans)
+    except x509.ExtensionNotFound:
+        sans, others = [], 0
+    cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if sans != [device_id] or others or cns != [device_id]:
+        raise CertificateRejected("not-this-device")
+    if not valid(cert):
+        raise CertificateRejected("not-valid-now")
+    try:
+        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        raise CertificateRejected("wrong-usage") from None
+    if basic.ca or ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
+        raise CertificateRejected("wrong-usage")
+    return cert.not_valid_after_utc.timestamp()
+
+
+def _make_key(cfg_or_state_dir, key: Path) -> tuple[bool, str]:
+    """Make the key if it is missing (in the TPM when the config says so). (made, why it cannot be
+    used: "" when it can). Raises OSError or TpmError."""
+    tpm = device_tpm(cfg_or_state_dir) if hasattr(cfg_or_state_dir, "device") else None
+    if tpm is not None:
+        from hal.tpm.keys import make_key as make_tpm_key
+
+        made = make_tpm_key(key, tpm)
+    else:
+        made = make_key(key)
+    if tpm is not None and read_ref(key) is None:
+        return made, "file-key-in-tpm-mode"
+    return made, ""
+
+
+def _csr(key: Path, device_id: str) -> str:
+    ref = read_ref(key)
+    if ref is None:
+        return csr(key, device_id)
+    from hal.tpm.keys import csr as tpm_csr
+
+    return tpm_csr(ref, device_id)
 
 
 def ensure(cfg_or_state_dir, client, now: float, *, margin_s: float = RENEW_MARGIN_S) -> CertState:
@@ -114,16 +214,23 @@ def ensure(cfg_or_state_dir, client, now: float, *, margin_s: float = RENEW_MARG
     if not device_id or not hasattr(client, "device_certificate"):
         return result(NOT_ENROLLED, "no enrolment record or no directory client", None)
     try:
-        if make_key(key):
-            log.info("certificate key made (%s)", key)
+        made, unusable = _make_key(cfg_or_state_dir, key)
+        if made:
+            log.info("certificate key made (%s%s)", key, ", in the TPM" if read_ref(key) else "")
     except OSError as exc:
         return result(FAILED, f"key: {exc.strerror or type(exc).__name__}", None)
+    except TpmError as exc:
+        log.warning("certificate key: %s", exc)
+        return result(FAILED, f"tpm: {exc}", None)
+    if unusable:
+        log.warning("certificate key %s is a file while device.key_store is tpm: not used", key)
+        return result(FAILED, unusable, None)
     current = _in_place(key, cert, ca, device_id, now)
     if current is not None and current - now >= margin_s:
         return result(CURRENT, "", current)
     try:
-        request = csr(key, device_id)
-    except DeviceKeyError as exc:
+        request = _csr(key, device_id)
+    except (DeviceKeyError, TpmError) as exc:
         return result(FAILED, str(exc), current)
     try:
         issued = client.device_certificate(request)
@@ -137,12 +244,14 @@ def ensure(cfg_or_state_dir, client, now: float, *, margin_s: float = RENEW_MARG
         log.warning("certificate request failed: %s", type(exc).__name__)
         return result(UNREACHABLE, type(exc).__name__, current)
     try:
-        not_after = verify_issued(issued.certificate_pem, issued.ca_pem, key, device_id, now)
+        not_after = _verify(issued.certificate_pem, issued.ca_pem, key, device_id, now)
     except CertificateRejected as exc:
         log.warning("certificate from the cloud rejected (%s)", exc.reason)
         return result(REJECTED, exc.reason, current)
     except (DeviceCertError, AttributeError, TypeError) as exc:
         return result(REJECTED, type(exc).__name__, current)
+    except TpmError as exc:
+        return result(FAILED, f"tpm: {exc}", current)
     try:
         _write_public(ca, issued.ca_pem)  # the CA first: a certificate that is in place chains to it
         _write_public(cert, issued.certificate_pem)
