@@ -34,11 +34,12 @@ One `authenticate` call is one connection:
    card it is (`Accepted.as_user`); it must be a PIN user (else Unknown user) and answer with the PIN;
 4. PIN users are the entries WITH a `userPassword`; the authenticator never reads it. Base
    searches on the entry with presence filters tell: `(!(userPassword=*))` matches a card-only
-   user, `(userPassword=*)` a PIN user (the directory grants the service account `search`, not
-   `read`, on the attribute; with "device", the identity the certificate maps to). A filter on an attribute the ACL hides is Undefined and matches
-   nothing, so if neither matches the directory cannot tell us: `Unavailable`, never "card
-   only". The same guard, `(!(shadowExpire=*))`, makes sure an empty `shadowExpire` in step 3
-   means absent, not hidden. Card only: `Accepted` (with or without a PIN);
+   user, `(userPassword=*)` a PIN user (the directory grants the service account, or the identity
+   a device certificate maps to, `search`, not `read`, on the attribute). A filter on an
+   attribute the ACL hides is Undefined and matches nothing, so if neither matches the directory
+   cannot tell us: `Unavailable`, never "card only". The same guard, `(!(shadowExpire=*))`, makes
+   sure an empty `shadowExpire` in step 3 means absent, not hidden. Card only: `Accepted` (with or
+   without a PIN), on the directory's word: a directory cannot check a card's proof (hal.auth);
 5. a PIN user without a PIN: `PinRequired(challenge=<16 random bytes>, "Enter PIN")`; the nonce
    is kept, for that user only, single use, at most `challenge_ttl_s`, and a new challenge
    replaces the old one;
