@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--trust", choices=TRUSTS, default="cert",
                     help="cert (default): the MFP shows its own certificate from the space's CA (IKE, RadSec); "
                          "no org secret in any profile; psk: the weaker mode, the org's PSK and RADIUS secret in the profile")
+    up.add_argument("--tpm", action="store_true",
+                    help="the MFP's IKE/TLS key is made inside a TPM 2.0 (swtpm behind tpm2-abrmd on office) "
+                         "and never leaves it; its state dir holds only a reference useless without that TPM")
     up.add_argument("--ldap", action="append", default=[], metavar="ORG",
                     help="ORG's users are checked by its LDAP server (slapd) instead of FreeRADIUS (repeatable)")
     up.add_argument("--engine", choices=ENGINES, default="pdf",
@@ -85,7 +88,7 @@ def _run(args) -> dict:
 
     if args.cmd == "up":
         opts = LabOptions(args.wan_rtt_ms, args.tunnel_backend, args.combined, tuple(args.ldap), args.engine,
-                          args.extra_orgs, args.trust)
+                          args.extra_orgs, args.trust, args.tpm)
         lab = Lab(options=opts)
         if lab.layout.root.exists() and LabOptions.load(lab.layout.root) != opts:
             raise LabError("the lab is up with other options: `tenantprint lab down` first")

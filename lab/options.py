@@ -24,6 +24,8 @@ class LabOptions:
     # cert: the MFP's own certificate from the space's CA opens the orgs' tunnels and RadSec; the
     # profiles hold no org secret (RADIUS orgs; an LDAP org's bind password stays a secret)
     trust: str = "cert"
+    # the MFP's device key inside a TPM 2.0 (swtpm behind tpm2-abrmd on office, lab/services/swtpm.py)
+    tpm: bool = False
 
     def __post_init__(self):
         from lab.orgs import CONTRACTED, contracted

@@ -84,7 +84,9 @@ class TunnelConfig:
     netns: str | None = None  # the network namespace charon runs in (lab/tests); None: our own
     extra: dict = field(default_factory=dict)
     # the device's own certificate and key (PEM files): what a profile in device-certificate mode
-    # (vpn.auth "device", issue 18) authenticates the MFP with; no org hands the device a secret
+    # (vpn.auth "device", issue 18) authenticates the MFP with; no org hands the device a secret.
+    # The key file may be a TPM key reference (hal/tpm): charon then needs its `tpm` plugin
+    # (hal.tunnel.sandbox_charon.SandboxCharon's `tpm`)
     device_cert: str = ""
     device_key: str = ""
 

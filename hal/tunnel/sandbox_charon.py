@@ -1,12 +1,14 @@
 """One session's charon, running inside its sandbox (`hal.sandbox`).
 
-`SandboxCharon(sandbox, backend)` writes a strongswan.conf (`hal.tunnel.charon_conf`, no secret in
+`SandboxCharon(sandbox, backend, tpm=...)` writes a strongswan.conf (`hal.tunnel.charon_conf`, no secret in
 it) into the sandbox's run_dir and starts `/usr/lib/ipsec/charon` there through `sandbox.argv`:
 inside, /run is the run_dir, so charon's hardcoded /run/charon.pid and its VICI socket
 /run/charon.vici are the sandbox's own, and the device drives it at `vici_socket`
 (`<run_dir>/charon.vici`, e.g. `ViciTunnel(backend, vici_socket=str(charon.vici_socket))`). Its log
 (stderr, the conf's level 1: no key material, no PSK) goes to `<run_dir>/charon.log`, inside the
-sandbox's tmpfs, gone with it. The backend is `libipsec` where the kernel has no ESP (the TUN device
+sandbox's tmpfs, gone with it. With `tpm` (the device's `hal.tpm.TpmConfig`, when its key store
+is the TPM) charon loads its `tpm` plugin with that TCTI: the sandbox sees the device's /dev (the
+Pi's /dev/tpmrm0) and its files outside /run and /tmp (the lab's broker socket). The backend is `libipsec` where the kernel has no ESP (the TUN device
 `ipsec0` appears in the sandbox) and `kernel` on the Pi (XFRM state in the sandbox's netns).
 
 Measured here (tests/integration/test_sandbox.py and test_sandbox_in_lab.py, `-s`; kernel-libipsec,
@@ -39,10 +41,10 @@ class CharonStartFailed(CharonUnavailable):
 class SandboxCharon:
     """charon in `sandbox` (a `hal.sandbox.SessionSandbox` that has been created). One owner drives it."""
 
-    def __init__(self, sandbox, backend: str, *, start_timeout_s: float = 15.0, charon: str = CHARON):
+    def __init__(self, sandbox, backend: str, *, start_timeout_s: float = 15.0, charon: str = CHARON, tpm=None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")
-        self.sandbox, self.backend = sandbox, backend
+        self.sandbox, self.backend, self.tpm = sandbox, backend, tpm
         self.start_timeout_s, self.charon = start_timeout_s, charon
         run_dir = Path(sandbox.run_dir)
         self.vici_socket = run_dir / "charon.vici"  # as the device sees it
@@ -70,7 +72,7 @@ class SandboxCharon:
             argv = self.sandbox.argv([self.charon])
             for stale in (self.vici_socket, self.vici_socket.with_name("charon.pid")):  # an earlier charon's
                 stale.unlink(missing_ok=True)
-            self.conf_path.write_text(strongswan_conf(self.backend, vici_socket="/run/charon.vici"))
+            self.conf_path.write_text(strongswan_conf(self.backend, vici_socket="/run/charon.vici", tpm=self.tpm))
             with open(self.log_path, "ab") as log:
                 self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                               env=_ENV, cwd="/", start_new_session=True)

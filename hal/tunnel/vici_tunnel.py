@@ -2,7 +2,9 @@
 
 Everything of the org goes to charon over VICI from memory: the connection (`load-conn`), the PSK
 or EAP secret (`load-shared`), the private key (`load-key`), the certificates (inline in the
-connection). Nothing is written to disk and no secret is ever in an argv. Each operation opens its
+connection). The device's own key, when it lives in a TPM 2.0 (`hal.tpm`: `device_key` is then a
+reference file), never passes: charon's `tpm` plugin takes it by its persistent handle
+(`load-token`) and signs inside the TPM; `purge` unloads it like any key. Nothing is written to disk and no secret is ever in an argv. Each operation opens its
 own short VICI session, so `up`/`down`/`purge` (one thread) and `events` (another) never share a
 socket.
 """
@@ -222,7 +224,17 @@ class ViciTunnel(Tunnel):
             self._key_ids.append(_text(res.get("id", b"")))
         elif v.auth == "device":
             # the device's own key (not the org's): charon holds it for this session's sandbox only
-            res = sess.load_key({"type": "any", "data": self._device_file(self.device_key)})
+            data = self._device_file(self.device_key)
+            ref = _tpm_ref(data, self.device_key)
+            if ref is None:
+                res = sess.load_key({"type": "any", "data": data})
+            else:
+                try:
+                    res = sess.load_token({"handle": ref.token_handle})
+                except CommandException as exc:
+                    # no `tpm` plugin, no TPM, or no key at that handle (a copied reference elsewhere)
+                    raise TunnelSetupFailed("config", f"charon cannot use the device key in the TPM "
+                                                      f"(handle 0x{ref.handle:08x}): {_safe(exc)}") from None
             self._key_ids.append(_text(res.get("id", b"")))
         else:
             sid = f"{name}-eap"
@@ -370,6 +382,16 @@ class ViciTunnel(Tunnel):
         except _VICI_ERRORS as exc:
             raise CharonUnavailable(f"VICI session to charon failed: {exc}") from None
         return {"conns": conns, "sas": sas, "shared": shared, "keys": keys, "certs": certs}
+
+
+def _tpm_ref(data: bytes, path: str):
+    """The TPM key reference in a device key file's bytes, None for a PEM key."""
+    from hal.tpm import TpmKeyError, parse_ref
+
+    try:
+        return parse_ref(data.decode(errors="replace"), path)
+    except TpmKeyError as exc:
+        raise TunnelSetupFailed("config", str(exc)) from None
 
 
 def _drain(stream) -> None:

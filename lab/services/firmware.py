@@ -4,7 +4,9 @@
 lab's cloud the way first boot does (`tenantprint firmware enrol` with a one-time token, the key made
 on the office host), sets the office host's kernel network settings as the device's unit does
 (`hal/net/sysctls.py`), starts `tenantprint firmware run` there and waits until the boot purge is done
-and the daemon is idle. `stop` sends SIGTERM (the daemon purges the session and exits). Its control
+and the daemon is idle. `stop` sends SIGTERM (the daemon purges the session and exits). With
+`lab up --tpm` the MFP has a TPM 2.0 (`lab/services/swtpm.py`, started first and stopped last by
+this service): the config's `device.key_store` is `tpm`, its TCTI the lab TPM's. Its control
 socket is reached from the root namespace through the office host's /run.
 """
 
@@ -96,8 +98,11 @@ class FirmwareService:
 
         state = self.data_dir(lab) / "state"
         state.mkdir(exist_ok=True)
+        device: dict = {"state_dir": str(state)}
+        if self.tpm(lab) is not None:
+            device.update(key_store="tpm", tpm_tcti=self.tpm(lab).tcti(lab))
         conf = {
-            "device": {"state_dir": str(state)},
+            "device": device,
             "cloud": {"timeout_s": 5.0},
             # the PC/SC reader (vpcd), an nfcpy reader (the udp simulator) and a wedge reader (a FIFO)
             "card": {"kind": "pcsc,nfcpy,wedge", "nfc_path": f"udp:127.0.0.1:{card_readers.NFC_PORT}",
@@ -135,9 +140,20 @@ class FirmwareService:
         rec = lab.procs.get(self.name)
         return bool(rec and rec.alive())
 
+    @staticmethod
+    def tpm(lab):
+        """The MFP's TPM service when the lab has one (`lab up --tpm`), else None."""
+        if not getattr(lab.options, "tpm", False):
+            return None
+        from lab.services.swtpm import SwtpmService
+
+        return SwtpmService("office")
+
     def start(self, lab) -> None:
         if self.running(lab):
             return
+        if self.tpm(lab) is not None:
+            self.tpm(lab).start(lab)  # before the config names it and enrolment makes nothing yet
         config = self.write_config(lab)
         from lab.services.card_readers import make_fifo
 
@@ -167,15 +183,18 @@ class FirmwareService:
 
     def stop(self, lab) -> None:
         lab.procs.stop(self.name, timeout=30)
+        if self.tpm(lab) is not None:
+            self.tpm(lab).stop(lab)
 
     def kill(self, lab) -> bool:
         """SIGKILL the daemon (a crash): its session is left behind for the next start to purge."""
         return lab.procs.kill(self.name)
 
     def status(self, lab) -> dict:
+        tpm = {"tpm": self.tpm(lab).status(lab)} if self.tpm(lab) is not None else {}
         if not self.running(lab):
-            return {"running": False}
+            return {"running": False, **tpm}
         try:
-            return {"running": True, **firmware_status(lab)}
+            return {"running": True, **firmware_status(lab), **tpm}
         except (OSError, ValueError) as exc:
             return {"running": True, "error": f"status socket: {exc}"}
