@@ -37,6 +37,7 @@ from cloud.lookup import Refused, Unauthenticated
 from cloud.models import Device, OrgProfile
 from cloud.storage import read_txn, write_txn
 from hal.directory.signing import DEVICE_ID_RE, NONCE_RE
+from org.gateway_certs import NotTheGateway, verify_gateway_cert
 from org.gateway_report import H_CERT, H_NONCE, H_SIGNATURE, H_TIMESTAMP, signed_message
 
 MAX_CERT = 8192
@@ -97,19 +98,9 @@ class GatewayReports:
         except (ValueError, binascii.Error):
             raise Unauthenticated("malformed-headers") from None
         try:
-            cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
-            raise Unauthenticated("bad-certificate") from None
-        when = dt.datetime.fromtimestamp(now, dt.timezone.utc)
-        if not cert.not_valid_before_utc <= when <= cert.not_valid_after_utc:
-            raise Unauthenticated("bad-certificate")
-        try:
-            if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-                raise Unauthenticated("bad-certificate")
-        except x509.ExtensionNotFound:
-            pass
-        if identity not in _san_names(cert) or not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
-            raise Unauthenticated("bad-certificate")  # another certificate of the org's CA (its RADIUS server's)
+            verify_gateway_cert(cert, ca, identity, dt.datetime.fromtimestamp(now, dt.timezone.utc))
+        except NotTheGateway:
+            raise Unauthenticated("bad-certificate") from None  # e.g. the org CA's RADIUS server certificate
         return cert
 
     def _verify(self, cert: x509.Certificate, headers, method: str, path: str, body: bytes, org_id: str,
@@ -141,10 +132,3 @@ class GatewayReports:
                 raise Unauthenticated("stale-request")
             self._nonces[(org_id, nonce)] = ts
 
-
-def _san_names(cert: x509.Certificate) -> set[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return set()
-    return {*san.get_values_for_type(x509.DNSName), *(str(a) for a in san.get_values_for_type(x509.IPAddress))}

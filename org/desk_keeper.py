@@ -76,8 +76,9 @@ class OutcomeMemory:
 
 class HoldingKeeper:
     def __init__(self, cups: DeskCups, gateway_url: str, scan_s: float = 2.0, check_s: float = 30.0,
-                 wait_s: float = 20.0, max_age_s: float = MAX_AGE_S):
+                 wait_s: float = 20.0, max_age_s: float = MAX_AGE_S, verifier=None):
         self.cups = cups
+        self.verifier = verifier  # certificate mode: only outcomes the org's gateway signed
         self.gateway_url = gateway_url.rstrip("/")
         self.scan_s, self.check_s, self.wait_s, self.max_age_s = scan_s, check_s, wait_s, max_age_s
         self.outcomes = OutcomeMemory()
@@ -215,7 +216,7 @@ class HoldingKeeper:
         url = f"{self.gateway_url}/v1/outcomes"
         if self.version is not None:
             url += f"?after={self.version}&wait={self.wait_s:g}"
-        body = json.loads(read_bounded(url, self.wait_s + 5, MAX_OUTCOMES_ANSWER))
+        body = json.loads(read_bounded(url, self.wait_s + 5, MAX_OUTCOMES_ANSWER, verifier=self.verifier))
         version, outcomes = int(body["version"]), body["outcomes"]
         if not isinstance(outcomes, list):
             raise ValueError("outcomes: not a list")

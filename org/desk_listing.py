@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
@@ -77,8 +78,10 @@ def listing_sessions(mfps: list[dict]) -> dict[str, str]:
     return {m["id"] or m["virtual_ip"]: m.get("session", "") for m in checked_mfps(mfps)}
 
 
-def read_bounded(url: str, deadline_s: float, limit: int = MAX_LISTING) -> bytes:
-    """The gateway agent's answer, at most `limit` bytes, all of it within `deadline_s`."""
+def read_bounded(url: str, deadline_s: float, limit: int = MAX_LISTING, verifier=None) -> bytes:
+    """The gateway agent's answer, at most `limit` bytes, all of it within `deadline_s`. With a
+    `verifier` (org/answer_signature.py, certificate mode) only an answer the org's gateway signed
+    for this request, and fresh: else AnswerNotSigned (a ValueError)."""
     end = time.monotonic() + deadline_s
     with urllib.request.urlopen(url, timeout=deadline_s) as resp:
         data = b""
@@ -87,6 +90,9 @@ def read_bounded(url: str, deadline_s: float, limit: int = MAX_LISTING) -> bytes
                 raise OSError("gateway listing: deadline passed")
             chunk = resp.read1(65536)
             if not chunk:
+                if verifier is not None:
+                    parts = urllib.parse.urlsplit(url)
+                    verifier.check(parts.path + (f"?{parts.query}" if parts.query else ""), data, resp.headers)
                 return data
             data += chunk
     raise ValueError(f"gateway listing: longer than {limit} bytes")

@@ -274,6 +274,7 @@ def _query(url) -> tuple[int | None, float]:
 class _Handler(BaseHTTPRequestHandler):
     registry: MfpRegistry
     outcomes: OutcomeStore
+    signer = None  # org/answer_signature.py AnswerSigner in certificate mode
     timeout = 10  # seconds a client may take to send its request (a long poll's answer is ours)
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
@@ -286,10 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._send(400, {"error": "after must be an integer and wait a number"})
             return
-        if url.path == "/v1/mfps":
-            self._send(200, self.registry.snapshot(after, wait))
-        else:
-            self._send(200, self.outcomes.read(after, wait))
+        answer = self.registry.snapshot(after, wait) if url.path == "/v1/mfps" else self.outcomes.read(after, wait)
+        self._send(200, answer, signed=True)
 
     def do_POST(self):  # noqa: N802
         if urlparse(self.path).path != "/v1/outcomes":
@@ -326,11 +325,18 @@ class _Handler(BaseHTTPRequestHandler):
             raise OutcomesRefused("body shorter than its Content-Length")
         return data
 
-    def _send(self, code: int, body: dict, close: bool = False) -> None:
+    def _send(self, code: int, body: dict, close: bool = False, signed: bool = False) -> None:
+        """Answer `body` as JSON; `signed` (an answer the desks act on) in certificate mode: with the
+        gateway's time in it and the gateway's signature on it (org/answer_signature.py)."""
+        if signed and self.signer is not None:
+            body = {**body, "at": time.time()}
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if signed and self.signer is not None:
+            for name, value in self.signer.headers(self.path, data).items():
+                self.send_header(name, value)
         if close:  # a refused request's body is never read: the connection cannot carry another one
             self.send_header("Connection", "close")
             self.close_connection = True
@@ -353,7 +359,7 @@ def _charon_started(session: vici.Session) -> str:
 
 class GatewayAgent:
     def __init__(self, vici_socket: str, listen: tuple[str, int], conn_prefix: str = "", reconcile_s: float = 2.0,
-                 *, one_sa_per_device: bool = False, reporter=None):
+                 *, one_sa_per_device: bool = False, reporter=None, signer=None):
         # certificate mode: end every IKE SA but the first per device identity (`duplicates`); off
         # for PSK connections, whose `unique = replace` lets a rebooted MFP take its place at once
         self.one_sa_per_device = one_sa_per_device
@@ -365,7 +371,8 @@ class GatewayAgent:
         self.reconcile_s = reconcile_s
         self.charon_started = ""  # charon's start time, read once per VICI connection
         self.duplicates_ended: list[dict] = []  # the duplicate SAs ended (the last 100), for the log and status
-        handler = type("Handler", (_Handler,), {"registry": self.registry, "outcomes": self.outcomes})
+        handler = type("Handler", (_Handler,), {"registry": self.registry, "outcomes": self.outcomes,
+                                                "signer": signer})
         self.http = ThreadingHTTPServer(listen, handler)
         self.http.daemon_threads = True
         self._stop = threading.Event()
@@ -443,14 +450,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("--report-to", metavar="URL", help="certificate mode: the cloud (https://host:port) that "
                                                       "audits each duplicate SA (org/gateway_report.py)")
     p.add_argument("--org-id", help="with --report-to: this gateway's org")
-    p.add_argument("--gateway-cert", help="with --report-to: the gateway's certificate (PEM), signed by the org CA")
-    p.add_argument("--gateway-key", help="with --report-to: the gateway's key (PEM) that signs the reports")
+    p.add_argument("--gateway-cert", help="certificate mode: the gateway's certificate (PEM, of the org CA); "
+                                          "the answers to the desks and the reports to the cloud are signed")
+    p.add_argument("--gateway-key", help="the gateway's key (PEM) that signs them")
     args = p.parse_args(argv)
     if bool(args.crl_url) != bool(args.crl_ca):
         p.error("--crl-url and --crl-ca go together")
-    report_args = (args.org_id, args.gateway_cert, args.gateway_key)
-    if args.report_to and not all(report_args) or not args.report_to and any(report_args):
-        p.error("--report-to, --org-id, --gateway-cert and --gateway-key go together")
+    if bool(args.gateway_cert) != bool(args.gateway_key):
+        p.error("--gateway-cert and --gateway-key go together")
+    if args.report_to and not (args.org_id and args.gateway_cert):
+        p.error("--report-to needs --org-id, --gateway-cert and --gateway-key")
     host, _, port = args.listen.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     reporter = None
@@ -462,8 +471,16 @@ def main(argv: list[str]) -> int:
                                 cloud_ca=args.cloud_ca).start()
         except (OSError, ValueError) as exc:
             p.error(f"the reports to the cloud cannot be signed: {type(exc).__name__}: {exc}")
+    signer = None
+    if args.gateway_cert:
+        from org.answer_signature import AnswerSigner
+
+        try:
+            signer = AnswerSigner(args.gateway_cert, args.gateway_key)
+        except (OSError, ValueError) as exc:
+            p.error(f"the answers to the desks cannot be signed: {type(exc).__name__}: {exc}")
     agent = GatewayAgent(args.vici, (host, int(port)), args.conn_prefix, one_sa_per_device=args.one_sa_per_device,
-                         reporter=reporter)
+                         reporter=reporter, signer=signer)
     if args.crl_url:
         from org.gateway_crl import CrlKeeper
 

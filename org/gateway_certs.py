@@ -94,3 +94,38 @@ def issue_gateway_cert(ca: CertAndKey, gateway_id: str, *, days: int = 825) -> C
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(ca.key, hashes.SHA256()))
     return CertAndKey(cert, key)
+
+
+class NotTheGateway(ValueError):
+    """A certificate that is not the org gateway's (another CA, another name, expired, a CA)."""
+
+
+def verify_gateway_cert(cert: x509.Certificate, ca: x509.Certificate, gateway_id: str,
+                        now: dt.datetime | None = None) -> ec.EllipticCurvePublicKey:
+    """The gateway's public key when `cert` is the certificate `issue_gateway_cert` makes: issued
+    by `ca` (its signature), current, not a CA, `gateway_id` among its subjectAltNames (the org CA
+    also certifies its RADIUS server: that certificate is not the gateway's), an EC key; else
+    NotTheGateway. Used by the cloud (the gateway's reports) and the desks (its listing)."""
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        raise NotTheGateway("not issued by the org's CA") from None
+    now = now or _now()
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        raise NotTheGateway("not current")
+    try:
+        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            raise NotTheGateway("a CA certificate")
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = {*san.get_values_for_type(x509.DNSName), *(str(a) for a in san.get_values_for_type(x509.IPAddress))}
+    except x509.ExtensionNotFound:
+        names = set()
+    key = cert.public_key()
+    if gateway_id not in names or not isinstance(key, ec.EllipticCurvePublicKey):
+        raise NotTheGateway("not the gateway's name or key")
+    return key

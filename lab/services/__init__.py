@@ -79,7 +79,7 @@ def default_services(options: "LabOptions") -> list[Service]:
         services += [GatewayService(org, cert_mode=cert), RadiusService(org, radsec=cert)]
         if org in options.ldap:
             services.append(LdapService(org))
-        services += [GatewayAgentService(org, cert_mode=cert), DeskService(org)]
+        services += [GatewayAgentService(org, cert_mode=cert), DeskService(org, cert_mode=cert)]
     services += [PcscdService(), VcardService(), NfcReaderService(), EngineService(),
                  FirmwareService(options.tunnel_backend), PanelService()]
     return services

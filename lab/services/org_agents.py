@@ -216,8 +216,9 @@ class DeskService:
 
     def __init__(self, org: str, mfp_resource: str | None = None, verify_s: float = 10.0,
                  retry_s: float = 0.02, grace_s: float = 3.0, host_name: str | None = None, agent: bool = True,
-                 scan_s: float = 2.0):
+                 scan_s: float = 2.0, cert_mode: bool = False):
         self.org = org
+        self.cert_mode = cert_mode  # the desk agent takes only answers the org's gateway signed
         self.name = f"desk-{org}"
         self.host_name = host_name or f"lan-{org}"
         self.with_agent = agent  # False: the desk's CUPS alone (tests that add queues themselves)
@@ -236,10 +237,22 @@ class DeskService:
                                "--scan", f"{self.scan_s:g}")
             if self.mfp_resource:
                 cmd += ["--mfp-resource", self.mfp_resource]
+            if self.cert_mode:
+                cmd += self._cert_args(lab)
             lab.spawn(self.agent_key, self.host_name, cmd, env=_ENV, cwd=REPO)
             time.sleep(0.3)
             if not _alive(lab, self.agent_key):
                 raise LabError(f"{self.agent_key} exited at start: {_log_tail(lab, self.agent_key)}")
+
+    def _cert_args(self, lab) -> list[str]:
+        """Certificate mode: the org's CA (public; an org hands it to its desks with the agent) and
+        the gateway's identity, so that only the gateway's signed answers count."""
+        from lab.orgs import gateway_ca, spec
+
+        ca = lab.layout.data_dir(self.name) / "org-ca.pem"
+        ca.parent.mkdir(parents=True, exist_ok=True)
+        ca.write_text(gateway_ca(lab, self.org).cert_pem())
+        return ["--gateway-ca", str(ca), "--gateway-id", spec(self.org).gateway_id]
 
     def _start_cupsd(self, lab) -> None:
         """Start the desk's cupsd on an empty CUPS state (queues, jobs, caches; its logs stay): the
