@@ -14,8 +14,10 @@ The MFP binds in one of two ways, as the profile's `bind` says:
   certificate is used at the next tap) are the TLS client certificate of the StartTLS, then a SASL
   EXTERNAL bind: the directory verifies the certificate against the coworking space's device CA
   and maps its subject to an identity with the service account's rights (org/ldap_config.py).
-  The profile then holds no secret, and no bind password exists on the MFP. Missing or unusable
-  files are an `AuthConfigError` when the authenticator is made, `Unavailable` if they go later.
+  The profile then holds no secret, and no bind password exists on the MFP. The key is loaded as
+  RadSec loads it (`hal.auth.radsec.load_device_identity`: a key file, or a TPM key reference
+  whose handshakes sign in the TPM). Missing or unusable files are an `AuthConfigError` when the
+  authenticator is made, `Unavailable` if they go later.
 
 One `authenticate` call is one connection:
 1. StartTLS (a certificate that does not verify is `Unavailable`), then the bind above; a
@@ -75,6 +77,7 @@ from dataclasses import dataclass
 
 from ldap3 import BASE, DEREF_NEVER, EXTERNAL, NONE, SASL, SIMPLE, SUBTREE, SYNC, Connection, Server, Tls
 from ldap3.core.results import RESULT_CODES
+from ldap3.core.tls import check_hostname
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 
@@ -182,8 +185,8 @@ class LdapAuthenticator(Authenticator):
         if not auth.ca_pem or "-----BEGIN CERTIFICATE" not in auth.ca_pem:
             raise AuthConfigError("ldap profile has no ca_pem (StartTLS is required)")
         try:
-            device = dict(local_certificate_file=self._cert, local_private_key_file=self._key) if self._device else {}
-            tls = Tls(validate=ssl.CERT_REQUIRED, ca_certs_data=auth.ca_pem, **device)
+            tls = _DeviceTls(auth.ca_pem, self._cert, self._key) if self._device \
+                else Tls(validate=ssl.CERT_REQUIRED, ca_certs_data=auth.ca_pem)
             self._server = Server(auth.host, port=auth.port, get_info=NONE, connect_timeout=self._timeout, tls=tls)
         except Exception:  # ldap3 raises several types for a bad host
             raise AuthConfigError("ldap profile's host cannot be used") from None
@@ -405,13 +408,50 @@ class _Watchdog:
         self._timer.cancel()
 
 
+class _DeviceTls(Tls):
+    """ldap3's StartTLS with the device's certificate, its key loaded by RadSec's one loader (a
+    file, or a TPM key reference: then the handshake runs in the TPM provider's scope). A fresh
+    context per connection, so a renewed certificate is used at once. The server is verified as
+    ldap3 does it: against `ca_pem`, then its name (the profile's host, an IP SAN)."""
+
+    def __init__(self, ca_pem: str, client_cert: str, client_key: str):
+        super().__init__(validate=ssl.CERT_REQUIRED, ca_certs_data=ca_pem)
+        self.device_files = (client_cert, client_key)
+
+    def wrap_socket(self, connection, do_handshake=False):
+        from hal.auth.radsec import handshake_scope
+
+        ctx = device_context(self.ca_certs_data, *self.device_files)
+        with handshake_scope(ctx):
+            wrapped = ctx.wrap_socket(connection.socket, server_side=False, do_handshake_on_connect=False)
+            wrapped.do_handshake()  # here, inside the scope: the key signs now
+        check_hostname(wrapped, connection.server.host, self.valid_names)
+        connection.socket = wrapped
+
+
+def device_context(ca_pem: str, client_cert: str, client_key: str) -> ssl.SSLContext:
+    """A TLS 1.2/1.3 client context that verifies the server against `ca_pem` (the name is checked
+    after the handshake, by ldap3) and shows the device's certificate."""
+    from hal.auth.radsec import load_device_identity
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False  # ldap3's check_hostname: the profile's host against the SANs
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(cadata=ca_pem)
+    load_device_identity(ctx, client_cert, client_key)
+    return ctx
+
+
 def _device_files(client_cert: str | None, client_key: str | None) -> tuple[str, str]:
     """The device certificate's files, checked now: they exist and load as a TLS identity."""
     if not client_cert or not client_key:
         raise AuthConfigError("ldap device bind needs the device's certificate and key files "
                               "(the device has none yet?)")
     try:
-        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(certfile=str(client_cert), keyfile=str(client_key))
+        from hal.auth.radsec import load_device_identity
+
+        load_device_identity(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), str(client_cert), str(client_key))
     except (ssl.SSLError, OSError, ValueError) as exc:
         # names the files (device paths, not secrets) and the kind of failure only
         raise AuthConfigError(f"ldap device bind cannot use the device's files {client_cert}, {client_key} "

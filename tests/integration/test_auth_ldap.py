@@ -422,6 +422,18 @@ def test_a_certificate_the_org_did_not_list_gets_nothing(lab, cert_slapd, device
         assert log.count(f'BIND dn="cn={dn}" mech=EXTERNAL'.encode()) == 3, log[-3000:]
 
 
+def test_with_the_device_certificate_a_server_the_profile_ca_did_not_sign_is_unavailable(lab, cert_slapd, devices):
+    from lab.services.ldap import tls_material
+
+    other_ca = (tls_material(lab.layout.data_dir("ldap-other-ca"), cert_slapd.address(lab)) / "ca.pem").read_text()
+    wire = cert_profile(lab)
+    wire["auth"]["ca_pem"] = other_ca
+    offset = cert_slapd.log_path(lab).stat().st_size
+    r = run_steps(lab, wire, [{"user": "alice"}], **devices["mfp"])
+    assert r[0]["kind"] == "Unavailable" and "alice" not in r[0]["reason"], r
+    assert b"BIND" not in cert_slapd.log_path(lab).read_bytes()[offset:]  # the device never bound
+
+
 def test_the_directory_has_no_service_password_in_certificate_mode(lab, cert_slapd, devices):
     # the PSK-mode profile's service account and password: slapd knows no password for it
     r = run_steps(lab, profile(lab), [{"user": "alice"}])

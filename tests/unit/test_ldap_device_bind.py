@@ -147,7 +147,7 @@ class Recorded:
 
     def __init__(self, conn, auth, deadline):
         self.seen.append((conn.authentication, conn.sasl_mechanism, conn.sasl_credentials, conn.user,
-                          conn.password, conn.server.tls.certificate_file, conn.server.tls.private_key_file))
+                          conn.password, getattr(conn.server.tls, "device_files", None)))
 
     def bind_service(self):
         raise ConnectionRefusedError
@@ -158,13 +158,13 @@ def test_a_device_bind_is_sasl_external_over_tls_with_the_device_certificate(dev
     Recorded.seen = []
     out = open_authenticator(device_profile(), **device_files).authenticate("alice", "acme")
     assert isinstance(out, Unavailable)
-    assert Recorded.seen == [(SASL, EXTERNAL, "", None, None, device_files["client_cert"],
-                              device_files["client_key"])]
+    assert Recorded.seen == [(SASL, EXTERNAL, "", None, None, (device_files["client_cert"],
+                                                               device_files["client_key"]))]
     # the service account's bind is unchanged, and shows no certificate
     Recorded.seen = []
     open_authenticator(SessionProfile.from_wire(wire(PASSWORD_AUTH)).auth, **device_files).authenticate("alice", "acme")
-    (how, _, _, user, password, cert, key), = Recorded.seen
-    assert (how, user, password == CANARY.encode(), cert, key) == (SIMPLE, SERVICE, True, None, None)
+    (how, _, _, user, password, files), = Recorded.seen
+    assert (how, user, password == CANARY.encode(), files) == (SIMPLE, SERVICE, True, None)
 
 
 def test_device_files_gone_during_the_session_are_unavailable(device_files, monkeypatch):
