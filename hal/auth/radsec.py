@@ -278,6 +278,10 @@ class RadsecAuthenticator(RadiusExchange):
             try:
                 # the request follows the handshake's last flight at once: no Nagle wait for its ACK
                 plain.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # closed with a reset, never left behind: an orphaned socket still sending its FIN
+                # into a tunnel that is gone holds the session sandbox's network namespace (its
+                # link outlived it: the purge waited 2 s and found leftovers)
+                plain.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 plain.settimeout(_left(end))
                 with handshake_scope(ctx):
                     tls = ctx.wrap_socket(plain, server_hostname=hostname)
