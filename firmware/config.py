@@ -56,6 +56,12 @@ def _tcti(v: str) -> str:
     return check_tcti(v)
 
 
+def _dbus(v: str) -> str:
+    from hal.tpm import check_dbus
+
+    return check_dbus(v)
+
+
 def _handle(v: str) -> str:
     from hal.tpm import check_handle
 
@@ -74,6 +80,7 @@ class DeviceSection:
     # tpm: how to reach it (a TSS2 TCTI config; the kernel's resource manager on the Pi) and the
     # persistent handle of the key in it
     tpm_tcti: str = option(_tcti, default="device:/dev/tpmrm0")
+    tpm_dbus: str = option(_dbus, default="")  # the tabrmd TCTI's bus (the lab's broker); "": none
     tpm_handle: str = option(_handle, default="0x81010002")
 
 
@@ -228,7 +235,8 @@ def device_tpm(cfg: "FirmwareConfig"):
         return None
     from hal.tpm import TpmConfig, check_handle
 
-    return TpmConfig(tcti=cfg.device.tpm_tcti, key_handle=check_handle(cfg.device.tpm_handle))
+    return TpmConfig(tcti=cfg.device.tpm_tcti, key_handle=check_handle(cfg.device.tpm_handle),
+                     dbus_address=cfg.device.tpm_dbus)
 
 
 def load(path: Path | None = DEFAULT_PATH, *, required: bool = False) -> FirmwareConfig:

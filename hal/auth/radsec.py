@@ -15,8 +15,7 @@ card proof as `TP-Card-SUN`, always a Message-Authenticator), and the same reply
 
 The device's key may live in a TPM 2.0 (`hal.tpm`): `client_key` is then its reference file, and
 OpenSSL's `tpm2` provider signs inside the TPM (`hal.tpm.openssl`: the provider is preferred while
-the key loads and while a handshake runs; a handshake then takes 60-110 ms instead of ~4 ms, once
-per session's connection).
+the key loads and in a handshake from the point where its key exchange is done: see that module).
 
 One TLS connection per `authenticate` call: opened, one request, one reply, closed. (A connection
 per session would save a handshake per tap, a few ms over the tunnel; it is not worth a socket that
@@ -37,7 +36,6 @@ kind of failure, never a secret or a PIN.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import select
 import socket
@@ -80,8 +78,8 @@ class _Failed(Exception):
 def load_device_identity(ctx: ssl.SSLContext, client_cert: str, client_key: str) -> None:
     """Make `ctx` present the device's certificate, signing with its key. The one place that
     touches the device key: a key file, or a TPM key reference (`hal.tpm`), loaded through
-    OpenSSL's `tpm2` provider; such a context is marked (`uses_tpm`) so that its handshakes prefer
-    that provider (`handshake_scope`). A TPM that cannot be reached: `ValueError`."""
+    OpenSSL's `tpm2` provider; such a context is marked (`uses_tpm`) so that its handshakes go
+    through `hal.tpm.openssl.handshake` (`open_tls`). A TPM that cannot be reached: `ValueError`."""
     from hal.tpm import TpmKeyError, read_ref
 
     try:
@@ -100,14 +98,20 @@ def load_device_identity(ctx: ssl.SSLContext, client_cert: str, client_key: str)
     ctx.uses_tpm = True
 
 
-def handshake_scope(ctx: ssl.SSLContext):
-    """What a handshake on `ctx` runs inside: the `tpm2` provider preferred when the context's key
-    is in the TPM (it signs the handshake), else nothing."""
-    if getattr(ctx, "uses_tpm", False):
-        from hal.tpm.openssl import tpm_preferred
+def open_tls(ctx: ssl.SSLContext, plain: socket.socket, hostname: str) -> ssl.SSLSocket:
+    """`plain` wrapped in TLS, handshake done (within `plain`'s timeout); a context whose key is in
+    the TPM (`uses_tpm`) shakes hands through `hal.tpm.openssl.handshake`."""
+    if not getattr(ctx, "uses_tpm", False):
+        return ctx.wrap_socket(plain, server_hostname=hostname)
+    from hal.tpm.openssl import handshake
 
-        return tpm_preferred()
-    return contextlib.nullcontext()
+    tls = ctx.wrap_socket(plain, server_hostname=hostname, do_handshake_on_connect=False)
+    try:
+        handshake(tls)
+    except BaseException:
+        tls.close()  # it owns the connection now (`plain` was detached into it)
+        raise
+    return tls
 
 
 def client_context(ca_pem: str, client_cert: str, client_key: str) -> ssl.SSLContext:
@@ -283,8 +287,7 @@ class RadsecAuthenticator(RadiusExchange):
                 # link outlived it: the purge waited 2 s and found leftovers)
                 plain.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 plain.settimeout(_left(end))
-                with handshake_scope(ctx):
-                    tls = ctx.wrap_socket(plain, server_hostname=hostname)
+                tls = open_tls(ctx, plain, hostname)
             except ssl.SSLCertVerificationError as exc:
                 raise _Failed(f"{self._where()}'s certificate does not verify "
                               f"({exc.verify_message or _why(exc)})") from None

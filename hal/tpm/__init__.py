@@ -8,6 +8,7 @@ reference file* (`TpmKeyRef`) at the path the rest of the firmware passes around
     TPM key of tenantprint: the private part below is wrapped by the TPM that made it
     TPM-Handle: 0x81010002
     TPM-TCTI: device:/dev/tpmrm0
+    TPM-DBus: unix:path=...          (only with the `tabrmd` TCTI: the bus its broker is on)
     -----BEGIN TSS2 PRIVATE KEY-----
     ...
     -----END TSS2 PRIVATE KEY-----
@@ -19,9 +20,12 @@ reference file* (`TpmKeyRef`) at the path the rest of the firmware passes around
   before it are RFC 7468 explanatory text, which PEM readers skip;
 - `TPM-Handle` is the same key made persistent in the TPM: what charon's `tpm` plugin signs with
   (VICI `load-token` with that handle), since charon cannot load a TSS2 blob;
-- `TPM-TCTI` says how to reach the TPM (TSS2 TCTI syntax `name:conf`), so a reader of the file
-  alone (the RadSec client in the secret keeper) reaches it; the device's config says it too
-  (`device.tpm_tcti`) for the charons, which need it at start.
+- `TPM-TCTI` (and `TPM-DBus`) say how to reach the TPM (TSS2 TCTI syntax `name:conf`), so a
+  reader of the file alone (the RadSec client in the secret keeper) reaches it; the device's config
+  says it too (`device.tpm_tcti`, `device.tpm_dbus`) for the charons, which need it at start.
+  Only the TCTIs charon 5.9.8's `tpm` plugin accepts are taken: `device` (the kernel's resource
+  manager, the Pi), `tabrmd` (tpm2-abrmd, the lab's broker in front of swtpm) and `mssim`; it
+  refuses any other name ("is not a valid TCTI library name"; measured with `cmd`).
 
 Modules: `hal.tpm.keys` (make the key, its public key, a CSR: tpm2-tools and openssl's `tpm2`
 provider as programs), `hal.tpm.openssl` (the `tpm2` provider in this process, for `ssl`).
@@ -41,7 +45,7 @@ from pathlib import Path
 DEFAULT_TCTI = "device:/dev/tpmrm0"  # the kernel's resource manager: many processes at once
 SRK_HANDLE = 0x81000001   # the TCG's storage root key handle (owner hierarchy), made if absent
 KEY_HANDLE = 0x81010002   # the device key's persistent handle (owner range 0x81000000-0x817fffff)
-TCTI_NAMES = ("device", "tabrmd", "swtpm", "mssim", "cmd")
+TCTI_NAMES = ("device", "tabrmd", "mssim")  # what charon 5.9.8's tpm plugin accepts
 HEADER = "TPM key of tenantprint: the private part below is wrapped by the TPM that made it"
 PEM_BEGIN = "-----BEGIN TSS2 PRIVATE KEY-----"
 PEM_END = "-----END TSS2 PRIVATE KEY-----"
@@ -68,6 +72,13 @@ def check_tcti(tcti: str) -> str:
     return tcti
 
 
+def check_dbus(address: str) -> str:
+    """A D-Bus address for the `tabrmd` TCTI's session bus (`unix:path=/abs/path`), or ""."""
+    if address and not re.match(r"^unix:path=/[^\s,;]+$", address):
+        raise ValueError("must be a D-Bus address unix:path=/an/absolute/path, or empty")
+    return address
+
+
 def check_handle(handle: str) -> int:
     """A persistent handle of the owner hierarchy (`0x81000000`-`0x817fffff`) as an int."""
     if not _HANDLE.match(handle.lower()):
@@ -82,9 +93,12 @@ class TpmConfig:
     tcti: str = DEFAULT_TCTI
     key_handle: int = KEY_HANDLE
     srk_handle: int = SRK_HANDLE
+    # the `tabrmd` TCTI's session bus (the lab's private one); "": the TCTI needs no bus
+    dbus_address: str = ""
 
     def __post_init__(self):
         check_tcti(self.tcti)
+        check_dbus(self.dbus_address)
         for h in (self.key_handle, self.srk_handle):
             check_handle(f"0x{h:08x}")
         if self.key_handle == self.srk_handle:
@@ -92,7 +106,11 @@ class TpmConfig:
 
     def env(self) -> dict[str, str]:
         """The environment tpm2-tools and openssl's `tpm2` provider find the TPM with."""
-        return {"TPM2TOOLS_TCTI": self.tcti, "TPM2OPENSSL_TCTI": self.tcti}
+        return {"TPM2TOOLS_TCTI": self.tcti, "TPM2OPENSSL_TCTI": self.tcti, **self.charon_env()}
+
+    def charon_env(self) -> dict[str, str]:
+        """What charon's environment needs besides its strongswan.conf (the broker's bus)."""
+        return {"DBUS_SESSION_BUS_ADDRESS": self.dbus_address} if self.dbus_address else {}
 
     def charon_plugin(self) -> str:
         """The `tpm` plugin's section of a strongswan.conf (inside `charon.plugins`): the TCTI
@@ -111,10 +129,11 @@ class TpmKeyRef:
     path: Path
     handle: int
     tcti: str
+    dbus_address: str = ""
 
     @property
     def config(self) -> TpmConfig:
-        return TpmConfig(tcti=self.tcti, key_handle=self.handle)
+        return TpmConfig(tcti=self.tcti, key_handle=self.handle, dbus_address=self.dbus_address)
 
     @property
     def token_handle(self) -> str:
@@ -122,11 +141,12 @@ class TpmKeyRef:
         return f"{self.handle:08x}"
 
 
-def render_ref(handle: int, tcti: str, pem: str) -> str:
-    """The text of a key reference file."""
+def render_ref(config: TpmConfig, pem: str) -> str:
+    """The text of a key reference file for the key at `config.key_handle`."""
     if PEM_BEGIN not in pem:
         raise TpmKeyError("not a TSS2 private key blob")
-    return f"{HEADER}\nTPM-Handle: 0x{handle:08x}\nTPM-TCTI: {check_tcti(tcti)}\n{pem.strip()}\n"
+    bus = f"TPM-DBus: {config.dbus_address}\n" if config.dbus_address else ""
+    return f"{HEADER}\nTPM-Handle: 0x{config.key_handle:08x}\nTPM-TCTI: {config.tcti}\n{bus}{pem.strip()}\n"
 
 
 def parse_ref(text: str, path: Path | str = "") -> TpmKeyRef | None:
@@ -137,7 +157,8 @@ def parse_ref(text: str, path: Path | str = "") -> TpmKeyRef | None:
     head = text.split(PEM_BEGIN, 1)[0]
     fields = dict(line.split(": ", 1) for line in head.splitlines() if ": " in line)
     try:
-        return TpmKeyRef(Path(path), check_handle(fields.get("TPM-Handle", "")), check_tcti(fields.get("TPM-TCTI", "")))
+        return TpmKeyRef(Path(path), check_handle(fields.get("TPM-Handle", "")), check_tcti(fields.get("TPM-TCTI", "")),
+                         check_dbus(fields.get("TPM-DBus", "")))
     except ValueError as exc:
         raise TpmKeyError(f"key reference {path}: {exc}") from None
 

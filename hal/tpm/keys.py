@@ -124,7 +124,7 @@ def make_key(path: str | Path, config: TpmConfig) -> bool:
             _run(["tpm2_evictcontrol", "-Q", "-C", "o", "-c", handle], config, "evict the old key")
         _run(["tpm2_load", "-Q", "-C", srk, "-u", str(pub), "-r", str(priv), "-c", str(ctx)], config, "load the key")
         _run(["tpm2_evictcontrol", "-Q", "-C", "o", "-c", str(ctx), handle], config, "persist the key")
-        text = render_ref(config.key_handle, config.tcti, pem.read_text())
+        text = render_ref(config, pem.read_text())
         return _link_new(path, text)
 
 

@@ -10,11 +10,18 @@ enough. OpenSSL 3.0 fetches an operation's implementation before it looks at the
 with `default` loaded first (Python loads it before us), the key is decoded into `default`'s EC key
 management as its public half only, and the handshake's CertificateVerify fails ("missing private
 key", Python: "EVP lib"). Loading `tpm2` first instead makes every fetch prefer the TPM, hashlib's
-too (200 SHA-256 took 417 ms instead of 0.2 ms). What works: prefer `tpm2` (`?provider=tpm2`, a
-preference, not a requirement) only while the key is loaded and while a handshake signs with it
-(`tpm_preferred()`), then go back to the default. A TLS 1.3 handshake with client authentication
-then takes 60-110 ms instead of ~4 ms (the transcript hashes and the key exchange run in the TPM
-while the preference holds); RadSec keeps one connection per session, so it is paid once a session.
+too (200 SHA-256 took 417 ms instead of 0.2 ms), and its EC key management has no TLS groups, so a
+P-256-only server (FreeRADIUS's default `ecdh_curve`) finds no key share ("no suitable key share",
+with `openssl s_client -provider tpm2 -provider default` too). Preferring `tpm2` (`?provider=tpm2`,
+a preference, not a requirement) for a whole handshake makes the ephemeral P-256 key in the TPM,
+which fails ("EC lib"); preferring it after the ClientHello makes the TPM derive the shared secret
+with a key it does not hold (ECDH_ZGen: TPM_RC_VALUE). What works (`handshake`): `tpm2` preferred
+while the key is loaded, and in a handshake from the moment every key exchange is done and our
+CertificateVerify is next (TLS 1.3: the server's EncryptedExtensions arrived; TLS 1.2: our
+ClientKeyExchange went out), found with CPython's message callback (`SSLContext._msg_callback`, a
+private hook of Python 3.8+). A handshake then takes tens of ms instead of ~4 ms (the rest of the
+transcript is hashed in the TPM); RadSec keeps one connection per session, so it is paid once a
+session.
 
 The preference is process-wide while it holds (a lock makes the holders take turns): another thread
 fetching an algorithm meanwhile gets the TPM's implementation, which computes the same result,
@@ -28,6 +35,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import ssl
 import threading
 
 from hal.tpm import TpmConfig, TpmUnavailable
@@ -69,7 +77,7 @@ def load_provider(config: TpmConfig) -> None:
                 raise TpmUnavailable(f"this process uses the TPM at {_loaded['tpm2']!r} already")
             return
         lib = _crypto()
-        os.environ["TPM2OPENSSL_TCTI"] = config.tcti  # read by the provider when it loads
+        os.environ.update(config.env())  # the TCTI (and its bus) are read by the provider as it loads
         if not lib.OSSL_PROVIDER_load(None, b"default"):
             lib.ERR_clear_error()
             raise TpmUnavailable("OpenSSL's default provider did not load")
@@ -97,7 +105,43 @@ def tpm_preferred():
 
 def load_key_into(ctx, certfile: str, keyfile: str, config: TpmConfig) -> None:
     """`ctx.load_cert_chain(certfile, keyfile)` for a key reference file: the provider loaded, the
-    blob decoded by the `tpm2` provider."""
+    blob decoded by the `tpm2` provider, the context's message callback set (OpenSSL copies it into
+    each connection when it is made). Shake hands on such a context with `handshake`."""
     load_provider(config)
     with tpm_preferred():
         ctx.load_cert_chain(certfile=certfile, keyfile=keyfile)
+    ctx._msg_callback = _watch
+
+
+_shaking = threading.local()  # set while this thread runs `handshake`
+
+
+def _set_preference(on: bool) -> None:
+    if _crypto().EVP_set_default_properties(None, b"?provider=tpm2" if on else b"") != 1:
+        _crypto().ERR_clear_error()
+
+
+def _watch(conn, direction, version, content_type, msg_type, data) -> None:
+    """CPython's message callback: in a `handshake`, prefer `tpm2` once every key exchange is done.
+    TLS 1.3: the server's EncryptedExtensions arrive after the ServerHello's key exchange (and any
+    HelloRetryRequest); TLS 1.2: our ClientKeyExchange goes out before our CertificateVerify."""
+    from ssl import _TLSMessageType as Msg  # (CPython's own names of the handshake messages)
+
+    if getattr(_shaking, "on", False) and (
+            (direction == "read" and msg_type == Msg.ENCRYPTED_EXTENSIONS)
+            or (direction == "write" and msg_type == Msg.CLIENT_KEY_EXCHANGE)):
+        _set_preference(True)
+
+
+def handshake(tls: ssl.SSLSocket) -> None:
+    """`tls.do_handshake()` (a socket wrapped with `do_handshake_on_connect=False` from a context
+    `load_key_into` prepared): `tpm2` preferred from the point where every key exchange is done and
+    our CertificateVerify comes next, to the end (see the module docstring). Raises as
+    `do_handshake`."""
+    with _lock:
+        _shaking.on = True
+        try:
+            tls.do_handshake()
+        finally:
+            _shaking.on = False
+            _set_preference(False)

@@ -8,7 +8,8 @@ inside, /run is the run_dir, so charon's hardcoded /run/charon.pid and its VICI 
 (stderr, the conf's level 1: no key material, no PSK) goes to `<run_dir>/charon.log`, inside the
 sandbox's tmpfs, gone with it. With `tpm` (the device's `hal.tpm.TpmConfig`, when its key store
 is the TPM) charon loads its `tpm` plugin with that TCTI: the sandbox sees the device's /dev (the
-Pi's /dev/tpmrm0) and its files outside /run and /tmp (the lab's broker socket). The backend is `libipsec` where the kernel has no ESP (the TUN device
+Pi's /dev/tpmrm0) and its files outside /run and /tmp (the lab's broker's bus, whose address goes
+into charon's environment). The backend is `libipsec` where the kernel has no ESP (the TUN device
 `ipsec0` appears in the sandbox) and `kernel` on the Pi (XFRM state in the sandbox's netns).
 
 Measured here (tests/integration/test_sandbox.py and test_sandbox_in_lab.py, `-s`; kernel-libipsec,
@@ -74,8 +75,9 @@ class SandboxCharon:
                 stale.unlink(missing_ok=True)
             self.conf_path.write_text(strongswan_conf(self.backend, vici_socket="/run/charon.vici", tpm=self.tpm))
             with open(self.log_path, "ab") as log:
+                env = {**_ENV, **(self.tpm.charon_env() if self.tpm is not None else {})}
                 self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                              env=_ENV, cwd="/", start_new_session=True)
+                                              env=env, cwd="/", start_new_session=True)
         except (SandboxError, OSError) as exc:
             raise CharonStartFailed(f"charon in sandbox {name}: cannot start: {exc}") from None
         deadline = time.monotonic() + self.start_timeout_s

@@ -100,7 +100,8 @@ class FirmwareService:
         state.mkdir(exist_ok=True)
         device: dict = {"state_dir": str(state)}
         if self.tpm(lab) is not None:
-            device.update(key_store="tpm", tpm_tcti=self.tpm(lab).tcti(lab))
+            tpm = self.tpm(lab).config(lab)
+            device.update(key_store="tpm", tpm_tcti=tpm.tcti, tpm_dbus=tpm.dbus_address)
         conf = {
             "device": device,
             "cloud": {"timeout_s": 5.0},

@@ -12,10 +12,10 @@ all state under the lab's data dir (`data/swtpm/`):
 - `tpm2-abrmd --session` (package tpm2-abrmd): the access broker and resource manager in front of
   swtpm, what /dev/tpmrm0 is on the Pi.
 
-The firmware reaches it with the TCTI `TCTI` returns: TSS2's `cmd` TCTI running `tpm2_send` against
-the broker, with the bus address inside the string, so that one string serves tpm2-tools, openssl's
-`tpm2` provider and charon's `tpm` plugin (which reads no environment). The sockets lie outside any
-host's /run and /tmp, so the session sandboxes (their own /run and /tmp) reach them too; nothing
+The firmware reaches it with the `tabrmd` TCTI on that bus (`config()`: the TCTI and the bus
+address, which goes into the environment of tpm2-tools, of openssl's `tpm2` provider and of
+charon; charon 5.9.8 takes no other TCTI than device, tabrmd and mssim, so TSS2's `cmd` TCTI, which
+would carry the address in its string, is refused). The sockets lie outside any host's /run and /tmp, so the session sandboxes (their own /run and /tmp) reach them too; nothing
 stops another lab host from reaching them: in the lab the TPM stands for a chip on the MFP's board,
 and the attack tests give the thief a TPM of its own (`SwtpmService("cowork")`), never this one.
 """
@@ -33,9 +33,7 @@ ABRMD = "/usr/sbin/tpm2-abrmd"
 DBUS = "/usr/bin/dbus-daemon"
 
 
-def tcti_for(bus: Path) -> str:
-    """The TCTI config that reaches the broker on the private bus at `bus`."""
-    return f"cmd:env DBUS_SESSION_BUS_ADDRESS=unix:path={bus} tpm2_send --tcti=tabrmd:bus_type=session"
+TCTI = "tabrmd:bus_type=session"
 
 
 class SwtpmService:
@@ -54,8 +52,11 @@ class SwtpmService:
     def bus(self, lab) -> Path:
         return lab.layout.data_dir(self.name) / "bus"
 
-    def tcti(self, lab) -> str:
-        return tcti_for(self.bus(lab))
+    def config(self, lab, key_handle: int | None = None):
+        """How the firmware reaches this TPM (`hal.tpm.TpmConfig`)."""
+        from hal.tpm import KEY_HANDLE, TpmConfig
+
+        return TpmConfig(tcti=TCTI, dbus_address=f"unix:path={self.bus(lab)}", key_handle=key_handle or KEY_HANDLE)
 
     def _keys(self) -> tuple[str, str, str]:
         return f"{self.name}-tpm", f"{self.name}-dbus", f"{self.name}-abrmd"
@@ -91,7 +92,7 @@ class SwtpmService:
     def _answers(self, lab) -> bool:
         try:
             proc = subprocess.run(["tpm2_getcap", "properties-fixed"], capture_output=True, timeout=10,
-                                  env={"PATH": "/usr/bin:/bin", "TPM2TOOLS_TCTI": self.tcti(lab)})
+                                  env={"PATH": "/usr/bin:/bin", **self.config(lab).env()})
         except (OSError, subprocess.TimeoutExpired):
             return False
         return proc.returncode == 0
@@ -114,5 +115,6 @@ class SwtpmService:
 
     def status(self, lab) -> dict:
         recs = {k: lab.procs.get(k) for k in self._keys()}
-        return {"host": self.host_name, "running": self.running(lab), "tcti": self.tcti(lab),
+        return {"host": self.host_name, "running": self.running(lab), "tcti": TCTI,
+                "bus": str(self.bus(lab)),
                 "pids": {k: (r.pid if r else None) for k, r in recs.items()}}
