@@ -36,6 +36,7 @@ kind of failure, never a secret or a PIN.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
@@ -78,8 +79,8 @@ class _Failed(Exception):
 def load_device_identity(ctx: ssl.SSLContext, client_cert: str, client_key: str) -> None:
     """Make `ctx` present the device's certificate, signing with its key. The one place that
     touches the device key: a key file, or a TPM key reference (`hal.tpm`), loaded through
-    OpenSSL's `tpm2` provider; such a context is marked (`uses_tpm`) so that its handshakes go
-    through `hal.tpm.openssl.handshake` (`open_tls`). A TPM that cannot be reached: `ValueError`."""
+    OpenSSL's `tpm2` provider; such a context is marked (`uses_tpm`): run its handshakes inside
+    `handshake_scope(ctx)`. A TPM that cannot be reached: `ValueError`."""
     from hal.tpm import TpmKeyError, read_ref
 
     try:
@@ -98,20 +99,14 @@ def load_device_identity(ctx: ssl.SSLContext, client_cert: str, client_key: str)
     ctx.uses_tpm = True
 
 
-def open_tls(ctx: ssl.SSLContext, plain: socket.socket, hostname: str) -> ssl.SSLSocket:
-    """`plain` wrapped in TLS, handshake done (within `plain`'s timeout); a context whose key is in
-    the TPM (`uses_tpm`) shakes hands through `hal.tpm.openssl.handshake`."""
-    if not getattr(ctx, "uses_tpm", False):
-        return ctx.wrap_socket(plain, server_hostname=hostname)
-    from hal.tpm.openssl import handshake
+def handshake_scope(ctx: ssl.SSLContext):
+    """What a TLS handshake on `ctx` runs inside: for a context whose key is in the TPM
+    (`uses_tpm`), `hal.tpm.openssl.handshakes()` (the TPM signs our CertificateVerify); else nothing."""
+    if getattr(ctx, "uses_tpm", False):
+        from hal.tpm.openssl import handshakes
 
-    tls = ctx.wrap_socket(plain, server_hostname=hostname, do_handshake_on_connect=False)
-    try:
-        handshake(tls)
-    except BaseException:
-        tls.close()  # it owns the connection now (`plain` was detached into it)
-        raise
-    return tls
+        return handshakes()
+    return contextlib.nullcontext()
 
 
 def client_context(ca_pem: str, client_cert: str, client_key: str) -> ssl.SSLContext:
@@ -287,7 +282,8 @@ class RadsecAuthenticator(RadiusExchange):
                 # link outlived it: the purge waited 2 s and found leftovers)
                 plain.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 plain.settimeout(_left(end))
-                tls = open_tls(ctx, plain, hostname)
+                with handshake_scope(ctx):
+                    tls = ctx.wrap_socket(plain, server_hostname=hostname)
             except ssl.SSLCertVerificationError as exc:
                 raise _Failed(f"{self._where()}'s certificate does not verify "
                               f"({exc.verify_message or _why(exc)})") from None

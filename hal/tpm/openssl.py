@@ -15,7 +15,7 @@ P-256-only server (FreeRADIUS's default `ecdh_curve`) finds no key share ("no su
 with `openssl s_client -provider tpm2 -provider default` too). Preferring `tpm2` (`?provider=tpm2`,
 a preference, not a requirement) for a whole handshake makes the ephemeral P-256 key in the TPM,
 which fails ("EC lib"); preferring it after the ClientHello makes the TPM derive the shared secret
-with a key it does not hold (ECDH_ZGen: TPM_RC_VALUE). What works (`handshake`): `tpm2` preferred
+with a key it does not hold (ECDH_ZGen: TPM_RC_VALUE). What works (`handshakes()`): `tpm2` preferred
 while the key is loaded, and in a handshake from the moment every key exchange is done and our
 CertificateVerify is next (TLS 1.3: the server's EncryptedExtensions arrived; TLS 1.2: our
 ClientKeyExchange went out), found with CPython's message callback (`SSLContext._msg_callback`, a
@@ -35,7 +35,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import ssl
 import threading
 
 from hal.tpm import TpmConfig, TpmUnavailable
@@ -106,14 +105,14 @@ def tpm_preferred():
 def load_key_into(ctx, certfile: str, keyfile: str, config: TpmConfig) -> None:
     """`ctx.load_cert_chain(certfile, keyfile)` for a key reference file: the provider loaded, the
     blob decoded by the `tpm2` provider, the context's message callback set (OpenSSL copies it into
-    each connection when it is made). Shake hands on such a context with `handshake`."""
+    each connection when it is made). Shake hands on such a context inside `handshakes()`."""
     load_provider(config)
     with tpm_preferred():
         ctx.load_cert_chain(certfile=certfile, keyfile=keyfile)
     ctx._msg_callback = _watch
 
 
-_shaking = threading.local()  # set while this thread runs `handshake`
+_shaking = threading.local()  # set while this thread is inside `handshakes()`
 
 
 def _set_preference(on: bool) -> None:
@@ -122,7 +121,7 @@ def _set_preference(on: bool) -> None:
 
 
 def _watch(conn, direction, version, content_type, msg_type, data) -> None:
-    """CPython's message callback: in a `handshake`, prefer `tpm2` once every key exchange is done.
+    """CPython's message callback: inside `handshakes()`, prefer `tpm2` once every key exchange is done.
     TLS 1.3: the server's EncryptedExtensions arrive after the ServerHello's key exchange (and any
     HelloRetryRequest); TLS 1.2: our ClientKeyExchange goes out before our CertificateVerify."""
     from ssl import _TLSMessageType as Msg  # (CPython's own names of the handshake messages)
@@ -133,15 +132,15 @@ def _watch(conn, direction, version, content_type, msg_type, data) -> None:
         _set_preference(True)
 
 
-def handshake(tls: ssl.SSLSocket) -> None:
-    """`tls.do_handshake()` (a socket wrapped with `do_handshake_on_connect=False` from a context
-    `load_key_into` prepared): `tpm2` preferred from the point where every key exchange is done and
-    our CertificateVerify comes next, to the end (see the module docstring). Raises as
-    `do_handshake`."""
+@contextlib.contextmanager
+def handshakes():
+    """While inside, TLS handshakes in this thread on contexts `load_key_into` prepared sign in the
+    TPM: `tpm2` preferred from the point where every key exchange is done and our CertificateVerify
+    comes next, to the end of the block (see the module docstring). Holders take turns."""
     with _lock:
         _shaking.on = True
         try:
-            tls.do_handshake()
+            yield
         finally:
             _shaking.on = False
             _set_preference(False)
