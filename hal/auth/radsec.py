@@ -17,10 +17,10 @@ The device's key may live in a TPM 2.0 (`hal.tpm`): `client_key` is then its ref
 OpenSSL's `tpm2` provider signs inside the TPM (`hal.tpm.openssl`: the provider is preferred while
 the key loads and in a handshake from the point where its key exchange is done: see that module).
 
-One TLS connection per `authenticate` call: opened, one request, one reply, closed. (A connection
-per session would save a handshake per tap, a few ms over the tunnel; it is not worth a socket that
-can go stale between taps.) The device's files are read at every call, so a certificate renewed
-during a session is used at the next tap.
+One TLS connection per session: opened ahead by `warm()` (after the tunnel is up) and kept between
+exchanges; a kept connection the server closed is opened again before anything is sent. The
+device's files are read when a connection is opened (a TPM key: loading it takes the TPM ~3 ms, so
+not at every exchange), so a certificate renewed during a session is shown on the next one.
 
 Timing: each try (connect, handshake, request, reply) has `max(profile.timeout_s, MIN_TIMEOUT_S)`
 (FreeRADIUS delays every reject by 1 s). A try is repeated, up to `profile.retries` tries in all,
@@ -205,10 +205,13 @@ class RadsecAuthenticator(RadiusExchange):
             raw = req.RequestPacket()
         except (packet.PacketError, ValueError, KeyError, TypeError) as exc:
             return Unavailable(f"cannot build the RADIUS request ({type(exc).__name__})")
-        try:
-            ctx = self._context()
-        except AuthConfigError as exc:
-            return Unavailable(str(exc))
+        made: list[ssl.SSLContext] = []
+
+        def context() -> ssl.SSLContext:  # built for a new connection only (a TPM key: ~3 ms to load)
+            if not made:
+                made.append(self._context())
+            return made[0]
+
         deadline = time.monotonic() + self.deadline_s
         reason = ""
         with self._lock:
@@ -217,7 +220,9 @@ class RadsecAuthenticator(RadiusExchange):
                 if remaining <= 0:
                     break
                 try:
-                    answer = self._try(ctx, raw, min(self._timeout, remaining))
+                    answer = self._try(context, raw, min(self._timeout, remaining))
+                except AuthConfigError as exc:
+                    return Unavailable(str(exc))
                 except _NotSent as exc:
                     reason = str(exc)
                     continue
@@ -226,14 +231,15 @@ class RadsecAuthenticator(RadiusExchange):
                 return self._outcome(user_id, req, answer)
         return Unavailable(reason or f"no reply from {self._where()} in {self.deadline_s:g} s")
 
-    def _try(self, ctx: ssl.SSLContext, raw: bytes, budget: float) -> bytes:
-        """The request and its reply (raw), on the kept connection or a new one, which is kept
-        after. Raises _NotSent (nothing reached the server: another try is safe) or _Failed (it
-        may have: never resent, a card proof would read as a replay)."""
+    def _try(self, context, raw: bytes, budget: float) -> bytes:
+        """The request and its reply (raw), on the kept connection or a new one (its context from
+        `context()`), which is kept after. Raises _NotSent (nothing reached the server: another
+        try is safe), _Failed (it may have: never resent, a card proof would read as a replay) or
+        AuthConfigError (no context)."""
         end = time.monotonic() + budget
         tls = self._usable_kept()
         if tls is None:
-            tls = self._kept = self._connect(ctx, budget)
+            tls = self._kept = self._connect(context(), budget)
         try:
             tls.settimeout(_left(end))
             tls.sendall(raw)

@@ -121,15 +121,21 @@ def _set_preference(on: bool) -> None:
 
 
 def _watch(conn, direction, version, content_type, msg_type, data) -> None:
-    """CPython's message callback: inside `handshakes()`, prefer `tpm2` once every key exchange is done.
-    TLS 1.3: the server's EncryptedExtensions arrive after the ServerHello's key exchange (and any
-    HelloRetryRequest); TLS 1.2: our ClientKeyExchange goes out before our CertificateVerify."""
+    """CPython's message callback: inside `handshakes()`, prefer `tpm2` for our CertificateVerify
+    only, from the message before it to it. TLS 1.3 (the server's EncryptedExtensions told it):
+    from our Certificate (every key exchange and the server's Finished are done by then); TLS 1.2:
+    from our ClientKeyExchange (our Certificate comes before the key exchange there)."""
     from ssl import _TLSMessageType as Msg  # (CPython's own names of the handshake messages)
 
-    if getattr(_shaking, "on", False) and (
-            (direction == "read" and msg_type == Msg.ENCRYPTED_EXTENSIONS)
-            or (direction == "write" and msg_type == Msg.CLIENT_KEY_EXCHANGE)):
+    if not getattr(_shaking, "on", False):
+        return
+    if direction == "read" and msg_type == Msg.ENCRYPTED_EXTENSIONS:
+        _shaking.tls13 = True
+    elif direction == "write" and (msg_type == Msg.CLIENT_KEY_EXCHANGE
+                                   or (msg_type == Msg.CERTIFICATE and getattr(_shaking, "tls13", False))):
         _set_preference(True)
+    elif direction == "write" and msg_type == Msg.CERTIFICATE_VERIFY:
+        _set_preference(False)
 
 
 @contextlib.contextmanager
@@ -138,7 +144,7 @@ def handshakes():
     TPM: `tpm2` preferred from the point where every key exchange is done and our CertificateVerify
     comes next, to the end of the block (see the module docstring). Holders take turns."""
     with _lock:
-        _shaking.on = True
+        _shaking.on, _shaking.tls13 = True, False
         try:
             yield
         finally:
