@@ -118,3 +118,41 @@ class SwtpmService:
         return {"host": self.host_name, "running": self.running(lab), "tcti": TCTI,
                 "bus": str(self.bus(lab)),
                 "pids": {k: (r.pid if r else None) for k, r in recs.items()}}
+
+
+def tpm_charon(name: str, host: str, tpm: SwtpmService | None, backend: str | None = None):
+    """A lab charon on `host` (VICI at the host's /run/charon.vici) whose `tpm` plugin reaches `tpm`
+    (a SwtpmService), or a plain one (`tpm` None): the tests' MFP, thief and control charons."""
+    from lab.services.charon import MfpCharonService
+
+    class TpmCharon(MfpCharonService):
+        def conf_text(self, lab) -> str:
+            from hal.tunnel.charon_conf import strongswan_conf
+            from lab.services.charon import VICI
+
+            return strongswan_conf(self.backend(), vici_socket=VICI,
+                                   tpm=tpm.config(lab) if tpm is not None else None)
+
+        def start(self, lab) -> None:
+            """As the lab's charons start, with the broker's bus in charon's environment (what
+            hal.tunnel.sandbox_charon does for a session's charon)."""
+            from lab.services.charon import CHARON, _vici_ready
+
+            if self.running(lab):
+                return
+            self._clear_stale(lab)
+            conf = self.conf_dir(lab) / "strongswan.conf"
+            conf.write_text(self.conf_text(lab))
+            env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "STRONGSWAN_CONF": str(conf),
+                   **(tpm.config(lab).charon_env() if tpm is not None else {})}
+            lab.spawn(self.name, self.host_name, [CHARON], env=env)
+            deadline = time.monotonic() + 15
+            while not _vici_ready(self.vici_socket(lab)):
+                if not self.running(lab) or time.monotonic() > deadline:
+                    lab.procs.stop(self.name)
+                    raise LabError(f"{self.name}: charon did not start (log: {lab.layout.logs_dir / (self.name + '.log')})")
+                time.sleep(0.02)
+
+    charon = TpmCharon(backend)
+    charon.name, charon.host_name = name, host
+    return charon

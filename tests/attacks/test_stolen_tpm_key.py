@@ -36,10 +36,9 @@ from prereq import need_binary, need_root
 
 from hal.tpm import TpmKeyError, TpmKeyRef, read_ref
 from hal.tunnel import TunnelConfig, TunnelSetupFailed, open_tunnel
-from hal.tunnel.charon_conf import strongswan_conf
 from lab.poll import wait_for
-from lab.services.charon import CHARON, VICI, MfpCharonService, _vici_ready
-from lab.services.swtpm import SwtpmService
+from lab.services.charon import VICI
+from lab.services.swtpm import SwtpmService, tpm_charon
 
 PREFIX = os.environ.get("TP_TPM_LAB_PREFIX", "tpk")
 COWORK, MFP = "10.77.0.20", "10.77.0.10"
@@ -54,28 +53,6 @@ def lab_cli(*args: str, timeout: float = 300) -> dict:
         raise AssertionError(f"lab {args}: not JSON (exit {proc.returncode}): {proc.stderr[-2000:]}")
     assert proc.returncode == 0, f"lab {args}: {out}"
     return out
-
-
-class Charon(MfpCharonService):
-    """A charon on `host`, with the `tpm` plugin reaching `tpm` (a SwtpmService) or without one."""
-
-    def __init__(self, name: str, host: str, tpm: SwtpmService | None):
-        super().__init__()
-        self.name, self.host_name, self.tpm = name, host, tpm
-
-    def conf_text(self, lab) -> str:
-        return strongswan_conf(self.backend(), vici_socket=VICI,
-                               tpm=self.tpm.config(lab) if self.tpm is not None else None)
-
-    def start(self, lab) -> None:
-        self._clear_stale(lab)
-        conf = self.conf_dir(lab) / "strongswan.conf"
-        conf.write_text(self.conf_text(lab))
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "STRONGSWAN_CONF": str(conf),
-               **(self.tpm.config(lab).charon_env() if self.tpm is not None else {})}
-        lab.spawn(self.name, self.host_name, [CHARON], env=env)
-        wait_for(lambda: _vici_ready(self.vici_socket(lab)) or not self.running(lab), 15, f"{self.name}'s VICI")
-        assert self.running(lab), f"{self.name} exited at start"
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +90,7 @@ def _established(lab) -> list[str]:
                   if line.strip().startswith("remote ") and "@" in line)
 
 
-def _try_tunnel(lab, charon: Charon, loot: Path):
+def _try_tunnel(lab, charon, loot: Path):
     tun = open_tunnel(TunnelConfig(backend=charon.backend(), vici_socket=str(charon.vici_socket(lab)),
                                    netns=lab.host(charon.host_name).ns, device_cert=str(loot / "device-cert.pem"),
                                    device_key=str(loot / "ike.key")))
@@ -158,7 +135,7 @@ def test_every_file_of_the_sd_card_on_the_coworking_host_opens_no_tunnel(tpm_lab
     assert MFP not in _established(lab) and COWORK not in _established(lab)
 
     # 1. a charon without a TPM: no key to sign with
-    bare = Charon("thief-charon", "cowork", None)
+    bare = tpm_charon("thief-charon", "cowork", None)
     bare.start(lab)
     try:
         with pytest.raises(TunnelSetupFailed) as err:
@@ -171,7 +148,7 @@ def test_every_file_of_the_sd_card_on_the_coworking_host_opens_no_tunnel(tpm_lab
     # 2. a TPM of the thief's own: the handle holds nothing, the blob does not load
     own = SwtpmService("cowork")
     own.start(lab)
-    armed = Charon("thief-charon", "cowork", own)
+    armed = tpm_charon("thief-charon", "cowork", own)
     armed.start(lab)
     try:
         with pytest.raises(TunnelSetupFailed) as err:
@@ -192,7 +169,7 @@ def test_every_file_of_the_sd_card_on_the_coworking_host_opens_no_tunnel(tpm_lab
     # 3. control: the same files with the MFP's TPM open acme's tunnel (the TPM is what was missing).
     # Only the lab lets cowork reach that TPM (its broker's socket lies on the shared file system;
     # the office host's own stack may not send IKE: the device firewall lets only sandboxes out)
-    home = Charon("control-charon", "cowork", SwtpmService("office"))
+    home = tpm_charon("control-charon", "cowork", SwtpmService("office"))
     home.start(lab)
     try:
         up = _try_tunnel(lab, home, loot)

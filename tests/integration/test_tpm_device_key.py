@@ -30,11 +30,10 @@ from prereq import need_binary
 
 from hal.tpm import read_ref
 from hal.tunnel import TunnelConfig, TunnelSetupFailed, open_tunnel
-from hal.tunnel.charon_conf import strongswan_conf
 from lab.orgs import DEVICE_ID
-from lab.poll import wait_for
-from lab.services.charon import CHARON, VICI, GatewayService, MfpCharonService, _vici_ready
-from lab.services.swtpm import SwtpmService
+from lab.services.charon import VICI, GatewayService
+from lab.services.swtpm import SwtpmService, tpm_charon
+from test_tunnel_device_cert import make_ca
 
 TOOLS = ("/usr/bin/swtpm", "/usr/sbin/tpm2-abrmd", "/usr/bin/tpm2_create", "/usr/bin/dbus-daemon",
          "/usr/lib/x86_64-linux-gnu/ossl-modules/tpm2.so", "/usr/lib/ipsec/plugins/libstrongswan-tpm.so")
@@ -44,42 +43,8 @@ def _now():
     return dt.datetime.now(dt.timezone.utc)
 
 
-class TpmCharon(MfpCharonService):
-    """A charon with the `tpm` plugin reaching `tpm` (a SwtpmService), or without it (`tpm` None)."""
-
-    def __init__(self, name: str, host: str, tpm: SwtpmService | None, backend: str | None = None):
-        super().__init__(backend)
-        self.name, self.host_name, self.tpm = name, host, tpm
-
-    def conf_text(self, lab) -> str:
-        tpm = self.tpm.config(lab) if self.tpm is not None else None
-        return strongswan_conf(self.backend(), vici_socket=VICI, tpm=tpm)
-
-    def start(self, lab) -> None:
-        """As the lab's charons start, with the broker's bus in charon's environment (what
-        hal.tunnel.sandbox_charon does for a session's charon)."""
-        if self.running(lab):
-            return
-        self._clear_stale(lab)
-        conf = self.conf_dir(lab) / "strongswan.conf"
-        conf.write_text(self.conf_text(lab))
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "STRONGSWAN_CONF": str(conf),
-               **(self.tpm.config(lab).charon_env() if self.tpm is not None else {})}
-        lab.spawn(self.name, self.host_name, [CHARON], env=env)
-        wait_for(lambda: _vici_ready(self.vici_socket(lab)) or not self.running(lab), 15, f"{self.name}'s VICI")
-        assert self.running(lab), f"{self.name} exited at start"
-
-
 def make_space_ca():
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "space-1 device CA")])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(_now() - dt.timedelta(minutes=5))
-            .not_valid_after(_now() + dt.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
-    return cert, key
+    return make_ca("space-1 device CA")
 
 
 def certify(ca, csr_pem: str, device_id: str = DEVICE_ID) -> str:
@@ -206,7 +171,7 @@ def test_ensure_keeps_a_certificate_for_the_tpm_key(lab, tpm, space_ca, tmp_path
 @pytest.fixture(scope="module")
 def charons(lab, tpm, space_ca):
     need_binary("/usr/lib/ipsec/charon", "/usr/sbin/swanctl", "nft")
-    mfp = TpmCharon("tpm-mfp-charon", "office", tpm)
+    mfp = tpm_charon("tpm-mfp-charon", "office", tpm)
     pem = space_ca[0].public_bytes(serialization.Encoding.PEM).decode()
     gw = GatewayService("acme", backend=mfp.backend(), device_ca_pem=pem)
     for svc in (mfp, gw):
@@ -262,7 +227,7 @@ def test_several_processes_use_the_one_tpm_at_once(lab, tpm, charons, device):
     from hal.tpm import keys
 
     mfp, _ = charons
-    second = TpmCharon("tpm-second-charon", "cowork", tpm)  # stands for a second session's sandbox
+    second = tpm_charon("tpm-second-charon", "cowork", tpm)  # stands for a second session's sandbox
     second.start(lab)
     tun = tunnel_on(lab, mfp, "office", device)
     errors: list[BaseException] = []
@@ -305,7 +270,7 @@ def test_the_reference_file_elsewhere_opens_nothing(lab, charons, device, tmp_pa
     loot.mkdir()
     for f in device.iterdir():
         (loot / f.name).write_bytes(f.read_bytes())
-    no_tpm = TpmCharon("thief-charon", "cowork", None)
+    no_tpm = tpm_charon("thief-charon", "cowork", None)
     own = SwtpmService("cowork")
     no_tpm.start(lab)
     try:
@@ -317,7 +282,7 @@ def test_the_reference_file_elsewhere_opens_nothing(lab, charons, device, tmp_pa
     finally:
         no_tpm.stop(lab)
     own.start(lab)
-    with_own = TpmCharon("thief-charon", "cowork", own)
+    with_own = tpm_charon("thief-charon", "cowork", own)
     with_own.start(lab)
     try:
         tun = tunnel_on(lab, with_own, "cowork", loot)
