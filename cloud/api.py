@@ -5,6 +5,8 @@
     POST /v1/cards/lookup              signed, {"card": "card-<hex>"} -> 200 {"org_id"} | 401 | 403 | 422
     POST /v1/device/certificate        signed, {"csr_pem"} -> 200 {"certificate_pem", "ca_pem", "not_after"}
                                        | 401 | 403 (CSR not P-256 or its signature bad) | 422 | 429
+    POST /v1/device/sessions/end       signed, {"org_id": "<org>" | null} -> 200 {"ended"} | 401 | 422 | 429: the
+                                       device's session ended (cloud/sessions.py)
     POST /v1/orgs/{org_id}/duplicate-sa  signed by the org's gateway (org/gateway_report.py), {device_id,
                                        remote_host, at} -> 201 | 401 | 422 | 429 (cloud/gateway_reports.py)
     GET  /v1/spaces/{space_id}/ca.pem  public: the space's device CA (PEM) | 404
@@ -43,6 +45,7 @@ from cloud.config import CloudConfig
 from cloud.crypto import CryptoError, Keyring
 from cloud.device_ca import CERT_BURST, CERT_PER_HOUR, DeviceCA, UnknownSpace
 from cloud.gateway_reports import GatewayReports
+from cloud.sessions import DeviceSessions, parse_end
 from cloud.lookup import DeviceDirectory, Refused, Unauthenticated
 from cloud.ratelimit import DeviceThrottle, RateLimited, RateLimits, TokenBuckets, retry_after, source_key
 from cloud.storage import open_engine
@@ -79,6 +82,7 @@ class ErrorResponse(BaseModel):
     error: str
 
 
+SESSIONS_END_PATH = "/v1/device/sessions/end"
 DUPLICATE_SUFFIX = DUPLICATE_PATH.removeprefix("/v1/orgs/{org}")  # "/duplicate-sa"
 SIGNATURE_HEADERS = [{"name": h, "in": "header", "required": False, "schema": {"type": "string"}}
                      for h in (H_DEVICE, H_TIMESTAMP, H_NONCE, H_SIGNATURE)]
@@ -138,6 +142,8 @@ class SourceLimit:
             return "certificate", self.limits.source
         if path.startswith(SPACES_PATH):
             return "device-ca", self.limits.source
+        if path == SESSIONS_END_PATH:
+            return "session-end", self.limits.source
         if path.startswith("/v1/orgs/") and path.endswith(DUPLICATE_SUFFIX):
             return "gateway-report", self.limits.source
         return self.limits.for_path(path)
@@ -202,6 +208,7 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60, config: 
     directory = DeviceDirectory(engine, keyring, window_s=window_s, device_limit=limits.device)
     cas = DeviceCA(engine, keyring)
     reports = GatewayReports(engine, window_s=window_s)
+    sessions = DeviceSessions(engine)
     cert_limit = cert_limit or TokenBuckets(CERT_PER_HOUR / 60.0, CERT_BURST)
     cert_throttle = DeviceThrottle(engine, cert_limit, directory.count_refusal)
     limiter: list[CapacityLimiter] = []
@@ -286,7 +293,9 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60, config: 
             try:
                 device_id, nonce, key = directory.authenticate(request.headers, request.method, path, body)
                 directory.throttle(device_id, "lookup", host)
-                return directory.lookup(device_id, nonce, org_id, key, host)
+                wire = directory.lookup(device_id, nonce, org_id, key, host)
+                sessions.opened(device_id, wire["org_id"], host)  # a second one is an anomaly (cloud/sessions.py)
+                return wire
             except Unauthenticated as exc:
                 directory.record_refusal("lookup", exc, host, org_id=org_id)
                 raise
@@ -404,6 +413,30 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60, config: 
             return _err(422, "malformed")
         log.warning("org %s's gateway reports a duplicate IKE SA of device %s", org_id, device_id)
         return JSONResponse({"audited": True}, status_code=201, headers={"Cache-Control": "no-store"})
+
+    @app.post(SESSIONS_END_PATH, responses={200: {"content": {"application/json": {}}}, 401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+              openapi_extra={"parameters": SIGNATURE_HEADERS})
+    async def sessions_end(request: Request):
+        """The device's session with `org_id` ended (`null`: every session, at the daemon's start)."""
+        body = await request.body()
+        path, host = _signed_path(request), _host(request)
+
+        def work() -> int:
+            try:
+                device_id, nonce, key = directory.authenticate(request.headers, request.method, path, body)
+                return sessions.ended(device_id, nonce, key, parse_end(body))
+            except Unauthenticated as exc:
+                directory.record_refusal("session-end", exc, host)
+                raise
+
+        try:
+            ended = await to_thread.run_sync(work, limiter=db_threads())
+        except Unauthenticated as exc:
+            _log_refusal("session end", exc)
+            return _err(401, "unauthenticated")
+        except Refused:
+            return _err(422, "malformed")
+        return JSONResponse({"ended": ended}, headers={"Cache-Control": "no-store"})
 
     async def _space_object(space_id: str, make, media_type: str, max_age: int) -> Response:
         try:

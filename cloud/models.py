@@ -142,3 +142,13 @@ class DeviceSource(Base):
     device_id: Mapped[str] = mapped_column(ForeignKey("device.id"), primary_key=True)
     source: Mapped[str] = mapped_column(String(64), primary_key=True)
     first_seen: Mapped[float] = mapped_column(Float)
+
+
+class DeviceSession(Base):
+    """An org a device holds a session with: from its granted lookup until the device reports the
+    session's end (cloud/sessions.py)."""
+    __tablename__ = "device_session"
+    device_id: Mapped[str] = mapped_column(ForeignKey("device.id"), primary_key=True)
+    org_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    opened_at: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(64))

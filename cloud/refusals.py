@@ -8,15 +8,15 @@ audit events (which name devices and are append-only) but counters in `refusal_c
 stored at all.
 
 The bound: each API process counts at most `MAX_PREFIXES` (16) distinct source prefixes (IPv4 /24,
-IPv6 /48) per minute, the rest as `other`; actions and reasons come from closed sets, and only 32
+IPv6 /48) per minute, the rest as `other`; actions and reasons come from closed sets, and only 38
 (action, reason) pairs occur (lookup, card lookup and certificate: missing-headers,
 malformed-headers, malformed-signature, unknown-device, bad-signature, rate-limited,
-device-rate-limited; enrol: unknown-token, bad-public-key, rate-limited; the public CA and CRL
-(`other`): rate-limited; gateway reports: missing-headers, malformed-headers, malformed-signature,
-bad-certificate, bad-signature, stale-request, rate-limited). So a minute adds at most
-32 x (16 x processes + 1) rows (544 with one process), however many requests arrive; 400 junk
-lookups from one address add one row per reason they hit per minute they span. Rows older than `RETENTION_S` (30 days) are
-deleted.
+device-rate-limited; session end: the same but device-rate-limited; enrol: unknown-token,
+bad-public-key, rate-limited; the public CA and CRL (`other`): rate-limited; gateway reports:
+missing-headers, malformed-headers, malformed-signature, bad-certificate, bad-signature,
+stale-request, rate-limited). So a minute adds at most 38 x (16 x processes + 1) rows (646 with one
+process), however many requests arrive; 400 junk lookups from one address add one row per reason
+they hit per minute they span. Rows older than `RETENTION_S` (30 days) are deleted.
 
 Counts are gathered in memory and written at most once a second per process (one upsert per key),
 so a flood costs no database write per request; a process that dies loses at most its last second
@@ -39,7 +39,7 @@ from cloud.storage import read_txn, upsert, write_txn
 log = logging.getLogger("tenantprint.cloud")
 T_REFUSAL = RefusalCount.__table__
 
-ACTIONS = ("lookup", "card-lookup", "enrol", "certificate", "gateway-report")
+ACTIONS = ("lookup", "card-lookup", "enrol", "certificate", "gateway-report", "session-end")
 REASONS = ("missing-headers", "malformed-headers", "malformed-signature", "unknown-device", "bad-signature",
            "unknown-token", "bad-public-key", "rate-limited", "device-rate-limited", "bad-certificate",
            "stale-request")

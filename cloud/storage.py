@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 
 DEFAULT_DB = "sqlite:////var/lib/tenantprint-cloud/cloud.db"
 _MIGRATIONS = Path(__file__).parent / "migrations"
-HEAD = "0004"
+HEAD = "0005"
 
 
 class StorageError(Exception):

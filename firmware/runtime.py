@@ -120,8 +120,10 @@ class Runtime:
         self._releasing: set[tuple[int, int]] = set()
         self._deferred: list = []
         self._card_directory = None
+        self.session_ends = None  # firmware/session_ends.py, once the daemon runs (enrolled devices)
         self.device_cert: dict = {}  # how the device certificate stands (firmware/device_cert.py)
         self.done = asyncio.Event()
+        self.stopping = threading.Event()  # the same, for the daemon's own threads (asyncio's cannot be waited on there)
         self.taps = 0  # card events handled (lets a client tell that its tap was seen)
         self.spare_keeper: SecretKeeper | None = None  # the next session's keeper, holding nothing yet
         self.engine_stop = threading.Event()
@@ -394,6 +396,8 @@ class Runtime:
             # a sandbox still being taken, a print service still starting would outlive the purge
             concurrent.futures.wait(waits, timeout=PRINT_SERVICE_START_S)
         report = purge(self.devices, s, e.reason)
+        if s is not None and self.session_ends is not None:
+            self.session_ends.ended(s.org)  # the cloud counts it open until told (firmware/session_ends.py)
         if sr is not None:
             self.loop.call_soon_threadsafe(self._closed, sr)
         self.post(ev.PurgeDone(self.now(), e.session, report.ok, report.leftovers))
@@ -492,7 +496,7 @@ class Runtime:
         if not self.cfg.device.device_id:
             return
         client = None
-        while not self.done.is_set():
+        while not self.stopping.is_set():
             try:
                 client = client or build_directory(self.cfg)
                 state = device_cert.ensure(self.cfg, client, time.time())
@@ -503,7 +507,9 @@ class Runtime:
                 self.device_cert = {"status": state.status, "usable": state.usable}
                 journal.record("device certificate", level=20 if state.usable else 30, status=state.status,
                                reason=state.reason)
-            self.done.wait(DEVICE_CERT_EVERY_S if state is not None and state.usable else 60)
+            # (not `self.done.wait`: an asyncio.Event's wait takes no timeout, and the TypeError
+            # ended this thread after its first round: the certificate was never renewed)
+            self.stopping.wait(DEVICE_CERT_EVERY_S if state is not None and state.usable else 60)
 
     async def _tick(self) -> None:
         interval = sdnotify.watchdog_interval()
@@ -661,6 +667,11 @@ class Runtime:
         engine_thread = threading.Thread(target=self._serve_engine, name="engine", daemon=True)
         engine_thread.start()
         threading.Thread(target=self._keep_device_cert, name="device-cert", daemon=True).start()
+        if self.cfg.device.device_id and self.cfg.cloud.url:
+            from firmware.session_ends import ALL, SessionEnds
+
+            self.session_ends = SessionEnds(lambda: build_directory(self.cfg)).start()
+            self.session_ends.ended(ALL)  # a previous daemon's sessions ended with it (the boot purge)
         # The device firewall and the kernel's network settings hold before anything else: if not,
         # the boot purge's check finds it and latches Fault (no session), the daemon stays up.
         try:
@@ -684,6 +695,7 @@ class Runtime:
                     break
         finally:
             self.done.set()
+            self.stopping.set()
             sdnotify.notify("STOPPING=1")
             self.engine_stop.set()  # a job still spooled is printed after the next start
             self.devices.engine.stop_waiting()

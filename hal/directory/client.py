@@ -199,6 +199,18 @@ class DirectoryClient:
             raise DirectoryMalformed(f"{what}: unexpected HTTP {resp.status_code}")
         return answer
 
+    def end_sessions(self, org_id: str | None) -> int:
+        """Tell the directory the device's session with `org_id` ended (None: every session, at the
+        daemon's start); how many it held open (cloud/sessions.py)."""
+        if org_id is not None and (not isinstance(org_id, str) or not _ORG_ID.match(org_id)):
+            raise DirectoryRefused("org id is not valid", 403)
+        answer = self._exchange("POST", "/v1/device/sessions/end", json.dumps({"org_id": org_id}).encode(), 4096,
+                                "session end", "session end refused")
+        try:
+            return int(json.loads(answer)["ended"])
+        except (ValueError, KeyError, TypeError):
+            raise DirectoryMalformed("session end: not the directory's answer") from None
+
     def fetch_profile(self, org_id: str) -> SessionProfile:
         if not isinstance(org_id, str) or not _ORG_ID.match(org_id):
             raise DirectoryRefused("org id is not valid", 403)

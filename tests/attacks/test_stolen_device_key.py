@@ -5,7 +5,8 @@ The pen test's finding was that `device.key` alone fetched acme's and globex's P
 brought up acme's tunnel from a laptop and took the MFP's place. Now:
 - a signed lookup with the copied key answers profiles that hold no secret of any org (no canary,
   not even of globex, whose users are in its LDAP directory: the device certificate binds there),
-  and the cloud audits the lookups from a new address as an anomaly;
+  and the cloud audits the lookups from a new address as an anomaly, and acme's (whose session the
+  MFP holds) as a second session;
 - the copied device key gets no certificate for a key of the thief's own (the device's first
   certificate pinned its key): no tunnel without the device's own IKE key, which a TPM would keep;
 - with the device's IKE key and certificate copied too, a second IKE SA with the device's identity
@@ -121,6 +122,11 @@ def test_a_copied_device_key_fetches_no_secret_gets_no_certificate_and_takes_ove
     assert got["certificate"][0] == 403
     new = _audit(system)[before:]
     assert ("anomaly", "new-source") in new and ("anomaly", "ike-key-changed") in new, new
+    # acme's lookup while the MFP's own acme session is open: a second session with one device
+    # identity (cloud/sessions.py); globex's is not (the MFP has none open with globex)
+    out = cloud_svc.run_cli(system, ["audit", "--device", DEVICE_ID, "--json"])
+    second = [e for e in json.loads(out.stdout) if e["outcome"] == "second-session"]
+    assert {(e["org_id"], e["source"]) for e in second} == {("acme", "10.77.0.20")}, second
 
     # 3. the device's IKE key and certificate copied too (no TPM): the thief's SA is ended, the MFP's stays
     wait_for(lambda: lab_cli("status")["desks"]["acme"]["queue"], 20, "acme's desk queue")
@@ -145,7 +151,8 @@ def test_a_copied_device_key_fetches_no_secret_gets_no_certificate_and_takes_ove
     assert "duplicate IKE SA for MFP mfp-1.space-1 from 10.77.0.20" in log
     # ... and the cloud's audit shows it, reported by acme's gateway (signed with its key) with the
     # thief's address as the source
-    wait_for(lambda: ("anomaly", "duplicate-ike-sa") in _audit(system), 20, "the duplicate in the cloud's audit")
+    # (reported once the MFP's SA still lives 8 s after it: the lab's dead-peer detection takes ~4 s)
+    wait_for(lambda: ("anomaly", "duplicate-ike-sa") in _audit(system), 30, "the duplicate in the cloud's audit")
     out = cloud_svc.run_cli(system, ["audit", "--device", DEVICE_ID, "--json"])
     dup = [e for e in json.loads(out.stdout) if e["outcome"] == "duplicate-ike-sa"]
     assert {(e["org_id"], e["source"]) for e in dup} == {("acme", "10.77.0.20")}, dup

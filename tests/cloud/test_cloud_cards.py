@@ -315,7 +315,7 @@ def test_an_0001_database_upgrades_keeping_its_data(db_url):
         c.execute(text("INSERT INTO audit_event (at, action, outcome) VALUES (0, 'old', 'done')"))
     assert current_revision(engine) == "0001"
     migrate(engine)
-    assert current_revision(engine) == HEAD == "0004"
+    assert current_revision(engine) == HEAD == "0005"
     with engine.connect() as c:
         assert c.execute(text("SELECT id FROM space")).scalar() == "s"
         assert c.execute(text("SELECT card_ref FROM audit_event WHERE action = 'old'")).first() == (None,)
