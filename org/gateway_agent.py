@@ -52,6 +52,10 @@ from urllib.parse import parse_qs, urlparse
 
 import vici
 
+# A duplicate is reported if the first SA still lives this long after it: longer than the gateway's
+# dead-peer detection takes to end a dead SA (a few seconds with org/gateway_config.py's DPD and
+# hal/tunnel/charon_conf.py's retransmits; strongSwan's default retransmits need ~165 s).
+REPORT_AFTER_S = 15.0
 log = logging.getLogger("tenantprint.org.gateway_agent")
 
 
@@ -89,10 +93,10 @@ def connected_mfps(sas: list[dict], conn_prefix: str = "", going: frozenset[str]
     return out
 
 
-def duplicates(sas: list[dict], conn_prefix: str = "") -> list[tuple[str, str, str]]:
+def duplicates(sas: list[dict], conn_prefix: str = "") -> list[tuple[str, str, str, str]]:
     """Pure: the IKE SAs to end because an earlier one with the same MFP identity is up: (unique
-    id, identity, remote host) of each but the first (lowest unique id) per identity, ESTABLISHED
-    or still connecting. In certificate mode one device identity is one MFP: a second SA with it
+    id, identity, remote host, the first SA's unique id) of each but the first (lowest unique id)
+    per identity, ESTABLISHED or still connecting. In certificate mode one device identity is one MFP: a second SA with it
     is a copied key (issue 18), and strongSwan's `unique = keep` cannot stop it (a peer's
     INITIAL_CONTACT makes charon 5.9 replace the SA that is up; org/gateway_config.py uses
     `unique = never` for such connections and leaves the decision here)."""
@@ -109,9 +113,16 @@ def duplicates(sas: list[dict], conn_prefix: str = "") -> list[tuple[str, str, s
             by_id.setdefault(ident, []).append((int(uid), uid, _text(sa.get("remote-host", b""))))
     out = []
     for ident, found in by_id.items():
-        for _, uid, host in sorted(found)[1:]:
-            out.append((uid, ident, host))
+        first, *later = sorted(found)
+        for _, uid, host in later:
+            out.append((uid, ident, host, first[1]))
     return out
+
+
+def established(sas: list[dict]) -> set[str]:
+    """Pure: the unique ids of the ESTABLISHED IKE SAs in a `list-sas` answer."""
+    return {_text(sa.get("uniqueid", b"")) for entry in sas for sa in entry.values()
+            if _text(sa.get("state", b"")) == "ESTABLISHED"}
 
 
 def going_down(label, event) -> frozenset[str]:
@@ -359,11 +370,14 @@ def _charon_started(session: vici.Session) -> str:
 
 class GatewayAgent:
     def __init__(self, vici_socket: str, listen: tuple[str, int], conn_prefix: str = "", reconcile_s: float = 2.0,
-                 *, one_sa_per_device: bool = False, reporter=None, signer=None):
+                 *, one_sa_per_device: bool = False, reporter=None, signer=None,
+                 report_after_s: float = REPORT_AFTER_S):
         # certificate mode: end every IKE SA but the first per device identity (`duplicates`); off
         # for PSK connections, whose `unique = replace` lets a rebooted MFP take its place at once
         self.one_sa_per_device = one_sa_per_device
         self.reporter = reporter  # org/gateway_report.py Reporter: each duplicate goes to the cloud's audit
+        self._to_report: list[tuple] = []  # (due, first SA's uid, identity, host, when): see _report_due
+        self.report_after_s = report_after_s
         self.vici_socket = vici_socket
         self.registry = MfpRegistry()
         self.outcomes = OutcomeStore()
@@ -386,23 +400,39 @@ class GatewayAgent:
         sas = list(session.list_sas())
         dups = duplicates(sas, self.conn_prefix) if self.one_sa_per_device else []
         if dups:
-            going = going | {uid for uid, _, _ in dups}
-            for uid, ident, host in dups:
-                self._end_duplicate(session, uid, ident, host)
+            going = going | {uid for uid, _, _, _ in dups}
+            for uid, ident, host, first in dups:
+                self._end_duplicate(session, uid, ident, host, first)
+        self._report_due(established(sas))
         if self.registry.replace(connected_mfps(sas, self.conn_prefix, going, self.charon_started)):
             log.info("mfps %s", json.dumps(self.registry.snapshot()["mfps"]))
 
-    def _end_duplicate(self, session: vici.Session, uid: str, ident: str, host: str) -> None:
+    def _end_duplicate(self, session: vici.Session, uid: str, ident: str, host: str, first: str) -> None:
         log.warning("duplicate IKE SA for MFP %s from %s: ended, the first one stays (a copied device key?)",
                     ident, host)
-        self.duplicates_ended = [*self.duplicates_ended[-99:], {"id": ident, "remote_host": host, "at": time.time()}]
-        if self.reporter is not None:
-            self.reporter.duplicate(ident, host)
+        now = time.time()
+        self.duplicates_ended = [*self.duplicates_ended[-99:], {"id": ident, "remote_host": host, "at": now}]
+        if self.reporter is not None and len(self._to_report) < 100:
+            self._to_report.append((time.monotonic() + self.report_after_s, first, ident, host, now))
         try:
             for _ in session.terminate({"ike-id": uid, "force": "yes", "timeout": "-1"}):
                 pass
         except Exception as exc:  # noqa: BLE001 (gone already, or charon busy: the next reconcile retries)
             log.warning("ending duplicate IKE SA %s failed: %s", uid, type(exc).__name__)
+
+    def _report_due(self, up: set[str]) -> None:
+        """Report the duplicates whose first SA is still up `report_after_s` after: two live SAs
+        with one identity. A first SA gone by then was a dead one (the MFP restarted, and DPD ended
+        its old SA), and that is no copied key: logged, not reported."""
+        now, keep = time.monotonic(), []
+        for due, first, ident, host, at in self._to_report:
+            if now < due:
+                keep.append((due, first, ident, host, at))
+            elif first in up:
+                self.reporter.duplicate(ident, host, at)
+            else:
+                log.info("the earlier IKE SA of MFP %s is gone: %s was the MFP itself again, not reported", ident, host)
+        self._to_report = keep
 
     def _follow(self) -> None:
         """Reconcile on every IKE event and every `reconcile_s`; on a lost charon, report no MFPs
@@ -450,6 +480,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--report-to", metavar="URL", help="certificate mode: the cloud (https://host:port) that "
                                                       "audits each duplicate SA (org/gateway_report.py)")
     p.add_argument("--org-id", help="with --report-to: this gateway's org")
+    p.add_argument("--report-after", type=float, default=REPORT_AFTER_S, metavar="S",
+                   help="report a duplicate when the MFP's first SA still lives S seconds after it (longer "
+                        "than dead-peer detection takes: a restarted MFP's dead SA is no copied key)")
     p.add_argument("--gateway-cert", help="certificate mode: the gateway's certificate (PEM, of the org CA); "
                                           "the answers to the desks and the reports to the cloud are signed")
     p.add_argument("--gateway-key", help="the gateway's key (PEM) that signs them")
@@ -480,7 +513,7 @@ def main(argv: list[str]) -> int:
         except (OSError, ValueError) as exc:
             p.error(f"the answers to the desks cannot be signed: {type(exc).__name__}: {exc}")
     agent = GatewayAgent(args.vici, (host, int(port)), args.conn_prefix, one_sa_per_device=args.one_sa_per_device,
-                         reporter=reporter, signer=signer)
+                         reporter=reporter, signer=signer, report_after_s=args.report_after)
     if args.crl_url:
         from org.gateway_crl import CrlKeeper
 

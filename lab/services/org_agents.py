@@ -115,7 +115,7 @@ class GatewayAgentService:
         conf = GatewayService(self.org).conf_dir(lab)
         return ["--one-sa-per-device", "--crl-url", f"{cloud.url(lab)}/v1/spaces/space-1/crl",
                 "--crl-ca", str(conf / "x509ca" / DEVICE_CA), "--cloud-ca", str(cloud.ca_file(lab)),
-                "--report-to", cloud.url(lab), "--org-id", self.org,
+                "--report-to", cloud.url(lab), "--org-id", self.org, "--report-after", "8",  # the lab's DPD: ~4 s
                 "--gateway-cert", str(conf / "x509" / GATEWAY_CERT), "--gateway-key", str(conf / "private" / GATEWAY_KEY)]
 
     def _listening(self, lab) -> bool:

@@ -107,6 +107,42 @@ def test_duplicates_are_every_sa_but_the_first_per_device_identity():
 
     sas = [sa(7, "mfp-1", "10.77.0.20"), sa(3, "mfp-1", "10.77.0.10"), sa(5, "mfp-2", "10.77.0.30"),
            sa(9, "mfp-1", "10.77.0.40", "CONNECTING"), sa(11, "mfp-2", "10.77.0.50", "DELETING")]
-    assert duplicates(sas) == [("7", "mfp-1", "10.77.0.20"), ("9", "mfp-1", "10.77.0.40")]
+    assert duplicates(sas) == [("7", "mfp-1", "10.77.0.20", "3"), ("9", "mfp-1", "10.77.0.40", "3")]
     assert duplicates(sas, conn_prefix="other-") == []
     assert duplicates([sa(3, "mfp-1", "10.77.0.10")]) == []
+
+
+def test_a_duplicate_is_reported_only_while_the_first_sa_lives():
+    """Two live SAs with one identity are a copied key: reported. A first SA that is gone by the
+    time the report is due was the MFP's own dead one (it restarted): not reported."""
+    from org.gateway_agent import GatewayAgent
+
+    class Reporter:
+        def __init__(self):
+            self.sent = []
+
+        def duplicate(self, ident, host, at=None):
+            self.sent.append((ident, host))
+
+    class Vici:
+        def terminate(self, _args):
+            return iter(())
+
+    reporter = Reporter()
+    agent = GatewayAgent("/nonexistent", ("127.0.0.1", 0), one_sa_per_device=True, reporter=reporter,
+                         report_after_s=0.0)
+    try:
+        agent._end_duplicate(Vici(), "7", "mfp-1", "10.77.0.20", "3")  # a thief beside the live MFP
+        agent._end_duplicate(Vici(), "9", "mfp-2", "10.77.0.10", "4")  # mfp-2 restarted: its SA 4 is dead
+        agent._report_due({"3", "9"})
+        assert reporter.sent == [("mfp-1", "10.77.0.20")] and agent._to_report == []
+        late = GatewayAgent("/nonexistent", ("127.0.0.1", 0), one_sa_per_device=True, reporter=reporter,
+                            report_after_s=60.0)
+        try:
+            late._end_duplicate(Vici(), "7", "mfp-1", "10.77.0.20", "3")
+            late._report_due({"3"})
+            assert len(reporter.sent) == 1 and len(late._to_report) == 1  # not due yet
+        finally:
+            late.http.server_close()
+    finally:
+        agent.http.server_close()
