@@ -23,6 +23,7 @@ import threading
 from pathlib import Path
 
 from firmware import journal
+from firmware.config import device_tpm
 from firmware.session_fs import SessionFs
 from hal.net import NetError
 from hal.net.firewall import Firewall
@@ -73,7 +74,7 @@ class SandboxSlot:
         self.backend = backend
         self.sandbox = Sandbox(self.name, index, link_net=cfg.sessions.link_net, run_root=cfg.sessions.run_root,
                                uplink=cfg.sessions.uplink or None)
-        self.charon = SandboxCharon(self.sandbox, backend)
+        self.charon = SandboxCharon(self.sandbox, backend, tpm=device_tpm(cfg))  # the device key in a TPM: its plugin
         self.firewall = Firewall.for_sandbox(backend, self.name, port=cfg.session.ipp_port)
         self.tunnel: Tunnel = open_tunnel(TunnelConfig(backend=backend, vici_socket=str(self.charon.vici_socket),
                                                        netns=self.name))

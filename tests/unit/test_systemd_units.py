@@ -300,7 +300,7 @@ def test_firmware_unit_allows_the_usb_devices_reading_input_devices_and_the_tun_
     svc = parse_unit(UNITS_DIR / "tenantprint-firmware.service")["Service"]
     assert svc["DevicePolicy"] == ["closed"]
     # /dev/net/tun: a sandbox's charon with the libipsec backend makes its ipsec0 there
-    assert svc["DeviceAllow"] == ["char-usb_device rw", "char-input r", "/dev/net/tun rw"]
+    assert svc["DeviceAllow"] == ["char-usb_device rw", "char-input r", "/dev/net/tun rw", "/dev/tpmrm0 rw"]
 
 
 def _reader_setup(tmp_path: Path, kind: str, bound: list[str]) -> tuple[subprocess.CompletedProcess, Path, Path]:
