@@ -33,11 +33,6 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from firmware.config import DEVICE_CERT_FILE, DEVICE_KEY_FILE, SPACE_CA_FILE, device_tpm
 from hal.directory import DirectoryError, DirectoryRefused
 from hal.directory.device_cert import (
@@ -124,58 +119,10 @@ def _verify(cert_pem: str, ca_pem: str, key: Path, device_id: str, now: float) -
 
 
 def _verify_for_tpm_key(cert_pem: str, ca_pem: str, ref: TpmKeyRef, device_id: str, now: float) -> float:
-    """The checks of `hal.directory.device_cert.verify_issued`, with "our key" the TPM's public key
-    (that function loads a private key file, which a TPM key has not). Kept in step with it by
-    tests/unit/test_tpm_device_cert.py, which runs both on the same bad certificates."""
+    """`verify_issued` with "our key" the TPM's public key (a TPM key has no private key file)."""
     from hal.tpm.keys import public_key_der
 
-    def load(pem):
-        try:
-            return x509.load_pem_x509_certificate(pem.encode() if isinstance(pem, str) else pem)
-        except (ValueError, TypeError, AttributeError):
-            return None
-
-    def valid(c) -> bool:
-        return c.not_valid_before_utc.timestamp() <= now < c.not_valid_after_utc.timestamp()
-
-    cert, ca = load(cert_pem), load(ca_pem)
-    if cert is None or ca is None:
-        raise CertificateRejected("unparseable")
-    try:
-        ca_basic = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
-        ca.verify_directly_issued_by(ca)
-    except (x509.ExtensionNotFound, ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        raise CertificateRejected("not-a-ca") from None
-    if not ca_basic.ca:
-        raise CertificateRejected("not-a-ca")
-    if not valid(ca):
-        raise CertificateRejected("ca-not-valid-now")
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        raise CertificateRejected("not-signed-by-ca") from None
-    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if spki != public_key_der(ref):
-        raise CertificateRejected("not-our-key")
-    try:
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        sans = names.get_values_for_type(x509.DNSName)
-        others = len(list(names)) - len(sans)
-    except x509.ExtensionNotFound:
-        sans, others = [], 0
-    cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    if sans != [device_id] or others or cns != [device_id]:
-        raise CertificateRejected("not-this-device")
-    if not valid(cert):
-        raise CertificateRejected("not-valid-now")
-    try:
-        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        raise CertificateRejected("wrong-usage") from None
-    if basic.ca or ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
-        raise CertificateRejected("wrong-usage")
-    return cert.not_valid_after_utc.timestamp()
+    return verify_issued(cert_pem, ca_pem, None, device_id, now, public_key_der=public_key_der(ref))
 
 
 def _make_key(cfg_or_state_dir, key: Path) -> tuple[bool, str]:

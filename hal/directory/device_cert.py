@@ -142,12 +142,14 @@ def _spki(public_key) -> bytes:
     return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def verify_issued(cert_pem: str | bytes, ca_pem: str | bytes, key_path: str | Path, device_id: str,
-                  now: float) -> float:
+def verify_issued(cert_pem: str | bytes, ca_pem: str | bytes, key_path: str | Path | None, device_id: str,
+                  now: float, *, public_key_der: bytes | None = None) -> float:
     """Check a certificate the cloud answered before it is used or stored: `ca_pem` is a
-    self-signed CA valid now, `cert_pem` is signed by it, certifies the key at `key_path`, names
-    `device_id` (CN and its only SAN dNSName), is valid at `now`, is no CA and allows clientAuth.
-    Returns its notAfter; raises `CertificateRejected` (or `DeviceKeyError` for our own key)."""
+    self-signed CA valid now, `cert_pem` is signed by it, certifies our key (the key file at
+    `key_path`, or the SubjectPublicKeyInfo `public_key_der` of a key that is no file: one in a
+    TPM), names `device_id` (CN and its only SAN dNSName), is valid at `now`, is no CA and allows
+    clientAuth. Returns its notAfter; raises `CertificateRejected` (or `DeviceKeyError` for our own
+    key)."""
     cert, ca = _load_cert(cert_pem), _load_cert(ca_pem)
     if cert is None or ca is None:
         raise CertificateRejected("unparseable")
@@ -164,7 +166,8 @@ def verify_issued(cert_pem: str | bytes, ca_pem: str | bytes, key_path: str | Pa
         cert.verify_directly_issued_by(ca)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         raise CertificateRejected("not-signed-by-ca") from None
-    if _spki(cert.public_key()) != _spki(load_key(key_path).public_key()):
+    ours = public_key_der if public_key_der is not None else _spki(load_key(key_path).public_key())
+    if _spki(cert.public_key()) != ours:
         raise CertificateRejected("not-our-key")
     try:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

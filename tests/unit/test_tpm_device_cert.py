@@ -1,8 +1,7 @@
 """firmware.device_cert's checks of an issued certificate for a TPM key (issue 18) against
-hal.directory.device_cert.verify_issued's for a file key: the same certificates, the same verdicts.
-`_verify_for_tpm_key` repeats those checks with the TPM's public key as "ours" (verify_issued loads a
-private key file); this keeps the two in step. The TPM's public key is given here (no TPM needed:
-tests/integration/test_tpm_device_key.py reads it from a real one)."""
+hal.directory.device_cert.verify_issued's for a file key: the same certificates, the same verdicts
+(`_verify_for_tpm_key` gives verify_issued the TPM's public key as "ours"). The TPM's public key is
+given here (no TPM needed: tests/integration/test_tpm_device_key.py reads it from a real one)."""
 
 from __future__ import annotations
 
