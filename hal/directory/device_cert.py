@@ -59,21 +59,30 @@ def _sync_dir(path: Path) -> None:
 
 def make_key(path: str | Path) -> bool:
     """Make a P-256 private key at `path` (PKCS#8 PEM, mode 0600) unless something is there
-    already (then nothing changes: False). The key is written to a temporary file and linked into
-    place, so `path` is either absent or a whole key, and a key another process made meanwhile is
-    never replaced."""
+    already (then nothing changes: False); see `write_new_private`."""
+    path = Path(path)
+    if os.path.lexists(path):
+        return False
+    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return write_new_private(path, pem)
+
+
+def write_new_private(path: str | Path, data: bytes) -> bool:
+    """Write `data` to a new file `path` (mode 0600) unless something is there already (then
+    nothing changes: False). It is written to a temporary file and linked into place, so `path` is
+    either absent or whole, and a file another process made meanwhile is never replaced. (Also the
+    TPM key reference: hal/tpm/keys.py.)"""
     path = Path(path)
     if os.path.lexists(path):
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o600)
-            f.write(pem)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         try:
@@ -88,7 +97,7 @@ def make_key(path: str | Path) -> bool:
             except FileExistsError:
                 return False
             with os.fdopen(out, "wb") as f:
-                f.write(pem)
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
     finally:

@@ -19,7 +19,6 @@ sign with it).
 from __future__ import annotations
 
 import base64
-import errno
 import logging
 import os
 import re
@@ -125,41 +124,9 @@ def make_key(path: str | Path, config: TpmConfig) -> bool:
         _run(["tpm2_load", "-Q", "-C", srk, "-u", str(pub), "-r", str(priv), "-c", str(ctx)], config, "load the key")
         _run(["tpm2_evictcontrol", "-Q", "-C", "o", "-c", str(ctx), handle], config, "persist the key")
         text = render_ref(config, pem.read_text())
-        return _link_new(path, text)
+        from hal.directory.device_cert import write_new_private
 
-
-def _link_new(path: Path, text: str) -> bool:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                raise
-            try:
-                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            except FileExistsError:
-                return False
-            with os.fdopen(out, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-    finally:
-        tmp.unlink(missing_ok=True)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return True
+        return write_new_private(path, text.encode())  # never over a reference another process made
 
 
 def _pem_der(text: str, label: str) -> bytes:
