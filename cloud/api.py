@@ -293,9 +293,7 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60, config: 
             try:
                 device_id, nonce, key = directory.authenticate(request.headers, request.method, path, body)
                 directory.throttle(device_id, "lookup", host)
-                wire = directory.lookup(device_id, nonce, org_id, key, host)
-                sessions.opened(device_id, wire["org_id"], host)  # a second one is an anomaly (cloud/sessions.py)
-                return wire
+                return directory.lookup(device_id, nonce, org_id, key, host)  # opens its session (cloud/sessions.py)
             except Unauthenticated as exc:
                 directory.record_refusal("lookup", exc, host, org_id=org_id)
                 raise

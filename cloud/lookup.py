@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from sqlalchemy import Engine, and_, bindparam, delete, insert, select, update
 
 from cloud import profiles
-from cloud.anomalies import SourceWatch
+from cloud.anomalies import SourceWatch, exact_source
 from cloud.audit_log import T_AUDIT, audit
 from cloud.cards import T_CARD, T_CARD_KEY, CardKeys, card_hash, card_ref
 from cloud.crypto import DecryptError, Keyring, Sealed, Tampered
@@ -35,6 +35,7 @@ from cloud.prepared import Prepared
 from cloud.ratelimit import DeviceThrottle, TokenBuckets
 from cloud.refusals import RefusalCounter
 from cloud.sealing import LegacySeal, open_profile
+from cloud.sessions import OPEN_MAX_S, open_session
 from cloud.storage import read_txn, upsert, write_txn
 from hal.directory.profile import _ID
 from hal.directory.signing import (DEVICE_ID_RE, H_DEVICE, H_NONCE, H_SIGNATURE, H_TIMESTAMP, NONCE_RE,
@@ -226,14 +227,16 @@ class DeviceDirectory:
         granted profile whose sealed part does not open (its public part or ciphertext edited,
         or sealed before the public part was bound) is not served: a second audit event says
         why (`tampered`, `legacy-seal`, `undecryptable`) and the `CryptoError` goes up (503).
-        A verified request from a new source address is an anomaly (cloud/anomalies.py)."""
+        A verified request from a new source address is an anomaly (cloud/anomalies.py); a granted
+        one for an org whose session the device holds open already is one too (cloud/sessions.py)."""
         now = time.time()
         org = _safe_id(org_id)
+        source = exact_source(host)
         if self.engine.dialect.name == "postgresql":
             row = run_lookup(self.engine, device_id=device_id, nonce=nonce, org_id=org, public_key=public_key,
-                             now=now)
+                             now=now, source=source, open_max_s=OPEN_MAX_S)
         else:
-            row = self._lookup_local(device_id, nonce, org, public_key, now)
+            row = self._lookup_local(device_id, nonce, org, public_key, now, source)
         self._maybe_purge(now)
         if host is not None and row.outcome in VERIFIED_OUTCOMES:
             self.sources.seen(device_id, host, org)
@@ -257,8 +260,9 @@ class DeviceDirectory:
         return profiles.join(public, secret)
 
     def _lookup_local(self, device_id: str, nonce: str, org: str | None, public_key: bytes | None,
-                      now: float) -> LookupRow:
-        """The lookup as one local transaction (SQLite); `lookup_pg` is the same in one statement."""
+                      now: float, source: str = "unknown") -> LookupRow:
+        """The lookup as one local transaction (SQLite); `lookup_pg` is the same in one statement.
+        A granted lookup opens the device's session with the org (cloud/sessions.py)."""
         with write_txn(self.engine) as conn:
             dev = DEVICE_AND_PROFILE.first(conn, device_id=device_id, org_id=org or "")
             dev = None if dev is None else _DeviceRow(*dev)
@@ -266,6 +270,8 @@ class DeviceDirectory:
             if outcome is None:
                 outcome = "granted" if dev.secrets_ct is not None else "refused"
             INSERT_AUDIT.run(conn, at=now, device_id=device_id, org_id=org, action="lookup", outcome=outcome).close()
+            if outcome == "granted":
+                open_session(conn, device_id, org, source, now)
         if outcome != "granted":
             return LookupRow(outcome, None, None, None, None, None)
         return LookupRow(outcome, dev.public_json, dev.kek_id, dev.wrapped_dek, dev.secrets_ct, dev.seal_version)

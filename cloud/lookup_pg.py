@@ -2,8 +2,9 @@
 
 `DeviceDirectory.lookup` on SQLite runs a read and two inserts in one local transaction; over a
 network the same work took six round trips (pool ping, BEGIN, three statements, COMMIT). Here the
-device and profile read, the nonce insert and the audit insert are data-modifying CTEs of a single
-statement, so they commit together or not at all, exactly like the SQLite path. The decisions are
+device and profile read, the nonce insert, the audit insert and the device's session (and its
+anomaly) are data-modifying CTEs of a single statement, so they commit together or not at all,
+exactly like the SQLite path. The decisions are
 the same, in the same order: unknown device, key changed, revoked, replay, refused, granted.
 Both paths run the same tests (tests/cloud run every case on both databases).
 """
@@ -44,6 +45,18 @@ WITH d AS (
     INSERT INTO audit_event (at, device_id, org_id, action, outcome)
     SELECT %(now)s, %(device_id)s, %(audit_org_id)s, 'lookup', o.outcome FROM o
     RETURNING outcome
+), prev AS (
+    SELECT opened_at FROM device_session WHERE device_id = %(device_id)s AND org_id = %(org_id)s
+), s AS (
+    INSERT INTO device_session (device_id, org_id, opened_at, source)
+    SELECT %(device_id)s, %(org_id)s, %(now)s, %(source)s FROM o WHERE o.outcome = 'granted'
+    ON CONFLICT (device_id, org_id) DO UPDATE SET opened_at = EXCLUDED.opened_at, source = EXCLUDED.source
+    RETURNING 1
+), x AS (
+    INSERT INTO audit_event (at, device_id, org_id, action, outcome, source)
+    SELECT %(now)s, %(device_id)s, %(audit_org_id)s, 'anomaly', 'second-session', %(source)s
+    FROM o, prev WHERE o.outcome = 'granted' AND prev.opened_at > %(now)s - %(open_max)s
+    RETURNING 1
 )
 SELECT a.outcome, d.public_json, d.kek_id, d.wrapped_dek, d.secrets_ct, d.seal_version
 FROM a LEFT JOIN d ON a.outcome = 'granted'
@@ -60,12 +73,16 @@ class LookupRow(NamedTuple):
 
 
 def run_lookup(engine: Engine, *, device_id: str, nonce: str, org_id: str | None, public_key: bytes | None,
-               now: float) -> LookupRow:
-    """Decide, spend the nonce and audit in one statement; the profile columns only when granted."""
+               now: float, source: str = "unknown", open_max_s: float = 12 * 3600.0) -> LookupRow:
+    """Decide, spend the nonce and audit in one statement; the profile columns only when granted.
+    A granted lookup also opens the device's session with the org, and one it held open already is
+    audited `second-session` (cloud/sessions.py), in the same statement (data-modifying CTEs read
+    the snapshot before it: `prev` is the session as it was)."""
     with engine.connect() as conn:
         conn = conn.execution_options(isolation_level="AUTOCOMMIT")
         with conn.connection.dbapi_connection.cursor() as cur:
             cur.execute(LOOKUP_SQL, {"device_id": device_id, "nonce": nonce, "now": now, "org_id": org_id or "",
-                                     "audit_org_id": org_id, "public_key": public_key})
+                                     "audit_org_id": org_id, "public_key": public_key, "source": source,
+                                     "open_max": open_max_s})
             row = cur.fetchone()
     return LookupRow(*row)

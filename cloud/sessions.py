@@ -23,9 +23,7 @@ import time
 
 from sqlalchemy import Engine, bindparam, delete, select
 
-from cloud.anomalies import exact_source
 from cloud.audit_log import audit
-from cloud.lookup import Refused, Unauthenticated, _device_refused
 from cloud.models import Device, DeviceSession
 from cloud.storage import upsert, write_txn
 
@@ -36,30 +34,31 @@ _OPEN = (select(T_SESSION.c.opened_at)
          .where(T_SESSION.c.device_id == bindparam("device_id"), T_SESSION.c.org_id == bindparam("org_id")))
 
 
+def open_session(conn, device_id: str, org_id: str, source: str, now: float) -> bool:
+    """In a granted lookup's transaction (SQLite; cloud/lookup_pg.py does the same in its
+    statement): the device's session with `org_id` opens; True when it held one open already
+    (then audited `anomaly`/`second-session` with `source`)."""
+    before = conn.execute(_OPEN, {"device_id": device_id, "org_id": org_id}).scalar()
+    second = before is not None and now - before < OPEN_MAX_S
+    if second:
+        audit(conn, "anomaly", "second-session", device_id=device_id, org_id=org_id, at=now, source=source)
+    stmt = upsert(conn.dialect.name, T_SESSION).values(device_id=device_id, org_id=org_id, opened_at=now,
+                                                       source=source)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["device_id", "org_id"],
+                                            set_={"opened_at": now, "source": source}))
+    return second
+
+
 class DeviceSessions:
     def __init__(self, engine: Engine):
         self.engine = engine
-
-    def opened(self, device_id: str, org_id: str, host: str | None, now: float | None = None) -> bool:
-        """Note the session a granted lookup opened; True when the device held one with that org
-        already (audited as an anomaly, committed before this returns)."""
-        now = time.time() if now is None else now
-        source = exact_source(host)
-        with write_txn(self.engine) as conn:
-            before = conn.execute(_OPEN, {"device_id": device_id, "org_id": org_id}).scalar()
-            second = before is not None and now - before < OPEN_MAX_S
-            if second:
-                audit(conn, "anomaly", "second-session", device_id=device_id, org_id=org_id, at=now, source=source)
-            stmt = upsert(conn.dialect.name, T_SESSION).values(device_id=device_id, org_id=org_id, opened_at=now,
-                                                               source=source)
-            conn.execute(stmt.on_conflict_do_update(index_elements=["device_id", "org_id"],
-                                                    set_={"opened_at": now, "source": source}))
-        return second
 
     def ended(self, device_id: str, nonce: str, public_key: bytes, org_id: str | None,
               now: float | None = None) -> int:
         """The device's report that its session with `org_id` (None: every org) ended; how many
         sessions were open. Its nonce is spent here; a refused device is `Unauthenticated`."""
+        from cloud.lookup import Unauthenticated, _device_refused  # (cloud.lookup opens sessions: no cycle at import)
+
         now = time.time() if now is None else now
         with write_txn(self.engine) as conn:
             dev = conn.execute(select(T_DEVICE.c.public_key, T_DEVICE.c.status)
@@ -78,6 +77,7 @@ def parse_end(body: bytes) -> str | None:
     Refused("malformed")."""
     import json
 
+    from cloud.lookup import Refused
     from hal.directory.signing import DEVICE_ID_RE  # an org id has the same shape
 
     try:

@@ -308,8 +308,8 @@ def test_an_edited_public_part_is_refused_and_audited(cloud):
         _edit_public(cloud, "acme", edit)
         r = lookup(cloud.http, dev.device_id, load_key(dev.key_path))
         assert (r.status_code, r.json()) == (503, {"error": "unavailable"}) and CANARY not in r.text
-        assert [(e["org_id"], e["outcome"]) for e in cloud.admin.audit(device_id=dev.device_id)][-2:] == [
-            ("acme", "granted"), ("acme", "tampered")]  # entitled, but nothing served
+        assert [(e["org_id"], e["outcome"]) for e in cloud.admin.audit(device_id=dev.device_id)
+                if e["action"] == "lookup"][-2:] == [("acme", "granted"), ("acme", "tampered")]  # entitled, nothing served
     # the same public part re-serialized (key order, spacing) is the same public part
     cloud.admin.set_profile("acme", json.loads(json.dumps(cloud.profiles["acme"])))
     with cloud.engine.begin() as c:
@@ -437,6 +437,6 @@ def test_served_workers_read_the_config_and_trust_only_configured_proxies(kek_fi
     assert sources == ["127.0.0.1", "192.0.2.2"]  # the untrusted peer's header was not read
     anomaly = [e for e in seeded.admin.audit(device_id=dev.device_id) if e["action"] == "anomaly"]
     # the second lookup of the one org is a second session too, from the address the header gave
-    assert [(e["outcome"], e["source"]) for e in anomaly] == [("new-source", "192.0.2.2"),
-                                                               ("second-session", "192.0.2.2")]
+    assert sorted((e["outcome"], e["source"]) for e in anomaly) == [("new-source", "192.0.2.2"),
+                                                                     ("second-session", "192.0.2.2")]
     seeded.close()
