@@ -369,7 +369,7 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60, config: 
                 issued = cas.request(device_id, nonce, key, body)
             except Unauthenticated as exc:
                 if exc.reason == "replay":
-                    cert_throttle.give_back(device_id)
+                    cert_throttle.give_back(device_id, host)
                 raise
             directory.sources.seen(device_id, host)
             return device_id, issued

@@ -241,7 +241,7 @@ class DeviceDirectory:
         if host is not None and row.outcome in VERIFIED_OUTCOMES:
             self.sources.seen(device_id, host, org)
         if row.outcome == "replay":
-            self._throttle.give_back(device_id)
+            self._throttle.give_back(device_id, host)
         if row.outcome != "granted":
             if row.outcome in ("unknown-device", "key-changed"):
                 self._keys.pop(device_id, None)
@@ -308,7 +308,7 @@ class DeviceDirectory:
         if host is not None and outcome in VERIFIED_OUTCOMES:
             self.sources.seen(device_id, host, org)
         if outcome == "replay":
-            self._throttle.give_back(device_id)
+            self._throttle.give_back(device_id, host)
         if outcome == "granted":
             return org
         if outcome in ("unknown-device", "key-changed"):

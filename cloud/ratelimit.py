@@ -4,8 +4,9 @@ Two kinds, both answered `429 {"error": "rate-limited"}` with `Retry-After` (sec
 
 - per source address, before anything else is done with the request (no body parsed, no database
   touched): lookups and card lookups share one bucket per address, enrolment has its own;
-- per device, after the request's signature verified (a device cannot be throttled by requests
-  naming it): lookups and card lookups share one bucket per device.
+- per device and source address, after the request's signature verified (a device cannot be
+  throttled by requests naming it, nor by a copy of its key signing from another address): lookups
+  and card lookups share one bucket per device and address.
 
 Buckets live in the memory of one API process: with N processes behind a load balancer a client
 gets up to N times the configured rate. That is accepted: the limits are there to make a stolen
@@ -113,32 +114,39 @@ class RateLimited(Exception):
 
 class DeviceThrottle:
     """The per-device limit, applied after a request's signature verified. The first refusal per
-    device and minute is an audit event (naming the device and the address: a device over its
-    limit is a key at work somewhere, or a fault); the others are counted (`count_refusal`)."""
+    device, address and minute is an audit event (naming the device and the address: a device over
+    its limit is a key at work somewhere, or a fault); the others are counted (`count_refusal`)."""
 
     def __init__(self, engine: Engine, buckets: TokenBuckets | None, count_refusal: Callable[[str, str, str | None], None]):
         self.engine, self.buckets, self.count_refusal = engine, buckets, count_refusal
-        self._audited: dict[str, int] = {}  # device -> the minute of its last audited refusal
+        self._audited: dict[str, int] = {}  # device and address -> the minute of its last audited refusal
 
     def take(self, device_id: str, action: str, host: str | None) -> None:
-        """Spend one of the device's tokens, or raise `RateLimited` (in a worker thread)."""
-        wait = self.buckets.take(device_id) if self.buckets is not None else 0.0
+        """Spend one of the device's tokens at `host`, or raise `RateLimited` (in a worker thread).
+        One bucket per device and source address: a copy of the device's key at work elsewhere (a
+        copied SD card) empties its own bucket, not the device's (whose lookups still pass)."""
+        wait = self.buckets.take(_key(device_id, host)) if self.buckets is not None else 0.0
         if wait <= 0:
             return
         now = time.time()
         minute = int(now // 60)
-        if self._audited.get(device_id) != minute:
+        key = _key(device_id, host)
+        if self._audited.get(key) != minute:
             if len(self._audited) >= MAX_KEYS:
                 self._audited.clear()
-            self._audited[device_id] = minute
+            self._audited[key] = minute
             with write_txn(self.engine) as conn:
                 audit(conn, action, "rate-limited", device_id=device_id, at=now, source=exact_source(host))
         else:
             self.count_refusal(action, "device-rate-limited", host)
         raise RateLimited(wait)
 
-    def give_back(self, device_id: str) -> None:
+    def give_back(self, device_id: str, host: str | None) -> None:
         """A request that took a token was a replay of the device's earlier one: a copy must not
         spend the device's own allowance."""
         if self.buckets is not None:
-            self.buckets.give_back(device_id)
+            self.buckets.give_back(_key(device_id, host))
+
+
+def _key(device_id: str, host: str | None) -> str:
+    return f"{device_id}\0{exact_source(host)}"

@@ -166,6 +166,7 @@ def test_rate_limits_answer_429_and_spare_the_device_and_other_sources(sqlite_cl
     for buckets in (limits.source, limits.device, limits.enrol):
         buckets.clock = lambda: clock[0]
     attacker, device, other = at(cloud, ATTACKER_SRC), at(cloud, DEVICE_SRC), at(cloud, OTHER_SRC)
+    laptop = at(cloud, "203.0.113.77")  # the thief's, with the copied key
     forged = Ed25519PrivateKey.generate()
 
     # a burst from one source beyond its 40: 429 with Retry-After, counted, nothing parsed
@@ -197,15 +198,24 @@ def test_rate_limits_answer_429_and_spare_the_device_and_other_sources(sqlite_cl
     assert counted(cloud)["lookup/device-rate-limited"] == 5
     clock[0] += 2
     assert lookup(device, dev.device_id, key).status_code == 200
+    # a copy of the key signing from another address (a copied SD card) empties its own bucket:
+    # the device's own lookups still pass
+    clock[0] += 60
+    codes = [lookup(laptop, dev.device_id, key).status_code for _ in range(24)]
+    assert codes == [200] * 20 + [429] * 4
+    assert lookup(device, dev.device_id, key).status_code == 200
+    limited = [e for e in cloud.admin.audit(device_id=dev.device_id) if e["outcome"] == "rate-limited"]
+    assert [e["source"] for e in limited] == [DEVICE_SRC, "203.0.113.77"]  # the copy's address audited
     # a throttled request spent no nonce and wrote no lookup record
     lookups = [e["outcome"] for e in cloud.admin.audit(device_id=dev.device_id, limit=1000) if e["action"] == "lookup"]
-    assert lookups == ["granted"] * (1 + 60 + 1) + ["replay"] * 10 + ["granted"] * 19 + ["rate-limited", "granted"]
+    assert lookups == (["granted"] * (1 + 60 + 1) + ["replay"] * 10 + ["granted"] * 19 + ["rate-limited", "granted"]
+                       + ["granted"] * 20 + ["rate-limited", "granted"])
 
     # enrolment: 10 a minute per source
     codes = [other.post("/v1/enrol", json={"token": f"t{i}", "public_key": "x"}).status_code for i in range(12)]
     assert codes == [403] * 10 + [429] * 2
     assert (counted(cloud)["enrol/bad-public-key"], counted(cloud)["enrol/rate-limited"]) == (10, 2)
-    for c in (attacker, device, other):
+    for c in (attacker, device, other, laptop):
         c.close()
 
 
