@@ -21,8 +21,8 @@ class LabOptions:
     ldap: tuple[str, ...] = ()  # orgs whose users their slapd checks instead of their FreeRADIUS
     engine: str = "pdf"  # the print engine's formats: one of ENGINES
     extra_orgs: int = 0  # contracted orgs beyond acme and globex, each with its gateway (lab/orgs.py EXTRA_ORGS)
-    # cert: the MFP's own certificate from the space's CA opens the orgs' tunnels and RadSec; the
-    # profiles hold no org secret (RADIUS orgs; an LDAP org's bind password stays a secret)
+    # cert: the MFP's own certificate from the space's CA opens the orgs' tunnels, RadSec and an LDAP
+    # org's directory (SASL EXTERNAL); the profiles hold no org secret
     trust: str = "cert"
     # the MFP's device key inside a TPM 2.0 (swtpm behind tpm2-abrmd on office, lab/services/swtpm.py)
     tpm: bool = False
