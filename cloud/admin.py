@@ -25,6 +25,7 @@ from cloud.sealing import SEAL_BOUND, SEAL_LEGACY, legacy_aad, row_aad, seal_pro
 from cloud.storage import read_txn, write_txn
 from hal.directory import CARD_ID_RE
 from hal.directory.profile import _ID
+from hal.directory.signing import load_public_key
 
 T_SPACE, T_ORG = Space.__table__, Org.__table__
 
@@ -90,8 +91,10 @@ class Admin:
     def register_device(self, space_id: str, device_id: str, public_key: bytes) -> None:
         """Register a device whose key was made elsewhere (lab seeding; enrolment is the normal way)."""
         _check_id("device", device_id)
-        if len(public_key) != 32:
-            raise AdminError("an Ed25519 public key is 32 bytes")
+        try:
+            load_public_key(public_key)
+        except ValueError:
+            raise AdminError("a device key is Ed25519 (32 bytes) or a P-256 point (65 bytes)") from None
         with write_txn(self.engine) as conn:
             if not self._exists(conn, T_SPACE, space_id):
                 raise AdminError(f"no space {space_id}")

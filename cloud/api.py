@@ -60,7 +60,8 @@ CERT_PATH, SPACES_PATH = "/v1/device/certificate", "/v1/spaces/"
 
 class EnrolRequest(BaseModel):
     token: str = Field(min_length=1, max_length=256)
-    public_key: str = Field(min_length=1, max_length=128, description="base64 raw Ed25519 public key (32 bytes)")
+    public_key: str = Field(min_length=1, max_length=128, description="base64 raw Ed25519 public key (32 bytes), or a P-256 "
+                                                                       "uncompressed point (65 bytes: a key in a TPM)")
 
 
 class EnrolResponse(BaseModel):

@@ -39,7 +39,7 @@ from cloud.sessions import OPEN_MAX_S, open_session
 from cloud.storage import read_txn, upsert, write_txn
 from hal.directory.profile import _ID
 from hal.directory.signing import (DEVICE_ID_RE, H_DEVICE, H_NONCE, H_SIGNATURE, H_TIMESTAMP, NONCE_RE,
-                                   load_public_key, signed_message)
+                                   load_public_key, signed_message, verify)
 
 T_DEVICE, T_CONTRACT, T_PROFILE = Device.__table__, Contract.__table__, OrgProfile.__table__
 T_NONCE, T_TOKEN = RequestNonce.__table__, EnrolmentToken.__table__
@@ -185,7 +185,7 @@ class DeviceDirectory:
         if raw is None:
             raise Unauthenticated("unknown-device")
         try:
-            load_public_key(raw).verify(sig, signed_message(method, path, body, ts, nonce, device_id))
+            verify(load_public_key(raw), sig, signed_message(method, path, body, ts, nonce, device_id))
         except InvalidSignature:
             raise Unauthenticated("bad-signature") from None
         if abs(time.time() - ts) > self.window_s:

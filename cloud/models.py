@@ -25,11 +25,12 @@ class Space(Base):
 
 
 class Device(Base):
-    """An MFP. Its Ed25519 key pair was made on the device; only the public key is here."""
+    """An MFP. Its key pair (Ed25519, or P-256 inside a TPM) was made on the device; only the public
+    key is here (32 raw bytes, or a 65-byte uncompressed point)."""
     __tablename__ = "device"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     space_id: Mapped[str] = mapped_column(ForeignKey("space.id"), index=True)
-    public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(65))
     status: Mapped[str] = mapped_column(String(16))
     enrolled_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)

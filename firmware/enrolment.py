@@ -1,7 +1,7 @@
 """First boot: make the device key and enrol with the cloud (`tenantprint firmware enrol`).
 
-The private key is generated here, on the device, and never leaves it; the cloud learns only the
-public key. The enrolment record (`<state_dir>/enrolment.json`: device id, space, cloud URL, CA file)
+The private key is generated here, on the device, and never leaves it (with the key store "tpm" it
+is made inside the TPM, hal/tpm/signer.py); the cloud learns only the public key. The enrolment record (`<state_dir>/enrolment.json`: device id, space, cloud URL, CA file)
 is the last layer of the firmware's configuration. Enrolling an enrolled device does nothing.
 """
 
@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from firmware.config import FirmwareConfig
+from firmware.config import FirmwareConfig, device_tpm
 from hal.directory import DirectoryError
 from hal.directory.client import enrol as directory_enrol
 
@@ -29,7 +29,8 @@ def enrol(cfg: FirmwareConfig, cloud_url: str, token_file: Path, ca_file: str = 
         print(f"tenantprint firmware enrol: cannot read the token file: {exc.strerror}", file=sys.stderr)
         return 2
     try:
-        device = directory_enrol(cloud_url, token, state, ca_file or None, timeout=cfg.cloud.timeout_s)
+        device = directory_enrol(cloud_url, token, state, ca_file or None, timeout=cfg.cloud.timeout_s,
+                                 tpm=device_tpm(cfg))  # key store "tpm": the key made inside the TPM
     except DirectoryError as exc:
         print(f"tenantprint firmware enrol: {exc}", file=sys.stderr)
         return 1

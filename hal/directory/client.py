@@ -8,7 +8,8 @@
                                                                        # hal/directory/device_cert.py)
 
 The private key is generated here, on the device, and written to `key_dir/device.key` with mode
-0600 (the directory is made 0700); only the public key leaves the device. `key_dir/device.json`
+0600 (the directory is made 0700); only the public key leaves the device. With a TPM (`enrol(...,
+tpm=)`) it is a P-256 key made inside the TPM, and `device.key` is only its reference (hal/tpm). `key_dir/device.json`
 records the device id and the directory URL.
 """
 
@@ -28,6 +29,7 @@ from hal.directory import DirectoryMalformed, DirectoryRefused, DirectoryUnreach
 from hal.directory import CARD_ID_RE
 from hal.directory.profile import ProfileError, SessionProfile
 from hal.directory.signing import public_key_b64, sign_headers
+from hal.tpm import TpmError
 
 MAX_RESPONSE = 256 * 1024
 _ORG_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -79,16 +81,29 @@ def _post(url: str, body: dict, ca_file, timeout: float, http: httpx.Client | No
 
 
 def enrol(url: str, token: str, key_dir: str | Path, ca_file: str | Path | None = None,
-          timeout: float = 10.0, *, http: httpx.Client | None = None) -> EnrolledDevice:
+          timeout: float = 10.0, *, http: httpx.Client | None = None, tpm=None) -> EnrolledDevice:
     """Make the device key pair in `key_dir`, enrol its public key with a one-time `token`.
-    `http`: an httpx client to use instead of a new one (a test's in-process transport)."""
+    `http`: an httpx client to use instead of a new one (a test's in-process transport). `tpm` (a
+    `hal.tpm.TpmConfig`): the key is a P-256 key made inside the TPM, `device.key` its reference
+    (hal/tpm/signer.py); else an Ed25519 key file."""
     key_dir = Path(key_dir)
     key_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(key_dir, 0o700)
-    key = Ed25519PrivateKey.generate()
     pending = key_dir / (KEY_FILE + ".pending")
-    _write_private(pending, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                              serialization.NoEncryption()))
+    if tpm is not None:
+        from hal.tpm.signer import make_cloud_key
+
+        pending.unlink(missing_ok=True)
+        try:
+            make_cloud_key(pending, tpm)
+            key = load_key(pending)
+        except TpmError as exc:
+            pending.unlink(missing_ok=True)
+            raise DirectoryRefused(f"enrolment: the device key in the TPM: {exc}", 401) from None
+    else:
+        key = Ed25519PrivateKey.generate()
+        _write_private(pending, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
     resp = _post(url.rstrip("/") + "/v1/enrol", {"token": token, "public_key": public_key_b64(key)}, ca_file, timeout, http)
     if resp.status_code in (401, 403):
         pending.unlink(missing_ok=True)
@@ -111,10 +126,27 @@ def enrol(url: str, token: str, key_dir: str | Path, ca_file: str | Path | None 
     return EnrolledDevice(device_id, space_id, key_path)
 
 
-def load_key(key_path: str | Path) -> Ed25519PrivateKey:
+def load_key(key_path: str | Path):
+    """The device's signing key: an Ed25519 key file, or a signer for the P-256 key inside the TPM
+    whose reference the file is (hal/tpm/signer.py). `DirectoryRefused` (401) when unusable."""
     try:
-        key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
-    except (OSError, ValueError) as exc:
+        data = Path(key_path).read_bytes()
+    except OSError as exc:
+        raise DirectoryRefused(f"device key {key_path} unusable: {type(exc).__name__}", 401) from None
+    if b"TSS2 PRIVATE KEY" in data:
+        from hal.tpm import read_ref
+        from hal.tpm.signer import TpmSigner
+
+        try:
+            ref = read_ref(key_path)
+            if ref is None:
+                raise TpmError("not a key reference")
+            return TpmSigner(ref)
+        except TpmError as exc:
+            raise DirectoryRefused(f"device key {key_path} (in the TPM) unusable: {exc}", 401) from None
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
         raise DirectoryRefused(f"device key {key_path} unusable: {type(exc).__name__}", 401) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise DirectoryRefused(f"device key {key_path} is not an Ed25519 key", 401)
@@ -164,7 +196,10 @@ class DirectoryClient:
 
     def _request(self, method: str, path: str, body: bytes, limit: int, what: str) -> tuple[httpx.Response, bytes]:
         # Signed per try: the directory refuses a nonce it has seen. The signature covers the body.
-        headers = sign_headers(self._key, self.device_id, method, path, body)
+        try:
+            headers = sign_headers(self._key, self.device_id, method, path, body)
+        except TpmError as exc:  # the key in a TPM that is not there, or not this key's
+            raise DirectoryRefused(f"the device key (in the TPM) cannot sign: {exc}", 401) from None
         extra = {}
         if body:
             headers["Content-Type"] = "application/json"

@@ -12,9 +12,8 @@ the coworking host. Expected:
 - the same files with the MFP's TPM do open acme (the files are good: it is the TPM that is
   missing); in the lab a charon on cowork can reach that TPM (its broker's socket is a file), which
   a thief could not reach on a Pi's board.
-(The copied Ed25519 `device.key` still signs cloud lookups, which answer profiles without secrets
-and no certificate for a new key: tests/attacks/test_stolen_device_key.py; a TPM cannot hold an
-Ed25519 key.)
+The cloud-signing key `device.key` is a P-256 key in the same TPM (a TPM has no Ed25519): the
+copied reference signs no lookup without it (tests/integration/test_tpm_cloud_key.py).
 
 One lab of its own (prefix `TP_TPM_LAB_PREFIX`, default `tpk`), brought up with `--tpm` and taken
 down at the end, nothing of it left.
@@ -126,9 +125,10 @@ def test_every_file_of_the_sd_card_on_the_coworking_host_opens_no_tunnel(tpm_lab
         if f.is_file():
             shutil.copy2(f, loot / f.name)
     assert {"ike.key", "device-cert.pem", "device.key", "enrolment.json"} <= {p.name for p in loot.iterdir()}
+    assert "BEGIN TSS2 PRIVATE KEY" in (loot / "device.key").read_text()  # the cloud key is in the TPM too
     for f in loot.iterdir():
         text = f.read_text(errors="replace")
-        if "PRIVATE KEY" in text and f.name != "device.key":  # device.key: the Ed25519 cloud key, said above
+        if "PRIVATE KEY" in text:  # ike.key and device.key (the cloud key): references into the TPM only
             assert "BEGIN TSS2 PRIVATE KEY" in text and "BEGIN PRIVATE KEY" not in text, f.name
             with pytest.raises((ValueError, TypeError)):
                 serialization.load_pem_private_key(text.encode(), password=None)

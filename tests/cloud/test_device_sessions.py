@@ -60,3 +60,25 @@ def test_a_malformed_end_report_is_refused(cloud, body):
     signed = sign_headers(load_key(device.key_path), device.device_id, "POST", PATH, body)
     answer = cloud.http.post(PATH, content=body, headers={**signed, "Content-Type": "application/json"})
     assert answer.status_code == 422
+
+
+def test_a_device_with_a_p256_key_enrols_and_looks_up(cloud, tmp_path):
+    """The cloud side of a device key in a TPM (P-256; hal/tpm/signer.py): enrolment takes its
+    point, lookups signed with it pass, and signatures of another P-256 key do not."""
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from hal.directory.signing import public_key_b64
+
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    token = cloud.admin.enrol_token("space-1", "mfp-7.space-1")["token"]
+    r = cloud.http.post("/v1/enrol", json={"token": token, "public_key": public_key_b64(key)})
+    assert r.status_code == 201, r.text
+    path = "/v1/orgs/acme/profile"
+    ok = cloud.http.get(path, headers=sign_headers(key, "mfp-7.space-1", "GET", path, b""))
+    assert ok.status_code == 200 and ok.json()["org_id"] == "acme"
+    assert cloud.http.get(path, headers=sign_headers(other, "mfp-7.space-1", "GET", path, b"")).status_code == 401
+    bad = base64.b64encode(b"\x04" + b"\x00" * 64).decode()  # not a point on the curve
+    token = cloud.admin.enrol_token("space-1", "mfp-8.space-1")["token"]
+    assert cloud.http.post("/v1/enrol", json={"token": token, "public_key": bad}).status_code == 403

@@ -62,3 +62,30 @@ def test_envelope_round_trip_and_binding(tmp_path):
     tampered.ciphertext = sealed.ciphertext[:-1] + bytes([sealed.ciphertext[-1] ^ 1])
     with pytest.raises(DecryptError):
         ring.open(tampered, b"org-a")
+
+
+def test_a_p256_device_key_signs_and_verifies_like_ed25519():
+    """A device whose key is in a TPM signs with P-256 (a TPM has no Ed25519): enrolled as its
+    65-byte uncompressed point, its signatures verify, another key's do not."""
+    import base64
+
+    import pytest
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from hal.directory.signing import (H_NONCE, H_SIGNATURE, H_TIMESTAMP, load_public_key, public_key_b64,
+                                       sign_headers, signed_message, verify)
+
+    key, other = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    raw = base64.b64decode(public_key_b64(key))
+    assert len(raw) == 65 and raw[0] == 4
+    h = sign_headers(key, "mfp-1.space-1", "GET", "/v1/orgs/acme/profile", b"")
+    msg = signed_message("GET", "/v1/orgs/acme/profile", b"", int(h[H_TIMESTAMP]), h[H_NONCE], "mfp-1.space-1")
+    verify(load_public_key(raw), base64.b64decode(h[H_SIGNATURE]), msg)
+    with pytest.raises(InvalidSignature):
+        verify(load_public_key(base64.b64decode(public_key_b64(other))), base64.b64decode(h[H_SIGNATURE]), msg)
+    with pytest.raises(InvalidSignature):
+        verify(load_public_key(raw), b"\x30\x06\x02\x01\x01\x02\x01\x01", msg)
+    for bad in (b"", b"\x04" * 33, b"\x02" + raw[1:33], b"\x04" + b"\x00" * 64):
+        with pytest.raises(ValueError):
+            load_public_key(bad)
