@@ -98,7 +98,7 @@ def make_key(path: str | Path, config: TpmConfig) -> bool:
     (mode 0600, linked into place whole) unless something is there already (then nothing changes:
     False). A key left at `config.key_handle` without its file (an SD card written anew) is evicted
     first: without its file it cannot be used, and the cloud refuses a certificate for a new key of
-    an enrolled device (its first certificate pinned the key) until the space's admin resets that."""
+    an enrolled device (its first certificate pinned the key): it is revoked and enrolled anew."""
     path = Path(path)
     if os.path.lexists(path):
         return False
