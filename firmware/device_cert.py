@@ -21,7 +21,7 @@ written, the TPM cannot be reached) come back as `failed`, never as an exception
 The kind of key in place decides how it is used (a TPM reference works whatever the config says);
 the config decides how a missing key is made. A file key in place while the config says `tpm` is
 `failed` (`file-key-in-tpm-mode`): the key would stay on the SD card; an admin moves it away (the
-cloud then refuses a certificate for the new key until the space's admin resets the device's pin).
+cloud then refuses a certificate for the new key: the first one pinned the key; revoke, enrol anew).
 """
 
 from __future__ import annotations
