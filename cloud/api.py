@@ -413,7 +413,8 @@ def create_app(engine: Engine, keyring: Keyring, *, window_s: int = 60, config: 
         log.warning("org %s's gateway reports a duplicate IKE SA of device %s", org_id, device_id)
         return JSONResponse({"audited": True}, status_code=201, headers={"Cache-Control": "no-store"})
 
-    @app.post(SESSIONS_END_PATH, responses={200: {"content": {"application/json": {}}}, 401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+    @app.post(SESSIONS_END_PATH, responses={200: {"content": {"application/json": {}}}, 401: {"model": ErrorResponse},
+                                            422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
               openapi_extra={"parameters": SIGNATURE_HEADERS})
     async def sessions_end(request: Request):
         """The device's session with `org_id` ended (`null`: every session, at the daemon's start)."""
