@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -172,7 +173,15 @@ def test_every_file_of_the_sd_card_on_the_coworking_host_opens_no_tunnel(tpm_lab
     home = tpm_charon("control-charon", "cowork", SwtpmService("office"))
     home.start(lab)
     try:
-        up = _try_tunnel(lab, home, loot)
+        try:
+            up = _try_tunnel(lab, home, loot)
+        except TunnelSetupFailed as exc:
+            # seen once in ~10 CI runs with another lab up beside this one: the gateway answered
+            # AUTHENTICATION_FAILED to the first try (not understood yet); the control must come up
+            # on a second try, or the test fails
+            print(f"control tunnel, first try: {exc}")
+            time.sleep(2)
+            up = _try_tunnel(lab, home, loot)
         assert up.virtual_ip.startswith("10.20.0.")
     finally:
         home.stop(lab)
