@@ -37,7 +37,7 @@ from cloud.lookup import Refused, Unauthenticated
 from cloud.models import Device, OrgProfile
 from cloud.storage import read_txn, write_txn
 from hal.directory.signing import DEVICE_ID_RE, NONCE_RE
-from org.gateway_certs import NotTheGateway, verify_gateway_cert
+from org.gateway_certs import NotTheGateway, cert_from_header, verify_gateway_cert
 from org.gateway_report import H_CERT, H_NONCE, H_SIGNATURE, H_TIMESTAMP, signed_message
 
 MAX_CERT = 8192
@@ -94,8 +94,8 @@ class GatewayReports:
         try:
             if len(raw) > MAX_CERT:
                 raise ValueError
-            cert = x509.load_der_x509_certificate(base64.b64decode(raw, validate=True))
-        except (ValueError, binascii.Error):
+            cert = cert_from_header(raw)
+        except ValueError:
             raise Unauthenticated("malformed-headers") from None
         try:
             verify_gateway_cert(cert, ca, identity, dt.datetime.fromtimestamp(now, dt.timezone.utc))

@@ -31,10 +31,10 @@ import time
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from org.gateway_certs import NotTheGateway, verify_gateway_cert
+from org.gateway_certs import GatewayKey, NotTheGateway, cert_from_header, verify_gateway_cert
 from org.gateway_report import H_CERT
 
 VERSION = "TP-ANS-1"
@@ -51,21 +51,14 @@ def signed_message(path: str, body: bytes) -> bytes:
 
 
 class AnswerSigner:
-    """The gateway agent's side: its certificate and key (PEM files)."""
+    """The gateway agent's side: the gateway's certificate and key."""
 
-    def __init__(self, cert_file: str, key_file: str):
-        with open(cert_file, "rb") as f:
-            cert = x509.load_pem_x509_certificate(f.read())
-        with open(key_file, "rb") as f:
-            key = serialization.load_pem_private_key(f.read(), None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{key_file} is not the gateway's EC key")
-        self._key = key
-        self._cert_b64 = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+    def __init__(self, gateway: GatewayKey):
+        self.gateway = gateway
 
     def headers(self, path: str, body: bytes) -> dict[str, str]:
-        sig = self._key.sign(signed_message(path, body), ec.ECDSA(hashes.SHA256()))
-        return {H_CERT: self._cert_b64, H_ANSWER_SIGNATURE: base64.b64encode(sig).decode()}
+        sig = self.gateway.sign(signed_message(path, body))
+        return {H_CERT: self.gateway.cert_b64, H_ANSWER_SIGNATURE: base64.b64encode(sig).decode()}
 
 
 class AnswerVerifier:
@@ -86,8 +79,8 @@ class AnswerVerifier:
         if known is not None and known[0] == cert_b64 and now <= known[2]:
             return known[1]
         try:
-            cert = x509.load_der_x509_certificate(base64.b64decode(cert_b64, validate=True))
-        except (ValueError, binascii.Error):
+            cert = cert_from_header(cert_b64)
+        except ValueError:
             raise AnswerNotSigned("the gateway certificate header is not a certificate") from None
         try:
             key = verify_gateway_cert(cert, self.ca, self.gateway_id, dt.datetime.fromtimestamp(now, dt.timezone.utc))

@@ -495,23 +495,23 @@ def main(argv: list[str]) -> int:
         p.error("--report-to needs --org-id, --gateway-cert and --gateway-key")
     host, _, port = args.listen.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    reporter = None
+    gateway = reporter = signer = None
+    if args.gateway_cert:
+        from org.answer_signature import AnswerSigner
+        from org.gateway_certs import GatewayKey
+
+        try:
+            gateway = GatewayKey.from_files(args.gateway_cert, args.gateway_key)
+        except (OSError, ValueError) as exc:
+            p.error(f"the gateway's certificate and key cannot sign: {type(exc).__name__}: {exc}")
+        signer = AnswerSigner(gateway)
     if args.report_to:
         from org.gateway_report import Reporter
 
         try:
-            reporter = Reporter(args.report_to, args.org_id, args.gateway_cert, args.gateway_key,
-                                cloud_ca=args.cloud_ca).start()
-        except (OSError, ValueError) as exc:
-            p.error(f"the reports to the cloud cannot be signed: {type(exc).__name__}: {exc}")
-    signer = None
-    if args.gateway_cert:
-        from org.answer_signature import AnswerSigner
-
-        try:
-            signer = AnswerSigner(args.gateway_cert, args.gateway_key)
-        except (OSError, ValueError) as exc:
-            p.error(f"the answers to the desks cannot be signed: {type(exc).__name__}: {exc}")
+            reporter = Reporter(args.report_to, args.org_id, gateway, cloud_ca=args.cloud_ca).start()
+        except ValueError as exc:
+            p.error(f"--report-to: {exc}")
     agent = GatewayAgent(args.vici, (host, int(port)), args.conn_prefix, one_sa_per_device=args.one_sa_per_device,
                          reporter=reporter, signer=signer, report_after_s=args.report_after)
     if args.crl_url:

@@ -17,6 +17,8 @@ issue the gateway's certificate.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass, field
@@ -94,6 +96,39 @@ def issue_gateway_cert(ca: CertAndKey, gateway_id: str, *, days: int = 825) -> C
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(ca.key, hashes.SHA256()))
     return CertAndKey(cert, key)
+
+
+class GatewayKey:
+    """The gateway's certificate and key as it signs with them: its reports to the cloud
+    (org/gateway_report.py) and its answers to the desks (org/answer_signature.py). `cert_b64`
+    is what the `X-TP-Gateway-Cert` header carries (base64 DER)."""
+
+    def __init__(self, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey):
+        self._key = key
+        self.cert_b64 = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+
+    @classmethod
+    def from_files(cls, cert_file: str, key_file: str) -> "GatewayKey":
+        """OSError, or ValueError when the files are not a PEM certificate and its EC key."""
+        with open(cert_file, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        with open(key_file, "rb") as f:
+            key = serialization.load_pem_private_key(f.read(), None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError(f"{key_file} is not the gateway's EC key")
+        return cls(cert, key)
+
+    def sign(self, message: bytes) -> bytes:
+        """A DER ECDSA-SHA256 signature over `message`."""
+        return self._key.sign(message, ec.ECDSA(hashes.SHA256()))
+
+
+def cert_from_header(value: str) -> x509.Certificate:
+    """The certificate an `X-TP-Gateway-Cert` header carries; ValueError when it is none."""
+    try:
+        return x509.load_der_x509_certificate(base64.b64decode(value, validate=True))
+    except binascii.Error:
+        raise ValueError("not base64") from None
 
 
 class NotTheGateway(ValueError):

@@ -36,9 +36,7 @@ import time
 import urllib.error
 import urllib.request
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from org.gateway_certs import GatewayKey
 
 log = logging.getLogger("tenantprint.org.gateway_report")
 
@@ -54,15 +52,13 @@ def signed_message(method: str, path: str, body: bytes, timestamp: int, nonce: s
     return "\n".join((VERSION, method.upper(), path, digest, str(timestamp), nonce, org_id)).encode()
 
 
-def sign_headers(cert_pem: bytes, key: ec.EllipticCurvePrivateKey, org_id: str, method: str, path: str,
-                 body: bytes, *, now: float | None = None, nonce: str | None = None) -> dict[str, str]:
+def sign_headers(gateway: GatewayKey, org_id: str, method: str, path: str, body: bytes, *,
+                 now: float | None = None, nonce: str | None = None) -> dict[str, str]:
     """The four headers of one report by `org_id`'s gateway (its certificate and key)."""
     ts = int(time.time() if now is None else now)
     nonce = nonce or secrets.token_hex(16)
-    sig = key.sign(signed_message(method, path, body, ts, nonce, org_id), ec.ECDSA(hashes.SHA256()))
-    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
-    return {H_CERT: base64.b64encode(der).decode(), H_TIMESTAMP: str(ts), H_NONCE: nonce,
-            H_SIGNATURE: base64.b64encode(sig).decode()}
+    sig = gateway.sign(signed_message(method, path, body, ts, nonce, org_id))
+    return {H_CERT: gateway.cert_b64, H_TIMESTAMP: str(ts), H_NONCE: nonce, H_SIGNATURE: base64.b64encode(sig).decode()}
 
 
 def duplicate_body(device_id: str, remote_host: str, at: float) -> bytes:
@@ -72,17 +68,11 @@ def duplicate_body(device_id: str, remote_host: str, at: float) -> bytes:
 class Reporter:
     """Sends duplicate-SA reports of `org_id`'s gateway to the cloud at `base_url` (https)."""
 
-    def __init__(self, base_url: str, org_id: str, cert_file: str, key_file: str, *, cloud_ca: str | None = None,
+    def __init__(self, base_url: str, org_id: str, gateway: GatewayKey, *, cloud_ca: str | None = None,
                  timeout: float = 10.0):
         if not base_url.startswith("https://"):
             raise ValueError("the cloud's URL must be https")
-        with open(cert_file, "rb") as f:
-            self.cert_pem = f.read()
-        with open(key_file, "rb") as f:
-            key = serialization.load_pem_private_key(f.read(), None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{key_file} is not the gateway's EC key")
-        self._key = key
+        self.gateway = gateway
         self.base_url, self.org_id, self.timeout = base_url.rstrip("/"), org_id, timeout
         self._ctx = ssl.create_default_context(cafile=cloud_ca)
         self._queue: queue.Queue = queue.Queue(QUEUE_MAX)
@@ -103,7 +93,7 @@ class Reporter:
         """POST one report now; the HTTP status (urllib errors other than HTTP ones propagate)."""
         path = DUPLICATE_PATH.format(org=self.org_id)
         body = duplicate_body(device_id, remote_host, at)
-        headers = sign_headers(self.cert_pem, self._key, self.org_id, "POST", path, body)
+        headers = sign_headers(self.gateway, self.org_id, "POST", path, body)
         req = urllib.request.Request(self.base_url + path, data=body, method="POST",
                                      headers={**headers, "Content-Type": "application/json"})
         try:

@@ -129,24 +129,18 @@ def enrol(url: str, token: str, key_dir: str | Path, ca_file: str | Path | None 
 def load_key(key_path: str | Path):
     """The device's signing key: an Ed25519 key file, or a signer for the P-256 key inside the TPM
     whose reference the file is (hal/tpm/signer.py). `DirectoryRefused` (401) when unusable."""
-    try:
-        data = Path(key_path).read_bytes()
-    except OSError as exc:
-        raise DirectoryRefused(f"device key {key_path} unusable: {type(exc).__name__}", 401) from None
-    if b"TSS2 PRIVATE KEY" in data:
-        from hal.tpm import read_ref
-        from hal.tpm.signer import TpmSigner
+    from hal.tpm import read_ref
 
-        try:
-            ref = read_ref(key_path)
-            if ref is None:
-                raise TpmError("not a key reference")
-            return TpmSigner(ref)
-        except TpmError as exc:
-            raise DirectoryRefused(f"device key {key_path} (in the TPM) unusable: {exc}", 401) from None
     try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
+        ref = read_ref(key_path)
+        if ref is not None:
+            from hal.tpm.signer import TpmSigner
+
+            return TpmSigner(ref)
+        key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+    except TpmError as exc:
+        raise DirectoryRefused(f"device key {key_path} (in the TPM) unusable: {exc}", 401) from None
+    except (OSError, ValueError, TypeError) as exc:
         raise DirectoryRefused(f"device key {key_path} unusable: {type(exc).__name__}", 401) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise DirectoryRefused(f"device key {key_path} is not an Ed25519 key", 401)

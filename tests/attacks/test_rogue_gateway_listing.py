@@ -88,7 +88,8 @@ def test_a_rogue_listing_on_the_org_lan_gets_no_desk_queue(clean_system):
         cert_file.write_text(impostor.cert_pem())
         key_file.write_bytes(impostor.key_pem())
         from org.answer_signature import AnswerSigner
-        signer = AnswerSigner(str(cert_file), str(key_file))
+        from org.gateway_certs import GatewayKey
+        signer = AnswerSigner(GatewayKey.from_files(str(cert_file), str(key_file)))
         for headers in ({}, "impostor"):
             if headers == "impostor":
                 # the rogue server signs with the impostor's key, whatever path the desk asks for

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from org.gateway_certs import issue_gateway_cert, make_ca
+from org.gateway_certs import GatewayKey, issue_gateway_cert, make_ca
 from org.gateway_report import DUPLICATE_PATH, duplicate_body, sign_headers
 from org.trust import certificate_profile
 
@@ -29,7 +29,7 @@ def acme(cloud):
 def report(cloud, gw, *, org="acme", device=DEVICE, body=None, headers=None, now=None, sign_org=None):
     path = DUPLICATE_PATH.format(org=org)
     body = duplicate_body(device, "10.77.0.20", time.time()) if body is None else body
-    signed = headers or sign_headers(gw.cert_pem().encode(), gw.key, sign_org or org, "POST", path, body, now=now)
+    signed = headers or sign_headers(GatewayKey(gw.cert, gw.key), sign_org or org, "POST", path, body, now=now)
     return cloud.http.post(path, content=body, headers={**signed, "Content-Type": "application/json"}), signed
 
 

@@ -13,14 +13,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from fastapi.testclient import TestClient
 
-from prereq import need_binary
+from test_tpm_device_key import tpm  # noqa: F401 (the office's swtpm, a fixture)
 
 from hal.directory import DirectoryRefused
 from hal.directory.client import DirectoryClient, enrol, load_key
 from hal.tpm.signer import CLOUD_KEY_HANDLE, TpmSigner
 from lab.services.swtpm import SwtpmService
 
-TOOLS = ("swtpm", "tpm2_createprimary", "tpm2-abrmd", "openssl")
 WIRE = {"org_id": "acme", "ttl_s": 300,
         "vpn": {"gateway": "10.78.0.11", "port": 500, "local_id": "mfp-1.space-1", "remote_id": "gw.acme",
                 "auth": "psk", "psk": "TPCANARY-tpmtest-psk-0123456789abcdef0123456789abcdef", "ca_cert_pem": None,
@@ -30,15 +29,6 @@ WIRE = {"org_id": "acme", "ttl_s": 300,
                  "secret": "TPCANARY-tpmtest-radius-0123456789abcdef0123456789abcdef",
                  "user_format": "{user}@{org}", "timeout_s": 3.0, "retries": 2},
         "policy": {"idle_timeout_s": 300, "max_hold_s": 3600, "combined_mode": False}}
-
-
-@pytest.fixture(scope="module")
-def tpm(lab):
-    need_binary(*TOOLS)
-    svc = SwtpmService("office")
-    svc.start(lab)
-    yield svc
-    svc.stop(lab)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from org.answer_signature import MAX_SKEW_S, AnswerNotSigned, AnswerSigner, AnswerVerifier
-from org.gateway_certs import issue_gateway_cert, make_ca
+from org.gateway_certs import GatewayKey, issue_gateway_cert, make_ca
 
 PATH = "/v1/mfps?after=3&wait=20"
 
@@ -24,7 +24,7 @@ def _signer(tmp_path, ident) -> AnswerSigner:
     cert, key = tmp_path / "gw.pem", tmp_path / "gw.key"
     cert.write_text(ident.cert_pem())
     key.write_bytes(ident.key_pem())
-    return AnswerSigner(str(cert), str(key))
+    return AnswerSigner(GatewayKey.from_files(str(cert), str(key)))
 
 
 def _verifier(ca) -> AnswerVerifier:
