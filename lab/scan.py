@@ -34,10 +34,11 @@ def _pins() -> dict[bytes, str]:
 
 
 PINS = _pins()
-# Not inside a longer number, a path, an address or a port ("/proc/<pid>/stat", "10.0.2.46:<port>"):
-# pids wrap at 32768 here, so a PIN-like pid turns up in paths now and then.
-SECRET = re.compile(CANARY.pattern + rb"|(?<![0-9/.:-])(?:" + b"|".join(re.escape(p) for p in PINS)
-                    + rb")(?![0-9/.:])")
+# Not inside a longer number, a path, an address or a port ("/proc/<pid>/stat", "10.0.2.46:<port>"),
+# nor a pid named as one (D-Bus's "uid=0 pid=<pid> comm=...", "(PID <pid>)"): pids wrap at 32768
+# here and start low on a fresh machine, so a process whose pid is a lab PIN is met now and then.
+SECRET = re.compile(CANARY.pattern + rb"|(?<![0-9/.:-])(?<![Pp][Ii][Dd]=)(?<![Pp][Ii][Dd] )(?:"
+                    + b"|".join(re.escape(p) for p in PINS) + rb")(?![0-9/.:])")
 
 
 def _named(found: list[bytes]) -> set[bytes]:

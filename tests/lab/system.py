@@ -113,7 +113,7 @@ def office_leftovers(system) -> list[str]:
         left.append(f"device firewall: {exc}")
     # Files, argv, VICI inventory and the memory of every process on the MFP (the firmware, charon):
     # the secret keeper that held the org's secrets is gone with the session.
-    left += [f"canary in {f['where']}{_which(f)}" for f in scan(system, "office")["findings"]]
+    left += [f"{f['canaries']} in {f['where']}{_which(f)}" for f in scan(system, "office")["findings"]]
     return left
 
 

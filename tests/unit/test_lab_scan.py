@@ -24,3 +24,13 @@ def test_files_are_scanned_and_pins_inside_numbers_paths_and_addresses_are_not(t
     hits = scan_tree(tmp_path)
     assert list(hits) == [str(tmp_path / "sub" / "leak")] and hits[str(tmp_path / "sub" / "leak")] == {CANARY}
     assert _secrets_in(b"nothing here at all") == set()
+
+
+def test_a_pid_that_is_a_pin_is_not_a_pin_but_a_typed_pin_is():
+    pin = next(iter(PINS))
+    named = PINS[pin].encode()
+    # dbus-daemon's connection record and a log line about a process whose pid happens to be a PIN
+    assert _secrets_in(b'uid=0 pid=' + pin + b' comm="ippeveprinter"') == set()
+    assert _secrets_in(b"filter started (PID " + pin + b")") == set()
+    assert _secrets_in(b"pin=" + pin + b"&user=bob") == {named}  # a form field is a PIN
+    assert _secrets_in(b'{"cmd": "pin", "pin": "' + pin + b'"}') == {named}
