@@ -4,6 +4,7 @@
     tenantprint firmware enrol --cloud URL --token-file FILE [--ca-file FILE] [--config FILE]
     tenantprint firmware status [--config FILE]   JSON from the running daemon
     tenantprint firmware pin PIN | pin-cancel | clear-fault
+    tenantprint firmware check [--config FILE]    self-check: programs, units, tunnel, reader, printer, clock
     tenantprint firmware --dump-config [--config FILE]
 """
 
@@ -28,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--token-file", type=Path, required=True, help="file holding the one-time token")
     e.add_argument("--ca-file", default="", help="CA certificate that signs the cloud's TLS certificate")
     sub.add_parser("status", help="the running daemon's status, as JSON")
+    sub.add_parser("check", help="self-check (firmware/self_check.py), as JSON; exit 1 when a required check fails")
     pin = sub.add_parser("pin", help="hand a PIN to the waiting authentication (as the panel does)")
     pin.add_argument("pin")
     sub.add_parser("pin-cancel", help="cancel PIN entry")
@@ -53,6 +55,12 @@ def main(argv: list[str]) -> int:
         from firmware.runtime import run_daemon
 
         return run_daemon(cfg)
+    if args.cmd == "check":
+        from firmware.self_check import run_checks
+
+        report = run_checks(cfg)
+        print(json.dumps(report, indent=2))
+        return 0 if report["ok"] else 1
     if args.cmd == "enrol":
         from firmware.enrolment import enrol
 

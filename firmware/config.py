@@ -165,6 +165,16 @@ class PrinterSection:
 
 
 @dataclass
+class ClockSection:
+    # no session opens until the clock is synchronised to network time (hal/clock): TLS and IKE
+    # check validity periods against it. Off only where the host's clock is known good without
+    # NTP on the device itself (the namespace lab shares its machine's clock).
+    require_sync: bool = option(default=True)
+    # how often the clock is asked while it is not synchronised yet
+    check_every_s: float = option(between(0.2, 60), default=1.0)
+
+
+@dataclass
 class RuntimeSection:
     status_socket: str = option(_abs_path, default="/run/tenantprint/firmware.sock")
     pin_timeout_s: float = option(between(5, 600), default=30.0)
@@ -227,6 +237,7 @@ class FirmwareConfig(Config):
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     panel: PanelSection = field(default_factory=PanelSection)
     firewall: FirewallSection = field(default_factory=FirewallSection)
+    clock: ClockSection = field(default_factory=ClockSection)
 
 
 def device_tpm(cfg: "FirmwareConfig"):

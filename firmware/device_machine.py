@@ -15,6 +15,9 @@ runs exactly as it does alone; the device only decides which one an event goes t
   (with a fresh number); when no session can end, the panel says when the first max hold expires.
 - `Tick` and `Shutdown` go to every session, `FaultCleared` to every session in `Fault`.
 - A session whose purge verified (its machine reached `Idle`) is removed.
+- While the clock is not synchronised (`ClockChecked`), no tap opens a session: TLS to the cloud,
+  RadSec and IKE check validity periods against a clock that may be days off. The panel says
+  "clock not synchronised"; the startup purge and open sessions go on.
 
 Panel: a step's `ShowPanel` effects are kept only when they come from the focus session (the one
 the last tap went to), from the device itself, or when no session has the focus.
@@ -30,7 +33,7 @@ from dataclasses import dataclass, replace
 
 from firmware import machine, panel
 from firmware.effects import Audit, ShowPanel, StartSpareKeeper
-from firmware.events import Boot, CardTapped, CardUnreadable, FaultCleared, PurgeDone, Shutdown, Tick
+from firmware.events import Boot, CardTapped, CardUnreadable, ClockChecked, FaultCleared, PurgeDone, Shutdown, Tick
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class Device:
     issued: int = 0                          # the highest session number handed out so far
     startup: object = machine.Starting()     # the startup purge's machine (session 0); None once verified
     stopping: bool = False                   # Shutdown came: every session purges, then stops
+    clock_synced: bool = True                # the last ClockChecked said so (none yet: not required)
 
     @property
     def booted(self) -> bool:
@@ -239,7 +243,24 @@ def _shutdown(device, event, limits):
 
 
 def _card_unreadable(device, event, limits):
+    if not device.clock_synced:  # (a card known by its UID is not looked up then either)
+        return device, _clock_refusal(None)
     return device, machine._card_unreadable(None, event, limits)[1]
+
+
+def _clock(device, event, limits):
+    synced = event.synchronised is True
+    if synced == device.clock_synced:
+        return device, []
+    device = replace(device, clock_synced=synced)
+    effects: list = [Audit("clock", {"synchronised": synced})]
+    if device.startup is None and not device.sessions and not device.stopping:
+        effects.append(_show("idle" if synced else "clock-unsynchronised"))
+    return device, effects
+
+
+def _clock_refusal(org: object) -> list:
+    return [_show("clock-unsynchronised"), Audit("tap-refused", {"org": org, "reason": "clock-unsynchronised"})]
 
 
 def _tap(device, event, limits):
@@ -249,6 +270,8 @@ def _tap(device, event, limits):
         return device, machine._refuse_tap(None, event, limits)[1]
     if device.startup is not None:  # the startup purge first ("busy")
         return _feed(device, device.startup.session, event, limits)
+    if not device.clock_synced:
+        return device, _clock_refusal(event.org)
     number = _number_for_org(device, event.org)
     if number is not None:
         device = _focus(device, number)
@@ -352,6 +375,7 @@ HANDLERS = {
     Tick: _tick,
     CardTapped: _tap,
     CardUnreadable: _card_unreadable,
+    ClockChecked: _clock,
     FaultCleared: _fault_cleared,
     Shutdown: _shutdown,
 }

@@ -64,6 +64,14 @@ class Boot:
 
 
 @dataclass(frozen=True)
+class ClockChecked:
+    """Whether the clock is synchronised to network time now (hal/clock). TLS and IKE check
+    validity periods against it: no session opens while it is not."""
+    at: float
+    synchronised: bool
+
+
+@dataclass(frozen=True)
 class Tick:
     """Sent by the runtime about once a second: drives every timeout."""
     at: float

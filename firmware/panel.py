@@ -57,6 +57,8 @@ MESSAGES: dict[str, str] = {
     "release-failed": "Could not release the jobs — they stay held",
     "job-failed": "A job could not be printed — it goes back to its desk to print again",
     "reader-not-connected": "Card reader not connected — call the operator",
+    # no network time yet (hal/clock): no session opens until the clock is synchronised
+    "clock-unsynchronised": "Clock not synchronised — waiting for network time",
     # the printer (the engine): said beside the session's line while it lasts
     "printer-not-connected": "Printer not connected",
     "printer-offline": "Printer offline",

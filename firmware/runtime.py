@@ -175,7 +175,8 @@ class Runtime:
                     for i, j in enumerate(self.devices.engine.pending())]
         facts = screen.Facts(jobs=s.jobs if s else {}, printing=printing, condition=self.devices.engine.condition,
                              attempts_left=attempts, typed=typed, local_id=s.local_id if s else "",
-                             lang=self.cfg.panel.language, limits=self.limits)
+                             lang=self.cfg.panel.language, limits=self.limits,
+                             clock_synced=self.device.clock_synced)
         try:
             self.screen.update(screen.screen_of(state, self.shown, now, facts))
         except Exception as exc:  # the panel must not take a step down with it
@@ -448,7 +449,7 @@ class Runtime:
         says whose card it is, and always asks for the PIN (firmware/machine.py `_accepted`)."""
         ident = card_id(card.uid, card.kind)
         journal.record("tap", card=mask_uid(card.uid), kind=card.kind)
-        if ident is None:
+        if ident is None or not self.device.clock_synced:  # (no TLS to the cloud on a wrong clock)
             self.post(ev.CardUnreadable(self.now(), "unknown-card"))
             return
         uid_tag = mask_uid(card.uid)
@@ -510,6 +511,32 @@ class Runtime:
             # (not `self.done.wait`: an asyncio.Event's wait takes no timeout, and the TypeError
             # ended this thread after its first round: the certificate was never renewed)
             self.stopping.wait(DEVICE_CERT_EVERY_S if state is not None and state.usable else 60)
+
+    def _check_clock(self) -> bool:
+        """Ask the clock once (hal/clock) and tell the machine; True when it is synchronised."""
+        from hal import clock
+
+        synced = clock.synchronised()
+        self.post(ev.ClockChecked(self.now(), synced))
+        return synced
+
+    async def _watch_clock(self) -> None:
+        """While the clock is not synchronised, ask it every `clock.check_every_s` and say how it
+        stands: the machine refuses taps meanwhile; the panel, the journal, `status.clock` and the
+        unit's status (sd_notify STATUS) say "clock not synchronised". Once it is, the device serves
+        and the watch ends (the NTP client keeps a synchronised clock so)."""
+        from hal import clock
+
+        since = self.now()
+        journal.record("clock not synchronised: no session opens until network time comes", level=30)
+        sdnotify.notify("STATUS=clock not synchronised: waiting for network time")
+        while not self.done.is_set():
+            await asyncio.sleep(self.cfg.clock.check_every_s)
+            if await asyncio.to_thread(clock.synchronised):
+                self.post(ev.ClockChecked(self.now(), True))
+                journal.record("clock synchronised", waited_s=round(self.now() - since, 1))
+                sdnotify.notify("STATUS=serving")
+                return
 
     async def _tick(self) -> None:
         interval = sdnotify.watchdog_interval()
@@ -611,7 +638,8 @@ class Runtime:
                              for j in view.get("held_jobs", [])]
         view["tunnel"] = {"up": bool(s and s.virtual_ip and view.get("org")),
                           "virtual_ip": s.virtual_ip if s else None,
-                          "sandbox": s.slot.name if s is not None and s.slot is not None else None}
+                          "sandbox": s.slot.name if s is not None and s.slot is not None else None,
+                          "backend": self.devices.backend}  # kernel (XFRM) or libipsec, as resolved at start
         number = getattr(state, "session", None)
         view["printing"] = [{"id": j.job_id, "user": j.user, "title": j.title}
                             for j in self.devices.engine.pending() if j.session == number]
@@ -625,6 +653,8 @@ class Runtime:
         reader = self.devices.card.reader_state()
         reader_usable = reader["connected"] or any(r["connected"] for r in reader.get("readers", []))
         line = self.panel if reader_usable else panel.text_join(panel.text("reader-not-connected"), self.panel)
+        if not self.device.clock_synced and panel.text("clock-unsynchronised") not in line:
+            line = panel.text_join(panel.text("clock-unsynchronised"), line)
         return {
             "state": view["state"],
             "org": view.get("org"),
@@ -641,6 +671,7 @@ class Runtime:
             "sessions_max": self.cfg.sessions.max,
             "spare": self.devices.sandboxes.spare_view(),
             "device_cert": self.device_cert,
+            "clock": {"synchronised": self.device.clock_synced, "required": self.cfg.clock.require_sync},
             "panel_url": f"http://{self.cfg.panel.listen}/" if "web" in self.cfg.panel.kind.split(",") else None,
             "screen": self.screen.doc.get("screen"),
             "engine": self.devices.engine.view(),
@@ -681,6 +712,8 @@ class Runtime:
             journal.record("device firewall not installed: no sessions", level=50, error=str(exc))
         if wrong := self.devices.network_leftovers(gateways=False):
             journal.record("device network not as required: no sessions", level=50, found="; ".join(wrong))
+        if self.cfg.clock.require_sync and not self._check_clock():  # before Boot: no tap slips in
+            tasks.append(asyncio.create_task(self._watch_clock()))
         self.post(ev.Boot(self.now()))
         sdnotify.notify("READY=1")
         try:

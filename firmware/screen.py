@@ -47,6 +47,7 @@ class Facts:
     others: int = 0                                 # other organizations' sessions
     lang: str = "en"
     limits: m.Limits = m.LIMITS                     # the PIN's and the panel's timeouts
+    clock_synced: bool = True                       # False: no session opens (hal/clock)
 
 
 def queue_name(local_id: str) -> str | None:
@@ -78,6 +79,8 @@ def screen_of(state: m.State, shown: Shown, now: float, facts: Facts) -> dict:
     if isinstance(state, m.Purging):
         return {**doc, "screen": "progress", "line": _line("purging")}
     if isinstance(state, m.Idle):
+        if not facts.clock_synced:  # nothing to tap for until network time comes
+            return {**doc, "screen": "out-of-service", "line": _line("clock-unsynchronised")}
         if recent and shown.key not in ("idle", "starting", "purging", ""):  # its fields named the org
             return {**doc, "screen": "message", "line": _line(shown.key),
                     "idle_in_s": round(return_s - (now - shown.at))}

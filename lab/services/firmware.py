@@ -30,6 +30,9 @@ PANEL_LISTEN = "127.0.0.1:8650"  # the web panel, on the MFP host's loopback onl
 PANEL_GROUP = "nogroup"          # the unprivileged panel service runs as nobody:nogroup
 KEYPAD_FIFO = "/run/tenantprint-keypad.fifo"  # the USB keypad's stand-in: recorded input_events
 SESSION_DIR = "/run/tenantprint/session"
+# What systemd-timesyncd leaves once it synchronised the clock (hal/clock): the office host's clock
+# is this machine's, so the lab plays the NTP client; `set_network_time(lab, False)` takes it away.
+SYNC_FLAG = "/run/systemd/timesync/synchronized"
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -54,6 +57,21 @@ def firmware_status(lab, timeout: float = 5.0) -> dict:
 
 def firmware_request(lab, request: dict) -> dict:
     return fw_status.request(control_socket(lab), request)
+
+
+def set_network_time(lab, synced: bool) -> None:
+    """Network time for the MFP comes (or stops coming, for the next firmware start: a clock once
+    synchronised stays so until a reboot): the office's timesyncd flag made or removed."""
+    flag = lab.host(HOST).path(SYNC_FLAG)
+    blocked = lab.layout.data_dir("firmware") / "ntp-blocked"
+    if synced:
+        blocked.unlink(missing_ok=True)
+        flag.parent.mkdir(parents=True, exist_ok=True)
+        flag.touch()
+    else:
+        blocked.parent.mkdir(parents=True, exist_ok=True)
+        blocked.touch()
+        flag.unlink(missing_ok=True)
 
 
 def type_on_keypad(lab, keys: bytes) -> None:
@@ -161,6 +179,8 @@ class FirmwareService:
         make_fifo(lab.host(HOST).path(KEYPAD_FIFO))  # made before the daemon opens it (as the wedge's)
         # What the device's unit does before the daemon starts (ExecStartPre, systemd/sysctl.d)
         sysctls.apply(lab.host(HOST).ns)
+        if not (self.data_dir(lab) / "ntp-blocked").exists():
+            set_network_time(lab, True)
         lab.spawn(self.name, HOST, [sys.executable, "-m", "tenantprint", "firmware", "--config", str(config), "run"],
                   cwd=REPO, env=dict(self.env))
         self.wait_settled(lab, timeout=60, want=("idle", "fault"))
