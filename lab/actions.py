@@ -20,12 +20,43 @@ def _firmware(lab):
     return lab.service("firmware")
 
 
+def _vm(lab) -> bool:
+    """The MFP is a QEMU guest (`lab up --mfp vm`): lab/services/mfp_vm.py."""
+    return getattr(lab.options, "mfp", "netns") == "vm"
+
+
+def _needs_netns(lab, what: str) -> None:
+    if _vm(lab):
+        raise LabError(f"{what}: not on the MFP guest (`lab up --mfp vm` has the PC/SC reader and the web panel only)")
+
+
+def _tunnel_backend(lab, firmware: dict) -> None:
+    """`firmware.tunnel.backend`: the firmware's own word when its status says it; else what it was
+    told (`tunnel.backend` of its config; `backend_source` says which), detected as the firmware
+    would when told `auto`."""
+    tunnel = firmware.get("tunnel")
+    if not isinstance(tunnel, dict):
+        return
+    if "backend" in tunnel:
+        tunnel.setdefault("backend_source", "firmware")
+        return
+    if _vm(lab):  # the lab layer's firmware.toml
+        tunnel.update(backend="kernel", backend_source="config")
+    elif lab.options.tunnel_backend != "auto":
+        tunnel.update(backend=lab.options.tunnel_backend, backend_source="config")
+    else:
+        from hal.tunnel import detect_backend
+
+        tunnel.update(backend=detect_backend(), backend_source="detected")
+
+
 def status(lab) -> dict:
     from lab.services import engine, org_agents
     from org.desk_agent import trusted_model
 
     out = lab.status()
     out["firmware"] = _firmware(lab).status(lab)
+    _tunnel_backend(lab, out["firmware"])
     out["desks"] = {}
     for org in _contracted(lab):
         try:
@@ -77,6 +108,8 @@ def tap(lab, org: str, user: str, *, uid: str | None = None, pin: str | None = N
 
     if card_kind not in CARD_KINDS:
         raise LabError(f"--card must be one of {', '.join(CARD_KINDS)}")
+    if card_kind in ("type3", "wedge") or keypad:
+        _needs_netns(lab, f"--card {card_kind}" if not keypad else "--keypad")
     fw = _firmware(lab)
     before = firmware_status(lab)["taps"]
     if choose:
@@ -127,6 +160,9 @@ def _after_tap(lab, fw, pin: str | None, settle_s: float, keypad: bool = False) 
         # typed on the panel: through the panel socket, as the web panel and the keypad hand it over
         if not pin.isdigit() or not 1 <= len(pin) <= 16:
             raise LabError("--pin: 1 to 16 digits")
+        from lab.scan import note_pin_typed
+
+        note_pin_typed(lab, pin)
         if keypad:
             type_on_keypad(lab, pin.encode() + b"\n")
             reply = {}
@@ -203,7 +239,7 @@ def _print_from_cowork(lab, user: str, file: Path) -> dict:
     MFP may listen on. Submission may fail (the firewall drops it) or be accepted and then purged; it
     must never print."""
     st = firmware_status(lab)
-    targets = [lab.address("office")]
+    targets = [lab.topology.mfp_address]
     vip = st.get("tunnel", {}).get("virtual_ip")
     if vip:
         targets.append(vip)
@@ -242,7 +278,15 @@ def fault(lab, kind: str, org: str) -> dict:
 
         reasons = set_media_level(lab, 0 if kind == "engine-media-empty" else TRAY_SHEETS)
         return {"fault": kind, "reasons": reasons}
+    if kind in ("mfp-power-cut", "firmware-hang"):
+        if not _vm(lab):
+            raise LabError(f"{kind}: needs the MFP as a guest (`lab up --mfp vm`)")
+        fw = _firmware(lab)
+        if kind == "mfp-power-cut":  # a hard reset: RAM gone, the disk as written; back once at rest
+            return {"fault": kind, **fw.power_cut(lab)}
+        return {"fault": kind, **fw.hang(lab)}  # SIGSTOP: the unit's watchdog must restart it
     if kind in ("nfc-reader-unplug", "nfc-reader-plug"):  # the nfcpy reader's far end gone, back
+        _needs_netns(lab, kind)
         svc = lab.service("nfc-sim")
         svc.unplug(lab) if kind == "nfc-reader-unplug" else svc.start(lab)
         return {"fault": kind}
@@ -255,16 +299,17 @@ def fault(lab, kind: str, org: str) -> dict:
         return {"fault": kind, "killed": _firmware(lab).kill(lab)}
     if kind == "firmware-start":
         fw = _firmware(lab)
-        lab.procs.stop(fw.name, timeout=1)  # only the dead record: the process is gone
+        if not _vm(lab):  # the guest's is its unit's to restart
+            lab.procs.stop(fw.name, timeout=1)  # only the dead record: the process is gone
         fw.start(lab)
         return {"fault": kind, "started": True}
     raise LabError(f"unknown fault {kind}")
 
 
 def scan_secrets(lab) -> dict:
-    from lab.scan import scan
+    from lab.scan import scan, scan_guest
 
-    return scan(lab, "office")
+    return scan_guest(lab) if _vm(lab) else scan(lab, "office")
 
 
 def cloud_cli(lab, args: list[str]) -> dict:

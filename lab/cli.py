@@ -9,11 +9,12 @@ import sys
 
 from lab.host import LabError
 from lab.lab import Lab
-from lab.options import BACKENDS, ENGINES, PANEL_ACTIONS, TRUSTS, LabOptions
+from lab.options import BACKENDS, ENGINES, MFP_KINDS, PANEL_ACTIONS, TRUSTS, LabOptions
 
 FAULTS = ("gateway-kill", "gateway-start", "cloud-stop", "cloud-start", "radius-stop", "radius-start",
           "firmware-kill", "firmware-start", "engine-stop", "engine-start",
-          "engine-media-empty", "engine-media-ok", "engine-jam-next", "nfc-reader-unplug", "nfc-reader-plug")
+          "engine-media-empty", "engine-media-ok", "engine-jam-next", "nfc-reader-unplug", "nfc-reader-plug",
+          "mfp-power-cut", "firmware-hang")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="the print engine's formats: pdf (PDF, PWG raster, JPEG, text), pwg-only, urf-only")
     up.add_argument("--extra-orgs", type=int, default=0, metavar="N",
                     help="N more contracted orgs (umbrella), each with its gateway, RADIUS, gateway agent and desk")
+    up.add_argument("--mfp", choices=MFP_KINDS, default="netns",
+                    help="netns (default): the firmware on the office host; vm: the MFP is a QEMU guest "
+                         "booted from the amd64 twin image, the firmware its systemd service (kernel XFRM)")
     sub.add_parser("down", help="stop everything and remove every trace of the lab")
     sub.add_parser("status", help="hosts, services, firmware, desks, printed documents, as JSON")
     tap = sub.add_parser("tap", help="present the virtual card, remove it, wait until the MFP settles")
@@ -88,7 +92,7 @@ def _run(args) -> dict:
 
     if args.cmd == "up":
         opts = LabOptions(args.wan_rtt_ms, args.tunnel_backend, args.combined, tuple(args.ldap), args.engine,
-                          args.extra_orgs, args.trust, args.tpm)
+                          args.extra_orgs, args.trust, args.tpm, args.mfp)
         lab = Lab(options=opts)
         if lab.layout.root.exists() and LabOptions.load(lab.layout.root) != opts:
             raise LabError("the lab is up with other options: `tenantprint lab down` first")

@@ -27,8 +27,14 @@ class Lab:
         self.layout = layout or LabLayout.from_env()
         self.procs = Supervisor(self.layout.procs_dir)
         self.options = options or LabOptions.load(self.layout.root)
-        self.topology = topology or build(contracted(self.options.extra_orgs))
-        self.services = default_services(self.options) if services is None else services
+        self.topology = topology or build(contracted(self.options.extra_orgs), mfp=self.options.mfp)
+        if services is None:
+            services = default_services(self.options)
+            if self.options.mfp == "vm":  # the MFP is a QEMU guest: its firmware, pcscd and panel are its own
+                from lab.services.mfp_vm import vm_services
+
+                services = vm_services(services)
+        self.services = services
 
     def service(self, name: str) -> Service:
         for s in self.services:
@@ -125,10 +131,20 @@ class Lab:
         return {
             "lab": {"prefix": self.layout.prefix, "dir": str(self.layout.root),
                     "up": all(v["up"] for v in hosts.values())},
+            "mfp": self.mfp_view(),
             "hosts": hosts,
             "services": {s.name: _safe_status(self, s) for s in self.services},
             "processes": {r.key: {"pid": r.pid, "alive": r.alive()} for r in self.procs.records()},
         }
+
+    def mfp_view(self) -> dict:
+        """Where the MFP runs: {"kind": "netns", "host", "address"} or the guest's view (mfp_vm)."""
+        if self.options.mfp == "vm":
+            try:
+                return self.service("firmware").mfp_view(self)
+            except Exception as exc:  # status never fails for a part of it
+                return {"kind": "vm", "error": str(exc)}
+        return {"kind": "netns", "host": "office", "address": self.topology.mfp_address}
 
 
 def _safe_status(lab: Lab, service: Service) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 BACKENDS = ("auto", "kernel", "libipsec")
 TRUSTS = ("psk", "cert")  # how the MFP proves itself to the orgs (`lab up --trust`, issue 18)
 ENGINES = ("pdf", "pwg-only", "urf-only")  # what the lab's print engine takes (lab/services/engine.py)
+MFP_KINDS = ("netns", "vm")  # the MFP on the office host itself, or a QEMU guest booted from the twin image
 PANEL_ACTIONS = ("screen", "choose-next", "print", "delete", "logout", "pin-cancel")  # `lab panel` (lab/actions.py)
 
 
@@ -26,6 +27,9 @@ class LabOptions:
     trust: str = "cert"
     # the MFP's device key inside a TPM 2.0 (swtpm behind tpm2-abrmd on office, lab/services/swtpm.py)
     tpm: bool = False
+    # netns: the firmware runs on the office host; vm: the MFP is a QEMU guest booted from the amd64
+    # twin image, the firmware the image's systemd service (lab/services/mfp_vm.py)
+    mfp: str = "netns"
 
     def __post_init__(self):
         from lab.orgs import CONTRACTED, contracted
@@ -41,6 +45,12 @@ class LabOptions:
             raise ValueError(f"trust must be one of {', '.join(TRUSTS)}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if self.mfp not in MFP_KINDS:
+            raise ValueError(f"mfp must be one of {', '.join(MFP_KINDS)}, not {self.mfp!r}")
+        if self.mfp == "vm" and self.tpm:
+            raise ValueError("--tpm is not built for --mfp vm (the guest has no TPM)")
+        if self.mfp == "vm" and self.tunnel_backend == "libipsec":
+            raise ValueError("--mfp vm runs the kernel tunnel backend (the lab layer's firmware.toml)")
         if not 0 <= self.wan_rtt_ms <= 2000:
             raise ValueError("wan-rtt-ms must be between 0 and 2000")
 

@@ -220,3 +220,93 @@ def long_term_secrets_served(lab) -> list[dict]:
         return out
     finally:
         admin.engine.dispose()
+
+
+def _pins_file(lab) -> Path:
+    return lab.layout.data_dir("scan") / "typed-pins"
+
+
+def note_pin_typed(lab, pin: str) -> None:
+    """Remember that `pin` was typed at this lab's MFP (its SHA-256, one a line), for `scan_guest`."""
+    import hashlib
+
+    path = _pins_file(lab)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(pin.encode()).hexdigest()
+    if digest not in (path.read_text().split() if path.exists() else []):
+        with open(path, "a") as f:
+            f.write(digest + "\n")
+
+
+def typed_pins(lab) -> tuple[bytes, ...]:
+    """The lab PINs typed at this lab's MFP so far (`note_pin_typed`)."""
+    import hashlib
+
+    try:
+        digests = set(_pins_file(lab).read_text().split())
+    except OSError:
+        return ()
+    return tuple(p for p in PINS if hashlib.sha256(p).hexdigest() in digests)
+
+
+def _secret_pattern(pins: tuple[bytes, ...]) -> re.Pattern:
+    """SECRET for these PINs only (the canaries always)."""
+    if not pins:
+        return CANARY
+    return re.compile(CANARY.pattern + rb"|(?<![0-9/.:-])(?<![Pp][Ii][Dd]=)(?<![Pp][Ii][Dd] )(?:"
+                      + b"|".join(re.escape(p) for p in pins) + rb")(?![0-9/.:])")
+
+
+def scan_guest(lab) -> dict:
+    """`scan` for the MFP as a guest (`lab up --mfp vm`): `lab/guest_scan.py` run inside it over the
+    lab's ssh connection (files, other mount namespaces, every process's memory and argv, each
+    sandbox charon's VICI inventory), plus the guest's disks as this machine sees them (its state
+    partition, the root's overlay, the boot disk: whatever the guest ever wrote, deleted files'
+    blocks included) for canaries. Same answer
+    shape as `scan`; a PIN found is named by whose it is.
+
+    PINs: only those typed at this lab's MFP (`lab tap --pin`, `note_pin_typed`) are looked for.
+    A whole operating system holds short numbers a PIN can equal (systemd-udevd's memory held
+    "1357", heidi's PIN, before any PIN was typed): a PIN never typed cannot have leaked."""
+    import json
+
+    pins = typed_pins(lab)
+    pattern = _secret_pattern(pins).pattern
+    script = (Path(__file__).parent / "guest_scan.py").read_text()
+    script += f"\nPATTERN = {pattern!r}\nMARKERS = {(b'TPCANARY-', *pins)!r}\nprint(json.dumps(main()))\n"
+    fw = lab.service("firmware")
+    proc = fw.guest(lab, ["python3", "-"], input=script.encode(), timeout=600)
+    report = json.loads(proc.stdout)
+    findings = []
+    for f in report["findings"]:
+        found = _named([x.encode("latin-1") for x in f["found"]])
+        findings.append({"where": f"mfp:{f['where']}", "kind": f["kind"],
+                         "canaries": sorted(c.decode(errors="replace")[:40] for c in found)})
+    for disk in fw.disks(lab):
+        on_disk = _canaries_in_file(disk)
+        if on_disk:
+            findings.append({"where": f"disk {disk}", "kind": "disk",
+                             "canaries": sorted(c.decode(errors="replace")[:40] for c in on_disk)})
+    served = long_term_secrets_served(lab)
+    cert_mode = lab.options.trust == "cert"
+    return {"clean": not findings and not (cert_mode and served), "host": "mfp-vm",
+            "processes_scanned": report["processes_scanned"], "mounts_scanned": report["mounts_scanned"],
+            "vici_sockets": report["vici_sockets"], "findings": findings,
+            "long_term_secrets": {"trust": lab.options.trust, "served": served,
+                                  "clean": not served if cert_mode else None}}
+
+
+def _canaries_in_file(path: Path, chunk: int = 16 * 1024 * 1024) -> set[bytes]:
+    """The canaries in a (large) file, read in overlapping chunks. PINs are not looked for on a
+    raw disk: a disk is full of short numbers."""
+    found: set[bytes] = set()
+    if not path.exists():
+        return found
+    tail = b""
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            data = tail + block
+            if b"TPCANARY-" in data:
+                found.update(CANARY.findall(data))
+            tail = data[-256:]
+    return found
