@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test unit bench lab-down clean image-files
+.PHONY: setup demo test unit bench lab-down clean image image-twin image-check
 
 setup:
 	./lab/setup.sh
@@ -27,6 +27,19 @@ lab-down:
 clean: lab-down
 	rm -rf $(VENV) build *.egg-info
 
-# The files the Raspberry Pi image stage installs (see docs/RASPBERRY-PI.md).
-image-files: setup
-	./provisioning/build-wheel.sh
+# The device image (provisioning/image/build-image, docs/RASPBERRY-PI.md section 1): Debian packages and
+# the firmware's wheel, built with mmdebstrap, cached by content in $(IMAGE_CACHE). Needs root.
+IMAGE_CACHE ?= /var/cache/tenantprint-image
+IMAGE_OUT ?= build/image
+
+# The Raspberry Pi 3/4 SD card image (arm64, emulated: ~25 min cold): $(IMAGE_OUT)/pi/tenantprint-pi.img
+image: setup
+	./provisioning/image/build-image --target pi --cache $(IMAGE_CACHE) --out $(IMAGE_OUT)/pi
+
+# The amd64 twin for QEMU (vmlinuz, initrd.img, root.img, state.img): $(IMAGE_OUT)/twin
+image-twin: setup
+	./provisioning/image/build-image --target twin --cache $(IMAGE_CACHE) --out $(IMAGE_OUT)/twin
+
+# Boot the Pi image on QEMU's raspi3b (as an SD card) and on virt, and run its self-check there.
+image-check: image
+	./provisioning/image/image-check $(IMAGE_OUT)/pi --log-dir $(IMAGE_OUT)/check

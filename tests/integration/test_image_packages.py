@@ -1,28 +1,33 @@
 """The image's package list, replayed with apt: the engine path is installed and no purge takes it away.
 
-pi-gen installs each sub-stage's `NN-packages` (with Recommends) and `NN-packages-nr` (without),
-then runs its `NN-run-chroot.sh`, whose `apt-get install|purge|autoremove` lines change that set.
-This test replays exactly that with `apt-get -s` against a dpkg status of its own: first an EMPTY
-one, then one describing what the replay has installed so far (each package's Depends,
-Pre-Depends, Recommends, Provides... from `apt-cache show` of the chosen version) with apt's
-extended_states saying which were pulled in automatically, so `autoremove` judges as on the Pi.
+provisioning/image/build-image installs, in order, what `apt_steps()` says: mmdebstrap's --include
+(packages/base, the target's kernel, packages/device-nr, all without Recommends, on top of
+--variant=minbase), packages/device (with Recommends), the purge of packages/purge and an
+autoremove, then (only when a Python dependency must be compiled) packages/build-deps, installed and
+purged again, with an autoremove. This test replays exactly those steps, taken from build-image
+itself, with `apt-get -s` against a dpkg status of its own: first an EMPTY one, then one describing
+what the replay has installed so far (each package's Depends, Pre-Depends, Recommends, Provides...
+from `apt-cache show` of the chosen version) with apt's extended_states saying which were pulled in
+automatically, so `autoremove` judges as in the build.
 
-Stand-in: this machine's apt lists (Debian 12 bookworm, amd64) play Raspberry Pi OS bookworm arm64,
-which is built on the same Debian packages and dependencies for another architecture. Raspberry Pi's
-own archive adds (and may override) packages that these lists lack, so a real pi-gen build remains
-the last word. Starting from an empty status makes the replay install a base system too, where
-stage2 already has one; which of the listed packages stay does not depend on that. Nothing is
-installed: apt only simulates (`-s`), with its cache files in tmp_path, never the machine's.
+This machine's apt lists (Debian 12 bookworm, amd64) are the twin's archive; the Raspberry Pi image
+differs only in its kernel packages (linux-image-arm64 and raspi-firmware from non-free-firmware,
+which these lists may lack): the replay uses the twin's. The minbase system mmdebstrap lays down
+first (Essential and Priority: required) is not replayed: which of the listed packages stay does
+not depend on it. Nothing is installed: apt only simulates (`-s`), with its cache files in tmp_path,
+never the machine's.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+from importlib.machinery import SourceFileLoader
+from importlib.util import module_from_spec, spec_from_loader
 from pathlib import Path
 
 import pytest
@@ -30,7 +35,20 @@ import pytest
 from prereq import need, need_binary
 
 REPO = Path(__file__).resolve().parents[2]
-STAGE = REPO / "provisioning/pi-gen/stage-tenantprint"
+RECIPE = REPO / "provisioning/image"
+LAB_LAYER = RECIPE / "lab-layer"
+
+
+def _build_image():
+    """provisioning/image/build-image as a module (it is a script without .py)."""
+    loader = SourceFileLoader("build_image", str(RECIPE / "build-image"))
+    module = module_from_spec(spec_from_loader("build_image", loader))
+    sys.modules["build_image"] = module  # dataclasses look their module up there
+    loader.exec_module(module)
+    return module
+
+
+build_image = _build_image()
 
 # What the engine path and the rest of the device need on the finished image.
 ENGINE_PATH = {
@@ -54,8 +72,15 @@ DEVICE = {"strongswan-charon", "strongswan-libcharon", "libstrongswan", "strongs
 NEVER = {"vsmartcard-vpcd", "cups-browsed",
          # nothing runs strongswan.service on the device
          "charon-systemd",
-         # 01-tenantprint's build dependencies: installed to compile pyscard/pycups, then purged
-         "build-essential", "python3-dev", "swig", "libpcsclite-dev", "libcups2-dev"}
+         # the build dependencies: installed to compile pyscard/pycups/evdev, then purged
+         "build-essential", "python3-dev", "swig", "libpcsclite-dev", "libcups2-dev", "gcc", "cpp", "make",
+         # no swap on the device (the session tmpfs and the firmware's memory hold org data)
+         "dphys-swapfile", "zram-tools", "systemd-zram-generator",
+         # the firmware starts without NTP ("clock not synchronised"): nothing waits for it at boot
+         "systemd-time-wait-sync"}
+# The system under the firmware: networkd is in systemd; resolved, timesyncd, ssh, the venv.
+SYSTEM = {"systemd", "systemd-sysv", "systemd-resolved", "systemd-timesyncd", "udev", "dbus", "openssh-server", "sudo",
+          "python3", "python3-venv", "initramfs-tools", "linux-image-amd64", "libpam-systemd"}
 # Fields of an `apt-cache show` stanza that a dpkg status entry carries and apt's solver reads.
 STATUS_FIELDS = ("Package", "Essential", "Priority", "Section", "Architecture", "Multi-Arch", "Version",
                  "Provides", "Depends", "Pre-Depends", "Recommends", "Suggests", "Conflicts", "Breaks",
@@ -66,7 +91,7 @@ REMOVED = re.compile(r"^(?:Remv|Purg) (\S+)")
 
 @dataclass
 class Step:
-    """One apt-get run as the stage does it: `command` is install, purge or autoremove."""
+    """One apt-get run of the build: `command` is install, purge or autoremove."""
 
     origin: str
     command: str
@@ -84,40 +109,10 @@ class Replay:
     seconds: float = 0.0
 
 
-def _package_file(path: Path) -> list[str]:
-    # pi-gen strips comments with remove-comments.sed (`#` to the end of the line).
-    return " ".join(line.split("#", 1)[0] for line in path.read_text().splitlines()).split()
-
-
-def _script_steps(script: Path) -> list[Step]:
-    """The `apt-get` lines of a chroot script, with its plain `NAME="..."` variables expanded."""
-    text = script.read_text()
-    variables = dict(re.findall(r'^([A-Z_][A-Z0-9_]*)="([^"]*)"\s*$', text, re.M))
-    steps = []
-    for line in re.findall(r"^\s*apt-get\s+(.*)$", text, re.M):
-        line = re.sub(r"\$\{?([A-Z_][A-Z0-9_]*)\}?", lambda m: variables.get(m.group(1), m.group(0)), line)
-        words = shlex.split(line.split("||")[0].split("#")[0])
-        options = {w for w in words if w.startswith("-")}
-        args = [w for w in words if not w.startswith("-")]
-        assert args and args[0] in ("install", "purge", "remove", "autoremove"), f"{script}: apt-get {line}"
-        steps.append(Step(f"{script.relative_to(STAGE)}: apt-get {line.strip()}", args[0], args[1:],
-                          recommends="--no-install-recommends" not in options))
-    return steps
-
-
-def stage_steps() -> list[Step]:
-    """Every apt step of the stage in pi-gen's order: per sub-stage, per NN: packages-nr, packages, chroot."""
-    steps = []
-    for sub in sorted(p for p in STAGE.iterdir() if p.is_dir()):
-        for nn in (f"{i:02d}" for i in range(100)):
-            nr, rec, chroot = sub / f"{nn}-packages-nr", sub / f"{nn}-packages", sub / f"{nn}-run-chroot.sh"
-            if nr.exists():
-                steps.append(Step(str(nr.relative_to(STAGE)), "install", _package_file(nr), recommends=False))
-            if rec.exists():
-                steps.append(Step(str(rec.relative_to(STAGE)), "install", _package_file(rec), recommends=True))
-            if chroot.exists():
-                steps += _script_steps(chroot)
-    return steps
+def recipe_steps(layers=()) -> list[Step]:
+    """Every apt step of build-image --target twin, in its order, build deps included."""
+    return [Step(st.origin, st.command, list(st.packages), st.recommends)
+            for st in build_image.apt_steps("twin", list(layers))]
 
 
 class AptSimulator:
@@ -189,11 +184,11 @@ def _arch(entry: str) -> str:
     return re.search(r"^Architecture: (\S+)", entry, re.M).group(1)
 
 
-def replay_stage(work: Path) -> Replay:
+def replay_recipe(work: Path, layers=()) -> Replay:
     apt = AptSimulator(work)
     replay = Replay()
     started = time.monotonic()
-    for step in stage_steps():
+    for step in recipe_steps(layers):
         lines = apt.run(step, set(replay.installed))
         removed = [m.group(1) for m in map(REMOVED.match, lines) if m]
         for name in removed:
@@ -216,38 +211,60 @@ def replay(tmp_path_factory) -> Replay:
                              "policy", "ipp-usb"], capture_output=True, text=True)
     need("Candidate:" in policy.stdout and "Candidate: (none)" not in policy.stdout,
          "apt package lists with Debian 12's packages (run apt-get update)")
-    return replay_stage(tmp_path_factory.mktemp("apt"))
+    return replay_recipe(tmp_path_factory.mktemp("apt"))
 
 
-def test_the_stage_lists_and_purges_what_the_replay_follows():
-    steps = stage_steps()
-    installs = {p for s in steps if s.command == "install" and s.origin.endswith("packages") for p in s.packages}
+def _installed_by_the_recipe(steps) -> set[str]:
+    """What the recipe installs on purpose (not the build deps, which it purges again)."""
+    return {p for s in steps if s.command == "install" and "build-deps" not in s.origin for p in s.packages}
+
+
+def test_the_recipe_lists_and_purges_what_the_replay_follows():
+    steps = recipe_steps()
+    installs = _installed_by_the_recipe(steps)
     assert ENGINE_PATH <= installs, "the engine path belongs in the image's own package list"
+    assert DEVICE <= installs | {"strongswan-libcharon", "libstrongswan"}
     purges = {p for s in steps if s.command == "purge" for p in s.packages}
     assert {"vsmartcard-vpcd", "cups-browsed"} <= purges
     assert "avahi-daemon" not in purges, "purging avahi-daemon purges ipp-usb, which depends on it"
     assert "strongswan-starter" not in purges, "purging strongswan-starter purges strongswan-charon"
-    assert any(s.command == "autoremove" for s in steps)
+    assert [s.command for s in steps[2:4]] == ["purge", "autoremove"]
+    build_deps = [s for s in steps if "build-deps" in s.origin]
+    assert [s.command for s in build_deps] == ["install", "purge"]
+    assert build_deps[0].packages == build_deps[1].packages, "every build dependency is purged again"
+    assert not NEVER & installs - set(build_deps[0].packages)
 
 
 def test_engine_path_and_device_packages_are_on_the_image(replay):
-    missing = (ENGINE_PATH | DEVICE) - set(replay.installed)
-    assert not missing, f"not on the image after the stage's purges: {sorted(missing)}"
+    missing = (ENGINE_PATH | DEVICE | SYSTEM) - set(replay.installed)
+    assert not missing, f"not on the image after the recipe's purges: {sorted(missing)}"
 
 
 def test_no_purge_or_autoremove_takes_a_listed_package(replay):
-    listed = {p for s in stage_steps() if s.command == "install" and s.origin.endswith("packages")
-              for p in s.packages}
-    taken = {origin: sorted(set(removed) & (listed | ENGINE_PATH | DEVICE))
+    listed = _installed_by_the_recipe(recipe_steps())
+    taken = {origin: sorted(set(removed) & (listed | ENGINE_PATH | DEVICE | SYSTEM))
              for origin, removed in replay.removed_by.items()}
     assert not {o: t for o, t in taken.items() if t}, taken
 
 
 def test_what_must_never_be_on_a_device_is_gone(replay):
     assert not NEVER & set(replay.installed), sorted(NEVER & set(replay.installed))
+    assert not {p for p in replay.installed if "vpcd" in p or "vsmartcard" in p}
 
 
 def test_the_panel_packages_are_on_the_image(replay):
-    """The kiosk (cage, chromium, Japanese glyphs) survives the stage's purges."""
-    missing = {"cage", "chromium", "fonts-noto-cjk"} - set(replay.installed)
+    """The kiosk (cage, chromium, Japanese glyphs) survives the recipe's purges."""
+    missing = {"cage", "chromium", "fonts-noto-cjk", "libgl1-mesa-dri"} - set(replay.installed)
     assert not missing, sorted(missing)
+    assert "chromium-sandbox" not in replay.installed  # no setuid sandbox under NoNewPrivileges=
+
+
+def test_the_lab_layer_adds_its_packages_after_the_purge():
+    """The twin's lab layer installs after the device's purge (its vpcd survives on the twin only)."""
+    steps = recipe_steps([LAB_LAYER])
+    layer = [s for s in steps if s.origin.startswith("layer ")]
+    if not (LAB_LAYER / "packages").exists():
+        assert not layer
+        return
+    assert layer and steps.index(layer[0]) > max(i for i, s in enumerate(steps) if s.command == "purge")
+    assert all(not s.recommends for s in layer)

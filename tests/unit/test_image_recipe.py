@@ -1,0 +1,260 @@
+"""provisioning/image: the recipe's static files are right, without building anything.
+
+build-image is loaded as a module (it is a script without .py). Checked: the package lists (no lab
+package, no swap, nothing waiting for NTP), which units the system hook enables and masks (replayed
+with `systemctl --root` on the repository's units), the files staged into the root (units, helpers,
+modes, no key), the read-only root's fstab, the hardening drop-ins, the lab layer's separation and
+that the cache key follows exactly what goes into the image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import zipfile
+from importlib.machinery import SourceFileLoader
+from importlib.util import module_from_spec, spec_from_loader
+from pathlib import Path
+
+import pytest
+
+from prereq import need_binary
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = REPO / "provisioning/image"
+ROOTFS = RECIPE / "rootfs"
+SYSTEM_HOOK = RECIPE / "hooks/30-system.sh"
+LAB_LAYER = RECIPE / "lab-layer"
+
+
+def _load():
+    loader = SourceFileLoader("build_image", str(RECIPE / "build-image"))
+    module = module_from_spec(spec_from_loader("build_image", loader))
+    sys.modules["build_image"] = module  # dataclasses look their module up there
+    loader.exec_module(module)
+    return module
+
+
+bi = _load()
+
+
+def _systemctl_lines(verb: str) -> list[str]:
+    units = []
+    for line in SYSTEM_HOOK.read_text().splitlines():
+        words = line.split("2>/dev/null")[0].split("||")[0].split()
+        if words[:2] == ["systemctl", verb]:
+            units += [w for w in words[2:] if not w.startswith("-")]
+    return units
+
+
+def _base_packages() -> set[str]:
+    return {p for step in bi.apt_steps("twin") + bi.apt_steps("pi") if step.command == "install"
+            for p in step.packages}
+
+
+def test_no_lab_package_and_no_swap_in_the_device_lists():
+    device = _base_packages()
+    assert not {p for p in device if "vpcd" in p or "vsmartcard" in p}
+    assert not {p for p in device if "swap" in p or "zram" in p}
+    assert "systemd-time-wait-sync" not in device and "charon-systemd" not in device
+    lab = set(bi.packages_file(LAB_LAYER / "packages"))
+    assert not lab & device, "a lab layer package is in the device's lists"
+    purged = {p for s in bi.apt_steps("twin") if s.command == "purge" and "build-deps" not in s.origin
+              for p in s.packages}
+    assert "vsmartcard-vpcd" in purged
+
+
+def test_targets_differ_only_in_the_kernel():
+    pi, twin = bi.apt_steps("pi"), bi.apt_steps("twin")
+    assert [s.packages for s in pi[1:]] == [s.packages for s in twin[1:]]
+    extra_pi = set(pi[0].packages) - set(twin[0].packages)
+    extra_twin = set(twin[0].packages) - set(pi[0].packages)
+    assert extra_pi == {"linux-image-arm64", "raspi-firmware"} and extra_twin == {"linux-image-amd64"}
+
+
+def test_the_system_hook_enables_every_device_unit_and_no_ntp_wait():
+    enabled = set(_systemctl_lines("enable"))
+    shipped = {u.name for u in bi.device_units()}
+    with_install = {u for u in shipped if "[Install]" in (REPO / "systemd" / u).read_text()}
+    assert with_install <= enabled, f"device units not enabled: {sorted(with_install - enabled)}"
+    assert {"systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service", "ssh.service",
+            "pcscd.socket"} <= enabled
+    assert "systemd-time-wait-sync.service" not in enabled
+    assert not {"tenantprint-cloud.service", "tenantprint-gateway-agent.service",
+                "tenantprint-desk-agent.service"} & (enabled | shipped)
+    masked = set(_systemctl_lines("mask"))
+    assert {"strongswan.service", "strongswan-starter.service", "ipsec.service", "cups.service", "cups.socket",
+            "cups.path", "cups-browsed.service", "avahi-daemon.service", "avahi-daemon.socket", "swap.target",
+            "systemd-firstboot.service"} <= masked
+
+
+def test_the_enables_replay_on_the_shipped_units(tmp_path):
+    """`systemctl --root` enables the repository's units as the hook does (their [Install] is right)."""
+    need_binary("systemctl")
+    root = tmp_path / "root"
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    (root / "lib").symlink_to("usr/lib")
+    (root / "etc/systemd/system").mkdir(parents=True)
+    for unit in bi.device_units():
+        shutil.copy(unit, root / "etc/systemd/system" / unit.name)
+    ours = [u for u in _systemctl_lines("enable") if u.startswith("tenantprint-")]
+    proc = subprocess.run(["systemctl", f"--root={root}", "enable", *ours], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    wants = root / "etc/systemd/system"
+    for unit in ("tenantprint-firmware.service", "tenantprint-enrol.service", "tenantprint-ssh-setup.service",
+                 "tenantprint-selfcheck.service", "tenantprint-panel.service", "tenantprint-kiosk.service"):
+        assert (wants / "multi-user.target.wants" / unit).is_symlink(), unit
+    for unit in ("tenantprint-reader-setup.service", "tenantprint-boot-guard.service"):
+        assert (wants / "sysinit.target.wants" / unit).is_symlink(), unit
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("stage")
+    wheel = work / "tenantprint-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("firmware/__init__.py", "")
+    (work / "cache").mkdir()
+    return bi.stage_tree(work, "pi", wheel, work / "cache")
+
+
+def test_the_staged_tree(staged):
+    system = staged / "etc/systemd/system"
+    assert {u.name for u in bi.device_units()} <= {u.name for u in system.glob("*.service")}
+    assert not (system / "tenantprint-cloud.service").exists()
+    for helper in (REPO / "systemd/libexec").iterdir():
+        assert (staged / "opt/tenantprint/libexec" / helper.name).stat().st_mode & stat.S_IXUSR, helper.name
+    assert (staged / "etc/sysctl.d/90-tenantprint.conf").read_bytes() == \
+        (REPO / "systemd/sysctl.d/90-tenantprint.conf").read_bytes()
+    assert stat.S_IMODE((staged / "etc/sudoers.d/tenantprint-admin").stat().st_mode) == 0o440
+    assert (staged / "etc/default/raspi-firmware").exists()  # the Pi's own settings, Pi only
+    assert (staged / "etc/chromium/policies/managed/tenantprint-kiosk.json").exists()
+    assert (staged / "etc/pam.d/tenantprint-kiosk").exists() and (staged / "etc/sysusers.d/tenantprint.conf").exists()
+    names = [p.relative_to(staged).as_posix() for p in staged.rglob("*")]
+    assert not [n for n in names if "vpcd" in n or "/ssh_host_" in n or n.endswith(("enrolment.json", "/token",
+                                                                                   ".key", ".pem"))]
+    key = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----")
+    assert not [n for n in names if (staged / n).is_file() and key.search((staged / n).read_bytes())]
+
+
+def test_read_only_root_and_its_writable_places():
+    rows = [line.split() for line in (ROOTFS / "etc/fstab").read_text().splitlines()
+            if line.strip() and not line.startswith("#")]
+    mounts = {r[1]: r for r in rows}
+    assert mounts["/"][0] == f"LABEL={bi.ROOT_LABEL}" and mounts["/"][3].split(",")[0] == "ro"
+    for path in ("/tmp", "/var/tmp", "/var/log", "/var/ipp-usb"):
+        assert mounts[path][2] == "tmpfs", path
+    assert mounts["/var/persist"][0] == f"LABEL={bi.STATE_LABEL}" and "noexec" in mounts["/var/persist"][3]
+    assert mounts["/var/lib/tenantprint"][0] == "/var/persist/tenantprint" and "bind" in mounts["/var/lib/tenantprint"][3]
+    assert mounts["/var/lib/systemd/timesync"][0] == "/var/persist/timesync"
+    assert mounts["/boot/firmware"][0] == f"LABEL={bi.BOOT_LABEL}" and "nofail" in mounts["/boot/firmware"][3]
+    assert "swap" not in [r[2] for r in rows]
+
+
+def test_hardening_files():
+    assert "Storage=volatile" in (ROOTFS / "etc/systemd/journald.conf.d/tenantprint.conf").read_text()
+    watchdog = (ROOTFS / "etc/systemd/system.conf.d/tenantprint-watchdog.conf").read_text()
+    assert re.search(r"^RuntimeWatchdogSec=\d+s?$", watchdog, re.M)
+    sshd = (ROOTFS / "etc/ssh/sshd_config.d/tenantprint.conf").read_text().splitlines()
+    for line in ("PermitRootLogin no", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
+                 "AllowTcpForwarding no"):
+        assert line in sshd
+    assert [line for line in sshd if line.startswith("HostKey /var/persist/ssh/")]
+    assert "kernel.core_pattern=|/bin/false" in (ROOTFS / "etc/sysctl.d/50-tenantprint-coredump.conf").read_text()
+    network = (ROOTFS / "etc/systemd/network/20-ethernet.network").read_text()
+    assert "DHCP=yes" in network and "UseNTP=yes" in network
+    names = re.search(r"^Name=(.+)$", network, re.M).group(1).split()
+    assert not [n for n in names if re.fullmatch(n.replace("*", ".*"), "tpv0")], "networkd would take a sandbox veth"
+    networkd = (ROOTFS / "etc/systemd/networkd.conf.d/tenantprint.conf").read_text()
+    assert "ManageForeignRoutes=no" in networkd and "ManageForeignRoutingPolicyRules=no" in networkd
+    resolved = (ROOTFS / "etc/systemd/resolved.conf.d/tenantprint.conf").read_text()
+    assert "LLMNR=no" in resolved and "MulticastDNS=no" in resolved
+    hook = SYSTEM_HOOK.read_text()
+    assert "rm -f /etc/ssh/ssh_host_*" in hook and ": > /etc/machine-id" in hook
+
+
+def test_the_firmware_config_in_the_image_is_valid():
+    from firmware import config as fwconfig
+
+    cfg = fwconfig.load(ROOTFS / "etc/tenantprint/firmware.toml", required=True)
+    assert cfg.tunnel.backend == "kernel" and cfg.device.device_id == ""
+
+
+def test_the_pi_image_never_takes_a_layer(tmp_path, capsys):
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    with pytest.raises(SystemExit):
+        bi.main(["--target", "pi", "--layer", str(layer), "--cache", str(tmp_path / "cache"), "--key-only"])
+    assert "twin only" in capsys.readouterr().err
+
+
+def test_a_layer_with_unknown_entries_is_refused(tmp_path, capsys):
+    layer = tmp_path / "layer"
+    (layer / "etc").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        bi.main(["--target", "twin", "--layer", str(layer), "--cache", str(tmp_path / "cache"), "--key-only"])
+    assert "unknown entries" in capsys.readouterr().err
+
+
+def test_the_cache_key_follows_the_inputs(tmp_path, capsys):
+    layer = tmp_path / "layer"
+    (layer / "overlay/etc").mkdir(parents=True)
+    (layer / "packages").write_text("# nothing\n")
+    base = bi.cache_key("twin", [], bi.MIRROR)
+    assert base == bi.cache_key("twin", [], bi.MIRROR), "the key is stable"
+    assert base != bi.cache_key("pi", [], bi.MIRROR)
+    with_layer = bi.cache_key("twin", [layer], bi.MIRROR)
+    assert with_layer != base
+    (layer / "overlay/etc/lab.conf").write_text("x\n")
+    assert bi.cache_key("twin", [layer], bi.MIRROR) != with_layer, "a layer's content is in the key"
+    (layer / "overlay/etc/lab.conf").chmod(0o755)
+    assert bi.cache_key("twin", [layer], bi.MIRROR) != with_layer
+    # The key-only answer: JSON on stdout, nothing built.
+    assert bi.main(["--target", "twin", "--cache", str(tmp_path / "cache"), "--key-only"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer == {"dir": str(tmp_path / "cache" / f"twin-{base[:16]}"), "cached": False, "key": base,
+                      "target": "twin"}
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_key_covers_the_firmware_sources_not_the_readme(tmp_path, monkeypatch):
+    """The wheel is keyed by its sources (pyproject, the packages), not by the repository's README."""
+    fake = tmp_path / "repo"
+    shutil.copytree(REPO / "provisioning/image", fake / "provisioning/image",
+                    ignore=shutil.ignore_patterns("lab-layer", "__pycache__"))
+    (fake / "systemd").mkdir()
+    (fake / "docs").mkdir()
+    (fake / "docs/RASPBERRY-PI.md").write_text("guide\n")
+    for name in bi.WHEEL_SOURCES:
+        if name.endswith(".toml"):
+            (fake / name).write_text("[project]\n")
+        else:
+            (fake / name).mkdir()
+            (fake / name / "__init__.py").write_text("")
+    (fake / "README.md").write_text("one\n")
+    monkeypatch.setattr(bi, "REPO", fake)
+    monkeypatch.setattr(bi, "RECIPE", fake / "provisioning/image")
+    key = bi.cache_key("twin", [], bi.MIRROR)
+    (fake / "README.md").write_text("two\n")
+    assert bi.cache_key("twin", [], bi.MIRROR) == key
+    (fake / "hal/__pycache__").mkdir()
+    (fake / "hal/__pycache__/x.cpython-311.pyc").write_bytes(b"\0")
+    assert bi.cache_key("twin", [], bi.MIRROR) == key
+    (fake / "hal/__init__.py").write_text("# changed\n")
+    assert bi.cache_key("twin", [], bi.MIRROR) != key
+
+
+def test_the_helper_scripts_lint_clean():
+    need_binary("shellcheck")
+    scripts = [*sorted((RECIPE / "hooks").glob("*.sh")), REPO / "systemd/libexec/tenantprint-ssh-setup"]
+    for script in scripts:
+        assert script.read_text().startswith("#!/bin/bash -e\n"), script
+        assert os.access(script, os.X_OK), script
+    proc = subprocess.run(["shellcheck", "-s", "bash", *map(str, scripts)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout
