@@ -258,3 +258,64 @@ def test_the_helper_scripts_lint_clean():
         assert os.access(script, os.X_OK), script
     proc = subprocess.run(["shellcheck", "-s", "bash", *map(str, scripts)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+def _settings(text: str) -> dict[tuple[str, str], str]:
+    """(section, key) -> value of an ini-like file (ipp-usb's indents keys and allows `# ...` after values)."""
+    section, found = "", {}
+    for line in (raw.split("#", 1)[0].strip() for raw in text.splitlines()):
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif "=" in line:
+            key, _, value = line.partition("=")
+            found[(section, key.strip())] = value.strip()
+    return found
+
+
+def test_printer_path_announces_nothing():
+    ipp_usb = _settings((ROOTFS / "etc/ipp-usb/ipp-usb.conf").read_text())
+    assert ipp_usb[("network", "dns-sd")] == "disable" and ipp_usb[("network", "interface")] == "loopback"
+    # ipp-usb's shipped default traces all USB traffic (the documents) into /var/log.
+    assert ipp_usb[("logging", "device-log")] == "error" and ipp_usb[("logging", "main-log")] == "error"
+    avahi = _settings((ROOTFS / "etc/avahi/avahi-daemon.conf").read_text())
+    assert avahi[("publish", "disable-publishing")] == "yes"
+    assert avahi[("server", "allow-interfaces")] == "lo" and avahi[("wide-area", "enable-wide-area")] == "no"
+    debconf = (RECIPE / "debconf").read_text()
+    assert re.search(r"^cups\s+cupsys/backend\s+multiselect\s+.*\busb\b", debconf, re.M)
+    assert not re.search(r"^cups\s+cupsys/backend\s+multiselect\s+.*\b(snmp|dnssd)\b", debconf, re.M)
+
+
+def test_units_verify_in_the_staged_root(staged, tmp_path):
+    """The device's units pass `systemd-analyze verify` in a root laid out as the image's."""
+    need_binary("systemd-analyze", "/usr/sbin/nft")
+    root = tmp_path / "root"
+    shutil.copytree(staged, root, symlinks=True)
+    (root / "usr/lib/systemd").mkdir(parents=True, exist_ok=True)
+    shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True, dirs_exist_ok=True)
+    (root / "lib").symlink_to("usr/lib")
+    venv = root / "opt/tenantprint/venv/bin"
+    venv.mkdir(parents=True)
+    for name in ("tenantprint", "python"):  # stand in for the venv the image's hook makes
+        shutil.copy2(Path(sys.executable).parent / name, venv / name)
+    (root / "usr/sbin").mkdir(parents=True, exist_ok=True)
+    shutil.copy2("/usr/sbin/nft", root / "usr/sbin/nft")
+    shutil.copy2("/lib/systemd/systemd-sysctl", root / "usr/lib/systemd/systemd-sysctl")
+    units = ["tenantprint-firmware.service", "tenantprint-enrol.service", "tenantprint-boot-guard.service",
+             "tenantprint-ssh-setup.service", "tenantprint-selfcheck.service", "tenantprint-reader-setup.service"]
+    proc = subprocess.run(["systemd-analyze", "verify", f"--root={root}", *units], capture_output=True, text=True)
+    assert proc.returncode == 0 and "tenantprint" not in proc.stderr, proc.stderr
+
+
+def test_the_wheel_holds_no_testbed_and_no_secret(tmp_path):
+    """The wheel build-image installs: the firmware's packages, no lab/ or tests/, no key, no lab secret."""
+    wheel = bi.build_wheel(tmp_path)
+    canary = re.compile(rb"TPCANARY-\w+-\w+-[0-9a-f]{32}")  # the lab's org secrets (lab/orgs.py)
+    # a private key is a PEM block with its body (code may name the header: hal/tpm reads TSS2 ones)
+    key = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----\r?\n(?:[A-Za-z0-9-]+: [^\n]*\n)*\r?\n?[A-Za-z0-9+/=]{40}")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        assert not [n for n in names if n.startswith(("lab/", "tests/"))], "testbed code in the wheel"
+        assert {n.split("/")[0] for n in names} >= {"firmware", "hal", "tenantprint"}
+        for n in names:
+            blob = z.read(n)
+            assert not key.search(blob) and not canary.search(blob), n
