@@ -79,14 +79,14 @@ def test_targets_differ_only_in_the_kernel():
 
 def test_the_system_hook_enables_every_device_unit_and_no_ntp_wait():
     enabled = set(_systemctl_lines("enable"))
-    shipped = {u.name for u in bi.device_units()}
-    with_install = {u for u in shipped if "[Install]" in (REPO / "systemd" / u).read_text()}
+    shipped = {u.name: u for u in [*bi.device_units(), *(ROOTFS / "etc/systemd/system").glob("*.service")]}
+    with_install = {n for n, u in shipped.items() if "[Install]" in u.read_text()}
     assert with_install <= enabled, f"device units not enabled: {sorted(with_install - enabled)}"
     assert {"systemd-networkd.service", "systemd-resolved.service", "systemd-timesyncd.service", "ssh.service",
             "pcscd.socket"} <= enabled
     assert "systemd-time-wait-sync.service" not in enabled
     assert not {"tenantprint-cloud.service", "tenantprint-gateway-agent.service",
-                "tenantprint-desk-agent.service"} & (enabled | shipped)
+                "tenantprint-desk-agent.service"} & (enabled | set(shipped))
     masked = set(_systemctl_lines("mask"))
     assert {"strongswan.service", "strongswan-starter.service", "ipsec.service", "cups.service", "cups.socket",
             "cups.path", "cups-browsed.service", "avahi-daemon.service", "avahi-daemon.socket", "swap.target",
@@ -101,7 +101,7 @@ def test_the_enables_replay_on_the_shipped_units(tmp_path):
     shutil.copytree("/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     (root / "lib").symlink_to("usr/lib")
     (root / "etc/systemd/system").mkdir(parents=True)
-    for unit in bi.device_units():
+    for unit in [*bi.device_units(), *(ROOTFS / "etc/systemd/system").glob("*.service")]:
         shutil.copy(unit, root / "etc/systemd/system" / unit.name)
     ours = [u for u in _systemctl_lines("enable") if u.startswith("tenantprint-")]
     proc = subprocess.run(["systemctl", f"--root={root}", "enable", *ours], capture_output=True, text=True, timeout=60)
@@ -252,7 +252,7 @@ def test_the_key_covers_the_firmware_sources_not_the_readme(tmp_path, monkeypatc
 
 def test_the_helper_scripts_lint_clean():
     need_binary("shellcheck")
-    scripts = [*sorted((RECIPE / "hooks").glob("*.sh")), REPO / "systemd/libexec/tenantprint-ssh-setup"]
+    scripts = [*sorted((RECIPE / "hooks").glob("*.sh")), ROOTFS / "opt/tenantprint/libexec/tenantprint-ssh-setup"]
     for script in scripts:
         assert script.read_text().startswith("#!/bin/bash -e\n"), script
         assert os.access(script, os.X_OK), script
