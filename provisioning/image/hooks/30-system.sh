@@ -68,6 +68,9 @@ ln -sf /etc/machine-id /var/lib/dbus/machine-id
 # Mount points of the read-only root (fstab).
 install -d -m 0755 /boot/firmware /var/persist /var/ipp-usb /var/lib/systemd/timesync
 install -d -m 0700 /var/lib/tenantprint
+# systemd's units with a StateDirectory= fail to start when it is missing on a read-only root
+# (logind's linger, seen on the twin): made here, with the mode the units ask for.
+install -d -m 0755 /var/lib/systemd/linger /var/lib/systemd/backlight /var/lib/systemd/rfkill /var/lib/systemd/pstore
 
 # The initramfs, once (update-initramfs was a no-op until now: see build-image's essential hook).
 # MODULES=most (the default): the same image boots a Pi 3 and a Pi 4 (and QEMU's raspi3b and virt).
