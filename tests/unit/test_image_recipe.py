@@ -319,3 +319,14 @@ def test_the_wheel_holds_no_testbed_and_no_secret(tmp_path):
         for n in names:
             blob = z.read(n)
             assert not key.search(blob) and not canary.search(blob), n
+
+
+def test_every_hook_refuses_to_run_outside_the_image_root():
+    """The hooks delete and rewrite system paths: each starts with the guard that makes it refuse
+    unless build-image started it in the image's root (its token in the environment and the root)."""
+    for hook in sorted((RECIPE / "hooks").glob("*.sh")):
+        code = [line for line in hook.read_text().splitlines()[1:] if line.strip() and not line.startswith("#")]
+        assert code[0].startswith('if [[ -z ${TP_IMAGE_BUILD:-} || "$(cat /var/tmp/tp-hooks/IMAGE-ROOT'), hook.name
+        assert code[2] == "    exit 1", hook.name
+    text = (RECIPE / "build-image").read_text()
+    assert '"var/tmp/tp-hooks/IMAGE-ROOT").write_text(BUILD_TOKEN)' in text and "TP_IMAGE_BUILD={BUILD_TOKEN}" in text

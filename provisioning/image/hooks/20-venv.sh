@@ -10,6 +10,12 @@
 # test suite ran. pyscard, pycups and evdev have no wheel on PyPI: they are compiled here once
 # (packages/build-deps, purged afterwards) and build-image keeps the wheels (<cache>/wheels/<arch>),
 # so the next build installs offline from them and installs no compiler at all.
+# Only ever in the image's root, started by build-image (which sets TP_IMAGE_BUILD and stages the
+# same token in /var/tmp/tp-hooks/IMAGE-ROOT): on the build machine these lines would wreck it.
+if [[ -z ${TP_IMAGE_BUILD:-} || "$(cat /var/tmp/tp-hooks/IMAGE-ROOT 2>/dev/null)" != "$TP_IMAGE_BUILD" ]]; then
+    echo "${0##*/}: not started by build-image in the image's root: refusing" >&2
+    exit 1
+fi
 set -o pipefail
 W=/var/tmp/tp-wheels
 venv=/opt/tenantprint/venv

@@ -1,6 +1,12 @@
 #!/bin/bash -e
 # In the image's chroot (build-image), after the packages, the files (rootfs/, the units from the
 # repository's systemd/) and the venv: which units run, the accounts, no identity, the initramfs.
+# Only ever in the image's root, started by build-image (which sets TP_IMAGE_BUILD and stages the
+# same token in /var/tmp/tp-hooks/IMAGE-ROOT): on the build machine these lines would wreck it.
+if [[ -z ${TP_IMAGE_BUILD:-} || "$(cat /var/tmp/tp-hooks/IMAGE-ROOT 2>/dev/null)" != "$TP_IMAGE_BUILD" ]]; then
+    echo "${0##*/}: not started by build-image in the image's root: refusing" >&2
+    exit 1
+fi
 set -o pipefail
 
 # Each session's charon is the firmware's own, in the session's sandbox (with a strongswan.conf it
