@@ -330,3 +330,18 @@ def test_every_hook_refuses_to_run_outside_the_image_root():
         assert code[2] == "    exit 1", hook.name
     text = (RECIPE / "build-image").read_text()
     assert '"var/tmp/tp-hooks/IMAGE-ROOT").write_text(BUILD_TOKEN)' in text and "TP_IMAGE_BUILD={BUILD_TOKEN}" in text
+
+
+def test_an_image_with_an_identity_is_refused(tmp_path):
+    root = tmp_path / "root"
+    (root / "etc/ssh").mkdir(parents=True)
+    (root / "etc/machine-id").write_text("")
+    bi.check_no_identity(root)  # an empty machine-id is what the image ships
+    (root / "etc/ssl/private").mkdir(parents=True)
+    (root / "etc/ssl/private/ssl-cert-snakeoil.key").write_text("k")
+    with pytest.raises(SystemExit, match="ssl-cert-snakeoil.key"):
+        bi.check_no_identity(root)
+    (root / "etc/ssl/private/ssl-cert-snakeoil.key").unlink()
+    (root / "etc/machine-id").write_text("0123456789abcdef0123456789abcdef\n")
+    with pytest.raises(SystemExit, match="machine-id"):
+        bi.check_no_identity(root)

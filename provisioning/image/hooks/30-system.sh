@@ -67,6 +67,9 @@ usermod -p '*' admin
 # No identity in the image: no ssh host keys (made on first boot), no machine id (made at boot),
 # no random seed shared by every device.
 rm -f /etc/ssh/ssh_host_*
+# ssl-cert's "snakeoil" key (made when a package pulls ssl-cert in): nothing here uses it, and it
+# would be one private key shared by every device.
+rm -f /etc/ssl/private/ssl-cert-snakeoil.key /etc/ssl/certs/ssl-cert-snakeoil.pem
 : > /etc/machine-id
 rm -f /var/lib/dbus/machine-id /var/lib/systemd/random-seed
 ln -sf /etc/machine-id /var/lib/dbus/machine-id
