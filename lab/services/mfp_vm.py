@@ -70,21 +70,18 @@ IMAGE_FILES = ("vmlinuz", "initrd.img", "root.img")
 BOOT_S = 300  # TCG: ~25 s to multi-user measured alone; a loaded 2-core machine takes several times that
 
 
-def image_cache() -> Path:
-    return Path(os.environ.get("TP_IMAGE_CACHE", "/var/tmp/tenantprint-image-cache"))
-
-
 def twin_image(timeout: float = 1800) -> dict:
     """The amd64 twin with the lab layer: {"dir", "key", "cached"}. `TP_TWIN_DIR` names a built one;
-    otherwise build-image builds it, or finds it in its content-keyed cache (`TP_IMAGE_CACHE`)."""
+    otherwise build-image builds it, or finds it in its content-keyed cache (build-image's own
+    default, shared with `make image-check`; `TP_IMAGE_CACHE` names another)."""
     if os.environ.get("TP_TWIN_DIR"):
         d = Path(os.environ["TP_TWIN_DIR"])
         out = {"dir": str(d), "key": None, "cached": True}
     else:
         if not BUILD_IMAGE.exists():
             raise LabError(f"no twin image: {BUILD_IMAGE} is missing and TP_TWIN_DIR is not set")
-        proc = sh([str(BUILD_IMAGE), "--target", "twin", "--layer", str(LAB_LAYER), "--cache", str(image_cache())],
-                  timeout=timeout)
+        cache = ["--cache", os.environ["TP_IMAGE_CACHE"]] if os.environ.get("TP_IMAGE_CACHE") else []
+        proc = sh([str(BUILD_IMAGE), "--target", "twin", "--layer", str(LAB_LAYER), *cache], timeout=timeout)
         try:
             out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
         except (ValueError, IndexError):
