@@ -30,13 +30,17 @@ if "$venv/bin/pip" install --quiet --no-index --find-links "$W/deps" "$wheel" 2>
     echo "20-venv: installed offline from the wheel cache"
 else
     echo "20-venv: compiling the dependencies PyPI has no wheel for (build deps: $TP_BUILD_DEPS)"
+    dpkg-query -W -f '${Package}\n' | sort > /var/tmp/tp-packages-before
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $TP_BUILD_DEPS
     "$venv/bin/pip" wheel --quiet --use-pep517 --wheel-dir "$W/deps" --find-links "$W/deps" "$wheel"
     "$venv/bin/pip" install --quiet --no-index --find-links "$W/deps" "$wheel"
-    # shellcheck disable=SC2086
-    DEBIAN_FRONTEND=noninteractive apt-get purge -y $TP_BUILD_DEPS
-    DEBIAN_FRONTEND=noninteractive apt-get autoremove -y --purge
+    # Every package the build deps brought, purged again: the image's package set is the same as
+    # when the wheels come from the cache (an autoremove alone kept the compiler: something in the
+    # image suggests it, and apt keeps what is suggested).
+    dpkg-query -W -f '${Package}\n' | sort | comm -13 /var/tmp/tp-packages-before - > /var/tmp/tp-packages-added
+    # shellcheck disable=SC2046
+    DEBIAN_FRONTEND=noninteractive apt-get purge -y $(cat /var/tmp/tp-packages-added)
 fi
 find "$venv" -name __pycache__ -prune -exec rm -rf {} +
 # Byte-compiled once here: the root is read-only on the device, where Python could not write them.
