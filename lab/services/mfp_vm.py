@@ -63,6 +63,7 @@ QEMU = "qemu-system-x86_64"
 MEMORY_MB = 1024
 GUEST_SOCKETS = ("/run/tenantprint/firmware.sock", "/run/tenantprint/panel.sock")
 FIRMWARE_UNIT = "tenantprint-firmware.service"
+ENROLMENT = "/var/lib/tenantprint/enrolment.json"
 REPO = Path(__file__).resolve().parents[2]
 LAB_LAYER = REPO / "provisioning" / "image" / "lab-layer"
 BUILD_IMAGE = REPO / "provisioning" / "image" / "build-image"
@@ -221,9 +222,21 @@ class MfpVmService:
         t0 = time.monotonic()
         self._connect(lab, timeout=timeout)
         booted = time.monotonic() - t0
-        self.wait_settled(lab, timeout=max(60.0, timeout - booted), want=("idle", "fault"))
+        self._wait_enrolled(lab, timeout=max(60.0, timeout - booted))
+        self.wait_settled(lab, timeout=max(60.0, timeout - (time.monotonic() - t0)), want=("idle", "fault"))
         (self.data_dir(lab) / "boot.json").write_text(json.dumps(
             {"ssh_s": round(booted, 1), "settled_s": round(time.monotonic() - t0, 1), "at": time.time()}))
+
+    def _wait_enrolled(self, lab, timeout: float) -> None:
+        """First boot: the image's enrolment unit has enrolled with the boot disk's token (an
+        unenrolled firmware also comes to rest, and would fail every tap)."""
+        deadline = time.monotonic() + timeout
+        while self.guest(lab, ["test", "-s", ENROLMENT], check=False, timeout=30).returncode != 0:
+            if time.monotonic() > deadline:
+                journal = self.guest(lab, ["journalctl", "-b", "-u", "tenantprint-enrol", "-n", "5", "-o", "cat",
+                                           "--no-pager"], check=False).stdout.decode(errors="replace")
+                raise LabError(f"the MFP guest did not enrol within {timeout:g} s: {journal.strip()[-400:]}")
+            time.sleep(2)
 
     def _ssh_base(self, lab) -> list[str]:
         d = self.data_dir(lab)
