@@ -184,6 +184,23 @@ def _arch(entry: str) -> str:
     return re.search(r"^Architecture: (\S+)", entry, re.M).group(1)
 
 
+def _minbase_closure(apt: AptSimulator, replay: Replay) -> set[str]:
+    """The installed Essential and Priority: required packages and what they depend on: minbase."""
+    def stanza(name):
+        return apt.stanzas.get((name, replay.installed.get(name)), "")
+
+    todo = [n for n in replay.installed if re.search(r"^(Essential: yes|Priority: required)$", stanza(n), re.M)]
+    seen = set(todo)
+    while todo:
+        for relation in re.findall(r"^(?:Pre-)?Depends: (.*)$", stanza(todo.pop()), re.M):
+            for alternative in relation.split(","):
+                name = alternative.split("|")[0].split("(")[0].split(":")[0].strip()
+                if name in replay.installed and name not in seen:
+                    seen.add(name)
+                    todo.append(name)
+    return seen
+
+
 def replay_recipe(work: Path, layers=()) -> Replay:
     apt = AptSimulator(work)
     replay = Replay()
@@ -191,8 +208,13 @@ def replay_recipe(work: Path, layers=()) -> Replay:
     added: list[str] = []  # what the last install added ("@added": hooks/20-venv.sh purges exactly that)
     for step in recipe_steps(layers):
         if step.packages == ["@added"]:
-            step = Step(step.origin, step.command, added, step.recommends)
-        lines = apt.run(step, set(replay.installed))
+            # minbase has every Essential and Priority: required package before the build deps come;
+            # this replay does not (it starts from nothing), so the build deps' install brings some
+            # of them here: they are not the build deps' to take away.
+            base = _minbase_closure(apt, replay)
+            step = Step(step.origin, step.command, [n for n in added if n not in base], step.recommends)
+        before = set(replay.installed)
+        lines = apt.run(step, before)
         removed = [m.group(1) for m in map(REMOVED.match, lines) if m]
         for name in removed:
             replay.installed.pop(name, None)
@@ -200,8 +222,8 @@ def replay_recipe(work: Path, layers=()) -> Replay:
         new = [(name.split(":")[0], version) for name, version in (m.groups() for m in map(INST.match, lines) if m)]
         for name, version in new:
             replay.installed[name] = version
-        if step.command == "install":
-            added = [name for name, _ in new]
+        if step.command == "install":  # new names only, as the hook's dpkg-query comparison (not upgrades)
+            added = [name for name, _ in new if name not in before]
         if step.command == "install":
             replay.manual.update(p for p in step.packages if p in replay.installed)
         replay.removed_by[step.origin] = removed
