@@ -1,6 +1,6 @@
 """The clock gate (hal/clock, firmware/device_machine.py `ClockChecked`): while the clock is not
 synchronised to network time no session opens, and the panel, the status and the journal say so;
-once it is, taps serve. Pure logic here; tests/lab/test_clock.py runs it on the real daemon."""
+once it is, taps serve. Pure logic here; tests/lab/test_clock_gate.py runs it on the real daemon."""
 
 from __future__ import annotations
 
