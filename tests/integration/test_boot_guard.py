@@ -1,7 +1,7 @@
 """The image's boot guard, and the firmware unit's cleanup, against the real kernel.
 
-tenantprint-boot-guard.service loads a file the image renders at build time (the pi-gen stage's
-chroot script runs `hal.net.firewall.boot_guard()`); here the same command renders it, and it
+tenantprint-boot-guard.service loads a file the image renders at build time (the image recipe's
+hooks/30-system.sh runs `hal.net.firewall.boot_guard()`); here the same command renders it, and it
 must equal `boot_guard()`. Then it is loaded, exactly as the unit's ExecStart does, into a
 throwaway router namespace that forwards (ip_forward=1) between two others: before it, a ping
 crosses; after it, none does, while the router itself still answers. The firmware unit's
@@ -29,7 +29,7 @@ from hal.sandbox.forwarding import Forwarding
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
-CHROOT_SCRIPT = REPO / "provisioning/pi-gen/stage-tenantprint/01-tenantprint/01-run-chroot.sh"
+CHROOT_SCRIPT = REPO / "provisioning/image/hooks/30-system.sh"
 VENV_PYTHON = "/opt/tenantprint/venv/bin/python"
 A_IP, R_A_IP, R_B_IP, B_IP = "192.0.2.2", "192.0.2.1", "198.51.100.1", "198.51.100.2"
 

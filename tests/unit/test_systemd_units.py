@@ -49,7 +49,7 @@ def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
 
 
 def build_root(root: Path, units_dir: Path = UNITS_DIR) -> Path:
-    """A root tree laid out as on the device (see provisioning/pi-gen/stage-tenantprint)."""
+    """A root tree laid out as on the device (see provisioning/image/build-image, stage_tree)."""
     # the org gateway's agent (tenantprint-gateway-agent.service) binds to charon-systemd's unit
     need(Path("/lib/systemd/system/strongswan.service").exists(), "strongswan's systemd unit (charon-systemd)")
     need_binary("/usr/sbin/charon-systemd", "/usr/sbin/swanctl", "/usr/sbin/nft")
@@ -205,8 +205,8 @@ def test_firmware_unit_applies_the_network_sysctls_the_firmware_checks():
     assert REQUIRED["net.ipv4.conf.all.arp_ignore"] == "1" and REQUIRED["net.ipv4.conf.all.arp_announce"] == "2"
     svc = parse_unit(UNITS_DIR / "tenantprint-firmware.service")["Service"]
     assert svc["ExecStartPre"] == ["+/usr/lib/systemd/systemd-sysctl /etc/sysctl.d/90-tenantprint.conf"]
-    stage = (REPO / "provisioning/pi-gen/stage-tenantprint/01-tenantprint/00-run.sh").read_text()
-    assert '"${F}/systemd/sysctl.d/90-tenantprint.conf" "${ROOTFS_DIR}/etc/sysctl.d/90-tenantprint.conf"' in stage
+    recipe = (REPO / "provisioning/image/build-image").read_text()
+    assert '("systemd/sysctl.d/90-tenantprint.conf", "etc/sysctl.d/90-tenantprint.conf")' in recipe
 
 
 def test_enrol_unit_runs_once_and_before_the_firmware():
@@ -414,7 +414,11 @@ def test_panel_service_contract_and_hardening():
                                 "--listen 127.0.0.1:8650"]
     assert svc["DynamicUser"] == ["yes"] and svc["SupplementaryGroups"] == ["tenantprint-panel"]
     assert "PrivateUsers" not in svc  # it would unmap the socket's group (systemd #41994)
-    assert "User" not in svc and svc["CapabilityBoundingSet"] == [""] and svc["AmbientCapabilities"] == [""]
+    # A dynamic user named apart from every sysusers name: by default it would be the unit's name,
+    # tenantprint-panel, the static group's, and systemd refuses that (217/USER)
+    sysusers = (UNITS_DIR / "sysusers.d/tenantprint.conf").read_text().split()
+    assert svc["User"] == ["tp-panel"] and "tp-panel" not in sysusers
+    assert svc["CapabilityBoundingSet"] == [""] and svc["AmbientCapabilities"] == [""]
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices", "PrivateIPC", "ProtectKernelTunables",
                 "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups", "ProtectClock",
                 "ProtectHostname", "RestrictNamespaces", "RestrictRealtime", "RestrictSUIDSGID", "LockPersonality",
@@ -557,25 +561,26 @@ def test_kiosk_browser_policy_allows_only_the_panel():
 
 
 def test_image_installs_and_enables_the_panel_units(tmp_path):
-    """The stage puts the panel's files where the units expect them, makes the accounts and enables
-    both units (replayed here with `systemctl --root`, as test_provisioning does for the stage)."""
+    """The image recipe puts the panel's files where the units expect them, makes the accounts and
+    enables both units (replayed here with `systemctl --root`; tests/unit/test_image_recipe.py checks
+    the whole recipe)."""
     need_binary("systemctl")
-    stage = REPO / "provisioning/pi-gen/stage-tenantprint"
-    host = (stage / "01-tenantprint/00-run.sh").read_text()
-    for src, dst in (("sysusers.d/tenantprint.conf", "/etc/sysusers.d/tenantprint.conf"),
-                     ("pam.d/tenantprint-kiosk", "/etc/pam.d/tenantprint-kiosk"),
-                     ("chromium/tenantprint-kiosk.json", "/etc/chromium/policies/managed/tenantprint-kiosk.json")):
-        assert re.search(rf'"\$\{{F\}}/systemd/{re.escape(src)}"\s*(\\\n\s*)?"\$\{{ROOTFS_DIR\}}{re.escape(dst)}"', host), src
-    chroot = (stage / "01-tenantprint/01-run-chroot.sh").read_text()
+    recipe = REPO / "provisioning/image"
+    host = (recipe / "build-image").read_text()
+    for src, dst in (("sysusers.d/tenantprint.conf", "etc/sysusers.d/tenantprint.conf"),
+                     ("pam.d/tenantprint-kiosk", "etc/pam.d/tenantprint-kiosk"),
+                     ("chromium/tenantprint-kiosk.json", "etc/chromium/policies/managed/tenantprint-kiosk.json")):
+        assert f'("systemd/{src}", "{dst}")' in host, src
+    chroot = (recipe / "hooks/30-system.sh").read_text()
     assert "systemd-sysusers /etc/sysusers.d/tenantprint.conf" in chroot.splitlines()
     [enable] = [line for line in chroot.splitlines() if "tenantprint-panel.service" in line]
     assert enable.split()[:2] == ["systemctl", "enable"] and "tenantprint-kiosk.service" in enable.split()
-    packages = {line.strip() for f in stage.glob("*/*-packages*") for line in f.read_text().splitlines()
-                if line.strip() and not line.startswith("#")}
+    packages = {line.split("#")[0].strip() for f in (recipe / "packages").iterdir() for line in f.read_text().splitlines()
+                if line.split("#")[0].strip()}
     assert {"cage", "chromium", "fonts-noto-cjk", "libgl1-mesa-dri", "libpam-systemd"} <= packages
     assert "chromium-sandbox" not in packages
-    nr = {line.strip() for line in (stage / "00-packages/00-packages-nr").read_text().splitlines()
-          if line.strip() and not line.startswith("#")}
+    nr = {line.split("#")[0].strip() for line in (recipe / "packages/device-nr").read_text().splitlines()
+          if line.split("#")[0].strip()}
     assert "chromium" in nr  # without its Recommends (printer tools, desktop helpers)
 
     root = tmp_path / "root"

@@ -1,4 +1,4 @@
-#!/bin/sh -e
+#!/bin/bash -e
 # LAB ONLY: the twin's lab layer, run by provisioning/image/build-image --layer in the image's root
 # (chroot) after the overlay is copied. Nothing here ever reaches the Raspberry Pi image.
 #   packages   vsmartcard-vpcd (the virtual reader), mtools (the boot disk read before its mount)
