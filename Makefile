@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test unit bench lab-down clean image image-twin image-check
+.PHONY: setup demo test test-vm unit bench lab-down clean image image-setup image-twin image-check
 
 setup:
 	./lab/setup.sh
@@ -14,6 +14,12 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests
+
+# The VM MFP's scenarios in full, the on-demand ones too (the power cut: a second boot under TCG), and
+# the scenario suite on the VM bench (tests/hil/envs/vm.toml)
+test-vm: setup
+	TP_ON_DEMAND=1 $(PY) -m pytest tests/vm
+	TP_HIL_ENV=tests/hil/envs/vm.toml $(PY) -m pytest tests/hil/test_scenarios.py
 
 unit: setup
 	$(PY) -m pytest tests/unit
@@ -33,8 +39,11 @@ IMAGE_CACHE ?= /var/cache/tenantprint-image
 IMAGE_OUT ?= build/image
 
 # The Raspberry Pi 3/4 SD card image (arm64, emulated: ~25 min cold): $(IMAGE_OUT)/pi/tenantprint-pi.img
-image: setup
+image: image-setup
 	./provisioning/image/build-image --target pi --cache $(IMAGE_CACHE) --out $(IMAGE_OUT)/pi
+
+image-setup:
+	APT_LISTS="lab/apt-packages.txt provisioning/image/host-packages.txt" ./lab/setup.sh
 
 # The amd64 twin for QEMU (vmlinuz, initrd.img, root.img, state.img): $(IMAGE_OUT)/twin
 image-twin: setup

@@ -285,6 +285,8 @@ def fault(lab, kind: str, org: str) -> dict:
         if kind == "mfp-power-cut":  # a hard reset: RAM gone, the disk as written; back once at rest
             return {"fault": kind, **fw.power_cut(lab)}
         return {"fault": kind, **fw.hang(lab)}  # SIGSTOP: the unit's watchdog must restart it
+    if kind in ("ntp-block", "ntp-unblock"):  # the MFP up without network time; time arrives
+        return {"fault": kind, **_firmware(lab).network_time(lab, kind == "ntp-unblock")}
     if kind in ("nfc-reader-unplug", "nfc-reader-plug"):  # the nfcpy reader's far end gone, back
         _needs_netns(lab, kind)
         svc = lab.service("nfc-sim")
@@ -304,6 +306,11 @@ def fault(lab, kind: str, org: str) -> dict:
         fw.start(lab)
         return {"fault": kind, "started": True}
     raise LabError(f"unknown fault {kind}")
+
+
+def self_check(lab) -> dict:
+    """{"exit", "report"}: the firmware's self-check where the MFP runs (office, or the guest)."""
+    return _firmware(lab).self_check(lab)
 
 
 def scan_secrets(lab) -> dict:

@@ -14,7 +14,7 @@ from lab.options import BACKENDS, ENGINES, MFP_KINDS, PANEL_ACTIONS, TRUSTS, Lab
 FAULTS = ("gateway-kill", "gateway-start", "cloud-stop", "cloud-start", "radius-stop", "radius-start",
           "firmware-kill", "firmware-start", "engine-stop", "engine-start",
           "engine-media-empty", "engine-media-ok", "engine-jam-next", "nfc-reader-unplug", "nfc-reader-plug",
-          "mfp-power-cut", "firmware-hang")
+          "mfp-power-cut", "firmware-hang", "ntp-block", "ntp-unblock")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
                                        "last read, as a skimmer would keep it (replay with tap --ndef-hex)")
     card.add_argument("action", choices=("last",))
     sub.add_parser("scan-secrets", help="look for every org's canary secrets on the MFP host")
+    sub.add_parser("self-check", help="the MFP's own self-check (`tenantprint firmware check`) where it runs")
 
     cl = sub.add_parser("cloud", help="run the cloud admin CLI against the lab's directory (after --)")
     cl.add_argument("args", nargs=argparse.REMAINDER)
@@ -118,6 +119,8 @@ def _run(args) -> dict:
         return {"uid_hex": reply.get("uid_hex"), "ndef_hex": reply.get("ndef_hex")}
     if args.cmd == "scan-secrets":
         return actions.scan_secrets(lab)
+    if args.cmd == "self-check":
+        return actions.self_check(lab)
     if args.cmd == "cloud":
         extra = args.args[1:] if args.args[:1] == ["--"] else args.args
         return actions.cloud_cli(lab, extra)

@@ -74,6 +74,14 @@ def set_network_time(lab, synced: bool) -> None:
         flag.unlink(missing_ok=True)
 
 
+def check_answer(rc: int, stdout: bytes, stderr: bytes) -> dict:
+    try:
+        report = json.loads(stdout)
+    except ValueError:
+        raise LabError(f"firmware check: no JSON (exit {rc}): {stderr.decode(errors='replace')[-500:]}") from None
+    return {"exit": rc, "report": report}
+
+
 def type_on_keypad(lab, keys: bytes) -> None:
     """The key events of the MFP's USB keypad typing `keys` (digits, b"\\n" ENTER, b"\\x1b" Esc),
     written to its FIFO (hal/panel/keypad.py reads them as from /dev/input)."""
@@ -210,6 +218,23 @@ class FirmwareService:
     def kill(self, lab) -> bool:
         """SIGKILL the daemon (a crash): its session is left behind for the next start to purge."""
         return lab.procs.kill(self.name)
+
+    def self_check(self, lab) -> dict:
+        """`tenantprint firmware check` with the lab's config, on the MFP's host: {"exit", "report"}."""
+        cmd = [sys.executable, "-m", "tenantprint", "firmware", "--config", str(self.config_path(lab)), "check"]
+        proc = lab.host(HOST).run(cmd, check=False, timeout=60)
+        return check_answer(proc.returncode, proc.stdout, proc.stderr)
+
+    def network_time(self, lab, synced: bool) -> dict:
+        """`lab fault ntp-block`: the MFP starts again without network time (a clock once
+        synchronised stays so until a reboot, so the firmware is restarted with the flag gone);
+        `ntp-unblock`: network time arrives, and the running firmware sees it by itself."""
+        set_network_time(lab, synced)
+        if synced:
+            return {"restarted": False}
+        self.stop(lab)
+        self.start(lab)
+        return {"restarted": True}
 
     def status(self, lab) -> dict:
         tpm = {"tpm": self.tpm(lab).status(lab)} if self.tpm(lab) is not None else {}

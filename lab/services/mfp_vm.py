@@ -63,12 +63,19 @@ QEMU = "qemu-system-x86_64"
 MEMORY_MB = 1024
 GUEST_SOCKETS = ("/run/tenantprint/firmware.sock", "/run/tenantprint/panel.sock")
 FIRMWARE_UNIT = "tenantprint-firmware.service"
+GUEST_TENANTPRINT = "/opt/tenantprint/venv/bin/tenantprint"
 ENROLMENT = "/var/lib/tenantprint/enrolment.json"
 REPO = Path(__file__).resolve().parents[2]
 LAB_LAYER = REPO / "provisioning" / "image" / "lab-layer"
 BUILD_IMAGE = REPO / "provisioning" / "image" / "build-image"
 IMAGE_FILES = ("vmlinuz", "initrd.img", "root.img")
 BOOT_S = 300  # TCG: ~25 s to multi-user measured alone; a loaded 2-core machine takes several times that
+
+
+def twin_build_argv() -> list[str]:
+    """build-image's command line for the lab's twin (its answer is one JSON line on stdout)."""
+    cache = ["--cache", os.environ["TP_IMAGE_CACHE"]] if os.environ.get("TP_IMAGE_CACHE") else []
+    return [str(BUILD_IMAGE), "--target", "twin", "--layer", str(LAB_LAYER), *cache]
 
 
 def twin_image(timeout: float = 1800) -> dict:
@@ -81,8 +88,7 @@ def twin_image(timeout: float = 1800) -> dict:
     else:
         if not BUILD_IMAGE.exists():
             raise LabError(f"no twin image: {BUILD_IMAGE} is missing and TP_TWIN_DIR is not set")
-        cache = ["--cache", os.environ["TP_IMAGE_CACHE"]] if os.environ.get("TP_IMAGE_CACHE") else []
-        proc = sh([str(BUILD_IMAGE), "--target", "twin", "--layer", str(LAB_LAYER), *cache], timeout=timeout)
+        proc = sh(twin_build_argv(), timeout=timeout)
         try:
             out = json.loads(proc.stdout.decode().strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -339,6 +345,28 @@ class MfpVmService:
             raise LabError("the guest's firmware is not running")
         self.guest(lab, ["systemctl", "kill", "--kill-whom=main", "--signal=SIGSTOP", FIRMWARE_UNIT])
         return {"stopped_pid": pid, "watchdog_s": self.watchdog_s(lab)}
+
+    def self_check(self, lab) -> dict:
+        """The image's firmware self-check in the guest (`tenantprint firmware check`)."""
+        from lab.services.firmware import check_answer
+
+        proc = self.guest(lab, [GUEST_TENANTPRINT, "firmware", "check"], check=False, timeout=120)
+        return check_answer(proc.returncode, proc.stdout, proc.stderr)
+
+    def network_time(self, lab, synced: bool) -> dict:
+        """As the namespace MFP's (lab/services/firmware.py): the lab plays systemd-timesyncd, whose
+        flag the firmware's clock gate reads (the lab runs no NTP server). `ntp-block` removes the
+        flag and restarts the firmware's unit; it holds until the guest boots again (the boot disk
+        says the clock is synchronised). `ntp-unblock` makes the flag."""
+        from lab.services.firmware import SYNC_FLAG
+
+        if synced:
+            self.guest(lab, ["install", "-D", "-m", "0644", "/dev/null", SYNC_FLAG])
+            return {"restarted": False}
+        self.guest(lab, ["rm", "-f", SYNC_FLAG])
+        self.guest(lab, ["systemctl", "restart", FIRMWARE_UNIT], timeout=120)
+        self.wait_settled(lab, timeout=120, want=("idle", "fault"))
+        return {"restarted": True}
 
     def watchdog_s(self, lab) -> float:
         usec = self.guest(lab, ["systemctl", "show", "-p", "WatchdogUSec", "--value", FIRMWARE_UNIT]).stdout

@@ -103,7 +103,7 @@ class LabBench(Bench):
         return self._cli("scan-secrets")
 
     def self_check(self) -> dict:
-        raise BenchError("the lab bench has no self-check feature yet")
+        return self._cli("self-check", timeout=180)["report"]
 
     def close(self) -> None:
         out = self._cli("down", timeout=600)

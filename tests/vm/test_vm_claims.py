@@ -106,6 +106,7 @@ def test_a_hung_firmware_is_restarted_by_the_watchdog_and_its_session_purged(vm_
     _clean_scan()
 
 
+@pytest.mark.on_demand  # ~2.5 min under TCG (a second boot): `make test-vm`, not in every CI run
 def test_a_power_cut_mid_session_leaves_nothing_of_the_org(vm_lab):
     _at_rest()
     st = lab_cli("tap", "--org", "acme", "--user", "alice", timeout=300)
