@@ -18,8 +18,8 @@ Why each part is as it is:
 - **Identity arrives as on a device**: a small disk is the guest's boot partition (FAT, label
   RASPIFIRM, made with mkfs.vfat and mcopy, no loop device) holding what an operator copies there
   (`tenantprint/token`, `cloud-url`, `ca.pem`): the image's first-boot unit enrols with the one-time
-  token and deletes it. The lab's own files are in `tenantprint-lab/` (the lab's ssh key, the clock
-  flag), read by the lab layer's units only. The site's settings (the engine on the LAN, the lab's
+  token and deletes it. The lab's own file is in `tenantprint-lab/` (the lab's ssh key), read by the
+  lab layer's unit only. The site's settings (the engine on the LAN, the lab's
   management address) are the lab layer's firmware.toml: the image's root is read-only, as a
   device's. The guest's other disks: a qcow2 overlay of the image's root (it stays as built) and
   a copy of its state partition (device key, enrolment, ssh host keys), kept across reboots.
@@ -37,7 +37,11 @@ Why each part is as it is:
 - **Faults**: `mfp-power-cut` is QMP `system_reset` (the disk keeps what was written, RAM is
   gone); `firmware-hang` SIGSTOPs the firmware's main process, and the unit's `WatchdogSec=` must
   restart it (its restart purges what the stopped daemon held); `firmware-kill` SIGKILLs it, and
-  systemd restarts it (`Restart=on-failure`), as on a device.
+  systemd restarts it (`Restart=on-failure`), as on a device; `ntp-block` stops the office LAN's
+  NTP server and power-cycles the guest, which then boots without network time.
+- **Network time is real**: the guest's systemd-timesyncd asks office's NTP server
+  (lab/services/ntp.py; the lab layer's network file names it, as DHCP's NTP option would), and
+  the lab is up only once the firmware says the clock is synchronised.
 
 The service has the interface of `lab.services.firmware.FirmwareService` (`name` "firmware",
 `start`, `stop`, `kill`, `status`, `running`, `wait_settled`), so the lab and its CLI use either.
@@ -137,7 +141,6 @@ class MfpVmService:
         (files / "tenantprint" / "cloud-url").write_text(cloud.url(lab) + "\n")
         shutil.copy(cloud.ca_file(lab), files / "tenantprint" / "ca.pem")
         shutil.copy(self._key(lab).with_suffix(".pub"), files / "tenantprint-lab" / "authorized_keys")
-        (files / "tenantprint-lab" / "clock-synced").write_text("")
         tmp = img.with_suffix(".tmp")
         tmp.unlink(missing_ok=True)
         sh(["mkfs.vfat", "-C", "-n", "RASPIFIRM", str(tmp), "32768"])
@@ -230,8 +233,24 @@ class MfpVmService:
         booted = time.monotonic() - t0
         self._wait_enrolled(lab, timeout=max(60.0, timeout - booted))
         self.wait_settled(lab, timeout=max(60.0, timeout - (time.monotonic() - t0)), want=("idle", "fault"))
+        self._wait_clock(lab, timeout=max(60.0, timeout - (time.monotonic() - t0)))
         (self.data_dir(lab) / "boot.json").write_text(json.dumps(
             {"ssh_s": round(booted, 1), "settled_s": round(time.monotonic() - t0, 1), "at": time.time()}))
+
+    def _wait_clock(self, lab, timeout: float) -> None:
+        """Unless NTP is blocked: the guest's timesyncd has synchronised from the office's server and
+        the firmware says so (until then every tap is refused, "clock not synchronised")."""
+        from lab.services.firmware import firmware_status
+        from lab.services.ntp import NtpService
+
+        if NtpService().blocked(lab):
+            return
+        deadline = time.monotonic() + timeout
+        while not firmware_status(lab, timeout=5).get("clock", {}).get("synchronised"):
+            if time.monotonic() > deadline:
+                sync = self.guest(lab, ["timedatectl", "timesync-status"], check=False).stdout.decode()[-600:]
+                raise LabError(f"the guest's clock is not synchronised after {timeout:g} s: {sync}")
+            time.sleep(0.5)
 
     def _wait_enrolled(self, lab, timeout: float) -> None:
         """First boot: the image's enrolment unit has enrolled with the boot disk's token (an
@@ -354,19 +373,17 @@ class MfpVmService:
         return check_answer(proc.returncode, proc.stdout, proc.stderr)
 
     def network_time(self, lab, synced: bool) -> dict:
-        """As the namespace MFP's (lab/services/firmware.py): the lab plays systemd-timesyncd, whose
-        flag the firmware's clock gate reads (the lab runs no NTP server). `ntp-block` removes the
-        flag and restarts the firmware's unit; it holds until the guest boots again (the boot disk
-        says the clock is synchronised). `ntp-unblock` makes the flag."""
-        from lab.services.firmware import SYNC_FLAG
+        """Real network time: the guest's systemd-timesyncd asks the office's NTP server
+        (lab/services/ntp.py). `ntp-block` stops that server and power-cycles the guest (a clock
+        once synchronised stays so until a reboot): it boots without network time. `ntp-unblock`
+        starts the server again; timesyncd finds it at its next try (within its 30 s retry)."""
+        from lab.services.ntp import NtpService
 
+        ntp = NtpService()
+        ntp.block(lab, not synced)
         if synced:
-            self.guest(lab, ["install", "-D", "-m", "0644", "/dev/null", SYNC_FLAG])
-            return {"restarted": False}
-        self.guest(lab, ["rm", "-f", SYNC_FLAG])
-        self.guest(lab, ["systemctl", "restart", FIRMWARE_UNIT], timeout=120)
-        self.wait_settled(lab, timeout=120, want=("idle", "fault"))
-        return {"restarted": True}
+            return {"rebooted": False}
+        return {"rebooted": True, **self.power_cut(lab)}
 
     def watchdog_s(self, lab) -> float:
         usec = self.guest(lab, ["systemctl", "show", "-p", "WatchdogUSec", "--value", FIRMWARE_UNIT]).stdout
@@ -457,13 +474,16 @@ def qmp(path: Path, command: str, timeout: float = 5.0) -> dict:
 
 
 def vm_services(services: list) -> list:
-    """The lab's services with the MFP as a guest: the firmware service replaced by the guest; the
+    """The lab's services with the MFP as a guest: the firmware service replaced by the guest, the
+    office LAN's NTP server before it; the
     office host's pcscd, nfcpy simulator and web panel dropped (the guest runs its own pcscd and
     panel; its reader is the PC/SC one only). The engine and the virtual card stay on office."""
+    from lab.services.ntp import NtpService
+
     out = []
     for s in services:
         if s.name == "firmware":
-            out.append(MfpVmService())
+            out += [NtpService(), MfpVmService()]
         elif s.name not in ("pcscd", "nfc-sim", "panel"):
             out.append(s)
     return out

@@ -24,12 +24,14 @@ def test_the_lab_layers_firmware_toml_is_the_labs():
 
 
 def test_the_guest_takes_the_mfps_address_on_the_office_lan():
-    from lab.topology import MFP_ADDRESS, build
+    from lab.topology import MFP_ADDRESS, STAND_INS_ADDRESS, build
 
     network = (LAYER / "overlay/etc/systemd/network/10-tenantprint-lab.network").read_text()
     assert f"Address={MFP_ADDRESS}/24" in network.splitlines()
     inet = build(mfp="vm").address("inet", "br-lan")
     assert f"Gateway={inet}" in network.splitlines()
+    # network time from the office's NTP server (lab/services/ntp.py), through networkd to timesyncd
+    assert f"NTP={STAND_INS_ADDRESS}" in network.splitlines()
 
 
 def test_the_layer_holds_only_what_build_image_takes():

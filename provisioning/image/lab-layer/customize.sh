@@ -5,8 +5,8 @@
 #   overlay/   the lab's firmware.toml (its engine on the office LAN, its management address), the
 #              office-LAN address (systemd-networkd, static: the lab runs no DHCP server), an sshd
 #              drop-in (root with the lab's key, local forwards), tenantprint-lab-ssh.service (that
-#              key, from the boot disk), tenantprint-lab-clock.service (the lab's word that the
-#              clock is synchronised), the enrolment ordered after the boot disk's mount
+#              key, from the boot disk), the enrolment ordered after the boot disk's mount. Network
+#              time is real: the image's systemd-timesyncd asks the office's NTP server
 # The guest's boot disk (FAT, label RASPIFIRM) is made by lab/services/mfp_vm.py: the operator's
 # enrolment files (tenantprint/) and the lab's (tenantprint-lab/).
-systemctl enable tenantprint-lab-clock.service tenantprint-lab-ssh.service
+systemctl enable tenantprint-lab-ssh.service
