@@ -21,7 +21,6 @@ down at the end, nothing of it left.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -32,6 +31,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from lab_cli import run_lab_cli
 from prereq import need_binary, need_root
 
 from hal.tpm import TpmKeyError, TpmKeyRef, read_ref
@@ -45,14 +45,7 @@ COWORK, MFP = "10.77.0.20", "10.77.0.10"
 
 
 def lab_cli(*args: str, timeout: float = 300) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "tenantprint", "lab", *args], capture_output=True, text=True,
-                          env=dict(os.environ, TP_LAB_PREFIX=PREFIX), timeout=timeout)
-    try:
-        out = json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError(f"lab {args}: not JSON (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    assert proc.returncode == 0, f"lab {args}: {out}"
-    return out
+    return run_lab_cli(PREFIX, *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

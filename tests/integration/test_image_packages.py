@@ -23,15 +23,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
-from importlib.machinery import SourceFileLoader
-from importlib.util import module_from_spec, spec_from_loader
 from pathlib import Path
 
 import pytest
 
+from image_recipe import build_image_module
 from prereq import need, need_binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,16 +37,7 @@ RECIPE = REPO / "provisioning/image"
 LAB_LAYER = RECIPE / "lab-layer"
 
 
-def _build_image():
-    """provisioning/image/build-image as a module (it is a script without .py)."""
-    loader = SourceFileLoader("build_image", str(RECIPE / "build-image"))
-    module = module_from_spec(spec_from_loader("build_image", loader))
-    sys.modules["build_image"] = module  # dataclasses look their module up there
-    loader.exec_module(module)
-    return module
-
-
-build_image = _build_image()
+build_image = build_image_module()
 
 # What the engine path and the rest of the device need on the finished image.
 ENGINE_PATH = {

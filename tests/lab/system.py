@@ -12,7 +12,6 @@ the device firewall's set, no session cupsd, no canary secret in a file it can s
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from lab.poll import wait_for  # noqa: F401 (re-exported for the scenarios)
+from lab_cli import run_lab_cli
 from prereq import need_binary, need_root
 
 
@@ -31,15 +31,7 @@ PREFIX = os.environ.get("TP_SCENARIO_PREFIX", "tps")
 
 
 def lab_cli(*args: str, timeout: float = 180) -> dict:
-    env = dict(os.environ, TP_LAB_PREFIX=PREFIX)
-    proc = subprocess.run([sys.executable, "-m", "tenantprint", "lab", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-    try:
-        out = json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError(f"lab {args}: not JSON (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-2000:]}")
-    assert proc.returncode == 0, f"lab {args}: {out}"
-    return out
+    return run_lab_cli(PREFIX, *args, timeout=timeout)
 
 
 def office_leftovers(system) -> list[str]:

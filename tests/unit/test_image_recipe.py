@@ -17,12 +17,11 @@ import stat
 import subprocess
 import sys
 import zipfile
-from importlib.machinery import SourceFileLoader
-from importlib.util import module_from_spec, spec_from_loader
 from pathlib import Path
 
 import pytest
 
+from image_recipe import build_image_module
 from prereq import need_binary
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,15 +31,7 @@ SYSTEM_HOOK = RECIPE / "hooks/30-system.sh"
 LAB_LAYER = RECIPE / "lab-layer"
 
 
-def _load():
-    loader = SourceFileLoader("build_image", str(RECIPE / "build-image"))
-    module = module_from_spec(spec_from_loader("build_image", loader))
-    sys.modules["build_image"] = module  # dataclasses look their module up there
-    loader.exec_module(module)
-    return module
-
-
-bi = _load()
+bi = build_image_module()
 
 
 def _systemctl_lines(verb: str) -> list[str]:

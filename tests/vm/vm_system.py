@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from lab.poll import wait_for  # noqa: F401 (re-exported for the scenarios)
+from lab_cli import run_lab_cli
 from prereq import IN_CI, need, need_binary, need_root
 
 PREFIX = os.environ.get("TP_VM_PREFIX", "tpvm")
@@ -30,15 +31,7 @@ CLEAN = {"namespaces": [], "mounts": [], "processes": [], "state_dir": False}
 
 
 def lab_cli(*args: str, timeout: float = 600) -> dict:
-    env = dict(os.environ, TP_LAB_PREFIX=PREFIX)
-    proc = subprocess.run([sys.executable, "-m", "tenantprint", "lab", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-    try:
-        out = json.loads(proc.stdout)
-    except ValueError:
-        raise AssertionError(f"lab {args}: not JSON (exit {proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-2000:]}")
-    assert proc.returncode == 0, f"lab {args}: {out}"
-    return out
+    return run_lab_cli(PREFIX, *args, timeout=timeout)
 
 
 def twin_image() -> dict:
