@@ -109,8 +109,8 @@ print(json.dumps(out))
 """
 
 
-def _audit(status: dict, event: str, session: int, last: bool = True) -> float:
-    hits = [a["t"] for a in status["audit"] if a.get("event") == event and a.get("session") == session]
+def _audit(status: dict, event: str, session: int, last: bool = True, to_host=float) -> float:
+    hits = [to_host(a["t"]) for a in status["audit"] if a.get("event") == event and a.get("session") == session]
     if not hits:
         raise RuntimeError(f"no {event!r} audit entry for session {session}: {status['audit'][-6:]}")
     return hits[-1] if last else hits[0]
@@ -118,29 +118,47 @@ def _audit(status: dict, event: str, session: int, last: bool = True) -> float:
 
 def run(runs: int, wan_rtt_ms: float, primitive_runs: int, trust: str = "cert") -> dict:
     os.environ.setdefault("TP_LAB_PREFIX", "tpbs")
-    from lab.lab import Lab
     from lab.options import LabOptions
 
-    lab = Lab(options=LabOptions(wan_rtt_ms=wan_rtt_ms, trust=trust))
-    lab.down()
-    lab = Lab(options=LabOptions(wan_rtt_ms=wan_rtt_ms, trust=trust))
+    def body(lab) -> dict:
+        return _report(wan_rtt_ms, _paths(lab, runs), _primitives(lab, primitive_runs))
+
+    return on_lab(LabOptions(wan_rtt_ms=wan_rtt_ms, trust=trust), f"session-rtt{wan_rtt_ms:g}-failed-logs", body)
+
+
+def on_lab(options, failed_logs: str, body, diagnose=None):
+    """`body(lab)` on a lab of its own (any earlier lab of the prefix taken down first), the lab
+    down after; when `body` fails, the lab's logs are kept in bench/results/<failed_logs>, with
+    what `diagnose(lab, dir)` adds there before the lab goes."""
+    from lab.lab import Lab
+
+    Lab(options=options).down()
+    lab = Lab(options=options)
     lab.up()
     try:
-        paths = _paths(lab, runs)
-        prims = _primitives(lab, primitive_runs)
+        return body(lab)
     except Exception:
         # the lab goes down with its logs: keep them, they say what went wrong
-        kept = Path(__file__).parent / "results" / f"session-rtt{wan_rtt_ms:g}-failed-logs"
+        kept = Path(__file__).parent / "results" / failed_logs
         shutil.rmtree(kept, ignore_errors=True)
         shutil.copytree(lab.layout.logs_dir, kept)
+        if diagnose is not None:
+            try:
+                diagnose(lab, kept)
+            except Exception as exc:  # the benchmark's own failure is the one to report
+                print(f"diagnosing the failure failed: {exc!r}", file=sys.stderr)
         print(f"the lab's logs: {kept}", file=sys.stderr)
         raise
     finally:
         lab.down()
-    return _report(wan_rtt_ms, paths, prims)
 
 
-def _paths(lab, runs: int) -> dict[str, list[float]]:
+def _paths(lab, runs: int, guest_clock=None, patience: float = 1.0,
+           status_poll_s: float | None = None) -> dict[str, list[float]]:
+    """The three paths, `runs` times. `guest_clock` (the MFP a guest with its own clock,
+    bench.session_vm.GuestClock): the firmware's audit times are taken to the host's clock with the
+    offset it measures before each run. `patience` scales the waits (TCG is several times slower);
+    `status_poll_s` spaces the firmware status polls (each costs a guest's one vCPU a request)."""
     from lab import actions
     from lab.services import org_agents
     from lab.services.engine import printed_documents
@@ -181,22 +199,30 @@ def _paths(lab, runs: int) -> dict[str, list[float]]:
         t0 = time.time()
         card.insert(actions.default_uid(ORG, user), user=user, org=ORG)
         try:
-            wait_for(until, 30, "the tap to take effect", POLL_S)
+            wait_for(until, 30 * patience, "the tap to take effect", POLL_S)
             t1 = time.time()
         finally:
             card.remove()
-        wait_for(lambda: not card.status().get("connected"), 5, "the card removed", 0.005)
+        wait_for(lambda: not card.status().get("connected"), 5 * patience, "the card removed", 0.005)
         return t0, t1
 
     gw_vici = lab.host(f"gw-{ORG}").path("/run/charon.vici")
     gateway_conn = conn_name(DEVICE_ID)
     for _ in range(runs):
+        to_host = float
+        if guest_clock is not None:
+            guest_clock.sync()
+            to_host = guest_clock.to_host
+
+        def audit(st: dict, event: str, session: int) -> float:
+            return _audit(st, event, session, to_host=to_host)
+
         # -- tap -> desk queue
         t_in, t_queue = present(OWNER, desk_queue)
-        st = wait_for(lambda: (s := status())["state"] == "ready" and s, 10, "ready", 0.005)
+        st = wait_for(lambda: (s := status())["state"] == "ready" and s, 10 * patience, "ready", status_poll_s or 0.005)
         session = max(a.get("session", 0) for a in st["audit"] if a.get("event") == "tap")
-        t_tap, t_prof = _audit(st, "tap", session), _audit(st, "profile", session)
-        t_up, t_ready = _audit(st, "tunnel-up", session), _audit(st, "ready", session)
+        t_tap, t_prof = audit(st, "tap", session), audit(st, "profile", session)
+        t_up, t_ready = audit(st, "tunnel-up", session), audit(st, "ready", session)
         t_seen = min(m["since"] for m in org_agents.gateway_mfps(lab, ORG)["mfps"])
         add("queue.card", t_tap - t_in)
         add("queue.lookup", t_prof - t_tap)
@@ -210,22 +236,22 @@ def _paths(lab, runs: int) -> dict[str, list[float]]:
 
         # -- owner's tap -> document
         org_agents.print_file(lab, ORG, OWNER, DOC)
-        wait_for(lambda: status()["held_jobs"], 30, "the held job", 0.005)
+        wait_for(lambda: status()["held_jobs"], 30 * patience, "the held job", status_poll_s or 0.005)
         # The owner walks from their desk to the printer: seconds, by which time the next session's
         # spare sandbox (built SPARE_DELAY_S after this session's lookup) is ready. Tapping before
         # it is (here ~0.5 s after the first tap) would time the spare's build, not the release.
-        wait_for(lambda: status().get("spare"), 15, "the spare sandbox", POLL_S)
+        wait_for(lambda: status().get("spare"), 15 * patience, "the spare sandbox", status_poll_s or POLL_S)
         n = len(printed_documents(lab))
         t_in, _ = present(OWNER, lambda: len(printed_documents(lab)) > n)
         t_doc = printed_documents(lab)[n]["at"]
         st = status()
-        t_tap, t_yes = _audit(st, "tap", session), _audit(st, "auth-accepted", session)
+        t_tap, t_yes = audit(st, "tap", session), audit(st, "auth-accepted", session)
         add("doc.card", t_tap - t_in)
         add("doc.auth", t_yes - t_tap)
         add("doc.release", t_doc - t_yes)
         add("owner_tap_to_document", t_doc - t_in)
         add("card_event_to_document", t_doc - t_tap)
-        wait_for(lambda: status()["state"] == "ready", 10, "ready again", 0.005)
+        wait_for(lambda: status()["state"] == "ready", 10 * patience, "ready again", status_poll_s or 0.005)
 
         # -- tunnel drop (the gateway deletes the SA) -> purge verified / desk queue removed
         sock = socket.socket(socket.AF_UNIX)
@@ -234,17 +260,17 @@ def _paths(lab, runs: int) -> dict[str, list[float]]:
         for _ in ViciSession(sock).terminate({"ike": gateway_conn, "timeout": "-1"}):
             pass
         sock.close()
-        wait_for(lambda: not desk_queue(), 30, "the desk queue to go", POLL_S)
+        wait_for(lambda: not desk_queue(), 30 * patience, "the desk queue to go", POLL_S)
         add("drop_to_desk_queue_removed", time.time() - t_drop)
-        st = wait_for(lambda: (s := status())["state"] == "idle" and s, 30, "the purge", POLL_S)
+        st = wait_for(lambda: (s := status())["state"] == "idle" and s, 30 * patience, "the purge", status_poll_s or POLL_S)
         purged = [a for a in st["audit"] if a.get("event") == "purged" and a.get("session") == session]
         if not purged or not purged[-1].get("ok"):
             raise RuntimeError(f"session {session} was not purged cleanly: {purged}")
-        add("drop_to_purge_verified", purged[-1]["t"] - t_drop)
+        add("drop_to_purge_verified", to_host(purged[-1]["t"]) - t_drop)
         # The next person taps seconds after a session ended, not at once: by then the spare keeper
         # has started and opened its connection to the cloud (interpreter start + 3 round trips), and
         # the spare sandbox with its charon is built (firmware.runtime.SPARE_DELAY_S after the purge).
-        wait_for(lambda: status().get("spare"), 15, "the spare sandbox", POLL_S)
+        wait_for(lambda: status().get("spare"), 15 * patience, "the spare sandbox", status_poll_s or POLL_S)
         time.sleep(1.0)
     return out
 
@@ -277,10 +303,7 @@ def _primitives(lab, n: int) -> dict[str, list[float]]:
     # The cloud's rate limit stays in place (cloud/config.py [limits]: a device's burst of 20 lookups,
     # 30 a minute after it): the sessions just before spent some of the device's tokens, so the
     # lookups wait for the bucket to refill, 20 at a time.
-    for start in range(0, n, LOOKUP_BURST):
-        time.sleep(LOOKUP_BURST * 60 / LOOKUPS_PER_MIN)
-        out.setdefault("lookup", []).extend(child(_LOOKUP, repo, str(fw.config_path(lab)), ORG,
-                                                  str(min(LOOKUP_BURST, n - start))))
+    out["lookup"] = rate_limited(n, lambda k: child(_LOOKUP, repo, str(fw.config_path(lab)), ORG, str(k)))
 
     # swanctl --initiate of the session's own profile, loaded over VICI into a bare charon on the MFP
     # host (the lab runs none there: each session's charon is in its sandbox; this one is the
@@ -350,6 +373,16 @@ def _primitives(lab, n: int) -> dict[str, list[float]]:
         ps.stop()
         shutil.rmtree(d, ignore_errors=True)
     out["cups_release"] = release
+    return out
+
+
+def rate_limited(n: int, lookups) -> list[float]:
+    """`n` lookups as `lookups(k)` (k at a time, returning their times), each burst of the device's
+    limit after a wait long enough for its bucket to refill."""
+    out: list[float] = []
+    for start in range(0, n, LOOKUP_BURST):
+        time.sleep(LOOKUP_BURST * 60 / LOOKUPS_PER_MIN)
+        out.extend(lookups(min(LOOKUP_BURST, n - start)))
     return out
 
 
