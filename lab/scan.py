@@ -36,8 +36,10 @@ def _pins() -> dict[bytes, str]:
 PINS = _pins()
 # Not inside a longer number, a path, an address or a port ("/proc/<pid>/stat", "10.0.2.46:<port>"),
 # nor a pid named as one (D-Bus's "uid=0 pid=<pid> comm=...", "(PID <pid>)"): pids wrap at 32768
-# here and start low on a fresh machine, so a process whose pid is a lab PIN is met now and then.
-SECRET = re.compile(CANARY.pattern + rb"|(?<![0-9/.:-])(?<![Pp][Ii][Dd]=)(?<![Pp][Ii][Dd] )(?:"
+# here and start low on a fresh machine, so a process whose pid is a lab PIN is met now and then;
+# nor the head of a tmpfs size in mount options a process read ("size=24683584k", whose tail freed
+# memory had overwritten: met in the firmware, which reads mountinfo to verify its purge).
+SECRET = re.compile(CANARY.pattern + rb"|(?<![0-9/.:-])(?<![Pp][Ii][Dd]=)(?<![Pp][Ii][Dd] )(?<!size=)(?:"
                     + b"|".join(re.escape(p) for p in PINS) + rb")(?![0-9/.:])")
 
 

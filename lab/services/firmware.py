@@ -74,6 +74,29 @@ def set_network_time(lab, synced: bool) -> None:
         flag.unlink(missing_ok=True)
 
 
+RESTING = ("idle", "ready", "awaiting_pin", "fault", "stopped")
+
+
+def wait_resting(lab, alive, gone: str, what: str, timeout: float, want: tuple[str, ...] = (),
+                 status_timeout: float = 2, poll_s: float = 0.05) -> dict:
+    """Poll the MFP's status socket until its state is resting (or one of `want`) and return the
+    status; LabError with `gone` once `alive()` says the MFP is gone, or after `timeout`."""
+    resting = want or RESTING
+    deadline = time.monotonic() + timeout
+    last: dict = {}
+    while time.monotonic() < deadline:
+        if not alive():
+            raise LabError(gone)
+        try:
+            last = firmware_status(lab, timeout=status_timeout)
+            if last.get("state") in resting:
+                return last
+        except (OSError, ValueError):
+            pass
+        time.sleep(poll_s)
+    raise LabError(f"{what} did not settle in {timeout:g} s (state {last.get('state')!r})")
+
+
 def check_answer(rc: int, stdout: bytes, stderr: bytes) -> dict:
     try:
         report = json.loads(stdout)
@@ -195,20 +218,8 @@ class FirmwareService:
 
     def wait_settled(self, lab, timeout: float = 30, want: tuple[str, ...] = ()) -> dict:
         """Wait until the daemon is in a resting state (or one of `want`); return its status."""
-        resting = want or ("idle", "ready", "awaiting_pin", "fault", "stopped")
-        deadline = time.monotonic() + timeout
-        last: dict = {}
-        while time.monotonic() < deadline:
-            if not self.running(lab):
-                raise LabError(f"firmware exited (log: {lab.layout.logs_dir / 'firmware.log'})")
-            try:
-                last = firmware_status(lab, timeout=2)
-                if last.get("state") in resting:
-                    return last
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        raise LabError(f"firmware did not settle in {timeout:g} s (state {last.get('state')!r})")
+        return wait_resting(lab, lambda: self.running(lab), f"firmware exited (log: {lab.layout.logs_dir / 'firmware.log'})",
+                            "firmware", timeout, want, status_timeout=2, poll_s=0.05)
 
     def stop(self, lab) -> None:
         lab.procs.stop(self.name, timeout=30)

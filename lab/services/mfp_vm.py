@@ -321,22 +321,11 @@ class MfpVmService:
 
     def wait_settled(self, lab, timeout: float = 30, want: tuple[str, ...] = ()) -> dict:
         """Wait until the guest's firmware is in a resting state (or one of `want`); return its status."""
-        from lab.services.firmware import firmware_status
+        from lab.services.firmware import wait_resting
 
-        resting = want or ("idle", "ready", "awaiting_pin", "fault", "stopped")
-        deadline = time.monotonic() + timeout
-        last: dict = {}
-        while time.monotonic() < deadline:
-            if not self.running(lab):
-                raise LabError(f"the MFP guest exited (console: {lab.layout.logs_dir / 'mfp-console.log'})")
-            try:
-                last = firmware_status(lab, timeout=5)
-                if last.get("state") in resting:
-                    return last
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.2)
-        raise LabError(f"the guest's firmware did not settle in {timeout:g} s (state {last.get('state')!r})")
+        return wait_resting(lab, lambda: self.running(lab),
+                            f"the MFP guest exited (console: {lab.layout.logs_dir / 'mfp-console.log'})",
+                            "the guest's firmware", timeout, want, status_timeout=5, poll_s=0.2)
 
     def stop(self, lab) -> None:
         """Power the guest off (QEMU stopped: the lab is going away) and remove its tap."""
