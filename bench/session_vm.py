@@ -43,11 +43,13 @@ firmware's audit entries lag the events they stand for (they are written when it
 the machine's effects, which TCG slows): parts that end at another side's event (`gateway_notice`,
 `desk_queue`) can come out negative; the totals do not depend on that split.
 
-Measured (2026-12-03, 2-core x86-64 host shared with other work, 5 runs; medians): card event ->
-desk queue 397 ms (lookup 65, IKE 496, print service 22); lookup 55 + swanctl initiate 399 in the
-guest: ratio 0.87. Card event -> document 182 ms (auth 63, release 99); RADIUS 6 (one RadSec
-connection reused, as bench.session's script does) + release 60: ratio 2.76. Guest clock offset
-< 1 ms, known to 0.7 ms.
+Measured (2026-12-03, 2-core x86-64 host shared with other work, `--runs 10 --primitive-runs 10`,
+medians): card event -> desk queue 455 ms (lookup 72, IKE 548, print service 26); lookup 36 +
+swanctl initiate 358 in the guest: ratio 1.16. Card event -> document 135 ms (auth 59, release
+79); RADIUS 4 (one RadSec connection kept, as bench.session's script and the firmware do) +
+release 51: ratio 2.43. Tap -> desk queue 1075 ms, owner's tap -> document 783 ms (the card part,
+the lab's reader through the guest's pcscd, ~600 ms of each). Guest clock offset 4 ms (drifting
+11 ms over the run), known to 0.7 ms. The whole run with the lab: 273 s.
 
 Lab prefix `TP_LAB_PREFIX` (default `tpbv`); the lab is brought up and down here. Results in
 bench/results/session-vm.json (`-psk` with `--trust psk`).
