@@ -61,7 +61,6 @@ import argparse
 import base64
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -326,11 +325,8 @@ class GuestClock:
 
 
 def _guest_argv(lab, argv: list[str]) -> list[str]:
-    """The ssh command line that runs `argv` in the guest over the lab's connection (as MfpVmService.guest)."""
-    from lab.topology import MFP_ADDRESS
-
-    fw = lab.service("firmware")
-    return fw._ssh_base(lab) + ["-o", "ControlMaster=no", f"root@{MFP_ADDRESS}", shlex.join(argv)]
+    """The ssh command line that runs `argv` in the guest over the lab's connection."""
+    return lab.service("firmware").guest_argv(lab, argv)
 
 
 def _in_guest(lab, script: str, *args: str, stdin: bytes | None = None, timeout: float = 900):

@@ -314,10 +314,14 @@ class MfpVmService:
               check: bool = True) -> subprocess.CompletedProcess:
         """Run `argv` as root in the guest over the lab's ssh connection (argv is a shell command line
         there: quote it). No secret belongs in it: argv is visible to every process."""
+        return sh(self.guest_argv(lab, argv), input=input, timeout=timeout, check=check)
+
+    def guest_argv(self, lab, argv: list[str]) -> list[str]:
+        """The ssh command line running `argv` as root in the guest over the lab's connection (for a
+        process kept running, e.g. through a pipe; `guest` runs one to its end)."""
         from shlex import join
 
-        return sh(self._ssh_base(lab) + ["-o", "ControlMaster=no", f"root@{MFP_ADDRESS}", join(argv)],
-                  input=input, timeout=timeout, check=check)
+        return self._ssh_base(lab) + ["-o", "ControlMaster=no", f"root@{MFP_ADDRESS}", join(argv)]
 
     def wait_settled(self, lab, timeout: float = 30, want: tuple[str, ...] = ()) -> dict:
         """Wait until the guest's firmware is in a resting state (or one of `want`); return its status."""
