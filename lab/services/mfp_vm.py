@@ -10,7 +10,7 @@ Why each part is as it is:
   are its own (below), kept across the guest's reboots and power cuts, gone at `lab down`.
 - **TCG**, never KVM: `/dev/kvm` here cannot run a stock Debian kernel (it hangs instead of failing).
   Direct kernel boot (the image's vmlinuz and initrd) skips a boot loader.
-- **The network**: the guest takes the MFP's address on the office LAN (10.77.0.10). `office` keeps
+- **The network**: the guest takes the MFP's address on the office LAN (10.77.0.10, by DHCP). `office` keeps
   what stands in for the device's hardware and its LAN neighbours: a bridge `br-mfp` (10.77.0.9)
   joins its eth0 (the office LAN) and the guest's tap device; the print engine (ippeveprinter) and
   the virtual card (`lab.vcard`) run there. QEMU runs on `office`, so its tap is made there and
@@ -39,9 +39,11 @@ Why each part is as it is:
   restart it (its restart purges what the stopped daemon held); `firmware-kill` SIGKILLs it, and
   systemd restarts it (`Restart=on-failure`), as on a device; `ntp-block` stops the office LAN's
   NTP server and power-cycles the guest, which then boots without network time.
-- **Network time is real**: the guest's systemd-timesyncd asks office's NTP server
-  (lab/services/ntp.py; the lab layer's network file names it, as DHCP's NTP option would), and
-  the lab is up only once the firmware says the clock is synchronised.
+- **The guest's network is the image's own**: systemd-networkd's DHCP on every ethernet port, from
+  office's dnsmasq (lab/services/dhcp.py: the MFP's address for the guest's MAC, the router, the
+  NTP server). **Network time is real**: the guest's systemd-timesyncd asks the NTP server DHCP
+  named (office, lab/services/ntp.py), and the lab is up only once the firmware says the clock is
+  synchronised.
 
 The service has the interface of `lab.services.firmware.FirmwareService` (`name` "firmware",
 `start`, `stop`, `kill`, `status`, `running`, `wait_settled`), so the lab and its CLI use either.
@@ -468,15 +470,16 @@ def qmp(path: Path, command: str, timeout: float = 5.0) -> dict:
 
 def vm_services(services: list) -> list:
     """The lab's services with the MFP as a guest: the firmware service replaced by the guest, the
-    office LAN's NTP server before it; the
+    office LAN's DHCP and NTP servers before it; the
     office host's pcscd, nfcpy simulator and web panel dropped (the guest runs its own pcscd and
     panel; its reader is the PC/SC one only). The engine and the virtual card stay on office."""
+    from lab.services.dhcp import DhcpService
     from lab.services.ntp import NtpService
 
     out = []
     for s in services:
         if s.name == "firmware":
-            out += [NtpService(), MfpVmService()]
+            out += [DhcpService(MAC), NtpService(), MfpVmService()]
         elif s.name not in ("pcscd", "nfc-sim", "panel"):
             out.append(s)
     return out

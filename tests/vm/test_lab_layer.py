@@ -23,15 +23,21 @@ def test_the_lab_layers_firmware_toml_is_the_labs():
     assert cfg.tunnel.backend == "kernel" and cfg.card.kind == "pcsc"
 
 
-def test_the_guest_takes_the_mfps_address_on_the_office_lan():
-    from lab.topology import MFP_ADDRESS, STAND_INS_ADDRESS, build
+def test_the_guest_is_offered_the_mfps_address_the_router_and_the_ntp_server_by_dhcp(tmp_path):
+    """The layer has no network file: the guest runs the image's own (DHCP, NTP from DHCP), and the
+    office's dnsmasq offers the MFP's address to the guest's MAC alone, inet as its router and
+    office as its NTP server."""
+    from lab.services.dhcp import dnsmasq_argv
+    from lab.services.mfp_vm import MAC
+    from lab.topology import MFP_ADDRESS, MFP_BRIDGE, STAND_INS_ADDRESS, build
 
-    network = (LAYER / "overlay/etc/systemd/network/10-tenantprint-lab.network").read_text()
-    assert f"Address={MFP_ADDRESS}/24" in network.splitlines()
-    inet = build(mfp="vm").address("inet", "br-lan")
-    assert f"Gateway={inet}" in network.splitlines()
-    # network time from the office's NTP server (lab/services/ntp.py), through networkd to timesyncd
-    assert f"NTP={STAND_INS_ADDRESS}" in network.splitlines()
+    assert not (LAYER / "overlay/etc/systemd/network").exists()
+    router = build(mfp="vm").address("inet", "br-lan")
+    argv = dnsmasq_argv(tmp_path, MAC, router)
+    assert f"--dhcp-host={MAC},{MFP_ADDRESS}" in argv and "--dhcp-ignore=tag:!known" in argv
+    assert f"--dhcp-option=option:router,{router}" in argv
+    assert f"--dhcp-option=option:ntp-server,{STAND_INS_ADDRESS}" in argv
+    assert "--port=0" in argv and f"--interface={MFP_BRIDGE}" in argv  # DHCP only, on the MFP's bridge
 
 
 def test_the_layer_holds_only_what_build_image_takes():

@@ -49,8 +49,10 @@ def test_the_mfp_is_the_image_booted_with_its_own_units(vm_lab):
     assert guest(vm_lab, "ls", "/boot/firmware/tenantprint").split() == ["ca.pem", "cloud-url"]
     assert "device_id" in guest(vm_lab, "cat", "/var/lib/tenantprint/enrolment.json")
     assert guest(vm_lab, "systemctl", "is-active", "tenantprint-enrol.service", check=False).strip() == "inactive"
-    # network time as a device gets it: networkd gave timesyncd the link's NTP server (the office's),
+    # the network as a device gets it: the image's own networkd took the MFP's address by DHCP (a
+    # dynamic address, a lease) and gave timesyncd the NTP server DHCP named (the office's);
     # timesyncd synchronised from it, and the firmware's clock gate opened
+    assert "dynamic" in guest(vm_lab, "ip", "-4", "-o", "addr", "show", "to", "10.77.0.10").split()
     assert guest(vm_lab, "timedatectl", "show-timesync", "-p", "ServerAddress", "--value").strip() == "10.77.0.9"
     assert st["firmware"]["clock"] == {"synchronised": True, "required": True}
     # the device firewall as the kernel backend has it: IPP only through IPsec

@@ -52,8 +52,8 @@ def twin_image() -> dict:
 def vm_lab_fixture():
     """The lab, up with the MFP guest booted and at rest; down (and nothing of it left) afterwards."""
     need_root()
-    need_binary("qemu-system-x86_64", "qemu-img", "mkfs.vfat", "mcopy", "ssh", "ssh-keygen", "ippeveprinter",
-                "charon-systemd", "freeradius")
+    need_binary("qemu-system-x86_64", "dnsmasq", "qemu-img", "mkfs.vfat", "mcopy", "ssh", "ssh-keygen",
+                "ippeveprinter", "charon-systemd", "freeradius")
     if not os.environ.get("TP_TWIN_DIR"):
         need_binary("mmdebstrap", "mkfs.ext4")
     from lab.lab import Lab
