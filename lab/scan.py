@@ -125,7 +125,9 @@ def scan_tree(root: Path) -> dict[str, set[bytes]]:
         for name in files:
             path = Path(dirpath) / name
             try:
-                if not path.is_file() or path.stat().st_size > MAX_FILE:
+                # A file of size 0 holds nothing to find, and kernel files look so (procfs, sysfs):
+                # some block a reader for ever (/proc/kmsg)
+                if not path.is_file() or not 0 < path.stat().st_size <= MAX_FILE:
                     continue
                 found = _secrets_in(path.read_bytes())
             except OSError:
@@ -135,14 +137,28 @@ def scan_tree(root: Path) -> dict[str, set[bytes]]:
     return hits
 
 
+# Kernel file systems: no MFP data, and their files can block a reader (a chroot's /proc, seen here
+# while an image build ran beside the tests)
+KERNEL_FS = {"proc", "sysfs", "devtmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "binfmt_misc", "debugfs",
+             "tracefs", "securityfs", "pstore", "bpf", "configfs", "fusectl", "hugetlbfs", "autofs", "efivarfs"}
+
+
 def host_mounts(pid: int) -> list[str]:
-    """Mount points in the mount namespace of `pid` that the root namespace does not have."""
-    def points(p: str) -> set[str]:
+    """Mount points in the mount namespace of `pid` that the root namespace does not have, but
+    kernel file systems (KERNEL_FS)."""
+    def points(p: str, data_only: bool = False) -> set[str]:
         try:
-            return {line.split()[4] for line in Path(p).read_text().splitlines()}
+            lines = Path(p).read_text().splitlines()
         except OSError:
             return set()
-    return sorted(points(f"/proc/{pid}/mountinfo") - points("/proc/self/mountinfo"))
+        out = set()
+        for line in lines:
+            fields = line.split()
+            fstype = fields[fields.index("-") + 1] if "-" in fields else ""
+            if not (data_only and fstype in KERNEL_FS):
+                out.add(fields[4])
+        return out
+    return sorted(points(f"/proc/{pid}/mountinfo", data_only=True) - points("/proc/self/mountinfo"))
 
 
 def scan(lab, host: str = "office") -> dict:

@@ -36,3 +36,29 @@ def test_a_pid_that_is_a_pin_is_not_a_pin_but_a_typed_pin_is():
     assert _secrets_in(b"tmpfs rw,size=" + pin + b"\xa1\x00\x00") == set()
     assert _secrets_in(b"pin=" + pin + b"&user=bob") == {named}  # a form field is a PIN
     assert _secrets_in(b'{"cmd": "pin", "pin": "' + pin + b'"}') == {named}
+
+
+def test_empty_files_are_not_read(tmp_path, monkeypatch):
+    """A file of size 0 is skipped unread (kernel files look so, and some block a reader)."""
+    from pathlib import Path
+
+    (tmp_path / "empty").write_bytes(b"")
+    read = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self.name) or real(self))
+    scan_tree(tmp_path)
+    assert read == []
+
+
+def test_kernel_file_systems_are_not_mounts_to_scan(tmp_path, monkeypatch):
+    from lab import scan as scan_mod
+
+    line = "{id} 1 0:{id} / {point} rw - {fs} {fs} rw\n"
+    mine = tmp_path / "mine"
+    mine.write_text(line.format(id=1, point="/", fs="ext4"))
+    theirs = tmp_path / "theirs"
+    theirs.write_text(line.format(id=1, point="/", fs="ext4") + line.format(id=2, point="/build/rootfs/proc", fs="proc")
+                      + line.format(id=3, point="/run/tenantprint/session", fs="tmpfs"))
+    real = scan_mod.Path
+    monkeypatch.setattr(scan_mod, "Path", lambda p: real(theirs if p.startswith("/proc/1/") else mine))
+    assert scan_mod.host_mounts(1) == ["/run/tenantprint/session"]
