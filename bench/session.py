@@ -279,13 +279,12 @@ def _primitives(lab, n: int) -> dict[str, list[float]]:
     from hal.directory.profile import SessionProfile
     from hal.printer.cupsd import SessionPrintService
     from hal.tunnel import TunnelConfig, open_tunnel
-    from hal.tunnel.vici_tunnel import build_conn, conn_name
+    from hal.tunnel.vici_tunnel import conn_name
     from lab import sun_cards
     from lab.orgs import lab_profile
     from lab.services.charon import MfpCharonService
     from lab.services.engine import engine_uri, printed_documents, serving_engine
     from lab.services.firmware import firmware_status
-    import vici as vici_lib
 
     office = lab.host("office")
     fw = lab.service("firmware")
@@ -315,30 +314,20 @@ def _primitives(lab, n: int) -> dict[str, list[float]]:
     name = conn_name(ORG)
     mfp = MfpCharonService()
     mfp.start(lab)
-    tun = open_tunnel(TunnelConfig(backend=mfp.backend(), vici_socket=str(mfp.vici_socket(lab)), netns=office.ns))
+    tun = open_tunnel(TunnelConfig(backend=mfp.backend(), vici_socket=str(mfp.vici_socket(lab)), netns=office.ns,
+                                   device_cert=str(device_cert), device_key=str(device_key)))
     # the device firewall admits IKE with the session's gateway only: as the firmware does before IKE
     from hal.net.firewall import Firewall
     firewall = Firewall(mfp.backend(), netns=office.ns)
     firewall.allow_gateway(profile.vpn.gateway)
-    sock = socket.socket(socket.AF_UNIX)
-    sock.connect(str(mfp.vici_socket(lab)))
     try:
-        sess = vici_lib.Session(sock)
-        v = profile.vpn
-        if v.auth == "device":
-            sess.load_key({"type": "any", "data": device_key.read_bytes()})
-            sess.load_conn(build_conn(profile, name, device_cert.read_text()))
-        else:
-            sess.load_shared({"id": f"{name}-psk", "type": "IKE", "data": v.psk.reveal(),
-                              "owners": [v.local_id, v.remote_id]})
-            sess.load_conn(build_conn(profile, name))
+        tun.load(profile)  # the session's credentials and conn, as the firmware loads them
         out["swanctl_initiate"] = child(_INITIATE, name, str(n))
         options = ({"client_cert": str(device_cert), "client_key": str(device_key)}
                    if profile.auth.kind == "radsec" else {})
         out["radius"] = child(_RADIUS, repo, stdin=json.dumps({"profile": wire, "user": OWNER, "options": options,
                                                                "proofs": sun_cards.next_proofs(lab, ORG, OWNER, n)}).encode())
     finally:
-        sock.close()
         profile.wipe()
         tun.follow(ORG)
         tun.down()

@@ -15,9 +15,10 @@ The primitives run in the guest as root over the lab's ssh connection, with the 
 - `lookup`: bench.session's lookup script with the guest's firmware.toml (its enrolment, the
   device's key from its state dir): a fresh signed HTTPS request each, as a session makes.
 - `swanctl_initiate`: bench.session's initiate script against a bare charon the benchmark starts in
-  the guest's root namespace (kernel backend, the conn built by the firmware's `build_conn` from the
-  profile the cloud serves, the device certificate and key from the state dir; the device firewall
-  admits the gateway while it runs, as the firmware does before IKE). Stopped and purged after.
+  the guest's root namespace (kernel backend; the credentials and conn loaded by the firmware's own
+  `ViciTunnel.load` from the profile the cloud serves, with the device certificate and key from the
+  state dir; the device firewall admits the gateway while it runs, as the firmware does before
+  IKE). Stopped and purged after.
 - `radius`: bench.session's RADIUS script through that tunnel (RadSec with the device certificate
   in certificate mode), with fresh card proofs.
 - `cups_release`: a standalone session cupsd in the guest (hal.printer.cupsd, on 127.0.0.1:6312,
@@ -87,12 +88,11 @@ _ECHO = "import sys, time\nfor _ in sys.stdin:\n    print(repr(time.time()), flu
 _TUNNEL = r"""
 import json, os, socket, subprocess, sys, time
 from pathlib import Path
-import vici
 from hal.directory.profile import SessionProfile
 from hal.net.firewall import Firewall
 from hal.tunnel import TunnelConfig, open_tunnel
 from hal.tunnel.charon_conf import strongswan_conf
-from hal.tunnel.vici_tunnel import build_conn, conn_name
+from hal.tunnel.vici_tunnel import conn_name
 
 req = json.load(sys.stdin)
 CHARON, VICI, PID = "/usr/lib/ipsec/charon", "/run/charon.vici", "/run/charon.pid"
@@ -112,7 +112,7 @@ with open(work / "charon.log", "ab") as log:
     charon = subprocess.Popen([CHARON], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                               env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "STRONGSWAN_CONF": str(conf)},
                               cwd="/", start_new_session=True)
-tun, sock, out = None, None, {}
+tun, out = None, {}
 
 def child(script, *args, stdin=None):
     proc = subprocess.run([sys.executable, "-c", script, *args], input=stdin, capture_output=True, timeout=600)
@@ -134,26 +134,14 @@ try:
         if time.monotonic() > deadline:
             raise SystemExit("charon's VICI socket did not answer within 60 s")
         time.sleep(0.02)
-    tun = open_tunnel(TunnelConfig(backend="kernel", vici_socket=VICI))
+    tun = open_tunnel(TunnelConfig(backend="kernel", vici_socket=VICI, device_cert=str(cert), device_key=str(key)))
     firewall.allow_gateway(profile.vpn.gateway)
-    sock = socket.socket(socket.AF_UNIX)
-    sock.connect(VICI)
-    sess = vici.Session(sock)
-    v = profile.vpn
-    if v.auth == "device":
-        sess.load_key({"type": "any", "data": key.read_bytes()})
-        sess.load_conn(build_conn(profile, name, cert.read_text()))
-    else:
-        sess.load_shared({"id": f"{name}-psk", "type": "IKE", "data": v.psk.reveal(),
-                          "owners": [v.local_id, v.remote_id]})
-        sess.load_conn(build_conn(profile, name))
+    tun.load(profile)  # the session's credentials and conn, as the firmware loads them
     out["swanctl_initiate"] = child(req["initiate"], name, str(req["n"]))
     options = {"client_cert": str(cert), "client_key": str(key)} if profile.auth.kind == "radsec" else {}
     out["radius"] = child(req["radius"], req["no_repo"], stdin=json.dumps(
         {"profile": req["profile"], "user": req["user"], "options": options, "proofs": req["proofs"]}).encode())
 finally:
-    if sock is not None:
-        sock.close()
     profile.wipe()
     if tun is not None:
         tun.follow(req["org"])
