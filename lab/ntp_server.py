@@ -1,8 +1,8 @@
 """LAB ONLY: the office LAN's time server for the VM MFP (`lab up --mfp vm`), a minimal SNTP server
 (RFC 4330 section 5) answering from this machine's clock as a stratum-2 server would.
 
-The guest's systemd-timesyncd asks it (the lab layer's network file names it as the link's NTP
-server, the way DHCP's NTP option does on a real LAN); once it answers, timesyncd marks the guest's
+The guest's systemd-timesyncd asks it (the office's DHCP server names it, lab/services/dhcp.py,
+as a coworking LAN's would); once it answers, timesyncd marks the guest's
 clock synchronised and the firmware's clock gate opens. `lab fault ntp-block` stops this server.
 
     python -m lab.ntp_server --listen 10.77.0.9:123
