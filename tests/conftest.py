@@ -59,7 +59,7 @@ def pytest_collection_finish(session):
     global _twin_build
     if session.config.option.collectonly or os.environ.get("TP_TWIN_DIR") or os.geteuid() != 0:
         return
-    if not any(VM_TESTS in Path(str(item.path)).parents for item in session.items):
+    if not any(VM_TESTS in item.path.parents for item in session.items):
         return
     from lab.services.mfp_vm import BUILD_IMAGE, twin_build_argv
 
